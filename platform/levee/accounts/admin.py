@@ -1,0 +1,24 @@
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+
+from levee.accounts.models import User
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin):
+    ordering = ("-date_joined",)
+    list_display = ("email", "is_verified", "is_active", "is_staff", "date_joined", "last_login")
+    list_filter = ("is_active", "is_staff", ("email_verified_at", admin.EmptyFieldListFilter))
+    search_fields = ("email",)
+    readonly_fields = ("date_joined", "last_login")
+    fieldsets = (
+        (None, {"fields": ("email", "password")}),
+        ("Status", {"fields": ("email_verified_at", "is_active", "is_staff", "is_superuser")}),
+        ("Permissions", {"fields": ("groups", "user_permissions")}),
+        ("Dates", {"fields": ("date_joined", "last_login")}),
+    )
+    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
+
+    @admin.display(boolean=True, description="verified")
+    def is_verified(self, obj):
+        return obj.is_verified

@@ -1,0 +1,115 @@
+"""Account verbs. Views, admin and commands call these; each is one transaction."""
+from __future__ import annotations
+
+import logging
+import unicodedata
+
+from django.conf import settings
+from django.contrib.auth.hashers import make_password
+from django.core import signing
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.core.validators import EmailValidator
+from django.db import IntegrityError, transaction
+from django.urls import reverse
+from django.utils import timezone
+
+from levee.accounts.models import EMAIL_MAX_LENGTH, User, normalize_email
+from levee.accounts.signals import user_verified
+
+log = logging.getLogger(__name__)
+_VERIFY_SALT = "levee.accounts.verify-email"
+_validate_email = EmailValidator(message="Enter a valid email address.")
+
+
+def clean_email(raw: str) -> str:
+    """Normalise and validate an address; refuse control and format characters (header injection,
+    zero-width look-alikes) outright rather than trying to repair them."""
+    email = normalize_email(raw)
+    if not email or len(email) > EMAIL_MAX_LENGTH:
+        raise ValidationError("Enter a valid email address.", code="invalid")
+    if any(unicodedata.category(ch).startswith(("C", "Z")) and ch != " " for ch in email) or " " in email:
+        raise ValidationError("Enter a valid email address.", code="invalid")
+    _validate_email(email)
+    return email
+
+
+def find_user(email: str) -> User | None:
+    return User.objects.filter(email__iexact=normalize_email(email)).first()
+
+
+def verification_token(user: User) -> str:
+    return signing.TimestampSigner(salt=_VERIFY_SALT).sign(f"{user.pk}:{user.email.lower()}")
+
+
+def verification_url(user: User) -> str:
+    return settings.SITE_URL + reverse("verify-email", args=[verification_token(user)])
+
+
+def _send(to: str, subject: str, body: str) -> None:
+    transaction.on_commit(lambda: send_mail(subject, body, None, [to], fail_silently=False))
+
+
+def sign_up(email: str, password: str) -> None:
+    """Create an unverified account and mail its verification link.
+
+    Returns nothing, on purpose: whether the address already had an account must not show in the
+    response, its status or its timing. An existing owner gets a mail saying someone tried.
+    """
+    email = clean_email(email)
+    hashed = make_password(password)  # hashed on both paths so timing does not tell them apart
+    existing = find_user(email)
+    if existing is None:
+        try:
+            with transaction.atomic():
+                user = User.objects.create(email=email, password=hashed)
+        except IntegrityError:  # a concurrent sign-up with the same address won the race
+            existing = find_user(email)
+        else:
+            _send(user.email, "Verify your Levee account",
+                  "Welcome to Levee.\n\nConfirm your address by opening this link:\n\n"
+                  f"{verification_url(user)}\n\nThe link expires in "
+                  f"{settings.EMAIL_VERIFICATION_MAX_AGE // 3600} hours.\n")
+            return
+    if existing is not None:
+        _send(existing.email, "Someone tried to sign up with your address",
+              "Someone (maybe you) tried to create a Levee account with this address, which already has one.\n"
+              f"If you forgot your password, reset it here: {settings.SITE_URL}{reverse('password_reset')}\n")
+
+
+def verify_email(token: str) -> User | None:
+    """Mark the account verified if the token is genuine, unexpired and for its current address."""
+    try:
+        value = signing.TimestampSigner(salt=_VERIFY_SALT).unsign(token, max_age=settings.EMAIL_VERIFICATION_MAX_AGE)
+        pk, email = value.split(":", 1)
+        user = User.objects.get(pk=int(pk))
+    except (signing.BadSignature, ValueError, User.DoesNotExist):
+        return None
+    if user.email.lower() != email or not user.is_active:
+        return None
+    with transaction.atomic():
+        changed = User.objects.filter(pk=user.pk, email_verified_at__isnull=True).update(email_verified_at=timezone.now())
+        user.refresh_from_db(fields=["email_verified_at"])
+        if changed:
+            user_verified.send(sender=User, user=user)
+    return user
+
+
+def create_user(email: str, password: str | None, *, verified: bool = False, staff: bool = False) -> User:
+    """Operator path: create an account directly (the password is validated like a user's)."""
+    from django.contrib.auth.password_validation import validate_password
+
+    email = clean_email(email)
+    if find_user(email):
+        raise ValidationError(f"An account with the address {email} already exists.", code="exists")
+    user = User(email=email, is_staff=staff, is_superuser=staff)
+    if password is not None:
+        validate_password(password, user)
+    with transaction.atomic():
+        user.set_password(password)
+        user.save()
+        if verified:
+            User.objects.filter(pk=user.pk).update(email_verified_at=timezone.now())
+            user.refresh_from_db()
+            user_verified.send(sender=User, user=user)
+    return user

@@ -1,0 +1,41 @@
+"""Who is the client? The peer address, or the X-Forwarded-For hop a trusted proxy vouches for."""
+from __future__ import annotations
+
+import ipaddress
+
+from django.conf import settings
+
+
+def _parse(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    value = value.strip()
+    if value.startswith("[") and "]" in value:  # [v6]:port
+        value = value[1 : value.index("]")]
+    elif value.count(":") == 1:  # v4:port
+        value = value.split(":", 1)[0]
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
+def _trusted(addr) -> bool:
+    return any(addr in net for net in settings.TRUSTED_PROXY_CIDRS)
+
+
+def client_ip(request) -> str:
+    """The client's address. X-Forwarded-For is read right to left and only through trusted proxies,
+    so a client cannot choose its own address by sending the header itself."""
+    peer = _parse(request.META.get("REMOTE_ADDR", "") or "")
+    if peer is None:
+        return "0.0.0.0"
+    if not _trusted(peer):
+        return str(peer)
+    hops = [h for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        addr = _parse(hop)
+        if addr is None:
+            break
+        if not _trusted(addr):
+            return str(addr)
+        peer = addr
+    return str(peer)

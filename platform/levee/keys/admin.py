@@ -1,0 +1,23 @@
+from django.contrib import admin, messages
+
+from levee.keys.models import ApiKey
+from levee.keys.services import revoke_api_key
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ("prefix", "name", "user", "created_at", "last_used_at", "expires_at", "revoked_at")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    search_fields = ("prefix", "user__email", "name")
+    readonly_fields = ("user", "prefix", "digest", "created_at", "last_used_at", "revoked_at", "revoked_by")
+    fields = ("user", "name", "prefix", "digest", "created_at", "last_used_at", "expires_at", "revoked_at", "revoked_by")
+    actions = ["revoke"]
+    list_select_related = ("user",)
+
+    def has_add_permission(self, request):
+        return False  # keys are made by their owner (or create_api_key), so the secret is shown once to them
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request, queryset):
+        count = sum(revoke_api_key(key, by=request.user) for key in queryset)
+        self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)

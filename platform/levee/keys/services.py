@@ -1,0 +1,92 @@
+"""API key verbs: create (the secret is returned once), authenticate, revoke."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import string
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from levee.accounts.models import User
+from levee.keys.models import ApiKey
+
+KEY_BODY_LENGTH = 48  # base62: ~285 bits
+PREFIX_LENGTH = 11  # "sk-" + 8
+_ALPHABET = string.ascii_letters + string.digits
+KEY_PATTERN = re.compile(r"^sk-[A-Za-z0-9]{%d}$" % KEY_BODY_LENGTH)
+
+
+class KeyRefused(Exception):
+    """Why a key could not be created; `code` is stable for API clients."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def digest_of(raw: str) -> str:
+    # Keys carry ~285 bits of entropy, so a fast hash is enough: nothing to brute-force.
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def active_keys(user: User):
+    now = timezone.now()
+    return ApiKey.objects.filter(user=user, revoked_at__isnull=True).exclude(expires_at__lte=now)
+
+
+def create_api_key(user: User, *, name: str = "", expires_at=None) -> tuple[ApiKey, str]:
+    """Make a key for a verified account under its cap. Returns (row, the secret shown once)."""
+    if not user.is_verified:
+        raise KeyRefused("email_not_verified", "Verify your email address before creating API keys.")
+    if not user.is_active:
+        raise KeyRefused("account_inactive", "This account is disabled.")
+    if expires_at is not None and expires_at <= timezone.now():
+        raise KeyRefused("invalid_expiry", "expires_at must be in the future.")
+    raw = "sk-" + "".join(secrets.choice(_ALPHABET) for _ in range(KEY_BODY_LENGTH))
+    with transaction.atomic():
+        # Lock the owner so two concurrent creations cannot both pass the cap.
+        User.objects.select_for_update().filter(pk=user.pk).first()
+        if active_keys(user).count() >= settings.LEVEE_MAX_ACTIVE_KEYS:
+            raise KeyRefused("too_many_keys",
+                             f"An account may hold at most {settings.LEVEE_MAX_ACTIVE_KEYS} active keys; revoke one first.")
+        key = ApiKey.objects.create(user=user, name=name.strip(), prefix=raw[:PREFIX_LENGTH],
+                                    digest=digest_of(raw), expires_at=expires_at)
+    return key, raw
+
+
+def authenticate_key(raw: str) -> ApiKey | None:
+    """The usable key whose secret is `raw`, or None. One indexed query; the comparison is constant-time."""
+    if not KEY_PATTERN.match(raw or ""):
+        return None
+    wanted = digest_of(raw)
+    now = timezone.now()
+    for key in ApiKey.objects.filter(prefix=raw[:PREFIX_LENGTH]).select_related("user"):
+        if hmac.compare_digest(key.digest, wanted):
+            if not key.is_usable(now) or not key.user.is_active:
+                return None
+            _touch(key, now)
+            return key
+    return None
+
+
+def _touch(key: ApiKey, now) -> None:
+    """Record use at most once per resolution window, so a busy key does not write on every request."""
+    window = timedelta(seconds=settings.LEVEE_KEY_LAST_USED_RESOLUTION)
+    if key.last_used_at is None or now - key.last_used_at >= window:
+        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+
+
+def revoke_api_key(key: ApiKey, *, by: User | None) -> bool:
+    """Revoke; True if this call did it (compare-and-set, so a double click is harmless)."""
+    now = timezone.now()
+    changed = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=now, revoked_by=by)
+    if changed:
+        key.revoked_at, key.revoked_by = now, by
+    return bool(changed)

@@ -1,0 +1,41 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from levee.accounts import views as accounts
+from levee.core import views as core
+from levee.keys import views as keys
+
+handler404 = "levee.core.views.not_found"
+handler500 = "levee.core.views.server_error"
+handler400 = "levee.core.views.bad_request"
+
+account_patterns = [
+    path("signup/", accounts.signup, name="signup"),
+    path("signup/sent/", accounts.signup_sent, name="signup-sent"),
+    path("verify/<str:token>/", accounts.verify_email, name="verify-email"),
+    path("login/", accounts.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("password/reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
+    path("password/reset/done/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
+    path("password/reset/<uidb64>/<token>/", auth_views.PasswordResetConfirmView.as_view(),
+         name="password_reset_confirm"),
+    path("password/reset/complete/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
+]
+
+# The OpenAI-compatible API answers at the bare base URL and under /v1, as DeepSeek's does.
+api_patterns = [
+    path("me", keys.whoami, name="api-whoami"),
+]
+
+urlpatterns = [
+    path("", core.home, name="home"),
+    path("healthz", core.healthz, name="healthz"),
+    path("accounts/", include(account_patterns)),
+    path("keys/", keys.keys_page, name="keys-page"),
+    path("api/keys", keys.keys_collection, name="api-keys"),
+    path("api/keys/<int:key_id>/revoke", keys.revoke_key, name="api-key-revoke"),
+    path("v1/", include(api_patterns)),
+    path("", include(api_patterns)),
+    path("admin/", admin.site.urls),
+]

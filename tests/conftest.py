@@ -1,0 +1,30 @@
+"""Shared fixtures. Tests run against the machine's PostgreSQL and Redis (DATABASE_URL, REDIS_URL)."""
+import os
+
+import pytest
+
+os.environ.setdefault("LEVEE_ENV", "test")
+
+
+@pytest.fixture(autouse=True)
+def _fast_hashing_and_mail(settings, request):
+    """Argon2 costs ~0.1 s a hash on two cores; most tests only need *a* hasher. Tests marked
+    `real_hasher` keep the production list (and one asserts it is Argon2)."""
+    if "real_hasher" not in request.keywords:
+        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "real_hasher: keep the production password hashers")
+
+
+@pytest.fixture
+def redis_client(settings):
+    """The test Redis database, emptied before and after the test."""
+    import redis
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
