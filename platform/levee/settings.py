@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "levee.core",
     "levee.accounts",
     "levee.keys",
+    "levee.api",
 ]
 
 MIDDLEWARE = [
@@ -194,3 +195,8 @@ LOGGING = {
 # User.email is unique through a case-insensitive constraint (Lower(email)), which this check
 # cannot see; a plain unique=True beside it would only add a second index.
 SILENCED_SYSTEM_CHECKS = ["auth.E003"]
+
+# Generation jobs (see docs/jobs.md).
+LEVEE_JOB_QUEUE_TIMEOUT = env_int("LEVEE_JOB_QUEUE_TIMEOUT", 600, minimum=1)  # DeepSeek closes after 10 min
+LEVEE_JOB_MAX_RUNTIME = env_int("LEVEE_JOB_MAX_RUNTIME", 600, minimum=1)
+LEVEE_JOB_HEARTBEAT_TIMEOUT = env_int("LEVEE_JOB_HEARTBEAT_TIMEOUT", 10, minimum=1)

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from levee.accounts import views as accounts
+from levee.api import views as api
 from levee.core import views as core
 from levee.keys import views as keys
 
@@ -26,6 +27,8 @@ account_patterns = [
 # The OpenAI-compatible API answers at the bare base URL and under /v1, as DeepSeek's does.
 api_patterns = [
     path("me", keys.whoami, name="api-whoami"),
+    path("models", api.list_models, name="api-models"),
+    path("chat/completions", api.chat_completions, name="api-chat-completions"),
 ]
 
 urlpatterns = [

@@ -1,0 +1,120 @@
+"""The contract between the web tier and inference workers: the job message and its events.
+
+Both sides import this module, which imports neither torch nor Django. A change that a reader of the
+other side could misread bumps VERSION; readers refuse versions they do not know.
+
+    web ── send_task("inference.generate", [JobMessage.to_dict()], queue=queue_name(model)) ──> worker
+    worker ── XADD stream_key(job_id) {"e": Event JSON} ──> web (XREAD from id 0)
+    worker ── send_task("levee.billing.settle", [hold_id, usage], queue="platform") ──> platform worker
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+VERSION = 1
+GENERATE_TASK = "inference.generate"
+SETTLE_TASK = "levee.billing.settle"
+PLATFORM_QUEUE = "platform"
+
+STREAM_MAXLEN = 20_000  # events per job; far more than any delta count, bounds a runaway writer
+STREAM_TTL_S = 3600  # a job's stream and markers are gone an hour after its last write
+HEARTBEAT_INTERVAL_S = 1.0  # a running job gets a heartbeat event at least this often
+WORKER_TTL_S = 10.0  # a worker not seen for this long is not live
+
+
+def queue_name(model: str) -> str:
+    return f"inference.{model}"
+
+
+def stream_key(job_id: str) -> str:
+    return f"levee:job:{job_id}"
+
+
+def cancel_key(job_id: str) -> str:
+    return f"levee:job:{job_id}:cancel"
+
+
+def started_key(job_id: str) -> str:
+    """Set once (SET NX) by the worker that runs the job; a redelivered copy that finds it does not run."""
+    return f"levee:job:{job_id}:started"
+
+
+def workers_key(model: str) -> str:
+    """Sorted set: worker id -> unix time of its last heartbeat."""
+    return f"levee:workers:{model}"
+
+
+def wait_key(model: str) -> str:
+    """Milliseconds the most recently started job of this model waited in the queue."""
+    return f"levee:model:{model}:wait_ms"
+
+
+class ProtocolError(ValueError):
+    pass
+
+
+@dataclass
+class Sampling:
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+
+
+@dataclass
+class JobMessage:
+    job_id: str
+    model: str
+    prompt_ids: list[int]
+    sampling: Sampling
+    user: str  # account id: isolates the prefix cache between users
+    hold_id: str | None
+    deadline: float  # unix time; a worker drops a job it picks up after this
+    enqueued_at: float = field(default_factory=time.time)
+    version: int = VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobMessage:
+        if data.get("version") != VERSION:
+            raise ProtocolError(f"job message version {data.get('version')!r}; this reader knows {VERSION}")
+        data = dict(data)
+        data["sampling"] = Sampling(**data["sampling"])
+        return cls(**data)
+
+
+# Event types, in the order a job may emit them: queued? started, (delta | heartbeat)*, (done | error).
+STARTED, DELTA, HEARTBEAT, DONE, ERROR = "started", "delta", "heartbeat", "done", "error"
+FINISH_REASONS = {"stop", "length", "cancelled", "insufficient_system_resource"}
+
+
+def usage_dict(prompt_cache_hit_tokens: int, prompt_cache_miss_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_cache_hit_tokens + prompt_cache_miss_tokens,
+        "prompt_cache_hit_tokens": prompt_cache_hit_tokens,
+        "prompt_cache_miss_tokens": prompt_cache_miss_tokens,
+        "completion_tokens": completion_tokens,
+    }
+
+
+def encode_event(kind: str, **payload: Any) -> dict[str, str]:
+    """The field map of one stream entry."""
+    return {"e": json.dumps({"v": VERSION, "type": kind, **payload}, separators=(",", ":"))}
+
+
+def decode_event(fields: dict) -> dict[str, Any]:
+    raw = fields.get(b"e", fields.get("e"))
+    if raw is None:
+        raise ProtocolError("stream entry without an 'e' field")
+    event = json.loads(raw)
+    if event.get("v") != VERSION:
+        raise ProtocolError(f"event version {event.get('v')!r}; this reader knows {VERSION}")
+    return event

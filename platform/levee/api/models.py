@@ -1,0 +1,34 @@
+from django.core.validators import MinValueValidator
+from django.db import models
+
+
+class LlmModel(models.Model):
+    """A model the API offers. Prices live in billing's price book, keyed by `name`."""
+
+    name = models.CharField(max_length=64, unique=True, help_text="the `model` field clients send")
+    queue = models.CharField(max_length=128, blank=True, help_text="Celery queue; empty means inference.<name>")
+    tokenizer_dir = models.CharField(max_length=512, default="inference/demo/checkpoint",
+                                     help_text="directory with tokenizer.json and tokenizer_config.json; "
+                                               "relative paths start at the project root")
+    context_length = models.PositiveIntegerField(default=4096, validators=[MinValueValidator(16)])
+    max_output = models.PositiveIntegerField(default=2048, validators=[MinValueValidator(1)],
+                                             help_text="largest max_tokens a request may ask for")
+    default_max_tokens = models.PositiveIntegerField(default=1024, validators=[MinValueValidator(1)])
+    max_queue_depth = models.PositiveIntegerField(default=256, help_text="queued jobs above this → 503")
+    reasoner = models.BooleanField(default=False, help_text="split <think>…</think> into reasoning_content")
+    enabled = models.BooleanField(default=True)
+    owned_by = models.CharField(max_length=64, default="levee")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "model"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def queue_name(self) -> str:
+        from inference.protocol import queue_name
+
+        return self.queue or queue_name(self.name)

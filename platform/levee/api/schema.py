@@ -1,0 +1,200 @@
+"""Validation of a chat-completion request, field by field, naming the offending parameter.
+
+400 (Invalid Format) for a wrong shape or type, 422 (Invalid Parameters) for a value out of range or
+a feature this deployment does not offer. Pure Python: called from the async view without a thread.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+ROLES = {"system", "user", "assistant", "tool"}
+MAX_MESSAGES = 2048
+MAX_STOP = 16
+MAX_STOP_LENGTH = 256
+MAX_USER_LENGTH = 256
+SEED_RANGE = (-(2**63), 2**63 - 1)
+
+KNOWN_FIELDS = {
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "stream",
+    "stream_options", "presence_penalty", "frequency_penalty", "response_format", "logprobs",
+    "top_logprobs", "seed", "user", "n", "tools", "tool_choice", "parallel_tool_calls",
+}
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+@dataclass
+class ChatRequest:
+    model: str
+    messages: list[dict[str, str]]
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    stream: bool = False
+    include_usage: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    user: str | None = None
+
+
+def _shape(param: str, message: str) -> RequestError:
+    return RequestError(400, message, param=param, code="invalid_request_error")
+
+
+def _range(param: str, message: str) -> RequestError:
+    return RequestError(422, message, param=param, code="invalid_parameter")
+
+
+def _number(body: dict, name: str, default: float, low: float, high: float) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _shape(name, f"{name} must be a number")
+    if value != value or not (low <= value <= high):  # NaN fails the first test
+        raise _range(name, f"{name} must be between {low} and {high}, got {value}")
+    return float(value)
+
+
+def _bool(body: dict, name: str, default: bool = False) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _shape(name, f"{name} must be true or false")
+    return value
+
+
+def _content(message: dict, index: int) -> str:
+    content = message.get("content")
+    param = f"messages[{index}].content"
+    if content is None:
+        if message.get("role") == "assistant":
+            return ""
+        raise _shape(param, f"{param} is required")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI's content parts: only text is understood here
+        parts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise _range(f"{param}[{j}]", "only text content parts are supported")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise _shape(param, f"{param} must be a string or a list of text parts")
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(400, f"Invalid Format: the body is not valid JSON ({exc.__class__.__name__})",
+                           code="invalid_format") from None
+    if not isinstance(body, dict):
+        raise RequestError(400, "Invalid Format: the body must be a JSON object", code="invalid_format")
+    return body
+
+
+def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
+    unknown = sorted(set(body) - KNOWN_FIELDS)
+    if unknown:
+        raise _shape(unknown[0], f"Unrecognized request argument supplied: {unknown[0]}")
+
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _shape("model", "model is required and must be a string")
+
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _shape("messages", "messages must be a non-empty list")
+    if len(messages) > MAX_MESSAGES:
+        raise _range("messages", f"at most {MAX_MESSAGES} messages")
+    clean = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _shape(f"messages[{i}]", f"messages[{i}] must be an object")
+        role = message.get("role")
+        if role not in ROLES:
+            raise _shape(f"messages[{i}].role", f"messages[{i}].role must be one of {sorted(ROLES)}")
+        clean.append({"role": role, "content": _content(message, i)})
+    if clean[-1]["role"] == "assistant" and not clean[-1]["content"]:
+        raise _range("messages", "the last message must not be an empty assistant message")
+
+    max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+    max_name = "max_tokens" if "max_tokens" in body else "max_completion_tokens"
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+            raise _shape(max_name, f"{max_name} must be an integer")
+        if max_tokens < 1:
+            raise _range(max_name, f"{max_name} must be at least 1")
+
+    stop = body.get("stop")
+    if stop is None:
+        stops: list[str] = []
+    elif isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        stops = list(stop)
+    else:
+        raise _shape("stop", "stop must be a string or a list of strings")
+    if len(stops) > MAX_STOP:
+        raise _range("stop", f"at most {MAX_STOP} stop sequences")
+    if any(not s or len(s) > MAX_STOP_LENGTH for s in stops):
+        raise _range("stop", f"each stop sequence must have 1 to {MAX_STOP_LENGTH} characters")
+
+    stream = _bool(body, "stream")
+    include_usage = False
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict) or set(options) - {"include_usage"}:
+            raise _shape("stream_options", "stream_options must be an object with include_usage")
+        if not stream:
+            raise _range("stream_options", "stream_options is only allowed when stream is true")
+        include_usage = _bool(options, "include_usage")
+
+    response_format = body.get("response_format")
+    if response_format is not None:
+        if not isinstance(response_format, dict) or response_format.get("type") not in {"text", "json_object"}:
+            raise _shape("response_format", "response_format.type must be 'text' or 'json_object'")
+        if response_format["type"] == "json_object":
+            raise _range("response_format", "json_object output is not supported by this deployment")
+
+    if _bool(body, "logprobs"):
+        raise _range("logprobs", "logprobs are not supported by this deployment")
+    if body.get("top_logprobs") is not None:
+        raise _range("top_logprobs", "top_logprobs requires logprobs, which this deployment does not support")
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):
+        raise _range("n", "only n=1 is supported")
+    if body.get("tools"):
+        raise _range("tools", "tool calls are not supported by this deployment")
+    if body.get("tool_choice") not in (None, "none"):
+        raise _range("tool_choice", "tool calls are not supported by this deployment")
+
+    seed = body.get("seed")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise _shape("seed", "seed must be an integer")
+        if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+            raise _range("seed", "seed must fit in 64 bits")
+    user = body.get("user")
+    if user is not None and (not isinstance(user, str) or len(user) > MAX_USER_LENGTH):
+        raise _shape("user", f"user must be a string of at most {MAX_USER_LENGTH} characters")
+
+    return ChatRequest(
+        model=model, messages=clean, max_tokens=max_tokens,
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        top_p=_number(body, "top_p", 1.0, 0.0, 1.0),
+        stop=stops, stream=stream, include_usage=include_usage,
+        presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+        seed=seed, user=user,
+    )

@@ -1,0 +1,280 @@
+"""The OpenAI-compatible API in DeepSeek's dialect: /models and /chat/completions (bare and /v1)."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from redis.exceptions import RedisError
+
+from inference import protocol
+from levee.api import jobs, schema
+from levee.api.models import LlmModel
+from levee.api.think import ThinkSplitter
+from levee.core.errors import error_response
+from levee.keys.authentication import bearer_token, masked
+from levee.keys.services import authenticate_key
+
+log = logging.getLogger(__name__)
+
+
+def _api_error(exc: schema.RequestError):
+    return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
+
+
+async def _authenticate(request):
+    token = bearer_token(request)
+    if token is None:
+        return None, error_response(401, "Authentication Fails (no api key provided)")
+    key = await sync_to_async(authenticate_key)(token)
+    if key is None:
+        return None, error_response(401, f"Authentication Fails, Your api key: {masked(token)} is invalid")
+    return key, None
+
+
+def _model_row(model: LlmModel) -> dict:
+    return {"id": model.name, "object": "model", "owned_by": model.owned_by,
+            "created": int(model.created_at.timestamp())}
+
+
+@csrf_exempt
+async def list_models(request):
+    if request.method != "GET":
+        return error_response(405, f"{request.method} is not allowed here")
+    key, failure = await _authenticate(request)
+    if failure:
+        return failure
+    models = [m async for m in LlmModel.objects.filter(enabled=True)]
+    return JsonResponse({"object": "list", "data": [_model_row(m) for m in models]})
+
+
+@csrf_exempt
+async def chat_completions(request):
+    if request.method != "POST":
+        return error_response(405, f"{request.method} is not allowed here")
+    key, failure = await _authenticate(request)
+    if failure:
+        return failure
+    try:
+        chat = schema.parse_chat_request(schema.parse_json(request.body))
+        model = await LlmModel.objects.filter(name=chat.model, enabled=True).afirst()
+        if model is None:
+            raise schema.RequestError(400, f"Model Not Exist: {chat.model}", param="model", code="model_not_found")
+        prompt_ids = await sync_to_async(_encode, thread_sensitive=False)(model, chat.messages)
+        max_tokens = _max_tokens(model, chat, len(prompt_ids))
+    except schema.RequestError as exc:
+        return _api_error(exc)
+    return await _run(request, key, model, chat, prompt_ids, max_tokens)
+
+
+def _encode(model, messages):
+    from levee.api.tokens import encode_prompt
+
+    return encode_prompt(model, messages)
+
+
+def _max_tokens(model: LlmModel, chat: schema.ChatRequest, prompt_tokens: int) -> int:
+    room = model.context_length - prompt_tokens
+    if room < 1:
+        raise schema.RequestError(400, f"This model's maximum context length is {model.context_length} tokens; "
+                                       f"the messages have {prompt_tokens}.", param="messages",
+                                  code="context_length_exceeded")
+    if chat.max_tokens is None:
+        return min(model.default_max_tokens, model.max_output, room)
+    if chat.max_tokens > model.max_output:
+        raise schema.RequestError(422, f"max_tokens must be at most {model.max_output} for {model.name}",
+                                  param="max_tokens", code="invalid_parameter")
+    if chat.max_tokens > room:
+        raise schema.RequestError(400, f"max_tokens {chat.max_tokens} plus {prompt_tokens} prompt tokens exceeds "
+                                       f"the context length {model.context_length}", param="max_tokens",
+                                  code="context_length_exceeded")
+    return chat.max_tokens
+
+
+def _overloaded(message: str, retry_after: int):
+    return error_response(503, message, headers={"Retry-After": str(retry_after)})
+
+
+async def _run(request, key, model, chat, prompt_ids, max_tokens):
+    from levee.billing import services as billing
+
+    job_id = uuid.uuid4().hex
+    try:
+        await jobs.check_capacity(model)
+    except jobs.Overloaded as exc:
+        return _overloaded(exc.message, exc.retry_after)
+    except RedisError:
+        log.exception("redis unavailable before enqueue")
+        return _overloaded("The service is temporarily unavailable; retry shortly.", 5)
+
+    deadline = time.time() + settings.LEVEE_JOB_QUEUE_TIMEOUT + settings.LEVEE_JOB_MAX_RUNTIME
+    try:
+        hold = await sync_to_async(billing.place_hold)(
+            user=key.user, api_key=key, model=model.name, prompt_tokens=len(prompt_ids), max_tokens=max_tokens,
+            request_id=request.request_id, deadline=datetime.fromtimestamp(deadline, tz=timezone.utc))
+    except billing.InsufficientBalance:
+        return error_response(402, "Insufficient Balance")
+
+    message = protocol.JobMessage(
+        job_id=job_id, model=model.name, prompt_ids=prompt_ids, user=str(key.user_id), hold_id=str(hold.id),
+        deadline=deadline,
+        sampling=protocol.Sampling(max_tokens=max_tokens, temperature=chat.temperature, top_p=chat.top_p,
+                                   stop=chat.stop, presence_penalty=chat.presence_penalty,
+                                   frequency_penalty=chat.frequency_penalty, seed=chat.seed))
+    try:
+        await jobs.enqueue(message, model.queue_name)
+    except Exception:  # the broker refused: nothing was started, so nothing is charged
+        log.exception("enqueue failed for job %s", job_id)
+        await sync_to_async(billing.release_hold)(hold.id, reason="enqueue failed")
+        return _overloaded("The service is temporarily unavailable; retry shortly.", 5)
+
+    stream = _Completion(job_id=job_id, model=model, hold_id=hold.id, prompt_tokens=len(prompt_ids),
+                         include_usage=chat.include_usage)
+    if chat.stream:
+        response = StreamingHttpResponse(stream.sse(), content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+    return await stream.whole()
+
+
+class _Completion:
+    """Turns one job's events into the API's response, and settles what the worker could not."""
+
+    def __init__(self, *, job_id, model, hold_id, prompt_tokens, include_usage):
+        self.job_id, self.model, self.hold_id = job_id, model, hold_id
+        self.prompt_tokens, self.include_usage = prompt_tokens, include_usage
+        self.id = f"chatcmpl-{job_id}"
+        self.created = int(time.time())
+        self.splitter = ThinkSplitter() if model.reasoner else None
+        self.usage = protocol.usage_dict(0, prompt_tokens, 0)
+        self.started_at = datetime.now(timezone.utc)
+
+    def _events(self):
+        return jobs.events(self.job_id, queue_timeout=settings.LEVEE_JOB_QUEUE_TIMEOUT,
+                           heartbeat_timeout=settings.LEVEE_JOB_HEARTBEAT_TIMEOUT)
+
+    def _split(self, text: str, final: bool = False) -> tuple[str, str]:
+        if self.splitter is None:
+            return "", text
+        reasoning, content = self.splitter.push(text)
+        if final:
+            r2, c2 = self.splitter.flush()
+            reasoning, content = reasoning + r2, content + c2
+        return reasoning, content
+
+    def _chunk(self, delta: dict, finish_reason=None) -> bytes:
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model.name,
+                "system_fingerprint": None,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+        return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
+
+    def _usage_body(self) -> dict:
+        usage = dict(self.usage)
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        usage["prompt_tokens_details"] = {"cached_tokens": usage["prompt_cache_hit_tokens"]}
+        return usage
+
+    async def _settle_delivered(self):
+        """The worker is gone: charge what the client received, once (settle is idempotent on the hold)."""
+        from levee.billing import services as billing
+
+        try:
+            await sync_to_async(billing.settle_hold)(
+                self.hold_id, prompt_cache_hit_tokens=self.usage["prompt_cache_hit_tokens"],
+                prompt_cache_miss_tokens=self.usage["prompt_cache_miss_tokens"],
+                completion_tokens=self.usage["completion_tokens"], started_at=self.started_at,
+                finished_at=datetime.now(timezone.utc))
+        except Exception:
+            log.exception("settling hold %s after a lost worker failed; the sweep will release it", self.hold_id)
+
+    async def sse(self):
+        finished = False
+        try:
+            yield self._chunk({"role": "assistant", "content": ""})
+            async for event in self._events():
+                kind = event["type"]
+                if event is jobs.KEEPALIVE:
+                    yield b": keep-alive\n\n"
+                elif kind == protocol.DELTA:
+                    self.usage = event.get("usage", self.usage)
+                    reasoning, content = self._split(event.get("text", ""))
+                    if reasoning:
+                        yield self._chunk({"reasoning_content": reasoning})
+                    if content:
+                        yield self._chunk({"content": content})
+                elif kind == protocol.DONE:
+                    self.usage = event["usage"]
+                    reasoning, content = self._split("", final=True)
+                    if reasoning or content:
+                        yield self._chunk({"reasoning_content": reasoning} if reasoning else {"content": content})
+                    yield self._chunk({}, finish_reason=_public_finish(event["finish_reason"]))
+                    if self.include_usage:
+                        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                                "model": self.model.name, "choices": [], "usage": self._usage_body()}
+                        yield b"data: " + json.dumps(body).encode() + b"\n\n"
+                    yield b"data: [DONE]\n\n"
+                    finished = True
+                    return
+                elif kind == protocol.ERROR:
+                    finished = True
+                    if event.get("synthetic"):
+                        await self._settle_delivered()
+                    status = 503 if event.get("code") in {"worker_lost", "queue_timeout", "deadline"} else 500
+                    body = {"error": {"message": event.get("message", "generation failed"),
+                                      "type": "server_error", "param": None, "code": event.get("code")}}
+                    yield b"data: " + json.dumps(body).encode() + b"\n\n"
+                    log.warning("job %s ended with %s (status %s)", self.job_id, event.get("code"), status)
+                    return
+        finally:
+            if not finished:  # the client went away: stop generating; the worker settles what it made
+                try:
+                    await jobs.cancel(self.job_id)
+                except RedisError:
+                    log.warning("could not flag job %s cancelled", self.job_id)
+
+    async def whole(self):
+        content: list[str] = []
+        reasoning: list[str] = []
+        try:
+            async for event in self._events():
+                kind = event["type"]
+                if kind == protocol.DELTA:
+                    self.usage = event.get("usage", self.usage)
+                    r, c = self._split(event.get("text", ""))
+                    reasoning.append(r)
+                    content.append(c)
+                elif kind == protocol.DONE:
+                    self.usage = event["usage"]
+                    r, c = self._split("", final=True)
+                    reasoning.append(r)
+                    content.append(c)
+                    message = {"role": "assistant", "content": "".join(content)}
+                    if self.model.reasoner:
+                        message["reasoning_content"] = "".join(reasoning)
+                    return JsonResponse({
+                        "id": self.id, "object": "chat.completion", "created": self.created,
+                        "model": self.model.name, "system_fingerprint": None,
+                        "choices": [{"index": 0, "message": message, "logprobs": None,
+                                     "finish_reason": _public_finish(event["finish_reason"])}],
+                        "usage": self._usage_body()})
+                elif kind == protocol.ERROR:
+                    if event.get("synthetic"):
+                        await self._settle_delivered()
+                        return _overloaded(event["message"], 5)
+                    return error_response(500, event.get("message"), code=event.get("code"))
+        except BaseException:
+            await jobs.cancel(self.job_id)
+            raise
+        return error_response(500, "the job ended without a result")
+
+
+def _public_finish(reason: str) -> str:
+    # "cancelled" only reaches a client that is still there when the operator cancels; report it as stop.
+    return {"cancelled": "stop"}.get(reason, reason)
