@@ -100,8 +100,14 @@ def main() -> int:
 
 
 def _extra_processes(env: dict) -> list[list[str]]:
-    """Processes that later subsystems add (the inference worker serving the demo checkpoint)."""
-    return []
+    """The inference worker, serving the demo checkpoint unless LEVEE_CHECKPOINT names another."""
+    model = env.setdefault("LEVEE_MODEL_NAME", "deepseek-chat")
+    checkpoint = Path(env.setdefault("LEVEE_CHECKPOINT", str(ROOT / "inference" / "demo" / "checkpoint")))
+    if not (checkpoint / "config.json").exists():
+        print(f"no checkpoint at {checkpoint}: not starting an inference worker", file=sys.stderr)
+        return []
+    return [[str(BIN / "celery"), "-A", "inference.worker", "worker", "-P", "threads", "-c", "16",
+             "-Q", f"inference.{model}", "-n", f"inference-{model}@%h", "--loglevel", "INFO"]]
 
 
 if __name__ == "__main__":
