@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from levee.accounts import views as accounts
+from levee.billing import views as billing
 from levee.core import views as core
 from levee.keys import views as keys
 
@@ -26,6 +27,7 @@ account_patterns = [
 # The OpenAI-compatible API answers at the bare base URL and under /v1, as DeepSeek's does.
 api_patterns = [
     path("me", keys.whoami, name="api-whoami"),
+    path("user/balance", billing.user_balance, name="api-user-balance"),
 ]
 
 urlpatterns = [
@@ -37,5 +39,6 @@ urlpatterns = [
     path("api/keys/<int:key_id>/revoke", keys.revoke_key, name="api-key-revoke"),
     path("v1/", include(api_patterns)),
     path("", include(api_patterns)),
+    path("", include("levee.billing.urls")),
     path("admin/", admin.site.urls),
 ]
