@@ -113,6 +113,15 @@ def wallet_for(user) -> Wallet:
     return wallet
 
 
+def _lock_wallet_of(user) -> Wallet:
+    """Lock the account's wallet (inside a transaction), making it first if it has none: one round
+    trip on the hot path instead of a lookup and then a lock."""
+    try:
+        return Wallet.objects.select_for_update(no_key=True).get(user=user)
+    except Wallet.DoesNotExist:
+        return _lock_wallet(wallet_for(user).pk)
+
+
 # --- holds ---------------------------------------------------------------------------------------
 
 def estimate_max_cost(model: str, prompt_tokens: int, max_tokens: int, at: datetime | None = None) -> int:
@@ -130,9 +139,8 @@ def place_hold(*, user, api_key=None, model: str, prompt_tokens: int, max_tokens
     now = _now()
     rates = rates_at(model, now)
     amount = rates.max_cost(prompt_tokens=prompt_tokens, max_tokens=max_tokens)
-    wallet = wallet_for(user)
     with transaction.atomic():
-        wallet = _lock_wallet(wallet.pk)
+        wallet = _lock_wallet_of(user)
         if wallet.available_nano < amount:
             raise InsufficientBalance(needed_nano=amount, available_nano=wallet.available_nano)
         hold = Hold.objects.create(
@@ -199,14 +207,13 @@ def settle_hold(hold_id, *, prompt_cache_hit_tokens: int, prompt_cache_miss_toke
     _check_tokens(prompt_cache_hit_tokens=prompt_cache_hit_tokens, prompt_cache_miss_tokens=prompt_cache_miss_tokens,
                   completion_tokens=completion_tokens)
     _check_span(started_at, finished_at)
-    done = UsageRecord.objects.filter(hold_id=hold_id).first()
-    if done is not None:
-        return done
-    wallet_id = Hold.objects.values_list("wallet_id", flat=True).get(pk=hold_id)
+    wallet_id, status = Hold.objects.values_list("wallet_id", "status").get(pk=hold_id)
+    if status == HoldStatus.SETTLED:  # a duplicate message: answer without taking a lock
+        return UsageRecord.objects.get(hold_id=hold_id)
     now = _now()
     with transaction.atomic():
         wallet = _lock_wallet(wallet_id)
-        hold = Hold.objects.select_related("price_cache_hit", "price_cache_miss", "price_output", "wallet__user").get(pk=hold_id)
+        hold = Hold.objects.select_related("price_cache_hit", "price_cache_miss", "price_output").get(pk=hold_id)
         if hold.status == HoldStatus.SETTLED:
             return UsageRecord.objects.get(hold=hold)
         cost = rates_from_hold(hold).cost(cache_hit_tokens=prompt_cache_hit_tokens,
@@ -227,13 +234,13 @@ def settle_hold(hold_id, *, prompt_cache_hit_tokens: int, prompt_cache_miss_toke
         _move(wallet, granted=-from_granted, topped_up=-from_topped_up, held=-held_back, at=now)
         LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.CHARGE, granted_delta=-from_granted,
                                    topped_up_delta=-from_topped_up, held_delta=0 if late else -charge,
-                                   hold=hold, actor=hold.wallet.user, created_at=now)
+                                   hold=hold, actor_id=wallet.user_id, created_at=now)
         if held_back - charge > 0:
             LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.RELEASE, held_delta=-(held_back - charge),
-                                       hold=hold, actor=hold.wallet.user, reason="unused part of the hold",
+                                       hold=hold, actor_id=wallet.user_id, reason="unused part of the hold",
                                        created_at=now)
         usage = UsageRecord.objects.create(
-            user=hold.wallet.user, api_key_id=hold.api_key_id, hold=hold, model=hold.model,
+            user_id=wallet.user_id, api_key_id=hold.api_key_id, hold=hold, model=hold.model,
             request_id=hold.request_id, source=UsageSource.API, prompt_cache_hit_tokens=prompt_cache_hit_tokens,
             prompt_cache_miss_tokens=prompt_cache_miss_tokens, completion_tokens=completion_tokens,
             price_cache_hit=hold.price_cache_hit, price_cache_miss=hold.price_cache_miss,

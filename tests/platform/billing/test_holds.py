@@ -232,3 +232,15 @@ def test_settle_refuses_naive_or_backwards_times(prices):
     with pytest.raises(ValueError):
         settle_hold(hold.pk, **{**_usage(), "started_at": now, "finished_at": now - timedelta(seconds=1)})
     assert not UsageRecord.objects.exists()
+
+
+def test_the_hot_path_makes_a_fixed_small_number_of_queries(prices, django_assert_max_num_queries):
+    user = ada()
+    fund(user, 10**9)
+    settle_hold(_hold(user).pk, **_usage())  # the day's first request made the wallet and the daily row
+    with django_assert_max_num_queries(8):
+        hold = _hold(user)
+    with django_assert_max_num_queries(11):
+        settle_hold(hold.pk, **_usage())
+    with django_assert_max_num_queries(2):
+        settle_hold(hold.pk, **_usage())  # a duplicate takes no lock
