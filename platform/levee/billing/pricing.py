@@ -139,3 +139,13 @@ def _next_change(at: datetime) -> dict | None:
         "discount_windows_ending": [{"model": w.model, "token_class": w.token_class, "percent_off": w.percent_off}
                                     for w in DiscountWindow.objects.filter(effective_until=when)],
     }
+
+
+def seed_published_prices() -> None:
+    """(Re)write the DeepSeek price lists that migration 0002 seeds; idempotent. For tests whose
+    transactional flush removed the seeded rows, and for a database restored without them."""
+    import importlib
+
+    from django.apps import apps
+
+    importlib.import_module("levee.billing.migrations.0002_seed_deepseek_prices").seed(apps, None)

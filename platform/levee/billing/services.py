@@ -493,13 +493,19 @@ def reconcile() -> list[Discrepancy]:
 
 
 def balance_view(user) -> dict:
-    """GET /user/balance in DeepSeek's shape. Amounts are strings with two decimals, truncated."""
+    """The account's balance: DeepSeek's body for GET /user/balance (`is_available`, `balance_infos`,
+    amounts as two-decimal strings, truncated) plus the exact figures in nano-units (`total_nano`,
+    `granted_nano`, `topped_up_nano`, `held_nano`, `available_nano`) for callers in code; the
+    endpoint sends only DeepSeek's keys."""
     wallet = Wallet.objects.filter(user=user).first() or Wallet(user=user)
-    granted, topped_up = format_amount(wallet.granted_nano, places=2), format_amount(wallet.topped_up_nano, places=2)
-    total = format_amount(wallet.granted_nano - wallet.granted_nano % 10**7
-                          + wallet.topped_up_nano - wallet.topped_up_nano % 10**7, places=2)
+    cents = 10**7  # nano per hundredth
+    granted, topped_up = wallet.granted_nano, wallet.topped_up_nano
     return {"is_available": bool(user.is_active and wallet.available_nano > 0),
-            "balance_infos": [{"currency": currency(), "total_balance": total, "granted_balance": granted,
-                               "topped_up_balance": topped_up}]}
-
-
+            "balance_infos": [{"currency": currency(),
+                               # the total shown is the sum of the two amounts shown, as DeepSeek's is
+                               "total_balance": format_amount(granted - granted % cents + topped_up - topped_up % cents,
+                                                              places=2),
+                               "granted_balance": format_amount(granted, places=2),
+                               "topped_up_balance": format_amount(topped_up, places=2)}],
+            "total_nano": wallet.balance_nano, "granted_nano": granted, "topped_up_nano": topped_up,
+            "held_nano": wallet.held_nano, "available_nano": wallet.available_nano}

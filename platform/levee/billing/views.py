@@ -23,7 +23,8 @@ from levee.keys.authentication import ApiKeyAuthentication
 @authentication_classes([ApiKeyAuthentication])
 def user_balance(request):
     """GET /user/balance: the key owner's balance as DeepSeek reports it."""
-    return Response(services.balance_view(request.user))
+    body = services.balance_view(request.user)
+    return Response({"is_available": body["is_available"], "balance_infos": body["balance_infos"]})
 
 
 def _date_param(request, name: str) -> date:

@@ -27,6 +27,15 @@ def test_the_balance_is_reported_in_deepseeks_shape_at_both_paths(client, prices
             {"currency": "USD", "total_balance": "110.00", "granted_balance": "10.00", "topped_up_balance": "100.00"}]}
 
 
+def test_balance_view_also_gives_exact_nano_figures_to_code(prices):
+    user = ada()
+    fund(user, 1_234_567_891)
+    services.grant(user, 5, reason="promo", expires_at=None)
+    view = services.balance_view(user)
+    assert (view["total_nano"], view["granted_nano"], view["topped_up_nano"], view["available_nano"]) == (
+        1_234_567_896, 5, 1_234_567_891, 1_234_567_896)
+
+
 def test_an_account_with_nothing_available_is_not_available(client, prices):
     user = ada()
     _, raw = create_api_key(user, name="k")

@@ -112,6 +112,15 @@ def test_a_duplicate_settle_message_charges_once(prices):
     assert _wallet(user).topped_up_nano == 10**9 - UsageRecord.objects.get().cost_nano
 
 
+def test_a_settle_message_with_extra_keys_still_charges(prices):
+    user = ada()
+    fund(user, 10**9)
+    hold = _hold(user)
+    message = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in _usage().items()}
+    assert settle_task.apply(args=[str(hold.pk), {**message, "prompt_tokens": 1000, "v": 2}]).successful()
+    assert UsageRecord.objects.get().hold == hold
+
+
 def test_a_malformed_settle_message_is_dropped_without_writing(prices):
     user = ada()
     fund(user, 10**9)

@@ -1,14 +1,11 @@
-import importlib
 from datetime import UTC, datetime
 
 import pytest
-from django.apps import apps
 
 from levee.billing.models import DiscountWindow, Price
-from levee.billing.pricing import price_book, rates_at
+from levee.billing.pricing import price_book, rates_at, seed_published_prices
 
 pytestmark = pytest.mark.django_db
-seed = importlib.import_module("levee.billing.migrations.0002_seed_deepseek_prices").seed
 
 
 def _cost_per_million(model, at, cls):
@@ -18,7 +15,7 @@ def _cost_per_million(model, at, cls):
 
 
 def test_the_seeded_lists_charge_deepseeks_published_prices_at_their_times(settings):
-    seed(apps, None)  # idempotent: the migration already ran unless a transactional test flushed it
+    seed_published_prices()  # idempotent: the migration already ran unless a transactional test flushed it
     settings.LEVEE_CURRENCY = "USD"
     peak = datetime(2025, 3, 3, 12, tzinfo=UTC)
     off_peak = datetime(2025, 3, 3, 23, tzinfo=UTC)
@@ -39,7 +36,7 @@ def test_the_seeded_lists_charge_deepseeks_published_prices_at_their_times(setti
 
 
 def test_the_price_book_shows_current_prices_and_the_next_change(client, settings):
-    seed(apps, None)
+    seed_published_prices()
     settings.LEVEE_CURRENCY = "USD"
     at = datetime(2025, 9, 10, tzinfo=UTC)
     book = price_book(at)
@@ -53,7 +50,7 @@ def test_the_price_book_shows_current_prices_and_the_next_change(client, setting
 
 
 def test_the_pricing_page_and_json_are_public(client, settings):
-    seed(apps, None)
+    seed_published_prices()
     settings.LEVEE_CURRENCY = "USD"
     page = client.get("/pricing")
     assert page.status_code == 200 and b"deepseek-reasoner" in page.content and b"0.42" in page.content
