@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "levee.accounts",
     "levee.keys",
     "levee.api",
+    "levee.billing",
 ]
 
 MIDDLEWARE = [
@@ -200,3 +201,17 @@ SILENCED_SYSTEM_CHECKS = ["auth.E003"]
 LEVEE_JOB_QUEUE_TIMEOUT = env_int("LEVEE_JOB_QUEUE_TIMEOUT", 600, minimum=1)  # DeepSeek closes after 10 min
 LEVEE_JOB_MAX_RUNTIME = env_int("LEVEE_JOB_MAX_RUNTIME", 600, minimum=1)
 LEVEE_JOB_HEARTBEAT_TIMEOUT = env_int("LEVEE_JOB_HEARTBEAT_TIMEOUT", 10, minimum=1)
+# Billing (docs/billing.md). Money is integer nano-units of LEVEE_CURRENCY (1 USD = 10**9 nano).
+LEVEE_CURRENCY = (env_str("LEVEE_CURRENCY") or "USD").strip().upper()
+# Granted once an account's address is verified: a decimal in LEVEE_CURRENCY ("0" = none).
+LEVEE_SIGNUP_CREDIT = (env_str("LEVEE_SIGNUP_CREDIT") or "0").strip()
+LEVEE_SIGNUP_CREDIT_EXPIRY_DAYS = env_int("LEVEE_SIGNUP_CREDIT_EXPIRY_DAYS", 30, minimum=0)  # 0 = never
+# An open hold is released this long after its job's deadline (the job is presumed dead).
+LEVEE_HOLD_SWEEP_GRACE_SECONDS = env_int("LEVEE_HOLD_SWEEP_GRACE_SECONDS", 60, minimum=0)
+LEVEE_USAGE_MAX_DAYS = env_int("LEVEE_USAGE_MAX_DAYS", 366, minimum=1)
+CELERY_BEAT_SCHEDULE.update({
+    "billing-sweep-holds": {"task": "levee.billing.sweep_holds", "schedule": 60.0,
+                            "options": {"queue": "platform", "expires": 55}},
+    "billing-expire-grants": {"task": "levee.billing.expire_grants", "schedule": 600.0,
+                              "options": {"queue": "platform", "expires": 550}},
+})

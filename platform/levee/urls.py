@@ -4,6 +4,7 @@ from django.urls import include, path
 
 from levee.accounts import views as accounts
 from levee.api import views as api
+from levee.billing import views as billing
 from levee.core import views as core
 from levee.keys import views as keys
 
@@ -29,6 +30,7 @@ api_patterns = [
     path("me", keys.whoami, name="api-whoami"),
     path("models", api.list_models, name="api-models"),
     path("chat/completions", api.chat_completions, name="api-chat-completions"),
+    path("user/balance", billing.user_balance, name="api-user-balance"),
 ]
 
 urlpatterns = [
@@ -40,5 +42,6 @@ urlpatterns = [
     path("api/keys/<int:key_id>/revoke", keys.revoke_key, name="api-key-revoke"),
     path("v1/", include(api_patterns)),
     path("", include(api_patterns)),
+    path("", include("levee.billing.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -1,0 +1,158 @@
+"""Billing in Django admin. Money moves only through services (credit/debit action, vouchers);
+ledger, holds, usage and audit rows are read-only here."""
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.template.response import TemplateResponse
+from django.utils import timezone
+
+from levee.billing import services
+from levee.billing.forms import AdjustForm, VoucherForm
+from levee.billing.models import (
+    AuditEvent,
+    DiscountWindow,
+    Grant,
+    Hold,
+    LedgerEntry,
+    Price,
+    UsageRecord,
+    Voucher,
+    Wallet,
+)
+from levee.billing.money import format_amount
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class FutureOnlyAdmin(admin.ModelAdmin):
+    """A price or window that has been in force is history (holds and usage point at it): it can be
+    superseded by a new row, not edited."""
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and (obj is None or obj.effective_from > timezone.now())
+
+    has_delete_permission = has_change_permission
+
+
+@admin.register(Price)
+class PriceAdmin(FutureOnlyAdmin):
+    list_display = ("model", "token_class", "currency", "nano_per_token", "effective_from", "note")
+    list_filter = ("currency", "model", "token_class")
+
+
+@admin.register(DiscountWindow)
+class DiscountWindowAdmin(FutureOnlyAdmin):
+    list_display = ("model", "token_class", "percent_off", "start_time", "end_time", "effective_from", "effective_until")
+    list_filter = ("model",)
+
+
+@admin.register(Wallet)
+class WalletAdmin(ReadOnlyAdmin):
+    list_display = ("user", "granted", "topped_up", "held", "updated_at")
+    search_fields = ("user__email",)
+    list_select_related = ("user",)
+    actions = ["credit_or_debit"]
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and request.user.has_perm("billing.change_wallet")  # the action, never the form
+
+    @admin.display(description="granted")
+    def granted(self, wallet):
+        return format_amount(wallet.granted_nano)
+
+    @admin.display(description="topped up")
+    def topped_up(self, wallet):
+        return format_amount(wallet.topped_up_nano)
+
+    @admin.display(description="held")
+    def held(self, wallet):
+        return format_amount(wallet.held_nano)
+
+    @admin.action(description="Credit or debit selected wallets…", permissions=["change"])
+    def credit_or_debit(self, request, queryset):
+        form = AdjustForm(request.POST if "apply" in request.POST else None)
+        if "apply" in request.POST and form.is_valid():
+            done = 0
+            for wallet in queryset:
+                try:
+                    services.adjust(wallet, form.cleaned_data["amount"], actor=request.user,
+                                    reason=form.cleaned_data["reason"], source="admin")
+                    done += 1
+                except services.BillingRefused as exc:
+                    self.message_user(request, f"{wallet.user}: {exc.message}", messages.ERROR)
+            if done:
+                self.message_user(request, f"Adjusted {done} wallet(s) by {format_amount(form.cleaned_data['amount'])}.",
+                                  messages.SUCCESS)
+            return None
+        return TemplateResponse(request, "billing/admin/adjust.html", {
+            **self.admin_site.each_context(request), "title": "Credit or debit wallets", "form": form,
+            "wallets": queryset, "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME, "opts": self.model._meta})
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "wallet", "kind", "granted_delta", "topped_up_delta", "held_delta", "actor", "reason")
+    list_filter = ("kind",)
+    search_fields = ("wallet__user__email", "external_id", "reason")
+    list_select_related = ("wallet__user", "actor")
+
+
+@admin.register(Grant)
+class GrantAdmin(ReadOnlyAdmin):
+    list_display = ("wallet", "amount_nano", "remaining_nano", "expires_at", "reason", "created_at")
+    search_fields = ("wallet__user__email",)
+
+
+@admin.register(Hold)
+class HoldAdmin(ReadOnlyAdmin):
+    list_display = ("id", "wallet", "model", "amount_nano", "status", "deadline", "created_at")
+    list_filter = ("status",)
+    search_fields = ("request_id", "wallet__user__email")
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(ReadOnlyAdmin):
+    list_display = ("started_at", "user", "model", "source", "prompt_cache_hit_tokens", "prompt_cache_miss_tokens",
+                    "completion_tokens", "cost_nano")
+    list_filter = ("source", "model")
+    search_fields = ("request_id", "user__email")
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "actor", "action", "source", "wallet", "amount_nano", "reason")
+    list_filter = ("action", "source")
+
+
+@admin.register(Voucher)
+class VoucherAdmin(admin.ModelAdmin):
+    form = VoucherForm
+    list_display = ("code", "amount", "expires_at", "redeemed_count", "max_redemptions", "created_at")
+    search_fields = ("code",)
+    readonly_fields = ("redeemed_count", "created_by", "created_at")
+
+    def has_change_permission(self, request, obj=None):
+        # A voucher someone has redeemed is part of their ledger's story: it is not rewritten.
+        return super().has_change_permission(request, obj) and (obj is None or obj.redeemed_count == 0)
+
+    has_delete_permission = has_change_permission
+
+    @admin.display(description="amount")
+    def amount(self, voucher):
+        return format_amount(voucher.amount_nano, places=2)
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+        AuditEvent.objects.create(actor=request.user, action="voucher " + ("changed" if change else "created"),
+                                  source="admin", amount_nano=obj.amount_nano, reason=f"voucher {obj.code}")

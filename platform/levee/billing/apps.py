@@ -1,0 +1,22 @@
+import re
+
+from django.apps import AppConfig
+from django.core.exceptions import ImproperlyConfigured
+
+
+class BillingConfig(AppConfig):
+    name = "levee.billing"
+    label = "billing"
+
+    def ready(self):
+        from django.conf import settings
+
+        from levee.billing import signals  # noqa: F401  (connects the sign-up credit to user_verified)
+        from levee.billing.money import InvalidAmount, parse_amount
+
+        if not re.fullmatch(r"[A-Z]{3}", settings.LEVEE_CURRENCY):
+            raise ImproperlyConfigured(f"LEVEE_CURRENCY={settings.LEVEE_CURRENCY!r} is not an ISO 4217 code like USD")
+        try:
+            parse_amount(settings.LEVEE_SIGNUP_CREDIT, allow_zero=True)
+        except InvalidAmount as exc:
+            raise ImproperlyConfigured(f"LEVEE_SIGNUP_CREDIT={settings.LEVEE_SIGNUP_CREDIT!r}: {exc}") from None

@@ -1,0 +1,361 @@
+"""Billing's tables. Amounts are integer nano-units of LEVEE_CURRENCY (see levee.billing.money).
+
+Balances live on `Wallet` and change only through `levee.billing.services`, which writes one
+immutable `LedgerEntry` per change in the same transaction; `reconcile` proves the two agree.
+"""
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+
+class TokenClass(models.TextChoices):
+    INPUT_CACHE_HIT = "input_cache_hit", "input, cache hit"
+    INPUT_CACHE_MISS = "input_cache_miss", "input, cache miss"
+    OUTPUT = "output", "output"
+
+
+class Price(models.Model):
+    """A published per-token price of one token class of one model, in force from an instant until
+    the next row for the same (model, token class, currency). Rows are history: a row that has
+    been in force is never edited (usage records and holds point at it)."""
+
+    model = models.CharField(max_length=128)  # a plain name; the model table belongs to the jobs app
+    token_class = models.CharField(max_length=16, choices=TokenClass.choices)
+    currency = models.CharField(max_length=3)
+    nano_per_token = models.PositiveBigIntegerField()
+    effective_from = models.DateTimeField()
+    note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["model", "token_class", "currency", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "token_class", "currency", "effective_from"],
+                                    name="billing_price_one_row_per_instant"),
+        ]
+        indexes = [models.Index(fields=["model", "currency", "effective_from"])]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.token_class} {self.nano_per_token} nano {self.currency} from {self.effective_from:%Y-%m-%d %H:%M}Z"
+
+
+class DiscountWindow(models.Model):
+    """A daily time-of-day window (UTC) with a percentage off one token class of one model, in force
+    between two instants. `start_time` after `end_time` means the window crosses midnight UTC
+    (DeepSeek's off-peak hours, 16:30–00:30 UTC). Currency-independent: it is a percentage."""
+
+    model = models.CharField(max_length=128)
+    token_class = models.CharField(max_length=16, choices=TokenClass.choices)
+    percent_off = models.PositiveSmallIntegerField()
+    start_time = models.TimeField(help_text="UTC, inclusive")
+    end_time = models.TimeField(help_text="UTC, exclusive; earlier than the start = crosses midnight")
+    effective_from = models.DateTimeField()
+    effective_until = models.DateTimeField(null=True, blank=True)
+    note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["model", "token_class", "-effective_from"]
+        constraints = [
+            models.CheckConstraint(condition=Q(percent_off__gte=1, percent_off__lte=100),
+                                   name="billing_window_percent_1_100"),
+            models.CheckConstraint(condition=~Q(start_time=F("end_time")), name="billing_window_not_empty"),
+            models.CheckConstraint(condition=Q(effective_until__isnull=True) | Q(effective_until__gt=F("effective_from")),
+                                   name="billing_window_until_after_from"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.token_class} -{self.percent_off}% {self.start_time:%H:%M}–{self.end_time:%H:%M} UTC"
+
+
+class Wallet(models.Model):
+    """An account's money. balance = granted + topped_up; available = balance - held (open holds).
+    The constraints make overspending impossible even for a buggy caller."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="wallet")
+    granted_nano = models.BigIntegerField(default=0)
+    topped_up_nano = models.BigIntegerField(default=0)
+    held_nano = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(granted_nano__gte=0), name="billing_wallet_granted_not_negative"),
+            models.CheckConstraint(condition=Q(topped_up_nano__gte=0), name="billing_wallet_topped_up_not_negative"),
+            models.CheckConstraint(condition=Q(held_nano__gte=0), name="billing_wallet_held_not_negative"),
+            models.CheckConstraint(condition=Q(held_nano__lte=F("granted_nano") + F("topped_up_nano")),
+                                   name="billing_wallet_holds_covered"),
+        ]
+
+    def __str__(self) -> str:
+        return f"wallet of {self.user}"
+
+    @property
+    def balance_nano(self) -> int:
+        return self.granted_nano + self.topped_up_nano
+
+    @property
+    def available_nano(self) -> int:
+        return self.balance_nano - self.held_nano
+
+
+class Grant(models.Model):
+    """Granted credit (sign-up credit, promotions). Spent before topped-up money, soonest expiry
+    first; what is left at `expires_at` leaves the wallet through an `expiry` ledger entry."""
+
+    wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="grants")
+    amount_nano = models.BigIntegerField()
+    remaining_nano = models.BigIntegerField()
+    expires_at = models.DateTimeField(null=True, blank=True)
+    reason = models.CharField(max_length=200)
+    # Makes a grant idempotent per wallet ("signup" is given once however often the signal fires).
+    key = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001 - NULL = no key, outside the unique constraint
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(amount_nano__gt=0), name="billing_grant_positive"),
+            models.CheckConstraint(condition=Q(remaining_nano__gte=0, remaining_nano__lte=F("amount_nano")),
+                                   name="billing_grant_remaining_in_range"),
+            models.UniqueConstraint(fields=["wallet", "key"], condition=Q(key__isnull=False),
+                                    name="billing_grant_key_once_per_wallet"),
+        ]
+        indexes = [models.Index(fields=["expires_at"], condition=Q(remaining_nano__gt=0),
+                                name="billing_grant_live_expiry")]
+
+    def __str__(self) -> str:
+        return f"grant {self.pk} of {self.amount_nano} nano ({self.reason})"
+
+
+class HoldStatus(models.TextChoices):
+    OPEN = "open"
+    SETTLED = "settled"
+    RELEASED = "released"
+
+
+class Hold(models.Model):
+    """A reservation of a request's maximum cost. The prices in force when it was placed (and the
+    discount percentages then) are remembered here and charged at settle."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="holds")
+    api_key = models.ForeignKey("keys.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    model = models.CharField(max_length=128)
+    request_id = models.CharField(max_length=64)
+    prompt_tokens = models.PositiveIntegerField()
+    max_tokens = models.PositiveIntegerField()
+    amount_nano = models.BigIntegerField()
+    status = models.CharField(max_length=8, choices=HoldStatus.choices, default=HoldStatus.OPEN)
+    deadline = models.DateTimeField()
+    price_cache_hit = models.ForeignKey(Price, on_delete=models.PROTECT, related_name="+")
+    price_cache_miss = models.ForeignKey(Price, on_delete=models.PROTECT, related_name="+")
+    price_output = models.ForeignKey(Price, on_delete=models.PROTECT, related_name="+")
+    percent_off_cache_hit = models.PositiveSmallIntegerField(default=0)
+    percent_off_cache_miss = models.PositiveSmallIntegerField(default=0)
+    percent_off_output = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    close_reason = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(amount_nano__gte=0), name="billing_hold_amount_not_negative")]
+        indexes = [
+            models.Index(fields=["deadline"], condition=Q(status="open"), name="billing_hold_open_deadline"),
+            models.Index(fields=["request_id"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"hold {self.id} {self.status}"
+
+
+class LedgerKind(models.TextChoices):
+    GRANT = "grant"
+    TOPUP = "topup", "top-up"
+    VOUCHER = "voucher"
+    HOLD = "hold"
+    CHARGE = "charge"
+    RELEASE = "release"
+    REFUND = "refund"
+    ADJUSTMENT = "adjustment"
+    EXPIRY = "expiry"
+
+
+class LedgerQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise TypeError("ledger entries are immutable")
+
+    def delete(self):
+        raise TypeError("ledger entries are immutable")
+
+
+class LedgerEntry(models.Model):
+    """One change of a wallet, never edited or deleted. Each column of the wallet equals the sum of
+    its delta here: granted_nano = Σ granted_delta, topped_up_nano = Σ topped_up_delta,
+    held_nano = Σ held_delta."""
+
+    wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="entries")
+    kind = models.CharField(max_length=12, choices=LedgerKind.choices)
+    granted_delta = models.BigIntegerField(default=0)
+    topped_up_delta = models.BigIntegerField(default=0)
+    held_delta = models.BigIntegerField(default=0)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                              related_name="+", help_text="who acted; empty for the system")
+    hold = models.ForeignKey(Hold, null=True, blank=True, on_delete=models.PROTECT, related_name="entries")
+    grant = models.ForeignKey(Grant, null=True, blank=True, on_delete=models.PROTECT, related_name="entries")
+    reason = models.CharField(max_length=200, blank=True)
+    # "<source>:<id>" of a payment provider's top-up (or "refund:<usage id>"): at most one entry each.
+    external_id = models.CharField(max_length=200, null=True, blank=True)  # noqa: DJ001 - NULL = none, outside the unique constraint
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = LedgerQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "ledger entries"
+        constraints = [
+            models.UniqueConstraint(fields=["external_id"], condition=Q(external_id__isnull=False),
+                                    name="billing_ledger_external_id_once"),
+        ]
+        indexes = [models.Index(fields=["wallet", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.balance_delta:+d} nano (held {self.held_delta:+d})"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise TypeError("ledger entries are immutable")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise TypeError("ledger entries are immutable")
+
+    @property
+    def balance_delta(self) -> int:
+        return self.granted_delta + self.topped_up_delta
+
+
+class UsageSource(models.TextChoices):
+    API = "api"
+    WEB = "web"
+
+
+class UsageRecord(models.Model):
+    """One request's tokens and what it cost, with the price rows and discounts it was charged at."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="usage_records")
+    api_key = models.ForeignKey("keys.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    hold = models.OneToOneField(Hold, null=True, blank=True, on_delete=models.PROTECT, related_name="usage")
+    model = models.CharField(max_length=128)
+    request_id = models.CharField(max_length=64)
+    source = models.CharField(max_length=3, choices=UsageSource.choices)
+    prompt_cache_hit_tokens = models.PositiveIntegerField()
+    prompt_cache_miss_tokens = models.PositiveIntegerField()
+    completion_tokens = models.PositiveIntegerField()
+    price_cache_hit = models.ForeignKey(Price, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    price_cache_miss = models.ForeignKey(Price, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    price_output = models.ForeignKey(Price, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    percent_off_cache_hit = models.PositiveSmallIntegerField(default=0)
+    percent_off_cache_miss = models.PositiveSmallIntegerField(default=0)
+    percent_off_output = models.PositiveSmallIntegerField(default=0)
+    cost_nano = models.BigIntegerField()  # what was charged
+    currency = models.CharField(max_length=3)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(cost_nano__gte=0), name="billing_usage_cost_not_negative")]
+        indexes = [models.Index(fields=["user", "started_at"]), models.Index(fields=["request_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.request_id} {self.cost_nano} nano"
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.prompt_cache_hit_tokens + self.prompt_cache_miss_tokens
+
+
+class DailyUsage(models.Model):
+    """Per account, UTC day, model and source: totals of its usage records, kept in the same
+    transaction as each record (see docs/billing.md for why on write rather than by a task)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    day = models.DateField()
+    model = models.CharField(max_length=128)
+    source = models.CharField(max_length=3, choices=UsageSource.choices)
+    requests = models.PositiveIntegerField(default=0)
+    prompt_cache_hit_tokens = models.PositiveBigIntegerField(default=0)
+    prompt_cache_miss_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cost_nano = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "day", "model", "source"], name="billing_daily_usage_key")]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.model} {self.source}"
+
+
+class Voucher(models.Model):
+    """A code an admin makes; each account may redeem it once, up to `max_redemptions` in all.
+    Redeemed value lands in the topped-up balance (a voucher stands for money paid elsewhere)."""
+
+    code = models.CharField(max_length=64, unique=True, help_text="letters, digits and dashes; matched without regard to case")
+    amount_nano = models.BigIntegerField()
+    expires_at = models.DateTimeField()
+    max_redemptions = models.PositiveIntegerField(default=1)
+    redeemed_count = models.PositiveIntegerField(default=0)
+    note = models.CharField(max_length=200, blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                   related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(amount_nano__gt=0), name="billing_voucher_positive"),
+            models.CheckConstraint(condition=Q(max_redemptions__gte=1), name="billing_voucher_redeemable"),
+            models.CheckConstraint(condition=Q(redeemed_count__lte=F("max_redemptions")),
+                                   name="billing_voucher_not_over_redeemed"),
+        ]
+
+    def __str__(self) -> str:
+        return self.code
+
+
+class VoucherRedemption(models.Model):
+    voucher = models.ForeignKey(Voucher, on_delete=models.PROTECT, related_name="redemptions")
+    wallet = models.ForeignKey(Wallet, on_delete=models.PROTECT, related_name="+")
+    entry = models.OneToOneField(LedgerEntry, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["voucher", "wallet"], name="billing_voucher_once_per_wallet")]
+
+    def __str__(self) -> str:
+        return f"{self.voucher_id} by wallet {self.wallet_id}"
+
+
+class AuditEvent(models.Model):
+    """Operator actions on money (admin credit/debit, the credit command, voucher creation)."""
+
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                              related_name="+")
+    action = models.CharField(max_length=32)
+    source = models.CharField(max_length=16, help_text="admin, command, …")
+    wallet = models.ForeignKey(Wallet, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    amount_nano = models.BigIntegerField(default=0)
+    reason = models.CharField(max_length=200)
+    entry = models.ForeignKey(LedgerEntry, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} by {self.actor or self.source}"

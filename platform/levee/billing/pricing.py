@@ -1,0 +1,151 @@
+"""The price book: which prices and discounts are in force at an instant, and what tokens cost.
+
+The rounding rule (docs/billing.md, ADR 0004): a request's cost is the exact rational sum over its
+token classes of tokens × nano_per_token × (100 − percent_off) / 100, rounded down to a whole nano
+once, for the whole request. Never per class, never per token: the customer never pays more than
+the published price, and at most one nano less.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, time
+
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
+
+from levee.billing.models import DiscountWindow, Price, TokenClass
+
+CLASSES = (TokenClass.INPUT_CACHE_HIT, TokenClass.INPUT_CACHE_MISS, TokenClass.OUTPUT)
+
+
+class PriceNotFound(LookupError):
+    """No price is in force for this model (in this currency) at this instant."""
+
+    def __init__(self, model: str, at: datetime):
+        super().__init__(f"no price for model {model!r} at {at.isoformat()}")
+        self.model = model
+
+
+def in_window(start: time, end: time, moment: time) -> bool:
+    """Whether a UTC time of day falls in [start, end); a window whose end is not after its start
+    crosses midnight and covers [start, 24:00) and [00:00, end)."""
+    if start < end:
+        return start <= moment < end
+    return moment >= start or moment < end
+
+
+@dataclass(frozen=True)
+class Rate:
+    price: Price
+    percent_off: int = 0
+
+    @property
+    def hundredths(self) -> int:
+        """The per-token price × 100, an integer: the exact numerator before the one division."""
+        return self.price.nano_per_token * (100 - self.percent_off)
+
+
+@dataclass(frozen=True)
+class Rates:
+    cache_hit: Rate
+    cache_miss: Rate
+    output: Rate
+
+    def cost(self, *, cache_hit_tokens: int, cache_miss_tokens: int, completion_tokens: int) -> int:
+        exact_hundredths = (cache_hit_tokens * self.cache_hit.hundredths
+                            + cache_miss_tokens * self.cache_miss.hundredths
+                            + completion_tokens * self.output.hundredths)
+        return exact_hundredths // 100
+
+    def max_cost(self, *, prompt_tokens: int, max_tokens: int) -> int:
+        """The most a request can cost: every prompt token at the dearer input rate, max_tokens of output."""
+        dearer = max(self.cache_hit.hundredths, self.cache_miss.hundredths)
+        return (prompt_tokens * dearer + max_tokens * self.output.hundredths) // 100
+
+
+def currency() -> str:
+    return settings.LEVEE_CURRENCY
+
+
+def rates_at(model: str, at: datetime | None = None) -> Rates:
+    """The prices and discounts in force for `model` at instant `at` (now by default)."""
+    at = at or timezone.now()
+    prices: dict[str, Price] = {}
+    for price in Price.objects.filter(model=model, currency=currency(), effective_from__lte=at).order_by("-effective_from"):
+        prices.setdefault(price.token_class, price)
+    if len(prices) < len(CLASSES):
+        raise PriceNotFound(model, at)
+    percent = {cls: 0 for cls in CLASSES}
+    for window in windows_in_force(at).filter(model=model):
+        if in_window(window.start_time, window.end_time, at.astimezone(UTC).time()):
+            percent[window.token_class] = max(percent[window.token_class], window.percent_off)
+    return Rates(*(Rate(prices[cls], percent[cls]) for cls in CLASSES))
+
+
+def windows_in_force(at: datetime):
+    return DiscountWindow.objects.filter(Q(effective_until__isnull=True) | Q(effective_until__gt=at),
+                                         effective_from__lte=at)
+
+
+def rates_from_hold(hold) -> Rates:
+    return Rates(Rate(hold.price_cache_hit, hold.percent_off_cache_hit),
+                 Rate(hold.price_cache_miss, hold.percent_off_cache_miss),
+                 Rate(hold.price_output, hold.percent_off_output))
+
+
+def price_book(at: datetime | None = None) -> dict:
+    """What the pricing page and /api/pricing show: the list prices in force, the discount windows
+    in force, and the next scheduled change of either."""
+    from levee.billing.money import per_million
+
+    at = at or timezone.now()
+    current: dict[tuple[str, str], Price] = {}
+    for price in Price.objects.filter(currency=currency(), effective_from__lte=at).order_by("-effective_from"):
+        current.setdefault((price.model, price.token_class), price)
+    models: dict[str, dict] = {}
+    for (model, cls), price in sorted(current.items()):
+        models.setdefault(model, {"model": model, "prices": {}})["prices"][cls] = {
+            "per_million_tokens": per_million(price.nano_per_token), "nano_per_token": price.nano_per_token,
+            "effective_from": price.effective_from.isoformat()}
+    windows = [{"model": w.model, "token_class": w.token_class, "percent_off": w.percent_off,
+                "start_utc": w.start_time.strftime("%H:%M"), "end_utc": w.end_time.strftime("%H:%M"),
+                "effective_until": w.effective_until.isoformat() if w.effective_until else None}
+               for w in windows_in_force(at).order_by("model", "token_class")]
+    next_change = _next_change(at)
+    return {"currency": currency(), "at": at.isoformat(), "models": list(models.values()),
+            "discount_windows": windows, "next_change": next_change}
+
+
+def _next_change(at: datetime) -> dict | None:
+    """The soonest instant after `at` at which a price or a discount window starts or stops, with
+    what happens then."""
+    from levee.billing.money import per_million
+
+    instants = [p.effective_from for p in Price.objects.filter(currency=currency(), effective_from__gt=at)
+                .order_by("effective_from")[:1]]
+    instants += [w.effective_from for w in DiscountWindow.objects.filter(effective_from__gt=at).order_by("effective_from")[:1]]
+    instants += [w.effective_until for w in DiscountWindow.objects.filter(effective_until__gt=at).order_by("effective_until")[:1]]
+    if not instants:
+        return None
+    when = min(instants)
+    return {
+        "at": when.isoformat(),
+        "prices": [{"model": p.model, "token_class": p.token_class, "per_million_tokens": per_million(p.nano_per_token),
+                    "nano_per_token": p.nano_per_token}
+                   for p in Price.objects.filter(currency=currency(), effective_from=when).order_by("model", "token_class")],
+        "discount_windows_starting": [{"model": w.model, "token_class": w.token_class, "percent_off": w.percent_off}
+                                      for w in DiscountWindow.objects.filter(effective_from=when)],
+        "discount_windows_ending": [{"model": w.model, "token_class": w.token_class, "percent_off": w.percent_off}
+                                    for w in DiscountWindow.objects.filter(effective_until=when)],
+    }
+
+
+def seed_published_prices() -> None:
+    """(Re)write the DeepSeek price lists that migration 0002 seeds; idempotent. For tests whose
+    transactional flush removed the seeded rows, and for a database restored without them."""
+    import importlib
+
+    from django.apps import apps
+
+    importlib.import_module("levee.billing.migrations.0002_seed_deepseek_prices").seed(apps, None)

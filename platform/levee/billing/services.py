@@ -1,0 +1,511 @@
+"""Billing verbs. Views, admin actions, tasks and commands call these; each is one short transaction.
+
+Locking discipline (STYLE.md): every transaction that changes a wallet first locks the wallet row
+(`SELECT … FOR NO KEY UPDATE`), then the rows under it (grants by pk, the hold, the voucher), so
+two writers of one wallet queue on that row and no two transactions wait on each other in
+opposite orders. Balances move with F() expressions; the database's CheckConstraints forbid a
+negative balance or holds the balance does not cover.
+
+The contract the API calls (docs/billing.md): InsufficientBalance, estimate_max_cost, place_hold,
+settle_hold, release_hold; the Celery tasks `levee.billing.settle` and `levee.billing.sweep_holds`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Sum
+from django.utils import timezone
+
+from levee.billing.models import (
+    AuditEvent,
+    DailyUsage,
+    Grant,
+    Hold,
+    HoldStatus,
+    LedgerEntry,
+    LedgerKind,
+    UsageRecord,
+    UsageSource,
+    Voucher,
+    VoucherRedemption,
+    Wallet,
+)
+from levee.billing.money import MAX_OPERATION_NANO, format_amount
+from levee.billing.pricing import PriceNotFound, currency, rates_at, rates_from_hold
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "InsufficientBalance", "PriceNotFound", "BillingRefused", "estimate_max_cost", "place_hold", "settle_hold",
+    "release_hold", "record_free_usage", "wallet_for", "grant", "topup", "adjust", "refund_usage",
+    "redeem_voucher", "expire_grants", "sweep_holds", "reconcile",
+]
+
+# A request can't be bigger than this many tokens; it keeps every product far inside a BIGINT.
+MAX_TOKENS_PER_REQUEST = 10**9
+
+
+class InsufficientBalance(Exception):
+    """The wallet's available balance (balance minus open holds) cannot cover the request's maximum
+    cost. The API answers 402 with DeepSeek's body: `error_response(402, ...)` / `exc.api_error()`."""
+
+    status = 402
+
+    def __init__(self, *, needed_nano: int, available_nano: int):
+        super().__init__("Insufficient Balance")
+        self.needed_nano = needed_nano
+        self.available_nano = available_nano
+
+    def api_error(self):
+        from levee.core.errors import ApiError
+
+        return ApiError(402, "Insufficient Balance")
+
+
+class BillingRefused(Exception):
+    """A refused operator or owner action; `code` is stable for clients, nothing was written."""
+
+    def __init__(self, code: str, message: str, *, status: int = 422):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def _now() -> datetime:
+    return timezone.now()
+
+
+def _check_tokens(**counts: int) -> None:
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TOKENS_PER_REQUEST:
+            raise ValueError(f"{name} must be an integer between 0 and {MAX_TOKENS_PER_REQUEST}, not {value!r}")
+
+
+def _check_amount(amount: int, *, signed: bool = False) -> None:
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise ValueError(f"amounts are integer nano-units, not {amount!r}")
+    if amount == 0 or (amount < 0 and not signed) or abs(amount) > MAX_OPERATION_NANO:
+        raise ValueError(f"amount {amount} is out of range")
+
+
+def _lock_wallet(wallet_id: int) -> Wallet:
+    return Wallet.objects.select_for_update(no_key=True).get(pk=wallet_id)
+
+
+def _move(wallet: Wallet, *, granted: int = 0, topped_up: int = 0, held: int = 0, at: datetime) -> None:
+    """Apply deltas to a locked wallet row with F() and mirror them on the Python object."""
+    Wallet.objects.filter(pk=wallet.pk).update(granted_nano=F("granted_nano") + granted,
+                                                topped_up_nano=F("topped_up_nano") + topped_up,
+                                                held_nano=F("held_nano") + held, updated_at=at)
+    wallet.granted_nano += granted
+    wallet.topped_up_nano += topped_up
+    wallet.held_nano += held
+
+
+def wallet_for(user) -> Wallet:
+    """The account's wallet, made on first use."""
+    wallet, _ = Wallet.objects.get_or_create(user=user)
+    return wallet
+
+
+def _lock_wallet_of(user) -> Wallet:
+    """Lock the account's wallet (inside a transaction), making it first if it has none: one round
+    trip on the hot path instead of a lookup and then a lock."""
+    try:
+        return Wallet.objects.select_for_update(no_key=True).get(user=user)
+    except Wallet.DoesNotExist:
+        return _lock_wallet(wallet_for(user).pk)
+
+
+# --- holds ---------------------------------------------------------------------------------------
+
+def estimate_max_cost(model: str, prompt_tokens: int, max_tokens: int, at: datetime | None = None) -> int:
+    """The most a request can cost in nano-units at the prices in force at `at` (now): every prompt
+    token at the dearer input rate plus max_tokens of output. Raises PriceNotFound for an unpriced model."""
+    _check_tokens(prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    return rates_at(model, at).max_cost(prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+
+
+def place_hold(*, user, api_key=None, model: str, prompt_tokens: int, max_tokens: int,
+               request_id: str, deadline: datetime) -> Hold:
+    """Reserve the request's maximum cost against the available balance, atomically. The prices in
+    force now are remembered on the hold and charged at settle. Raises InsufficientBalance."""
+    _check_tokens(prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    now = _now()
+    rates = rates_at(model, now)
+    amount = rates.max_cost(prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    with transaction.atomic():
+        wallet = _lock_wallet_of(user)
+        if wallet.available_nano < amount:
+            raise InsufficientBalance(needed_nano=amount, available_nano=wallet.available_nano)
+        hold = Hold.objects.create(
+            wallet=wallet, api_key=api_key, model=model, request_id=request_id[:64], prompt_tokens=prompt_tokens,
+            max_tokens=max_tokens, amount_nano=amount, deadline=deadline, created_at=now,
+            price_cache_hit=rates.cache_hit.price, price_cache_miss=rates.cache_miss.price,
+            price_output=rates.output.price, percent_off_cache_hit=rates.cache_hit.percent_off,
+            percent_off_cache_miss=rates.cache_miss.percent_off, percent_off_output=rates.output.percent_off)
+        _move(wallet, held=amount, at=now)
+        LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.HOLD, held_delta=amount, hold=hold, actor=user,
+                                   created_at=now)
+    return hold
+
+
+def _spend(wallet: Wallet, amount: int, *, at: datetime) -> tuple[int, int]:
+    """Split a charge into (from granted, from topped-up): grants first, soonest expiry first.
+    Decrements the grants; the caller moves the wallet. The wallet row is already locked."""
+    from_granted = min(amount, wallet.granted_nano)
+    left = from_granted
+    if left:
+        grants = list(Grant.objects.select_for_update(no_key=True).filter(wallet=wallet, remaining_nano__gt=0)
+                      .order_by("pk"))
+        far = datetime.max.replace(tzinfo=UTC)
+        for g in sorted(grants, key=lambda g: (g.expires_at or far, g.pk)):
+            take = min(left, g.remaining_nano)
+            Grant.objects.filter(pk=g.pk).update(remaining_nano=F("remaining_nano") - take)
+            left -= take
+            if not left:
+                break
+        if left:  # grants disagree with the wallet's granted column: refuse rather than guess
+            raise RuntimeError(f"wallet {wallet.pk}: grants hold less than its granted balance")
+    return from_granted, amount - from_granted
+
+
+def _add_daily(usage: UsageRecord) -> None:
+    key = {"user_id": usage.user_id, "day": usage.started_at.astimezone(UTC).date(), "model": usage.model,
+           "source": usage.source}
+    amounts = {"requests": 1, "prompt_cache_hit_tokens": usage.prompt_cache_hit_tokens,
+               "prompt_cache_miss_tokens": usage.prompt_cache_miss_tokens,
+               "completion_tokens": usage.completion_tokens, "cost_nano": usage.cost_nano}
+    increments = {name: F(name) + value for name, value in amounts.items()}
+    if DailyUsage.objects.filter(**key).update(**increments):
+        return
+    try:
+        with transaction.atomic():
+            DailyUsage.objects.create(**key, **amounts)
+    except IntegrityError:  # another request of the same account, day and model made the row first
+        DailyUsage.objects.filter(**key).update(**increments)
+
+
+def _check_span(started_at: datetime, finished_at: datetime) -> None:
+    for name, value in (("started_at", started_at), ("finished_at", finished_at)):
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError(f"{name} must be an aware datetime, not {value!r}")
+    if finished_at < started_at:
+        raise ValueError("finished_at is before started_at")
+
+
+def settle_hold(hold_id, *, prompt_cache_hit_tokens: int, prompt_cache_miss_tokens: int,
+                completion_tokens: int, started_at: datetime, finished_at: datetime) -> UsageRecord:
+    """Charge a request's exact cost (at the prices remembered on the hold, capped at the held
+    amount) and release the rest. Idempotent: a second call returns the same record and charges
+    nothing. A hold the sweep already released is still charged, from what is available then."""
+    _check_tokens(prompt_cache_hit_tokens=prompt_cache_hit_tokens, prompt_cache_miss_tokens=prompt_cache_miss_tokens,
+                  completion_tokens=completion_tokens)
+    _check_span(started_at, finished_at)
+    wallet_id, status = Hold.objects.values_list("wallet_id", "status").get(pk=hold_id)
+    if status == HoldStatus.SETTLED:  # a duplicate message: answer without taking a lock
+        return UsageRecord.objects.get(hold_id=hold_id)
+    now = _now()
+    with transaction.atomic():
+        wallet = _lock_wallet(wallet_id)
+        hold = Hold.objects.select_related("price_cache_hit", "price_cache_miss", "price_output").get(pk=hold_id)
+        if hold.status == HoldStatus.SETTLED:
+            return UsageRecord.objects.get(hold=hold)
+        cost = rates_from_hold(hold).cost(cache_hit_tokens=prompt_cache_hit_tokens,
+                                          cache_miss_tokens=prompt_cache_miss_tokens,
+                                          completion_tokens=completion_tokens)
+        late = hold.status == HoldStatus.RELEASED
+        charge = min(cost, hold.amount_nano)
+        if late:
+            charge = min(charge, wallet.available_nano)
+        if cost > charge:
+            log.warning("hold %s: cost %s nano exceeds what can be charged (%s nano)", hold.pk, cost, charge)
+        # Compare-and-set: only the transaction that moves the hold out of its state goes on.
+        if not Hold.objects.filter(pk=hold.pk, status=hold.status).update(
+                status=HoldStatus.SETTLED, closed_at=now, close_reason="settled" + (" late" if late else "")):
+            raise RuntimeError(f"hold {hold.pk} changed state under a wallet lock")
+        from_granted, from_topped_up = _spend(wallet, charge, at=now)
+        held_back = 0 if late else hold.amount_nano
+        _move(wallet, granted=-from_granted, topped_up=-from_topped_up, held=-held_back, at=now)
+        LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.CHARGE, granted_delta=-from_granted,
+                                   topped_up_delta=-from_topped_up, held_delta=0 if late else -charge,
+                                   hold=hold, actor_id=wallet.user_id, created_at=now)
+        if held_back - charge > 0:
+            LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.RELEASE, held_delta=-(held_back - charge),
+                                       hold=hold, actor_id=wallet.user_id, reason="unused part of the hold",
+                                       created_at=now)
+        usage = UsageRecord.objects.create(
+            user_id=wallet.user_id, api_key_id=hold.api_key_id, hold=hold, model=hold.model,
+            request_id=hold.request_id, source=UsageSource.API, prompt_cache_hit_tokens=prompt_cache_hit_tokens,
+            prompt_cache_miss_tokens=prompt_cache_miss_tokens, completion_tokens=completion_tokens,
+            price_cache_hit=hold.price_cache_hit, price_cache_miss=hold.price_cache_miss,
+            price_output=hold.price_output, percent_off_cache_hit=hold.percent_off_cache_hit,
+            percent_off_cache_miss=hold.percent_off_cache_miss, percent_off_output=hold.percent_off_output,
+            cost_nano=charge, currency=hold.price_output.currency, started_at=started_at,
+            finished_at=finished_at, created_at=now)
+        _add_daily(usage)
+    return usage
+
+
+def release_hold(hold_id, *, reason: str) -> bool:
+    """Give an open hold's whole amount back to the available balance. True if this call released
+    it; False if it was already settled or released (or does not exist)."""
+    wallet_id = Hold.objects.filter(pk=hold_id).values_list("wallet_id", flat=True).first()
+    if wallet_id is None:
+        return False
+    now = _now()
+    with transaction.atomic():
+        wallet = _lock_wallet(wallet_id)
+        if not Hold.objects.filter(pk=hold_id, status=HoldStatus.OPEN).update(
+                status=HoldStatus.RELEASED, closed_at=now, close_reason=reason[:200]):
+            return False
+        amount = Hold.objects.values_list("amount_nano", flat=True).get(pk=hold_id)
+        _move(wallet, held=-amount, at=now)
+        LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.RELEASE, held_delta=-amount, hold_id=hold_id,
+                                   reason=reason[:200], created_at=now)
+    return True
+
+
+def sweep_holds(*, now: datetime | None = None, grace: timedelta | None = None, limit: int = 1000) -> int:
+    """Release open holds whose deadline passed more than `grace` ago (their job is dead or lost).
+    Returns how many this call released. A settle that arrives later still charges (late settle)."""
+    now = now or _now()
+    grace = grace if grace is not None else timedelta(seconds=settings.LEVEE_HOLD_SWEEP_GRACE_SECONDS)
+    stale = list(Hold.objects.filter(status=HoldStatus.OPEN, deadline__lt=now - grace)
+                 .order_by("deadline").values_list("pk", flat=True)[:limit])
+    return sum(release_hold(pk, reason="deadline passed") for pk in stale)
+
+
+def record_free_usage(*, user, model: str, request_id: str, prompt_cache_hit_tokens: int,
+                      prompt_cache_miss_tokens: int, completion_tokens: int, started_at: datetime,
+                      finished_at: datetime, source: str = UsageSource.WEB, api_key=None) -> UsageRecord:
+    """Record usage that costs nothing (free web chat): the same record and daily totals, no hold,
+    no price, no ledger entry."""
+    _check_tokens(prompt_cache_hit_tokens=prompt_cache_hit_tokens, prompt_cache_miss_tokens=prompt_cache_miss_tokens,
+                  completion_tokens=completion_tokens)
+    _check_span(started_at, finished_at)
+    if source not in UsageSource.values:
+        raise ValueError(f"source must be one of {UsageSource.values}")
+    with transaction.atomic():
+        usage = UsageRecord.objects.create(
+            user=user, api_key=api_key, model=model, request_id=request_id[:64], source=source,
+            prompt_cache_hit_tokens=prompt_cache_hit_tokens, prompt_cache_miss_tokens=prompt_cache_miss_tokens,
+            completion_tokens=completion_tokens, cost_nano=0, currency=currency(), started_at=started_at,
+            finished_at=finished_at)
+        _add_daily(usage)
+    return usage
+
+
+# --- credit in and out -----------------------------------------------------------------------------
+
+def grant(user, amount_nano: int, *, reason: str, expires_at: datetime | None, key: str | None = None,
+          actor=None) -> Grant:
+    """Add granted credit. With a `key`, at most one grant per wallet and key (a repeat returns it)."""
+    _check_amount(amount_nano)
+    wallet = wallet_for(user)
+    now = _now()
+    with transaction.atomic():
+        wallet = _lock_wallet(wallet.pk)
+        if key is not None:
+            existing = Grant.objects.filter(wallet=wallet, key=key).first()
+            if existing is not None:
+                return existing
+        g = Grant.objects.create(wallet=wallet, amount_nano=amount_nano, remaining_nano=amount_nano,
+                                 expires_at=expires_at, reason=reason[:200], key=key, created_by=actor, created_at=now)
+        _move(wallet, granted=amount_nano, at=now)
+        LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.GRANT, granted_delta=amount_nano, grant=g,
+                                   actor=actor, reason=reason[:200], created_at=now)
+    return g
+
+
+def topup(wallet: Wallet, amount: int, *, source: str, external_id: str, actor=None, reason: str = "") -> LedgerEntry:
+    """The payment-provider seam: credit money paid through `source` (e.g. "stripe") whose payment
+    is `external_id` there. Idempotent: a repeated (source, external_id) returns the first entry and
+    credits nothing, so a webhook may be delivered any number of times."""
+    _check_amount(amount)
+    if not source or not external_id or ":" in source:
+        raise ValueError("a top-up needs a source (without ':') and the provider's payment id")
+    ref = f"{source}:{external_id}"[:200]
+    now = _now()
+    try:
+        with transaction.atomic():
+            wallet = _lock_wallet(wallet.pk)
+            existing = LedgerEntry.objects.filter(external_id=ref).first()
+            if existing is not None:
+                return existing
+            _move(wallet, topped_up=amount, at=now)
+            return LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.TOPUP, topped_up_delta=amount,
+                                              actor=actor, reason=(reason or f"top-up via {source}")[:200],
+                                              external_id=ref, created_at=now)
+    except IntegrityError:  # the same payment credited concurrently to another wallet row
+        return LedgerEntry.objects.get(external_id=ref)
+
+
+def adjust(wallet: Wallet, amount: int, *, actor, reason: str, source: str) -> LedgerEntry:
+    """An operator's credit (a manual top-up, e.g. a bank transfer) or debit of the topped-up
+    balance, with a required reason; written to the ledger and the audit log. A debit may not take
+    money that open holds reserve or that was granted."""
+    _check_amount(amount, signed=True)
+    reason = (reason or "").strip()
+    if not reason:
+        raise BillingRefused("reason_required", "A reason is required.", status=400)
+    now = _now()
+    with transaction.atomic():
+        wallet = _lock_wallet(wallet.pk)
+        if amount < 0 and -amount > min(wallet.topped_up_nano, wallet.available_nano):
+            raise BillingRefused("insufficient_balance",
+                                 f"Cannot debit {format_amount(-amount)}: only "
+                                 f"{format_amount(min(wallet.topped_up_nano, wallet.available_nano))} of topped-up "
+                                 "balance is free of holds.")
+        _move(wallet, topped_up=amount, at=now)
+        entry = LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.TOPUP if amount > 0 else LedgerKind.ADJUSTMENT,
+                                           topped_up_delta=amount, actor=actor, reason=reason[:200], created_at=now)
+        AuditEvent.objects.create(actor=actor, action="credit" if amount > 0 else "debit", source=source,
+                                  wallet=wallet, amount_nano=amount, reason=reason[:200], entry=entry, created_at=now)
+    return entry
+
+
+def refund_usage(usage: UsageRecord, *, actor, reason: str) -> LedgerEntry:
+    """Give a request's charge back, to the topped-up balance (a grant may have expired since).
+    Once per usage record."""
+    if usage.cost_nano <= 0:
+        raise BillingRefused("nothing_to_refund", "This request cost nothing.")
+    ref = f"refund:{usage.pk}"
+    wallet = wallet_for(usage.user)
+    now = _now()
+    with transaction.atomic():
+        wallet = _lock_wallet(wallet.pk)
+        if LedgerEntry.objects.filter(external_id=ref).exists():
+            raise BillingRefused("already_refunded", "This request was already refunded.", status=409)
+        _move(wallet, topped_up=usage.cost_nano, at=now)
+        entry = LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.REFUND, topped_up_delta=usage.cost_nano,
+                                           actor=actor, reason=reason[:200], external_id=ref, created_at=now)
+        AuditEvent.objects.create(actor=actor, action="refund", source="admin", wallet=wallet,
+                                  amount_nano=usage.cost_nano, reason=reason[:200], entry=entry, created_at=now)
+    return entry
+
+
+def expire_grants(*, now: datetime | None = None, limit: int = 1000) -> int:
+    """Take what is left of expired grants out of the wallets, through `expiry` ledger entries.
+    Money that open holds still reserve stays until they close (the next run takes it).
+    Returns how many grants were touched."""
+    now = now or _now()
+    due = list(Grant.objects.filter(expires_at__lte=now, remaining_nano__gt=0).order_by("expires_at")
+               .values_list("pk", "wallet_id")[:limit])
+    touched = 0
+    for grant_id, wallet_id in due:
+        with transaction.atomic():
+            wallet = _lock_wallet(wallet_id)
+            g = Grant.objects.select_for_update(no_key=True).get(pk=grant_id)
+            amount = min(g.remaining_nano, max(0, wallet.available_nano))
+            if amount <= 0:
+                continue
+            Grant.objects.filter(pk=g.pk).update(remaining_nano=F("remaining_nano") - amount)
+            _move(wallet, granted=-amount, at=now)
+            LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.EXPIRY, granted_delta=-amount, grant=g,
+                                       reason=f"grant expired at {g.expires_at.isoformat()}", created_at=now)
+            touched += 1
+    return touched
+
+
+# --- vouchers ---------------------------------------------------------------------------------------
+
+def normalize_code(code) -> str | None:
+    if not isinstance(code, str):
+        return None
+    code = code.strip().upper()
+    if not 1 <= len(code) <= 64 or not all(ch.isascii() and (ch.isalnum() or ch == "-") for ch in code):
+        return None
+    return code
+
+
+def redeem_voucher(user, code) -> VoucherRedemption:
+    """Credit a voucher's amount to the account's topped-up balance. Once per account, never more
+    than the voucher's redemptions, safe under any concurrency. Raises BillingRefused."""
+    normalized = normalize_code(code)
+    voucher = Voucher.objects.filter(code=normalized).first() if normalized else None
+    if voucher is None:
+        raise BillingRefused("voucher_not_found", "No such voucher code.", status=404)
+    if not user.is_verified:
+        raise BillingRefused("email_not_verified", "Verify your email address before redeeming vouchers.", status=403)
+    now = _now()
+    if voucher.expires_at <= now:
+        raise BillingRefused("voucher_expired", "This voucher has expired.")
+    wallet = wallet_for(user)
+    try:
+        with transaction.atomic():
+            wallet = _lock_wallet(wallet.pk)
+            if VoucherRedemption.objects.filter(voucher=voucher, wallet=wallet).exists():
+                raise BillingRefused("voucher_already_redeemed", "You have already redeemed this voucher.", status=409)
+            # Compare-and-set on the count: the database admits exactly max_redemptions of these.
+            if not Voucher.objects.filter(pk=voucher.pk, redeemed_count__lt=F("max_redemptions"),
+                                          expires_at__gt=now).update(redeemed_count=F("redeemed_count") + 1):
+                raise BillingRefused("voucher_exhausted", "This voucher has been fully redeemed.")
+            _move(wallet, topped_up=voucher.amount_nano, at=now)
+            entry = LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.VOUCHER,
+                                               topped_up_delta=voucher.amount_nano, actor=user,
+                                               reason=f"voucher {voucher.code}", created_at=now)
+            return VoucherRedemption.objects.create(voucher=voucher, wallet=wallet, entry=entry, created_at=now)
+    except IntegrityError:  # the per-account unique constraint caught a concurrent double redemption
+        raise BillingRefused("voucher_already_redeemed", "You have already redeemed this voucher.", status=409) from None
+
+
+# --- reconciliation -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Discrepancy:
+    wallet_id: int
+    column: str
+    wallet_value: int
+    expected: int
+
+    def __str__(self) -> str:
+        return (f"wallet {self.wallet_id}: {self.column} is {self.wallet_value} nano but its ledger says "
+                f"{self.expected} nano")
+
+
+def reconcile() -> list[Discrepancy]:
+    """Prove every wallet agrees with its ledger: each balance column equals the sum of its deltas,
+    held equals the open holds, and granted equals what its grants have left. Reads only."""
+    sums = {row["wallet"]: row for row in LedgerEntry.objects.values("wallet").annotate(
+        granted=Sum("granted_delta"), topped_up=Sum("topped_up_delta"), held=Sum("held_delta")).order_by()}
+    open_holds = dict(Hold.objects.filter(status=HoldStatus.OPEN).values("wallet").annotate(total=Sum("amount_nano"))
+                      .order_by().values_list("wallet", "total"))
+    grants_left = dict(Grant.objects.values("wallet").annotate(total=Sum("remaining_nano")).order_by()
+                       .values_list("wallet", "total"))
+    found = []
+    for wallet in Wallet.objects.order_by("pk").iterator(chunk_size=2000):
+        row = sums.get(wallet.pk, {})
+        checks = [("granted_nano", wallet.granted_nano, row.get("granted") or 0),
+                  ("topped_up_nano", wallet.topped_up_nano, row.get("topped_up") or 0),
+                  ("held_nano", wallet.held_nano, row.get("held") or 0),
+                  ("held_nano (open holds)", wallet.held_nano, open_holds.get(wallet.pk) or 0),
+                  ("granted_nano (grants left)", wallet.granted_nano, grants_left.get(wallet.pk) or 0)]
+        found += [Discrepancy(wallet.pk, column, have, want) for column, have, want in checks if have != want]
+    for wallet_id in set(sums) - set(Wallet.objects.filter(pk__in=list(sums)).values_list("pk", flat=True)):
+        found.append(Discrepancy(wallet_id, "wallet row", 0, 1))
+    return found
+
+
+def balance_view(user) -> dict:
+    """The account's balance: DeepSeek's body for GET /user/balance (`is_available`, `balance_infos`,
+    amounts as two-decimal strings, truncated) plus the exact figures in nano-units (`total_nano`,
+    `granted_nano`, `topped_up_nano`, `held_nano`, `available_nano`) for callers in code; the
+    endpoint sends only DeepSeek's keys."""
+    wallet = Wallet.objects.filter(user=user).first() or Wallet(user=user)
+    cents = 10**7  # nano per hundredth
+    granted, topped_up = wallet.granted_nano, wallet.topped_up_nano
+    return {"is_available": bool(user.is_active and wallet.available_nano > 0),
+            "balance_infos": [{"currency": currency(),
+                               # the total shown is the sum of the two amounts shown, as DeepSeek's is
+                               "total_balance": format_amount(granted - granted % cents + topped_up - topped_up % cents,
+                                                              places=2),
+                               "granted_balance": format_amount(granted, places=2),
+                               "topped_up_balance": format_amount(topped_up, places=2)}],
+            "total_nano": wallet.balance_nano, "granted_nano": granted, "topped_up_nano": topped_up,
+            "held_nano": wallet.held_nano, "available_nano": wallet.available_nano}

@@ -1,0 +1,22 @@
+"""Sign-up credit: granted when an address is verified, never before (free credit is what
+automated sign-ups come for)."""
+from datetime import timedelta
+
+from django.conf import settings
+from django.dispatch import receiver
+from django.utils import timezone
+
+from levee.accounts.signals import user_verified
+from levee.billing.money import parse_amount
+
+
+@receiver(user_verified, dispatch_uid="levee.billing.signup_credit")
+def grant_signup_credit(sender, user, **kwargs):
+    from levee.billing.services import grant
+
+    amount = parse_amount(settings.LEVEE_SIGNUP_CREDIT, allow_zero=True)
+    if amount <= 0:
+        return
+    days = settings.LEVEE_SIGNUP_CREDIT_EXPIRY_DAYS
+    expires_at = timezone.now() + timedelta(days=days) if days else None
+    grant(user, amount, reason="sign-up credit", expires_at=expires_at, key="signup")

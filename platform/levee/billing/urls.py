@@ -1,0 +1,11 @@
+"""Billing's owner and public routes (the key-authenticated /user/balance is in levee.urls' api_patterns)."""
+from django.urls import path
+
+from levee.billing import views
+
+urlpatterns = [
+    path("pricing", views.pricing_page, name="pricing"),
+    path("api/pricing", views.pricing_json, name="api-pricing"),
+    path("api/usage", views.usage, name="api-usage"),
+    path("api/vouchers/redeem", views.redeem_voucher, name="api-voucher-redeem"),
+]

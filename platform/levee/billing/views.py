@@ -1,0 +1,101 @@
+"""Billing endpoints: the key-authenticated balance (DeepSeek's shape), the owner's usage and
+voucher redemption (session), and the public price book (HTML and JSON)."""
+from __future__ import annotations
+
+from datetime import date
+
+from django.conf import settings
+from django.db.models import Sum
+from django.shortcuts import render
+from rest_framework.decorators import api_view, authentication_classes, permission_classes
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+
+from levee.billing import services
+from levee.billing.models import DailyUsage
+from levee.billing.money import format_amount
+from levee.billing.pricing import currency, price_book
+from levee.core.errors import ApiError
+from levee.keys.authentication import ApiKeyAuthentication
+
+
+@api_view(["GET"])
+@authentication_classes([ApiKeyAuthentication])
+def user_balance(request):
+    """GET /user/balance: the key owner's balance as DeepSeek reports it."""
+    body = services.balance_view(request.user)
+    return Response({"is_available": body["is_available"], "balance_infos": body["balance_infos"]})
+
+
+def _date_param(request, name: str) -> date:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        raise ApiError(400, f"{name} is required (YYYY-MM-DD)", param=name, code="missing_parameter")
+    try:
+        if len(raw) != 10:
+            raise ValueError
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a date written YYYY-MM-DD", param=name, code="invalid_date") from None
+
+
+@api_view(["GET"])
+def usage(request):
+    """GET /api/usage?start=YYYY-MM-DD&end=YYYY-MM-DD: the owner's tokens and cost per UTC day and
+    model, both ends inclusive, at most LEVEE_USAGE_MAX_DAYS days."""
+    start, end = _date_param(request, "start"), _date_param(request, "end")
+    if end < start:
+        raise ApiError(400, "end is before start", param="end", code="invalid_range")
+    if (end - start).days + 1 > settings.LEVEE_USAGE_MAX_DAYS:
+        raise ApiError(400, f"the range is longer than {settings.LEVEE_USAGE_MAX_DAYS} days", param="end",
+                       code="range_too_long")
+    rows = (DailyUsage.objects.filter(user=request.user, day__gte=start, day__lte=end)
+            .values("day", "model").order_by("day", "model")
+            .annotate(requests=Sum("requests"), prompt_cache_hit_tokens=Sum("prompt_cache_hit_tokens"),
+                      prompt_cache_miss_tokens=Sum("prompt_cache_miss_tokens"),
+                      completion_tokens=Sum("completion_tokens"), cost_nano=Sum("cost_nano")))
+    data = [{"date": row["day"].isoformat(), "model": row["model"], "requests": row["requests"],
+             "prompt_cache_hit_tokens": row["prompt_cache_hit_tokens"],
+             "prompt_cache_miss_tokens": row["prompt_cache_miss_tokens"],
+             "completion_tokens": row["completion_tokens"],
+             "total_tokens": row["prompt_cache_hit_tokens"] + row["prompt_cache_miss_tokens"] + row["completion_tokens"],
+             "cost": format_amount(row["cost_nano"]), "cost_nano": row["cost_nano"]} for row in rows]
+    return Response({"object": "list", "currency": currency(), "start": start.isoformat(), "end": end.isoformat(),
+                     "data": data})
+
+
+@api_view(["POST"])
+def redeem_voucher(request):
+    """POST /api/vouchers/redeem {"code": "..."}: credit a voucher to the owner's balance."""
+    body = request.data if isinstance(request.data, dict) else {}
+    code = body.get("code")
+    if not isinstance(code, str) or not code.strip():
+        raise ApiError(400, "code is required", param="code", code="missing_parameter")
+    try:
+        redemption = services.redeem_voucher(request.user, code)
+    except services.BillingRefused as exc:
+        raise ApiError(exc.status, exc.message, param="code", code=exc.code) from None
+    amount = redemption.entry.topped_up_delta
+    return Response({"object": "voucher_redemption", "code": redemption.voucher.code, "currency": currency(),
+                     "amount": format_amount(amount, places=2), "amount_nano": amount,
+                     "balance": services.balance_view(request.user)["balance_infos"][0]}, status=201)
+
+
+@api_view(["GET"])
+@authentication_classes([])
+@permission_classes([AllowAny])
+def pricing_json(request):
+    """GET /api/pricing: the prices and discount windows in force and the next scheduled change."""
+    return Response(price_book())
+
+
+_CLASS_LABELS = [("input_cache_hit", "Input (cache hit)"), ("input_cache_miss", "Input (cache miss)"),
+                 ("output", "Output")]
+
+
+def pricing_page(request):
+    book = price_book()
+    rows = [(entry["model"], [entry["prices"].get(key, {}).get("per_million_tokens", "—") for key, _ in _CLASS_LABELS])
+            for entry in book["models"]]
+    return render(request, "billing/pricing.html", {"book": book, "rows": rows,
+                                                    "labels": [label for _, label in _CLASS_LABELS]})
