@@ -28,3 +28,20 @@ def redis_client(settings):
     client.flushdb()
     yield client
     client.flushdb()
+
+
+@pytest.fixture
+def seeded_catalogue(transactional_db):
+    """The rows that data migrations seed (models, published prices). Transactional tests flush every
+    table after they run, so tests that need the catalogue re-seed it through the same functions."""
+    import importlib
+
+    from django.apps import apps
+
+    from levee.api.models import LlmModel
+    from levee.billing.models import Price
+
+    if not LlmModel.objects.exists():
+        importlib.import_module("levee.api.migrations.0001_initial").seed_models(apps, None)
+    if not Price.objects.exists():
+        importlib.import_module("levee.billing.migrations.0002_seed_deepseek_prices").seed(apps, None)
