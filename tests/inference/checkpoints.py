@@ -84,6 +84,9 @@ def build(case: str, out: Path, *, max_shard_size: str | None = None, seed: int 
             if hasattr(layer.mlp, "experts"):
                 layer.mlp.num_experts = kwargs["n_routed_experts"]
     model.eval()
+    # generate() must run all 32 steps without stopping at (or suppressing) eos, like ignore_eos.
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
     save_kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, **save_kwargs)
     return model
