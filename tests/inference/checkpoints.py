@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
+
+# LEVEE_TEST_DEVICE=cuda runs the same tests on a GPU (fp32, same tolerances).
+DEVICE = os.environ.get("LEVEE_TEST_DEVICE", "cpu")
 
 COMMON = dict(
     vocab_size=97,

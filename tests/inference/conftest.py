@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tests.inference import checkpoints
+from tests.inference.checkpoints import DEVICE
 
 
 @pytest.fixture(scope="session")
@@ -15,7 +16,7 @@ def checkpoint(tmp_path_factory):
         key = (case, tuple(sorted(kwargs.items())))
         if key not in made:
             path = tmp_path_factory.mktemp(case)
-            made[key] = (path, checkpoints.build(case, path, **kwargs))
+            made[key] = (path, checkpoints.build(case, path, **kwargs).to(DEVICE))
         return made[key]
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

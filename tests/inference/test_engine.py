@@ -10,6 +10,7 @@ import torch
 
 from inference import load_model
 from inference.engine import Engine, Request, SamplingParams
+from tests.inference.checkpoints import DEVICE
 
 GREEDY = dict(temperature=0.0, ignore_eos=True)
 
@@ -17,7 +18,7 @@ GREEDY = dict(temperature=0.0, ignore_eos=True)
 @pytest.fixture(scope="module")
 def model(checkpoint):
     path, _ = checkpoint("v3_grouped_yarn")
-    return load_model(path, dtype=torch.float32, device="cpu")
+    return load_model(path, dtype=torch.float32, device=DEVICE)
 
 
 class Letters:
@@ -55,7 +56,7 @@ def test_greedy_decoding_matches_transformers_generate(checkpoint, engine):
     _, ref = checkpoint("v3_grouped_yarn")
     for prompt in prompts(3, seed=5):
         with torch.no_grad():
-            expected = ref.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)[0, len(prompt):].tolist()
+            expected = ref.generate(torch.tensor([prompt], device=DEVICE), max_new_tokens=32, do_sample=False)[0, len(prompt):].tolist()
         assert len(expected) == 32
         assert run(engine, prompt, max_tokens=32, **GREEDY).token_ids == expected
 

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from inference import load_model
 from inference.loader import CheckpointError
 from tests.inference.checkpoints import DELETE, YARN, rewrite_config
+from tests.inference.checkpoints import DEVICE
 
 
 @pytest.fixture
@@ -29,10 +30,10 @@ def edit_tensors(path, fn):
 
 
 def logits(path, ids):
-    return load_model(path, dtype=torch.float32, device="cpu")(ids)
+    return load_model(path, dtype=torch.float32, device=DEVICE)(ids)
 
 
-IDS = torch.arange(2, 52).view(1, 50) % 97
+IDS = (torch.arange(2, 52).view(1, 50) % 97).to(DEVICE)
 
 
 def test_it_reads_the_old_rope_theta_and_rope_scaling_keys(ckpt):
@@ -46,7 +47,7 @@ def test_it_reads_the_old_rope_theta_and_rope_scaling_keys(ckpt):
 
 def test_it_loads_into_a_lower_precision_and_keeps_the_router_bias_in_fp32(ckpt):
     path, _ = ckpt
-    model = load_model(path, dtype=torch.bfloat16, device="cpu")
+    model = load_model(path, dtype=torch.bfloat16, device=DEVICE)
     assert model.embed_tokens.weight.dtype == torch.bfloat16
     assert model.layers[1].mlp.w13.dtype == torch.bfloat16
     assert model.layers[1].mlp.e_score_correction_bias.dtype == torch.float32
@@ -56,10 +57,10 @@ def test_it_loads_into_a_lower_precision_and_keeps_the_router_bias_in_fp32(ckpt)
 def test_experts_are_stacked_gate_then_up(ckpt):
     path, _ = ckpt
     tensors = load_file(path / "model.safetensors")
-    w13 = load_model(path, dtype=torch.float32, device="cpu").layers[2].mlp.w13
+    w13 = load_model(path, dtype=torch.float32, device=DEVICE).layers[2].mlp.w13
     assert w13.shape == (16, 48, 48)
-    assert torch.equal(w13[5, :24], tensors["model.layers.2.mlp.experts.5.gate_proj.weight"])
-    assert torch.equal(w13[5, 24:], tensors["model.layers.2.mlp.experts.5.up_proj.weight"])
+    assert torch.equal(w13[5, :24].cpu(), tensors["model.layers.2.mlp.experts.5.gate_proj.weight"])
+    assert torch.equal(w13[5, 24:].cpu(), tensors["model.layers.2.mlp.experts.5.up_proj.weight"])
 
 
 def test_the_multi_token_prediction_layer_is_skipped(ckpt):
@@ -73,35 +74,35 @@ def test_a_missing_tensor_is_named(ckpt):
     path, _ = ckpt
     edit_tensors(path, lambda t: t.pop("model.layers.1.self_attn.kv_b_proj.weight"))
     with pytest.raises(CheckpointError, match=r"missing.*model\.layers\.1\.self_attn\.kv_b_proj\.weight"):
-        load_model(path, device="cpu")
+        load_model(path, device=DEVICE)
 
 
 def test_a_missing_expert_is_named(ckpt):
     path, _ = ckpt
     edit_tensors(path, lambda t: t.pop("model.layers.2.mlp.experts.7.up_proj.weight"))
     with pytest.raises(CheckpointError, match=r"missing.*model\.layers\.2\.mlp\.experts\.7\.up_proj\.weight"):
-        load_model(path, device="cpu")
+        load_model(path, device=DEVICE)
 
 
 def test_an_unexpected_tensor_is_named(ckpt):
     path, _ = ckpt
     edit_tensors(path, lambda t: t.update({"model.layers.0.mlp.surprise.weight": torch.zeros(3)}))
     with pytest.raises(CheckpointError, match=r"unexpected.*model\.layers\.0\.mlp\.surprise\.weight"):
-        load_model(path, device="cpu")
+        load_model(path, device=DEVICE)
 
 
 def test_a_misshapen_tensor_is_named(ckpt):
     path, _ = ckpt
     edit_tensors(path, lambda t: t.update({"model.norm.weight": torch.ones(47)}))
     with pytest.raises(CheckpointError, match=r"model\.norm\.weight has shape \(47,\), expected \(48,\)"):
-        load_model(path, device="cpu")
+        load_model(path, device=DEVICE)
 
 
 def test_fp8_scales_are_refused_with_a_reason(ckpt):
     path, _ = ckpt
     edit_tensors(path, lambda t: t.update({"model.layers.0.self_attn.o_proj.weight_scale_inv": torch.ones(1, 1)}))
     with pytest.raises(CheckpointError, match=r"FP8.*weight_scale_inv"):
-        load_model(path, device="cpu")
+        load_model(path, device=DEVICE)
 
 
 @pytest.mark.parametrize(
@@ -120,7 +121,7 @@ def test_an_unsupported_config_value_is_named(ckpt, key, value, message):
     path, _ = ckpt
     rewrite_config(path, **{key: value})
     with pytest.raises(CheckpointError, match=message):
-        load_model(path, device="cpu")
+        load_model(path, device=DEVICE)
 
 
 def test_a_shard_listed_in_the_index_but_absent_is_named(checkpoint, tmp_path):
@@ -130,4 +131,4 @@ def test_a_shard_listed_in_the_index_but_absent_is_named(checkpoint, tmp_path):
     victim = sorted(path.glob("*.safetensors"))[1]
     victim.unlink()
     with pytest.raises(CheckpointError, match=victim.name):
-        load_model(path, device="cpu")
+        load_model(path, device=DEVICE)

@@ -6,19 +6,20 @@ import pytest
 import torch
 
 from inference import load_model
+from tests.inference.checkpoints import DEVICE
 
 CASES = ["v3_grouped_yarn", "v3_noq", "v2_lite", "v2_grouped"]
 
 
 def prompt(length: int, seed: int, vocab: int = 97) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(2, vocab, (1, length), generator=g)
+    return torch.randint(2, vocab, (1, length), generator=g).to(DEVICE)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_logits_match_transformers_on_prompts_of_several_lengths(checkpoint, case):
     path, ref = checkpoint(case)
-    ours = load_model(path, dtype=torch.float32, device="cpu")
+    ours = load_model(path, dtype=torch.float32, device=DEVICE)
     for length in (1, 7, 40, 97):
         ids = prompt(length, seed=length)
         with torch.no_grad():
@@ -36,7 +37,7 @@ def test_logits_match_transformers_on_prompts_of_several_lengths(checkpoint, cas
 @pytest.mark.parametrize("case", CASES)
 def test_greedy_tokens_match_transformers_generate(checkpoint, case):
     path, ref = checkpoint(case)
-    ours = load_model(path, dtype=torch.float32, device="cpu")
+    ours = load_model(path, dtype=torch.float32, device=DEVICE)
     ids = prompt(12, seed=7)
     with torch.no_grad():
         expected = ref.generate(ids, max_new_tokens=32, do_sample=False)[0, 12:].tolist()
@@ -52,7 +53,7 @@ def test_a_sharded_checkpoint_loads_to_the_same_logits(checkpoint):
     path, ref = checkpoint("v3_grouped_yarn", max_shard_size="40KB")
     assert (path / "model.safetensors.index.json").is_file()
     assert len(list(path.glob("*.safetensors"))) > 3
-    ours = load_model(path, dtype=torch.float32, device="cpu")
+    ours = load_model(path, dtype=torch.float32, device=DEVICE)
     ids = prompt(50, seed=3)
     with torch.no_grad():
         expected = ref(ids).logits
@@ -64,8 +65,8 @@ def test_yarn_changes_the_logits_so_the_parity_case_tests_it(checkpoint):
     from inference.model import Transformer
 
     path, _ = checkpoint("v3_grouped_yarn")
-    ours = load_model(path, dtype=torch.float32, device="cpu")
-    plain = Transformer(ours.args.__class__(**{**ours.args.__dict__, "rope_type": "default"}))
+    ours = load_model(path, dtype=torch.float32, device=DEVICE)
+    plain = Transformer(ours.args.__class__(**{**ours.args.__dict__, "rope_type": "default"})).to(DEVICE)
     plain.load_state_dict(ours.state_dict())
     ids = prompt(60, seed=1)
     assert (plain(ids) - ours(ids)).abs().max().item() > 1e-2
