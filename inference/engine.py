@@ -1,0 +1,544 @@
+"""The generation engine: one per worker process, one scheduler thread, continuous batching.
+
+Every step the scheduler drops finished and cancelled sequences, admits waiting requests (FIFO)
+while the batch has room and the KV cache can hold them, then runs ONE packed forward over all
+running sequences: a newly admitted sequence contributes the uncached part of its prompt (prefill),
+the others their last sampled token (decode). Attention is per sequence over its own cache blocks:
+prefill expands the latent into per-head keys and values, decode attends against the latent with
+kv_b_proj absorbed into the query and output. Decode sequences are batched with others that span
+the same number of blocks, so a sequence's attention shape never depends on its neighbours.
+
+A sequence reserves blocks for prompt + max_tokens at admission, so a running sequence never waits
+for memory and nothing is ever preempted; a request that does not fit waits at the head of the queue.
+
+Public API: `Engine`, `Request`, `SamplingParams`, `RequestHandle`, `Event`, `Usage`, `Completion`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from inference.kvcache import UNIT_TOKENS, KVCache
+from inference.model import MLA, Transformer
+
+log = logging.getLogger(__name__)
+
+FINISH_STOP, FINISH_LENGTH, FINISH_CANCELLED, FINISH_ERROR = "stop", "length", "cancelled", "error"
+
+
+class Detokenizer(Protocol):
+    def push(self, token_id: int) -> str: ...
+    def flush(self) -> str: ...
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 256
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: Sequence[str] = ()  # strings; matched across token boundaries, not included in the output
+    stop_token_ids: Sequence[int] = ()  # in addition to the model's eos unless ignore_eos
+    ignore_eos: bool = False
+    presence_penalty: float = 0.0  # OpenAI semantics, over the tokens generated so far
+    frequency_penalty: float = 0.0
+    seed: int | None = None  # same seed + same prompt → same tokens, batched or not
+    logprobs: bool = False  # attach the log-probability (raw model distribution) of each token
+
+    def validate(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be ≥ 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be ≥ 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+
+
+@dataclass
+class Request:
+    prompt_ids: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    user: str | None = None  # prefix-cache isolation key; None disables prefix reuse
+    deadline: float | None = None  # time.time() after which the request is cancelled
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    prompt_cache_hit_tokens: int = 0
+    prompt_cache_miss_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class Event:
+    """One step's output for one request. The last event has finish_reason and usage set."""
+
+    token_ids: list[int]
+    text: str = ""
+    finish_reason: str | None = None  # stop | length | cancelled | error
+    usage: Usage | None = None
+    logprobs: list[float] | None = None
+    error: str | None = None  # why, for cancelled (e.g. "deadline exceeded") and error
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    text: str
+    finish_reason: str
+    usage: Usage
+    logprobs: list[float] | None = None
+
+
+class RequestHandle:
+    """Returned by Engine.submit. Iterate it for events (blocks); cancel() from any thread."""
+
+    def __init__(self, request: Request):
+        self.request = request
+        self.request_id = request.request_id
+        self._events: queue.Queue[Event] = queue.Queue()
+        self._cancelled = threading.Event()
+        self._finished = False
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def get(self, timeout: float | None = None) -> Event | None:
+        """Next event, or None after `timeout` seconds (or once the final event was taken)."""
+        if self._finished:
+            return None
+        try:
+            ev = self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if ev.finish_reason is not None:
+            self._finished = True
+        return ev
+
+    def __iter__(self) -> Iterator[Event]:
+        while (ev := self.get()) is not None:
+            yield ev
+
+    def result(self, timeout: float | None = None) -> Completion:
+        ids: list[int] = []
+        text: list[str] = []
+        lps: list[float] = []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ev = self.get(timeout=left)
+            if ev is None:
+                raise TimeoutError(f"request {self.request_id} did not finish in {timeout}s")
+            ids += ev.token_ids
+            text.append(ev.text)
+            lps += ev.logprobs or []
+            if ev.finish_reason is not None:
+                assert ev.usage is not None
+                return Completion(ids, "".join(text), ev.finish_reason, ev.usage,
+                                  lps if self.request.params.logprobs else None)
+
+    def _emit(self, ev: Event) -> None:
+        self._events.put(ev)
+
+
+class _Seq:
+    """Scheduler-side state of one admitted request."""
+
+    def __init__(self, handle: RequestHandle, max_tokens: int, device: torch.device, vocab: int,
+                 detok: Detokenizer | None):
+        self.handle = handle
+        req = handle.request
+        self.req = req
+        self.params = req.params
+        self.prompt = list(req.prompt_ids)
+        self.max_tokens = max_tokens
+        self.output: list[int] = []
+        self.blocks: list[int] = []  # block table: all blocks reserved for this sequence
+        self.private: list[int] = []  # blocks owned by this sequence (not published units)
+        self.unit_keys: list[bytes] = []  # published/acquired prefix units, in order
+        self.all_prompt_keys: list[bytes] = []  # keys of every full unit of the prompt
+        self.hit_tokens = 0
+        self.num_computed = 0  # tokens whose latent is in the cache
+        self.detok = detok
+        self.pending = ""  # decoded text held back because it may begin a stop string
+        self.finished = False
+        p = self.params
+        self.greedy = p.temperature <= 1e-5
+        self.generator: torch.Generator | None = None
+        if not self.greedy:
+            seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+            self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.counts: torch.Tensor | None = None
+        if p.presence_penalty or p.frequency_penalty:
+            self.counts = torch.zeros(vocab, dtype=torch.float32, device=device)
+
+    def tokens(self) -> list[int]:
+        return self.prompt + self.output
+
+    def usage(self) -> Usage:
+        n = len(self.prompt)
+        return Usage(n, self.hit_tokens, n - self.hit_tokens, len(self.output))
+
+
+class _PagedAttention:
+    """Attention backend for one packed engine step (see the module docstring)."""
+
+    def __init__(self, cache: KVCache, slots: torch.Tensor, prefill: list, decode: list):
+        self.cache = cache
+        self.slots = slots  # [N] cache slot of every packed token
+        self.prefill = prefill  # (row_start, row_end, ctx_slots [S], mask [T, S])
+        self.decode = decode  # (row_start, row_end, ctx_slots [G, L], mask [G, 1, L])
+
+    def __call__(self, layer: int, attn: MLA, q_nope, q_pe, c_kv, k_pe):
+        data = self.cache.data[layer]  # [slots, C + dr]
+        C = attn.kv_lora_rank
+        data.index_copy_(0, self.slots, torch.cat([c_kv[0], k_pe[0]], dim=-1).to(data.dtype))
+        out = q_nope.new_empty(*q_nope.shape[:3], attn.dv)  # [1, N, nH, dv]
+        for a, b, ctx_slots, mask in self.prefill:
+            ctx = data[ctx_slots]  # [S, C + dr]
+            o = attn.attend_expanded(q_nope[:, a:b], q_pe[:, a:b], ctx[None, :, :C], ctx[None, :, C:], mask[None])
+            out[:, a:b] = o
+        for a, b, ctx_slots, mask in self.decode:
+            ctx = data[ctx_slots]  # [G, L, C + dr]
+            qn = q_nope[0, a:b].unsqueeze(1)  # [G, 1, nH, dn]
+            qp = q_pe[0, a:b].unsqueeze(1)
+            out[0, a:b] = attn.attend_absorbed(qn, qp, ctx[..., :C], ctx[..., C:], mask)[:, 0]
+        return out
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Transformer,
+        *,
+        kv_budget_bytes: int,
+        block_size: int = 16,
+        max_batch: int = 64,
+        detokenizer_factory: Callable[[], Detokenizer] | None = None,
+        max_model_len: int | None = None,
+    ):
+        self.model = model
+        args = model.args
+        self.device = model.device
+        self.vocab = args.vocab_size
+        self.block_size = block_size
+        self.max_batch = max_batch
+        self.max_model_len = max_model_len or args.max_position_embeddings
+        self.detokenizer_factory = detokenizer_factory
+        self.eos_ids = set(args.eos_token_ids)
+        per_token = KVCache.bytes_per_token(args.num_hidden_layers, args.latent_dim, model.dtype)
+        num_blocks = kv_budget_bytes // (per_token * block_size)
+        if num_blocks < 1:
+            raise ValueError(f"kv_budget_bytes {kv_budget_bytes} holds no block of {block_size} tokens "
+                             f"({per_token} bytes per token)")
+        self.cache = KVCache(num_layers=args.num_hidden_layers, num_blocks=num_blocks, block_size=block_size,
+                             latent_dim=args.latent_dim, dtype=model.dtype, device=self.device)
+        self._lock = threading.Condition()
+        self._incoming: deque[RequestHandle] = deque()
+        self._waiting: deque[RequestHandle] = deque()
+        self._running: list[_Seq] = []
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.steps = 0
+
+    # -- public ----------------------------------------------------------------------------------
+
+    def start(self) -> Engine:
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name="levee-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop the scheduler; requests still queued or running end with finish_reason 'cancelled'."""
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def submit(self, request: Request) -> RequestHandle:
+        p = request.params
+        p.validate()
+        n = len(request.prompt_ids)
+        if n == 0:
+            raise ValueError("prompt_ids is empty")
+        if n >= self.max_model_len:
+            raise ValueError(f"prompt of {n} tokens leaves no room in max_model_len {self.max_model_len}")
+        if p.stop and self.detokenizer_factory is None:
+            raise ValueError("stop strings need an engine built with a detokenizer_factory")
+        if self._blocks_needed(n, self._max_tokens(request)) > self.cache.num_blocks:
+            raise ValueError(f"prompt of {n} tokens + max_tokens {p.max_tokens} cannot fit the KV cache "
+                             f"({self.cache.num_blocks} blocks of {self.block_size} tokens)")
+        handle = RequestHandle(request)
+        with self._lock:
+            self._incoming.append(handle)
+            self._lock.notify_all()
+        return handle
+
+    def stats(self) -> dict:
+        return {"running": len(self._running), "waiting": len(self._waiting) + len(self._incoming),
+                "free_blocks": len(self.cache.free), "evictable_blocks": self.cache.evictable_blocks,
+                "cached_prefix_units": self.cache.cached_units(), "steps": self.steps}
+
+    # -- scheduler -------------------------------------------------------------------------------
+
+    def _max_tokens(self, req: Request) -> int:
+        return min(req.params.max_tokens, self.max_model_len - len(req.prompt_ids))
+
+    def _blocks_needed(self, prompt_len: int, max_tokens: int) -> int:
+        # The last sampled token is never fed back, so prompt + max_tokens - 1 latents at most.
+        return math.ceil((prompt_len + max_tokens - 1) / self.block_size)
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._lock:
+                    while not self._stopping and not self._incoming and not self._waiting and not self._running:
+                        self._lock.wait()
+                    if self._stopping:
+                        break
+                    self._waiting.extend(self._incoming)
+                    self._incoming.clear()
+                try:
+                    self._reap()
+                    self._admit()
+                    if self._running:
+                        self._step()
+                    elif self._waiting:
+                        with self._lock:  # nothing runs, nothing fits: cannot happen, but never spin
+                            self._lock.wait(timeout=0.01)
+                except Exception as exc:  # keep serving; fail only what was in flight
+                    log.exception("engine step failed")
+                    for seq in list(self._running):
+                        self._finish(seq, FINISH_ERROR, error=f"{type(exc).__name__}: {exc}")
+            for seq in list(self._running):
+                self._finish(seq, FINISH_CANCELLED, error="engine stopped")
+            with self._lock:
+                self._waiting.extend(self._incoming)
+                self._incoming.clear()
+            for handle in self._waiting:
+                handle._emit(Event([], "", FINISH_CANCELLED, Usage(len(handle.request.prompt_ids)),
+                                   error="engine stopped"))
+            self._waiting.clear()
+
+    def _reap(self) -> None:
+        now = time.time()
+        for seq in list(self._running):
+            if seq.handle.cancelled:
+                self._finish(seq, FINISH_CANCELLED)
+            elif seq.req.deadline is not None and now > seq.req.deadline:
+                self._finish(seq, FINISH_CANCELLED, error="deadline exceeded")
+        for handle in list(self._waiting):
+            expired = handle.request.deadline is not None and now > handle.request.deadline
+            if handle.cancelled or expired:
+                self._waiting.remove(handle)
+                n = len(handle.request.prompt_ids)
+                handle._emit(Event([], "", FINISH_CANCELLED, Usage(n, 0, n, 0),
+                                   error="deadline exceeded" if expired else None))
+
+    def _admit(self) -> None:
+        cache = self.cache
+        while self._waiting and len(self._running) < self.max_batch:
+            handle = self._waiting[0]
+            req = handle.request
+            prompt = req.prompt_ids
+            max_tokens = self._max_tokens(req)
+            need = self._blocks_needed(len(prompt), max_tokens)
+            keys: list[bytes] = []
+            hits: list[bytes] = []
+            if req.user is not None:
+                keys = cache.unit_keys(req.user, prompt, len(prompt) // UNIT_TOKENS)
+                # At least the last prompt token must be computed, to get logits for the first sample.
+                hits = cache.lookup(keys[: (len(prompt) - 1) // UNIT_TOKENS])
+            hit_blocks = [b for key in hits for b in cache.acquire(key)]
+            fresh = need - len(hit_blocks)
+            if fresh > cache.available():
+                for key in reversed(hits):
+                    cache.release(key)
+                return  # FIFO: the head waits for memory; nothing overtakes it
+            self._waiting.popleft()
+            detok = self.detokenizer_factory() if self.detokenizer_factory else None
+            seq = _Seq(handle, max_tokens, self.device, self.vocab, detok)
+            seq.private = cache.allocate(max(fresh, 0))
+            seq.blocks = hit_blocks + seq.private
+            seq.unit_keys = list(hits)
+            seq.all_prompt_keys = keys
+            seq.hit_tokens = seq.num_computed = len(hits) * UNIT_TOKENS
+            self._running.append(seq)
+
+    def _slot(self, seq: _Seq, pos: int) -> int:
+        return seq.blocks[pos // self.block_size] * self.block_size + pos % self.block_size
+
+    def _step(self) -> None:
+        bs, dev = self.block_size, self.device
+        prefill = [s for s in self._running if s.num_computed < len(s.prompt)]
+        decode = sorted((s for s in self._running if s.num_computed >= len(s.prompt)),
+                        key=lambda s: (s.num_computed // bs))
+        ids: list[int] = []
+        positions: list[int] = []
+        prefill_segs, decode_segs, last_rows = [], [], []
+        order: list[_Seq] = []
+        for s in prefill:
+            start, end = s.num_computed, len(s.prompt)
+            a = len(ids)
+            ids += s.prompt[start:end]
+            positions += range(start, end)
+            ctx_slots = torch.tensor([self._slot(s, p) for p in range(end)], device=dev)
+            mask = torch.full((end - start, end), float("-inf"), device=dev, dtype=self.model.dtype)
+            mask = mask.triu_(start + 1)
+            prefill_segs.append((a, len(ids), ctx_slots, mask))
+            last_rows.append(len(ids) - 1)
+            order.append(s)
+        i = 0
+        while i < len(decode):  # group decode sequences spanning the same number of blocks
+            nb = decode[i].num_computed // bs + 1
+            j = i
+            while j < len(decode) and decode[j].num_computed // bs + 1 == nb:
+                j += 1
+            group = decode[i:j]
+            a = len(ids)
+            for s in group:
+                ids.append(s.output[-1])
+                positions.append(s.num_computed)
+                last_rows.append(len(ids) - 1)
+                order.append(s)
+            slot_ids = torch.tensor([[b * bs + o for b in s.blocks[:nb] for o in range(bs)] for s in group],
+                                    device=dev)
+            lens = torch.tensor([s.num_computed + 1 for s in group], device=dev)
+            mask = torch.zeros(len(group), 1, nb * bs, device=dev, dtype=self.model.dtype)
+            mask.masked_fill_(torch.arange(nb * bs, device=dev)[None, None, :] >= lens[:, None, None], float("-inf"))
+            decode_segs.append((a, len(ids), slot_ids, mask))
+            i = j
+        slots = torch.tensor([self._slot(s, p) for s in order for p in self._new_positions(s)], device=dev)
+        backend = _PagedAttention(self.cache, slots, prefill_segs, decode_segs)
+        input_ids = torch.tensor([ids], device=dev)
+        hidden = self.model.hidden_states(input_ids, torch.tensor(positions, device=dev), backend)
+        logits = self.model.lm_head(hidden[0, torch.tensor(last_rows, device=dev)]).float()  # [n, V]
+        for s in order:
+            s.num_computed = len(s.prompt) if s.num_computed < len(s.prompt) else s.num_computed + 1
+        tokens, logprobs = self._sample(order, logits)
+        self.steps += 1
+        for s, tok, lp in zip(order, tokens, logprobs, strict=True):
+            self._advance(s, tok, lp)
+        for s in prefill:
+            if not s.finished:
+                self._publish(s, s.all_prompt_keys)
+
+    def _new_positions(self, s: _Seq) -> range:
+        if s.num_computed < len(s.prompt):
+            return range(s.num_computed, len(s.prompt))
+        return range(s.num_computed, s.num_computed + 1)
+
+    def _sample(self, seqs: list[_Seq], logits: torch.Tensor) -> tuple[list[int], list[float | None]]:
+        """Row by row, so a request's choice never depends on who else is in the batch."""
+        picked, lps = [], []
+        for i, s in enumerate(seqs):
+            row = logits[i]
+            p = s.params
+            if s.counts is not None:
+                row = row - p.frequency_penalty * s.counts - p.presence_penalty * (s.counts > 0).float()
+            if s.greedy:
+                tok = row.argmax()
+            else:
+                probs = (row / p.temperature).softmax(-1)
+                if p.top_p < 1.0:
+                    sorted_p, idx = probs.sort(descending=True)
+                    drop = sorted_p.cumsum(-1) - sorted_p > p.top_p  # keeps at least the top token
+                    sorted_p = sorted_p.masked_fill(drop, 0.0)
+                    tok = idx[torch.multinomial(sorted_p, 1, generator=s.generator)[0]]
+                else:
+                    tok = torch.multinomial(probs, 1, generator=s.generator)[0]
+            picked.append(tok)
+            if p.logprobs:
+                lps.append(logits[i].log_softmax(-1)[tok])
+        host = torch.stack(picked).tolist()  # the step's one device→host sync
+        lp_host = iter(torch.stack(lps).tolist() if lps else [])
+        return host, [next(lp_host) if s.params.logprobs else None for s in seqs]
+
+    def _advance(self, s: _Seq, tok: int, lp: float | None) -> None:
+        p = s.params
+        s.output.append(tok)
+        if s.counts is not None:
+            s.counts[tok] += 1
+        if (tok in self.eos_ids and not p.ignore_eos) or tok in p.stop_token_ids:
+            text = s.pending + (s.detok.flush() if s.detok else "")
+            s.pending = ""
+            self._finish(s, FINISH_STOP, text=text, logprob=lp)
+            return
+        text = ""
+        if s.detok is not None:
+            s.pending += s.detok.push(tok)
+            if p.stop:
+                hit = min((i for i in (s.pending.find(x) for x in p.stop) if i >= 0), default=-1)
+                if hit >= 0:
+                    text, s.pending = s.pending[:hit], ""
+                    self._finish(s, FINISH_STOP, text=text, token_ids=[tok], logprob=lp)
+                    return
+                hold = max((k for x in p.stop for k in range(1, len(x)) if s.pending.endswith(x[:k])), default=0)
+                text, s.pending = s.pending[: len(s.pending) - hold], s.pending[len(s.pending) - hold :]
+            else:
+                text, s.pending = s.pending, ""
+        if len(s.output) >= s.max_tokens:
+            text += s.pending + (s.detok.flush() if s.detok else "")
+            s.pending = ""
+            self._finish(s, FINISH_LENGTH, text=text, token_ids=[tok], logprob=lp)
+            return
+        s.handle._emit(Event([tok], text, logprobs=None if lp is None else [lp]))
+
+    def _publish(self, s: _Seq, keys: list[bytes]) -> None:
+        """Publish this sequence's computed full units so later requests of the same user reuse them."""
+        if s.req.user is None:
+            return
+        bpu = self.cache.blocks_per_unit
+        for j in range(len(s.unit_keys), min(len(keys), s.num_computed // UNIT_TOKENS)):
+            blocks = s.blocks[j * bpu : (j + 1) * bpu]
+            if not self.cache.register(keys[j], blocks):
+                break  # someone else published this prefix first; keep ours private from here on
+            s.unit_keys.append(keys[j])
+            s.private = [b for b in s.private if b not in blocks]
+
+    def _finish(self, s: _Seq, reason: str, *, text: str = "", token_ids: list[int] | None = None,
+                logprob: float | None = None, error: str | None = None) -> None:
+        if s.finished:
+            return
+        s.finished = True
+        if reason in (FINISH_STOP, FINISH_LENGTH) and s.req.user is not None:
+            # Publish generated text too: the next turn of a chat starts with this whole exchange.
+            tokens = s.tokens()
+            n_units = s.num_computed // UNIT_TOKENS
+            parent = s.unit_keys[-1] if s.unit_keys else b""
+            done = len(s.unit_keys)
+            more = KVCache.unit_keys(s.req.user, tokens[done * UNIT_TOKENS :], n_units - done, parent)
+            self._publish(s, s.unit_keys + more)
+        for key in reversed(s.unit_keys):  # deepest units become least recently used: evicted first
+            self.cache.release(key)
+        self.cache.release_blocks(s.private)
+        s.unit_keys, s.private, s.blocks = [], [], []
+        if s in self._running:
+            self._running.remove(s)
+        s.handle._emit(Event(token_ids or [], text, reason, s.usage(),
+                             logprobs=None if logprob is None else [logprob], error=error))

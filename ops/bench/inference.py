@@ -1,0 +1,155 @@
+"""Inference engine benchmark: batched vs one-at-a-time decode, vs transformers, cache memory.
+
+    .venv/bin/python ops/bench/inference.py                       # CPU, builds a random checkpoint
+    python3 ops/bench/inference.py --device cuda --dtype bfloat16  # on a GPU box
+    python3 ops/bench/inference.py --checkpoint $LEVEE_CHECKPOINT --device cuda --dtype bfloat16
+
+Everything is measured in one run on one checkpoint: the same R prompts, each generating N tokens
+greedily with eos ignored, (a) submitted together, (b) one after another through the same engine,
+(c) through transformers' generate() at batch 1 (a peer, test-only dependency). Reported tokens/s are
+generated tokens over wall time, prefill included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from inference import load_model  # noqa: E402
+from inference.engine import Engine, Request, SamplingParams  # noqa: E402
+
+BENCH_CONFIG = dict(  # tiny but not trivial: ~40M parameters, V3 routing, MLA with q compression
+    vocab_size=8192, hidden_size=512, intermediate_size=1536, moe_intermediate_size=256,
+    num_hidden_layers=4, num_attention_heads=8, q_lora_rank=192, kv_lora_rank=128,
+    qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, n_routed_experts=16, n_shared_experts=1,
+    num_experts_per_tok=4, n_group=4, topk_group=2, first_k_dense_replace=1, norm_topk_prob=True,
+    routed_scaling_factor=2.5, max_position_embeddings=2048, initializer_range=0.05,
+)
+
+
+def build_checkpoint(out: Path) -> None:
+    from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+    torch.manual_seed(0)
+    model = DeepseekV3ForCausalLM(DeepseekV3Config(**BENCH_CONFIG))
+    model.save_pretrained(out)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", help="existing checkpoint (default: build the random bench model)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--hf-requests", type=int, default=4, help="transformers runs (batch 1) to average")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--json", help="also write the results here")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    dtype = getattr(torch, a.dtype)
+    tmp = None
+    path = a.checkpoint
+    if path is None:
+        tmp = tempfile.TemporaryDirectory()
+        path = tmp.name
+        build_checkpoint(Path(path))
+    model = load_model(path, dtype=dtype, device=a.device)
+    device = model.device
+    args = model.args
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, args.vocab_size, (a.prompt_tokens,), generator=g).tolist() for _ in range(a.requests)]
+    params = SamplingParams(max_tokens=a.max_tokens, temperature=0.0, ignore_eos=True)
+    total = a.requests * a.max_tokens
+
+    engine = Engine(model, kv_budget_bytes=256 << 20, block_size=16, max_batch=max(64, a.requests)).start()
+    engine.submit(Request(prompts[0], SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True))).result()
+
+    def concurrent():
+        hs = [engine.submit(Request(p, params)) for p in prompts]
+        return [h.result() for h in hs]
+
+    def one_by_one():
+        return [engine.submit(Request(p, params)).result() for p in prompts]
+
+    batched, t_batch = timed(concurrent)
+    serial, t_serial = timed(one_by_one)
+    assert [c.token_ids for c in batched] == [c.token_ids for c in serial], "batching changed an output"
+    engine.stop()
+
+    hf_tps = None
+    try:
+        from transformers import AutoModelForCausalLM
+
+        ref = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        ref.generation_config.eos_token_id = None
+        ref.generation_config.pad_token_id = 0
+        n = min(a.hf_requests, a.requests)
+        with torch.no_grad():
+            ref.generate(torch.tensor([prompts[0]], device=device), max_new_tokens=8, do_sample=False)
+            sync(device)
+            _, t_hf = timed(lambda: [ref.generate(torch.tensor([p], device=device), max_new_tokens=a.max_tokens,
+                                                  do_sample=False) for p in prompts[:n]])
+            sync(device)
+        hf_tps = n * a.max_tokens / t_hf
+        del ref
+    except Exception as exc:  # the peer is optional on a serving box
+        print(f"transformers comparison skipped: {exc}", file=sys.stderr)
+
+    elem = torch.empty((), dtype=dtype).element_size()
+    latent = args.num_hidden_layers * 1000 * args.latent_dim * elem
+    expanded = args.num_hidden_layers * 1000 * args.num_attention_heads * (args.qk_head_dim + args.v_head_dim) * elem
+    measured = engine.cache.data.nbytes / (engine.cache.num_blocks * engine.block_size) * 1000
+
+    res = {
+        "device": str(device) + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""),
+        "dtype": a.dtype,
+        "threads": torch.get_num_threads(),
+        "requests": a.requests, "prompt_tokens": a.prompt_tokens, "max_tokens": a.max_tokens,
+        "concurrent_tok_s": total / t_batch,
+        "sequential_tok_s": total / t_serial,
+        "speedup_vs_sequential": t_serial / t_batch,
+        "transformers_b1_tok_s": hf_tps,
+        "speedup_vs_transformers_b1": (total / t_batch) / hf_tps if hf_tps else None,
+        "sequential_vs_transformers_b1": (total / t_serial) / hf_tps if hf_tps else None,
+        "kv_bytes_per_1000_tokens_latent": latent,
+        "kv_bytes_per_1000_tokens_latent_measured": measured,
+        "kv_bytes_per_1000_tokens_expanded": expanded,
+        "kv_expanded_over_latent": expanded / latent,
+    }
+    print(f"checkpoint: {'random bench model' if a.checkpoint is None else path}; {res['device']}, {a.dtype}, "
+          f"{res['threads']} threads; {a.requests} requests x {a.prompt_tokens} prompt + {a.max_tokens} generated")
+    print(f"  16 concurrent     {res['concurrent_tok_s']:9.1f} tok/s")
+    print(f"  one after another {res['sequential_tok_s']:9.1f} tok/s   (concurrent = {res['speedup_vs_sequential']:.1f}x)")
+    if hf_tps:
+        print(f"  transformers b=1  {hf_tps:9.1f} tok/s   (concurrent = {res['speedup_vs_transformers_b1']:.1f}x, "
+              f"one-at-a-time = {res['sequential_vs_transformers_b1']:.2f}x)")
+    print(f"  KV per 1,000 tokens: latent {latent / 2**20:.2f} MiB (engine allocates {measured / 2**20:.2f}), "
+          f"expanded {expanded / 2**20:.2f} MiB ({expanded / latent:.1f}x)")
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

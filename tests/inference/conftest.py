@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.inference import checkpoints
+from tests.inference.checkpoints import DEVICE
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """checkpoint(case, **build_kwargs) → (path, transformers model); built once per session."""
+    made: dict = {}
+
+    def get(case: str, **kwargs):
+        key = (case, tuple(sorted(kwargs.items())))
+        if key not in made:
+            path = tmp_path_factory.mktemp(case)
+            made[key] = (path, checkpoints.build(case, path, **kwargs).to(DEVICE))
+        return made[key]
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    return get
