@@ -1,4 +1,4 @@
-"""Inference workers: the DeepSeek V2/V3 model, checkpoint loading and the batching engine.
+"""Inference workers: the DeepSeek V2/V3 model, checkpoint loading, tokenizer, batching engine, worker.
 
 torch is imported lazily: the web tier imports `inference.tokenizer` and `inference.protocol`,
 which must not pull torch in.

@@ -1,0 +1,304 @@
+"""Train Levee's tiny demo checkpoint: a DeepSeek-V3-architecture MoE that chats in plain English.
+
+Reproduce (about 9 minutes on 2 CPU cores):
+
+    python -m inference.demo.train --out inference/demo/checkpoint
+
+The run writes a Hugging Face-format checkpoint in DeepSeek's layout: `config.json`
+(`model_type: deepseek_v3`, DeepSeek's own key names, yarn `rope_scaling`), `model.safetensors`
+(fp32, DeepSeek's tensor names with one tensor per expert), `generation_config.json`,
+`tokenizer.json` and `tokenizer_config.json` (byte-level BPE trained on the corpus, DeepSeek's
+special tokens and a chat template in DeepSeek's style).
+
+The model is transformers' `DeepseekV3ForCausalLM` (a dev dependency) at toy size, chosen to
+exercise every V3 feature an inference implementation must get right: MLA with q compression, a
+dense first layer then MoE layers, 8 routed experts + 1 shared, top-2 with group-limited routing
+(2 groups, 1 kept), sigmoid scores with a correction bias, routed scaling, interleaved rotary
+embeddings with yarn scaling, untied embeddings, and a `vocab_size` padded above the tokenizer's.
+
+transformers keeps routing's correction bias at zero during training. This script updates it the
+way DeepSeek-V3 was trained without an auxiliary loss: after each step every expert's bias moves by
+`--bias-rate` towards balance (down if the expert was picked more than average, up if less). That
+balances the experts and leaves a non-zero bias in the checkpoint, so a loader that ignores it
+produces different logits and is caught.
+
+The training text comes from `inference.demo.corpus` (written by the project, no download). Loss is
+taken on every token of the packed chats; each training window starts at a conversation boundary,
+as a chat prompt does.
+
+Recorded run (2 CPU threads, shared machine, seed 0): see RESULT at the end of this docstring.
+
+RESULT: filled in from the run log below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from inference.demo import corpus
+from inference.demo.tokenizer_build import train_tokenizer, write_tokenizer_files
+from inference.tokenizer import Tokenizer
+
+TOKENIZER_VOCAB = 2048  # trained BPE entries (incl. special tokens); <think>, </think> come on top
+CONFIG_VOCAB = 2112     # embeddings padded to a multiple of 64, as real checkpoints pad theirs
+
+# config.json exactly as a DeepSeek checkpoint would write it (their key names, old-style rope keys).
+DEMO_CONFIG: dict = {
+    "architectures": ["DeepseekV3ForCausalLM"],
+    "model_type": "deepseek_v3",
+    "vocab_size": CONFIG_VOCAB,
+    "hidden_size": 192,
+    "intermediate_size": 512,
+    "moe_intermediate_size": 128,
+    "num_hidden_layers": 3,
+    "first_k_dense_replace": 1,
+    "moe_layer_freq": 1,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "n_routed_experts": 8,
+    "n_shared_experts": 1,
+    "num_experts_per_tok": 2,
+    "n_group": 2,
+    "topk_group": 1,
+    "topk_method": "noaux_tc",
+    "scoring_func": "sigmoid",
+    "norm_topk_prob": True,
+    "routed_scaling_factor": 2.5,
+    "q_lora_rank": 96,
+    "kv_lora_rank": 48,
+    "qk_nope_head_dim": 32,
+    "qk_rope_head_dim": 16,
+    "v_head_dim": 32,
+    "hidden_act": "silu",
+    "max_position_embeddings": 1024,
+    "rope_theta": 10000.0,
+    "rope_scaling": {
+        "type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 256,
+        "beta_fast": 32,
+        "beta_slow": 1,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+    },
+    "rope_interleave": True,
+    "rms_norm_eps": 1e-6,
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "initializer_range": 0.02,
+    "tie_word_embeddings": False,
+    "num_nextn_predict_layers": 0,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "use_cache": True,
+    "torch_dtype": "float32",
+}
+
+SAMPLE_PROMPTS = ["Hello", "What is Levee?", "What is 3 plus 4?", "Tell me a short story.",
+                  "What color is the sky?", "Tell me about black holes."]
+
+
+def hf_config(config: dict):
+    from transformers import DeepseekV3Config
+
+    hf = dict(config)
+    rope = dict(hf.pop("rope_scaling"))
+    rope["rope_type"] = rope.pop("type")
+    rope["rope_theta"] = hf.pop("rope_theta")
+    hf["rope_parameters"] = rope
+    for key in ("architectures", "model_type", "moe_layer_freq", "topk_method", "scoring_func",
+                "num_nextn_predict_layers", "torch_dtype"):
+        hf.pop(key)  # fixed by the class, or not read by transformers
+    return DeepseekV3Config(**hf)
+
+
+# --- data --------------------------------------------------------------------------------------------
+
+
+def build_tokens(tokenizer: Tokenizer, conversations: list[list[dict]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """All chats rendered by the checkpoint's own template and packed into one stream, plus the
+    offset at which each chat starts."""
+    stream: list[int] = []
+    starts: list[int] = []
+    for conv in conversations:
+        starts.append(len(stream))
+        stream += tokenizer.encode_chat(conv, add_generation_prompt=False)
+    return torch.tensor(stream, dtype=torch.long), torch.tensor(starts, dtype=torch.long)
+
+
+def batches(stream: torch.Tensor, starts: torch.Tensor, batch_size: int, seq_len: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    usable = starts[starts + seq_len + 1 <= len(stream)]
+    offsets = torch.arange(seq_len + 1)
+    while True:
+        pick = usable[torch.randint(len(usable), (batch_size,), generator=g)]
+        window = stream[pick[:, None] + offsets]
+        yield window[:, :-1], window[:, 1:]
+
+
+# --- aux-loss-free balancing ---------------------------------------------------------------------------
+
+
+class BiasBalancer:
+    """Counts expert picks per MoE layer during the forward pass and nudges each layer's
+    `e_score_correction_bias` towards equal load after the optimizer step (DeepSeek-V3's method)."""
+
+    def __init__(self, model, rate: float) -> None:
+        self.rate = rate
+        self.moes = [layer.mlp for layer in model.model.layers if hasattr(layer.mlp, "gate")]
+        self.counts = [torch.zeros(m.n_routed_experts) for m in self.moes]
+        for moe, counts in zip(self.moes, self.counts, strict=True):
+            original = moe.route_tokens_to_experts
+
+            def counting(router_logits, original=original, counts=counts, n=moe.n_routed_experts):
+                indices, weights = original(router_logits)
+                counts += torch.bincount(indices.flatten(), minlength=n).to(counts.dtype)
+                return indices, weights
+
+            moe.route_tokens_to_experts = counting
+
+    @torch.no_grad()
+    def step(self) -> list[float]:
+        """Update the biases; return each layer's max/mean load ratio of the step."""
+        imbalance = []
+        for moe, counts in zip(self.moes, self.counts, strict=True):
+            mean = counts.mean()
+            moe.gate.e_score_correction_bias += self.rate * torch.sign(mean - counts)
+            imbalance.append(float(counts.max() / mean.clamp(min=1)))
+            counts.zero_()
+        return imbalance
+
+
+# --- export ------------------------------------------------------------------------------------------------
+
+
+def deepseek_state_dict(model, config: dict) -> dict[str, torch.Tensor]:
+    """transformers stacks each layer's experts into `experts.gate_up_proj` [E, 2I, H] (gate rows
+    first) and `experts.down_proj` [E, H, I]; DeepSeek's checkpoints hold one tensor per expert and
+    projection. Write DeepSeek's names."""
+    inter = config["moe_intermediate_size"]
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().to(torch.float32).contiguous()
+        if name.endswith("mlp.experts.gate_up_proj"):
+            prefix = name[: -len("gate_up_proj")]
+            for e in range(tensor.shape[0]):
+                out[f"{prefix}{e}.gate_proj.weight"] = tensor[e, :inter].clone()
+                out[f"{prefix}{e}.up_proj.weight"] = tensor[e, inter:].clone()
+        elif name.endswith("mlp.experts.down_proj"):
+            prefix = name[: -len("down_proj")]
+            for e in range(tensor.shape[0]):
+                out[f"{prefix}{e}.down_proj.weight"] = tensor[e].clone()
+        else:
+            out[name] = tensor
+    return dict(sorted(out.items()))
+
+
+def save_checkpoint(model, config: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(deepseek_state_dict(model, config), str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    generation = {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
+                  "do_sample": True, "temperature": 0.7, "top_p": 0.95}
+    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
+
+
+@torch.no_grad()
+def greedy_reply(model, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 48) -> str:
+    ids = torch.tensor([tokenizer.encode_chat([{"role": "user", "content": prompt}])])
+    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:].tolist())
+
+
+# --- main ------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("inference/demo/checkpoint"))
+    parser.add_argument("--steps", type=int, default=420)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--warmup", type=int, default=60)
+    parser.add_argument("--bias-rate", type=float, default=1e-3)
+    parser.add_argument("--conversations", type=int, default=40_000)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from transformers import DeepseekV3ForCausalLM
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    started = time.monotonic()
+
+    convs = corpus.conversations(args.conversations, seed=args.seed)
+    bpe = train_tokenizer(corpus.texts(convs), vocab_size=TOKENIZER_VOCAB)
+    write_tokenizer_files(bpe, args.out, model_max_length=DEMO_CONFIG["max_position_embeddings"])
+    tokenizer = Tokenizer.from_dir(args.out)
+    assert tokenizer.vocab_size <= CONFIG_VOCAB, tokenizer.vocab_size
+    stream, starts = build_tokens(tokenizer, convs)
+    print(f"corpus: {len(convs)} chats, {len(stream)} tokens, tokenizer vocab {tokenizer.vocab_size}", flush=True)
+
+    model = DeepseekV3ForCausalLM(hf_config(DEMO_CONFIG)).float()
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params / 1e6:.2f}M parameters", flush=True)
+    balancer = BiasBalancer(model, args.bias_rate)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=args.lr, betas=(0.9, 0.95))
+
+    def lr_at(step: int) -> float:
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        progress = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    data = batches(stream, starts, args.batch_size, args.seq_len, args.seed)
+    recent: list[float] = []
+    train_started = time.monotonic()
+    for step in range(args.steps):
+        inputs, targets = next(data)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        logits = model(input_ids=inputs).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        imbalance = balancer.step()
+        recent = (recent + [loss.item()])[-50:]
+        if step % 50 == 0 or step == args.steps - 1:
+            elapsed = time.monotonic() - train_started
+            print(f"step {step:5d}  loss {sum(recent) / len(recent):.3f}  lr {lr_at(step):.2e}  "
+                  f"max/mean expert load {max(imbalance):.2f}  {elapsed:.0f}s", flush=True)
+
+    model.eval()
+    save_checkpoint(model, DEMO_CONFIG, args.out)
+    wall = time.monotonic() - started
+    size = (args.out / "model.safetensors").stat().st_size
+    print(f"done: {wall:.0f}s wall, final loss (mean of last {len(recent)} steps) "
+          f"{sum(recent) / len(recent):.3f}, model.safetensors {size / 1e6:.1f} MB", flush=True)
+    biases = [m.gate.e_score_correction_bias.abs().max().item() for m in balancer.moes]
+    print(f"max |correction bias| per MoE layer: {[round(b, 3) for b in biases]}")
+    for prompt in SAMPLE_PROMPTS:
+        print(f"> {prompt}\n  {greedy_reply(model, tokenizer, prompt)!r}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
