@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "levee.keys",
     "levee.api",
     "levee.billing",
+    "levee.chat",
 ]
 
 MIDDLEWARE = [
@@ -215,3 +216,6 @@ CELERY_BEAT_SCHEDULE.update({
     "billing-expire-grants": {"task": "levee.billing.expire_grants", "schedule": 600.0,
                               "options": {"queue": "platform", "expires": 550}},
 })
+# Free web chat (docs/web.md): tokens (prompt + reply) per account per UTC day, and the longest message.
+LEVEE_WEB_CHAT_DAILY_TOKENS = env_int("LEVEE_WEB_CHAT_DAILY_TOKENS", 100_000, minimum=0)
+LEVEE_WEB_CHAT_MAX_MESSAGE_CHARS = env_int("LEVEE_WEB_CHAT_MAX_MESSAGE_CHARS", 16_000, minimum=1)

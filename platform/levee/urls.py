@@ -4,6 +4,7 @@ from django.urls import include, path
 
 from levee.accounts import views as accounts
 from levee.api import views as api
+from levee.billing import pages as billing_pages
 from levee.billing import views as billing
 from levee.core import views as core
 from levee.keys import views as keys
@@ -38,10 +39,12 @@ urlpatterns = [
     path("healthz", core.healthz, name="healthz"),
     path("accounts/", include(account_patterns)),
     path("keys/", keys.keys_page, name="keys-page"),
+    path("usage/", billing_pages.usage_page, name="usage-page"),
     path("api/keys", keys.keys_collection, name="api-keys"),
     path("api/keys/<int:key_id>/revoke", keys.revoke_key, name="api-key-revoke"),
     path("v1/", include(api_patterns)),
     path("", include(api_patterns)),
     path("", include("levee.billing.urls")),
+    path("chat/", include("levee.chat.urls")),
     path("admin/", admin.site.urls),
 ]

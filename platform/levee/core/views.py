@@ -3,7 +3,8 @@ from django.shortcuts import render
 
 from levee.core.errors import error_response
 
-API_PREFIXES = ("/v1/", "/api/", "/chat/", "/user/", "/models", "/beta/")
+# "/chat/completions" is the bare API; the rest of /chat/ is the web chat, whose /chat/api/ is JSON.
+API_PREFIXES = ("/v1/", "/api/", "/chat/completions", "/chat/api/", "/user/", "/models", "/beta/")
 
 
 def healthz(request):

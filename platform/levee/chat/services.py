@@ -1,0 +1,147 @@
+"""Web chat verbs: start a conversation, start a reply (quota + one reply at a time), finish it.
+
+Free web chat is recorded with billing's `record_free_usage` (zero cost) when its job ends, by the
+web process that streamed it: see docs/web.md for why the web side settles rather than a task.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Sum
+from django.utils import timezone
+
+from levee.accounts.models import User
+from levee.chat.models import TITLE_MAX_LENGTH, Conversation, Message, Role, Status
+
+
+class ChatRefused(Exception):
+    """Why a reply was not started; nothing was written. `code` is stable for the page's script."""
+
+    def __init__(self, status: int, code: str, message: str, *, retry_after: int | None = None,
+                 param: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.retry_after, self.param = retry_after, param
+
+
+def title_from(text: str) -> str:
+    """A conversation's title: its first message, on one line, cut at a word near the limit."""
+    line = re.sub(r"\s+", " ", text).strip()
+    if len(line) <= TITLE_MAX_LENGTH:
+        return line
+    cut = line[: TITLE_MAX_LENGTH - 1]
+    if " " in cut[TITLE_MAX_LENGTH // 2:]:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip() + "…"
+
+
+def create_conversation(user: User, *, model: str) -> Conversation:
+    return Conversation.objects.create(user=user, model=model)
+
+
+def daily_quota(mode: str | None = None) -> int:
+    """Tokens (prompt + reply) an account may use in free web chat per UTC day. Halved while the
+    shield's mode is elevated (DESIGN: "tighter quota"); under attack the shield sheds instead."""
+    quota = settings.LEVEE_WEB_CHAT_DAILY_TOKENS
+    return quota // 2 if mode == "elevated" else quota
+
+
+def tokens_used_today(user: User, now: datetime | None = None) -> int:
+    from levee.billing.models import DailyUsage, UsageSource
+
+    now = (now or timezone.now()).astimezone(timezone.get_fixed_timezone(0))
+    totals = DailyUsage.objects.filter(user=user, day=now.date(), source=UsageSource.WEB).aggregate(
+        hit=Sum("prompt_cache_hit_tokens"), miss=Sum("prompt_cache_miss_tokens"), out=Sum("completion_tokens"))
+    return sum(value or 0 for value in totals.values())
+
+
+def seconds_to_midnight_utc(now: datetime | None = None) -> int:
+    now = (now or timezone.now()).astimezone(timezone.get_fixed_timezone(0))
+    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return max(1, int((midnight - now).total_seconds()))
+
+
+def _in_flight_cutoff(now: datetime) -> datetime:
+    """A reply still marked streaming after its job's deadline belongs to a web process that died;
+    it no longer blocks the account."""
+    return now - timedelta(seconds=settings.LEVEE_JOB_QUEUE_TIMEOUT + settings.LEVEE_JOB_MAX_RUNTIME + 60)
+
+
+@dataclass
+class StartedReply:
+    question: Message
+    reply: Message
+    max_tokens: int
+
+
+def start_reply(user: User, conversation: Conversation, *, text: str, model: str, prompt_tokens: int,
+                room: int, job_id: str, mode: str | None = None) -> StartedReply:
+    """Write the owner's message and an empty streaming reply, if the account has quota left today
+    and no other reply in progress. The reply may use at most `room` tokens (the model's limits) and
+    never more than the quota left, so a day's use stays within the quota. One transaction with the
+    account row locked: two tabs cannot both pass the checks."""
+    now = timezone.now()
+    with transaction.atomic():
+        User.objects.select_for_update().filter(pk=user.pk).first()
+        busy = Message.objects.filter(conversation__user=user, status=Status.STREAMING,
+                                      created_at__gt=_in_flight_cutoff(now)).exists()
+        if busy:
+            raise ChatRefused(409, "reply_in_progress",
+                              "A reply is still being written in one of your chats. Wait for it or stop it first.")
+        quota = daily_quota(mode)
+        left = quota - tokens_used_today(user, now)
+        if left <= prompt_tokens:
+            wait = seconds_to_midnight_utc(now)
+            hours, minutes = divmod(wait // 60, 60)
+            raise ChatRefused(429, "daily_quota_exceeded",
+                              f"You have used today's free chat allowance of {quota:,} tokens"
+                              f"{' (this conversation is long: start a new chat to use fewer)' if left > 0 else ''}."
+                              f" It renews at 00:00 UTC, in {hours} h {minutes} min. The API is not limited by it.",
+                              retry_after=wait)
+        max_tokens = min(room, left - prompt_tokens)
+        question = Message.objects.create(conversation=conversation, role=Role.USER, content=text, created_at=now)
+        reply = Message.objects.create(conversation=conversation, role=Role.ASSISTANT, status=Status.STREAMING,
+                                       model=model, job_id=job_id, prompt_tokens=prompt_tokens, created_at=now)
+        updates = {"updated_at": now, "model": model}
+        if not conversation.title:
+            updates["title"] = title_from(text)
+        Conversation.objects.filter(pk=conversation.pk).update(**updates)
+        for name, value in updates.items():
+            setattr(conversation, name, value)
+    return StartedReply(question, reply, max_tokens)
+
+
+def abandon_reply(started: StartedReply) -> None:
+    """The job could not be enqueued: remove both messages, as if the request never came."""
+    Message.objects.filter(pk__in=[started.question.pk, started.reply.pk]).delete()
+
+
+def finish_reply(reply_id: int, *, content: str, status: str, usage: dict, started_at: datetime,
+                 request_id: str, finish_reason: str = "", error: str = "") -> bool:
+    """Save the reply and record its tokens as free usage, once: only a reply still streaming is
+    finished (compare-and-set), so a second caller (stop racing done) changes nothing. True if this
+    call finished it."""
+    from levee.billing.services import record_free_usage
+
+    now = timezone.now()
+    prompt = usage.get("prompt_cache_hit_tokens", 0) + usage.get("prompt_cache_miss_tokens", 0)
+    with transaction.atomic():
+        changed = Message.objects.filter(pk=reply_id, status=Status.STREAMING).update(
+            content=content, status=status, finish_reason=finish_reason[:32], error=error[:300],
+            prompt_tokens=prompt or F("prompt_tokens"), completion_tokens=usage.get("completion_tokens", 0),
+            finished_at=now)
+        if not changed:
+            return False
+        reply = Message.objects.select_related("conversation__user").get(pk=reply_id)
+        Conversation.objects.filter(pk=reply.conversation_id).update(updated_at=now)
+        if prompt or usage.get("completion_tokens"):
+            record_free_usage(user=reply.conversation.user, model=reply.model, request_id=request_id,
+                              prompt_cache_hit_tokens=usage.get("prompt_cache_hit_tokens", 0),
+                              prompt_cache_miss_tokens=usage.get("prompt_cache_miss_tokens", 0),
+                              completion_tokens=usage.get("completion_tokens", 0),
+                              started_at=started_at, finished_at=max(now, started_at))
+    return True

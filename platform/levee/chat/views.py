@@ -1,0 +1,305 @@
+"""The chat page and its JSON/SSE endpoints (session auth + CSRF).
+
+A reply goes through the same job path as the paid API (levee.api.jobs + inference.protocol): shed
+check, capacity check, quota, enqueue, then the job's events are streamed to the browser as SSE.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, render
+from redis.exceptions import RedisError
+
+from inference import protocol
+from levee.api import jobs
+from levee.api.models import LlmModel
+from levee.chat import services
+from levee.chat.models import Conversation, Message, Status
+from levee.core.errors import error_response
+
+log = logging.getLogger(__name__)
+
+# Room always left for a reply when old turns are dropped to fit a long conversation into the context.
+MIN_REPLY_TOKENS = 64
+
+
+def _message_row(message: Message) -> dict:
+    return {"id": message.pk, "role": message.role, "content": message.content, "status": message.status,
+            "model": message.model, "error": message.error}
+
+
+def _conversation_row(conversation: Conversation) -> dict:
+    return {"id": conversation.pk, "title": conversation.display_title, "model": conversation.model,
+            "updated_at": conversation.updated_at.isoformat()}
+
+
+@login_required
+def chat_page(request, conversation_id: int | None = None):
+    conversation = None
+    messages: list[dict] = []
+    if conversation_id is not None:
+        conversation = get_object_or_404(Conversation, pk=conversation_id, user=request.user)
+        messages = [_message_row(m) for m in conversation.messages.all()]
+    models = list(LlmModel.objects.filter(enabled=True).values_list("name", flat=True))
+    return render(request, "chat/chat.html", {
+        "conversation": conversation, "conversations": Conversation.objects.filter(user=request.user)[:100],
+        "models": models, "selected_model": conversation.model if conversation else (models[0] if models else ""),
+        "messages_data": messages,
+        "quota": services.daily_quota(_mode()), "used": services.tokens_used_today(request.user),
+    })
+
+
+def _json_body(request) -> dict:
+    try:
+        body = json.loads(request.body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        raise services.ChatRefused(400, "invalid_format", "The body must be a JSON object.") from None
+    if not isinstance(body, dict):
+        raise services.ChatRefused(400, "invalid_format", "The body must be a JSON object.")
+    return body
+
+
+def _refused(exc: services.ChatRefused):
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return error_response(exc.status, exc.message, code=exc.code, param=exc.param, headers=headers)
+
+
+async def _enabled_model(name) -> LlmModel:
+    if not isinstance(name, str) or not name:
+        raise services.ChatRefused(400, "missing_parameter", "Choose a model.", param="model")
+    model = await LlmModel.objects.filter(name=name, enabled=True).afirst()
+    if model is None:
+        raise services.ChatRefused(400, "model_not_found", f"Model Not Exist: {name[:64]}", param="model")
+    return model
+
+
+def create_conversation(request):
+    """POST /chat/api/conversations {"model": "..."} → the new, empty conversation."""
+    if request.method != "POST":
+        return error_response(405, f"{request.method} is not allowed here")
+    if not request.user.is_authenticated:
+        return error_response(401, "Log in to chat.", code="not_authenticated")
+    try:
+        body = _json_body(request)
+        name = body.get("model")
+        if not isinstance(name, str) or not LlmModel.objects.filter(name=name, enabled=True).exists():
+            raise services.ChatRefused(400, "model_not_found", "Choose one of the models offered.", param="model")
+    except services.ChatRefused as exc:
+        return _refused(exc)
+    conversation = services.create_conversation(request.user, model=name)
+    return JsonResponse(_conversation_row(conversation), status=201)
+
+
+def conversation_detail(request, conversation_id: int):
+    """GET /chat/api/conversations/<id>: the conversation and its messages."""
+    if not request.user.is_authenticated:
+        return error_response(401, "Log in to chat.", code="not_authenticated")
+    conversation = get_object_or_404(Conversation, pk=conversation_id, user=request.user)
+    return JsonResponse({**_conversation_row(conversation),
+                         "messages": [_message_row(m) for m in conversation.messages.all()]})
+
+
+def _mode() -> str | None:
+    """The shield's mitigation mode, once levee.shield is installed; None before."""
+    try:
+        from levee.shield.api import current_mode
+    except ImportError:
+        return None
+    try:
+        return current_mode()
+    except Exception:  # the shield decides how it fails; the chat page must still render
+        log.warning("shield mode unavailable", exc_info=True)
+        return None
+
+
+def _shed(model: str) -> int | None:
+    """Retry-After seconds if the shield sheds free chat for this model now, else None."""
+    try:
+        from levee.shield.api import shed
+    except ImportError:  # the shield has not landed: nothing is shed
+        return None
+    return shed(model, "free_chat")
+
+
+def _encode(model, messages):
+    from levee.api.tokens import encode_prompt
+
+    return encode_prompt(model, messages)
+
+
+def _fit_prompt(model: LlmModel, history: list[dict], text: str) -> list[int]:
+    """The prompt ids for the conversation so far plus `text`, dropping the oldest turns until a
+    reply of at least MIN_REPLY_TOKENS fits in the context."""
+    budget = model.context_length - MIN_REPLY_TOKENS
+    turns = list(history)
+    while True:
+        ids = _encode(model, turns + [{"role": "user", "content": text}])
+        if len(ids) <= budget:
+            return ids
+        if not turns:
+            raise services.ChatRefused(400, "context_length_exceeded",
+                                       f"The message is too long for {model.name} ({len(ids)} tokens; "
+                                       f"at most {budget}).", param="content")
+        turns = turns[2:] if len(turns) >= 2 else []
+
+
+def _history(conversation: Conversation) -> list[dict]:
+    return [{"role": m.role, "content": m.content}
+            for m in conversation.messages.exclude(status=Status.STREAMING).exclude(content="")]
+
+
+async def post_message(request, conversation_id: int):
+    """POST /chat/api/conversations/<id>/messages {"content": "...", "model": "..."} → text/event-stream:
+    `start` (message ids, title), `delta` (text), then `done` or `error`; `: keep-alive` while queued."""
+    if request.method != "POST":
+        return error_response(405, f"{request.method} is not allowed here")
+    user = await request.auser()
+    if not user.is_authenticated:
+        return error_response(401, "Log in to chat.", code="not_authenticated")
+    conversation = await Conversation.objects.filter(pk=conversation_id, user=user).afirst()
+    if conversation is None:
+        return error_response(404, "No such conversation.")
+    try:
+        body = _json_body(request)
+        text = body.get("content")
+        if not isinstance(text, str) or not text.strip():
+            raise services.ChatRefused(400, "missing_parameter", "Write a message first.", param="content")
+        text = text.strip()
+        if len(text) > settings.LEVEE_WEB_CHAT_MAX_MESSAGE_CHARS or "\x00" in text:
+            raise services.ChatRefused(400, "invalid_parameter",
+                                       f"A message may have at most {settings.LEVEE_WEB_CHAT_MAX_MESSAGE_CHARS:,} "
+                                       f"characters.", param="content")
+        model = await _enabled_model(body.get("model") or conversation.model)
+        history = await sync_to_async(_history)(conversation)
+        prompt_ids = await sync_to_async(_fit_prompt, thread_sensitive=False)(model, history, text)
+        retry_after = await sync_to_async(_shed, thread_sensitive=False)(model.name)
+        if retry_after:
+            raise services.ChatRefused(503, "server_overloaded",
+                                       "Free chat is paused for a moment while the service is under heavy load. "
+                                       "Please retry shortly.", retry_after=int(retry_after))
+        try:
+            await jobs.check_capacity(model)
+        except jobs.Overloaded as exc:
+            raise services.ChatRefused(503, "server_overloaded", exc.message, retry_after=exc.retry_after) from None
+        except RedisError:
+            log.exception("redis unavailable before a chat enqueue")
+            raise services.ChatRefused(503, "server_overloaded", "The service is temporarily unavailable; retry shortly.",
+                                       retry_after=5) from None
+        room = min(model.default_max_tokens, model.max_output, model.context_length - len(prompt_ids))
+        job_id = uuid.uuid4().hex
+        started = await sync_to_async(services.start_reply)(
+            user, conversation, text=text, model=model.name, prompt_tokens=len(prompt_ids), room=room,
+            job_id=job_id, mode=await sync_to_async(_mode, thread_sensitive=False)())
+    except services.ChatRefused as exc:
+        return _refused(exc)
+
+    deadline = time.time() + settings.LEVEE_JOB_QUEUE_TIMEOUT + settings.LEVEE_JOB_MAX_RUNTIME
+    message = protocol.JobMessage(job_id=job_id, model=model.name, prompt_ids=prompt_ids, user=str(user.pk),
+                                  hold_id=None, deadline=deadline,
+                                  sampling=protocol.Sampling(max_tokens=started.max_tokens))
+    try:
+        await jobs.enqueue(message, model.queue_name)
+    except Exception:  # the broker refused: nothing started, so the messages go too
+        log.exception("enqueue failed for chat job %s", job_id)
+        await sync_to_async(services.abandon_reply)(started)
+        return error_response(503, "The service is temporarily unavailable; retry shortly.",
+                              headers={"Retry-After": "5"})
+    reply = _Reply(request=request, conversation=conversation, started=started, job_id=job_id)
+    response = StreamingHttpResponse(reply.sse(), content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+def _sse(event: str, data: dict) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+class _Reply:
+    """One job's events → the browser, and the reply saved (with its free usage) when it ends."""
+
+    def __init__(self, *, request, conversation, started: services.StartedReply, job_id: str):
+        self.conversation, self.started, self.job_id = conversation, started, job_id
+        self.request_id = getattr(request, "request_id", job_id)
+        self.started_at = datetime.now(UTC)
+        self.text: list[str] = []
+        self.usage = protocol.usage_dict(0, started.reply.prompt_tokens, 0)
+
+    async def _finish(self, status: str, *, finish_reason: str = "", error: str = "") -> None:
+        await sync_to_async(services.finish_reply)(
+            self.started.reply.pk, content="".join(self.text), status=status, usage=self.usage,
+            started_at=self.started_at, request_id=self.request_id, finish_reason=finish_reason, error=error)
+
+    async def sse(self):
+        finished = False
+        try:
+            yield _sse("start", {"conversation": _conversation_row(self.conversation),
+                                 "question_id": self.started.question.pk, "reply_id": self.started.reply.pk,
+                                 "max_tokens": self.started.max_tokens})
+            async for event in jobs.events(self.job_id, queue_timeout=settings.LEVEE_JOB_QUEUE_TIMEOUT,
+                                           heartbeat_timeout=settings.LEVEE_JOB_HEARTBEAT_TIMEOUT):
+                if event is jobs.KEEPALIVE:
+                    yield b": keep-alive\n\n"
+                    continue
+                kind = event["type"]
+                if kind == protocol.DELTA:
+                    self.usage = event.get("usage", self.usage)
+                    self.text.append(event.get("text", ""))
+                    yield _sse("delta", {"text": event.get("text", "")})
+                elif kind == protocol.DONE:
+                    self.usage = event.get("usage", self.usage)
+                    reason = event.get("finish_reason", "stop")
+                    status = Status.STOPPED if reason == "cancelled" else Status.COMPLETE
+                    await self._finish(status, finish_reason=reason)
+                    finished = True
+                    yield _sse("done", {"status": status, "finish_reason": reason, "usage": self.usage})
+                    return
+                elif kind == protocol.ERROR:
+                    self.usage = event.get("usage", self.usage)
+                    message = event.get("message") or "The reply could not be completed."
+                    await self._finish(Status.ERROR, finish_reason="error", error=message)
+                    finished = True
+                    yield _sse("error", {"code": event.get("code"), "message": message})
+                    return
+        finally:
+            if not finished:
+                # The browser went away mid-reply: stop the job and keep what was received. The
+                # running usage of the last delta is recorded (the worker may make a few more tokens).
+                try:
+                    await jobs.cancel(self.job_id)
+                except RedisError:
+                    log.warning("could not flag chat job %s cancelled", self.job_id)
+                try:
+                    await asyncio.shield(self._finish(Status.STOPPED, finish_reason="client_gone"))
+                except Exception:
+                    log.exception("saving the partial reply of job %s failed", self.job_id)
+
+
+async def stop_reply(request, conversation_id: int, message_id: int):
+    """POST /chat/api/conversations/<id>/messages/<message id>/stop: ask the job to stop. The open
+    stream then ends with `done` (status stopped) and the part written so far is kept."""
+    if request.method != "POST":
+        return error_response(405, f"{request.method} is not allowed here")
+    user = await request.auser()
+    if not user.is_authenticated:
+        return error_response(401, "Log in to chat.", code="not_authenticated")
+    reply = await Message.objects.filter(pk=message_id, conversation_id=conversation_id,
+                                         conversation__user=user).afirst()
+    if reply is None:
+        return error_response(404, "No such message.")
+    if reply.status == Status.STREAMING and reply.job_id:
+        try:
+            await jobs.cancel(reply.job_id)
+        except RedisError:
+            return error_response(503, "Could not reach the service to stop the reply; retry.",
+                                  headers={"Retry-After": "2"})
+    return JsonResponse({"id": reply.pk, "status": reply.status, "stopping": reply.status == Status.STREAMING})
