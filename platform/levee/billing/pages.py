@@ -1,0 +1,89 @@
+"""The owner's usage and billing page: balance, daily usage chart, ledger, voucher redemption."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.db.models import Sum
+from django.shortcuts import redirect, render
+from django.utils import timezone
+
+from levee.billing import services
+from levee.billing.charts import stacked_bars
+from levee.billing.models import DailyUsage, LedgerEntry
+from levee.billing.money import NANO_PER_UNIT, format_amount
+from levee.billing.pricing import currency
+
+PERIODS = (7, 30, 90)
+LEDGER_PAGE_SIZE = 20
+
+
+def _usage(user, days: int):
+    today = timezone.now().astimezone(timezone.get_fixed_timezone(0)).date()
+    start = today - timedelta(days=days - 1)
+    rows = list(DailyUsage.objects.filter(user=user, day__gte=start, day__lte=today)
+                .values("day", "model", "source").order_by("day", "model", "source")
+                .annotate(requests=Sum("requests"), hit=Sum("prompt_cache_hit_tokens"),
+                          miss=Sum("prompt_cache_miss_tokens"), out=Sum("completion_tokens"), cost=Sum("cost_nano")))
+    day_list = [start + timedelta(days=i) for i in range(days)]
+    index = {day: i for i, day in enumerate(day_list)}
+    tokens: dict[str, list[float]] = {}
+    cost: dict[str, list[float]] = {}
+    table = []
+    for row in rows:
+        total = row["hit"] + row["miss"] + row["out"]
+        tokens.setdefault(row["model"], [0] * days)[index[row["day"]]] += total
+        cost.setdefault(row["model"], [0] * days)[index[row["day"]]] += row["cost"] / NANO_PER_UNIT
+        table.append({**row, "tokens": total, "cost_display": format_amount(row["cost"], places=6),
+                      "source_label": "web chat (free)" if row["source"] == "web" else "API"})
+    cur = currency()
+    return {
+        "tokens_chart": stacked_bars(days=day_list, series=tokens, chart_id="tokens-chart",
+                                     title=f"Tokens per day and model, last {days} days"),
+        "cost_chart": stacked_bars(days=day_list, series={m: v for m, v in cost.items() if any(v)},
+                                   chart_id="cost-chart", title=f"Cost per day and model in {cur}, last {days} days",
+                                   fmt=lambda v: f"{v:,.4f}".rstrip("0").rstrip(".") if v else "0"),
+        "usage_rows": list(reversed(table)),
+        "total_tokens": sum(r["tokens"] for r in table),
+        "total_cost": format_amount(sum(r["cost"] for r in table), places=6),
+    }
+
+
+@login_required
+def usage_page(request):
+    if request.method == "POST":
+        return _redeem(request)
+    try:
+        days = int(request.GET.get("days", 30))
+    except ValueError:
+        days = 30
+    if days not in PERIODS:
+        days = 30
+    from levee.chat.services import daily_quota, tokens_used_today
+
+    wallet = services.wallet_for(request.user)
+    ledger = Paginator(LedgerEntry.objects.filter(wallet=wallet).order_by("-id"), LEDGER_PAGE_SIZE)
+    page = ledger.get_page(request.GET.get("page"))
+    entries = [{"entry": e, "amount": format_amount(e.balance_delta, places=6),
+                "held": format_amount(e.held_delta, places=6) if e.held_delta else ""} for e in page]
+    return render(request, "billing/usage.html", {
+        "balance": services.balance_view(request.user), "currency": currency(),
+        "held": format_amount(wallet.held_nano, places=2), "days": days, "periods": PERIODS,
+        "page": page, "entries": entries,
+        "chat_used": tokens_used_today(request.user), "chat_quota": daily_quota(),
+        **_usage(request.user, days),
+    })
+
+
+def _redeem(request):
+    code = request.POST.get("code", "")
+    try:
+        redemption = services.redeem_voucher(request.user, code)
+    except services.BillingRefused as exc:
+        messages.error(request, exc.message)
+    else:
+        amount = format_amount(redemption.entry.topped_up_delta, places=2)
+        messages.success(request, f"Voucher redeemed: {amount} {currency()} added to your balance.")
+    return redirect("usage-page")
