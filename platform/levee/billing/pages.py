@@ -17,6 +17,18 @@ from levee.billing.money import NANO_PER_UNIT, format_amount
 from levee.billing.pricing import currency
 
 PERIODS = (7, 30, 90)
+PRICE_CLASSES = [("input_cache_hit", "Input (cache hit)"), ("input_cache_miss", "Input (cache miss)"),
+                 ("output", "Output")]
+
+
+def price_table() -> dict:
+    """The price book as the home page's table: a row of per-million prices per model."""
+    from levee.billing.pricing import price_book
+
+    book = price_book()
+    rows = [(entry["model"], [entry["prices"].get(key, {}).get("per_million_tokens", "—") for key, _ in PRICE_CLASSES])
+            for entry in book["models"]]
+    return {"book": book, "rows": rows, "labels": [label for _, label in PRICE_CLASSES]}
 LEDGER_PAGE_SIZE = 20
 
 

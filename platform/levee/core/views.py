@@ -1,5 +1,6 @@
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.template import loader
 
 from levee.core.errors import error_response
 
@@ -13,7 +14,10 @@ def healthz(request):
 
 
 def home(request):
-    return render(request, "home.html")
+    from levee.billing.pages import price_table
+    from levee.chat.services import daily_quota
+
+    return render(request, "home.html", {**price_table(), "chat_quota": daily_quota()})
 
 
 def _wants_json(request) -> bool:
@@ -29,7 +33,24 @@ def not_found(request, exception=None):
 def server_error(request):
     if _wants_json(request):
         return error_response(500)
-    return HttpResponse("<h1>Server error</h1><p>Something went wrong on our side.</p>", status=500)
+    try:  # without the request: its session or user may be what failed
+        return HttpResponse(loader.get_template("500.html").render({}), status=500)
+    except Exception:
+        return HttpResponse("<h1>Server error</h1><p>Something went wrong on our side.</p>", status=500)
+
+
+def friendly_error(request, status: int, message: str | None = None, *, retry_after: int | None = None,
+                   title: str | None = None):
+    """A 429 or 503 as the caller expects it: the API's error body for API paths and JSON clients,
+    a page (429.html / 503.html) with the same Retry-After for browsers."""
+    headers = {"Retry-After": str(retry_after)} if retry_after else {}
+    if _wants_json(request):
+        return error_response(status, message, headers=headers)
+    response = render(request, f"{status}.html" if status in (429, 503) else "500.html",
+                      {"title": title, "message": message, "retry_after": retry_after}, status=status)
+    for name, value in headers.items():
+        response[name] = value
+    return response
 
 
 def bad_request(request, exception=None):

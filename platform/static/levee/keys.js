@@ -1,5 +1,6 @@
 // Create and revoke API keys through the owner's JSON API; the new key is shown once.
 (function () {
+  "use strict";
   const form = document.getElementById("new-key");
   if (!form) return;
   const csrf = form.querySelector("[name=csrfmiddlewaretoken]").value;
@@ -11,9 +12,22 @@
       headers: {"Content-Type": "application/json", "X-CSRFToken": csrf},
       body: JSON.stringify(body || {}),
     });
-    const data = await response.json();
-    if (!response.ok) throw new Error(data.error ? data.error.message : "Request failed");
+    let data = {};
+    try { data = await response.json(); } catch (e) { /* not JSON */ }
+    if (!response.ok) throw new Error(data.error ? data.error.message : "Request failed (" + response.status + ")");
     return data;
+  }
+
+  function cell(row, text, code) {
+    const td = document.createElement("td");
+    if (code) {
+      const c = document.createElement("code");
+      c.textContent = text;
+      td.appendChild(c);
+    } else {
+      td.textContent = text;
+    }
+    row.appendChild(td);
   }
 
   form.addEventListener("submit", async (event) => {
@@ -22,14 +36,28 @@
     try {
       const data = await call(form.dataset.endpoint, {name: form.elements.name.value});
       document.getElementById("new-key-value").textContent = data.key;
-      document.getElementById("new-key-result").hidden = false;
+      const box = document.getElementById("new-key-result");
+      box.hidden = false;
+      box.focus();
+      const empty = document.getElementById("no-keys");
+      if (empty) empty.remove();
+      const row = document.createElement("tr");
+      cell(row, data.name || "—");
+      cell(row, data.prefix + "…", true);
+      cell(row, "just now");
+      cell(row, "never");
+      cell(row, "active");
+      cell(row, "");
+      document.querySelector("#keys tbody").prepend(row);
+      form.reset();
     } catch (e) { error.textContent = e.message; error.hidden = false; }
   });
-  document.getElementById("copy-key").addEventListener("click", () => {
-    navigator.clipboard.writeText(document.getElementById("new-key-value").textContent);
+  document.getElementById("copy-key").addEventListener("click", (event) => {
+    LeveeCopy.copyText(event.currentTarget, document.getElementById("new-key-value").textContent);
   });
   document.querySelectorAll("button.revoke").forEach((button) => {
     button.addEventListener("click", async () => {
+      if (!window.confirm("Revoke the key " + button.dataset.name + "? Programs using it stop working at once.")) return;
       try { await call(button.dataset.endpoint); window.location.reload(); }
       catch (e) { error.textContent = e.message; error.hidden = false; }
     });
