@@ -25,9 +25,20 @@ $(VENV)/.installed: pyproject.toml
 run: install
 	$(BIN)/python ops/run.py
 
-test: install
+test: install browser
 	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" REDIS_URL="$${REDIS_URL:-$(TEST_REDIS_URL)}" \
 	LEVEE_ENV=test $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Browser tests (tests/e2e/test_browser.py) drive Debian's chromium: Playwright cannot download its own
+# browser here. Installed when missing if we are root with apt-get; otherwise those tests skip.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "browser: /usr/bin/chromium is missing and cannot be installed (needs root and apt-get); browser tests will skip"; \
+	else \
+	  echo "browser: installing Debian's chromium for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
 
 lint: install
 	$(BIN)/ruff check platform inference kernels ops tests

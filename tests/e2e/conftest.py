@@ -9,7 +9,11 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
     from tests.e2e.checkpoint import e2e_checkpoint
 
     checkpoint = e2e_checkpoint(tmp_path_factory.mktemp("ckpt"))
-    running = Stack(extra_env={"LEVEE_CHECKPOINT": str(checkpoint)}).start()
+    # Mail goes to files the browser tests read (the verification link); EMAIL_HOST empty selects that.
+    mail_dir = tmp_path_factory.mktemp("mail")
+    running = Stack(extra_env={"LEVEE_CHECKPOINT": str(checkpoint), "EMAIL_HOST": "",
+                               "EMAIL_FILE_PATH": str(mail_dir)}).start()
     running.checkpoint = checkpoint
+    running.mail_dir = mail_dir
     yield running
     running.stop()

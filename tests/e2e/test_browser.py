@@ -1,0 +1,268 @@
+"""The web UI in a real browser (Debian's chromium through Playwright) against a real stack: sign up,
+verify from the mailed link, log in, chat with a reply that streams in and one that is stopped,
+create and copy an API key, see the usage, log out. Model text and titles stay text (no XSS).
+Screenshots of every page land in test-artifacts/ (gitignored)."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from levee.api.models import LlmModel
+from levee.chat.models import Conversation, Message
+from tests.e2e.stack import MODEL
+from tests.personas import PASSWORD, make_user
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (make browser)"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _seeded(seeded_catalogue, monkeypatch):
+    # Playwright's sync API keeps an event loop on this thread; the ORM calls here are plain sync calls.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    return seeded_catalogue
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def context(browser, stack):
+    ctx = browser.new_context(base_url=stack.url, viewport={"width": 1200, "height": 850})
+    ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.url)
+    ctx.set_default_timeout(20_000)
+    yield ctx
+    ctx.close()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def mailed_link(mail_dir: Path, to: str, pattern: str, timeout: float = 15) -> str:
+    """The path of the first link matching `pattern` in the newest message to `to`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for path in sorted(mail_dir.glob("*.log"), key=lambda p: p.stat().st_mtime, reverse=True):
+            text = path.read_text()
+            if f"To: {to}" in text:
+                match = re.search(r"https?://[^/\s]+(" + pattern + r")", text)
+                if match:
+                    return match.group(1)
+        time.sleep(0.2)
+    raise AssertionError(f"no mail to {to} with a link like {pattern} in {mail_dir}")
+
+
+def log_in(page, email: str, password: str = PASSWORD) -> None:
+    page.goto("/accounts/login/")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"/$"))
+
+
+def reply_text(page) -> str:
+    return page.locator("article.message.assistant").last.locator(".message-body").inner_text()
+
+
+def test_the_whole_journey(stack, context):
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    # Home, with the price list from the price book.
+    page.goto("/")
+    assert page.locator("#price-list").get_by_text(MODEL).is_visible()
+    shot(page, "01-home")
+
+    # Sign up, then verify through the mailed link.
+    email = "grace@example.com"
+    page.get_by_role("link", name="Sign up").first.click()
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill("a long and unusual passphrase 7")
+    shot(page, "02-signup")
+    page.get_by_role("button", name="Sign up").click()
+    page.get_by_role("heading", name="Check your email").wait_for()
+    shot(page, "03-signup-sent")
+    page.goto(mailed_link(stack.mail_dir, email, r"/accounts/verify/[^/\s]+/"))
+    page.get_by_role("heading", name="Email verified").wait_for()
+    shot(page, "04-verified")
+
+    # Log in.
+    page.get_by_role("link", name="Log in").last.click()
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill("a long and unusual passphrase 7")
+    shot(page, "05-login")
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_role("link", name="Chat").wait_for()
+
+    # Chat: the reply grows over several observations while it streams.
+    LlmModel.objects.filter(name=MODEL).update(default_max_tokens=200)
+    page.get_by_role("link", name="Chat").click()
+    page.get_by_label("Model").select_option(MODEL)
+    page.get_by_label("Your message").fill("Hello! What is Levee?")
+    page.get_by_role("button", name="Send").click()
+    lengths = []
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        streaming = page.locator("article.message.assistant.streaming").count()
+        lengths.append(len(reply_text(page)))
+        if not streaming and lengths[-1]:
+            break
+        page.wait_for_timeout(25)
+    growth = sorted({n for n in lengths if n})
+    assert len(growth) >= 3, f"the reply did not arrive in pieces: lengths seen {lengths}"
+    assert lengths == sorted(lengths), "the reply's text should only grow"
+    page.locator("article.message.assistant").last.locator(".message-note").wait_for(state="attached")
+    assert page.get_by_role("heading", level=1).inner_text() == "Hello! What is Levee?"
+    assert page.locator("#conversation-list a", has_text="Hello! What is Levee?").count() == 1
+    shot(page, "06-chat-reply")
+    first = Message.objects.get(role="assistant", conversation__user__email=email)
+    assert first.status == "complete" and first.content
+
+    # Stop a long reply midway: the part received is kept and marked stopped.
+    LlmModel.objects.filter(name=MODEL).update(default_max_tokens=1000)
+    page.get_by_label("Your message").fill("Now tell me a very long story.")
+    page.get_by_role("button", name="Send").click()
+    page.wait_for_function(
+        "() => { const m = [...document.querySelectorAll('article.message.assistant')].pop();"
+        " return m && m.classList.contains('streaming') && m.textContent.length > 20; }")
+    page.get_by_role("button", name="Stop").click()
+    page.locator("article.message.assistant").last.locator(".message-note", has_text="Stopped.").wait_for()
+    assert page.get_by_role("button", name="Send").is_enabled()
+    shot(page, "07-chat-stopped")
+    stopped = Message.objects.filter(role="assistant", conversation__user__email=email).order_by("-id").first()
+    assert stopped.status == "stopped" and stopped.content and 0 < stopped.completion_tokens < 1000
+
+    # An API key: shown once, copied to the clipboard, and it works.
+    page.get_by_role("link", name="API keys").click()
+    page.get_by_label("Name (to tell your keys apart)").fill("browser")
+    page.get_by_role("button", name="Create key").click()
+    key = page.locator("#new-key-value").inner_text()
+    assert key.startswith("sk-")
+    page.locator("#copy-key").click()
+    page.get_by_role("button", name="Copied").wait_for()
+    assert page.evaluate("navigator.clipboard.readText()") == key
+    assert page.locator("#keys tbody tr").first.inner_text().startswith("browser")
+    shot(page, "08-keys")
+    me = httpx.get(f"{stack.url}/v1/me", headers={"Authorization": f"Bearer {key}"})
+    assert me.status_code == 200 and me.json()["email"] == email
+
+    # The chat's usage shows on the usage page (free web chat, per model).
+    page.get_by_role("link", name="Usage").click()
+    table = page.locator("#usage-table")
+    assert "web chat (free)" in table.inner_text() and MODEL in table.inner_text()
+    assert page.locator("#tokens-chart rect[fill]").count() >= 2
+    shot(page, "09-usage")
+
+    # Log out.
+    page.get_by_role("button", name="Log out").click()
+    page.get_by_role("link", name="Log in").wait_for()
+    shot(page, "10-logged-out")
+    assert errors == []
+
+
+XSS = "<img src=x onerror=window.__xss=1><script>window.__xss=2</script>"
+
+
+def test_model_text_and_titles_render_as_text_not_html(stack, context):
+    user = make_user("mallory@example.com")
+    conversation = Conversation.objects.create(user=user, model=MODEL, title=XSS)
+    Message.objects.create(conversation=conversation, role="user", content=XSS)
+    Message.objects.create(conversation=conversation, role="assistant", content=(
+        f"Here you go: {XSS}\n\n**bold** and *italic* with `{XSS}`\n\n"
+        "- a [good link](https://example.com/docs)\n- a [bad link](javascript:window.__xss=3)\n\n"
+        f"```html\n{XSS}\n```"))
+    page = context.new_page()
+    log_in(page, user.email)
+    page.goto(f"/chat/{conversation.pk}/")
+    page.locator("article.message.assistant pre code").wait_for()
+    page.wait_for_timeout(300)
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    reply = page.locator("article.message.assistant .message-body")
+    assert XSS in reply.inner_text() and reply.locator("img, script").count() == 0
+    assert page.locator("article.message.user .message-body").inner_text() == XSS
+    assert page.get_by_role("heading", level=1).inner_text() == XSS
+    assert page.locator("#conversation-list a").first.inner_text() == XSS
+    assert reply.locator("strong").inner_text() == "bold" and reply.locator("em").inner_text() == "italic"
+    links = reply.locator("a")
+    assert links.count() == 1 and links.first.get_attribute("href") == "https://example.com/docs"
+    assert "[bad link](javascript:window.__xss=3)" in reply.inner_text()
+    # A code block has its own copy button.
+    page.get_by_role("button", name="Copy code").click()
+    assert page.evaluate("navigator.clipboard.readText()") == XSS
+    shot(page, "11-xss-as-text")
+
+    # Typed live, the same text goes out and comes back as text too.
+    page.get_by_label("Your message").fill(XSS)
+    page.get_by_role("button", name="Send").click()
+    page.locator("article.message.user").nth(1).wait_for()
+    page.locator("article.message.assistant:not(.streaming)").nth(1).wait_for(timeout=60_000)
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    assert page.locator("article.message.user").nth(1).inner_text().startswith(XSS)
+
+
+def test_the_password_reset_pages_are_ours(stack, context):
+    make_user("reset@example.com")
+    page = context.new_page()
+    page.goto("/accounts/login/")
+    page.get_by_role("link", name="Forgot your password?").click()
+    shot(page, "12-password-reset")
+    page.get_by_label("Email").fill("reset@example.com")
+    page.get_by_role("button", name="Send the link").click()
+    page.get_by_role("heading", name="Check your email").wait_for()
+    page.goto(mailed_link(stack.mail_dir, "reset@example.com", r"/accounts/password/reset/\S+/\S+/"))
+    page.get_by_label("New password").fill("another long passphrase 99")
+    page.get_by_label("The same again").fill("another long passphrase 99")
+    shot(page, "13-password-new")
+    page.get_by_role("button", name="Set the password").click()
+    page.get_by_role("heading", name="Password changed").wait_for()
+    log_in(page, "reset@example.com", "another long passphrase 99")
+    assert page.get_by_role("button", name="Log out").is_visible()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("levee.shield") is None,
+                    reason="needs levee.shield (mitigation modes), which has not landed on this branch yet")
+def test_under_attack_sign_up_is_busy_while_login_still_works(stack, context, settings):
+    from levee.shield.services import set_mode
+
+    make_user("steady@example.com")
+    settings.SHIELD_REDIS_URL = stack.redis_url  # the mode's Redis mirror is the stack's
+    set_mode("under_attack", reason="browser test", pinned=True)
+    try:
+        page = context.new_page()
+        deadline = time.time() + 10
+        while True:
+            response = page.goto("/accounts/signup/")
+            if response.status == 503 or time.time() > deadline:
+                break
+            page.wait_for_timeout(300)
+        assert response.status == 503 and response.headers.get("retry-after")
+        assert "busy" in page.content().lower()
+        assert page.get_by_role("status").first.inner_text().startswith("We are under heavy load")
+        shot(page, "14-signup-busy")
+        log_in(page, "steady@example.com")
+        assert page.get_by_role("button", name="Log out").is_visible()
+    finally:
+        set_mode("normal", reason="browser test done", pinned=False)
