@@ -10,6 +10,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from levee.core.logging import logging_config
 from levee.env import env_bool, env_cidrs, env_int, env_list, env_secret, env_str, local_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent  # the repository root
@@ -52,6 +53,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "levee.core.middleware.RequestIdMiddleware",
+    "levee.core.middleware.RequestLogMiddleware",
     "levee.core.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -114,6 +116,7 @@ CELERY_TASK_ACKS_LATE = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # keep LOGGING's JSON handler and redaction in workers too
 
 AUTH_USER_MODEL = "accounts.User"
 LOGIN_URL = "login"
@@ -184,13 +187,11 @@ if PRODUCTION:
     CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}},
-}
+# Structured logs (levee.core.logging): JSON lines in production, text on a terminal; secrets masked.
+LOG_FORMAT = env_str("LOG_FORMAT") or ("json" if PRODUCTION else "text")
+if LOG_FORMAT not in {"json", "text"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}: use json or text")
+LOGGING = logging_config(LOG_FORMAT, env_str("LOG_LEVEL", "INFO"))
 
 # User.email is unique through a case-insensitive constraint (Lower(email)), which this check
 # cannot see; a plain unique=True beside it would only add a second index.
@@ -200,3 +201,12 @@ SILENCED_SYSTEM_CHECKS = ["auth.E003"]
 LEVEE_JOB_QUEUE_TIMEOUT = env_int("LEVEE_JOB_QUEUE_TIMEOUT", 600, minimum=1)  # DeepSeek closes after 10 min
 LEVEE_JOB_MAX_RUNTIME = env_int("LEVEE_JOB_MAX_RUNTIME", 600, minimum=1)
 LEVEE_JOB_HEARTBEAT_TIMEOUT = env_int("LEVEE_JOB_HEARTBEAT_TIMEOUT", 10, minimum=1)
+
+# Operations (docs/operations.md, docs/observability.md).
+# Probes and scrapes: the shield exempts these paths from rate limits and the mode gate.
+LEVEE_UNLIMITED_PATHS = ["/healthz", "/readyz", "/metrics"]
+# /metrics answers these networks (the client address after trusted proxies), or a bearer token.
+LEVEE_METRICS_CIDRS = env_cidrs("LEVEE_METRICS_CIDRS", ["127.0.0.1/32", "::1/128"])
+LEVEE_METRICS_TOKEN = env_secret("LEVEE_METRICS_TOKEN") or ""
+# /readyz reuses one answer per process for this long, so probes cost at most one check a second.
+LEVEE_READYZ_CACHE_MS = env_int("LEVEE_READYZ_CACHE_MS", 1000, minimum=0)
