@@ -29,6 +29,8 @@ if not SECRET_KEY:
     SECRET_KEY = local_secret_key(DATA_DIR)
 elif PRODUCTION and len(SECRET_KEY) < 32:
     raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters in production")
+# Rotation: the new key signs, the old ones (comma-separated) still verify until they are dropped.
+SECRET_KEY_FALLBACKS = [k.strip() for k in (env_secret("SECRET_KEY_FALLBACKS") or "").split(",") if k.strip()]
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
@@ -86,7 +88,7 @@ TEMPLATES = [
 
 DATABASES = {
     "default": dj_database_url.parse(
-        env_str("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'levee.sqlite3'}",
+        env_secret("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'levee.sqlite3'}",
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0),
     )
 }
@@ -98,7 +100,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # The embedded Redis that `make run` starts listens here; production points REDIS_URL elsewhere.
-REDIS_URL = env_str("REDIS_URL") or "redis://127.0.0.1:6380/0"
+# DATABASE_URL, REDIS_URL and CELERY_BROKER_URL may come from files (NAME_FILE): they hold passwords.
+REDIS_URL = env_secret("REDIS_URL") or "redis://127.0.0.1:6380/0"
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -108,7 +111,7 @@ CACHES = {
     }
 }
 
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL
+CELERY_BROKER_URL = env_secret("CELERY_BROKER_URL") or REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_DEFAULT_QUEUE = "platform"
 CELERY_TASK_IGNORE_RESULT = True

@@ -47,7 +47,7 @@ def _rates():
     return {
         "minutes": starts,
         "signups": signups,
-        "signups_total": [sum(col) for col in zip(*signups.values())] if signups else zeros,
+        "signups_total": [sum(col) for col in zip(*signups.values(), strict=True)] if signups else zeros,
         "login_failed": events.get("login_failed", zeros),
         "limiter": refusals,
         "blocked": refusals.get("blocked", zeros),

@@ -31,6 +31,11 @@ from prometheus_client.core import GaugeMetricFamily
 
 log = logging.getLogger(__name__)
 
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    # Any process with the variable set (web, platform worker) writes its values there; the folder
+    # may be a fresh tmpfs in a container, so make sure it exists before the first value is written.
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
 # Label values come from small fixed sets (URL pattern names, status codes, rule names, model names);
 # never from a raw path or user input, which would let a client mint unbounded time series.
 REQUESTS = Counter("levee_http_requests", "HTTP requests answered, by URL pattern name, method and status.",
