@@ -91,7 +91,7 @@ def _sensitive_key(key) -> bool:
 
 
 # Attributes every LogRecord has; anything else on a record came in through `extra=`.
-_RECORD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_RECORD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
 
 class RedactFilter(logging.Filter):
@@ -104,6 +104,12 @@ class RedactFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a bad format string: keep what there is rather than lose the line
             message = f"{record.msg!r} % {record.args!r}"
+        request = getattr(record, "request", None)
+        if request is not None:
+            # Django's own records (django.request, django.security) carry the request and quote its
+            # raw path, which can hold a verification or reset token: name the route instead.
+            message = _without_path(message, request)
+            del record.request
         record.msg, record.args = redact(message), ()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -116,6 +122,20 @@ class RedactFilter(logging.Filter):
                 setattr(record, name, MASK if _sensitive_key(name) else _redact_value(value))
         record._levee_redacted = True
         return True
+
+
+def _without_path(message: str, request) -> str:
+    try:
+        from levee.core.middleware import route_name
+
+        route = f"<{route_name(request)}>"
+    except Exception:
+        route = "<path>"
+    for path in sorted({getattr(request, "get_full_path", lambda: "")(), getattr(request, "path", "")}, key=len,
+                       reverse=True):
+        if path and path != "/":
+            message = message.replace(path, route)
+    return message
 
 
 class ContextFilter(logging.Filter):

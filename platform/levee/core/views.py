@@ -48,6 +48,9 @@ def readyz(request):
     result = readiness()
     response = JsonResponse(result, status=200 if result["status"] == "ok" else 503)
     response["Cache-Control"] = "no-store"
+    # A red probe is the answer, not a server error: without this Django logs every 503 at ERROR,
+    # once per probe per balancer, through the whole outage.
+    response._has_been_logged = True
     return response
 
 
