@@ -54,7 +54,7 @@ def test_every_dependency_names_a_service_with_a_meaningful_condition(services):
 
 
 def test_every_levee_process_waits_for_the_one_shot_migration(services):
-    for name, service in services.items():
+    for name in services:
         if name in ONE_SHOT | {"postgres", "redis"} or name.startswith("inference"):
             continue
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
