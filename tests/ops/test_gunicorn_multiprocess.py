@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -69,7 +70,8 @@ def web(tmp_path, settings):
     env = {
         "PATH": os.environ["PATH"], "HOME": str(tmp_path), "LEVEE_ENV": "test", "LOG_FORMAT": "json",
         "LEVEE_DATA_DIR": str(tmp_path / "data"), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
+        "DATABASE_URL": f"postgres://{quote(db['USER'])}{':' + quote(db['PASSWORD']) if db['PASSWORD'] else ''}"
+                        f"@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}",
         "REDIS_URL": settings.REDIS_URL, "LEVEE_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "2",
         "DJANGO_SETTINGS_MODULE": "levee.settings", "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}",
     }

@@ -61,7 +61,8 @@ _PATTERNS: list[tuple[re.Pattern, str]] = [
     # Bare bearer tokens, wherever they appear.
     (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=\-]+"), r"\1" + MASK),
     # password=…, password: …, "password": "…", new_password1=…, passwd, secret, token fields.
-    (re.compile(r"""(?i)(\b[\w\-]*(?:password|passwd|secret|api_key|apikey|token)[\w\-]*['"]?\s*[:=]\s*)(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s&,;}\]]+)"""),
+    # ("tokens" is not "token": max_tokens=256 and prompt_tokens are counts, and stay.)
+    (re.compile(r"""(?i)(\b[\w\-]*(?:password|passwd|secret|api_?key|token|sessionid)(?![a-z])[\w\-]*['"]?\s*[:=]\s*)(?:"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s&,;}\]]+)"""),
      r"\1" + MASK),
 ]
 
@@ -84,10 +85,11 @@ def _redact_value(value):
     return value
 
 
+_SENSITIVE_NAME = re.compile(r"(?i)(password|passwd|secret|authorization|api_?key|cookie|token|sessionid)(?![a-z])")
+
+
 def _sensitive_key(key) -> bool:
-    k = str(key).lower()
-    return any(word in k for word in ("password", "passwd", "secret", "authorization", "api_key", "apikey",
-                                      "token", "cookie"))
+    return bool(_SENSITIVE_NAME.search(str(key)))
 
 
 # Attributes every LogRecord has; anything else on a record came in through `extra=`.

@@ -119,6 +119,16 @@ def test_redaction_masks_secrets_and_keeps_the_rest(text, kept, gone):
 def test_redaction_leaves_ordinary_text_alone():
     text = "GET api-whoami 200 for account 42 in 3.1 ms (skill-based routing; tokens per second 50)"
     assert redact(text) == text
+    counts = "usage max_tokens=256 prompt_tokens: 12 completion_tokens=7"
+    assert redact(counts) == counts
+
+
+def test_extra_fields_named_like_secrets_are_masked_and_counts_are_not():
+    record = logging.makeLogRecord({"msg": "x", "csrf_token": "abc", "max_tokens": 256,
+                                    "headers": {"Cookie": "sessionid=1", "Accept": "*/*"}})
+    RedactFilter().filter(record)
+    assert record.csrf_token == "[redacted]" and record.max_tokens == 256
+    assert record.headers == {"Cookie": "[redacted]", "Accept": "*/*"}
 
 
 def test_the_text_format_is_the_default_outside_production_and_json_in_it(settings):
