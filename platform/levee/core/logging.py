@@ -226,6 +226,10 @@ def logging_config(fmt: str, level: str = "INFO") -> dict:
         },
         "root": {"handlers": ["console"], "level": level},
         "loggers": {
+            # Django's default config gives "django" its own console handler (with DEBUG on), which
+            # would print a second, unredacted copy of each line: everything goes through ours.
+            "django": {"level": "INFO"},
+            "django.server": {"handlers": ["console"], "level": "INFO", "propagate": False},
             "django.request": {"level": "ERROR"},
             # The access line comes from levee.access; uvicorn's own would log raw paths (tokens in URLs).
             "uvicorn.access": {"level": "WARNING"},

@@ -113,7 +113,10 @@ class RequestLogMiddleware(_Middleware):
                        extra={"method": request.method, "status": response.status_code,
                               "duration_ms": round(seconds * 1000, 1), "client_ip": getattr(request, "client_ip", None),
                               "account_id": account})
-        levee_logging.unbind(getattr(request, "_levee_log_tokens", []))
+        if not response.streaming:
+            # A stream's body is produced after this returns, in the same task (ASGI) or thread
+            # (WSGI): its log lines keep the request id. The next request binds its own.
+            levee_logging.unbind(getattr(request, "_levee_log_tokens", []))
         return response
 
 

@@ -138,3 +138,9 @@ def test_the_text_format_is_the_default_outside_production_and_json_in_it(settin
     assert logging_config("text")["handlers"]["console"]["filters"] == ["context", "redact"]
     with pytest.raises(ValueError):
         logging_config("xml")
+
+
+def test_django_has_no_handler_of_its_own_that_would_bypass_redaction():
+    # Django's default config prints django.* records through its own console handler when DEBUG is on.
+    assert logging.getLogger("django").handlers == []
+    assert all(any(isinstance(f, RedactFilter) for f in h.filters) for h in logging.getLogger("django.server").handlers)
