@@ -36,6 +36,7 @@ api_patterns = [
 urlpatterns = [
     path("", core.home, name="home"),
     path("healthz", core.healthz, name="healthz"),
+    path("", include("levee.core.urls")),  # /readyz, /metrics, /admin/dashboard/
     path("accounts/", include(account_patterns)),
     path("keys/", keys.keys_page, name="keys-page"),
     path("api/keys", keys.keys_collection, name="api-keys"),
