@@ -96,12 +96,14 @@ def observe_tokens_per_second(model: str, value: float) -> None:
     TOKENS_PER_SECOND.labels(model).observe(max(0.0, value))
 
 
-# --- filled in at merge ---------------------------------------------------------------------------
-# Until billing and the shield land these say "unknown" (None), and the metrics/dashboard omit them.
+# --- state owned by other apps ---------------------------------------------------------------------
+# None means "unknown" (the app is absent), and the metrics/dashboard omit it.
 
 def open_holds() -> int | None:
-    """Billing holds not yet settled or released. To be: Hold.objects.filter(status=<open>).count()."""
-    return None
+    """Billing holds not yet settled or released."""
+    from levee.billing.models import Hold, HoldStatus
+
+    return Hold.objects.filter(status=HoldStatus.OPEN).count()
 
 
 def current_mode() -> dict | None:
