@@ -144,3 +144,19 @@ def test_transformers_loads_it_and_greedy_chat_replies_are_words(prompt):
     assert len(words) >= 3 and reply.isprintable(), reply
     known = corpus_words()
     assert sum(w in known for w in words) / len(words) >= 0.9, reply
+
+
+@pytest.mark.slow
+def test_the_training_script_runs_end_to_end_and_writes_deepseeks_layout(tmp_path):
+    pytest.importorskip("transformers")
+    from inference.demo import train
+
+    out = tmp_path / "ckpt"
+    train.main(["--out", str(out), "--steps", "2", "--batch-size", "2", "--seq-len", "32",
+                "--conversations", "300", "--threads", "1"])
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert config == train.DEMO_CONFIG
+    with safe_open(str(out / "model.safetensors"), framework="numpy") as f:
+        shapes = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}  # noqa: SIM118
+    assert shapes == expected_shapes(config)
+    assert Tokenizer.from_dir(out).apply_chat_template([{"role": "user", "content": "Hi"}]) == f"{BOS}{USER}Hi{ASSISTANT}"
