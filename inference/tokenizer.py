@@ -185,8 +185,8 @@ _cache_lock = threading.Lock()
 
 
 class Tokenizer:
-    """Encode, decode and render chats for one checkpoint. Immutable once built; safe to share
-    between threads (the Rust tokenizer's encode/decode take no lock and keep no state)."""
+    """Encode, decode and render chats for one checkpoint. Nothing changes after construction
+    except the lazily compiled template, so one instance is shared by all requests and threads."""
 
     def __init__(self, hf_tokenizer: _HFTokenizer, config: Mapping[str, Any],
                  chat_template: str | None = None, *, model_config: Mapping[str, Any] | None = None,

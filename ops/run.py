@@ -26,7 +26,17 @@ def _env() -> dict:
     env.setdefault("DEBUG", "0")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "platform"), str(ROOT), env.get("PYTHONPATH")]))
     env.setdefault("DJANGO_SETTINGS_MODULE", "levee.settings")
+    # prometheus-client multiprocess mode: the gunicorn workers and the platform worker write their
+    # counters here and /metrics sums them (see ops/gunicorn.conf.py, which also empties it at start).
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR / "prometheus"))
     return env
+
+
+def reset_metrics_dir(path: Path) -> None:
+    """Drop the previous run's value files (only those: the folder may be shared or mounted)."""
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
 
 
 def _redis_up(url: str) -> bool:
@@ -60,6 +70,8 @@ def start_embedded_redis(url: str) -> subprocess.Popen | None:
 def main() -> int:
     env = _env()
     os.environ.update(env)
+    reset_metrics_dir(Path(env["PROMETHEUS_MULTIPROC_DIR"]))
+    env["LEVEE_METRICS_DIR_RESET"] = "0"  # gunicorn starts after the platform worker: keep its files
     children: list[subprocess.Popen] = []
     redis_proc = start_embedded_redis(env["REDIS_URL"]) if env["REDIS_URL"] == EMBEDDED_REDIS else None
     if redis_proc:

@@ -39,9 +39,8 @@ def seeded_catalogue(transactional_db):
     from django.apps import apps
 
     from levee.api.models import LlmModel
-    from levee.billing.models import Price
+    from levee.billing.pricing import seed_published_prices
 
     if not LlmModel.objects.exists():
         importlib.import_module("levee.api.migrations.0001_initial").seed_models(apps, None)
-    if not Price.objects.exists():
-        importlib.import_module("levee.billing.migrations.0002_seed_deepseek_prices").seed(apps, None)
+    seed_published_prices()

@@ -1,6 +1,6 @@
 """Train Levee's tiny demo checkpoint: a DeepSeek-V3-architecture MoE that chats in plain English.
 
-Reproduce (about 9 minutes on 2 CPU cores):
+Reproduce (about 3 minutes of compute on 2 otherwise idle CPU cores; see the recorded run below):
 
     python -m inference.demo.train --out inference/demo/checkpoint
 
@@ -26,9 +26,27 @@ The training text comes from `inference.demo.corpus` (written by the project, no
 taken on every token of the packed chats; each training window starts at a conversation boundary,
 as a chat prompt does.
 
-Recorded run (2 CPU threads, shared machine, seed 0): see RESULT at the end of this docstring.
+Recorded run of the committed checkpoint (defaults: seed 0, 420 steps of 16 x 128 tokens, 2 threads,
+torch 2.13.0 CPU, transformers 5.12.1): final loss 0.588 (mean of the last 50 steps; 7.69 at the
+start), 2.70M parameters, model.safetensors 10.8 MB. Wall time 1582 s (26 min) because the
+machine was shared: the load average rose from 2 to 30 on 2 cores during the run. Uncontended
+steps took about 0.4 s (steps 200-250 took 19 s), so the run takes about 3-4 minutes on an idle
+machine. Expert load ended at max/mean 1.07; max |correction bias| 0.08 and 0.28 in the two MoE
+layers. Greedy replies at the end of the run:
 
-RESULT: filled in from the run log below.
+    Hello                     -> Hello, nice to meet you! What can I do for you?
+    What is Levee?            -> Levee is a self-hostable platform for serving a large language
+                                 model. Levee is built to keep serving its users during a flood
+                                 of traffic.
+    What is 3 plus 4?         -> The answer is 18.
+    Tell me a short story.    -> Yesterday, the peculiar umbrella found a peculiar river in the
+                                 middle of the desert. And that is the end of the story.
+    What color is the sky?    -> The sky is blue.
+    Tell me about black holes. -> I do not know the answer to that. I am a very small model that
+                                 ships with Levee for testing.
+
+Training is deterministic only up to CPU floating-point differences between machines and thread
+counts, so a rerun gives a similar checkpoint, not the same bytes.
 """
 
 from __future__ import annotations
@@ -214,7 +232,7 @@ def save_checkpoint(model, config: dict, out: Path) -> None:
 @torch.no_grad()
 def greedy_reply(model, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 48) -> str:
     ids = torch.tensor([tokenizer.encode_chat([{"role": "user", "content": prompt}])])
-    out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
     return tokenizer.decode(out[0, ids.shape[1]:].tolist())
 

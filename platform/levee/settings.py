@@ -10,6 +10,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from levee.core.logging import logging_config
 from levee.env import env_bool, env_cidrs, env_int, env_list, env_secret, env_str, local_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent  # the repository root
@@ -28,6 +29,8 @@ if not SECRET_KEY:
     SECRET_KEY = local_secret_key(DATA_DIR)
 elif PRODUCTION and len(SECRET_KEY) < 32:
     raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters in production")
+# Rotation: the new key signs, the old ones (comma-separated) still verify until they are dropped.
+SECRET_KEY_FALLBACKS = [k.strip() for k in (env_secret("SECRET_KEY_FALLBACKS") or "").split(",") if k.strip()]
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
@@ -54,6 +57,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "levee.core.middleware.RequestIdMiddleware",
+    "levee.core.middleware.RequestLogMiddleware",
     "levee.core.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -86,7 +90,7 @@ TEMPLATES = [
 
 DATABASES = {
     "default": dj_database_url.parse(
-        env_str("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'levee.sqlite3'}",
+        env_secret("DATABASE_URL") or f"sqlite:///{DATA_DIR / 'levee.sqlite3'}",
         conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60, minimum=0),
     )
 }
@@ -98,7 +102,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # The embedded Redis that `make run` starts listens here; production points REDIS_URL elsewhere.
-REDIS_URL = env_str("REDIS_URL") or "redis://127.0.0.1:6380/0"
+# DATABASE_URL, REDIS_URL and CELERY_BROKER_URL may come from files (NAME_FILE): they hold passwords.
+REDIS_URL = env_secret("REDIS_URL") or "redis://127.0.0.1:6380/0"
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -108,7 +113,7 @@ CACHES = {
     }
 }
 
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL
+CELERY_BROKER_URL = env_secret("CELERY_BROKER_URL") or REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_DEFAULT_QUEUE = "platform"
 CELERY_TASK_IGNORE_RESULT = True
@@ -116,6 +121,7 @@ CELERY_TASK_ACKS_LATE = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # keep LOGGING's JSON handler and redaction in workers too
 
 AUTH_USER_MODEL = "accounts.User"
 LOGIN_URL = "login"
@@ -186,13 +192,11 @@ if PRODUCTION:
     CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}},
-}
+# Structured logs (levee.core.logging): JSON lines in production, text on a terminal; secrets masked.
+LOG_FORMAT = env_str("LOG_FORMAT") or ("json" if PRODUCTION else "text")
+if LOG_FORMAT not in {"json", "text"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}: use json or text")
+LOGGING = logging_config(LOG_FORMAT, env_str("LOG_LEVEL", "INFO"))
 
 # User.email is unique through a case-insensitive constraint (Lower(email)), which this check
 # cannot see; a plain unique=True beside it would only add a second index.
@@ -216,6 +220,16 @@ CELERY_BEAT_SCHEDULE.update({
     "billing-expire-grants": {"task": "levee.billing.expire_grants", "schedule": 600.0,
                               "options": {"queue": "platform", "expires": 550}},
 })
+
+# Operations (docs/operations.md, docs/observability.md).
+# Probes and scrapes: the shield exempts these paths from rate limits and the mode gate.
+LEVEE_UNLIMITED_PATHS = ["/healthz", "/readyz", "/metrics"]
+# /metrics answers these networks (the client address after trusted proxies), or a bearer token.
+LEVEE_METRICS_CIDRS = env_cidrs("LEVEE_METRICS_CIDRS", ["127.0.0.1/32", "::1/128"])
+LEVEE_METRICS_TOKEN = env_secret("LEVEE_METRICS_TOKEN") or ""
+# /readyz reuses one answer per process for this long, so probes cost at most one check a second.
+LEVEE_READYZ_CACHE_MS = env_int("LEVEE_READYZ_CACHE_MS", 1000, minimum=0)
+
 # Free web chat (docs/web.md): tokens (prompt + reply) per account per UTC day, and the longest message.
 LEVEE_WEB_CHAT_DAILY_TOKENS = env_int("LEVEE_WEB_CHAT_DAILY_TOKENS", 100_000, minimum=0)
 LEVEE_WEB_CHAT_MAX_MESSAGE_CHARS = env_int("LEVEE_WEB_CHAT_MAX_MESSAGE_CHARS", 16_000, minimum=1)

@@ -37,6 +37,7 @@ api_patterns = [
 urlpatterns = [
     path("", core.home, name="home"),
     path("healthz", core.healthz, name="healthz"),
+    path("", include("levee.core.urls")),  # /readyz, /metrics, /admin/dashboard/
     path("accounts/", include(account_patterns)),
     path("keys/", keys.keys_page, name="keys-page"),
     path("usage/", billing_pages.usage_page, name="usage-page"),

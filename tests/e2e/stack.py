@@ -35,19 +35,19 @@ def database_url() -> str:
     return f"postgres://{auth}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
 
 
-def stack_redis_url() -> str:
-    """The test Redis database number minus one: other tests flush theirs, which would drop Celery's
-    queue bindings under a running worker."""
+def stack_redis_url(offset: int = 1) -> str:
+    """The test Redis database number minus `offset`: other tests flush theirs, which would drop
+    Celery's queue bindings under a running worker; and two stacks must not share queues."""
     parsed = urlparse(settings.REDIS_URL)
     db = int((parsed.path or "/0").lstrip("/") or 0)
-    return urlunparse(parsed._replace(path=f"/{(db - 1) % 16}"))
+    return urlunparse(parsed._replace(path=f"/{(db - offset) % 16}"))
 
 
 class Stack:
-    def __init__(self, *, heartbeat_timeout: int = 4, extra_env: dict | None = None):
+    def __init__(self, *, heartbeat_timeout: int = 4, extra_env: dict | None = None, redis_offset: int = 1):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.redis_url = stack_redis_url()
+        self.redis_url = stack_redis_url(redis_offset)
         self.redis = redis.Redis.from_url(self.redis_url)
         self.env = {
             **os.environ,

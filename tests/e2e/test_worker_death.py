@@ -17,8 +17,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 @pytest.fixture
 def own_stack(django_db_setup, stack, seeded_catalogue):
     # Its own stack: this test kills a worker, which the shared one must keep.
-    running = Stack(heartbeat_timeout=3, extra_env={"LEVEE_CHECKPOINT": str(stack.checkpoint)})
-    running.redis_url = running.redis_url  # same Redis database as the shared stack is fine: own queue names
+    running = Stack(heartbeat_timeout=3, extra_env={"LEVEE_CHECKPOINT": str(stack.checkpoint)}, redis_offset=2)
     running.start()
     yield running
     running.stop()

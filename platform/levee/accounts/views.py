@@ -4,14 +4,18 @@ from django.views.decorators.http import require_http_methods
 
 from levee.accounts import services
 from levee.accounts.forms import EmailLoginForm, SignUpForm
+from levee.core.metrics import count_signup
 
 
 @require_http_methods(["GET", "POST"])
 def signup(request):
     form = SignUpForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        services.sign_up(form.cleaned_data["email"], form.cleaned_data["password"])
-        return redirect("signup-sent")
+    if request.method == "POST":
+        if form.is_valid():
+            services.sign_up(form.cleaned_data["email"], form.cleaned_data["password"])
+            count_signup("accepted")
+            return redirect("signup-sent")
+        count_signup("invalid")
     return render(request, "accounts/signup.html", {"form": form}, status=400 if form.errors else 200)
 
 

@@ -155,6 +155,21 @@ class _Completion:
         self.splitter = ThinkSplitter() if model.reasoner else None
         self.usage = protocol.usage_dict(0, prompt_tokens, 0)
         self.started_at = datetime.now(timezone.utc)
+        self._t0 = time.monotonic()
+        self._first_token_at: float | None = None
+
+    def _observe(self, event: dict) -> None:
+        """Feed the time-to-first-token and tokens/s histograms (levee.core.metrics)."""
+        from levee.core import metrics
+
+        now = time.monotonic()
+        if event["type"] == protocol.DELTA and self._first_token_at is None and event.get("text"):
+            self._first_token_at = now
+            metrics.observe_ttft(self.model.name, now - self._t0)
+        elif event["type"] == protocol.DONE and self._first_token_at is not None:
+            tokens = event["usage"]["completion_tokens"]
+            if tokens > 1 and now > self._first_token_at:
+                metrics.observe_tokens_per_second(self.model.name, (tokens - 1) / (now - self._first_token_at))
 
     def _events(self):
         return jobs.events(self.job_id, queue_timeout=settings.LEVEE_JOB_QUEUE_TIMEOUT,
@@ -200,6 +215,7 @@ class _Completion:
             yield self._chunk({"role": "assistant", "content": ""})
             async for event in self._events():
                 kind = event["type"]
+                self._observe(event)
                 if event is jobs.KEEPALIVE:
                     yield b": keep-alive\n\n"
                 elif kind == protocol.DELTA:
@@ -245,6 +261,7 @@ class _Completion:
         try:
             async for event in self._events():
                 kind = event["type"]
+                self._observe(event)
                 if kind == protocol.DELTA:
                     self.usage = event.get("usage", self.usage)
                     r, c = self._split(event.get("text", ""))

@@ -40,7 +40,8 @@ class FutureOnlyAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return super().has_change_permission(request, obj) and (obj is None or obj.effective_from > timezone.now())
 
-    has_delete_permission = has_change_permission
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and (obj is None or obj.effective_from > timezone.now())
 
 
 @admin.register(Price)
@@ -140,11 +141,12 @@ class VoucherAdmin(admin.ModelAdmin):
     search_fields = ("code",)
     readonly_fields = ("redeemed_count", "created_by", "created_at")
 
+    # A voucher someone has redeemed is part of their ledger's story: it is not rewritten or removed.
     def has_change_permission(self, request, obj=None):
-        # A voucher someone has redeemed is part of their ledger's story: it is not rewritten.
         return super().has_change_permission(request, obj) and (obj is None or obj.redeemed_count == 0)
 
-    has_delete_permission = has_change_permission
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and (obj is None or obj.redeemed_count == 0)
 
     @admin.display(description="amount")
     def amount(self, voucher):

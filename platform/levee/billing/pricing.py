@@ -15,6 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from levee.billing.models import DiscountWindow, Price, TokenClass
+from levee.billing.money import per_million
 
 CLASSES = (TokenClass.INPUT_CACHE_HIT, TokenClass.INPUT_CACHE_MISS, TokenClass.OUTPUT)
 
@@ -97,8 +98,6 @@ def rates_from_hold(hold) -> Rates:
 def price_book(at: datetime | None = None) -> dict:
     """What the pricing page and /api/pricing show: the list prices in force, the discount windows
     in force, and the next scheduled change of either."""
-    from levee.billing.money import per_million
-
     at = at or timezone.now()
     current: dict[tuple[str, str], Price] = {}
     for price in Price.objects.filter(currency=currency(), effective_from__lte=at).order_by("-effective_from"):
@@ -120,8 +119,6 @@ def price_book(at: datetime | None = None) -> dict:
 def _next_change(at: datetime) -> dict | None:
     """The soonest instant after `at` at which a price or a discount window starts or stops, with
     what happens then."""
-    from levee.billing.money import per_million
-
     instants = [p.effective_from for p in Price.objects.filter(currency=currency(), effective_from__gt=at)
                 .order_by("effective_from")[:1]]
     instants += [w.effective_from for w in DiscountWindow.objects.filter(effective_from__gt=at).order_by("effective_from")[:1]]

@@ -155,7 +155,7 @@ def place_hold(*, user, api_key=None, model: str, prompt_tokens: int, max_tokens
     return hold
 
 
-def _spend(wallet: Wallet, amount: int, *, at: datetime) -> tuple[int, int]:
+def _spend(wallet: Wallet, amount: int) -> tuple[int, int]:
     """Split a charge into (from granted, from topped-up): grants first, soonest expiry first.
     Decrements the grants; the caller moves the wallet. The wallet row is already locked."""
     from_granted = min(amount, wallet.granted_nano)
@@ -229,7 +229,7 @@ def settle_hold(hold_id, *, prompt_cache_hit_tokens: int, prompt_cache_miss_toke
         if not Hold.objects.filter(pk=hold.pk, status=hold.status).update(
                 status=HoldStatus.SETTLED, closed_at=now, close_reason="settled" + (" late" if late else "")):
             raise RuntimeError(f"hold {hold.pk} changed state under a wallet lock")
-        from_granted, from_topped_up = _spend(wallet, charge, at=now)
+        from_granted, from_topped_up = _spend(wallet, charge)
         held_back = 0 if late else hold.amount_nano
         _move(wallet, granted=-from_granted, topped_up=-from_topped_up, held=-held_back, at=now)
         LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.CHARGE, granted_delta=-from_granted,
@@ -487,8 +487,6 @@ def reconcile() -> list[Discrepancy]:
                   ("held_nano (open holds)", wallet.held_nano, open_holds.get(wallet.pk) or 0),
                   ("granted_nano (grants left)", wallet.granted_nano, grants_left.get(wallet.pk) or 0)]
         found += [Discrepancy(wallet.pk, column, have, want) for column, have, want in checks if have != want]
-    for wallet_id in set(sums) - set(Wallet.objects.filter(pk__in=list(sums)).values_list("pk", flat=True)):
-        found.append(Discrepancy(wallet_id, "wallet row", 0, 1))
     return found
 
 

@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class CoreConfig(AppConfig):
     name = "levee.core"
     label = "core"
+
+    def ready(self):
+        from levee.core import signals  # noqa: F401  (connects the receivers)

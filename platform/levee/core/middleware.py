@@ -1,8 +1,10 @@
 """Middleware that every request passes, sync or async (the streaming API views are async)."""
 from __future__ import annotations
 
+import logging
 import re
 import secrets
+import time
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
@@ -73,3 +75,72 @@ class BodySizeLimitMiddleware(_Middleware):
         if length > settings.LEVEE_MAX_BODY_BYTES:
             return error_response(413, f"Request body is larger than {settings.LEVEE_MAX_BODY_BYTES} bytes")
         return None
+
+
+_QUIET_ROUTES = {"healthz", "readyz", "metrics"}  # probed every few seconds: counted, logged at DEBUG
+
+
+class RequestLogMiddleware(_Middleware):
+    """The logging context of a request (request id, account, route), its metrics and its access line.
+
+    Sits right after RequestIdMiddleware so it sees every answer, including those that later
+    middleware (the shield) gives without reaching a view. The route is the URL pattern's name,
+    never the raw path: paths carry tokens (email verification, password reset) and would let a
+    client mint unbounded metric series.
+    """
+
+    def before(self, request):
+        from levee.core import logging as levee_logging
+
+        request._levee_started = time.perf_counter()
+        request._levee_log_tokens = levee_logging.bind_request(getattr(request, "request_id", None))
+        return None
+
+    def after(self, request, response):
+        from levee.core import logging as levee_logging
+        from levee.core import metrics
+
+        seconds = time.perf_counter() - getattr(request, "_levee_started", time.perf_counter())
+        route = route_name(request)
+        levee_logging.route_var.set(route)
+        account = levee_logging.account_id_var.get() or _account_id(request)
+        try:
+            metrics.count_request(route, request.method, response.status_code, seconds)
+        except Exception:  # a metrics failure must never cost the client its answer
+            access_log.exception("metrics: could not count a request")
+        access_log.log(logging.DEBUG if route in _QUIET_ROUTES else logging.INFO,
+                       "%s %s %s", request.method, route, response.status_code,
+                       extra={"method": request.method, "status": response.status_code,
+                              "duration_ms": round(seconds * 1000, 1), "client_ip": getattr(request, "client_ip", None),
+                              "account_id": account})
+        if not response.streaming:
+            # A stream's body is produced after this returns, in the same task (ASGI) or thread
+            # (WSGI): its log lines keep the request id. The next request binds its own.
+            levee_logging.unbind(getattr(request, "_levee_log_tokens", []))
+        return response
+
+
+access_log = logging.getLogger("levee.access")
+
+
+def route_name(request) -> str:
+    match = getattr(request, "resolver_match", None)
+    if match is None:
+        from django.urls import Resolver404, resolve
+
+        try:
+            match = resolve(request.path_info)
+        except Resolver404:
+            return "unmatched"
+    return match.view_name or "unnamed"
+
+
+def _account_id(request) -> str | None:
+    """The account a finished request acted for, if anything already looked it up (no query here)."""
+    key = getattr(request, "api_key", None)
+    if key is not None:
+        return str(key.user_id)
+    user = getattr(request, "_cached_user", None) or getattr(request, "_acached_user", None)
+    if user is not None and getattr(user, "is_authenticated", False):
+        return str(user.pk)
+    return None

@@ -61,3 +61,49 @@ def bad_request(request, exception=None):
 
 def json_ok(data, status=200):
     return JsonResponse(data, status=status)
+
+
+def readyz(request):
+    """Readiness: the database, Redis and a live worker per enabled model. 200 or 503, JSON."""
+    from levee.core.health import readiness
+
+    result = readiness()
+    response = JsonResponse(result, status=200 if result["status"] == "ok" else 503)
+    response["Cache-Control"] = "no-store"
+    # A red probe is the answer, not a server error: without this Django logs every 503 at ERROR,
+    # once per probe per balancer, through the whole outage.
+    response._has_been_logged = True
+    return response
+
+
+def metrics(request):
+    """Prometheus exposition, for the allowed networks or the bearer token only; 404 for everyone
+    else, so the endpoint does not even admit to existing."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from levee.core.metrics import exposition
+
+    if not metrics_allowed(request):
+        return not_found(request)
+    return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)
+
+
+def metrics_allowed(request) -> bool:
+    import hmac
+    import ipaddress
+
+    from django.conf import settings
+
+    token = settings.LEVEE_METRICS_TOKEN
+    if token:
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+            return True
+    try:
+        # client_ip is the peer, or the client a trusted proxy vouches for: a public request relayed
+        # by a local reverse proxy is judged by the public address, not the proxy's loopback one.
+        addr = ipaddress.ip_address(getattr(request, "client_ip", None) or request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    return any(addr in net for net in settings.LEVEE_METRICS_CIDRS)

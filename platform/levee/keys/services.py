@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from levee.accounts.models import User
+from levee.core.logging import bind_account
 from levee.keys.models import ApiKey
 
 KEY_BODY_LENGTH = 48  # base62: ~285 bits
@@ -71,6 +72,7 @@ def authenticate_key(raw: str) -> ApiKey | None:
             if not key.is_usable(now) or not key.user.is_active:
                 return None
             _touch(key, now)
+            bind_account(key.user_id)  # log lines of this request carry the account from here on
             return key
     return None
 

@@ -91,3 +91,15 @@ def test_an_admin_makes_a_voucher_with_a_generated_code(client):
     bad = client.post("/admin/billing/voucher/add/", {"code": "x", "amount": "-1", "expires_at_0": expires,
                                                      "expires_at_1": "12:00:00", "max_redemptions": "5"})
     assert bad.status_code == 200 and Voucher.objects.count() == 1
+
+
+def test_a_price_that_has_been_in_force_cannot_be_edited_in_admin(client, prices):
+    client.force_login(root())
+    past = prices["output"]
+    response = client.post(f"/admin/billing/price/{past.pk}/change/", {
+        "model": past.model, "token_class": past.token_class, "currency": "USD", "nano_per_token": "1",
+        "effective_from_0": "2020-01-01", "effective_from_1": "00:00:00"})
+    assert response.status_code == 403
+    past.refresh_from_db()
+    assert past.nano_per_token == 420
+    assert client.post(f"/admin/billing/price/{past.pk}/delete/", {"post": "yes"}).status_code == 403

@@ -253,3 +253,14 @@ def test_the_hot_path_makes_a_fixed_small_number_of_queries(prices, django_asser
         settle_hold(hold.pk, **_usage())
     with django_assert_max_num_queries(2):
         settle_hold(hold.pk, **_usage())  # a duplicate takes no lock
+
+
+def test_the_beat_schedule_runs_billing_tasks_that_exist_on_the_platform_queue(settings):
+    from levee.celery import app
+
+    app.loader.import_default_modules()
+    entries = {e["task"]: e for e in settings.CELERY_BEAT_SCHEDULE.values() if e["task"].startswith("levee.billing.")}
+    assert set(entries) == {"levee.billing.sweep_holds", "levee.billing.expire_grants"}
+    for name, entry in entries.items():
+        assert name in app.tasks and app.tasks[name].queue == "platform" and entry["options"]["queue"] == "platform"
+    assert app.tasks["levee.billing.settle"].queue == "platform"
