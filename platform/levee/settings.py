@@ -180,6 +180,10 @@ STATIC_ROOT = Path(env_str("STATIC_ROOT") or DATA_DIR / "static")
 STATICFILES_DIRS = [BASE_DIR / "platform" / "static"]
 if not PRODUCTION:
     STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns at every start without it
+    # Off production nobody runs collectstatic (make run, the e2e stack): whitenoise serves the
+    # source folders directly. Production serves what the image's collectstatic gathered.
+    WHITENOISE_USE_FINDERS = True
+    WHITENOISE_AUTOREFRESH = DEBUG
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"

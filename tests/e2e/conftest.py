@@ -34,3 +34,11 @@ def _quiesce(request):
     while Hold.objects.filter(status="open").exists() and time.time() < deadline:
         time.sleep(0.2)
     time.sleep(0.3)  # the settle task's transaction commits before its worker thread is idle
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can tell a failed test (screenshots)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

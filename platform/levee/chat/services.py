@@ -145,3 +145,9 @@ def finish_reply(reply_id: int, *, content: str, status: str, usage: dict, start
                               completion_tokens=usage.get("completion_tokens", 0),
                               started_at=started_at, finished_at=max(now, started_at))
     return True
+
+
+def fail_reply(reply_id: int) -> None:
+    """Last resort when a reply cannot be saved: mark it failed so it no longer blocks the account."""
+    Message.objects.filter(pk=reply_id, status=Status.STREAMING).update(
+        status=Status.ERROR, error="The reply could not be saved.", finished_at=timezone.now())

@@ -235,9 +235,14 @@ class _Reply:
         self.usage = protocol.usage_dict(0, started.reply.prompt_tokens, 0)
 
     async def _finish(self, status: str, *, finish_reason: str = "", error: str = "") -> None:
-        await sync_to_async(services.finish_reply)(
-            self.started.reply.pk, content="".join(self.text), status=status, usage=self.usage,
-            started_at=self.started_at, request_id=self.request_id, finish_reason=finish_reason, error=error)
+        try:
+            await sync_to_async(services.finish_reply)(
+                self.started.reply.pk, content="".join(self.text), status=status, usage=self.usage,
+                started_at=self.started_at, request_id=self.request_id, finish_reason=finish_reason, error=error)
+        except Exception:
+            # Never leave the reply "streaming": that would block the account's next message.
+            log.exception("saving the reply of chat job %s failed", self.job_id)
+            await sync_to_async(services.fail_reply)(self.started.reply.pk)
 
     async def sse(self):
         finished = False
@@ -253,8 +258,10 @@ class _Reply:
                 kind = event["type"]
                 if kind == protocol.DELTA:
                     self.usage = event.get("usage", self.usage)
-                    self.text.append(event.get("text", ""))
-                    yield _sse("delta", {"text": event.get("text", "")})
+                    # A model can emit NUL, which PostgreSQL text refuses: shown and kept as U+FFFD.
+                    text = event.get("text", "").replace("\x00", "\ufffd")
+                    self.text.append(text)
+                    yield _sse("delta", {"text": text})
                 elif kind == protocol.DONE:
                     self.usage = event.get("usage", self.usage)
                     reason = event.get("finish_reason", "stop")

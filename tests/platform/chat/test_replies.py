@@ -152,3 +152,22 @@ def test_quota_left_is_counted_from_todays_web_usage_only(owner):
                       prompt_cache_hit_tokens=0, prompt_cache_miss_tokens=100, completion_tokens=0,
                       started_at=now, finished_at=now)
     assert tokens_used_today(owner) == 6
+
+
+def test_a_nul_from_the_model_is_kept_as_a_replacement_character(client, conversation, worker):
+    worker.script = worker.complete("a\x00b")
+    events = sse_events(_post(client, conversation, {"content": "hi"}))
+    assert events[1] == ("delta", {"text": "a\ufffdb"}) and events[-1][1]["status"] == "complete"
+    assert Message.objects.get(role="assistant").content == "a\ufffdb"
+
+
+def test_a_reply_that_cannot_be_saved_does_not_block_the_account(client, conversation, worker, monkeypatch):
+    from levee.chat import services
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("database trouble")
+
+    monkeypatch.setattr(services, "finish_reply", broken)
+    sse_events(_post(client, conversation, {"content": "hi"}))
+    reply = Message.objects.get(role="assistant")
+    assert reply.status == "error"
