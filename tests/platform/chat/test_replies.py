@@ -171,3 +171,38 @@ def test_a_reply_that_cannot_be_saved_does_not_block_the_account(client, convers
     sse_events(_post(client, conversation, {"content": "hi"}))
     reply = Message.objects.get(role="assistant")
     assert reply.status == "error"
+
+
+def test_a_browser_that_leaves_mid_reply_stops_the_job_and_keeps_the_part_received(
+        client, conversation, worker, redis_client):
+    import asyncio
+    import contextlib
+
+    from asgiref.sync import async_to_sync
+
+    worker.script = [("delta", {"text": "Once"}), ("delta", {"text": " upon"})]  # still running
+    response = _post(client, conversation, {"content": "A story, please"})
+
+    async def leave_after_the_first_words():
+        # The ASGI handler cancels the task serving the body when the client disconnects.
+        got = []
+
+        async def serve():
+            async for chunk in response.streaming_content:
+                got.append(chunk)
+
+        task = asyncio.ensure_future(serve())
+        while len(got) < 3:  # start and both deltas
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return got
+
+    got = async_to_sync(leave_after_the_first_words)()
+    assert got[2].startswith(b"event: delta")
+    reply = Message.objects.get(role="assistant")
+    assert (reply.status, reply.finish_reason, reply.content) == ("stopped", "client_gone", "Once upon")
+    job_id = worker.jobs[0]["job_id"]
+    assert redis_client.get(f"levee:job:{job_id}:cancel") == b"1"
+    assert UsageRecord.objects.get().completion_tokens == 2
