@@ -322,3 +322,21 @@ def test_stopping_the_engine_cancels_what_is_in_flight(model):
     h.get(timeout=30)
     eng.stop()
     assert h.result(timeout=5).finish_reason == "cancelled"
+
+
+def test_chunked_prefill_attention_and_a_small_step_budget_change_nothing(model, engine):
+    ps = prompts(4, seed=13, lo=60, hi=120)
+    expected = [run(engine, p, max_tokens=12, **GREEDY).token_ids for p in ps]
+    small = Engine(model, kv_budget_bytes=8 << 20, max_step_tokens=100, prefill_query_chunk=7).start()
+    try:
+        hs = [small.submit(Request(p, SamplingParams(max_tokens=12, **GREEDY))) for p in ps]
+        assert [h.result(60).token_ids for h in hs] == expected
+    finally:
+        small.stop()
+
+
+def test_a_stopped_engine_refuses_new_requests(model):
+    eng = Engine(model, kv_budget_bytes=1 << 20).start()
+    eng.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        eng.submit(Request([3, 4], SamplingParams(max_tokens=2)))
