@@ -88,7 +88,8 @@ class Usage:
 
 @dataclass
 class Event:
-    """One step's output for one request. The last event has finish_reason and usage set."""
+    """One step's output for one request. `usage` is the running total (prompt split known from
+    admission on); the last event has finish_reason set."""
 
     token_ids: list[int]
     text: str = ""
@@ -105,6 +106,7 @@ class Completion:
     finish_reason: str
     usage: Usage
     logprobs: list[float] | None = None
+    error: str | None = None
 
 
 class RequestHandle:
@@ -156,7 +158,7 @@ class RequestHandle:
             if ev.finish_reason is not None:
                 assert ev.usage is not None
                 return Completion(ids, "".join(text), ev.finish_reason, ev.usage,
-                                  lps if self.request.params.logprobs else None)
+                                  lps if self.request.params.logprobs else None, ev.error)
 
     def _emit(self, ev: Event) -> None:
         self._events.put(ev)
@@ -527,7 +529,7 @@ class Engine:
             s.pending = ""
             self._finish(s, FINISH_LENGTH, text=text, token_ids=[tok], logprob=lp)
             return
-        s.handle._emit(Event([tok], text, logprobs=None if lp is None else [lp]))
+        s.handle._emit(Event([tok], text, usage=s.usage(), logprobs=None if lp is None else [lp]))
 
     def _publish(self, s: _Seq, keys: list[bytes]) -> None:
         """Publish this sequence's computed full units so later requests of the same user reuse them."""

@@ -340,3 +340,35 @@ def test_a_stopped_engine_refuses_new_requests(model):
     eng.stop()
     with pytest.raises(RuntimeError, match="stopped"):
         eng.submit(Request([3, 4], SamplingParams(max_tokens=2)))
+
+
+def test_every_event_carries_the_running_usage(engine):
+    _, first, second = shared_prefix_prompts()
+    engine.submit(Request(first, SamplingParams(max_tokens=2, **GREEDY), user="dave")).result(60)
+    h = engine.submit(Request(second, SamplingParams(max_tokens=5, **GREEDY), user="dave"))
+    events = list(h)
+    assert [ev.usage.completion_tokens for ev in events] == [1, 2, 3, 4, 5]
+    assert all(ev.usage.prompt_cache_hit_tokens == 256 for ev in events)
+
+
+def test_a_failing_step_ends_its_requests_with_an_error_and_the_engine_keeps_serving(model, monkeypatch):
+    eng = Engine(model, kv_budget_bytes=8 << 20).start()
+    try:
+        real = model.hidden_states
+        calls = {"n": 0}
+
+        def flaky(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise RuntimeError("device fell over")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(model, "hidden_states", flaky)
+        broken = eng.submit(Request([3, 4, 5], SamplingParams(max_tokens=20, **GREEDY))).result(60)
+        assert broken.finish_reason == "error" and broken.usage.completion_tokens == 1
+        assert broken.error == "RuntimeError: device fell over"
+        monkeypatch.setattr(model, "hidden_states", real)
+        assert eng.submit(Request([3, 4, 5], SamplingParams(max_tokens=3, **GREEDY))).result(60).finish_reason == "length"
+        assert eng.cache.available() == eng.cache.num_blocks
+    finally:
+        eng.stop()
