@@ -52,13 +52,29 @@ def run(engine, prompt, **params):
     return engine.submit(Request(prompt, SamplingParams(**params))).result(timeout=60)
 
 
-def test_greedy_decoding_matches_transformers_generate(checkpoint, engine):
-    _, ref = checkpoint("v3_grouped_yarn")
+@pytest.mark.parametrize("case", ["v3_grouped_yarn", "v2_lite"])
+def test_greedy_decoding_matches_transformers_generate(checkpoint, case):
+    path, ref = checkpoint(case)
+    engine = Engine(load_model(path, dtype=torch.float32, device=DEVICE), kv_budget_bytes=8 << 20).start()
     for prompt in prompts(3, seed=5):
         with torch.no_grad():
             expected = ref.generate(torch.tensor([prompt], device=DEVICE), max_new_tokens=32, do_sample=False)[0, len(prompt):].tolist()
         assert len(expected) == 32
         assert run(engine, prompt, max_tokens=32, **GREEDY).token_ids == expected
+    engine.stop()
+
+
+def test_the_engine_runs_in_bfloat16(checkpoint):
+    path, _ = checkpoint("v3_grouped_yarn")
+    eng = Engine(load_model(path, dtype=torch.bfloat16, device=DEVICE), kv_budget_bytes=4 << 20).start()
+    try:
+        hs = [eng.submit(Request(p, SamplingParams(max_tokens=10, **GREEDY))) for p in prompts(3, seed=2)]
+        hs.append(eng.submit(Request(prompts(1)[0], SamplingParams(max_tokens=10, temperature=0.8, seed=1))))
+        done = [h.result(60) for h in hs]
+        assert [d.finish_reason for d in done[:3]] == ["length"] * 3
+        assert all(0 <= t < 97 for d in done for t in d.token_ids)
+    finally:
+        eng.stop()
 
 
 class Collector(threading.Thread):
