@@ -88,7 +88,8 @@ class Usage:
 
 @dataclass
 class Event:
-    """One step's output for one request. The last event has finish_reason and usage set."""
+    """One step's output for one request. `usage` is the running total (prompt split known from
+    admission on); the last event has finish_reason set."""
 
     token_ids: list[int]
     text: str = ""
@@ -105,6 +106,7 @@ class Completion:
     finish_reason: str
     usage: Usage
     logprobs: list[float] | None = None
+    error: str | None = None
 
 
 class RequestHandle:
@@ -156,7 +158,7 @@ class RequestHandle:
             if ev.finish_reason is not None:
                 assert ev.usage is not None
                 return Completion(ids, "".join(text), ev.finish_reason, ev.usage,
-                                  lps if self.request.params.logprobs else None)
+                                  lps if self.request.params.logprobs else None, ev.error)
 
     def _emit(self, ev: Event) -> None:
         self._events.put(ev)
@@ -204,8 +206,9 @@ class _Seq:
 class _PagedAttention:
     """Attention backend for one packed engine step (see the module docstring)."""
 
-    def __init__(self, cache: KVCache, slots: torch.Tensor, prefill: list, decode: list):
+    def __init__(self, cache: KVCache, slots: torch.Tensor, prefill: list, decode: list, query_chunk: int):
         self.cache = cache
+        self.query_chunk = query_chunk
         self.slots = slots  # [N] cache slot of every packed token
         self.prefill = prefill  # (row_start, row_end, ctx_slots [S], mask [T, S])
         self.decode = decode  # (row_start, row_end, ctx_slots [G, L], mask [G, 1, L])
@@ -217,8 +220,11 @@ class _PagedAttention:
         out = q_nope.new_empty(*q_nope.shape[:3], attn.dv)  # [1, N, nH, dv]
         for a, b, ctx_slots, mask in self.prefill:
             ctx = data[ctx_slots]  # [S, C + dr]
-            o = attn.attend_expanded(q_nope[:, a:b], q_pe[:, a:b], ctx[None, :, :C], ctx[None, :, C:], mask[None])
-            out[:, a:b] = o
+            c, kp = ctx[None, :, :C], ctx[None, :, C:]
+            # Queries in chunks bound the [nH, T, S] score tensor of a long prompt.
+            for lo in range(a, b, self.query_chunk):
+                hi = min(lo + self.query_chunk, b)
+                out[:, lo:hi] = attn.attend_expanded(q_nope[:, lo:hi], q_pe[:, lo:hi], c, kp, mask[None, lo - a : hi - a])
         for a, b, ctx_slots, mask in self.decode:
             ctx = data[ctx_slots]  # [G, L, C + dr]
             qn = q_nope[0, a:b].unsqueeze(1)  # [G, 1, nH, dn]
@@ -237,7 +243,15 @@ class Engine:
         max_batch: int = 64,
         detokenizer_factory: Callable[[], Detokenizer] | None = None,
         max_model_len: int | None = None,
+        max_step_tokens: int = 8192,
+        prefill_query_chunk: int = 1024,
     ):
+        """kv_budget_bytes: memory for the latent cache; block_size: tokens per block (divides 64);
+        max_batch: most sequences running at once; detokenizer_factory: makes one incremental
+        detokenizer per request (push/flush), needed for text and stop strings; max_model_len:
+        prompt + completion limit (default: the model's max_position_embeddings); max_step_tokens:
+        prompt tokens admitted into one step (a single longer prompt still goes alone);
+        prefill_query_chunk: query rows per attention call during prefill (bounds its memory)."""
         self.model = model
         args = model.args
         self.device = model.device
@@ -246,6 +260,8 @@ class Engine:
         self.max_batch = max_batch
         self.max_model_len = max_model_len or args.max_position_embeddings
         self.detokenizer_factory = detokenizer_factory
+        self.max_step_tokens = max_step_tokens
+        self.prefill_query_chunk = prefill_query_chunk
         self.eos_ids = set(args.eos_token_ids)
         per_token = KVCache.bytes_per_token(args.num_hidden_layers, args.latent_dim, model.dtype)
         num_blocks = kv_budget_bytes // (per_token * block_size)
@@ -295,6 +311,8 @@ class Engine:
                              f"({self.cache.num_blocks} blocks of {self.block_size} tokens)")
         handle = RequestHandle(request)
         with self._lock:
+            if self._stopping:
+                raise RuntimeError("the engine is stopped")
             self._incoming.append(handle)
             self._lock.notify_all()
         return handle
@@ -362,10 +380,14 @@ class Engine:
 
     def _admit(self) -> None:
         cache = self.cache
+        step_tokens = 0
         while self._waiting and len(self._running) < self.max_batch:
             handle = self._waiting[0]
             req = handle.request
             prompt = req.prompt_ids
+            if step_tokens and step_tokens + len(prompt) > self.max_step_tokens:
+                return  # this step's prefill is full; the head goes first next step
+            step_tokens += len(prompt)
             max_tokens = self._max_tokens(req)
             need = self._blocks_needed(len(prompt), max_tokens)
             keys: list[bytes] = []
@@ -434,7 +456,7 @@ class Engine:
             decode_segs.append((a, len(ids), slot_ids, mask))
             i = j
         slots = torch.tensor([self._slot(s, p) for s in order for p in self._new_positions(s)], device=dev)
-        backend = _PagedAttention(self.cache, slots, prefill_segs, decode_segs)
+        backend = _PagedAttention(self.cache, slots, prefill_segs, decode_segs, self.prefill_query_chunk)
         input_ids = torch.tensor([ids], device=dev)
         hidden = self.model.hidden_states(input_ids, torch.tensor(positions, device=dev), backend)
         logits = self.model.lm_head(hidden[0, torch.tensor(last_rows, device=dev)]).float()  # [n, V]
@@ -507,7 +529,7 @@ class Engine:
             s.pending = ""
             self._finish(s, FINISH_LENGTH, text=text, token_ids=[tok], logprob=lp)
             return
-        s.handle._emit(Event([tok], text, logprobs=None if lp is None else [lp]))
+        s.handle._emit(Event([tok], text, usage=s.usage(), logprobs=None if lp is None else [lp]))
 
     def _publish(self, s: _Seq, keys: list[bytes]) -> None:
         """Publish this sequence's computed full units so later requests of the same user reuse them."""

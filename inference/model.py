@@ -410,7 +410,7 @@ def route(
 class MoE(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
-        E, H, I = args.n_routed_experts, args.hidden_size, args.moe_intermediate_size
+        E, H, inter = args.n_routed_experts, args.hidden_size, args.moe_intermediate_size
         assert E is not None
         self.args = args
         self.gate_weight = nn.Parameter(torch.empty(E, H))  # router [E, H]
@@ -418,10 +418,10 @@ class MoE(nn.Module):
             self.e_score_correction_bias = nn.Parameter(torch.zeros(E, dtype=torch.float32))
         else:
             self.e_score_correction_bias = None
-        self.w13 = nn.Parameter(torch.empty(E, 2 * I, H))  # stacked [gate; up] of every expert
-        self.w2 = nn.Parameter(torch.empty(E, H, I))  # stacked down of every expert
+        self.w13 = nn.Parameter(torch.empty(E, 2 * inter, H))  # [E, 2I, H] stacked [gate; up] of every expert
+        self.w2 = nn.Parameter(torch.empty(E, H, inter))  # [E, H, I] stacked down of every expert
         shared = args.n_shared_experts or 0
-        self.shared_experts = MLP(H, I * shared) if shared else None
+        self.shared_experts = MLP(H, inter * shared) if shared else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

@@ -26,25 +26,23 @@ def routed_experts(
     E, two_i, _ = w13.shape
     inter = two_i // 2
     k = topk_ids.shape[1]
-    out = torch.zeros(T, H, dtype=torch.float32, device=hidden.device)
     if T == 0:
-        return out.to(hidden.dtype)
-    flat_ids = topk_ids.reshape(-1)  # [T·k]
-    order = torch.argsort(flat_ids, stable=True)  # (token, slot) pairs grouped by expert
-    token_of_pair = order // k  # [T·k]
-    weight_of_pair = topk_weights.reshape(-1)[order].to(torch.float32)
+        return hidden.new_zeros(T, H)
+    flat_ids = topk_ids.reshape(-1)  # [T·k] one (token, slot) pair per entry
+    order = torch.argsort(flat_ids, stable=True)  # pairs grouped by expert
+    x = hidden.index_select(0, order // k)  # [T·k, H] the token of each pair, expert-major
     # One host sync per layer to size each expert's slice. It costs nothing on a CPU (there is no
     # queue to drain) and the fused kernel that replaces this loop on CUDA has none.
     counts = torch.bincount(flat_ids, minlength=E).tolist()
+    y = torch.empty_like(x)  # [T·k, H]
     start = 0
     for e, n in enumerate(counts):
-        if n == 0:
-            continue
-        rows = token_of_pair[start : start + n]
-        x = hidden.index_select(0, rows)  # [n, H]
-        gate_up = F.linear(x, w13[e])  # [n, 2I]
-        act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
-        y = F.linear(act, w2[e]).to(torch.float32)  # [n, H]
-        out.index_add_(0, rows, y * weight_of_pair[start : start + n, None])
-        start += n
+        if n:
+            gate_up = F.linear(x[start : start + n], w13[e])  # [n, 2I]
+            y[start : start + n] = F.linear(F.silu(gate_up[:, :inter]) * gate_up[:, inter:], w2[e])
+            start += n
+    per_pair = torch.empty_like(y)
+    per_pair[order] = y  # back to (token, slot) order
+    # Σ over the k slots in a fixed order, in fp32: a token's sum never depends on its neighbours.
+    out = (per_pair.view(T, k, H).float() * topk_weights.float()[..., None]).sum(dim=1)
     return out.to(hidden.dtype)

@@ -148,7 +148,8 @@ def run_job(rt: Runtime, data: dict) -> str:
 
     def emit(kind: str, **payload) -> None:
         pipe = r.pipeline(transaction=False)
-        pipe.xadd(key, protocol.encode_event(kind, **payload), maxlen=protocol.STREAM_MAXLEN, approximate=True)
+        pipe.xadd(key, protocol.encode_event(kind, t=time.time(), **payload), maxlen=protocol.STREAM_MAXLEN,
+                  approximate=True)
         pipe.expire(key, protocol.STREAM_TTL_S)
         pipe.execute()
 

@@ -19,5 +19,7 @@ def checkpoint(tmp_path_factory):
             made[key] = (path, checkpoints.build(case, path, **kwargs).to(DEVICE))
         return made[key]
 
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    # One thread: on a shared 2-core box OpenMP barriers across two busy cores cost ~10x more than
+    # they save on these tiny matrices.
+    torch.set_num_threads(1)
     return get

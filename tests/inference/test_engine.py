@@ -52,13 +52,29 @@ def run(engine, prompt, **params):
     return engine.submit(Request(prompt, SamplingParams(**params))).result(timeout=60)
 
 
-def test_greedy_decoding_matches_transformers_generate(checkpoint, engine):
-    _, ref = checkpoint("v3_grouped_yarn")
+@pytest.mark.parametrize("case", ["v3_grouped_yarn", "v2_lite"])
+def test_greedy_decoding_matches_transformers_generate(checkpoint, case):
+    path, ref = checkpoint(case)
+    engine = Engine(load_model(path, dtype=torch.float32, device=DEVICE), kv_budget_bytes=8 << 20).start()
     for prompt in prompts(3, seed=5):
         with torch.no_grad():
             expected = ref.generate(torch.tensor([prompt], device=DEVICE), max_new_tokens=32, do_sample=False)[0, len(prompt):].tolist()
         assert len(expected) == 32
         assert run(engine, prompt, max_tokens=32, **GREEDY).token_ids == expected
+    engine.stop()
+
+
+def test_the_engine_runs_in_bfloat16(checkpoint):
+    path, _ = checkpoint("v3_grouped_yarn")
+    eng = Engine(load_model(path, dtype=torch.bfloat16, device=DEVICE), kv_budget_bytes=4 << 20).start()
+    try:
+        hs = [eng.submit(Request(p, SamplingParams(max_tokens=10, **GREEDY))) for p in prompts(3, seed=2)]
+        hs.append(eng.submit(Request(prompts(1)[0], SamplingParams(max_tokens=10, temperature=0.8, seed=1))))
+        done = [h.result(60) for h in hs]
+        assert [d.finish_reason for d in done[:3]] == ["length"] * 3
+        assert all(0 <= t < 97 for d in done for t in d.token_ids)
+    finally:
+        eng.stop()
 
 
 class Collector(threading.Thread):
@@ -322,3 +338,53 @@ def test_stopping_the_engine_cancels_what_is_in_flight(model):
     h.get(timeout=30)
     eng.stop()
     assert h.result(timeout=5).finish_reason == "cancelled"
+
+
+def test_chunked_prefill_attention_and_a_small_step_budget_change_nothing(model, engine):
+    ps = prompts(4, seed=13, lo=60, hi=120)
+    expected = [run(engine, p, max_tokens=12, **GREEDY).token_ids for p in ps]
+    small = Engine(model, kv_budget_bytes=8 << 20, max_step_tokens=100, prefill_query_chunk=7).start()
+    try:
+        hs = [small.submit(Request(p, SamplingParams(max_tokens=12, **GREEDY))) for p in ps]
+        assert [h.result(60).token_ids for h in hs] == expected
+    finally:
+        small.stop()
+
+
+def test_a_stopped_engine_refuses_new_requests(model):
+    eng = Engine(model, kv_budget_bytes=1 << 20).start()
+    eng.stop()
+    with pytest.raises(RuntimeError, match="stopped"):
+        eng.submit(Request([3, 4], SamplingParams(max_tokens=2)))
+
+
+def test_every_event_carries_the_running_usage(engine):
+    _, first, second = shared_prefix_prompts()
+    engine.submit(Request(first, SamplingParams(max_tokens=2, **GREEDY), user="dave")).result(60)
+    h = engine.submit(Request(second, SamplingParams(max_tokens=5, **GREEDY), user="dave"))
+    events = list(h)
+    assert [ev.usage.completion_tokens for ev in events] == [1, 2, 3, 4, 5]
+    assert all(ev.usage.prompt_cache_hit_tokens == 256 for ev in events)
+
+
+def test_a_failing_step_ends_its_requests_with_an_error_and_the_engine_keeps_serving(model, monkeypatch):
+    eng = Engine(model, kv_budget_bytes=8 << 20).start()
+    try:
+        real = model.hidden_states
+        calls = {"n": 0}
+
+        def flaky(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise RuntimeError("device fell over")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(model, "hidden_states", flaky)
+        broken = eng.submit(Request([3, 4, 5], SamplingParams(max_tokens=20, **GREEDY))).result(60)
+        assert broken.finish_reason == "error" and broken.usage.completion_tokens == 1
+        assert broken.error == "RuntimeError: device fell over"
+        monkeypatch.setattr(model, "hidden_states", real)
+        assert eng.submit(Request([3, 4, 5], SamplingParams(max_tokens=3, **GREEDY))).result(60).finish_reason == "length"
+        assert eng.cache.available() == eng.cache.num_blocks
+    finally:
+        eng.stop()

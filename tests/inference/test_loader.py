@@ -10,8 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from inference import load_model
 from inference.loader import CheckpointError
-from tests.inference.checkpoints import DELETE, YARN, rewrite_config
-from tests.inference.checkpoints import DEVICE
+from tests.inference.checkpoints import DELETE, DEVICE, YARN, rewrite_config
 
 
 @pytest.fixture

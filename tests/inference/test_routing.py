@@ -21,7 +21,7 @@ def reference_route(logits, bias, *, k, n_group, topk_group, method, scoring, no
         m = max(logits)
         ex = [math.exp(x - m) for x in logits]
         scores = [x / sum(ex) for x in ex]
-    choice = [s + b for s, b in zip(scores, bias)] if method == "noaux_tc" else list(scores)
+    choice = [s + b for s, b in zip(scores, bias, strict=True)] if method == "noaux_tc" else list(scores)
     if method != "greedy" and n_group > 1:
         size = E // n_group
         groups = [choice[g * size : (g + 1) * size] for g in range(n_group)]
@@ -104,4 +104,4 @@ def test_routing_matches_the_reference_rule(data, method, n_group, norm):
     exp_w, exp_ids = reference_route(logits, bias, **kw)
     got_w, got_ids = ours(logits, bias if method == "noaux_tc" else None, **kw)
     assert sorted(got_ids) == sorted(exp_ids)
-    assert dict(zip(got_ids, got_w)) == pytest.approx(dict(zip(exp_ids, exp_w)), abs=1e-5)
+    assert dict(zip(got_ids, got_w, strict=True)) == pytest.approx(dict(zip(exp_ids, exp_w, strict=True)), abs=1e-5)

@@ -78,7 +78,10 @@ async def events(job_id: str, *, queue_timeout: float, heartbeat_timeout: float,
     since_keepalive = time.monotonic()
     begun = time.monotonic()
     while True:
-        reply = await client.xread({key: last_id}, count=256, block=1000)
+        # A queued job has nothing to say until it starts: wake only for its keep-alive, so a thousand
+        # waiting streams cost a few wake-ups a second rather than a thousand.
+        block_ms = 1000 if started else int(keepalive_every * 1000)
+        reply = await client.xread({key: last_id}, count=256, block=block_ms)
         now = time.monotonic()
         for _stream, entries in reply or []:
             for entry_id, fields in entries:

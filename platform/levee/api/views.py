@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import close_old_connections
 from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
@@ -24,6 +25,19 @@ from levee.keys.services import authenticate_key
 log = logging.getLogger(__name__)
 
 
+def db(fn):
+    """Run a database-touching function on the shared thread pool, not in a thread of the request's own.
+
+    Django gives each ASGI request its own thread for thread-sensitive calls, and that thread keeps
+    a database connection for as long as the response lasts: a thousand open streams would hold a
+    thousand connections. Pool threads are few and reused, so connections stay few and warm."""
+    def run(*args, **kwargs):
+        close_old_connections()  # drop a connection past its CONN_MAX_AGE or broken
+        return fn(*args, **kwargs)
+
+    return sync_to_async(run, thread_sensitive=False)
+
+
 def _api_error(exc: schema.RequestError):
     return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
 
@@ -32,7 +46,7 @@ async def _authenticate(request):
     token = bearer_token(request)
     if token is None:
         return None, error_response(401, "Authentication Fails (no api key provided)")
-    key = await sync_to_async(authenticate_key)(token)
+    key = await db(authenticate_key)(token)
     if key is None:
         return None, error_response(401, f"Authentication Fails, Your api key: {masked(token)} is invalid")
     return key, None
@@ -50,7 +64,7 @@ async def list_models(request):
     key, failure = await _authenticate(request)
     if failure:
         return failure
-    models = [m async for m in LlmModel.objects.filter(enabled=True)]
+    models = await db(lambda: list(LlmModel.objects.filter(enabled=True)))()
     return JsonResponse({"object": "list", "data": [_model_row(m) for m in models]})
 
 
@@ -63,7 +77,7 @@ async def chat_completions(request):
         return failure
     try:
         chat = schema.parse_chat_request(schema.parse_json(request.body))
-        model = await LlmModel.objects.filter(name=chat.model, enabled=True).afirst()
+        model = await db(lambda: LlmModel.objects.filter(name=chat.model, enabled=True).first())()
         if model is None:
             raise schema.RequestError(400, f"Model Not Exist: {chat.model}", param="model", code="model_not_found")
         prompt_ids = await sync_to_async(_encode, thread_sensitive=False)(model, chat.messages)
@@ -115,7 +129,7 @@ async def _run(request, key, model, chat, prompt_ids, max_tokens):
 
     deadline = time.time() + settings.LEVEE_JOB_QUEUE_TIMEOUT + settings.LEVEE_JOB_MAX_RUNTIME
     try:
-        hold = await sync_to_async(billing.place_hold)(
+        hold = await db(billing.place_hold)(
             user=key.user, api_key=key, model=model.name, prompt_tokens=len(prompt_ids), max_tokens=max_tokens,
             request_id=request.request_id, deadline=datetime.fromtimestamp(deadline, tz=timezone.utc))
     except billing.InsufficientBalance:
@@ -131,7 +145,7 @@ async def _run(request, key, model, chat, prompt_ids, max_tokens):
         await jobs.enqueue(message, model.queue_name)
     except Exception:  # the broker refused: nothing was started, so nothing is charged
         log.exception("enqueue failed for job %s", job_id)
-        await sync_to_async(billing.release_hold)(hold.id, reason="enqueue failed")
+        await db(billing.release_hold)(hold.id, reason="enqueue failed")
         return _overloaded("The service is temporarily unavailable; retry shortly.", 5)
 
     stream = _Completion(job_id=job_id, model=model, hold_id=hold.id, prompt_tokens=len(prompt_ids),
@@ -201,7 +215,7 @@ class _Completion:
         from levee.billing import services as billing
 
         try:
-            await sync_to_async(billing.settle_hold)(
+            await db(billing.settle_hold)(
                 self.hold_id, prompt_cache_hit_tokens=self.usage["prompt_cache_hit_tokens"],
                 prompt_cache_miss_tokens=self.usage["prompt_cache_miss_tokens"],
                 completion_tokens=self.usage["completion_tokens"], started_at=self.started_at,

@@ -51,7 +51,7 @@ def test_the_snapshot_counts_what_an_operator_watches_during_an_attack(client, r
     model = data["models"]["deepseek-chat"]
     assert model["depth"] == 3 and model["live_workers"] == 1 and list(model["workers"]) == ["gpu-1:7"]
     assert data["mode"]["mode"] is None  # no shield yet: the page says so
-    assert data["billing"] == {"open_holds": None}
+    assert data["billing"] == {"open_holds": 0}
 
 
 def test_it_shows_the_mode_and_who_set_it_once_the_shield_answers(client, redis_client, monkeypatch):
@@ -71,4 +71,4 @@ def test_a_redis_outage_degrades_sections_instead_of_failing_the_page(client, se
     settings.REDIS_URL = "redis://127.0.0.1:1/0"
     data = client.get("/admin/dashboard/data").json()
     assert data["rates"]["error"].startswith("unavailable") and data["models"]["error"].startswith("unavailable")
-    assert data["billing"] == {"open_holds": None}
+    assert data["billing"] == {"open_holds": 0}

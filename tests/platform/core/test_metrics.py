@@ -100,6 +100,8 @@ def test_a_scrape_survives_redis_being_down(client, settings):
 
 
 def test_mode_and_open_holds_appear_once_their_subsystems_answer(client, redis_client, monkeypatch):
+    monkeypatch.setattr(metrics, "current_mode", lambda: None)
+    monkeypatch.setattr(metrics, "open_holds", lambda: None)
     samples = scrape(client)
     assert not any(name in {"levee_mitigation_mode", "levee_open_holds"} for name, _ in samples)
     monkeypatch.setattr(metrics, "current_mode", lambda: {"mode": "under_attack", "set_by": "ops@example.com"})

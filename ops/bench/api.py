@@ -1,0 +1,255 @@
+"""Benchmarks of the API's own machinery (issue 5), on one machine, in one run:
+
+1. Platform overhead on time to first token: HTTP → hold → Celery → worker → Redis Stream → SSE,
+   minus the engine's own share (from the worker's `started` event to its first `delta`, both
+   timestamped by the worker). 1 and 32 concurrent streams; p50 and p99.
+2. Open streams one web process holds while /healthz stays fast: N streaming requests wait in the
+   queue behind a busy single-slot worker (keep-alive comments flowing), and /healthz is timed.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/levee_bench_api REDIS_URL=redis://127.0.0.1:6379/7 \\
+        .venv/bin/python ops/bench/api.py [--streams 250,500,1000]
+
+It creates (and migrates) the database named in DATABASE_URL, starts gunicorn with ONE uvicorn
+worker, a Celery platform worker and an inference worker on the demo checkpoint, and stops them at
+the end. Loopback only; bounded in requests and time.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+MODEL = "deepseek-chat"
+
+
+def pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Procs:
+    def __init__(self, env):
+        self.env, self.procs = env, {}
+        (ROOT / "var" / "bench-logs").mkdir(parents=True, exist_ok=True)
+
+    def start(self, name, argv, **env):
+        log = open(ROOT / "var" / "bench-logs" / f"{name}.log", "ab")
+        self.procs[name] = subprocess.Popen(argv, env={**self.env, **env}, cwd=ROOT, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self, name):
+        proc = self.procs.pop(name)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def stop_all(self):
+        for name in list(self.procs):
+            self.stop(name)
+
+
+def setup_database(env) -> str:
+    import psycopg
+
+    url = urlparse(env["DATABASE_URL"])
+    name = url.path.lstrip("/")
+    admin = url._replace(path="/postgres").geturl()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname=%s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+    subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], env=env, cwd=ROOT, check=True)
+    script = (
+        "from levee.accounts.models import User; from levee.keys.services import create_api_key;"
+        "from levee.billing import services as b; from levee.api.models import LlmModel;"
+        "from django.utils import timezone;"
+        "u = User.objects.filter(email='bench@example.com').first() or "
+        "User.objects.create_user('bench@example.com', 'bench pass 123456', email_verified_at=timezone.now());"
+        "b.topup(b.wallet_for(u), 10**12, source='bench', external_id=f'bench-{timezone.now().timestamp()}');"
+        "LlmModel.objects.filter(name='deepseek-chat').update(max_queue_depth=100000, default_max_tokens=8);"
+        "print(create_api_key(u, name='bench')[1])"
+    )
+    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], env=env, cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+async def one_stream(client, url, key, *, max_tokens):
+    import httpx
+
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": max_tokens,
+            "stream": True, "temperature": 0}
+    t0 = time.time()
+    first = None
+    job = None
+    async with client.stream("POST", url + "/v1/chat/completions", json=body,
+                             headers={"Authorization": f"Bearer {key}"}) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code}: {await response.aread()}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            job = chunk["id"].removeprefix("chatcmpl-")
+            if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
+                first = time.time()
+                break
+    _ = httpx
+    return t0, first, job
+
+
+def engine_share(r, job) -> float:
+    events = [json.loads(f[b"e"]) for _, f in r.xrange(f"levee:job:{job}")]
+    started = next(e["t"] for e in events if e["type"] == "started")
+    delta = next(e["t"] for e in events if e["type"] == "delta")
+    return delta - started
+
+
+async def ttft(url, key, r, concurrency, total):
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency + 8)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        await one_stream(client, url, key, max_tokens=2)  # warm-up
+        sem = asyncio.Semaphore(concurrency)
+
+        async def run():
+            async with sem:
+                return await one_stream(client, url, key, max_tokens=2)
+
+        results = await asyncio.gather(*(run() for _ in range(total)))
+    client_ms, engine_ms, overhead_ms = [], [], []
+    for t0, first, job in results:
+        e = engine_share(r, job)
+        client_ms.append((first - t0) * 1000)
+        engine_ms.append(e * 1000)
+        overhead_ms.append((first - t0 - e) * 1000)
+    return {"concurrency": concurrency, "requests": total,
+            "client_ttft_p50_ms": pct(client_ms, 50), "client_ttft_p99_ms": pct(client_ms, 99),
+            "engine_p50_ms": pct(engine_ms, 50),
+            "overhead_p50_ms": pct(overhead_ms, 50), "overhead_p99_ms": pct(overhead_ms, 99)}
+
+
+async def open_streams(url, key, levels, probes=200):
+    import httpx
+
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 900,
+            "stream": True, "temperature": 1.0}
+    results = []
+    limits = httpx.Limits(max_connections=max(levels) + 16)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=30), limits=limits) as client:
+        opened = []
+        ready = asyncio.Event()
+        counter = {"open": 0}
+
+        async def hold_open():
+            async with client.stream("POST", url + "/v1/chat/completions", json=body,
+                                     headers={"Authorization": f"Bearer {key}"}) as response:
+                if response.status_code != 200:
+                    counter.setdefault("refused", 0)
+                    counter["refused"] += 1
+                    return
+                counter["open"] += 1
+                async for _ in response.aiter_raw():
+                    if ready.is_set():
+                        return
+
+        async with httpx.AsyncClient(timeout=10) as probe:
+            for level in levels:
+                while len(opened) < level:
+                    opened.append(asyncio.create_task(hold_open()))
+                    if len(opened) % 50 == 0:
+                        await asyncio.sleep(0.05)
+                deadline = time.time() + 60
+                while counter["open"] < level - counter.get("refused", 0) and time.time() < deadline:
+                    await asyncio.sleep(0.2)
+                await asyncio.sleep(1)
+                times = []
+                for _ in range(probes):
+                    t = time.perf_counter()
+                    resp = await probe.get(url + "/healthz")
+                    assert resp.status_code == 200
+                    times.append((time.perf_counter() - t) * 1000)
+                    await asyncio.sleep(0.005)
+                results.append({"open_streams": counter["open"], "refused": counter.get("refused", 0),
+                                "healthz_p50_ms": pct(times, 50), "healthz_p99_ms": pct(times, 99)})
+                print(json.dumps(results[-1]), flush=True)
+        ready.set()
+        for task in opened:
+            task.cancel()
+        await asyncio.gather(*opened, return_exceptions=True)
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--streams", default="250,500,1000")
+    parser.add_argument("--ttft-requests", type=int, default=64)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.streams.split(",")]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}", "DJANGO_SETTINGS_MODULE": "levee.settings",
+           "LEVEE_ENV": "test", "GUNICORN_ACCESSLOG": "", "LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
+    env.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/levee_bench_api")
+    env.setdefault("REDIS_URL", "redis://127.0.0.1:6379/7")
+    for host in (urlparse(env["DATABASE_URL"]).hostname, urlparse(env["REDIS_URL"]).hostname):
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise SystemExit("this benchmark only runs against loopback services")
+    import redis
+
+    r = redis.Redis.from_url(env["REDIS_URL"])
+    r.flushdb()
+    key = setup_database(env)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    procs = Procs({**env, "LEVEE_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1"})
+    report = {"ttft": [], "streams": []}
+    try:
+        procs.start("web", [str(BIN / "gunicorn"), "-c", "ops/gunicorn.conf.py", "levee.asgi:application"])
+        procs.start("platform", [str(BIN / "celery"), "-A", "levee", "worker", "-Q", "platform", "-P", "threads",
+                                 "-c", "8", "--without-gossip", "--without-mingle", "-n", f"bench-platform-{port}@%h"])
+        inference = [str(BIN / "celery"), "-A", "inference.worker", "worker", "-Q", f"inference.{MODEL}", "-P",
+                     "threads", "--without-gossip", "--without-mingle"]
+        procs.start("inference", [*inference, "-c", "32", "-n", f"bench-inf-{port}@%h"])
+        deadline = time.time() + 120
+        while not r.zcount(f"levee:workers:{MODEL}", time.time() - 10, "+inf") and time.time() < deadline:
+            time.sleep(0.5)
+        for concurrency, total in ((1, args.ttft_requests // 2), (32, args.ttft_requests)):
+            report["ttft"].append(asyncio.run(ttft(url, key, r, concurrency, total)))
+            print(json.dumps(report["ttft"][-1]), flush=True)
+        # One slot, busy: every stream past the first waits in the queue with keep-alives flowing.
+        procs.stop("inference")
+        r.delete(f"levee:workers:{MODEL}")
+        procs.start("inference", [*inference, "-c", "1", "-n", f"bench-inf1-{port}@%h"])
+        deadline = time.time() + 120
+        while not r.zcount(f"levee:workers:{MODEL}", time.time() - 10, "+inf") and time.time() < deadline:
+            time.sleep(0.5)
+        report["streams"] = asyncio.run(open_streams(url, key, levels))
+    finally:
+        procs.stop_all()
+        r.flushdb()
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
