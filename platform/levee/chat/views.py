@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth import get_user
 from django.contrib.auth.decorators import login_required
 from django.http import JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
@@ -22,6 +23,7 @@ from redis.exceptions import RedisError
 from inference import protocol
 from levee.api import jobs
 from levee.api.models import LlmModel
+from levee.api.views import db  # database work on the shared pool: a stream must not hold a connection
 from levee.chat import services
 from levee.chat.models import Conversation, Message, Status
 from levee.core.errors import error_response
@@ -76,7 +78,7 @@ def _refused(exc: services.ChatRefused):
 async def _enabled_model(name) -> LlmModel:
     if not isinstance(name, str) or not name:
         raise services.ChatRefused(400, "missing_parameter", "Choose a model.", param="model")
-    model = await LlmModel.objects.filter(name=name, enabled=True).afirst()
+    model = await db(lambda: LlmModel.objects.filter(name=name, enabled=True).first())()
     if model is None:
         raise services.ChatRefused(400, "model_not_found", f"Model Not Exist: {name[:64]}", param="model")
     return model
@@ -162,10 +164,10 @@ async def post_message(request, conversation_id: int):
     `start` (message ids, title), `delta` (text), then `done` or `error`; `: keep-alive` while queued."""
     if request.method != "POST":
         return error_response(405, f"{request.method} is not allowed here")
-    user = await request.auser()
+    user = await db(get_user)(request)
     if not user.is_authenticated:
         return error_response(401, "Log in to chat.", code="not_authenticated")
-    conversation = await Conversation.objects.filter(pk=conversation_id, user=user).afirst()
+    conversation = await db(lambda: Conversation.objects.filter(pk=conversation_id, user=user).first())()
     if conversation is None:
         return error_response(404, "No such conversation.")
     try:
@@ -179,7 +181,7 @@ async def post_message(request, conversation_id: int):
                                        f"A message may have at most {settings.LEVEE_WEB_CHAT_MAX_MESSAGE_CHARS:,} "
                                        f"characters.", param="content")
         model = await _enabled_model(body.get("model") or conversation.model)
-        history = await sync_to_async(_history)(conversation)
+        history = await db(_history)(conversation)
         prompt_ids = await sync_to_async(_fit_prompt, thread_sensitive=False)(model, history, text)
         retry_after = await sync_to_async(_shed, thread_sensitive=False)(model.name)
         if retry_after:
@@ -196,9 +198,9 @@ async def post_message(request, conversation_id: int):
                                        retry_after=5) from None
         room = min(model.default_max_tokens, model.max_output, model.context_length - len(prompt_ids))
         job_id = uuid.uuid4().hex
-        started = await sync_to_async(services.start_reply)(
+        started = await db(services.start_reply)(
             user, conversation, text=text, model=model.name, prompt_tokens=len(prompt_ids), room=room,
-            job_id=job_id, mode=await sync_to_async(_mode, thread_sensitive=False)())
+            job_id=job_id, mode=await db(_mode)())
     except services.ChatRefused as exc:
         return _refused(exc)
 
@@ -210,7 +212,7 @@ async def post_message(request, conversation_id: int):
         await jobs.enqueue(message, model.queue_name)
     except Exception:  # the broker refused: nothing started, so the messages go too
         log.exception("enqueue failed for chat job %s", job_id)
-        await sync_to_async(services.abandon_reply)(started)
+        await db(services.abandon_reply)(started)
         return error_response(503, "The service is temporarily unavailable; retry shortly.",
                               headers={"Retry-After": "5"})
     reply = _Reply(request=request, conversation=conversation, started=started, job_id=job_id)
@@ -236,13 +238,13 @@ class _Reply:
 
     async def _finish(self, status: str, *, finish_reason: str = "", error: str = "") -> None:
         try:
-            await sync_to_async(services.finish_reply)(
+            await db(services.finish_reply)(
                 self.started.reply.pk, content="".join(self.text), status=status, usage=self.usage,
                 started_at=self.started_at, request_id=self.request_id, finish_reason=finish_reason, error=error)
         except Exception:
             # Never leave the reply "streaming": that would block the account's next message.
             log.exception("saving the reply of chat job %s failed", self.job_id)
-            await sync_to_async(services.fail_reply)(self.started.reply.pk)
+            await db(services.fail_reply)(self.started.reply.pk)
 
     async def sse(self):
         finished = False
@@ -296,11 +298,11 @@ async def stop_reply(request, conversation_id: int, message_id: int):
     stream then ends with `done` (status stopped) and the part written so far is kept."""
     if request.method != "POST":
         return error_response(405, f"{request.method} is not allowed here")
-    user = await request.auser()
+    user = await db(get_user)(request)
     if not user.is_authenticated:
         return error_response(401, "Log in to chat.", code="not_authenticated")
-    reply = await Message.objects.filter(pk=message_id, conversation_id=conversation_id,
-                                         conversation__user=user).afirst()
+    reply = await db(lambda: Message.objects.filter(pk=message_id, conversation_id=conversation_id,
+                                                    conversation__user=user).first())()
     if reply is None:
         return error_response(404, "No such message.")
     if reply.status == Status.STREAMING and reply.job_id:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import redis.asyncio as aioredis
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 
 from inference import protocol
 from levee.api import jobs
@@ -46,6 +46,9 @@ def worker(redis_client, monkeypatch, settings):
     # Redis client per loop, which a recycled loop id could hand a closed loop. A fresh one each time:
     monkeypatch.setattr(jobs, "redis_client", lambda: aioredis.Redis.from_url(settings.REDIS_URL))
     monkeypatch.setattr(jobs, "enqueue", fake.enqueue)
+    # The views do database work on a shared thread pool; here it must stay on the test's own
+    # connection (and so inside the test's transaction).
+    monkeypatch.setattr(views, "db", lambda fn: sync_to_async(fn))
     monkeypatch.setattr(jobs, "check_capacity", no_capacity_check)
     # One token per word: the demo tokenizer is not what these tests are about.
     monkeypatch.setattr(views, "_encode",
