@@ -23,7 +23,7 @@ def _nice_ceiling(value: float) -> float:
 
 
 def stacked_bars(*, days: list[date], series: dict[str, list[float]], title: str, chart_id: str,
-                 fmt=lambda v: f"{v:,.0f}") -> str:
+                 fmt=lambda v: f"{v:,.0f}", empty: str = "No usage in this period.") -> str:
     """A stacked bar per day, one colour per model, with a legend and a <title> on every bar."""
     width, height, left, right, top, bottom = 720, 240, 64, 12, 16, 36
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -59,6 +59,6 @@ def stacked_bars(*, days: list[date], series: dict[str, list[float]], title: str
         parts.append(f'<text x="{lx + 18}" y="{ly + 11}" class="legend">{escape(model)}</text>')
     if not series:
         parts.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" text-anchor="middle" class="axis">'
-                     f'No usage in this period.</text>')
+                     f'{escape(empty)}</text>')
     parts.append("</svg>")
     return mark_safe("".join(parts))  # noqa: S308 - every interpolated string above is escaped

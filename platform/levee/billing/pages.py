@@ -56,6 +56,7 @@ def _usage(user, days: int):
                                      title=f"Tokens per day and model, last {days} days"),
         "cost_chart": stacked_bars(days=day_list, series={m: v for m, v in cost.items() if any(v)},
                                    chart_id="cost-chart", title=f"Cost per day and model in {cur}, last {days} days",
+                                   empty="No charges in this period (free web chat costs nothing).",
                                    fmt=lambda v: f"{v:,.4f}".rstrip("0").rstrip(".") if v else "0"),
         "usage_rows": list(reversed(table)),
         "total_tokens": sum(r["tokens"] for r in table),
