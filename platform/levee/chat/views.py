@@ -53,7 +53,10 @@ def chat_page(request, conversation_id: int | None = None):
         messages = [_message_row(m) for m in conversation.messages.all()]
     models = list(LlmModel.objects.filter(enabled=True).values_list("name", flat=True))
     return render(request, "chat/chat.html", {
-        "conversation": conversation, "conversations": Conversation.objects.filter(user=request.user)[:100],
+        # A conversation gets its title with its first message; one left empty (its first message was
+        # refused) is not worth a place in the list.
+        "conversation": conversation,
+        "conversations": Conversation.objects.filter(user=request.user).exclude(title="")[:100],
         "models": models, "selected_model": conversation.model if conversation else (models[0] if models else ""),
         "messages_data": messages,
         "quota": services.daily_quota(_mode()), "used": services.tokens_used_today(request.user),

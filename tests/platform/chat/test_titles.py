@@ -30,3 +30,12 @@ def test_titles_and_messages_are_escaped_in_the_page(client, chat_model):
     # The messages travel as JSON inside <script type="application/json">, with < escaped.
     page = client.get(reverse("chat-conversation", args=[conversation.pk])).content.decode()
     assert "\\u003Cimg src=x" in page and "\\u003C/script\\u003E" in page
+
+
+def test_a_conversation_whose_first_message_was_refused_is_not_listed(client, chat_model):
+    user = ada()
+    client.force_login(user)
+    Conversation.objects.create(user=user, model=chat_model.name)
+    Conversation.objects.create(user=user, model=chat_model.name, title="Kept")
+    page = client.get(reverse("chat")).content.decode()
+    assert "Kept" in page and "New chat</a>" not in page.split('id="conversation-list"')[1]
