@@ -1,0 +1,378 @@
+"""Fused MoE in Triton: align → GEMM 1 (gate/up, SiLU·up) → GEMM 2 (down, × routing weight) → Σ_k.
+
+Legend: T tokens, H hidden, I expert intermediate size, E experts, k experts per token,
+P = T·k (token, expert) pairs; pair p belongs to token p // k.
+
+Weights are stacked ([E, 2I, H] and [E, H, I]) and a block finds its expert by an integer offset,
+which is also what lets the Triton interpreter run every kernel on CPU tensors.
+
+The kernels below are plain functions; `_kernels(interpret)` wraps them with `triton.jit` on first
+use. Deciding interpret-or-compile at call time rather than import time means a process can import
+this module before or after TRITON_INTERPRET is set (as a pytest session that mixes suites does).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from types import SimpleNamespace
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.checks import MoEInputError, check, check_contiguous, check_moe_inputs
+from kernels.configs import Config, gemm_configs, get_config
+
+__all__ = ["MoEInputError", "fused_moe_triton", "moe_align"]
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+# --------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------
+
+
+def _moe_count_kernel(topk_ids_ptr, chunk_counts_ptr, num_pairs, num_experts,
+                      E_PAD: tl.constexpr, CHUNK: tl.constexpr):
+    """chunk_counts[c, e] = how many of the pairs in chunk c go to expert e."""
+    pid = tl.program_id(0)
+    experts = tl.arange(0, E_PAD)
+    offs = pid * CHUNK + tl.arange(0, CHUNK)
+    ids = tl.load(topk_ids_ptr + offs, mask=offs < num_pairs, other=-1).to(tl.int32)
+    ok = (offs < num_pairs) & (ids >= 0) & (ids < num_experts)
+    hit = ((ids[:, None] == experts[None, :]) & ok[:, None]).to(tl.int32)
+    tl.store(chunk_counts_ptr + pid * E_PAD + experts, tl.sum(hit, axis=0))
+
+
+def _moe_align_kernel(topk_ids_ptr, chunk_counts_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr,
+                      num_pairs, num_experts, num_chunks, num_m_blocks,
+                      BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, CHUNK: tl.constexpr,
+                      ROWS: tl.constexpr, SINGLE: tl.constexpr):
+    """Group pair ids by expert, each expert's run padded to a multiple of BLOCK_M.
+
+    Writes sorted_ids[num_m_blocks·BLOCK_M] (pair ids, num_pairs in padding), expert_ids[num_m_blocks]
+    (-1 for blocks past the end) and num_post_pad[0] (the padded length). Program c places the pairs
+    of chunk c; within an expert, pairs keep their order. No atomics, so the layout is deterministic.
+    """
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    experts = tl.arange(0, E_PAD)
+    offs = pid * CHUNK + tl.arange(0, CHUNK)
+    ids = tl.load(topk_ids_ptr + offs, mask=offs < num_pairs, other=-1).to(tl.int32)
+    ok = (offs < num_pairs) & (ids >= 0) & (ids < num_experts)
+    hit = ((ids[:, None] == experts[None, :]) & ok[:, None]).to(tl.int32)  # [CHUNK, E_PAD]
+
+    # --- pairs per expert: in all, and in the chunks before this one
+    if SINGLE:
+        counts = tl.sum(hit, axis=0)
+        before = tl.zeros([E_PAD], dtype=tl.int32)
+    else:
+        counts = tl.zeros([E_PAD], dtype=tl.int32)
+        before = tl.zeros([E_PAD], dtype=tl.int32)
+        for r0 in range(0, num_chunks, ROWS):
+            rows = r0 + tl.arange(0, ROWS)
+            tile = tl.load(chunk_counts_ptr + rows[:, None] * E_PAD + experts[None, :],
+                           mask=rows[:, None] < num_chunks, other=0)
+            counts += tl.sum(tile, axis=0)
+            before += tl.sum(tl.where(rows[:, None] < pid, tile, 0), axis=0)
+
+    # --- each expert's padded run [starts, ends)
+    padded = tl.cdiv(counts, BLOCK_M) * BLOCK_M
+    ends = tl.cumsum(padded, axis=0)
+    starts = ends - padded
+    total = tl.sum(padded, axis=0)
+
+    # --- this chunk's pairs into their runs
+    rank = tl.cumsum(hit, axis=0)  # 1-based rank of a pair among this chunk's pairs of its expert
+    pos = tl.sum(tl.where(hit != 0, (starts + before)[None, :] + rank - 1, 0), axis=1)
+    tl.store(sorted_ids_ptr + pos, offs, mask=ok)
+
+    # --- padding slots get the sentinel, blocks get their expert; programs share the slots
+    fill_end = starts + counts
+    max_len = num_m_blocks * BLOCK_M
+    for s0 in range(pid * CHUNK, max_len, nprog * CHUNK):
+        slots = s0 + tl.arange(0, CHUNK)
+        owner = tl.sum((ends[None, :] <= slots[:, None]).to(tl.int32), axis=1)
+        owner_fill_end = tl.sum(tl.where(experts[None, :] == owner[:, None], fill_end[None, :], 0), axis=1)
+        sentinel = tl.zeros([CHUNK], dtype=tl.int32) + num_pairs
+        tl.store(sorted_ids_ptr + slots, sentinel, mask=(slots >= owner_fill_end) & (slots < max_len))
+    for b0 in range(pid * CHUNK, num_m_blocks, nprog * CHUNK):
+        blocks = b0 + tl.arange(0, CHUNK)
+        first = blocks * BLOCK_M
+        owner = tl.sum((ends[None, :] <= first[:, None]).to(tl.int32), axis=1)
+        owner = tl.where(first < total, owner, -1)
+        tl.store(expert_ids_ptr + blocks, owner, mask=blocks < num_m_blocks)
+    if pid == 0:
+        tl.store(num_post_pad_ptr, total)
+
+
+def _moe_gemm1_kernel(a_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr,
+                      num_pairs, N, K, num_m_blocks,
+                      stride_am, stride_ak, stride_we, stride_wn, stride_wk, stride_om, stride_on,
+                      TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
+    """out[p, n] = silu(x_t · w13[e, n]) · (x_t · w13[e, N + n]) for pair p of token t, expert e."""
+    # --- which block: grouped ordering, so blocks that share an expert run side by side
+    pid = tl.program_id(0)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pids_per_group = GROUP_M * num_pid_n
+    first_m = (pid // pids_per_group) * GROUP_M
+    group_rows = tl.minimum(num_m_blocks - first_m, GROUP_M)
+    pid_m = first_m + (pid % pids_per_group) % group_rows
+    pid_n = (pid % pids_per_group) // group_rows
+    if pid_m * BLOCK_M >= tl.load(num_post_pad_ptr):
+        return
+
+    # --- rows (gathered tokens) and columns (gate rows; up rows are N further on)
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pairs = tl.load(sorted_ids_ptr + offs_m)
+    row_ok = pairs < num_pairs
+    tokens = tl.where(row_ok, pairs // TOP_K, 0).to(tl.int64)  # padding reads row 0, never stored
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = offs_n % N  # columns past N wrap to valid rows and are never stored
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + tokens[:, None] * stride_am + offs_k[None, :] * stride_ak
+    g_ptrs = w_ptr + expert * stride_we + cols[None, :] * stride_wn + offs_k[:, None] * stride_wk
+    u_ptrs = g_ptrs + N * stride_wn
+
+    # --- main loop
+    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            g = tl.load(g_ptrs)
+            u = tl.load(u_ptrs)
+        else:
+            k_ok = offs_k < K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+            g = tl.load(g_ptrs, mask=k_ok[:, None], other=0.0)
+            u = tl.load(u_ptrs, mask=k_ok[:, None], other=0.0)
+        acc_g = tl.dot(a, g, acc_g)
+        acc_u = tl.dot(a, u, acc_u)
+        a_ptrs += BLOCK_K * stride_ak
+        g_ptrs += BLOCK_K * stride_wk
+        u_ptrs += BLOCK_K * stride_wk
+
+    # --- epilogue: silu(gate) · up, stored at the pair's row
+    act = acc_g * tl.sigmoid(acc_g) * acc_u
+    out_ptrs = out_ptr + pairs[:, None].to(tl.int64) * stride_om + offs_n[None, :] * stride_on
+    tl.store(out_ptrs, act.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < N))
+
+
+def _moe_gemm2_kernel(a_ptr, w_ptr, out_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr,
+                      num_post_pad_ptr, num_pairs, N, K, num_m_blocks,
+                      stride_am, stride_ak, stride_we, stride_wn, stride_wk, stride_om, stride_on,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
+    """out[p, n] = weight_p · (act_p · w2[e, n]) for pair p routed to expert e."""
+    # --- which block
+    pid = tl.program_id(0)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    pids_per_group = GROUP_M * num_pid_n
+    first_m = (pid // pids_per_group) * GROUP_M
+    group_rows = tl.minimum(num_m_blocks - first_m, GROUP_M)
+    pid_m = first_m + (pid % pids_per_group) % group_rows
+    pid_n = (pid % pids_per_group) // group_rows
+    if pid_m * BLOCK_M >= tl.load(num_post_pad_ptr):
+        return
+
+    # --- rows are pairs (GEMM 1 wrote them at the pair's row), columns are hidden units
+    expert = tl.load(expert_ids_ptr + pid_m).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pairs = tl.load(sorted_ids_ptr + offs_m)
+    row_ok = pairs < num_pairs
+    rows = tl.where(row_ok, pairs, 0).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = offs_n % N
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = a_ptr + rows[:, None] * stride_am + offs_k[None, :] * stride_ak
+    w_ptrs = w_ptr + expert * stride_we + cols[None, :] * stride_wn + offs_k[:, None] * stride_wk
+
+    # --- main loop
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            k_ok = offs_k < K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
+            w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+        acc = tl.dot(a, w, acc)
+        a_ptrs += BLOCK_K * stride_ak
+        w_ptrs += BLOCK_K * stride_wk
+
+    # --- epilogue: scale by the routing weight
+    weight = tl.load(topk_weights_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    acc = acc * weight[:, None]
+    out_ptrs = out_ptr + rows[:, None] * stride_om + offs_n[None, :] * stride_on
+    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < N))
+
+
+def _moe_sum_kernel(x_ptr, out_ptr, H, stride_xm, stride_om,
+                    TOP_K: tl.constexpr, BLOCK_H: tl.constexpr):
+    """out[t] = Σ_j x[t·k + j], accumulated in fp32."""
+    token = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    ok = offs < H
+    acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for j in tl.static_range(TOP_K):
+        acc += tl.load(x_ptr + (token * TOP_K + j) * stride_xm + offs, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + token * stride_om + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+@functools.cache
+def _kernels(interpret: bool) -> SimpleNamespace:
+    """The jitted kernels, built under the mode asked for (one set per mode, built once)."""
+    previous = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+    try:
+        return SimpleNamespace(
+            count=triton.jit(_moe_count_kernel),
+            align=triton.jit(_moe_align_kernel),
+            gemm1=triton.jit(_moe_gemm1_kernel),
+            gemm2=triton.jit(_moe_gemm2_kernel),
+            sum=triton.jit(_moe_sum_kernel),
+        )
+    finally:
+        if previous is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = previous
+
+
+# --------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------
+
+
+def _use_interpreter(t: torch.Tensor) -> bool:
+    if t.is_cuda:
+        return False
+    check(interpreter_enabled(), f"Triton kernels need CUDA tensors (got device {t.device}) unless "
+                                  "TRITON_INTERPRET=1 is set")
+    return True
+
+
+def max_padded_pairs(num_pairs: int, num_experts: int, block_m: int) -> int:
+    """Upper bound of the aligned length: each expert that gets a pair pads at most BLOCK_M - 1."""
+    return num_pairs + min(num_experts, num_pairs) * (block_m - 1)
+
+
+def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int, *, chunk: int | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Group the T·k pairs by expert, padded per expert to BLOCK_M, without a host sync.
+
+    Returns sorted_ids [num_m_blocks·BLOCK_M] int32 (pair ids; padding holds T·k), expert_ids
+    [num_m_blocks] int32 (-1 past the end) and num_post_pad [1] int32 (the padded length).
+    num_m_blocks is a bound known on the host; the GEMMs skip blocks at or past num_post_pad.
+    `chunk` (pairs per program, a power of two) is for tests that want the multi-program path.
+    """
+    check(topk_ids.dim() == 2, f"moe_align: topk_ids must be 2-D [T, k], got shape {tuple(topk_ids.shape)}")
+    check(topk_ids.dtype in (torch.int32, torch.int64),
+           f"moe_align: topk_ids must be int32 or int64, got {topk_ids.dtype}")
+    check_contiguous("moe_align: topk_ids", topk_ids)
+    check(block_m >= 16 and block_m & (block_m - 1) == 0,
+           f"moe_align: BLOCK_M must be a power of two >= 16, got {block_m}")
+    interpret = _use_interpreter(topk_ids)
+    num_pairs = topk_ids.numel()
+    device = topk_ids.device
+    num_m_blocks = triton.cdiv(max_padded_pairs(num_pairs, num_experts, block_m), block_m)
+    sorted_ids = torch.empty(num_m_blocks * block_m, dtype=torch.int32, device=device)
+    expert_ids = torch.empty(num_m_blocks, dtype=torch.int32, device=device)
+    num_post_pad = torch.empty(1, dtype=torch.int32, device=device)
+
+    e_pad = triton.next_power_of_2(num_experts)
+    if chunk is None:
+        chunk = max(16, min(1024, 16384 // e_pad))
+    num_chunks = triton.cdiv(num_pairs, chunk)
+    rows = max(2, min(64, 8192 // e_pad))
+    num_warps = 8 if e_pad * chunk >= 8192 else 4
+    k = _kernels(interpret)
+    if num_chunks == 1:
+        chunk_counts = sorted_ids  # unused when SINGLE
+    else:
+        chunk_counts = torch.empty(num_chunks, e_pad, dtype=torch.int32, device=device)
+        k.count[(num_chunks,)](topk_ids, chunk_counts, num_pairs, num_experts,
+                               E_PAD=e_pad, CHUNK=chunk, num_warps=num_warps)
+    k.align[(num_chunks,)](topk_ids, chunk_counts, sorted_ids, expert_ids, num_post_pad,
+                           num_pairs, num_experts, num_chunks, num_m_blocks,
+                           BLOCK_M=block_m, E_PAD=e_pad, CHUNK=chunk, ROWS=rows,
+                           SINGLE=num_chunks == 1, num_warps=num_warps)
+    return sorted_ids, expert_ids, num_post_pad
+
+
+def fused_moe_triton(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                     topk_weights: torch.Tensor, topk_ids: torch.Tensor, *,
+                     config: Config | None = None) -> torch.Tensor:
+    """The routed MoE output [T, H] through the Triton kernels (CUDA, or CPU under the interpreter)."""
+    check_moe_inputs(hidden, w13, w2, topk_weights, topk_ids, where="fused_moe_triton")
+    interpret = _use_interpreter(hidden)
+    check(not (interpret and hidden.dtype == torch.bfloat16),
+           "fused_moe_triton: the Triton interpreter computes garbage for bfloat16; use float16/float32 "
+           "on the CPU, or the torch path")
+    num_tokens, hidden_size = hidden.shape
+    num_experts, two_inter, _ = w13.shape
+    inter = two_inter // 2
+    top_k = topk_ids.shape[1]
+    num_pairs = num_tokens * top_k
+    out = torch.empty_like(hidden)
+    if num_tokens == 0:
+        return out
+
+    if config is None:
+        device_name = torch.cuda.get_device_name(hidden.device) if hidden.is_cuda else None
+        config = get_config(num_tokens, num_experts, inter, top_k, device_name, interpret)
+    cfg1, cfg2 = gemm_configs(config)
+    for cfg in (cfg1, cfg2):
+        for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
+            check(cfg[key] >= 16 and cfg[key] & (cfg[key] - 1) == 0,
+                   f"fused_moe_triton: {key} must be a power of two >= 16 (tl.dot needs it), got {cfg[key]}")
+    block_m = cfg1["BLOCK_M"]
+
+    sorted_ids, expert_ids, num_post_pad = moe_align(topk_ids, num_experts, block_m)
+    num_m_blocks = expert_ids.numel()
+    k = _kernels(interpret)
+
+    # --- GEMM 1: [P, H] x [E, 2I, H] -> silu(gate) * up, [P, I]
+    act = torch.empty(num_pairs, inter, dtype=hidden.dtype, device=hidden.device)
+    grid1 = (num_m_blocks * triton.cdiv(inter, cfg1["BLOCK_N"]),)
+    k.gemm1[grid1](
+        hidden, w13, act, sorted_ids, expert_ids, num_post_pad,
+        num_pairs, inter, hidden_size, num_m_blocks,
+        hidden.stride(0), hidden.stride(1), w13.stride(0), w13.stride(1), w13.stride(2),
+        act.stride(0), act.stride(1),
+        TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=cfg1["BLOCK_N"], BLOCK_K=cfg1["BLOCK_K"],
+        GROUP_M=cfg1["GROUP_M"], EVEN_K=hidden_size % cfg1["BLOCK_K"] == 0,
+        num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"],
+    )
+
+    # --- GEMM 2: [P, I] x [E, H, I] -> weighted [P, H]; with k = 1 it writes the output itself
+    per_pair = out if top_k == 1 else torch.empty(num_pairs, hidden_size, dtype=hidden.dtype,
+                                                  device=hidden.device)
+    grid2 = (num_m_blocks * triton.cdiv(hidden_size, cfg2["BLOCK_N"]),)
+    k.gemm2[grid2](
+        act, w2, per_pair, topk_weights, sorted_ids, expert_ids, num_post_pad,
+        num_pairs, hidden_size, inter, num_m_blocks,
+        act.stride(0), act.stride(1), w2.stride(0), w2.stride(1), w2.stride(2),
+        per_pair.stride(0), per_pair.stride(1),
+        BLOCK_M=block_m, BLOCK_N=cfg2["BLOCK_N"], BLOCK_K=cfg2["BLOCK_K"],
+        GROUP_M=cfg2["GROUP_M"], EVEN_K=inter % cfg2["BLOCK_K"] == 0,
+        num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"],
+    )
+    if top_k == 1:
+        return out
+
+    # --- Σ over the k experts of each token
+    block_h = min(1024, triton.next_power_of_2(hidden_size))
+    k.sum[(num_tokens, triton.cdiv(hidden_size, block_h))](
+        per_pair, out, hidden_size, per_pair.stride(0), out.stride(0),
+        TOP_K=top_k, BLOCK_H=block_h, num_warps=4,
+    )
+    return out
