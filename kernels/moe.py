@@ -8,7 +8,6 @@ for tests). Without triton installed (CPU-only workers) everything goes to the t
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 
 import torch
@@ -19,8 +18,7 @@ from kernels.torch_moe import moe_torch
 
 @functools.cache
 def triton_available() -> bool:
-    if importlib.util.find_spec("triton") is None:
-        return False
+    """Whether the Triton kernels can load here (imports triton on first call, not before)."""
     try:
         import kernels.triton_moe  # noqa: F401
     except ImportError:  # a triton that cannot load (no driver libraries, wrong version) counts as absent
@@ -34,11 +32,8 @@ def _interpreter_requested() -> bool:
 
 def backend_for(hidden: torch.Tensor) -> str:
     """'triton' or 'torch': which implementation fused_moe runs for a tensor on this device."""
-    if not triton_available():
-        return "torch"
-    if hidden.is_cuda or (hidden.device.type == "cpu" and _interpreter_requested()):
-        return "triton"
-    return "torch"
+    wants_triton = hidden.is_cuda or (hidden.device.type == "cpu" and _interpreter_requested())
+    return "triton" if wants_triton and triton_available() else "torch"
 
 
 def fused_moe(

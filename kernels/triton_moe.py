@@ -9,6 +9,11 @@ which is also what lets the Triton interpreter run every kernel on CPU tensors.
 The kernels below are plain functions; `_kernels(interpret)` wraps them with `triton.jit` on first
 use. Deciding interpret-or-compile at call time rather than import time means a process can import
 this module before or after TRITON_INTERPRET is set (as a pytest session that mixes suites does).
+For the same reason the kernels call only Triton builtins, never the @jit functions of
+triton.language.standard (tl.sum, tl.cumsum, tl.cdiv, tl.sigmoid, tl.zeros): those are jitted once,
+in whatever mode was on when triton was imported, and a compiled one cannot run in the interpreter.
+Sums and prefix sums go through tl.reduce / tl.associative_scan with the standard add combiner,
+which both the compiler and the interpreter (as numpy) understand.
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ from kernels.checks import MoEInputError, check, check_contiguous, check_moe_inp
 from kernels.configs import Config, gemm_configs, get_config
 
 __all__ = ["MoEInputError", "fused_moe_triton", "moe_align"]
+
+
+_ADD = tl.standard._sum_combine  # see the module docstring
 
 
 def interpreter_enabled() -> bool:
@@ -45,7 +53,7 @@ def _moe_count_kernel(topk_ids_ptr, chunk_counts_ptr, num_pairs, num_experts,
     ids = tl.load(topk_ids_ptr + offs, mask=offs < num_pairs, other=-1).to(tl.int32)
     ok = (offs < num_pairs) & (ids >= 0) & (ids < num_experts)
     hit = ((ids[:, None] == experts[None, :]) & ok[:, None]).to(tl.int32)
-    tl.store(chunk_counts_ptr + pid * E_PAD + experts, tl.sum(hit, axis=0))
+    tl.store(chunk_counts_ptr + pid * E_PAD + experts, tl.reduce(hit, 0, _ADD))
 
 
 def _moe_align_kernel(topk_ids_ptr, chunk_counts_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr,
@@ -68,27 +76,27 @@ def _moe_align_kernel(topk_ids_ptr, chunk_counts_ptr, sorted_ids_ptr, expert_ids
 
     # --- pairs per expert: in all, and in the chunks before this one
     if SINGLE:
-        counts = tl.sum(hit, axis=0)
-        before = tl.zeros([E_PAD], dtype=tl.int32)
+        counts = tl.reduce(hit, 0, _ADD)
+        before = tl.full([E_PAD], 0, tl.int32)
     else:
-        counts = tl.zeros([E_PAD], dtype=tl.int32)
-        before = tl.zeros([E_PAD], dtype=tl.int32)
+        counts = tl.full([E_PAD], 0, tl.int32)
+        before = tl.full([E_PAD], 0, tl.int32)
         for r0 in range(0, num_chunks, ROWS):
             rows = r0 + tl.arange(0, ROWS)
             tile = tl.load(chunk_counts_ptr + rows[:, None] * E_PAD + experts[None, :],
                            mask=rows[:, None] < num_chunks, other=0)
-            counts += tl.sum(tile, axis=0)
-            before += tl.sum(tl.where(rows[:, None] < pid, tile, 0), axis=0)
+            counts += tl.reduce(tile, 0, _ADD)
+            before += tl.reduce(tl.where(rows[:, None] < pid, tile, 0), 0, _ADD)
 
     # --- each expert's padded run [starts, ends)
-    padded = tl.cdiv(counts, BLOCK_M) * BLOCK_M
-    ends = tl.cumsum(padded, axis=0)
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    ends = tl.associative_scan(padded, 0, _ADD)
     starts = ends - padded
-    total = tl.sum(padded, axis=0)
+    total = tl.reduce(padded, 0, _ADD)
 
     # --- this chunk's pairs into their runs
-    rank = tl.cumsum(hit, axis=0)  # 1-based rank of a pair among this chunk's pairs of its expert
-    pos = tl.sum(tl.where(hit != 0, (starts + before)[None, :] + rank - 1, 0), axis=1)
+    rank = tl.associative_scan(hit, 0, _ADD)  # 1-based rank of a pair among this chunk's pairs of its expert
+    pos = tl.reduce(tl.where(hit != 0, (starts + before)[None, :] + rank - 1, 0), 1, _ADD)
     tl.store(sorted_ids_ptr + pos, offs, mask=ok)
 
     # --- padding slots get the sentinel, blocks get their expert; programs share the slots
@@ -96,14 +104,14 @@ def _moe_align_kernel(topk_ids_ptr, chunk_counts_ptr, sorted_ids_ptr, expert_ids
     max_len = num_m_blocks * BLOCK_M
     for s0 in range(pid * CHUNK, max_len, nprog * CHUNK):
         slots = s0 + tl.arange(0, CHUNK)
-        owner = tl.sum((ends[None, :] <= slots[:, None]).to(tl.int32), axis=1)
-        owner_fill_end = tl.sum(tl.where(experts[None, :] == owner[:, None], fill_end[None, :], 0), axis=1)
-        sentinel = tl.zeros([CHUNK], dtype=tl.int32) + num_pairs
+        owner = tl.reduce((ends[None, :] <= slots[:, None]).to(tl.int32), 1, _ADD)
+        owner_fill_end = tl.reduce(tl.where(experts[None, :] == owner[:, None], fill_end[None, :], 0), 1, _ADD)
+        sentinel = tl.full([CHUNK], 0, tl.int32) + num_pairs
         tl.store(sorted_ids_ptr + slots, sentinel, mask=(slots >= owner_fill_end) & (slots < max_len))
     for b0 in range(pid * CHUNK, num_m_blocks, nprog * CHUNK):
         blocks = b0 + tl.arange(0, CHUNK)
         first = blocks * BLOCK_M
-        owner = tl.sum((ends[None, :] <= first[:, None]).to(tl.int32), axis=1)
+        owner = tl.reduce((ends[None, :] <= first[:, None]).to(tl.int32), 1, _ADD)
         owner = tl.where(first < total, owner, -1)
         tl.store(expert_ids_ptr + blocks, owner, mask=blocks < num_m_blocks)
     if pid == 0:
@@ -118,7 +126,7 @@ def _moe_gemm1_kernel(a_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, num
     """out[p, n] = silu(x_t · w13[e, n]) · (x_t · w13[e, N + n]) for pair p of token t, expert e."""
     # --- which block: grouped ordering, so blocks that share an expert run side by side
     pid = tl.program_id(0)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
     pids_per_group = GROUP_M * num_pid_n
     first_m = (pid // pids_per_group) * GROUP_M
     group_rows = tl.minimum(num_m_blocks - first_m, GROUP_M)
@@ -141,9 +149,9 @@ def _moe_gemm1_kernel(a_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, num
     u_ptrs = g_ptrs + N * stride_wn
 
     # --- main loop
-    acc_g = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    acc_u = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
+    acc_g = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    acc_u = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for k in range(0, (K + BLOCK_K - 1) // BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs)
             g = tl.load(g_ptrs)
@@ -160,7 +168,7 @@ def _moe_gemm1_kernel(a_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, num
         u_ptrs += BLOCK_K * stride_wk
 
     # --- epilogue: silu(gate) · up, stored at the pair's row
-    act = acc_g * tl.sigmoid(acc_g) * acc_u
+    act = acc_g / (1.0 + tl.exp(-acc_g)) * acc_u  # silu(g) = g·sigmoid(g)
     out_ptrs = out_ptr + pairs[:, None].to(tl.int64) * stride_om + offs_n[None, :] * stride_on
     tl.store(out_ptrs, act.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < N))
 
@@ -173,7 +181,7 @@ def _moe_gemm2_kernel(a_ptr, w_ptr, out_ptr, topk_weights_ptr, sorted_ids_ptr, e
     """out[p, n] = weight_p · (act_p · w2[e, n]) for pair p routed to expert e."""
     # --- which block
     pid = tl.program_id(0)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
     pids_per_group = GROUP_M * num_pid_n
     first_m = (pid // pids_per_group) * GROUP_M
     group_rows = tl.minimum(num_m_blocks - first_m, GROUP_M)
@@ -195,8 +203,8 @@ def _moe_gemm2_kernel(a_ptr, w_ptr, out_ptr, topk_weights_ptr, sorted_ids_ptr, e
     w_ptrs = w_ptr + expert * stride_we + cols[None, :] * stride_wn + offs_k[:, None] * stride_wk
 
     # --- main loop
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for k in range(0, (K + BLOCK_K - 1) // BLOCK_K):
         if EVEN_K:
             a = tl.load(a_ptrs)
             w = tl.load(w_ptrs)
@@ -221,7 +229,7 @@ def _moe_sum_kernel(x_ptr, out_ptr, H, stride_xm, stride_om,
     token = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     ok = offs < H
-    acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.full([BLOCK_H], 0.0, tl.float32)
     for j in tl.static_range(TOP_K):
         acc += tl.load(x_ptr + (token * TOP_K + j) * stride_xm + offs, mask=ok, other=0.0).to(tl.float32)
     tl.store(out_ptr + token * stride_om + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
