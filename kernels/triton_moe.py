@@ -29,7 +29,7 @@ import triton.language as tl
 from kernels.checks import MoEInputError, check, check_contiguous, check_moe_inputs
 from kernels.configs import Config, gemm_configs, get_config
 
-__all__ = ["MoEInputError", "fused_moe_triton", "moe_align"]
+__all__ = ["MoEInputError", "fused_moe_triton", "moe_align", "moe_gemm1", "moe_gemm2", "moe_sum"]
 
 
 _ADD = tl.standard._sum_combine  # see the module docstring
@@ -316,6 +316,77 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int, *, chunk: 
     return sorted_ids, expert_ids, num_post_pad
 
 
+def _check_tiles(cfg: Config, where: str) -> None:
+    for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
+        check(cfg[key] >= 16 and cfg[key] & (cfg[key] - 1) == 0,
+              f"{where}: {key} must be a power of two >= 16 (tl.dot needs it), got {cfg[key]}")
+
+
+def moe_gemm1(hidden: torch.Tensor, w13: torch.Tensor, sorted_ids: torch.Tensor, expert_ids: torch.Tensor,
+              num_post_pad: torch.Tensor, top_k: int, cfg: Config) -> torch.Tensor:
+    """GEMM 1 over the aligned pairs: silu(x·gateᵀ)·(x·upᵀ) → [P, I], row p for pair p."""
+    _check_tiles(cfg, "moe_gemm1")
+    num_tokens, hidden_size = hidden.shape
+    inter = w13.shape[1] // 2
+    num_pairs = num_tokens * top_k
+    num_m_blocks = expert_ids.numel()
+    check(sorted_ids.numel() == num_m_blocks * cfg["BLOCK_M"],
+          f"moe_gemm1: sorted_ids has {sorted_ids.numel()} slots, expected {num_m_blocks} blocks of "
+          f"BLOCK_M = {cfg['BLOCK_M']} (align and GEMM must share BLOCK_M)")
+    act = torch.empty(num_pairs, inter, dtype=hidden.dtype, device=hidden.device)
+    grid = (num_m_blocks * triton.cdiv(inter, cfg["BLOCK_N"]),)
+    _kernels(_use_interpreter(hidden)).gemm1[grid](
+        hidden, w13, act, sorted_ids, expert_ids, num_post_pad,
+        num_pairs, inter, hidden_size, num_m_blocks,
+        hidden.stride(0), hidden.stride(1), w13.stride(0), w13.stride(1), w13.stride(2),
+        act.stride(0), act.stride(1),
+        TOP_K=top_k, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        GROUP_M=cfg["GROUP_M"], EVEN_K=hidden_size % cfg["BLOCK_K"] == 0,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return act
+
+
+def moe_gemm2(act: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: torch.Tensor,
+              expert_ids: torch.Tensor, num_post_pad: torch.Tensor, cfg: Config,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """GEMM 2 over the aligned pairs: weight_p · act_p·w2[e]ᵀ → [P, H] (into `out` if given)."""
+    _check_tiles(cfg, "moe_gemm2")
+    num_pairs, inter = act.shape
+    hidden_size = w2.shape[1]
+    num_m_blocks = expert_ids.numel()
+    check(topk_weights.numel() == num_pairs,
+          f"moe_gemm2: {topk_weights.numel()} routing weights for {num_pairs} pairs")
+    if out is None:
+        out = torch.empty(num_pairs, hidden_size, dtype=act.dtype, device=act.device)
+    check(tuple(out.shape) == (num_pairs, hidden_size),
+          f"moe_gemm2: out must be [P, H] = {(num_pairs, hidden_size)}, got {tuple(out.shape)}")
+    grid = (num_m_blocks * triton.cdiv(hidden_size, cfg["BLOCK_N"]),)
+    _kernels(_use_interpreter(act)).gemm2[grid](
+        act, w2, out, topk_weights, sorted_ids, expert_ids, num_post_pad,
+        num_pairs, hidden_size, inter, num_m_blocks,
+        act.stride(0), act.stride(1), w2.stride(0), w2.stride(1), w2.stride(2),
+        out.stride(0), out.stride(1),
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        GROUP_M=cfg["GROUP_M"], EVEN_K=inter % cfg["BLOCK_K"] == 0,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    return out
+
+
+def moe_sum(per_pair: torch.Tensor, top_k: int, out: torch.Tensor) -> torch.Tensor:
+    """out[t] = Σ_j per_pair[t·k + j], accumulated in fp32."""
+    num_tokens, hidden_size = out.shape
+    check(tuple(per_pair.shape) == (num_tokens * top_k, hidden_size),
+          f"moe_sum: per_pair must be [T·k, H] = {(num_tokens * top_k, hidden_size)}, got {tuple(per_pair.shape)}")
+    block_h = min(1024, triton.next_power_of_2(hidden_size))
+    _kernels(_use_interpreter(out)).sum[(num_tokens, triton.cdiv(hidden_size, block_h))](
+        per_pair, out, hidden_size, per_pair.stride(0), out.stride(0),
+        TOP_K=top_k, BLOCK_H=block_h, num_warps=4,
+    )
+    return out
+
+
 def fused_moe_triton(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
                      topk_weights: torch.Tensor, topk_ids: torch.Tensor, *,
                      config: Config | None = None) -> torch.Tensor:
@@ -323,64 +394,24 @@ def fused_moe_triton(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     check_moe_inputs(hidden, w13, w2, topk_weights, topk_ids, where="fused_moe_triton")
     interpret = _use_interpreter(hidden)
     check(not (interpret and hidden.dtype == torch.bfloat16),
-           "fused_moe_triton: the Triton interpreter computes garbage for bfloat16; use float16/float32 "
-           "on the CPU, or the torch path")
+          "fused_moe_triton: the Triton interpreter computes garbage for bfloat16; use float16/float32 "
+          "on the CPU, or the torch path")
     num_tokens, hidden_size = hidden.shape
     num_experts, two_inter, _ = w13.shape
-    inter = two_inter // 2
     top_k = topk_ids.shape[1]
-    num_pairs = num_tokens * top_k
     out = torch.empty_like(hidden)
     if num_tokens == 0:
         return out
-
     if config is None:
         device_name = torch.cuda.get_device_name(hidden.device) if hidden.is_cuda else None
-        config = get_config(num_tokens, num_experts, inter, top_k, device_name, interpret)
+        config = get_config(num_tokens, num_experts, two_inter // 2, top_k, device_name, interpret)
     cfg1, cfg2 = gemm_configs(config)
-    for cfg in (cfg1, cfg2):
-        for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
-            check(cfg[key] >= 16 and cfg[key] & (cfg[key] - 1) == 0,
-                   f"fused_moe_triton: {key} must be a power of two >= 16 (tl.dot needs it), got {cfg[key]}")
-    block_m = cfg1["BLOCK_M"]
+    _check_tiles(cfg1, "fused_moe_triton")
+    _check_tiles(cfg2, "fused_moe_triton")
 
-    sorted_ids, expert_ids, num_post_pad = moe_align(topk_ids, num_experts, block_m)
-    num_m_blocks = expert_ids.numel()
-    k = _kernels(interpret)
-
-    # --- GEMM 1: [P, H] x [E, 2I, H] -> silu(gate) * up, [P, I]
-    act = torch.empty(num_pairs, inter, dtype=hidden.dtype, device=hidden.device)
-    grid1 = (num_m_blocks * triton.cdiv(inter, cfg1["BLOCK_N"]),)
-    k.gemm1[grid1](
-        hidden, w13, act, sorted_ids, expert_ids, num_post_pad,
-        num_pairs, inter, hidden_size, num_m_blocks,
-        hidden.stride(0), hidden.stride(1), w13.stride(0), w13.stride(1), w13.stride(2),
-        act.stride(0), act.stride(1),
-        TOP_K=top_k, BLOCK_M=block_m, BLOCK_N=cfg1["BLOCK_N"], BLOCK_K=cfg1["BLOCK_K"],
-        GROUP_M=cfg1["GROUP_M"], EVEN_K=hidden_size % cfg1["BLOCK_K"] == 0,
-        num_warps=cfg1["num_warps"], num_stages=cfg1["num_stages"],
-    )
-
-    # --- GEMM 2: [P, I] x [E, H, I] -> weighted [P, H]; with k = 1 it writes the output itself
-    per_pair = out if top_k == 1 else torch.empty(num_pairs, hidden_size, dtype=hidden.dtype,
-                                                  device=hidden.device)
-    grid2 = (num_m_blocks * triton.cdiv(hidden_size, cfg2["BLOCK_N"]),)
-    k.gemm2[grid2](
-        act, w2, per_pair, topk_weights, sorted_ids, expert_ids, num_post_pad,
-        num_pairs, hidden_size, inter, num_m_blocks,
-        act.stride(0), act.stride(1), w2.stride(0), w2.stride(1), w2.stride(2),
-        per_pair.stride(0), per_pair.stride(1),
-        BLOCK_M=block_m, BLOCK_N=cfg2["BLOCK_N"], BLOCK_K=cfg2["BLOCK_K"],
-        GROUP_M=cfg2["GROUP_M"], EVEN_K=inter % cfg2["BLOCK_K"] == 0,
-        num_warps=cfg2["num_warps"], num_stages=cfg2["num_stages"],
-    )
-    if top_k == 1:
-        return out
-
-    # --- Σ over the k experts of each token
-    block_h = min(1024, triton.next_power_of_2(hidden_size))
-    k.sum[(num_tokens, triton.cdiv(hidden_size, block_h))](
-        per_pair, out, hidden_size, per_pair.stride(0), out.stride(0),
-        TOP_K=top_k, BLOCK_H=block_h, num_warps=4,
-    )
-    return out
+    sorted_ids, expert_ids, num_post_pad = moe_align(topk_ids, num_experts, cfg1["BLOCK_M"])
+    act = moe_gemm1(hidden, w13, sorted_ids, expert_ids, num_post_pad, top_k, cfg1)  # [P, I]
+    if top_k == 1:  # one pair per token: GEMM 2 writes the output itself
+        return moe_gemm2(act, w2, topk_weights, sorted_ids, expert_ids, num_post_pad, cfg2, out=out)
+    per_pair = moe_gemm2(act, w2, topk_weights, sorted_ids, expert_ids, num_post_pad, cfg2)  # [P, H]
+    return moe_sum(per_pair, top_k, out)
