@@ -241,11 +241,14 @@ def _kernels(interpret: bool) -> SimpleNamespace:
     previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
     try:
+        # Token-dependent integers are not specialised on (Triton would otherwise compile a variant
+        # for each of "== 1", "% 16 == 0" and neither), so one compile serves every batch size.
+        per_call = ["num_pairs", "num_m_blocks"]
         return SimpleNamespace(
-            count=triton.jit(_moe_count_kernel),
-            align=triton.jit(_moe_align_kernel),
-            gemm1=triton.jit(_moe_gemm1_kernel),
-            gemm2=triton.jit(_moe_gemm2_kernel),
+            count=triton.jit(_moe_count_kernel, do_not_specialize=["num_pairs"]),
+            align=triton.jit(_moe_align_kernel, do_not_specialize=[*per_call, "num_chunks"]),
+            gemm1=triton.jit(_moe_gemm1_kernel, do_not_specialize=per_call),
+            gemm2=triton.jit(_moe_gemm2_kernel, do_not_specialize=per_call),
             sum=triton.jit(_moe_sum_kernel),
         )
     finally:
