@@ -63,11 +63,18 @@ def random_routing(num_tokens: int, num_experts: int, top_k: int, *, routing: st
 def random_problem(num_tokens: int, hidden_size: int, inter: int, num_experts: int, top_k: int, *,
                    dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                    routing: str = "random", seed: int = 0) -> MoEProblem:
-    """Weights scaled so that every stage's output is O(1) (no overflow in fp16, no vanishing)."""
+    """Weights scaled so that every stage's output is O(1) (no overflow in fp16, no vanishing).
+
+    Tensors are drawn on `device` itself: a DeepSeek-V3 layer's 7.5 G weights would take a minute
+    to draw on a CPU.
+    """
     gen = torch.Generator().manual_seed(seed)
+    device_gen = torch.Generator(device=device).manual_seed(seed) if torch.device(device).type != "cpu" else gen
 
     def randn(*shape: int, scale: float = 1.0) -> torch.Tensor:
-        return (torch.randn(*shape, generator=gen) * scale).to(dtype=dtype, device=device)
+        if torch.device(device).type == "cpu":
+            return (torch.randn(*shape, generator=gen) * scale).to(dtype=dtype)
+        return torch.randn(*shape, generator=device_gen, device=device, dtype=dtype).mul_(scale)
 
     ids, weights = random_routing(num_tokens, num_experts, top_k, routing=routing, generator=gen, device=device)
     return MoEProblem(
