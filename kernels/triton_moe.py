@@ -119,9 +119,9 @@ def _moe_align_kernel(topk_ids_ptr, chunk_counts_ptr, sorted_ids_ptr, expert_ids
 
 
 def _moe_gemm1_kernel(a_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr,
-                      num_pairs, N, K, num_m_blocks,
+                      num_pairs, top_k, N, K, num_m_blocks,
                       stride_am, stride_ak, stride_we, stride_wn, stride_wk, stride_om, stride_on,
-                      TOP_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
     """out[p, n] = silu(x_t · w13[e, n]) · (x_t · w13[e, N + n]) for pair p of token t, expert e."""
     # --- which block: grouped ordering, so blocks that share an expert run side by side
@@ -140,7 +140,7 @@ def _moe_gemm1_kernel(a_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, num
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     pairs = tl.load(sorted_ids_ptr + offs_m)
     row_ok = pairs < num_pairs
-    tokens = tl.where(row_ok, pairs // TOP_K, 0).to(tl.int64)  # padding reads row 0, never stored
+    tokens = tl.where(row_ok, pairs // top_k, 0).to(tl.int64)  # padding reads row 0, never stored
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = offs_n % N  # columns past N wrap to valid rows and are never stored
     offs_k = tl.arange(0, BLOCK_K)
@@ -241,13 +241,14 @@ def _kernels(interpret: bool) -> SimpleNamespace:
     previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
     try:
-        # Token-dependent integers are not specialised on (Triton would otherwise compile a variant
-        # for each of "== 1", "% 16 == 0" and neither), so one compile serves every batch size.
+        # Token-dependent integers (and top-k) are not specialised on: Triton would otherwise compile
+        # a variant for each of "== 1", "% 16 == 0" and neither, and one compile should serve every
+        # batch size and both DeepSeek layer shapes.
         per_call = ["num_pairs", "num_m_blocks"]
         return SimpleNamespace(
             count=triton.jit(_moe_count_kernel, do_not_specialize=["num_pairs"]),
             align=triton.jit(_moe_align_kernel, do_not_specialize=[*per_call, "num_chunks"]),
-            gemm1=triton.jit(_moe_gemm1_kernel, do_not_specialize=per_call),
+            gemm1=triton.jit(_moe_gemm1_kernel, do_not_specialize=[*per_call, "top_k"]),
             gemm2=triton.jit(_moe_gemm2_kernel, do_not_specialize=per_call),
             sum=triton.jit(_moe_sum_kernel),
         )
@@ -340,10 +341,10 @@ def moe_gemm1(hidden: torch.Tensor, w13: torch.Tensor, sorted_ids: torch.Tensor,
     grid = (num_m_blocks * triton.cdiv(inter, cfg["BLOCK_N"]),)
     _kernels(_use_interpreter(hidden)).gemm1[grid](
         hidden, w13, act, sorted_ids, expert_ids, num_post_pad,
-        num_pairs, inter, hidden_size, num_m_blocks,
+        num_pairs, top_k, inter, hidden_size, num_m_blocks,
         hidden.stride(0), hidden.stride(1), w13.stride(0), w13.stride(1), w13.stride(2),
         act.stride(0), act.stride(1),
-        TOP_K=top_k, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
         GROUP_M=cfg["GROUP_M"], EVEN_K=hidden_size % cfg["BLOCK_K"] == 0,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )

@@ -143,7 +143,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int)
     parser.add_argument("--inter", type=int)
     parser.add_argument("--top-k", type=int)
-    parser.add_argument("--tokens", type=int, nargs="+", default=[1, 8, 64, 512, 4096])
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1, 64, 4096, 8, 512],
+                        help="in order of importance: a spent budget leaves the later ones at the default")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--budget-s", type=float, default=600.0, help="wall-clock budget for all shapes")
     parser.add_argument("--out-dir", type=Path, default=CONFIG_DIR)
@@ -164,9 +165,11 @@ def main() -> None:
     device_name = torch.cuda.get_device_name()
     deadline = time.monotonic() + args.budget_s
     bundle = {}
-    for hidden, inter, experts, top_k in shapes:
+    for index, (hidden, inter, experts, top_k) in enumerate(shapes):
+        # each shape gets an equal share of what is left, so a slow first shape cannot starve the rest
+        shape_deadline = time.monotonic() + (deadline - time.monotonic()) / (len(shapes) - index)
         print(f"{device_name}: H={hidden} I={inter} E={experts} k={top_k}", flush=True)
-        table = tune_shape(hidden, inter, experts, top_k, args.tokens, deadline=deadline,
+        table = tune_shape(hidden, inter, experts, top_k, args.tokens, deadline=shape_deadline,
                            dtype=getattr(torch, args.dtype), log=lambda msg: print(msg, flush=True))
         if table:
             path = write_table(table, experts, inter, device_name, args.out_dir)

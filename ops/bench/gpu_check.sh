@@ -26,7 +26,7 @@ timeout "$TEST_LIMIT" $PY -m pytest -q -o addopts="" -p no:cacheprovider \
 echo "tests exit: ${PIPESTATUS[0]}" | tee -a "$OUT/tests.log"
 
 echo "== tuning (budget ${TUNE_BUDGET}s)"
-timeout $((TUNE_BUDGET + 60)) $PY -m kernels.tune --shapes V2-Lite V3 --tokens 1 8 64 512 4096 \
+timeout $((TUNE_BUDGET + 60)) $PY -m kernels.tune --shapes V2-Lite V3 --tokens 1 64 4096 8 512 \
   --budget-s "$TUNE_BUDGET" --out-dir "$CFG_DIR" --bundle "$OUT/tuned_configs.json" 2>&1 | tee "$OUT/tune.log"
 echo "tune exit: ${PIPESTATUS[0]}" | tee -a "$OUT/tune.log"
 
