@@ -83,6 +83,28 @@ def get_config(
     return default_config(num_tokens, num_experts, top_k, interpret)
 
 
+SHARED_MEMORY_BUDGET = 200 * 1024  # under the 227 KiB a Hopper block may have, with room for the epilogue
+
+
+def fit_shared_memory(cfg: Config, element_size: int, b_tiles: int) -> Config:
+    """Shrink num_stages, then BLOCK_K, until the pipelined tiles fit in shared memory.
+
+    Tables and defaults are written for 2-byte types; fp32 doubles every tile, and GEMM 1 holds two
+    weight tiles (gate and up) per stage. Estimate: stages × (A tile + b_tiles × B tile).
+    """
+    cfg = dict(cfg)
+
+    def need() -> int:
+        tile = cfg["BLOCK_M"] * cfg["BLOCK_K"] + b_tiles * cfg["BLOCK_N"] * cfg["BLOCK_K"]
+        return cfg["num_stages"] * tile * element_size
+
+    while need() > SHARED_MEMORY_BUDGET and cfg["num_stages"] > 2:
+        cfg["num_stages"] -= 1
+    while need() > SHARED_MEMORY_BUDGET and cfg["BLOCK_K"] > 16:
+        cfg["BLOCK_K"] //= 2
+    return cfg
+
+
 def gemm_configs(cfg: Config) -> tuple[Config, Config]:
     """Split a config into the GEMM 1 and GEMM 2 settings (GEMM 2 may override all but BLOCK_M)."""
     base = {key: cfg[key] for key in CONFIG_KEYS}

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from kernels.checks import MoEInputError, check, check_contiguous, check_moe_inputs
-from kernels.configs import Config, gemm_configs, get_config
+from kernels.configs import Config, fit_shared_memory, gemm_configs, get_config
 
 __all__ = ["MoEInputError", "fused_moe_triton", "moe_align", "moe_gemm1", "moe_gemm2", "moe_sum"]
 
@@ -302,7 +302,8 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int, *, chunk: 
 
     e_pad = triton.next_power_of_2(num_experts)
     if chunk is None:
-        chunk = max(16, min(1024, 16384 // e_pad))
+        # [CHUNK, E_PAD] tiles: bounded for register pressure, and no wider than the pairs at decode
+        chunk = max(16, min(1024, 16384 // e_pad, triton.next_power_of_2(max(num_pairs, 1))))
     num_chunks = triton.cdiv(num_pairs, chunk)
     rows = max(2, min(64, 8192 // e_pad))
     num_warps = 8 if e_pad * chunk >= 8192 else 4
@@ -318,6 +319,11 @@ def moe_align(topk_ids: torch.Tensor, num_experts: int, block_m: int, *, chunk: 
                            BLOCK_M=block_m, E_PAD=e_pad, CHUNK=chunk, ROWS=rows,
                            SINGLE=num_chunks == 1, num_warps=num_warps)
     return sorted_ids, expert_ids, num_post_pad
+
+
+@functools.lru_cache(maxsize=16)
+def _device_name(index: int | None) -> str:
+    return torch.cuda.get_device_name(index)  # a driver query: kept off the per-call path
 
 
 def _check_tiles(cfg: Config, where: str) -> None:
@@ -407,9 +413,12 @@ def fused_moe_triton(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     if num_tokens == 0:
         return out
     if config is None:
-        device_name = torch.cuda.get_device_name(hidden.device) if hidden.is_cuda else None
+        device_name = _device_name(hidden.device.index) if hidden.is_cuda else None
         config = get_config(num_tokens, num_experts, two_inter // 2, top_k, device_name, interpret)
     cfg1, cfg2 = gemm_configs(config)
+    if not interpret:
+        cfg1 = fit_shared_memory(cfg1, hidden.element_size(), b_tiles=2)
+        cfg2 = fit_shared_memory(cfg2, hidden.element_size(), b_tiles=1)
     _check_tiles(cfg1, "fused_moe_triton")
     _check_tiles(cfg2, "fused_moe_triton")
 

@@ -4,7 +4,8 @@
 #   OUT=/some/dir bash ops/bench/gpu_check.sh
 # Everything lands in $OUT: logs, moe_cuda.{md,json}, tuned_configs.json (a bundle; split it into
 # kernels/configs/ with `python -m kernels.tune --unbundle tuned_configs.json`).
-# Each phase has its own time limit so a slow one cannot starve the benchmark.
+# Each phase has its own time limit so a slow one cannot starve the benchmark; a last phase
+# times each stage (align, GEMM 1, GEMM 2, sum) alone at 1 and 64 tokens.
 set -uo pipefail
 OUT=${OUT:-/tmp/moe_gpu_out}
 mkdir -p "$OUT"
@@ -34,3 +35,8 @@ echo "== benchmark"
 LEVEE_MOE_CONFIG_DIR=$CFG_DIR timeout "$BENCH_LIMIT" $PY ops/bench/moe.py --device cuda --out "$OUT" 2>&1 \
   | tee "$OUT/bench.log"
 echo "bench exit: ${PIPESTATUS[0]}" | tee -a "$OUT/bench.log"
+
+echo "== per-stage breakdown"
+LEVEE_MOE_CONFIG_DIR=$CFG_DIR timeout "${BREAKDOWN_LIMIT:-90}" $PY ops/bench/moe.py --device cuda \
+  --breakdown-tokens 1 64 --out "$OUT" 2>&1 | tee "$OUT/breakdown.log"
+echo "breakdown exit: ${PIPESTATUS[0]}" | tee -a "$OUT/breakdown.log"

@@ -200,6 +200,47 @@ def run_cuda(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def run_breakdown(args: argparse.Namespace) -> list[dict]:
+    """Per-stage graph times (align, GEMM 1, GEMM 2, sum) with the launcher's own configs."""
+    from kernels.configs import fit_shared_memory, gemm_configs, get_config
+    from kernels.triton_moe import moe_align, moe_gemm1, moe_gemm2, moe_sum
+
+    device = torch.device("cuda")
+    dtype = torch.bfloat16
+    flush = L2Flush(device)
+    name = torch.cuda.get_device_name(device)
+    rows = []
+    for shape in args.shapes:
+        hidden, inter, experts, top_k = SHAPES[shape]
+        base = random_problem(1, hidden, inter, experts, top_k, dtype=dtype, device=device, seed=0)
+        w13, w2 = base.w13, base.w2
+        for tokens in args.breakdown_tokens:
+            gen = torch.Generator().manual_seed(tokens)
+            ids, weights = random_routing(tokens, experts, top_k, generator=gen, device=device)
+            x = torch.randn(tokens, hidden, generator=gen).to(device=device, dtype=dtype)
+            cfg1, cfg2 = gemm_configs(get_config(tokens, experts, inter, top_k, name))
+            cfg1, cfg2 = fit_shared_memory(cfg1, 2, 2), fit_shared_memory(cfg2, 2, 1)
+            aligned = moe_align(ids, experts, cfg1["BLOCK_M"])
+            act = moe_gemm1(x, w13, *aligned, top_k, cfg1)
+            per_pair = moe_gemm2(act, w2, weights, *aligned, cfg2)
+            out = torch.empty_like(x)
+            stages = {
+                "align": lambda: moe_align(ids, experts, cfg1["BLOCK_M"]),
+                "gemm1": lambda: moe_gemm1(x, w13, *aligned, top_k, cfg1),
+                "gemm2": lambda: moe_gemm2(act, w2, weights, *aligned, cfg2, out=per_pair),
+                "sum": lambda: moe_sum(per_pair, top_k, out),
+            }
+            row = {"shape": shape, "tokens": tokens, "num_m_blocks": aligned[1].numel()}
+            for stage, fn in stages.items():
+                row[f"{stage}_us"] = gpu_time_graph(fn, flush, reps=args.reps) * 1e6
+            rows.append(row)
+            print("breakdown " + "  ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in row.items()), flush=True)
+        del w13, w2, base
+        torch.cuda.empty_cache()
+    return rows
+
+
 def markdown(rows: list[dict]) -> str:
     lines = [
         f"{rows[0]['device']}: measured copy {rows[0]['copy_TBps']:.2f} TB/s (read + write), "
@@ -232,12 +273,18 @@ def main() -> None:
     cpu.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     gpu = parser.add_argument_group("cuda")
     gpu.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    gpu.add_argument("--breakdown-tokens", type=int, nargs="*", default=[],
+                     help="instead of the table, time each stage alone at these token counts")
     args = parser.parse_args()
 
     if args.device == "cpu":
         args.tokens = args.tokens or [1, 64, 512]
         args.reps = args.reps or 3
         rows = run_cpu(args)
+    elif args.breakdown_tokens:
+        args.reps = args.reps or 20
+        rows = run_breakdown(args)
+        args.device = "cuda_breakdown"
     else:
         args.tokens = args.tokens or list(GPU_TOKENS)
         args.reps = args.reps or 20

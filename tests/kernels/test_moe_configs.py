@@ -54,3 +54,12 @@ def test_gemm2_overrides_all_but_block_m():
     first, second = configs.gemm_configs(cfg)
     assert first["BLOCK_N"] == 64 and second["BLOCK_N"] == 128 and second["num_warps"] == 8
     assert second["BLOCK_M"] == 32
+
+
+def test_fp32_tiles_are_shrunk_to_fit_shared_memory():
+    big = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
+    assert configs.fit_shared_memory(big, 2, b_tiles=2) == big  # bf16: 144 KiB, fits
+    fitted = configs.fit_shared_memory(big, 4, b_tiles=2)  # fp32: 288 KiB as given (refused on an H200)
+    tile = fitted["BLOCK_M"] * fitted["BLOCK_K"] + 2 * fitted["BLOCK_N"] * fitted["BLOCK_K"]
+    assert fitted["num_stages"] * tile * 4 <= configs.SHARED_MEMORY_BUDGET
+    assert fitted["BLOCK_M"] == 128 and fitted["BLOCK_K"] >= 16
