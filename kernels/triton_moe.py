@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from kernels.checks import MoEInputError, check, check_contiguous, check_moe_inputs
-from kernels.configs import Config, fit_shared_memory, gemm_configs, get_config
+from kernels.configs import DEFAULT_SHARED_MEMORY, Config, fit_shared_memory, gemm_configs, get_config
 
 __all__ = ["MoEInputError", "fused_moe_triton", "moe_align", "moe_gemm1", "moe_gemm2", "moe_sum"]
 
@@ -326,6 +326,16 @@ def _device_name(index: int | None) -> str:
     return torch.cuda.get_device_name(index)  # a driver query: kept off the per-call path
 
 
+@functools.lru_cache(maxsize=16)
+def _max_shared_memory(index: int | None) -> int:
+    """Shared memory a block may use on this device (Triton's own query; a default if it fails)."""
+    try:
+        device = torch.cuda.current_device() if index is None else index
+        return int(triton.runtime.driver.active.utils.get_device_properties(device)["max_shared_mem"])
+    except Exception:  # noqa: BLE001 - an older Triton without the query: assume Hopper
+        return DEFAULT_SHARED_MEMORY
+
+
 def _check_tiles(cfg: Config, where: str) -> None:
     for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
         check(cfg[key] >= 16 and cfg[key] & (cfg[key] - 1) == 0,
@@ -417,8 +427,9 @@ def fused_moe_triton(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
         config = get_config(num_tokens, num_experts, two_inter // 2, top_k, device_name, interpret)
     cfg1, cfg2 = gemm_configs(config)
     if not interpret:
-        cfg1 = fit_shared_memory(cfg1, hidden.element_size(), b_tiles=2)
-        cfg2 = fit_shared_memory(cfg2, hidden.element_size(), b_tiles=1)
+        limit = _max_shared_memory(hidden.device.index)
+        cfg1 = fit_shared_memory(cfg1, hidden.element_size(), b_tiles=2, limit=limit)
+        cfg2 = fit_shared_memory(cfg2, hidden.element_size(), b_tiles=1, limit=limit)
     _check_tiles(cfg1, "fused_moe_triton")
     _check_tiles(cfg2, "fused_moe_triton")
 

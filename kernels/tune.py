@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.configs import CONFIG_DIR, CONFIG_KEYS, Config, config_file_name, default_config
+from kernels.configs import CONFIG_DIR, CONFIG_KEYS, Config, config_file_name, default_config, fit_shared_memory
 
 SHAPES = {  # name: (H, I, E, k)
     "V2-Lite": (2048, 1408, 64, 6),
@@ -68,6 +68,12 @@ def tune_shape(hidden: int, inter: int, num_experts: int, top_k: int, tokens: li
         def bench(fn) -> float:
             return triton.testing.do_bench(fn, warmup=5, rep=25, return_mode="median")
 
+    device_is_cuda = torch.device(device).type == "cuda"
+    smem = 0
+    if device_is_cuda:
+        from kernels.triton_moe import _max_shared_memory
+
+        smem = _max_shared_memory(torch.device(device).index)
     weights = random_problem(1, hidden, inter, num_experts, top_k, dtype=dtype, device=device)
     w13, w2 = weights.w13, weights.w2
 
@@ -88,6 +94,10 @@ def tune_shape(hidden: int, inter: int, num_experts: int, top_k: int, tokens: li
                 if time.monotonic() > deadline:
                     break
                 cfg = _config(block_m, cand)
+                if device_is_cuda and (fit_shared_memory(cfg, x.element_size(), 2, smem) != cfg
+                                       or fit_shared_memory(cfg, x.element_size(), 1, smem) != cfg):
+                    log(f"  skip {cfg}: needs more shared memory than the {smem} B a block may have")
+                    continue
                 try:
                     t1 = bench(lambda c=cfg: moe_gemm1(x, w13, sorted_ids, expert_ids, num_post_pad, top_k, c))
                     t2 = bench(lambda c=cfg: moe_gemm2(act, w2, topk_weights, sorted_ids, expert_ids, num_post_pad, c))

@@ -31,7 +31,7 @@ def test_a_tuned_file_is_used_by_nearest_token_count(config_dir):
 def test_other_shapes_and_devices_fall_back_to_defaults(config_dir):
     (config_dir / configs.config_file_name(64, 1408, "NVIDIA H200")).write_text(json.dumps({"1": entry(64)}))
     assert configs.get_config(1, 64, 1408, 6, "NVIDIA H100") == configs.default_config(1, 64, 6)
-    assert configs.get_config(1, 256, 2048, 8, "NVIDIA H200") == configs.default_config(1, 256, 8)
+    assert configs.get_config(1, 256, 1024, 8, "NVIDIA H200") == configs.default_config(1, 256, 8)
 
 
 def test_a_file_missing_a_key_is_refused(config_dir):
@@ -58,8 +58,21 @@ def test_gemm2_overrides_all_but_block_m():
 
 def test_fp32_tiles_are_shrunk_to_fit_shared_memory():
     big = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
-    assert configs.fit_shared_memory(big, 2, b_tiles=2) == big  # bf16: 144 KiB, fits
-    fitted = configs.fit_shared_memory(big, 4, b_tiles=2)  # fp32: 288 KiB as given (refused on an H200)
-    tile = fitted["BLOCK_M"] * fitted["BLOCK_K"] + 2 * fitted["BLOCK_N"] * fitted["BLOCK_K"]
-    assert fitted["num_stages"] * tile * 4 <= configs.SHARED_MEMORY_BUDGET
+    limit = 232448  # an H200's per-block limit, as Triton reported it
+    assert configs.fit_shared_memory(big, 2, b_tiles=2, limit=limit) == big  # bf16: 144 KiB, fits
+    assert configs.shared_memory_needed(big, 4, b_tiles=2) == 294912  # fp32: what the H200 refused
+    fitted = configs.fit_shared_memory(big, 4, b_tiles=2, limit=limit)
+    assert configs.shared_memory_needed(fitted, 4, b_tiles=2) <= limit
     assert fitted["BLOCK_M"] == 128 and fitted["BLOCK_K"] >= 16
+
+
+def test_a_tuned_config_that_fits_is_left_alone():
+    tuned = {"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
+    assert configs.shared_memory_needed(tuned, 2, b_tiles=2) == 221184
+    assert configs.fit_shared_memory(tuned, 2, b_tiles=2, limit=232448) == tuned
+
+
+def test_the_committed_h200_tables_are_complete():
+    for experts, inter in ((64, 1408), (256, 2048)):
+        table = configs._load_table(experts, inter, "NVIDIA H200")
+        assert table is not None and set(table) == {1, 8, 64, 512, 4096}
