@@ -29,7 +29,7 @@ import triton.language as tl
 from kernels.checks import MoEInputError, check, check_contiguous, check_moe_inputs
 from kernels.configs import DEFAULT_SHARED_MEMORY, Config, fit_shared_memory, gemm_configs, get_config
 
-__all__ = ["MoEInputError", "fused_moe_triton", "moe_align", "moe_gemm1", "moe_gemm2", "moe_sum"]
+__all__ = ["MoEInputError", "fused_moe_triton", "moe_align", "moe_decode", "moe_gemm1", "moe_gemm2", "moe_sum"]
 
 
 _ADD = tl.standard._sum_combine  # see the module docstring
@@ -223,6 +223,80 @@ def _moe_gemm2_kernel(a_ptr, w_ptr, out_ptr, topk_weights_ptr, sorted_ids_ptr, e
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < N))
 
 
+def _moe_gemv1_kernel(x_ptr, w_ptr, out_ptr, topk_ids_ptr, N, K, top_k,
+                      stride_xm, stride_we, stride_wn, stride_om,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """Decode GEMM 1 without align: one program per (pair, column block), no tensor cores.
+
+    act[p, n] = silu(x_t · w13[e, n]) · (x_t · w13[e, N + n]); weights are read along K (contiguous).
+    """
+    pair = tl.program_id(0).to(tl.int64)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = offs_n % N
+    offs_k = tl.arange(0, BLOCK_K)
+    expert = tl.load(topk_ids_ptr + pair).to(tl.int64)
+    x_ptrs = x_ptr + (pair // top_k) * stride_xm + offs_k
+    g_ptrs = w_ptr + expert * stride_we + cols[:, None] * stride_wn + offs_k[None, :]
+    u_ptrs = g_ptrs + N * stride_wn
+    # --- elementwise products accumulate in a tile; one reduction at the end
+    acc_g = tl.full((BLOCK_N, BLOCK_K), 0.0, tl.float32)
+    acc_u = tl.full((BLOCK_N, BLOCK_K), 0.0, tl.float32)
+    for k in range(0, (K + BLOCK_K - 1) // BLOCK_K):
+        if EVEN_K:
+            x = tl.load(x_ptrs)
+            g = tl.load(g_ptrs)
+            u = tl.load(u_ptrs)
+        else:
+            k_ok = offs_k < K - k * BLOCK_K
+            x = tl.load(x_ptrs, mask=k_ok, other=0.0)
+            g = tl.load(g_ptrs, mask=k_ok[None, :], other=0.0)
+            u = tl.load(u_ptrs, mask=k_ok[None, :], other=0.0)
+        xf = x.to(tl.float32)[None, :]
+        acc_g += g.to(tl.float32) * xf
+        acc_u += u.to(tl.float32) * xf
+        x_ptrs += BLOCK_K
+        g_ptrs += BLOCK_K
+        u_ptrs += BLOCK_K
+    gate = tl.reduce(acc_g, 1, _ADD)
+    up = tl.reduce(acc_u, 1, _ADD)
+    act = gate / (1.0 + tl.exp(-gate)) * up
+    tl.store(out_ptr + pair * stride_om + offs_n, act.to(out_ptr.dtype.element_ty), mask=offs_n < N)
+
+
+def _moe_gemv2_kernel(a_ptr, w_ptr, out_ptr, topk_ids_ptr, topk_weights_ptr, N, K, top_k,
+                      stride_am, stride_we, stride_wn, stride_om,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """Decode GEMM 2 and the sum over k in one: one program per (token, column block).
+
+    out[t, n] = Σ_j weight_j · act[t·k + j] · w2[e_j, n], summed in fp32 in a fixed order.
+    """
+    token = tl.program_id(0).to(tl.int64)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = offs_n % N
+    offs_k = tl.arange(0, BLOCK_K)
+    total = tl.full((BLOCK_N,), 0.0, tl.float32)
+    for j in range(0, top_k):
+        pair = token * top_k + j
+        expert = tl.load(topk_ids_ptr + pair).to(tl.int64)
+        weight = tl.load(topk_weights_ptr + pair).to(tl.float32)
+        a_ptrs = a_ptr + pair * stride_am + offs_k
+        w_ptrs = w_ptr + expert * stride_we + cols[:, None] * stride_wn + offs_k[None, :]
+        acc = tl.full((BLOCK_N, BLOCK_K), 0.0, tl.float32)
+        for k in range(0, (K + BLOCK_K - 1) // BLOCK_K):
+            if EVEN_K:
+                a = tl.load(a_ptrs)
+                w = tl.load(w_ptrs)
+            else:
+                k_ok = offs_k < K - k * BLOCK_K
+                a = tl.load(a_ptrs, mask=k_ok, other=0.0)
+                w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
+            acc += w.to(tl.float32) * a.to(tl.float32)[None, :]
+            a_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+        total += weight * tl.reduce(acc, 1, _ADD)
+    tl.store(out_ptr + token * stride_om + offs_n, total.to(out_ptr.dtype.element_ty), mask=offs_n < N)
+
+
 def _moe_sum_kernel(x_ptr, out_ptr, H, stride_xm, stride_om,
                     TOP_K: tl.constexpr, BLOCK_H: tl.constexpr):
     """out[t] = Σ_j x[t·k + j], accumulated in fp32."""
@@ -251,6 +325,8 @@ def _kernels(interpret: bool) -> SimpleNamespace:
             gemm1=triton.jit(_moe_gemm1_kernel, do_not_specialize=[*per_call, "top_k"]),
             gemm2=triton.jit(_moe_gemm2_kernel, do_not_specialize=per_call),
             sum=triton.jit(_moe_sum_kernel),
+            gemv1=triton.jit(_moe_gemv1_kernel, do_not_specialize=["top_k"]),
+            gemv2=triton.jit(_moe_gemv2_kernel, do_not_specialize=["top_k"]),
         )
     finally:
         if previous is None:
@@ -407,10 +483,66 @@ def moe_sum(per_pair: torch.Tensor, top_k: int, out: torch.Tensor) -> torch.Tens
     return out
 
 
+DECODE_MAX_TOKENS = 0  # set from measurements on the GPU (docs/benchmarks.md); 0 = never
+
+
+def use_decode_path(num_tokens: int, top_k: int, num_experts: int) -> bool:
+    """The GEMV path reads an expert once per pair that picks it, so it only pays where pairs rarely
+    share an expert: a single token (its k experts are distinct) or a few. The cut-off is
+    DECODE_MAX_TOKENS, or $LEVEE_MOE_DECODE_MAX_TOKENS where set (for measuring)."""
+    limit = os.environ.get("LEVEE_MOE_DECODE_MAX_TOKENS")
+    return num_tokens <= (int(limit) if limit else DECODE_MAX_TOKENS)
+
+
+def _gemv_tiles(n: int, k: int, programs_wanted: int, rows: int) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_K) for the GEMV kernels.
+
+    Decode is a race to keep enough bytes in flight (about latency × bandwidth, a few MB on an
+    H200), with no pipelining across iterations to lean on: so wide K tiles (up to 1024, long
+    contiguous rows) and few rows per program, halving BLOCK_N until there are `programs_wanted`.
+    """
+    block_k = min(1024, triton.next_power_of_2(k))
+    block_n = max(2, 4096 // block_k)
+    while block_n > 2 and rows * triton.cdiv(n, block_n) < programs_wanted:
+        block_n //= 2
+    return block_n, block_k
+
+
+def moe_decode(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+               topk_ids: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Small-batch path: no align, no tensor cores; GEMM 2 also sums over k. Two launches."""
+    num_tokens, hidden_size = hidden.shape
+    inter = w13.shape[1] // 2
+    top_k = topk_ids.shape[1]
+    num_pairs = num_tokens * top_k
+    interpret = _use_interpreter(hidden)
+    k = _kernels(interpret)
+    # Enough programs to keep every SM streaming: about four per multiprocessor.
+    wanted = 4 * (torch.cuda.get_device_properties(hidden.device).multi_processor_count if hidden.is_cuda else 4)
+    act = torch.empty(num_pairs, inter, dtype=hidden.dtype, device=hidden.device)
+    bn1, bk1 = _gemv_tiles(inter, hidden_size, wanted, num_pairs)
+    k.gemv1[(num_pairs, triton.cdiv(inter, bn1))](
+        hidden, w13, act, topk_ids, inter, hidden_size, top_k,
+        hidden.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
+        BLOCK_N=bn1, BLOCK_K=bk1, EVEN_K=hidden_size % bk1 == 0, num_warps=4,
+    )
+    bn2, bk2 = _gemv_tiles(hidden_size, inter, wanted, num_tokens)
+    k.gemv2[(num_tokens, triton.cdiv(hidden_size, bn2))](
+        act, w2, out, topk_ids, topk_weights, hidden_size, inter, top_k,
+        act.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
+        BLOCK_N=bn2, BLOCK_K=bk2, EVEN_K=inter % bk2 == 0, num_warps=4,
+    )
+    return out
+
+
 def fused_moe_triton(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
                      topk_weights: torch.Tensor, topk_ids: torch.Tensor, *,
-                     config: Config | None = None) -> torch.Tensor:
-    """The routed MoE output [T, H] through the Triton kernels (CUDA, or CPU under the interpreter)."""
+                     config: Config | None = None, decode: bool | None = None) -> torch.Tensor:
+    """The routed MoE output [T, H] through the Triton kernels (CUDA, or CPU under the interpreter).
+
+    `decode` forces (True) or refuses (False) the small-batch path (`moe_decode`: no align, GEMV
+    kernels, the sum over k fused); None lets `use_decode_path` decide.
+    """
     check_moe_inputs(hidden, w13, w2, topk_weights, topk_ids, where="fused_moe_triton")
     interpret = _use_interpreter(hidden)
     check(not (interpret and hidden.dtype == torch.bfloat16),
@@ -422,6 +554,8 @@ def fused_moe_triton(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     out = torch.empty_like(hidden)
     if num_tokens == 0:
         return out
+    if decode if decode is not None else use_decode_path(num_tokens, top_k, num_experts):
+        return moe_decode(hidden, w13, w2, topk_weights, topk_ids, out)
     if config is None:
         device_name = _device_name(hidden.device.index) if hidden.is_cuda else None
         config = get_config(num_tokens, num_experts, two_inter // 2, top_k, device_name, interpret)

@@ -37,11 +37,11 @@ else
 fi
 
 echo "== benchmark"
-LEVEE_MOE_CONFIG_DIR=$CFG_DIR timeout "$BENCH_LIMIT" $PY ops/bench/moe.py --device cuda --out "$OUT" 2>&1 \
+LEVEE_MOE_CONFIG_DIR=$CFG_DIR timeout "$BENCH_LIMIT" $PY ops/bench/moe.py --device cuda --out "$OUT" ${BENCH_ARGS:-} 2>&1 \
   | tee "$OUT/bench.log"
 echo "bench exit: ${PIPESTATUS[0]}" | tee -a "$OUT/bench.log"
 
 echo "== per-stage breakdown"
 LEVEE_MOE_CONFIG_DIR=$CFG_DIR timeout "${BREAKDOWN_LIMIT:-90}" $PY ops/bench/moe.py --device cuda \
-  --breakdown-tokens 1 64 --out "$OUT" 2>&1 | tee "$OUT/breakdown.log"
+  --breakdown-tokens ${BREAKDOWN_TOKENS:-1 64} --out "$OUT" 2>&1 | tee "$OUT/breakdown.log"
 echo "breakdown exit: ${PIPESTATUS[0]}" | tee -a "$OUT/breakdown.log"

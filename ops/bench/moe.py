@@ -65,7 +65,8 @@ def run_cpu(args: argparse.Namespace) -> list[dict]:
     hidden, inter, experts, top_k = args.hidden, args.inter, args.experts, args.top_k
     dtype = getattr(torch, args.dtype)
     copy_bw = cpu_copy_bandwidth()
-    print(f"CPU: {torch.get_num_threads()} threads, copy bandwidth {copy_bw / 1e9:.1f} GB/s; "
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
+    print(f"CPU: {torch.get_num_threads()} threads, load average {load}, copy bandwidth {copy_bw / 1e9:.1f} GB/s; "
           f"H={hidden} I={inter} E={experts} k={top_k} {args.dtype}")
     rows = []
     for tokens in args.tokens:
@@ -74,7 +75,7 @@ def run_cpu(args: argparse.Namespace) -> list[dict]:
         ref = cpu_time(lambda p=problem: moe_reference(*p.args(), compute_dtype=None), reps=args.reps)
         active = int(torch.unique(problem.topk_ids).numel())
         weight_bytes = active * 3 * hidden * inter * problem.w13.element_size()
-        row = {"tokens": tokens, "fast_ms": fast * 1e3, "reference_ms": ref * 1e3, "speedup": ref / fast,
+        row = {"tokens": tokens, "threads": torch.get_num_threads(), "load_average": load, "fast_ms": fast * 1e3, "reference_ms": ref * 1e3, "speedup": ref / fast,
                "active_experts": active, "fast_weight_GBps": weight_bytes / fast / 1e9,
                "copy_GBps": copy_bw / 1e9}
         rows.append(row)
@@ -230,6 +231,10 @@ def run_breakdown(args: argparse.Namespace) -> list[dict]:
                 "gemm2": lambda: moe_gemm2(act, w2, weights, *aligned, cfg2, out=per_pair),
                 "sum": lambda: moe_sum(per_pair, top_k, out),
             }
+            from kernels.triton_moe import fused_moe_triton
+
+            stages["whole_aligned"] = lambda: fused_moe_triton(x, w13, w2, weights, ids, decode=False)
+            stages["whole_decode_path"] = lambda: fused_moe_triton(x, w13, w2, weights, ids, decode=True)
             row = {"shape": shape, "tokens": tokens, "num_m_blocks": aligned[1].numel()}
             for stage, fn in stages.items():
                 row[f"{stage}_us"] = gpu_time_graph(fn, flush, reps=args.reps) * 1e6
@@ -271,6 +276,7 @@ def main() -> None:
     cpu.add_argument("--experts", type=int, default=64)
     cpu.add_argument("--top-k", type=int, default=6)
     cpu.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    cpu.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     gpu = parser.add_argument_group("cuda")
     gpu.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     gpu.add_argument("--breakdown-tokens", type=int, nargs="*", default=[],
@@ -278,6 +284,8 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.device == "cpu":
+        if args.threads:
+            torch.set_num_threads(args.threads)
         args.tokens = args.tokens or [1, 64, 512]
         args.reps = args.reps or 3
         rows = run_cpu(args)

@@ -89,3 +89,14 @@ def test_it_runs_inside_a_cuda_graph(cuda):
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(captured, eager)
+
+
+@pytest.mark.parametrize("num_tokens", [1, 4])
+@pytest.mark.parametrize(("num_experts", "top_k", "hidden", "inter"), [(64, 6, 2048, 1408), (256, 8, 1000, 360)])
+def test_the_small_batch_path_compiled_in_bf16(cuda, num_tokens, num_experts, top_k, hidden, inter):
+    from kernels.triton_moe import fused_moe_triton
+
+    problem = random_problem(num_tokens, hidden, inter, num_experts, top_k, dtype=BF16, device=cuda, seed=7)
+    out = fused_moe_triton(*problem.args(), decode=True)
+    torch.cuda.synchronize()
+    assert_moe_close(out, moe_reference(*problem.args()), "bfloat16")

@@ -88,3 +88,28 @@ def test_no_tokens_gives_an_empty_output():
     problem = random_problem(0, 40, 24, 4, 2, dtype=F32)
     out = fused_moe(*problem.args())
     assert out.shape == (0, 40)
+
+
+DECODE_CASES = [
+    (8, 6, 1, 72, 40, F32),
+    (4, 2, 3, 128, 64, F16),
+    (1, 1, 1, 40, 24, F32),
+    (8, 2, 7, 48, 40, F16),
+]
+
+
+@pytest.mark.parametrize("case", DECODE_CASES, ids=["E{}-k{}-T{}-H{}-I{}".format(*c[:5]) for c in DECODE_CASES])
+def test_the_small_batch_path_matches_the_reference(case):
+    from kernels.triton_moe import fused_moe_triton
+
+    num_experts, top_k, num_tokens, hidden, inter, dtype = case
+    problem = random_problem(num_tokens, hidden, inter, num_experts, top_k, dtype=dtype, seed=num_tokens)
+    out = fused_moe_triton(*problem.args(), decode=True)
+    assert_moe_close(out, moe_reference(*problem.args()), str(dtype).removeprefix("torch."))
+
+
+def test_the_decode_cut_off_can_be_set_for_measuring(monkeypatch):
+    from kernels.triton_moe import use_decode_path
+
+    monkeypatch.setenv("LEVEE_MOE_DECODE_MAX_TOKENS", "4")
+    assert use_decode_path(4, 6, 64) and not use_decode_path(5, 6, 64)
