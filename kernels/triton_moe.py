@@ -483,7 +483,7 @@ def moe_sum(per_pair: torch.Tensor, top_k: int, out: torch.Tensor) -> torch.Tens
     return out
 
 
-DECODE_MAX_TOKENS = 0  # set from measurements on the GPU (docs/benchmarks.md); 0 = never
+DECODE_MAX_TOKENS = 2  # measured on an H200: wins at 1-2 tokens, even at 4, loses at 8 (docs/benchmarks.md)
 
 
 def use_decode_path(num_tokens: int, top_k: int, num_experts: int) -> bool:
@@ -508,31 +508,61 @@ def _gemv_tiles(n: int, k: int, programs_wanted: int, rows: int) -> tuple[int, i
     return block_n, block_k
 
 
-def moe_decode(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-               topk_ids: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Small-batch path: no align, no tensor cores; GEMM 2 also sums over k. Two launches."""
+@functools.lru_cache(maxsize=16)
+def _num_sms(index: int | None) -> int:
+    return torch.cuda.get_device_properties(torch.cuda.current_device() if index is None else index).multi_processor_count
+
+
+def moe_gemv1(hidden: torch.Tensor, w13: torch.Tensor, topk_ids: torch.Tensor,
+              tiles: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """Decode GEMM 1 per pair, no align: silu(x·gateᵀ)·(x·upᵀ) → [P, I]. tiles: (BLOCK_N, BLOCK_K, warps)."""
     num_tokens, hidden_size = hidden.shape
     inter = w13.shape[1] // 2
     top_k = topk_ids.shape[1]
     num_pairs = num_tokens * top_k
-    interpret = _use_interpreter(hidden)
-    k = _kernels(interpret)
-    # Enough programs to keep every SM streaming: about four per multiprocessor.
-    wanted = 4 * (torch.cuda.get_device_properties(hidden.device).multi_processor_count if hidden.is_cuda else 4)
+    if tiles is None:
+        wanted = 4 * (_num_sms(hidden.device.index) if hidden.is_cuda else 4)
+        tiles = (*_gemv_tiles(inter, hidden_size, wanted, num_pairs), 4)
+    block_n, block_k, warps = tiles
     act = torch.empty(num_pairs, inter, dtype=hidden.dtype, device=hidden.device)
-    bn1, bk1 = _gemv_tiles(inter, hidden_size, wanted, num_pairs)
-    k.gemv1[(num_pairs, triton.cdiv(inter, bn1))](
+    _kernels(_use_interpreter(hidden)).gemv1[(num_pairs, triton.cdiv(inter, block_n))](
         hidden, w13, act, topk_ids, inter, hidden_size, top_k,
         hidden.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
-        BLOCK_N=bn1, BLOCK_K=bk1, EVEN_K=hidden_size % bk1 == 0, num_warps=4,
+        BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=hidden_size % block_k == 0, num_warps=warps,
     )
-    bn2, bk2 = _gemv_tiles(hidden_size, inter, wanted, num_tokens)
-    k.gemv2[(num_tokens, triton.cdiv(hidden_size, bn2))](
+    return act
+
+
+def moe_gemv2(act: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
+              out: torch.Tensor, tiles: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """Decode GEMM 2 with the sum over k: out[t] = Σ_j w_j · act[t·k+j]·w2[e_j]ᵀ. tiles as moe_gemv1."""
+    num_tokens, hidden_size = out.shape
+    inter = act.shape[1]
+    top_k = topk_ids.shape[1]
+    if tiles is None:
+        wanted = 4 * (_num_sms(out.device.index) if out.is_cuda else 4)
+        tiles = (*_gemv_tiles(hidden_size, inter, wanted, num_tokens), 4)
+    block_n, block_k, warps = tiles
+    _kernels(_use_interpreter(out)).gemv2[(num_tokens, triton.cdiv(hidden_size, block_n))](
         act, w2, out, topk_ids, topk_weights, hidden_size, inter, top_k,
         act.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
-        BLOCK_N=bn2, BLOCK_K=bk2, EVEN_K=inter % bk2 == 0, num_warps=4,
+        BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=inter % block_k == 0, num_warps=warps,
     )
     return out
+
+
+def moe_decode(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+               topk_ids: torch.Tensor, out: torch.Tensor, config: Config | None = None) -> torch.Tensor:
+    """Small-batch path: no align, no tensor cores; GEMM 2 also sums over k. Two launches.
+
+    Tiles come from the config's "gemv1"/"gemv2" entries ([BLOCK_N, BLOCK_K, num_warps]) where the
+    tuned table has them, else from `_gemv_tiles`.
+    """
+    config = config or {}
+    tiles1 = tuple(config["gemv1"]) if "gemv1" in config else None
+    tiles2 = tuple(config["gemv2"]) if "gemv2" in config else None
+    act = moe_gemv1(hidden, w13, topk_ids, tiles1)  # [P, I]
+    return moe_gemv2(act, w2, topk_ids, topk_weights, out, tiles2)
 
 
 def fused_moe_triton(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
@@ -554,11 +584,11 @@ def fused_moe_triton(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     out = torch.empty_like(hidden)
     if num_tokens == 0:
         return out
-    if decode if decode is not None else use_decode_path(num_tokens, top_k, num_experts):
-        return moe_decode(hidden, w13, w2, topk_weights, topk_ids, out)
     if config is None:
         device_name = _device_name(hidden.device.index) if hidden.is_cuda else None
         config = get_config(num_tokens, num_experts, two_inter // 2, top_k, device_name, interpret)
+    if decode if decode is not None else use_decode_path(num_tokens, top_k, num_experts):
+        return moe_decode(hidden, w13, w2, topk_weights, topk_ids, out, config)
     cfg1, cfg2 = gemm_configs(config)
     if not interpret:
         limit = _max_shared_memory(hidden.device.index)

@@ -36,12 +36,20 @@ else
   echo "tune exit: ${PIPESTATUS[0]}" | tee -a "$OUT/tune.log"
 fi
 
+if [ "${SWEEP:-0}" = 1 ]; then
+  echo "== decode (GEMV) tile sweep at one token"
+  timeout "${SWEEP_LIMIT:-120}" $PY ops/bench/moe_decode_sweep.py --out "$OUT" --write-tables "$CFG_DIR" 2>&1 | tee "$OUT/sweep.log"
+  echo "sweep exit: ${PIPESTATUS[0]}" | tee -a "$OUT/sweep.log"
+fi
+
 echo "== benchmark"
 LEVEE_MOE_CONFIG_DIR=$CFG_DIR timeout "$BENCH_LIMIT" $PY ops/bench/moe.py --device cuda --out "$OUT" ${BENCH_ARGS:-} 2>&1 \
   | tee "$OUT/bench.log"
 echo "bench exit: ${PIPESTATUS[0]}" | tee -a "$OUT/bench.log"
 
-echo "== per-stage breakdown"
-LEVEE_MOE_CONFIG_DIR=$CFG_DIR timeout "${BREAKDOWN_LIMIT:-90}" $PY ops/bench/moe.py --device cuda \
-  --breakdown-tokens ${BREAKDOWN_TOKENS:-1 64} --out "$OUT" 2>&1 | tee "$OUT/breakdown.log"
-echo "breakdown exit: ${PIPESTATUS[0]}" | tee -a "$OUT/breakdown.log"
+if [ "${BREAKDOWN_TOKENS:-1 64}" != none ]; then
+  echo "== per-stage breakdown"
+  LEVEE_MOE_CONFIG_DIR=$CFG_DIR timeout "${BREAKDOWN_LIMIT:-90}" $PY ops/bench/moe.py --device cuda \
+    --breakdown-tokens ${BREAKDOWN_TOKENS:-1 64} --out "$OUT" 2>&1 | tee "$OUT/breakdown.log"
+  echo "breakdown exit: ${PIPESTATUS[0]}" | tee -a "$OUT/breakdown.log"
+fi

@@ -113,3 +113,22 @@ def test_the_decode_cut_off_can_be_set_for_measuring(monkeypatch):
 
     monkeypatch.setenv("LEVEE_MOE_DECODE_MAX_TOKENS", "4")
     assert use_decode_path(4, 6, 64) and not use_decode_path(5, 6, 64)
+
+
+@pytest.mark.parametrize("num_tokens", [1, 2])
+def test_the_aligned_path_still_serves_single_tokens_when_asked(num_tokens):
+    from kernels.triton_moe import fused_moe_triton
+
+    problem = random_problem(num_tokens, 72, 40, 8, 6, dtype=F32, seed=21)
+    out = fused_moe_triton(*problem.args(), decode=False)
+    assert_moe_close(out, moe_reference(*problem.args()), "float32")
+
+
+def test_the_small_batch_path_takes_its_tiles_from_the_config():
+    from kernels.triton_moe import fused_moe_triton
+
+    problem = random_problem(1, 72, 40, 8, 6, dtype=F32, seed=4)
+    config = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 4, "num_stages": 1,
+              "gemv1": [1, 16, 4], "gemv2": [8, 64, 4]}
+    out = fused_moe_triton(*problem.args(), config=config, decode=True)
+    assert_moe_close(out, moe_reference(*problem.args()), "float32")
