@@ -20,11 +20,19 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from kernels.configs import CONFIG_DIR, CONFIG_KEYS, Config, config_file_name, default_config, fit_shared_memory
+from kernels.configs import (
+    CONFIG_DIR,
+    CONFIG_KEYS,
+    Config,
+    config_file_name,
+    default_config,
+    fit_shared_memory,
+)
 
 SHAPES = {  # name: (H, I, E, k)
     "V2-Lite": (2048, 1408, 64, 6),
@@ -86,7 +94,7 @@ def tune_shape(hidden: int, inter: int, num_experts: int, top_k: int, tokens: li
         default_ms = None
         for block_m in [bm for bm in candidate_block_ms(num_tokens, num_experts, top_k) if bm in CANDIDATES]:
             sorted_ids, expert_ids, num_post_pad = moe_align(ids, num_experts, block_m)
-            align_ms = bench(lambda bm=block_m: moe_align(ids, num_experts, bm))
+            align_ms = bench(partial(moe_align, ids, num_experts, block_m))
             first = _config(block_m, CANDIDATES[block_m][0])
             act = moe_gemm1(x, w13, sorted_ids, expert_ids, num_post_pad, top_k, first)
             best1, best2 = (float("inf"), None), (float("inf"), None)
@@ -99,8 +107,8 @@ def tune_shape(hidden: int, inter: int, num_experts: int, top_k: int, tokens: li
                     log(f"  skip {cfg}: needs more shared memory than the {smem} B a block may have")
                     continue
                 try:
-                    t1 = bench(lambda c=cfg: moe_gemm1(x, w13, sorted_ids, expert_ids, num_post_pad, top_k, c))
-                    t2 = bench(lambda c=cfg: moe_gemm2(act, w2, topk_weights, sorted_ids, expert_ids, num_post_pad, c))
+                    t1 = bench(partial(moe_gemm1, x, w13, sorted_ids, expert_ids, num_post_pad, top_k, cfg))
+                    t2 = bench(partial(moe_gemm2, act, w2, topk_weights, sorted_ids, expert_ids, num_post_pad, cfg))
                 except Exception as exc:  # noqa: BLE001 - a config the chip cannot run (shared memory) is skipped
                     log(f"  skip {cfg}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
                     continue

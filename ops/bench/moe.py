@@ -21,6 +21,7 @@ import json
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -57,7 +58,7 @@ def cpu_copy_bandwidth(nbytes: int = 1 << 28) -> float:
     """Bytes read + written per second by a large tensor copy."""
     src = torch.empty(nbytes // 4, dtype=torch.float32).normal_()
     dst = torch.empty_like(src)
-    seconds = cpu_time(lambda: dst.copy_(src), reps=5)
+    seconds = cpu_time(partial(dst.copy_, src), reps=5)
     return 2 * nbytes / seconds
 
 
@@ -71,8 +72,8 @@ def run_cpu(args: argparse.Namespace) -> list[dict]:
     rows = []
     for tokens in args.tokens:
         problem = random_problem(tokens, hidden, inter, experts, top_k, dtype=dtype, seed=tokens)
-        fast = cpu_time(lambda p=problem: moe_torch(*p.args()), reps=args.reps)
-        ref = cpu_time(lambda p=problem: moe_reference(*p.args(), compute_dtype=None), reps=args.reps)
+        fast = cpu_time(partial(moe_torch, *problem.args()), reps=args.reps)
+        ref = cpu_time(partial(moe_reference, *problem.args(), compute_dtype=None), reps=args.reps)
         active = int(torch.unique(problem.topk_ids).numel())
         weight_bytes = active * 3 * hidden * inter * problem.w13.element_size()
         row = {"tokens": tokens, "threads": torch.get_num_threads(), "load_average": load, "fast_ms": fast * 1e3, "reference_ms": ref * 1e3, "speedup": ref / fast,
@@ -136,12 +137,12 @@ def measure_ceilings(device: torch.device) -> tuple[float, float]:
     n = 1 << 30  # 4 GiB of fp32 each way
     src = torch.empty(n, dtype=torch.float32, device=device).normal_()
     dst = torch.empty_like(src)
-    copy_s = triton.testing.do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median") / 1e3
+    copy_s = triton.testing.do_bench(partial(dst.copy_, src), warmup=50, rep=300, return_mode="median") / 1e3
     del src, dst
     m = 8192
     a = torch.randn(m, m, device=device, dtype=torch.bfloat16)
     b = torch.randn(m, m, device=device, dtype=torch.bfloat16)
-    mm_s = triton.testing.do_bench(lambda: a @ b, warmup=50, rep=300, return_mode="median") / 1e3
+    mm_s = triton.testing.do_bench(partial(torch.matmul, a, b), warmup=50, rep=300, return_mode="median") / 1e3
     return 2 * n * 4 / copy_s, 2 * m**3 / mm_s
 
 
@@ -170,11 +171,11 @@ def run_cuda(args: argparse.Namespace) -> list[dict]:
                 err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
             else:
                 err = float("nan")
-            graph_s = gpu_time_graph(lambda c=call: fused_moe(*c), flush, reps=args.reps)
-            eager_s = gpu_time_eager(lambda c=call: fused_moe(*c), flush, reps=args.reps)
-            ref_s = gpu_time_eager(lambda c=call: moe_reference(*c, compute_dtype=None), flush,
+            graph_s = gpu_time_graph(partial(fused_moe, *call), flush, reps=args.reps)
+            eager_s = gpu_time_eager(partial(fused_moe, *call), flush, reps=args.reps)
+            ref_s = gpu_time_eager(partial(moe_reference, *call, compute_dtype=None), flush,
                                    reps=3, warmup=1)
-            torch_s = gpu_time_eager(lambda c=call: moe_torch(*c), flush, reps=3, warmup=1)
+            torch_s = gpu_time_eager(partial(moe_torch, *call), flush, reps=3, warmup=1)
             active = int(torch.unique(ids).numel())
             nbytes = active * expert_bytes + 2 * tokens * hidden * x.element_size()
             flops = 6 * tokens * top_k * hidden * inter
@@ -226,15 +227,15 @@ def run_breakdown(args: argparse.Namespace) -> list[dict]:
             per_pair = moe_gemm2(act, w2, weights, *aligned, cfg2)
             out = torch.empty_like(x)
             stages = {
-                "align": lambda: moe_align(ids, experts, cfg1["BLOCK_M"]),
-                "gemm1": lambda: moe_gemm1(x, w13, *aligned, top_k, cfg1),
-                "gemm2": lambda: moe_gemm2(act, w2, weights, *aligned, cfg2, out=per_pair),
-                "sum": lambda: moe_sum(per_pair, top_k, out),
+                "align": partial(moe_align, ids, experts, cfg1["BLOCK_M"]),
+                "gemm1": partial(moe_gemm1, x, w13, *aligned, top_k, cfg1),
+                "gemm2": partial(moe_gemm2, act, w2, weights, *aligned, cfg2, out=per_pair),
+                "sum": partial(moe_sum, per_pair, top_k, out),
             }
             from kernels.triton_moe import fused_moe_triton
 
-            stages["whole_aligned"] = lambda: fused_moe_triton(x, w13, w2, weights, ids, decode=False)
-            stages["whole_decode_path"] = lambda: fused_moe_triton(x, w13, w2, weights, ids, decode=True)
+            stages["whole_aligned"] = partial(fused_moe_triton, x, w13, w2, weights, ids, decode=False)
+            stages["whole_decode_path"] = partial(fused_moe_triton, x, w13, w2, weights, ids, decode=True)
             row = {"shape": shape, "tokens": tokens, "num_m_blocks": aligned[1].numel()}
             for stage, fn in stages.items():
                 row[f"{stage}_us"] = gpu_time_graph(fn, flush, reps=args.reps) * 1e6

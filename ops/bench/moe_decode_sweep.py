@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -44,8 +45,8 @@ def main() -> None:
         act = moe_gemv1(x, p.w13, ids)
         for kernel in ("gemv1", "gemv2"):
             for tiles in TILES:
-                fn = ((lambda t=tiles: moe_gemv1(x, p.w13, ids, t)) if kernel == "gemv1"
-                      else (lambda t=tiles: moe_gemv2(act, p.w2, ids, weights, out, t)))
+                fn = (partial(moe_gemv1, x, p.w13, ids, tiles) if kernel == "gemv1"
+                      else partial(moe_gemv2, act, p.w2, ids, weights, out, tiles))
                 try:
                     us = gpu_time_graph(fn, flush, reps=20) * 1e6
                 except Exception as exc:  # noqa: BLE001 - report and go on
