@@ -56,9 +56,11 @@ def sign_up(email: str, password: str) -> None:
     Returns nothing, on purpose: whether the address already had an account must not show in the
     response, its status or its timing. An existing owner gets a mail saying someone tried.
     """
+    from levee.shield.emails import find_canonical_twin
+
     email = clean_email(email)
     hashed = make_password(password)  # hashed on both paths so timing does not tell them apart
-    existing = find_user(email)
+    existing = find_user(email) or find_canonical_twin(email)  # a.da+x@googlemail.com is ada@gmail.com
     if existing is None:
         try:
             with transaction.atomic():

@@ -4,15 +4,26 @@ from django.views.decorators.http import require_http_methods
 
 from levee.accounts import services
 from levee.accounts.forms import EmailLoginForm, SignUpForm
+from levee.shield import signup as shield_signup
 
 
 @require_http_methods(["GET", "POST"])
 def signup(request):
+    gate = shield_signup.gate(request)  # mode, limits, proof of work (levee.shield.signup)
+    if gate.refusal is not None:
+        return gate.refusal
+    if gate.honeypot_tripped:  # a bot: tell it what it hopes to hear, create nothing
+        return redirect("signup-sent")
     form = SignUpForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
+    if request.method == "POST" and gate.pow_error:
+        form.is_valid()
+        form.add_error(None, "Your browser's check did not complete; please submit the form again.")
+    elif request.method == "POST" and form.is_valid():
         services.sign_up(form.cleaned_data["email"], form.cleaned_data["password"])
         return redirect("signup-sent")
-    return render(request, "accounts/signup.html", {"form": form}, status=400 if form.errors else 200)
+    # Each rendering gets a fresh challenge: they are single-use.
+    context = {"form": form, "pow_bits": gate.pow_bits, "pow_challenge": gate.challenge()}
+    return render(request, "accounts/signup.html", context, status=400 if form.errors else 200)
 
 
 def signup_sent(request):
@@ -27,6 +38,34 @@ def verify_email(request, token: str):
 
 
 class LoginView(auth_views.LoginView):
+    """Django's login behind the shield's brute-force guard (levee.shield.login). Open in every
+    mitigation mode; only the guard's cool-offs stop an attempt."""
+
     form_class = EmailLoginForm
     template_name = "accounts/login.html"
     redirect_authenticated_user = True
+
+    def post(self, request, *args, **kwargs):
+        from levee.shield import store
+        from levee.shield.login import LoginGuard
+        from levee.shield.responses import refuse
+
+        try:
+            guard = LoginGuard(request, request.POST.get("username", ""))
+            wait = guard.cool_off()
+        except store.ShieldRedisDown:
+            return refuse(request, 503, "Log in is briefly unavailable; please retry in a moment.", retry_after=15)
+        if wait:
+            form = self.get_form()
+            response = self.render_to_response(self.get_context_data(form=form, cool_off=wait), status=429)
+            response["Retry-After"] = str(wait)
+            return response
+        response = super().post(request, *args, **kwargs)
+        try:
+            if response.status_code in (301, 302, 303) and request.user.is_authenticated:
+                guard.succeeded(response)
+            else:
+                guard.failed()
+        except store.ShieldRedisDown:
+            pass  # the answer is already decided; the counters just miss one
+        return response

@@ -1,0 +1,51 @@
+"""The shield's gate at the front of every request, sync or async: address rules first, then
+shedding of anonymous pages under load; on the way out, x-ratelimit-* headers of any limiter
+decision taken for the request."""
+from __future__ import annotations
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+
+from levee.core.middleware import _Middleware
+from levee.core.views import API_PREFIXES
+from levee.shield import state
+from levee.shield.responses import refuse
+from levee.shield.shedding import shed
+
+# Never shed these for anonymous visitors: logging in and the pages that have their own gates.
+_NEVER_SHED = ("/accounts/", "/admin/", "/static/", "/healthz")
+
+
+class ShieldMiddleware(_Middleware):
+    async def _acall(self, request):
+        if state.due():  # the refresh may read the database: not on the event loop
+            await sync_to_async(state.refresh_if_due)()
+        return await super()._acall(request)
+
+    def before(self, request):
+        ip = getattr(request, "client_ip", None) or request.META.get("REMOTE_ADDR", "")
+        verdict = state.address_verdict(ip)
+        if verdict == "deny":
+            return refuse(request, 403, "Requests from your network are blocked.", code="address_denied")
+        request.shield_allowlisted = verdict == "allow"
+        if self._anonymous_page(request):
+            for model in settings.SHIELD_MODELS:
+                retry_after = shed(model, "anon_page")
+                if retry_after:
+                    return refuse(request, 503, "We are serving a lot of people right now. Please retry in a moment; "
+                                  "registered users can log in normally.", retry_after=retry_after)
+        return None
+
+    def after(self, request, response):
+        decision = getattr(request, "shield_decision", None)
+        if decision is not None:
+            for name, value in decision.headers.items():
+                if name not in response:
+                    response[name] = value
+        return response
+
+    @staticmethod
+    def _anonymous_page(request) -> bool:
+        return (request.method in ("GET", "HEAD") and not request.path.startswith(API_PREFIXES)
+                and not request.path.startswith(_NEVER_SHED)
+                and settings.SESSION_COOKIE_NAME not in request.COOKIES)

@@ -1,0 +1,60 @@
+"""The shield's Redis client: one per process, short timeouts, so a dead Redis answers in milliseconds
+instead of hanging a request. `ShieldRedisDown` is the one error the rest of the shield handles."""
+from __future__ import annotations
+
+import threading
+
+import redis
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+_lock = threading.Lock()
+_client: redis.Redis | None = None
+
+# What "Redis is unreachable" looks like from redis-py.
+ShieldRedisDown = (redis.ConnectionError, redis.TimeoutError)
+
+
+def client() -> redis.Redis:
+    global _client
+    if _client is None:
+        with _lock:
+            if _client is None:
+                timeout = settings.SHIELD_REDIS_TIMEOUT
+                _client = redis.Redis.from_url(
+                    settings.SHIELD_REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout,
+                    health_check_interval=30, max_connections=settings.SHIELD_REDIS_MAX_CONNECTIONS)
+    return _client
+
+
+def broker() -> redis.Redis:
+    """The Celery broker's Redis, where queue depths live. The same server unless configured apart."""
+    if settings.CELERY_BROKER_URL == settings.SHIELD_REDIS_URL:
+        return client()
+    return _broker_client()
+
+
+_broker: redis.Redis | None = None
+
+
+def _broker_client() -> redis.Redis:
+    global _broker
+    if _broker is None:
+        timeout = settings.SHIELD_REDIS_TIMEOUT
+        _broker = redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=timeout,
+                                       socket_connect_timeout=timeout)
+    return _broker
+
+
+def reset() -> None:
+    """Forget the clients (tests point the shield at another Redis by changing the setting)."""
+    global _client, _broker
+    with _lock:
+        _client = _broker = None
+
+
+@receiver(setting_changed)
+def _on_setting_changed(setting, **kwargs):
+    if setting in {"SHIELD_REDIS_URL", "CELERY_BROKER_URL", "SHIELD_REDIS_TIMEOUT"}:
+        reset()

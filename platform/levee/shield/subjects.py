@@ -1,0 +1,120 @@
+"""The limited subjects of Levee. Each says its key and its rules; the limiter does the rest."""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from levee.shield import state
+from levee.shield.limiter import CONCURRENT, RATE, Rule, Subject
+from levee.shield.models import NORMAL
+
+
+def _rules_from(spec: dict) -> list[Rule]:
+    rules = []
+    for name, value in spec.items():
+        if name == "jobs":
+            rules.append(Rule("jobs", int(value), kind=CONCURRENT))
+        else:
+            limit, period = value
+            rules.append(Rule(name, int(limit), float(period), RATE))
+    return rules
+
+
+def subnet_of(ip: str) -> str:
+    """The /24 of an IPv4 address, the /64 of an IPv6 one (what one customer usually holds)."""
+    addr = ipaddress.ip_address(ip)
+    prefix = 24 if addr.version == 4 else 64
+    return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
+
+
+@dataclass(frozen=True)
+class Address(Subject):
+    action: str
+    ip: str
+
+    def key(self) -> str:
+        return f"{self.action}.address:{self.ip}"
+
+    def rules(self) -> list[Rule]:
+        return _rules_from(settings.SHIELD_LIMITS.get(f"{self.action}.address", {}))
+
+
+@dataclass(frozen=True)
+class Subnet(Subject):
+    action: str
+    ip: str
+    mode: str = NORMAL
+
+    def key(self) -> str:
+        return f"{self.action}.subnet:{subnet_of(self.ip)}"
+
+    def rules(self) -> list[Rule]:
+        rules = _rules_from(settings.SHIELD_LIMITS.get(f"{self.action}.subnet", {}))
+        if self.action == "signup" and self.mode != NORMAL:
+            div = settings.SHIELD_ELEVATED_SUBNET_DIVISOR
+            rules = [Rule(r.name, max(1, r.limit // div), r.period, r.kind) for r in rules]
+        return rules
+
+
+@dataclass(frozen=True)
+class Site(Subject):
+    """The whole site, for one action (e.g. all sign-ups)."""
+
+    action: str
+
+    def key(self) -> str:
+        return f"{self.action}.global"
+
+    def rules(self) -> list[Rule]:
+        return _rules_from(settings.SHIELD_LIMITS.get(f"{self.action}.global", {}))
+
+
+@dataclass(frozen=True)
+class SignupTrickle(Subject):
+    """under_attack: the few sign-ups per minute the site still takes."""
+
+    def key(self) -> str:
+        return "signup.trickle"
+
+    def rules(self) -> list[Rule]:
+        per_minute = settings.SHIELD_SIGNUP_TRICKLE_PER_MINUTE
+        return [Rule("requests", per_minute, 60.0)] if per_minute > 0 else [Rule("requests", 1, 1e9)]
+
+
+def _apply_override(rules: list[Rule], override) -> list[Rule]:
+    if override is None:
+        return rules
+    fields = {"requests": override.requests_per_minute, "tokens": override.tokens_per_minute,
+              "jobs": override.concurrent_jobs}
+    return [Rule(r.name, fields[r.name] if fields.get(r.name) else r.limit, r.period, r.kind) for r in rules]
+
+
+@dataclass(frozen=True)
+class Account(Subject):
+    user_id: int
+
+    def key(self) -> str:
+        return f"api.account:{self.user_id}"
+
+    def rules(self) -> list[Rule]:
+        return _apply_override(_rules_from(settings.SHIELD_LIMITS["api.account"]), state.override_for("user", self.user_id))
+
+
+@dataclass(frozen=True)
+class Key(Subject):
+    key_id: int
+
+    def key(self) -> str:
+        return f"api.key:{self.key_id}"
+
+    def rules(self) -> list[Rule]:
+        return _apply_override(_rules_from(settings.SHIELD_LIMITS["api.key"]), state.override_for("api_key", self.key_id))
+
+
+def api_subjects(*, key_id: int, user_id: int, ip: str | None, allowlisted: bool = False) -> list[Subject]:
+    subjects: list[Subject] = [Key(key_id), Account(user_id)]
+    if ip and not allowlisted:
+        subjects += [Address("api", ip), Subnet("api", ip)]
+    return subjects
