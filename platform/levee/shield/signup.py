@@ -61,14 +61,16 @@ def _gate(request) -> Gate:
     mode = state.current_mode()
     g = Gate(request, mode=mode, pow_bits=settings.SHIELD_POW_BITS.get(mode, 0))
     busy = dict(retry_after=settings.SHIELD_SIGNUP_BUSY_RETRY_AFTER, title="Registration is busy")
+    no_trickle = mode == UNDER_ATTACK and settings.SHIELD_SIGNUP_TRICKLE_PER_MINUTE == 0
     if request.method != "POST":
-        if mode == UNDER_ATTACK:
-            peek = limiter.check([SignupTrickle()], {"requests": 1}, peek=True)
-            if not peek.allowed:
-                g.refusal = refuse(request, 503, BUSY, **busy)
+        if no_trickle or (mode == UNDER_ATTACK and not limiter.check([SignupTrickle()], {"requests": 1}, peek=True).allowed):
+            g.refusal = refuse(request, 503, BUSY, **busy)
         return g
 
     stats.count("signup")
+    if no_trickle:
+        g.refusal = refuse(request, 503, BUSY, **busy)
+        return g
     if g.pow_bits:
         try:
             pow.verify(request.POST.get("pow_challenge", ""), request.POST.get("pow_nonce", ""),

@@ -79,8 +79,7 @@ class SignupTrickle(Subject):
         return "signup.trickle"
 
     def rules(self) -> list[Rule]:
-        per_minute = settings.SHIELD_SIGNUP_TRICKLE_PER_MINUTE
-        return [Rule("requests", per_minute, 60.0)] if per_minute > 0 else [Rule("requests", 1, 1e9)]
+        return [Rule("requests", max(1, settings.SHIELD_SIGNUP_TRICKLE_PER_MINUTE), 60.0)]  # 0: see signup.gate
 
 
 def _apply_override(rules: list[Rule], override) -> list[Rule]:
