@@ -1,5 +1,7 @@
 """Mitigation modes: one audited switch in admin, a banner, what under_attack does to sign-up
 (and does not do to login and the API), and the automation with its operator pin."""
+import hashlib
+
 import pytest
 from django.urls import reverse
 
@@ -59,6 +61,12 @@ def test_the_site_shows_a_banner_in_elevated_and_under_attack_only(client, djang
         assert words in client.get("/").content
 
 
+def wrong_nonce(challenge: str) -> str:
+    bits = int(challenge.split(".")[1])
+    return next(str(n) for n in range(1000)
+                if pow.leading_zero_bits(hashlib.sha256(f"{challenge}:{n}".encode()).digest()) < bits)
+
+
 def test_under_attack_signup_is_busy_but_the_trickle_and_login_and_the_api_keep_working(
         client, settings, django_capture_on_commit_callbacks):
     settings.SHIELD_SIGNUP_TRICKLE_PER_MINUTE = 2
@@ -76,7 +84,7 @@ def test_under_attack_signup_is_busy_but_the_trickle_and_login_and_the_api_keep_
         challenge = page.context["pow_challenge"]
         return client.post(reverse("signup"), {
             "email": f"person{n}@example.org", "password": PASSWORD, "pow_challenge": challenge,
-            "pow_nonce": pow.solve(challenge) if solve else "1"}, REMOTE_ADDR=f"203.0.{n}.9")
+            "pow_nonce": pow.solve(challenge) if solve else wrong_nonce(challenge)}, REMOTE_ADDR=f"203.0.{n}.9")
 
     # Without the hard proof of work: busy, and the trickle is not spent on it.
     unsolved = attempt(1, solve=False)
