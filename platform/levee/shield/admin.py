@@ -31,6 +31,10 @@ class MitigationStateAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    def get_object(self, request, object_id, from_field=None):
+        services.get_state()  # the row always exists, even on a database emptied by hand
+        return super().get_object(request, object_id, from_field)
+
     def changelist_view(self, request, extra_context=None):
         row = services.get_state()
         return HttpResponseRedirect(reverse("admin:shield_mitigationstate_change", args=[row.pk]))

@@ -8,6 +8,12 @@ from levee.env import env_int
 _MIN = 60
 _HOUR = 3600
 
+
+def _smooth(per_minute: int) -> tuple[int, float]:
+    """A per-minute rate as (limit, period) with a burst of about one second's worth, not a minute's."""
+    limit = max(1, per_minute // 60)
+    return limit, limit * 60 / per_minute
+
 SHIELD_REDIS_TIMEOUT = 0.25  # seconds; a dead Redis must not hold a request for long
 SHIELD_REDIS_MAX_CONNECTIONS = env_int("SHIELD_REDIS_MAX_CONNECTIONS", 64, minimum=4)
 # How long a process trusts what it read of the mode and the address rules (effect within 1 s).
@@ -30,6 +36,10 @@ SHIELD_LIMITS = {
     "signup.global": {"requests": (env_int("SHIELD_SIGNUP_GLOBAL_PER_MINUTE", 120, minimum=1), _MIN)},
     # Attempts (not failures) per address: bounds the password-hashing work one address can cause.
     "login.address": {"requests": (env_int("SHIELD_LOGIN_ADDRESS_PER_MINUTE", 30, minimum=1), _MIN)},
+    # Log-ins from browsers that have never logged in to that account, site-wide, per second. Each
+    # costs an Argon2 hash (~0.1-1 s of CPU), so a flood of them is a CPU flood; returning browsers
+    # (the known-device cookie) are never counted here. Size it to a fraction of the web tier's cores.
+    "login.global": {"requests": _smooth(env_int("SHIELD_LOGIN_NEW_DEVICE_PER_MINUTE", 1200, minimum=1))},
 }
 # In elevated and under_attack, subnet sign-up limits are divided by this.
 SHIELD_ELEVATED_SUBNET_DIVISOR = 4

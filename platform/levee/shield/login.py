@@ -9,6 +9,10 @@ Failures are counted three ways, each with tiered cool-offs (SHIELD_LOGIN_*_TIER
   logged in to that account before (a signed "known device" cookie) is exempt from it, so even a
   botnet cannot lock the owner out.
 
+Attempts are also rate-limited per address, and attempts from browsers without a known-device
+cookie share a site-wide budget per second: every attempt costs a deliberately slow password hash,
+so a flood of guesses from spoofed addresses is a CPU flood that would otherwise starve everyone.
+
 The account is named by what was typed, whether or not it exists, so nothing here tells an
 attacker which addresses have accounts. Redis unreachable: login answers 503 (fail closed).
 """
@@ -20,7 +24,7 @@ from django.conf import settings
 from django.core import signing
 
 from levee.shield import limiter, stats, store
-from levee.shield.subjects import Address
+from levee.shield.subjects import Address, Site
 
 KNOWN_DEVICE_COOKIE = "levee_kd"
 _KD_SALT = "levee.shield.known-device"
@@ -70,11 +74,11 @@ class LoginGuard:
         waits = [t for t in pipe.execute() if t and t > 0]
         if waits:
             return max(waits)
-        if not getattr(self.request, "shield_allowlisted", False):
-            decision = limiter.check([Address("login", self.ip)], {"requests": 1})
-            if not decision.allowed:
-                return decision.retry_after
-        return None
+        subjects = [] if getattr(self.request, "shield_allowlisted", False) else [Address("login", self.ip)]
+        if not self.known_device:
+            subjects.append(Site("login"))  # the site-wide hashing budget of new browsers
+        decision = limiter.check(subjects, {"requests": 1})
+        return None if decision.allowed else decision.retry_after
 
     def failed(self) -> None:
         client = store.client()

@@ -1,62 +1,19 @@
 """A mode flipped in admin changes what ANOTHER server process does within a second: a real
 gunicorn + uvicorn worker on a free loopback port, on the same test database and Redis."""
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
-from django.db import connection
 
 from tests.personas import root
+from tests.platform.shield.servers import server
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[3]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def second_server(settings):
-    port = free_port()
-    db = connection.settings_dict
-    env = {**os.environ,
-           "LEVEE_ENV": "test", "LEVEE_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": "1",
-           "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-           "REDIS_URL": settings.REDIS_URL, "SHIELD_SIGNUP_TRICKLE_PER_MINUTE": "0",
-           "GUNICORN_ACCESSLOG": "/dev/null"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "-c", "ops/gunicorn.conf.py",
-                             "levee.asgi:application"], cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"second server did not start: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.2)
-    try:
+def second_server():
+    with server(SHIELD_SIGNUP_TRICKLE_PER_MINUTE=0) as base:
         yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def seconds_until(url: str, status: int, limit: float = 3.0) -> float:
