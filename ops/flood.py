@@ -120,22 +120,26 @@ class Flood:
 
     async def bot(self, n: int, solver: bool) -> None:
         async with httpx.AsyncClient(base_url=self.target, timeout=10) as http:
+            token = None
             while self.running():
                 xff = self.spoofed()
                 try:
+                    if token is None:  # one CSRF token per bot, reused for every post (as bots do)
+                        token, _ = await self._form(http, "/accounts/login/", xff)
                     if solver or self.rng.random() < 0.5:
-                        await self.bot_signup(http, xff, solver)
+                        await self.bot_signup(http, xff, token, solver)
                     else:
-                        await self.bot_login(http, xff)
+                        await self.bot_login(http, xff, token)
                 except httpx.HTTPError as exc:
                     self.report.bot_signup_status[type(exc).__name__] += 1
                 await asyncio.sleep(0)
 
-    async def bot_signup(self, http, xff: str, solver: bool) -> None:
-        token, challenge = await self._form(http, "/accounts/signup/", xff)
-        if token is None:  # busy page: no form on offer; post anyway with the cookie's token
-            token, _ = await self._form(http, "/accounts/login/", xff)
-        nonce = await asyncio.to_thread(solve, challenge) if (solver and challenge) else "0"
+    async def bot_signup(self, http, xff: str, token: str | None, solver: bool) -> None:
+        challenge, nonce = "", "0"
+        if solver:  # a determined bot fetches the page for a challenge and pays for the work
+            _, challenge = await self._form(http, "/accounts/signup/", xff)
+            if challenge:
+                nonce = await asyncio.to_thread(solve, challenge)
         email = f"bot{self.rng.randrange(10**9)}@flood.example"
         self.report.bot_requests += 1
         response = await http.post("/accounts/signup/", headers={"X-Forwarded-For": xff}, data={
@@ -146,8 +150,7 @@ class Flood:
             self.report.bot_signups_admitted += 1
             self.report.bot_emails_admitted.append(email)
 
-    async def bot_login(self, http, xff: str) -> None:
-        token, _ = await self._form(http, "/accounts/login/", xff)
+    async def bot_login(self, http, xff: str, token: str | None) -> None:
         victim = self.rng.choice(self.legit).email if self.legit and self.rng.random() < 0.5 else \
             f"user{self.rng.randrange(10**6)}@example.com"
         self.report.bot_requests += 1
@@ -170,9 +173,13 @@ class Flood:
     async def warm_up(self, http, person: Legit) -> None:
         """The login of before the attack (not measured): retried as a person would, on Retry-After."""
         for _ in range(20):
-            token, _ = await self._form(http, "/accounts/login/", person.address)
-            response = await http.post("/accounts/login/", data={
-                "csrfmiddlewaretoken": token or "", "username": person.email, "password": person.password})
+            try:
+                token, _ = await self._form(http, "/accounts/login/", person.address)
+                response = await http.post("/accounts/login/", data={
+                    "csrfmiddlewaretoken": token or "", "username": person.email, "password": person.password})
+            except httpx.HTTPError:
+                await asyncio.sleep(1)
+                continue
             if response.status_code == 302:
                 return
             await asyncio.sleep(float(response.headers.get("retry-after", "1")))
@@ -208,10 +215,10 @@ class Flood:
         # before any real attack), which gives their browsers the known-device cookie.
         browsers = [httpx.AsyncClient(base_url=self.target, timeout=15, headers={"X-Forwarded-For": p.address})
                     for p in self.legit]
-        await asyncio.gather(*(self.warm_up(http, p) for http, p in zip(browsers, self.legit)))
+        await asyncio.gather(*(self.warm_up(http, p) for http, p in zip(browsers, self.legit, strict=True)))
         start = time.monotonic()
         self.deadline = start + self.seconds
-        tasks = [self.user(p, http) for p, http in zip(self.legit, browsers)]
+        tasks = [self.user(p, http) for p, http in zip(self.legit, browsers, strict=True)]
         tasks += [self.bot(n, solver=False) for n in range(self.bots)]
         tasks += [self.bot(n, solver=True) for n in range(self.solver_bots)]
         await asyncio.gather(*tasks)

@@ -9,7 +9,8 @@ from levee.shield import signup as shield_signup
 
 @require_http_methods(["GET", "POST"])
 def signup(request):
-    gate = shield_signup.gate(request)  # mode, limits, proof of work (levee.shield.signup)
+    # Mode, limits, proof of work (levee.shield.signup); usually already decided by the middleware.
+    gate = getattr(request, "shield_signup_gate", None) or shield_signup.gate(request)
     if gate.refusal is not None:
         return gate.refusal
     if gate.honeypot_tripped:  # a bot: tell it what it hopes to hear, create nothing
@@ -46,20 +47,14 @@ class LoginView(auth_views.LoginView):
     redirect_authenticated_user = True
 
     def post(self, request, *args, **kwargs):
+        from levee.shield import login as shield_login
         from levee.shield import store
-        from levee.shield.login import LoginGuard
-        from levee.shield.responses import refuse
 
-        try:
-            guard = LoginGuard(request, request.POST.get("username", ""))
-            wait = guard.cool_off()
-        except store.ShieldRedisDown:
-            return refuse(request, 503, "Log in is briefly unavailable; please retry in a moment.", retry_after=15)
-        if wait:
-            form = self.get_form()
-            response = self.render_to_response(self.get_context_data(form=form, cool_off=wait), status=429)
-            response["Retry-After"] = str(wait)
-            return response
+        guard = getattr(request, "shield_login_guard", None)  # checked by the shield's middleware
+        if guard is None:
+            guard, refusal = shield_login.gate(request)
+            if refusal is not None:
+                return refusal
         response = super().post(request, *args, **kwargs)
         try:
             if response.status_code in (301, 302, 303) and request.user.is_authenticated:

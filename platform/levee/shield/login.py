@@ -102,3 +102,20 @@ class LoginGuard:
         except (KeyError, signing.BadSignature):
             return []
         return [a for a in value.split(",") if a]
+
+
+def gate(request) -> tuple[LoginGuard | None, object]:
+    """Check a login POST before any password is hashed: (guard, None) to go ahead, or
+    (guard or None, the refusal to send). Runs in the shield's middleware, so a refused attempt is
+    answered on the event loop and never waits for (or occupies) the thread that runs sync views."""
+    from levee.shield.responses import refuse
+
+    try:
+        guard = LoginGuard(request, request.POST.get("username", ""))
+        wait = guard.cool_off()
+    except store.ShieldRedisDown:
+        return None, refuse(request, 503, "Log in is briefly unavailable; please retry in a moment.", retry_after=15)
+    if wait:
+        return guard, refuse(request, 429, f"Too many attempts. Please wait {wait} second{'s' if wait != 1 else ''} "
+                             "and try again.", retry_after=wait, title="Too many attempts")
+    return guard, None

@@ -3,8 +3,11 @@ shedding of anonymous pages under load; on the way out, x-ratelimit-* headers of
 decision taken for the request."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.urls import reverse
 
 from levee.core.middleware import _Middleware
 from levee.core.views import API_PREFIXES
@@ -14,6 +17,11 @@ from levee.shield.shedding import shed
 
 # Never shed these for anonymous visitors: logging in and the pages that have their own gates.
 _NEVER_SHED = ("/accounts/", "/admin/", "/static/", "/healthz")
+
+
+@lru_cache(maxsize=1)
+def _paths() -> dict:
+    return {"signup": reverse("signup"), "login": reverse("login")}
 
 
 class ShieldMiddleware(_Middleware):
@@ -28,6 +36,20 @@ class ShieldMiddleware(_Middleware):
         if verdict == "deny":
             return refuse(request, 403, "Requests from your network are blocked.", code="address_denied")
         request.shield_allowlisted = verdict == "allow"
+        # Sign-up and login gates run here, not in their views: under a flood almost every attempt
+        # is refused, and a refusal answered here never queues for the sync-view thread.
+        if request.path == _paths()["signup"]:
+            from levee.shield import signup
+
+            request.shield_signup_gate = signup.gate(request)
+            if request.shield_signup_gate.refusal is not None:
+                return request.shield_signup_gate.refusal
+        elif request.path == _paths()["login"] and request.method == "POST":
+            from levee.shield import login
+
+            request.shield_login_guard, refusal = login.gate(request)
+            if refusal is not None:
+                return refusal
         if self._anonymous_page(request):
             for model in settings.SHIELD_MODELS:
                 retry_after = shed(model, "anon_page")

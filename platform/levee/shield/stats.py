@@ -19,7 +19,9 @@ def _prefix(event: str) -> str:
 
 def count(event: str) -> None:
     """Add one to this minute's count. Raises ShieldRedisDown."""
-    store.client().eval(_COUNT, 1, _prefix(event))
+    from levee.shield.limiter import _script
+
+    _script("count", _COUNT)(keys=[_prefix(event)])
 
 
 def per_minute(event: str) -> int:

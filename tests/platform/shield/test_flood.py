@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.
 SECONDS = float(os.environ.get("LEVEE_FLOOD_SECONDS", "12"))
 BOTS = int(os.environ.get("LEVEE_FLOOD_BOTS", "6"))
 USERS = int(os.environ.get("LEVEE_FLOOD_USERS", "4"))
+NEW_DEVICE_LOGINS_PER_MINUTE = int(os.environ.get("LEVEE_FLOOD_NEW_DEVICE_PER_MINUTE", "20"))
 TRICKLE = 3
 
 
@@ -36,7 +37,7 @@ def test_legitimate_users_get_through_a_flood_and_bots_get_the_trickle_at_most()
     services.set_mode("under_attack", reason="flood drill", pinned=True)
 
     with server(workers=2, TRUSTED_PROXY_CIDRS="127.0.0.1/32", SHIELD_SIGNUP_TRICKLE_PER_MINUTE=TRICKLE,
-                SHIELD_POW_BITS_UNDER_ATTACK=12, SHIELD_LOGIN_NEW_DEVICE_PER_MINUTE=20) as base:
+                SHIELD_POW_BITS_UNDER_ATTACK=12, SHIELD_LOGIN_NEW_DEVICE_PER_MINUTE=NEW_DEVICE_LOGINS_PER_MINUTE) as base:
         report = flood.run(base, seconds=SECONDS, bots=BOTS, solver_bots=1, legit=legit, max_requests=20_000)
     summary = report.summary()
     print("\nflood:", summary)

@@ -1,8 +1,11 @@
 """The limiter itself: GCRA by cost, all-or-nothing over several subjects, leases that lapse."""
+import secrets
 import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from levee.shield import limiter
 from levee.shield.limiter import CONCURRENT, FixedSubject, Rule
@@ -99,3 +102,16 @@ def test_64_threads_against_a_limit_of_100_admit_exactly_100(redis_client):
     # An hour-long period: refill during the run (~36 s per request) cannot blur the count.
     s = subject("t:exact", Rule("requests", 100, 3600))
     assert exactness_run(lambda: limiter.check([s], {"requests": 1}).allowed) == 100
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(limit=st.integers(1, 500), costs=st.lists(st.integers(0, 600), min_size=1, max_size=25))
+def test_admitted_cost_never_exceeds_the_limit_and_refusals_are_exactly_the_overflows(redis_client, limit, costs):
+    s = subject(f"t:prop:{secrets.token_hex(4)}", Rule("tokens", limit, 3600))  # an hour: no refill
+    spent = 0
+    for cost in costs:
+        charged = min(cost, limit)  # an estimate above the limit is charged as the whole limit
+        allowed = limiter.check([s], {"tokens": cost}).allowed
+        assert allowed == (spent + charged <= limit)
+        spent += charged if allowed else 0
+    assert spent <= limit

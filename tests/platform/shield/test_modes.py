@@ -7,7 +7,7 @@ from django.urls import reverse
 
 from levee.keys.services import create_api_key
 from levee.shield import pow, services, state, stats, tasks
-from levee.shield.models import ModeChange, MitigationState
+from levee.shield.models import MitigationState, ModeChange
 from tests.personas import PASSWORD, ada, root
 
 pytestmark = pytest.mark.django_db

@@ -2,9 +2,10 @@
 
 import django.db.models.deletion
 import django.utils.timezone
-import levee.shield.models
 from django.conf import settings
 from django.db import migrations, models
+
+import levee.shield.models
 
 
 class Migration(migrations.Migration):
