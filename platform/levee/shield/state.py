@@ -20,9 +20,10 @@ from levee.shield.models import MODES, NORMAL
 
 log = logging.getLogger(__name__)
 
-MODE_KEY = "levee:shield:mode"
-RULES_KEY = "levee:shield:address-rules"  # JSON mirror of the unexpired AddressRule rows
-VERSION_KEY = "levee:shield:config-version"  # moves when limit overrides change
+# One hash tag, so the single MGET of all three is Redis Cluster-safe.
+MODE_KEY = "levee:{shield-state}:mode"
+RULES_KEY = "levee:{shield-state}:address-rules"  # JSON mirror of the unexpired AddressRule rows
+VERSION_KEY = "levee:{shield-state}:config-version"  # moves when limit overrides change
 
 
 @dataclass
