@@ -28,7 +28,20 @@ class ShieldMiddleware(_Middleware):
     async def _acall(self, request):
         if state.due():  # the refresh may read the database: not on the event loop
             await sync_to_async(state.refresh_if_due)()
+        if self._gated(request):
+            # Several Redis round trips (and, with Redis unreachable, their timeouts): in a worker
+            # thread, so the event loop keeps serving streams, and not in the sync-view thread,
+            # so refusals do not queue behind password hashing.
+            response = await sync_to_async(self.before, thread_sensitive=False)(request)
+            if response is None:
+                response = await self.get_response(request)
+            return self.after(request, response)
         return await super()._acall(request)
+
+    @staticmethod
+    def _gated(request) -> bool:
+        paths = _paths()
+        return request.path == paths["signup"] or (request.path == paths["login"] and request.method == "POST")
 
     def before(self, request):
         ip = getattr(request, "client_ip", None) or request.META.get("REMOTE_ADDR", "")
