@@ -103,3 +103,19 @@ def test_the_async_twins_work_from_an_async_view(rf, key_and_secret):
         return decision.allowed, await shield.acurrent_mode(), await shield.ashed("deepseek-chat", "paid_api")
 
     assert async_to_sync(view)() == (True, "normal", None)
+
+
+def test_a_request_the_drf_throttle_already_counted_is_not_counted_again_at_admission(rf, key_and_secret, settings):
+    from levee.shield.api import admit_plain_request
+
+    key, _ = key_and_secret
+    limit = settings.SHIELD_LIMITS["api.key"]["requests"][0]
+    request = rf.post("/v1/chat/completions")
+    request.client_ip = "198.51.100.9"
+    admit_plain_request(request, key)
+    decision = shield.admit_api_request(request, key, model="deepseek-chat", estimated_tokens=10)
+    assert decision.allowed and decision.headers["x-ratelimit-remaining-requests"] == str(limit - 1)
+    assert "x-ratelimit-remaining-tokens" in decision.headers
+    later = rf.get("/v1/me")
+    later.client_ip = "198.51.100.9"
+    assert admit_plain_request(later, key).headers["x-ratelimit-remaining-requests"] == str(limit - 2)
