@@ -150,3 +150,15 @@ def test_the_javascript_solver_matches_the_servers_check():
     assert pow.leading_zero_bits(bytes([0, 0, 0b00010000]) + bytes(29)) == 19
     assert pow.leading_zero_bits(bytes([0b10000000]) + bytes(31)) == 0
 
+
+
+def test_elevated_mode_quarters_the_subnet_allowance(client, settings, elevated):
+    settings.SHIELD_LIMITS = {**settings.SHIELD_LIMITS, "signup.address": {"requests": (100, 3600)},
+                              "signup.subnet": {"requests": (8, 3600)}}
+
+    def attempt(n):
+        challenge = client.get(reverse("signup")).context["pow_challenge"]
+        return sign_up(client, f"e{n}@example.com", ip=f"192.0.2.{n + 1}", pow_challenge=challenge,
+                       pow_nonce=pow.solve(challenge)).status_code
+
+    assert [attempt(n) for n in range(3)] == [302, 302, 429]  # 8 / 4 = 2 for the /24
