@@ -3,7 +3,7 @@ every name here is a Django setting (override any of them in the environment or 
 
 Rates are (limit, period in seconds); concurrency is a plain count.
 """
-from levee.env import env_int
+from levee.env import env_bool, env_int
 
 _MIN = 60
 _HOUR = 3600
@@ -15,6 +15,8 @@ def _smooth(per_minute: int) -> tuple[int, float]:
     return limit, limit * 60 / per_minute
 
 SHIELD_REDIS_TIMEOUT = 0.25  # seconds; a dead Redis must not hold a request for long
+# Redis Cluster: decide a multi-subject request one subject (one slot) at a time, with give-backs.
+SHIELD_REDIS_CLUSTER = env_bool("SHIELD_REDIS_CLUSTER", False)
 SHIELD_REDIS_MAX_CONNECTIONS = env_int("SHIELD_REDIS_MAX_CONNECTIONS", 64, minimum=4)
 # How long a process trusts what it read of the mode and the address rules (effect within 1 s).
 SHIELD_STATE_CACHE_SECONDS = 0.5

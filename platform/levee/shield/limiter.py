@@ -14,13 +14,17 @@ one Redis round trip, inside one Lua script, so there is no read-modify-write fr
 * time is Redis's `TIME`, so web processes with skewed clocks agree.
 
 Every key of one subject carries the subject's key as its `{hash tag}`, so a subject's keys live in
-one Redis Cluster slot. (A decision spanning several subjects spans slots; see docs/shield.md.)
+one Redis Cluster slot. A decision spanning several subjects spans slots: on a single Redis it is
+one script; with SHIELD_REDIS_CLUSTER it is one script per subject, with the earlier subjects'
+charges given back when a later one refuses (see `_check_per_slot`).
 """
 from __future__ import annotations
 
 import math
 import secrets
 from dataclasses import dataclass, field
+
+from django.conf import settings
 
 from levee.shield import store
 
@@ -206,16 +210,11 @@ def check(subjects: list[Subject], costs: dict[str, int], *, lease_ttl: float | 
     if not picked:
         return Decision(allowed=True)
     lease_id = secrets.token_hex(8) if lease_ttl is not None else ""
-    keys, args = [], ["1" if peek else "0", lease_id, str(int((lease_ttl or 0) * 1000))]
-    for subject, rule, cost in picked:
-        keys.append(subject.redis_key(rule))
-        args += [rule.kind, str(max(1, rule.limit)), str(int(rule.period * 1000)), str(cost)]
-    raw = _script("check", _CHECK)(keys=keys, args=args)
-    allowed = bool(raw[0])
-    outcomes = []
-    for i, (subject, rule, _cost) in enumerate(picked):
-        ok, remaining, reset_ms, retry_ms = raw[1 + 4 * i: 5 + 4 * i]
-        outcomes.append(Outcome(subject, rule, bool(ok), max(0, int(remaining)), reset_ms / 1000, retry_ms / 1000))
+    head = ["1" if peek else "0", lease_id, str(int((lease_ttl or 0) * 1000))]
+    if settings.SHIELD_REDIS_CLUSTER and len({subject.key() for subject, _, _ in picked}) > 1:
+        allowed, outcomes = _check_per_slot(picked, head, peek=peek)
+    else:
+        allowed, outcomes = _run_check(picked, head)
     lease = None
     lease_keys = [subject.redis_key(rule) for subject, rule, _ in picked if rule.kind == CONCURRENT]
     if allowed and lease_keys and not peek:
@@ -229,6 +228,55 @@ def check(subjects: list[Subject], costs: dict[str, int], *, lease_ttl: float | 
         reason = f"{worst.rule.name} limit of {worst.subject.key().split(':', 1)[0]}"
     return Decision(allowed=allowed, retry_after=retry_after, headers=rate_headers(outcomes, refused_retry=retry_after),
                     lease=lease, reason=reason, outcomes=outcomes)
+
+
+def _run_check(picked: list[tuple[Subject, Rule, int]], head: list[str]) -> tuple[bool, list[Outcome]]:
+    keys, args = [], list(head)
+    for subject, rule, cost in picked:
+        keys.append(subject.redis_key(rule))
+        args += [rule.kind, str(max(1, rule.limit)), str(int(rule.period * 1000)), str(cost)]
+    raw = _script("check", _CHECK)(keys=keys, args=args)
+    outcomes = []
+    for i, (subject, rule, _cost) in enumerate(picked):
+        ok, remaining, reset_ms, retry_ms = raw[1 + 4 * i: 5 + 4 * i]
+        outcomes.append(Outcome(subject, rule, bool(ok), max(0, int(remaining)), reset_ms / 1000, retry_ms / 1000))
+    return bool(raw[0]), outcomes
+
+
+def _check_per_slot(picked: list[tuple[Subject, Rule, int]], head: list[str], *,
+                    peek: bool) -> tuple[bool, list[Outcome]]:
+    """Redis Cluster: one script per subject (its keys share a hash tag, so one slot), in order; if a
+    later subject refuses, what the earlier ones charged is given back. Each subject never admits
+    past its limit; a request refused this way may briefly hold an earlier subject's allowance,
+    which can only refuse a concurrent request too early, never admit one too many."""
+    groups: dict[str, list[tuple[Subject, Rule, int]]] = {}
+    for item in picked:
+        groups.setdefault(item[0].key(), []).append(item)
+    outcomes: list[Outcome] = []
+    charged: list[list[tuple[Subject, Rule, int]]] = []
+    for group in groups.values():
+        ok, group_outcomes = _run_check(group, head)
+        outcomes += group_outcomes
+        if not ok:
+            if not peek:
+                _give_back(charged, lease_id=head[1])
+            return False, outcomes
+        charged.append(group)
+    return True, outcomes
+
+
+def _give_back(groups: list[list[tuple[Subject, Rule, int]]], *, lease_id: str) -> None:
+    client = store.client()
+    for group in groups:
+        keys, args = [], []
+        for subject, rule, cost in group:
+            if rule.kind == RATE and cost:
+                keys.append(subject.redis_key(rule))
+                args += [str(max(1, rule.limit)), str(int(rule.period * 1000)), str(-min(cost, rule.limit))]
+            elif rule.kind == CONCURRENT and lease_id:
+                client.zrem(subject.redis_key(rule), lease_id)
+        if keys:
+            _script("adjust", _ADJUST)(keys=keys, args=args)
 
 
 def adjust(subjects: list[Subject], name: str, *, estimated: int, actual: int) -> None:

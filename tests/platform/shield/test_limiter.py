@@ -115,3 +115,26 @@ def test_admitted_cost_never_exceeds_the_limit_and_refusals_are_exactly_the_over
         assert allowed == (spent + charged <= limit)
         spent += charged if allowed else 0
     assert spent <= limit
+
+
+@pytest.fixture(params=[False, True], ids=["one-script", "per-slot"])
+def cluster_mode(request, settings):
+    settings.SHIELD_REDIS_CLUSTER = request.param
+    return request.param
+
+
+def test_per_slot_decisions_are_all_or_nothing_too(redis_client, cluster_mode):
+    roomy = subject("t:roomy2", Rule("requests", 100, 60), Rule("jobs", 5, kind=CONCURRENT))
+    tight = subject("t:tight2", Rule("requests", 1, 60))
+    assert limiter.check([roomy, tight], {"requests": 1}, lease_ttl=60).allowed
+    for _ in range(5):
+        assert not limiter.check([roomy, tight], {"requests": 1}, lease_ttl=60).allowed
+    after = limiter.check([roomy], {"requests": 1}, lease_ttl=60)
+    assert after.headers["x-ratelimit-remaining-requests"] == "98"  # given back every time
+    assert redis_client.zcard(roomy.redis_key(Rule("jobs", 5, kind=CONCURRENT))) == 2
+
+
+def test_per_slot_decisions_are_exact_under_64_threads(redis_client, cluster_mode):
+    a = subject("t:exact-a", Rule("requests", 100, 3600))
+    b = subject("t:exact-b", Rule("requests", 1000, 3600))
+    assert exactness_run(lambda: limiter.check([b, a], {"requests": 1}).allowed) == 100
