@@ -132,6 +132,7 @@ class Flood:
                         await self.bot_login(http, xff, token)
                 except httpx.HTTPError as exc:
                     self.report.bot_signup_status[type(exc).__name__] += 1
+                    await asyncio.sleep(0.05)  # a server that is down is not hammered in a hot loop
                 await asyncio.sleep(0)
 
     async def bot_signup(self, http, xff: str, token: str | None, solver: bool) -> None:
