@@ -20,7 +20,7 @@ from django.conf import settings
 from levee.shield import limiter, state, store
 from levee.shield.limiter import Decision
 from levee.shield.shedding import shed
-from levee.shield.subjects import Account, Key, api_subjects
+from levee.shield.subjects import Account, Key, api_subjects, ip_of
 from levee.shield.tiers import api_tier
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def admit_plain_request(request, api_key) -> Decision:
 
 def _decide(http_request, api_key, costs: dict, *, lease: bool) -> Decision:
     subjects = api_subjects(key_id=api_key.pk, user_id=api_key.user_id,
-                            ip=getattr(http_request, "client_ip", None),
+                            ip=ip_of(http_request),
                             allowlisted=getattr(http_request, "shield_allowlisted", False))
     try:
         decision = limiter.check(subjects, costs, lease_ttl=settings.SHIELD_LEASE_TTL if lease else None)

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.core import signing
 
 from levee.shield import limiter, stats, store
-from levee.shield.subjects import Address, Site
+from levee.shield.subjects import Address, Site, ip_of
 
 KNOWN_DEVICE_COOKIE = "levee_kd"
 _KD_SALT = "levee.shield.known-device"
@@ -50,7 +50,7 @@ def _account_tag(email: str) -> str:
 class LoginGuard:
     def __init__(self, request, email: str):
         self.request = request
-        self.ip = request.client_ip
+        self.ip = ip_of(request)
         self.account = _account_tag(email)
         self.known_device = self.account in self._known_accounts()
         self.scopes = [

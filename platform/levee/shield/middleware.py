@@ -14,6 +14,7 @@ from levee.core.views import API_PREFIXES
 from levee.shield import state
 from levee.shield.responses import refuse
 from levee.shield.shedding import shed
+from levee.shield.subjects import ip_of
 
 # Never shed these for anonymous visitors: logging in and the pages that have their own gates.
 _NEVER_SHED = ("/accounts/", "/admin/", "/static/", "/healthz")
@@ -44,8 +45,7 @@ class ShieldMiddleware(_Middleware):
         return request.path == paths["signup"] or (request.path == paths["login"] and request.method == "POST")
 
     def before(self, request):
-        ip = getattr(request, "client_ip", None) or request.META.get("REMOTE_ADDR", "")
-        verdict = state.address_verdict(ip)
+        verdict = state.address_verdict(ip_of(request))
         if verdict == "deny":
             return refuse(request, 403, "Requests from your network are blocked.", code="address_denied")
         request.shield_allowlisted = verdict == "allow"

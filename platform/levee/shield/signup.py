@@ -15,7 +15,7 @@ from django.conf import settings
 from levee.shield import limiter, pow, state, stats, store
 from levee.shield.models import UNDER_ATTACK
 from levee.shield.responses import refuse
-from levee.shield.subjects import Address, SignupTrickle, Site, Subnet
+from levee.shield.subjects import Address, SignupTrickle, Site, Subnet, ip_of
 
 BUSY = "Registration is busy, please retry later. Registered users can log in normally."
 UNAVAILABLE = "Registration is temporarily unavailable, please retry later."
@@ -38,7 +38,7 @@ class Gate:
 
 
 def _subjects(request, mode: str) -> list:
-    ip = request.client_ip
+    ip = ip_of(request)
     subjects: list = [Site("signup")]
     if not getattr(request, "shield_allowlisted", False):
         subjects += [Address("signup", ip), Subnet("signup", ip, mode)]

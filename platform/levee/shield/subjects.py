@@ -117,3 +117,13 @@ def api_subjects(*, key_id: int, user_id: int, ip: str | None, allowlisted: bool
     if ip and not allowlisted:
         subjects += [Address("api", ip), Subnet("api", ip)]
     return subjects
+
+
+def ip_of(request) -> str:
+    """The client address RequestIdMiddleware resolved, or resolve it (code paths without the middleware)."""
+    ip = getattr(request, "client_ip", None)
+    if ip is None:
+        from levee.core.net import client_ip
+
+        ip = request.client_ip = client_ip(request)
+    return ip
