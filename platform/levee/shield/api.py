@@ -147,9 +147,57 @@ def release_lease(lease: str | None) -> None:
         log.warning("shield: Redis unreachable; lease %s will lapse on its own", (lease or "").split("|")[0])
 
 
-# admit and settle may read a limit override from the database: keep them on Django's sync thread.
-aadmit_api_request = sync_to_async(admit_api_request)
+# --- async twins ------------------------------------------------------------------------------
+# The admission of a streaming request runs on the event loop (redis.asyncio): no thread hop, and
+# no queueing behind whatever the worker's sync-view thread is doing (password hashing, under a
+# login flood). Only a limit override not yet cached is read from the database, in that thread.
+
+
+def _overrides(key_id: int, user_id: int):
+    return state.override_for("api_key", key_id), state.override_for("user", user_id)
+
+
+async def aadmit_api_request(request, api_key, *, model: str, estimated_tokens: int) -> Decision:
+    """`admit_api_request` for async views."""
+    http_request = getattr(request, "_request", request)
+    key_override = state.cached_override("api_key", api_key.pk)
+    account_override = state.cached_override("user", api_key.user_id)
+    if key_override is state.MISSING or account_override is state.MISSING:
+        key_override, account_override = await sync_to_async(_overrides)(api_key.pk, api_key.user_id)
+    earlier = getattr(http_request, "shield_decision", None)
+    costs = {"tokens": max(0, int(estimated_tokens))}
+    if earlier is None or not earlier.allowed:
+        costs["requests"] = 1
+    subjects = api_subjects(key_id=api_key.pk, user_id=api_key.user_id, ip=ip_of(http_request),
+                            allowlisted=getattr(http_request, "shield_allowlisted", False),
+                            key_override=key_override, account_override=account_override)
+    try:
+        decision = await limiter.acheck(subjects, costs, lease_ttl=settings.SHIELD_LEASE_TTL)
+    except store.ShieldRedisDown:
+        decision = await sync_to_async(_without_redis)(api_key)
+    else:
+        if not decision.allowed:
+            decision.status, decision.message = 429, _refusal_message(decision)
+    if earlier is not None and decision.allowed:
+        decision.headers = {**earlier.headers, **decision.headers}
+    http_request.shield_decision = decision
+    return decision
+
+
+async def arelease_lease(lease: str | None) -> None:
+    """`release_lease` for async views."""
+    try:
+        await limiter.arelease(lease)
+    except store.ShieldRedisDown:
+        log.warning("shield: Redis unreachable; lease %s will lapse on its own", (lease or "").split("|")[0])
+
+
+async def acurrent_mode() -> str:
+    if not state.due():
+        return state.current_mode()  # cached: no I/O
+    return await sync_to_async(current_mode)()  # a refresh may read the database
+
+
+# Settlement reads overrides and runs once per job: Django's sync thread is fine for it.
 asettle_tokens = sync_to_async(settle_tokens)
-arelease_lease = sync_to_async(release_lease, thread_sensitive=False)
-ashed = sync_to_async(shed, thread_sensitive=False)
-acurrent_mode = sync_to_async(current_mode, thread_sensitive=False)
+ashed = sync_to_async(shed, thread_sensitive=False)  # Redis only, cached 0.5 s

@@ -20,11 +20,14 @@ charges given back when a later one refuses (see `_check_per_slot`).
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import secrets
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from django.conf import settings
+from redis import exceptions as redis_exceptions
 
 from levee.shield import store
 
@@ -184,6 +187,11 @@ return #KEYS
 _scripts: dict = {}
 
 
+@lru_cache(maxsize=8)
+def _sha(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()
+
+
 def _script(name: str, source: str):
     client = store.client()
     cached = _scripts.get(name)
@@ -193,12 +201,7 @@ def _script(name: str, source: str):
     return cached[1]
 
 
-def check(subjects: list[Subject], costs: dict[str, int], *, lease_ttl: float | None = None,
-          peek: bool = False) -> Decision:
-    """Decide every rule of every subject whose name is in `costs` (and, when `lease_ttl` is given,
-    every concurrency rule, taking a lease). Charges nothing unless everything passes.
-
-    Raises one of `store.ShieldRedisDown` when Redis cannot be reached; callers choose the policy."""
+def _plan(subjects: list[Subject], costs: dict[str, int], lease_ttl: float | None, peek: bool):
     picked: list[tuple[Subject, Rule, int]] = []
     for subject in subjects:
         for rule in subject.rules():
@@ -207,18 +210,32 @@ def check(subjects: list[Subject], costs: dict[str, int], *, lease_ttl: float | 
                     picked.append((subject, rule, 1))
             elif rule.name in costs:
                 picked.append((subject, rule, max(0, int(costs[rule.name]))))
-    if not picked:
-        return Decision(allowed=True)
     lease_id = secrets.token_hex(8) if lease_ttl is not None else ""
     head = ["1" if peek else "0", lease_id, str(int((lease_ttl or 0) * 1000))]
-    if settings.SHIELD_REDIS_CLUSTER and len({subject.key() for subject, _, _ in picked}) > 1:
-        allowed, outcomes = _check_per_slot(picked, head, peek=peek)
-    else:
-        allowed, outcomes = _run_check(picked, head)
+    return picked, head
+
+
+def _script_call(picked: list[tuple[Subject, Rule, int]], head: list[str]) -> tuple[list[str], list[str]]:
+    keys, args = [], list(head)
+    for subject, rule, cost in picked:
+        keys.append(subject.redis_key(rule))
+        args += [rule.kind, str(max(1, rule.limit)), str(int(rule.period * 1000)), str(cost)]
+    return keys, args
+
+
+def _outcomes(picked: list[tuple[Subject, Rule, int]], raw: list) -> tuple[bool, list[Outcome]]:
+    outcomes = []
+    for i, (subject, rule, _cost) in enumerate(picked):
+        ok, remaining, reset_ms, retry_ms = raw[1 + 4 * i: 5 + 4 * i]
+        outcomes.append(Outcome(subject, rule, bool(ok), max(0, int(remaining)), reset_ms / 1000, retry_ms / 1000))
+    return bool(raw[0]), outcomes
+
+
+def _decision(picked, head, allowed: bool, outcomes: list[Outcome], peek: bool) -> Decision:
     lease = None
     lease_keys = [subject.redis_key(rule) for subject, rule, _ in picked if rule.kind == CONCURRENT]
     if allowed and lease_keys and not peek:
-        lease = "|".join([lease_id, *lease_keys])
+        lease = "|".join([head[1], *lease_keys])
     refused = [o for o in outcomes if not o.allowed]
     reason = None
     retry_after = 0
@@ -230,17 +247,47 @@ def check(subjects: list[Subject], costs: dict[str, int], *, lease_ttl: float | 
                     lease=lease, reason=reason, outcomes=outcomes)
 
 
+def check(subjects: list[Subject], costs: dict[str, int], *, lease_ttl: float | None = None,
+          peek: bool = False) -> Decision:
+    """Decide every rule of every subject whose name is in `costs` (and, when `lease_ttl` is given,
+    every concurrency rule, taking a lease). Charges nothing unless everything passes.
+
+    Raises one of `store.ShieldRedisDown` when Redis cannot be reached; callers choose the policy."""
+    picked, head = _plan(subjects, costs, lease_ttl, peek)
+    if not picked:
+        return Decision(allowed=True)
+    if settings.SHIELD_REDIS_CLUSTER and len({subject.key() for subject, _, _ in picked}) > 1:
+        allowed, outcomes = _check_per_slot(picked, head, peek=peek)
+    else:
+        allowed, outcomes = _run_check(picked, head)
+    return _decision(picked, head, allowed, outcomes, peek)
+
+
+async def acheck(subjects: list[Subject], costs: dict[str, int], *, lease_ttl: float | None = None,
+                 peek: bool = False) -> Decision:
+    """`check` on the event loop (redis.asyncio): for async views, no thread hop. The subjects'
+    rules() must not need the database (pass pre-resolved overrides). Cluster mode falls back to
+    the sync path in a worker thread."""
+    if settings.SHIELD_REDIS_CLUSTER:
+        from asgiref.sync import sync_to_async
+
+        return await sync_to_async(check, thread_sensitive=False)(subjects, costs, lease_ttl=lease_ttl, peek=peek)
+    picked, head = _plan(subjects, costs, lease_ttl, peek)
+    if not picked:
+        return Decision(allowed=True)
+    keys, args = _script_call(picked, head)
+    client = store.aclient()
+    try:
+        raw = await client.evalsha(_sha(_CHECK), len(keys), *keys, *args)
+    except redis_exceptions.NoScriptError:
+        raw = await client.eval(_CHECK, len(keys), *keys, *args)
+    allowed, outcomes = _outcomes(picked, raw)
+    return _decision(picked, head, allowed, outcomes, peek)
+
+
 def _run_check(picked: list[tuple[Subject, Rule, int]], head: list[str]) -> tuple[bool, list[Outcome]]:
-    keys, args = [], list(head)
-    for subject, rule, cost in picked:
-        keys.append(subject.redis_key(rule))
-        args += [rule.kind, str(max(1, rule.limit)), str(int(rule.period * 1000)), str(cost)]
-    raw = _script("check", _CHECK)(keys=keys, args=args)
-    outcomes = []
-    for i, (subject, rule, _cost) in enumerate(picked):
-        ok, remaining, reset_ms, retry_ms = raw[1 + 4 * i: 5 + 4 * i]
-        outcomes.append(Outcome(subject, rule, bool(ok), max(0, int(remaining)), reset_ms / 1000, retry_ms / 1000))
-    return bool(raw[0]), outcomes
+    keys, args = _script_call(picked, head)
+    return _outcomes(picked, _script("check", _CHECK)(keys=keys, args=args))
 
 
 def _check_per_slot(picked: list[tuple[Subject, Rule, int]], head: list[str], *,
@@ -292,6 +339,16 @@ def adjust(subjects: list[Subject], name: str, *, estimated: int, actual: int) -
                     args += [str(max(1, rule.limit)), str(int(rule.period * 1000)), str(delta)]
     if keys:
         _script("adjust", _ADJUST)(keys=keys, args=args)
+
+
+async def arelease(lease: str | None) -> None:
+    if not lease:
+        return
+    lease_id, *keys = lease.split("|")
+    pipe = store.aclient().pipeline(transaction=False)
+    for key in keys:
+        pipe.zrem(key, lease_id)
+    await pipe.execute()
 
 
 def release(lease: str | None) -> None:

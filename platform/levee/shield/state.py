@@ -156,6 +156,20 @@ def override_for(kind: str, pk: int):
     return row
 
 
+_MISSING = object()
+
+
+def cached_override(kind: str, pk: int):
+    """The cached override (or None), or `state.MISSING` when a database read is needed first.
+    Never refreshes and never touches the database: safe on the event loop."""
+    if due():
+        return MISSING
+    return _snap.overrides.get((kind, pk), MISSING)
+
+
+MISSING = _MISSING
+
+
 def publish_config() -> None:
     """Mirror the address rules to Redis and move the override version, so every process picks
     both up at its next refresh. If Redis is down, processes fall back to the database themselves."""

@@ -22,10 +22,35 @@ def client() -> redis.Redis:
         with _lock:
             if _client is None:
                 timeout = settings.SHIELD_REDIS_TIMEOUT
-                _client = redis.Redis.from_url(
+                # Blocking pool: a burst beyond max_connections waits (up to 1 s) for a free
+                # connection instead of failing, and only then counts as Redis being unreachable.
+                pool = redis.BlockingConnectionPool.from_url(
                     settings.SHIELD_REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout,
-                    health_check_interval=30, max_connections=settings.SHIELD_REDIS_MAX_CONNECTIONS)
+                    health_check_interval=30, max_connections=settings.SHIELD_REDIS_MAX_CONNECTIONS, timeout=1)
+                _client = redis.Redis(connection_pool=pool)
     return _client
+
+
+_async_clients: dict = {}
+
+
+def aclient():
+    """A redis.asyncio client for the running event loop (such clients are bound to their loop)."""
+    import asyncio
+    import weakref
+
+    import redis.asyncio as aredis
+
+    loop = asyncio.get_running_loop()
+    entry = _async_clients.get(id(loop))
+    if entry is None or entry[0]() is not loop or entry[2] != settings.SHIELD_REDIS_URL:
+        timeout = settings.SHIELD_REDIS_TIMEOUT
+        pool = aredis.BlockingConnectionPool.from_url(
+            settings.SHIELD_REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout,
+            max_connections=settings.SHIELD_REDIS_MAX_CONNECTIONS, timeout=1)
+        entry = (weakref.ref(loop), aredis.Redis(connection_pool=pool), settings.SHIELD_REDIS_URL)
+        _async_clients[id(loop)] = entry
+    return entry[1]
 
 
 def broker() -> redis.Redis:
@@ -52,6 +77,7 @@ def reset() -> None:
     global _client, _broker
     with _lock:
         _client = _broker = None
+        _async_clients.clear()
 
 
 @receiver(setting_changed)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 
@@ -93,27 +93,33 @@ def _apply_override(rules: list[Rule], override) -> list[Rule]:
 @dataclass(frozen=True)
 class Account(Subject):
     user_id: int
+    # Pre-resolved LimitOverride (async callers resolve it first); state.MISSING: look it up.
+    override: object = field(default=state.MISSING, compare=False, repr=False)
 
     def key(self) -> str:
         return f"api.account:{self.user_id}"
 
     def rules(self) -> list[Rule]:
-        return _apply_override(_rules_from(settings.SHIELD_LIMITS["api.account"]), state.override_for("user", self.user_id))
+        override = state.override_for("user", self.user_id) if self.override is state.MISSING else self.override
+        return _apply_override(_rules_from(settings.SHIELD_LIMITS["api.account"]), override)
 
 
 @dataclass(frozen=True)
 class Key(Subject):
     key_id: int
+    override: object = field(default=state.MISSING, compare=False, repr=False)
 
     def key(self) -> str:
         return f"api.key:{self.key_id}"
 
     def rules(self) -> list[Rule]:
-        return _apply_override(_rules_from(settings.SHIELD_LIMITS["api.key"]), state.override_for("api_key", self.key_id))
+        override = state.override_for("api_key", self.key_id) if self.override is state.MISSING else self.override
+        return _apply_override(_rules_from(settings.SHIELD_LIMITS["api.key"]), override)
 
 
-def api_subjects(*, key_id: int, user_id: int, ip: str | None, allowlisted: bool = False) -> list[Subject]:
-    subjects: list[Subject] = [Key(key_id), Account(user_id)]
+def api_subjects(*, key_id: int, user_id: int, ip: str | None, allowlisted: bool = False,
+                 key_override=state.MISSING, account_override=state.MISSING) -> list[Subject]:
+    subjects: list[Subject] = [Key(key_id, key_override), Account(user_id, account_override)]
     if ip and not allowlisted:
         subjects += [Address("api", ip), Subnet("api", ip)]
     return subjects
