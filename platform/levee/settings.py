@@ -119,6 +119,7 @@ CELERY_BEAT_SCHEDULE: dict = {}
 
 # The shield (rate limits, shedding, mitigation modes): its defaults live beside it.
 from levee.shield.conf import *  # noqa: E402,F403
+
 SHIELD_REDIS_URL = env_str("SHIELD_REDIS_URL") or REDIS_URL
 CELERY_BEAT_SCHEDULE["shield-evaluate-mode"] = {"task": "levee.shield.evaluate_mode", "schedule": 10.0,
                                                 "options": {"queue": "platform", "expires": 10}}
