@@ -29,7 +29,7 @@ from functools import lru_cache
 from django.conf import settings
 from redis import exceptions as redis_exceptions
 
-from levee.shield import store
+from levee.shield import store, telemetry
 
 RATE, CONCURRENT = "rate", "concurrent"
 
@@ -236,6 +236,8 @@ def _decision(picked, head, allowed: bool, outcomes: list[Outcome], peek: bool) 
     lease_keys = [subject.redis_key(rule) for subject, rule, _ in picked if rule.kind == CONCURRENT]
     if allowed and lease_keys and not peek:
         lease = "|".join([head[1], *lease_keys])
+    if not peek:
+        telemetry.limiter_outcomes(outcomes)
     refused = [o for o in outcomes if not o.allowed]
     reason = None
     retry_after = 0

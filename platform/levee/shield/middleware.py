@@ -20,6 +20,10 @@ from levee.shield.subjects import ip_of
 _NEVER_SHED = ("/accounts/", "/admin/", "/static/", "/healthz")
 
 
+def _unlimited() -> frozenset:
+    return frozenset(getattr(settings, "LEVEE_UNLIMITED_PATHS", ["/healthz"]))
+
+
 @lru_cache(maxsize=1)
 def _paths() -> dict:
     return {"signup": reverse("signup"), "login": reverse("login")}
@@ -45,6 +49,8 @@ class ShieldMiddleware(_Middleware):
         return request.path == paths["signup"] or (request.path == paths["login"] and request.method == "POST")
 
     def before(self, request):
+        if request.path in _unlimited():  # probes and scrapes: never limited, gated or shed
+            return None
         verdict = state.address_verdict(ip_of(request))
         if verdict == "deny":
             return refuse(request, 403, "Requests from your network are blocked.", code="address_denied")

@@ -36,3 +36,10 @@ def set_mode(mode: str, *, reason: str, by=None, pinned: bool | None = None,
         row.save(update_fields=["mode", "pinned", "reason", "changed_by", "changed_at"])
         transaction.on_commit(lambda: state.mirror_mode(mode))
     return True
+
+
+def mode_details() -> dict:
+    """For dashboards and metrics: {"mode", "set_by", "set_at", "reason", "pinned"}."""
+    row = MitigationState.objects.select_related("changed_by").filter(pk=1).first() or MitigationState(pk=1)
+    return {"mode": row.mode, "set_by": row.changed_by.email if row.changed_by else None,
+            "set_at": row.changed_at, "reason": row.reason, "pinned": row.pinned}

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from levee.shield import limiter, pow, state, stats, store
+from levee.shield import limiter, pow, state, stats, store, telemetry
 from levee.shield.models import UNDER_ATTACK
 from levee.shield.responses import refuse
 from levee.shield.subjects import Address, SignupTrickle, Site, Subnet, ip_of
@@ -52,6 +52,7 @@ def gate(request) -> Gate:
     try:
         return _gate(request)
     except store.ShieldRedisDown:
+        telemetry.signup_refused("unavailable")
         return Gate(request, refusal=refuse(request, 503, UNAVAILABLE, retry_after=30))
 
 
@@ -69,6 +70,7 @@ def _gate(request) -> Gate:
 
     stats.count("signup")
     if no_trickle:
+        telemetry.signup_refused("busy")
         g.refusal = refuse(request, 503, BUSY, **busy)
         return g
     if g.pow_bits:
@@ -76,12 +78,14 @@ def _gate(request) -> Gate:
             pow.verify(request.POST.get("pow_challenge", ""), request.POST.get("pow_nonce", ""),
                        required_bits=g.pow_bits)
         except pow.PowRefused as exc:
+            telemetry.signup_refused("proof_of_work")
             g.pow_error = str(exc)
             if mode == UNDER_ATTACK:
                 g.refusal = refuse(request, 503, BUSY, **busy)
             return g  # elevated: the form is shown again with a fresh challenge
     decision = limiter.check(_subjects(request, mode), {"requests": 1})
     if not decision.allowed:
+        telemetry.signup_refused("busy" if mode == UNDER_ATTACK else "rate_limited")
         if mode == UNDER_ATTACK:
             g.refusal = refuse(request, 503, BUSY, **busy)
         else:
@@ -89,4 +93,6 @@ def _gate(request) -> Gate:
                                retry_after=decision.retry_after)
         return g
     g.honeypot_tripped = bool(request.POST.get(HONEYPOT_FIELD))
+    if g.honeypot_tripped:
+        telemetry.signup_refused("honeypot")
     return g

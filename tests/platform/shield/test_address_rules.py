@@ -68,3 +68,10 @@ def test_a_process_that_finds_no_mirror_reads_the_rules_from_the_database(redis_
     state.forget()
     assert state.address_verdict("10.9.8.7") == "deny"
     assert redis_client.get(state.RULES_KEY)
+
+
+def test_probes_are_exempt_even_from_a_deny_rule(client, settings, django_capture_on_commit_callbacks):
+    settings.LEVEE_UNLIMITED_PATHS = ["/healthz"]
+    add_rule(django_capture_on_commit_callbacks, network="127.0.0.0/8", action="deny")
+    assert client.get("/", REMOTE_ADDR="127.0.0.1").status_code == 403
+    assert client.get("/healthz", REMOTE_ADDR="127.0.0.1").status_code == 200

@@ -156,3 +156,11 @@ def test_without_its_redis_mirror_a_process_reads_the_mode_from_the_database(red
     state.forget()
     assert state.current_mode() == "elevated"
     assert redis_client.get(state.MODE_KEY) == b"elevated"  # and re-mirrors it
+
+
+def test_mode_details_name_who_set_it_and_why():
+    operator = root()
+    services.set_mode("elevated", reason="signups x10", by=operator, pinned=True)
+    details = services.mode_details()
+    assert details["mode"] == "elevated" and details["set_by"] == "root@example.com"
+    assert details["reason"] == "signups x10" and details["pinned"] is True and details["set_at"]
