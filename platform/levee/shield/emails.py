@@ -42,3 +42,11 @@ def find_canonical_twin(email: str):
 
     twin = SignupIdentity.objects.filter(canonical_email=canonical_email(email)).select_related("user").first()
     return twin.user if twin else None
+
+
+def holds_canonical_email(user) -> bool:
+    """Whether `user` got its canonical form (recorded on save; a concurrent twin's committed row
+    makes that insert a no-op, which is how a race between two look-alike sign-ups is detected)."""
+    from levee.shield.models import SignupIdentity
+
+    return SignupIdentity.objects.filter(user=user).exists()

@@ -162,3 +162,14 @@ def test_elevated_mode_quarters_the_subnet_allowance(client, settings, elevated)
                        pow_nonce=pow.solve(challenge)).status_code
 
     assert [attempt(n) for n in range(3)] == [302, 302, 429]  # 8 / 4 = 2 for the /24
+
+
+def test_a_look_alike_that_wins_a_race_still_leaves_one_account(client, monkeypatch, django_capture_on_commit_callbacks):
+    make_user("ada@gmail.com")
+    # The twin committed after this sign-up looked for it: the check saw nothing ...
+    monkeypatch.setattr("levee.shield.emails.find_canonical_twin", lambda email: None)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = sign_up(client, "a.d.a@gmail.com")
+    assert response.status_code == 302
+    # ... but the canonical form is unique, so the new account was rolled back.
+    assert list(User.objects.values_list("email", flat=True)) == ["ada@gmail.com"]
