@@ -18,7 +18,7 @@ import os
 import socket
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
@@ -67,7 +67,7 @@ class Runtime:
             return self._engine
 
     def start(self) -> None:
-        self.engine  # load before taking jobs, so the first job does not pay for it
+        _ = self.engine  # load before taking jobs, so the first job does not pay for it
         self._beat.start()
 
     def stop(self) -> None:
@@ -99,7 +99,7 @@ class Runtime:
             pipe.mget([protocol.cancel_key(job_id) for job_id, _ in jobs])
         replies = pipe.execute()
         if jobs:
-            for (job_id, handle), flag in zip(jobs, replies[-1]):
+            for (_job_id, handle), flag in zip(jobs, replies[-1], strict=True):
                 if flag:
                     handle.cancel()
 
@@ -127,7 +127,7 @@ def _on_shutdown(**_):
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat()
 
 
 def settle(message: protocol.JobMessage, usage: dict, started: float, finished: float) -> None:

@@ -15,6 +15,25 @@ def _fast_hashing_and_mail(settings, request):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_shield(settings):
+    """Each test starts with empty limiter counters and no cached mitigation state: the test Redis
+    database (REDIS_URL, one per test runner) is emptied, and the shield's in-process caches dropped.
+    Tests that need the mode or address rules to come from the database delete the mirror keys."""
+    import redis
+
+    from levee.shield import shedding, state
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+    # What the first request of a fresh deployment would mirror from the (empty) database.
+    client.mset({state.MODE_KEY: "normal", state.RULES_KEY: "[]"})
+    state.forget()
+    shedding.forget()
+    yield
+    state.forget()
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "real_hasher: keep the production password hashers")
 

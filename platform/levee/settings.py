@@ -52,6 +52,7 @@ INSTALLED_APPS = [
     "levee.keys",
     "levee.api",
     "levee.billing",
+    "levee.shield",
     "levee.chat",
 ]
 
@@ -59,6 +60,7 @@ MIDDLEWARE = [
     "levee.core.middleware.RequestIdMiddleware",
     "levee.core.middleware.RequestLogMiddleware",
     "levee.core.middleware.BodySizeLimitMiddleware",
+    "levee.shield.middleware.ShieldMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -83,6 +85,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "levee.shield.context.mitigation",
             ],
         },
     },
@@ -122,6 +125,14 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULE: dict = {}
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False  # keep LOGGING's JSON handler and redaction in workers too
+
+# The shield (rate limits, shedding, mitigation modes): its defaults live beside it.
+from levee.shield.conf import *  # noqa: E402,F403
+
+SHIELD_REDIS_URL = env_str("SHIELD_REDIS_URL") or REDIS_URL
+SHIELD_API_TIER = "levee.billing.tiers.api_tier"  # topped-up money = paid API, shed last
+CELERY_BEAT_SCHEDULE["shield-evaluate-mode"] = {"task": "levee.shield.evaluate_mode", "schedule": 10.0,
+                                                "options": {"queue": "platform", "expires": 10}}
 
 AUTH_USER_MODEL = "accounts.User"
 LOGIN_URL = "login"
@@ -168,6 +179,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "EXCEPTION_HANDLER": "levee.core.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_THROTTLE_CLASSES": ["levee.shield.throttles.ApiKeyThrottle"],
 }
 
 LANGUAGE_CODE = "en-us"

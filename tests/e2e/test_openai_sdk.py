@@ -4,7 +4,6 @@ import time
 
 import openai
 import pytest
-from django.utils import timezone
 
 from levee.api.models import LlmModel
 from levee.billing import services as billing

@@ -10,9 +10,20 @@ from levee.accounts.services import clean_email
 class SignUpForm(forms.Form):
     email = forms.CharField(max_length=EMAIL_MAX_LENGTH, widget=forms.EmailInput(attrs={"autocomplete": "email"}))
     password = forms.CharField(max_length=256, strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}))
+    # The shield's fields: a honeypot people never see, and the proof of work the browser fills in.
+    website = forms.CharField(required=False, max_length=200, widget=forms.TextInput(
+        attrs={"autocomplete": "off", "tabindex": "-1"}))
+    pow_challenge = forms.CharField(required=False, max_length=200, widget=forms.HiddenInput)
+    pow_nonce = forms.CharField(required=False, max_length=64, widget=forms.HiddenInput)
 
     def clean_email(self):
-        return clean_email(self.cleaned_data["email"])
+        from levee.shield.emails import is_disposable
+
+        email = clean_email(self.cleaned_data["email"])
+        if is_disposable(email):
+            raise ValidationError("Please use a permanent email address; disposable ones are not accepted.",
+                                  code="disposable")
+        return email
 
     def clean(self):
         data = super().clean()

@@ -56,15 +56,19 @@ def sign_up(email: str, password: str) -> None:
     Returns nothing, on purpose: whether the address already had an account must not show in the
     response, its status or its timing. An existing owner gets a mail saying someone tried.
     """
+    from levee.shield.emails import find_canonical_twin, holds_canonical_email
+
     email = clean_email(email)
     hashed = make_password(password)  # hashed on both paths so timing does not tell them apart
-    existing = find_user(email)
+    existing = find_user(email) or find_canonical_twin(email)  # a.da+x@googlemail.com is ada@gmail.com
     if existing is None:
         try:
             with transaction.atomic():
                 user = User.objects.create(email=email, password=hashed)
+                if not holds_canonical_email(user):  # a concurrent twin (a.da@ vs ad.a@) got there first
+                    raise IntegrityError("canonical email taken")
         except IntegrityError:  # a concurrent sign-up with the same address won the race
-            existing = find_user(email)
+            existing = find_user(email) or find_canonical_twin(email)
         else:
             _send(user.email, "Verify your Levee account",
                   "Welcome to Levee.\n\nConfirm your address by opening this link:\n\n"

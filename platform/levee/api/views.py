@@ -5,7 +5,7 @@ import json
 import logging
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -64,6 +64,11 @@ async def list_models(request):
     key, failure = await _authenticate(request)
     if failure:
         return failure
+    from levee.shield import api as shield
+
+    decision = await sync_to_async(shield.admit_plain_request, thread_sensitive=False)(request, key)
+    if not decision.allowed:
+        return decision.response()
     models = await db(lambda: list(LlmModel.objects.filter(enabled=True)))()
     return JsonResponse({"object": "list", "data": [_model_row(m) for m in models]})
 
@@ -115,10 +120,52 @@ def _overloaded(message: str, retry_after: int):
     return error_response(503, message, headers={"Retry-After": str(retry_after)})
 
 
+class _Admission:
+    """The shield's share of one request: its tokens-per-minute reservation and concurrency lease,
+    corrected and given back exactly once however the request ends."""
+
+    def __init__(self, key, model: str, estimated: int, lease):
+        self.key, self.model, self.estimated, self.lease = key, model, estimated, lease
+        self._done = False
+
+    async def finish(self, actual_tokens: int) -> None:
+        if self._done:
+            return
+        self._done = True
+        from levee.shield import api as shield
+
+        await shield.asettle_tokens(self.key.pk, self.key.user_id, model=self.model, estimated=self.estimated,
+                                    actual=actual_tokens)
+        await shield.arelease_lease(self.lease)
+
+
 async def _run(request, key, model, chat, prompt_ids, max_tokens):
-    from levee.billing import services as billing
+    from levee.shield import api as shield
+    from levee.shield.tiers import api_tier
 
     job_id = uuid.uuid4().hex
+    # Shedding by priority first (paid API last), then the caller's own limits, then capacity and money.
+    retry_after = await shield.ashed(model.name, await db(api_tier)(key.user, key))
+    if retry_after:
+        return _overloaded(f"{model.name} is shedding load; retry shortly.", retry_after)
+    estimated = len(prompt_ids) + max_tokens
+    decision = await shield.aadmit_api_request(request, key, model=model.name, estimated_tokens=estimated)
+    if not decision.allowed:
+        return decision.response()
+    admission = _Admission(key, model.name, estimated, decision.lease)
+    try:
+        response = await _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admission)
+    except BaseException:
+        await admission.finish(0)
+        raise
+    if response.status_code != 200:
+        await admission.finish(0)
+    return response
+
+
+async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admission):
+    from levee.billing import services as billing
+
     try:
         await jobs.check_capacity(model)
     except jobs.Overloaded as exc:
@@ -131,7 +178,7 @@ async def _run(request, key, model, chat, prompt_ids, max_tokens):
     try:
         hold = await db(billing.place_hold)(
             user=key.user, api_key=key, model=model.name, prompt_tokens=len(prompt_ids), max_tokens=max_tokens,
-            request_id=request.request_id, deadline=datetime.fromtimestamp(deadline, tz=timezone.utc))
+            request_id=request.request_id, deadline=datetime.fromtimestamp(deadline, tz=UTC))
     except billing.InsufficientBalance:
         return error_response(402, "Insufficient Balance")
 
@@ -149,7 +196,7 @@ async def _run(request, key, model, chat, prompt_ids, max_tokens):
         return _overloaded("The service is temporarily unavailable; retry shortly.", 5)
 
     stream = _Completion(job_id=job_id, model=model, hold_id=hold.id, prompt_tokens=len(prompt_ids),
-                         include_usage=chat.include_usage)
+                         include_usage=chat.include_usage, admission=admission)
     if chat.stream:
         response = StreamingHttpResponse(stream.sse(), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
@@ -161,14 +208,14 @@ async def _run(request, key, model, chat, prompt_ids, max_tokens):
 class _Completion:
     """Turns one job's events into the API's response, and settles what the worker could not."""
 
-    def __init__(self, *, job_id, model, hold_id, prompt_tokens, include_usage):
-        self.job_id, self.model, self.hold_id = job_id, model, hold_id
+    def __init__(self, *, job_id, model, hold_id, prompt_tokens, include_usage, admission):
+        self.job_id, self.model, self.hold_id, self.admission = job_id, model, hold_id, admission
         self.prompt_tokens, self.include_usage = prompt_tokens, include_usage
         self.id = f"chatcmpl-{job_id}"
         self.created = int(time.time())
         self.splitter = ThinkSplitter() if model.reasoner else None
         self.usage = protocol.usage_dict(0, prompt_tokens, 0)
-        self.started_at = datetime.now(timezone.utc)
+        self.started_at = datetime.now(UTC)
         self._t0 = time.monotonic()
         self._first_token_at: float | None = None
 
@@ -219,7 +266,7 @@ class _Completion:
                 self.hold_id, prompt_cache_hit_tokens=self.usage["prompt_cache_hit_tokens"],
                 prompt_cache_miss_tokens=self.usage["prompt_cache_miss_tokens"],
                 completion_tokens=self.usage["completion_tokens"], started_at=self.started_at,
-                finished_at=datetime.now(timezone.utc))
+                finished_at=datetime.now(UTC))
         except Exception:
             log.exception("settling hold %s after a lost worker failed; the sweep will release it", self.hold_id)
 
@@ -268,8 +315,18 @@ class _Completion:
                     await jobs.cancel(self.job_id)
                 except RedisError:
                     log.warning("could not flag job %s cancelled", self.job_id)
+            await self.admission.finish(self._total_tokens())
+
+    def _total_tokens(self) -> int:
+        return self.usage["prompt_tokens"] + self.usage["completion_tokens"]
 
     async def whole(self):
+        try:
+            return await self._whole()
+        finally:
+            await self.admission.finish(self._total_tokens())
+
+    async def _whole(self):
         content: list[str] = []
         reasoning: list[str] = []
         try:

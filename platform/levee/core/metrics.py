@@ -108,8 +108,10 @@ def open_holds() -> int | None:
 
 def current_mode() -> dict | None:
     """The shield's mitigation mode: {"mode": "normal"|"elevated"|"under_attack", "set_by": str | None,
-    "set_at": datetime | None, "reason": str, "pinned": bool}. To be read from levee.shield."""
-    return None
+    "set_at": datetime | None, "reason": str, "pinned": bool}."""
+    from levee.shield.services import mode_details
+
+    return mode_details()
 
 
 # --- scrape-time state ----------------------------------------------------------------------------

@@ -1,0 +1,82 @@
+from django import forms
+from django.contrib import admin, messages
+from django.http import HttpResponseRedirect
+from django.urls import reverse
+
+from levee.shield import services
+from levee.shield.models import AddressRule, LimitOverride, MitigationState, ModeChange
+
+
+class MitigationStateForm(forms.ModelForm):
+    change_reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=True,
+                                    help_text="Required: why you are changing the mode (kept in the audit log).")
+
+    class Meta:
+        model = MitigationState
+        fields = ["mode", "pinned"]
+
+
+@admin.register(MitigationState)
+class MitigationStateAdmin(admin.ModelAdmin):
+    """The one switch: pick a mode, give a reason. Saved through services.set_mode (audited, mirrored
+    to Redis, in effect in every process within a second)."""
+
+    form = MitigationStateForm
+    list_display = ("mode", "pinned", "reason", "changed_by", "changed_at")
+    readonly_fields = ("reason", "changed_by", "changed_at")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_object(self, request, object_id, from_field=None):
+        services.get_state()  # the row always exists, even on a database emptied by hand
+        return super().get_object(request, object_id, from_field)
+
+    def changelist_view(self, request, extra_context=None):
+        row = services.get_state()
+        return HttpResponseRedirect(reverse("admin:shield_mitigationstate_change", args=[row.pk]))
+
+    def save_model(self, request, obj, form, change):
+        changed = services.set_mode(form.cleaned_data["mode"], pinned=form.cleaned_data["pinned"],
+                                    reason=form.cleaned_data["change_reason"], by=request.user)
+        if not changed:
+            messages.info(request, "The mode was already set that way; nothing changed.")
+        obj.refresh_from_db()
+
+
+@admin.register(ModeChange)
+class ModeChangeAdmin(admin.ModelAdmin):
+    list_display = ("at", "source", "by", "from_mode", "to_mode", "pinned", "reason")
+    list_filter = ("source", "to_mode")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AddressRule)
+class AddressRuleAdmin(admin.ModelAdmin):
+    list_display = ("network", "action", "reason", "expires_at", "created_by", "created_at")
+    list_filter = ("action",)
+    search_fields = ("network", "reason")
+    readonly_fields = ("created_by", "created_at")
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(LimitOverride)
+class LimitOverrideAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "requests_per_minute", "tokens_per_minute", "concurrent_jobs", "note", "updated_at")
+    raw_id_fields = ("user", "api_key")
+    search_fields = ("user__email", "api_key__prefix", "note")

@@ -1,0 +1,93 @@
+"""The shield's defaults, read from the environment. `levee.settings` star-imports this module, so
+every name here is a Django setting (override any of them in the environment or in test settings).
+
+Rates are (limit, period in seconds); concurrency is a plain count.
+"""
+from levee.env import env_bool, env_int
+
+_MIN = 60
+_HOUR = 3600
+
+
+def _smooth(per_minute: int) -> tuple[int, float]:
+    """A per-minute rate as (limit, period) with a burst of about one second's worth, not a minute's."""
+    limit = max(1, per_minute // 60)
+    return limit, limit * 60 / per_minute
+
+SHIELD_REDIS_TIMEOUT = 0.25  # seconds; a dead Redis must not hold a request for long
+# Redis Cluster: decide a multi-subject request one subject (one slot) at a time, with give-backs.
+SHIELD_REDIS_CLUSTER = env_bool("SHIELD_REDIS_CLUSTER", False)
+SHIELD_REDIS_MAX_CONNECTIONS = env_int("SHIELD_REDIS_MAX_CONNECTIONS", 64, minimum=4)
+# How long a process trusts what it read of the mode and the address rules (effect within 1 s).
+SHIELD_STATE_CACHE_SECONDS = 0.5
+
+# Per subject and action: rule name -> (limit, period) or a count for "jobs" (concurrency).
+SHIELD_LIMITS = {
+    "api.key": {"requests": (env_int("SHIELD_KEY_RPM", 60, minimum=1), _MIN),
+                "tokens": (env_int("SHIELD_KEY_TPM", 200_000, minimum=1), _MIN),
+                "jobs": env_int("SHIELD_KEY_JOBS", 8, minimum=1)},
+    "api.account": {"requests": (env_int("SHIELD_ACCOUNT_RPM", 120, minimum=1), _MIN),
+                    "tokens": (env_int("SHIELD_ACCOUNT_TPM", 400_000, minimum=1), _MIN),
+                    "jobs": env_int("SHIELD_ACCOUNT_JOBS", 16, minimum=1)},
+    # Many people may share an address (offices, carrier NAT): address limits are wide.
+    "api.address": {"requests": (env_int("SHIELD_API_ADDRESS_RPM", 600, minimum=1), _MIN),
+                    "jobs": env_int("SHIELD_API_ADDRESS_JOBS", 64, minimum=1)},
+    "api.subnet": {"requests": (env_int("SHIELD_API_SUBNET_RPM", 2400, minimum=1), _MIN)},
+    "signup.address": {"requests": (env_int("SHIELD_SIGNUP_ADDRESS_PER_HOUR", 5, minimum=1), _HOUR)},
+    "signup.subnet": {"requests": (env_int("SHIELD_SIGNUP_SUBNET_PER_HOUR", 30, minimum=1), _HOUR)},
+    "signup.global": {"requests": (env_int("SHIELD_SIGNUP_GLOBAL_PER_MINUTE", 120, minimum=1), _MIN)},
+    # Attempts (not failures) per address: bounds the password-hashing work one address can cause.
+    "login.address": {"requests": (env_int("SHIELD_LOGIN_ADDRESS_PER_MINUTE", 30, minimum=1), _MIN)},
+    # Log-ins from browsers that have never logged in to that account, site-wide, per second. Each
+    # costs an Argon2 hash (~0.1-1 s of CPU), so a flood of them is a CPU flood; returning browsers
+    # (the known-device cookie) are never counted here. Size it to a fraction of the web tier's cores.
+    "login.global": {"requests": _smooth(env_int("SHIELD_LOGIN_NEW_DEVICE_PER_MINUTE", 1200, minimum=1))},
+}
+# In elevated and under_attack, subnet sign-up limits are divided by this.
+SHIELD_ELEVATED_SUBNET_DIVISOR = 4
+# under_attack: sign-ups admitted per minute, site-wide, each with a hard proof of work.
+SHIELD_SIGNUP_TRICKLE_PER_MINUTE = env_int("SHIELD_SIGNUP_TRICKLE_PER_MINUTE", 5, minimum=0)
+# Seconds a client is told to wait when registration is busy.
+SHIELD_SIGNUP_BUSY_RETRY_AFTER = 60
+
+# Concurrency leases outlive the longest job (10 min in the queue + generation), then lapse.
+SHIELD_LEASE_TTL = env_int("SHIELD_LEASE_TTL", 20 * _MIN, minimum=10)
+# Redis unreachable: the paid API falls back to this per-process limit per key (requests/minute).
+SHIELD_FALLBACK_REQUESTS_PER_MINUTE = env_int("SHIELD_FALLBACK_REQUESTS_PER_MINUTE", 30, minimum=1)
+# Dotted path of f(user, api_key) -> "paid_api" | "free_api". Billing can plug in its own.
+SHIELD_API_TIER = "levee.shield.tiers.default_api_tier"
+
+# Proof of work: leading zero bits of SHA-256 asked of a sign-up, per mode (0 = none).
+SHIELD_POW_BITS = {"normal": 0, "elevated": env_int("SHIELD_POW_BITS_ELEVATED", 16, minimum=1),
+                   "under_attack": env_int("SHIELD_POW_BITS_UNDER_ATTACK", 20, minimum=1)}
+SHIELD_POW_TTL = 600  # seconds a challenge stays valid
+
+# Login: failures in a window -> cool-off, tier by tier: [(failures, cool-off seconds), ...].
+SHIELD_LOGIN_PAIR_WINDOW = 24 * _HOUR  # per (account, address)
+SHIELD_LOGIN_PAIR_TIERS = [(5, 60), (10, 10 * _MIN), (20, _HOUR)]
+SHIELD_LOGIN_ADDRESS_WINDOW = _HOUR  # per address, any account
+SHIELD_LOGIN_ADDRESS_TIERS = [(30, 5 * _MIN), (100, _HOUR)]
+# Per account from everywhere: high, and never applied to a browser that has logged in before.
+SHIELD_LOGIN_ACCOUNT_WINDOW = _HOUR
+SHIELD_LOGIN_ACCOUNT_TIERS = [(env_int("SHIELD_LOGIN_ACCOUNT_CEILING", 200, minimum=10), 15 * _MIN)]
+SHIELD_KNOWN_DEVICE_MAX_AGE = 90 * 24 * _HOUR
+
+# Automatic mitigation: per-minute rates that raise the mode, and the calm needed to lower it.
+SHIELD_AUTO_ENABLED = True
+SHIELD_AUTO_SIGNUPS_PER_MINUTE = {"elevated": env_int("SHIELD_AUTO_SIGNUPS_ELEVATED", 60, minimum=1),
+                                  "under_attack": env_int("SHIELD_AUTO_SIGNUPS_UNDER_ATTACK", 300, minimum=1)}
+SHIELD_AUTO_FAILED_LOGINS_PER_MINUTE = {"elevated": env_int("SHIELD_AUTO_FAILED_LOGINS_ELEVATED", 300, minimum=1),
+                                        "under_attack": env_int("SHIELD_AUTO_FAILED_LOGINS_UNDER_ATTACK", 3000, minimum=1)}
+SHIELD_AUTO_COOLDOWN = env_int("SHIELD_AUTO_COOLDOWN", 15 * _MIN, minimum=0)
+
+# Load shedding per model: queue depth (jobs) and oldest wait (ms) at which each priority is shed.
+# Lower priorities shed first; a priority is restored once both fall below RESTORE_RATIO of its
+# thresholds and stay there HOLD seconds, then readmitted gradually over RAMP seconds.
+SHIELD_SHED_DEPTH = {"anon_page": 200, "free_chat": 200, "free_api": 500, "paid_api": 2000}
+SHIELD_SHED_WAIT_MS = {"anon_page": 30_000, "free_chat": 30_000, "free_api": 90_000, "paid_api": 300_000}
+SHIELD_SHED_RESTORE_RATIO = 0.7
+SHIELD_SHED_HOLD = 10
+SHIELD_SHED_RAMP = 30
+SHIELD_SHED_RETRY_AFTER = 15
+# Models whose queues anonymous page shedding watches.
+SHIELD_MODELS = ["deepseek-chat", "deepseek-reasoner"]

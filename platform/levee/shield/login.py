@@ -1,0 +1,121 @@
+"""Brute-force defence for login, without handing attackers a way to lock real users out.
+
+Failures are counted three ways, each with tiered cool-offs (SHIELD_LOGIN_*_TIERS):
+
+* per (account, address): the tight one. Guessing ada's password from one address cools that
+  address off for ada only; ada elsewhere is unaffected.
+* per address, any account: credential stuffing from one address.
+* per account from everywhere: a high ceiling against a distributed guess, and a browser that has
+  logged in to that account before (a signed "known device" cookie) is exempt from it, so even a
+  botnet cannot lock the owner out.
+
+Attempts are also rate-limited per address, and attempts from browsers without a known-device
+cookie share a site-wide budget per second: every attempt costs a deliberately slow password hash,
+so a flood of guesses from spoofed addresses is a CPU flood that would otherwise starve everyone.
+
+The account is named by what was typed, whether or not it exists, so nothing here tells an
+attacker which addresses have accounts. Redis unreachable: login answers 503 (fail closed).
+"""
+from __future__ import annotations
+
+import hashlib
+
+from django.conf import settings
+from django.core import signing
+
+from levee.shield import limiter, stats, store
+from levee.shield.subjects import Address, Site, ip_of
+
+KNOWN_DEVICE_COOKIE = "levee_kd"
+_KD_SALT = "levee.shield.known-device"
+_KD_MAX_ACCOUNTS = 5
+
+# KEYS: failures, lock. ARGV: window seconds, then threshold/cool-off pairs (ascending).
+_FAIL = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1])) end
+local lock = 0
+for i = 2, #ARGV, 2 do
+  if n >= tonumber(ARGV[i]) then lock = tonumber(ARGV[i + 1]) end
+end
+if lock > 0 then redis.call('SET', KEYS[2], n, 'EX', lock) end
+return lock
+"""
+
+
+def _account_tag(email: str) -> str:
+    return hashlib.sha256((email or "").strip().lower().encode()).hexdigest()[:24]
+
+
+class LoginGuard:
+    def __init__(self, request, email: str):
+        self.request = request
+        self.ip = ip_of(request)
+        self.account = _account_tag(email)
+        self.known_device = self.account in self._known_accounts()
+        self.scopes = [
+            (f"login.pair:{self.account}:{self.ip}", settings.SHIELD_LOGIN_PAIR_WINDOW, settings.SHIELD_LOGIN_PAIR_TIERS),
+            (f"login.address:{self.ip}", settings.SHIELD_LOGIN_ADDRESS_WINDOW, settings.SHIELD_LOGIN_ADDRESS_TIERS),
+        ]
+        if not self.known_device:
+            self.scopes.append((f"login.account:{self.account}", settings.SHIELD_LOGIN_ACCOUNT_WINDOW,
+                                settings.SHIELD_LOGIN_ACCOUNT_TIERS))
+
+    @staticmethod
+    def _keys(scope: str) -> tuple[str, str]:
+        return f"levee:login:{{{scope}}}:fails", f"levee:login:{{{scope}}}:lock"
+
+    def cool_off(self) -> int | None:
+        """Seconds this attempt must wait, or None to go ahead. Raises ShieldRedisDown."""
+        client = store.client()
+        pipe = client.pipeline(transaction=False)
+        for scope, _, _ in self.scopes:
+            pipe.ttl(self._keys(scope)[1])
+        waits = [t for t in pipe.execute() if t and t > 0]
+        if waits:
+            return max(waits)
+        subjects = [] if getattr(self.request, "shield_allowlisted", False) else [Address("login", self.ip)]
+        if not self.known_device:
+            subjects.append(Site("login"))  # the site-wide hashing budget of new browsers
+        decision = limiter.check(subjects, {"requests": 1})
+        return None if decision.allowed else decision.retry_after
+
+    def failed(self) -> None:
+        client = store.client()
+        script = client.register_script(_FAIL)
+        for scope, window, tiers in self.scopes:
+            args = [window] + [x for tier in tiers for x in tier]
+            script(keys=list(self._keys(scope)), args=args)
+        stats.count("failed_login")
+
+    def succeeded(self, response) -> None:
+        store.client().delete(*self._keys(self.scopes[0][0]))
+        accounts = [a for a in self._known_accounts() if a != self.account][: _KD_MAX_ACCOUNTS - 1]
+        response.set_signed_cookie(KNOWN_DEVICE_COOKIE, ",".join([self.account, *accounts]), salt=_KD_SALT,
+                                   max_age=settings.SHIELD_KNOWN_DEVICE_MAX_AGE, httponly=True, samesite="Lax",
+                                   secure=self.request.is_secure())
+
+    def _known_accounts(self) -> list[str]:
+        try:
+            value = self.request.get_signed_cookie(KNOWN_DEVICE_COOKIE, salt=_KD_SALT,
+                                                   max_age=settings.SHIELD_KNOWN_DEVICE_MAX_AGE)
+        except (KeyError, signing.BadSignature):
+            return []
+        return [a for a in value.split(",") if a]
+
+
+def gate(request) -> tuple[LoginGuard | None, object]:
+    """Check a login POST before any password is hashed: (guard, None) to go ahead, or
+    (guard or None, the refusal to send). Runs in the shield's middleware, so a refused attempt is
+    answered on the event loop and never waits for (or occupies) the thread that runs sync views."""
+    from levee.shield.responses import refuse
+
+    try:
+        guard = LoginGuard(request, request.POST.get("username", ""))
+        wait = guard.cool_off()
+    except store.ShieldRedisDown:
+        return None, refuse(request, 503, "Log in is briefly unavailable; please retry in a moment.", retry_after=15)
+    if wait:
+        return guard, refuse(request, 429, f"Too many attempts. Please wait {wait} second{'s' if wait != 1 else ''} "
+                             "and try again.", retry_after=wait, title="Too many attempts")
+    return guard, None

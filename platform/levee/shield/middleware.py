@@ -1,0 +1,92 @@
+"""The shield's gate at the front of every request, sync or async: address rules first, then
+shedding of anonymous pages under load; on the way out, x-ratelimit-* headers of any limiter
+decision taken for the request."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.urls import reverse
+
+from levee.core.middleware import _Middleware
+from levee.core.views import API_PREFIXES
+from levee.shield import state
+from levee.shield.responses import refuse
+from levee.shield.shedding import shed
+from levee.shield.subjects import ip_of
+
+# Never shed these for anonymous visitors: logging in and the pages that have their own gates.
+_NEVER_SHED = ("/accounts/", "/admin/", "/static/", "/healthz")
+
+
+def _unlimited() -> frozenset:
+    return frozenset(getattr(settings, "LEVEE_UNLIMITED_PATHS", ["/healthz"]))
+
+
+@lru_cache(maxsize=1)
+def _paths() -> dict:
+    return {"signup": reverse("signup"), "login": reverse("login")}
+
+
+class ShieldMiddleware(_Middleware):
+    async def _acall(self, request):
+        if state.due():  # the refresh may read the database: not on the event loop
+            await sync_to_async(state.refresh_if_due)()
+        if self._gated(request):
+            # Several Redis round trips (and, with Redis unreachable, their timeouts): in a worker
+            # thread, so the event loop keeps serving streams, and not in the sync-view thread,
+            # so refusals do not queue behind password hashing.
+            response = await sync_to_async(self.before, thread_sensitive=False)(request)
+            if response is None:
+                response = await self.get_response(request)
+            return self.after(request, response)
+        return await super()._acall(request)
+
+    @staticmethod
+    def _gated(request) -> bool:
+        paths = _paths()
+        return request.path == paths["signup"] or (request.path == paths["login"] and request.method == "POST")
+
+    def before(self, request):
+        if request.path in _unlimited():  # probes and scrapes: never limited, gated or shed
+            return None
+        verdict = state.address_verdict(ip_of(request))
+        if verdict == "deny":
+            return refuse(request, 403, "Requests from your network are blocked.", code="address_denied")
+        request.shield_allowlisted = verdict == "allow"
+        # Sign-up and login gates run here, not in their views: under a flood almost every attempt
+        # is refused, and a refusal answered here never queues for the sync-view thread.
+        if request.path == _paths()["signup"]:
+            from levee.shield import signup
+
+            request.shield_signup_gate = signup.gate(request)
+            if request.shield_signup_gate.refusal is not None:
+                return request.shield_signup_gate.refusal
+        elif request.path == _paths()["login"] and request.method == "POST":
+            from levee.shield import login
+
+            request.shield_login_guard, refusal = login.gate(request)
+            if refusal is not None:
+                return refusal
+        if self._anonymous_page(request):
+            for model in settings.SHIELD_MODELS:
+                retry_after = shed(model, "anon_page")
+                if retry_after:
+                    return refuse(request, 503, "We are serving a lot of people right now. Please retry in a moment; "
+                                  "registered users can log in normally.", retry_after=retry_after)
+        return None
+
+    def after(self, request, response):
+        decision = getattr(request, "shield_decision", None)
+        if decision is not None:
+            for name, value in decision.headers.items():
+                if name not in response:
+                    response[name] = value
+        return response
+
+    @staticmethod
+    def _anonymous_page(request) -> bool:
+        return (request.method in ("GET", "HEAD") and not request.path.startswith(API_PREFIXES)
+                and not request.path.startswith(_NEVER_SHED)
+                and settings.SESSION_COOKIE_NAME not in request.COOKIES)

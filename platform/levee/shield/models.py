@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import ipaddress
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+NORMAL, ELEVATED, UNDER_ATTACK = "normal", "elevated", "under_attack"
+MODES = [NORMAL, ELEVATED, UNDER_ATTACK]
+MODE_CHOICES = [(NORMAL, "normal"), (ELEVATED, "elevated"), (UNDER_ATTACK, "under attack")]
+
+
+class MitigationState(models.Model):
+    """The one row that says how defensive the site is. Written only through
+    `levee.shield.services.set_mode`, which audits the change and mirrors it to Redis."""
+
+    mode = models.CharField(max_length=16, choices=MODE_CHOICES, default=NORMAL)
+    pinned = models.BooleanField(default=False, help_text="Pinned: automatic escalation and de-escalation leave the mode alone.")
+    reason = models.TextField(blank=True)
+    changed_at = models.DateTimeField(default=timezone.now)
+    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+
+    class Meta:
+        verbose_name = "mitigation mode"
+        verbose_name_plural = "mitigation mode"
+        constraints = [models.CheckConstraint(condition=Q(pk=1), name="shield_mitigationstate_singleton"),
+                       models.CheckConstraint(condition=Q(mode__in=MODES), name="shield_mitigationstate_mode_valid")]
+
+    def __str__(self) -> str:
+        return f"{self.mode}{' (pinned)' if self.pinned else ''}"
+
+
+class ModeChange(models.Model):
+    """Audit log: who (or the automation) moved the mode, when, why, from what to what."""
+
+    OPERATOR, AUTOMATIC = "operator", "automatic"
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    source = models.CharField(max_length=16, choices=[(OPERATOR, "operator"), (AUTOMATIC, "automatic")])
+    from_mode = models.CharField(max_length=16, choices=MODE_CHOICES)
+    to_mode = models.CharField(max_length=16, choices=MODE_CHOICES)
+    pinned = models.BooleanField(default=False)
+    reason = models.TextField()
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.from_mode} → {self.to_mode}"
+
+
+def validate_network(value: str) -> None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValidationError(f"{value!r} is not an IP address or network (CIDR).") from None
+
+
+class AddressRule(models.Model):
+    """Deny or allow an address range before anything else runs. Allowed ranges skip the per-address
+    and per-subnet limits (a partner's egress, an office); denied ones get 403."""
+
+    ALLOW, DENY = "allow", "deny"
+
+    network = models.CharField(max_length=64, validators=[validate_network], help_text="e.g. 203.0.113.0/24 or 2001:db8::/48")
+    action = models.CharField(max_length=8, choices=[(DENY, "deny"), (ALLOW, "allow")])
+    reason = models.CharField(max_length=200)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: until removed.")
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.network}"
+
+    def save(self, *args, **kwargs):
+        self.network = str(ipaddress.ip_network(self.network, strict=False))
+        super().save(*args, **kwargs)
+
+
+class LimitOverride(models.Model):
+    """Per-account or per-key limits that replace the defaults (empty fields keep the default)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
+                                related_name="limit_override")
+    api_key = models.OneToOneField("keys.ApiKey", null=True, blank=True, on_delete=models.CASCADE,
+                                   related_name="limit_override")
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    concurrent_jobs = models.PositiveIntegerField(null=True, blank=True)
+    note = models.CharField(max_length=200, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(
+            condition=(Q(user__isnull=False) & Q(api_key__isnull=True)) | (Q(user__isnull=True) & Q(api_key__isnull=False)),
+            name="shield_limitoverride_one_subject")]
+
+    def __str__(self) -> str:
+        return f"limits for {self.user or self.api_key}"
+
+    def clean(self):
+        if bool(self.user_id) == bool(self.api_key_id):
+            raise ValidationError("Choose either an account or an API key.")
+
+
+class SignupIdentity(models.Model):
+    """The canonical form of an account's address (case, Gmail dots and +tags folded), so
+    `A.da+x@googlemail.com` is recognised as `ada@gmail.com` at sign-up."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="signup_identity")
+    canonical_email = models.CharField(max_length=254, unique=True)
+
+    def __str__(self) -> str:
+        return self.canonical_email

@@ -1,0 +1,34 @@
+"""Receivers: keep the canonical email beside each account, and tell every process when address
+rules or limit overrides change."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+
+from levee.shield import state
+from levee.shield.emails import canonical_email
+from levee.shield.models import AddressRule, LimitOverride, SignupIdentity
+
+
+@receiver(post_save, sender=settings.AUTH_USER_MODEL)
+def _record_canonical_email(sender, instance, created, **kwargs):
+    canonical = canonical_email(instance.email)
+    if created:
+        # Operators may create look-alike accounts on purpose; the sign-up path checks before creating.
+        SignupIdentity.objects.bulk_create([SignupIdentity(user=instance, canonical_email=canonical)],
+                                           ignore_conflicts=True)
+    else:
+        try:
+            with transaction.atomic():
+                SignupIdentity.objects.filter(user=instance).exclude(canonical_email=canonical).update(
+                    canonical_email=canonical)
+        except IntegrityError:  # another account already holds this canonical form: keep the old one
+            pass
+
+
+@receiver([post_save, post_delete], sender=AddressRule)
+@receiver([post_save, post_delete], sender=LimitOverride)
+def _config_changed(sender, **kwargs):
+    transaction.on_commit(state.publish_config)

@@ -1,0 +1,48 @@
+// Sign-up proof of work: find a nonce so SHA-256("<challenge>:<nonce>") starts with N zero bits.
+// The server sets data-pow-bits and the challenge; 0 bits means no work is asked.
+(function () {
+  "use strict";
+  const form = document.querySelector("form[data-pow-bits]");
+  if (!form || !window.crypto || !crypto.subtle) return;
+  const bits = parseInt(form.dataset.powBits, 10) || 0;
+  if (bits <= 0) return;
+  const challenge = form.querySelector("input[name=pow_challenge]").value;
+  const nonceField = form.querySelector("input[name=pow_nonce]");
+  const status = form.querySelector(".pow-status");
+  const encoder = new TextEncoder();
+
+  function zeroBits(bytes) {
+    let n = 0;
+    for (const b of bytes) {
+      if (b === 0) { n += 8; continue; }
+      return n + Math.clz32(b) - 24;
+    }
+    return n;
+  }
+
+  async function solve() {
+    for (let nonce = 0; ; nonce++) {
+      const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", encoder.encode(challenge + ":" + nonce)));
+      if (zeroBits(digest) >= bits) return String(nonce);
+    }
+  }
+
+  let solving = null;
+  function start() {
+    if (!solving) {
+      if (status) status.textContent = "Checking your browser…";
+      solving = solve().then((nonce) => {
+        nonceField.value = nonce;
+        if (status) status.textContent = "Ready.";
+        return nonce;
+      });
+    }
+    return solving;
+  }
+  start();  // begin while the person types
+  form.addEventListener("submit", (event) => {
+    if (nonceField.value) return;
+    event.preventDefault();
+    start().then(() => form.submit());
+  });
+})();
