@@ -27,6 +27,7 @@ from levee.api.views import db  # database work on the shared pool: a stream mus
 from levee.chat import services
 from levee.chat.models import Conversation, Message, Status
 from levee.core.errors import error_response
+from levee.shield import api as shield
 
 log = logging.getLogger(__name__)
 
@@ -114,25 +115,12 @@ def conversation_detail(request, conversation_id: int):
 
 
 def _mode() -> str | None:
-    """The shield's mitigation mode, once levee.shield is installed; None before."""
+    """The shield's mitigation mode (for the quota); None if it cannot be read right now."""
     try:
-        from levee.shield.api import current_mode
-    except ImportError:
-        return None
-    try:
-        return current_mode()
-    except Exception:  # the shield decides how it fails; the chat page must still render
+        return shield.current_mode()
+    except Exception:  # the chat must still work; the quota then stays at its normal size
         log.warning("shield mode unavailable", exc_info=True)
         return None
-
-
-def _shed(model: str) -> int | None:
-    """Retry-After seconds if the shield sheds free chat for this model now, else None."""
-    try:
-        from levee.shield.api import shed
-    except ImportError:  # the shield has not landed: nothing is shed
-        return None
-    return shed(model, "free_chat")
 
 
 def _encode(model, messages):
@@ -186,7 +174,7 @@ async def post_message(request, conversation_id: int):
         model = await _enabled_model(body.get("model") or conversation.model)
         history = await db(_history)(conversation)
         prompt_ids = await sync_to_async(_fit_prompt, thread_sensitive=False)(model, history, text)
-        retry_after = await sync_to_async(_shed, thread_sensitive=False)(model.name)
+        retry_after = await shield.ashed(model.name, "free_chat")
         if retry_after:
             raise services.ChatRefused(503, "server_overloaded",
                                        "Free chat is paused for a moment while the service is under heavy load. "

@@ -1,7 +1,5 @@
 """POST /chat/api/conversations/<id>/messages: a reply through the job path, streamed and saved."""
 import json
-import sys
-import types
 
 import pytest
 from django.urls import reverse
@@ -106,17 +104,16 @@ def test_a_reply_is_capped_by_the_quota_left(client, conversation, worker, setti
     assert worker.jobs[0]["sampling"]["max_tokens"] == 50 - len(worker.jobs[0]["prompt_ids"])
 
 
-def test_the_shields_shedding_hook_refuses_free_chat(client, conversation, worker, monkeypatch):
+def test_the_shields_shedding_refuses_free_chat(client, conversation, worker, monkeypatch):
+    from levee.shield import api as shield
+
     calls = []
 
-    def shed(model, priority):
+    async def shed(model, priority):
         calls.append((model, priority))
         return 30
 
-    fake = types.ModuleType("levee.shield.api")
-    fake.shed = shed
-    fake.current_mode = lambda: "under_attack"
-    monkeypatch.setitem(sys.modules, "levee.shield.api", fake)
+    monkeypatch.setattr(shield, "ashed", shed)
     response = _post(client, conversation, {"content": "hi"})
     assert response.status_code == 503 and response["Retry-After"] == "30"
     assert calls == [("deepseek-chat", "free_chat")]
@@ -124,11 +121,10 @@ def test_the_shields_shedding_hook_refuses_free_chat(client, conversation, worke
 
 
 def test_an_elevated_mode_halves_the_quota(client, conversation, worker, monkeypatch, settings):
+    from levee.shield import api as shield
+
     settings.LEVEE_WEB_CHAT_DAILY_TOKENS = 100
-    fake = types.ModuleType("levee.shield.api")
-    fake.shed = lambda model, priority: None
-    fake.current_mode = lambda: "elevated"
-    monkeypatch.setitem(sys.modules, "levee.shield.api", fake)
+    monkeypatch.setattr(shield, "current_mode", lambda: "elevated")
     sse_events(_post(client, conversation, {"content": "hi"}))
     assert worker.jobs[0]["sampling"]["max_tokens"] == 50 - len(worker.jobs[0]["prompt_ids"])
 
