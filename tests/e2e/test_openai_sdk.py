@@ -156,11 +156,28 @@ def test_a_client_that_disconnects_pays_only_for_what_was_generated(stack):
     assert hold.status == "settled"
 
 
+CALLS = 8  # within the shield's default concurrent jobs per key
+
+
+def test_a_key_over_its_request_rate_gets_rate_limit_error(stack):
+    _, key = _customer("hasty@example.com")
+    client = _client(stack, key)
+    with pytest.raises(openai.RateLimitError) as info:
+        for _ in range(200):
+            client.models.list()
+    assert int(info.value.response.headers["retry-after"]) >= 1
+    assert info.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4)
+    assert Hold.objects.count() == 0
+
+
 def test_exact_money_after_a_mix_of_calls(stack):
     user, key = _customer("mix@example.com", dollars=2)
     client = _client(stack, key)
     before = billing.balance_view(user)
     threads = []
+    errors = []
 
     def call(i):
         try:
@@ -174,17 +191,18 @@ def test_exact_money_after_a_mix_of_calls(stack):
                                                         stream=True, seed=i)
                 next(iter(stream))
                 stream.close()
-        except openai.APIError:
-            pass
+        except openai.APIError as exc:
+            errors.append(exc)
 
-    for i in range(9):
+    for i in range(CALLS):
         threads.append(threading.Thread(target=call, args=(i,)))
         threads[-1].start()
     for t in threads:
         t.join()
-    _wait_settled(9, timeout=60)
+    _wait_settled(CALLS, timeout=60)
+    assert not errors
     records = list(UsageRecord.objects.filter(user=user))
-    assert len(records) == 9
+    assert len(records) == CALLS
     from levee.billing.pricing import rates_from_hold
 
     for record in records:

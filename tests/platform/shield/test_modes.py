@@ -99,8 +99,7 @@ def test_under_attack_signup_is_busy_but_the_trickle_and_login_and_the_api_keep_
     assert client.post(reverse("login"), {"username": "ada@example.com", "password": PASSWORD}).status_code == 302
     client.logout()
     assert client.get("/v1/me", HTTP_AUTHORIZATION=f"Bearer {raw_key}").status_code == 200
-    # TODO(issue: chat completions, web chat): when POST /v1/chat/completions and the web chat land,
-    # assert here that a paid key completes and that free web chat is what sheds first.
+    # A completion through the API under attack, on a real stack: tests/e2e/test_under_attack.py.
 
 
 def test_rising_rates_raise_the_mode_and_calm_lowers_it_one_step_after_the_cool_down(settings):

@@ -1,0 +1,62 @@
+"""DeepSeek's January 2025, on a real stack: in under_attack, sign-up says "registration is busy"
+while a registered user logs in and an API key still gets its completion."""
+import re
+import time
+
+import httpx
+import openai
+import pytest
+
+from levee.billing import services as billing
+from levee.keys.services import create_api_key
+from levee.shield import services as shield_services
+from levee.shield import store
+from tests.e2e.stack import MODEL
+from tests.personas import PASSWORD, make_user
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.real_hasher]
+
+
+def _set_mode(stack, settings, mode):
+    """Flip the mode as the admin does (database row + Redis mirror), on the stack's Redis."""
+    settings.SHIELD_REDIS_URL = stack.redis_url
+    store._client = None
+    try:
+        shield_services.set_mode(mode, reason="e2e drill", pinned=True)
+    finally:
+        store._client = None
+
+
+def test_sign_up_is_busy_while_login_and_the_api_keep_working(stack, settings, seeded_catalogue):
+    user = make_user("loyal@example.com")
+    billing.topup(billing.wallet_for(user), 10**9, source="test", external_id="loyal")
+    _, key = create_api_key(user)
+    _set_mode(stack, settings, "under_attack")
+    try:
+        with httpx.Client(base_url=stack.url, timeout=30) as web:
+            # A sign-up without the hard proof of work (what a flood sends) hears "busy".
+            deadline = time.time() + 3
+            while True:
+                form = web.get("/accounts/signup/")
+                token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form.text)
+                busy = web.post("/accounts/signup/", data={
+                    "email": "newcomer@example.com", "password": PASSWORD,
+                    "csrfmiddlewaretoken": token.group(1) if token else ""})
+                if busy.status_code == 503 or time.time() > deadline:
+                    break
+                time.sleep(0.1)
+            assert busy.status_code == 503 and "Registration is busy" in busy.text
+            assert int(busy.headers["retry-after"]) > 0
+
+            page = web.get("/accounts/login/")
+            token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+            login = web.post("/accounts/login/", data={"username": user.email, "password": PASSWORD,
+                                                        "csrfmiddlewaretoken": token})
+            assert login.status_code == 302, login.text[:500]
+            assert web.get("/keys/").status_code == 200  # logged in
+        client = openai.OpenAI(api_key=key, base_url=stack.url + "/v1", max_retries=0, timeout=60)
+        completion = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                                    max_tokens=6)
+        assert completion.choices[0].message.content and completion.usage.completion_tokens > 0
+    finally:
+        _set_mode(stack, settings, "normal")
