@@ -11,11 +11,8 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory):
     checkpoint = e2e_checkpoint(tmp_path_factory.mktemp("ckpt"))
     # Mail goes to files the browser tests read (the verification link); EMAIL_HOST empty selects that.
     mail_dir = tmp_path_factory.mktemp("mail")
-    # No under_attack sign-up trickle, so the browser test of that mode sees "registration is busy"
-    # (only that mode reads it; the stack runs in normal mode otherwise).
     running = Stack(extra_env={"LEVEE_CHECKPOINT": str(checkpoint), "EMAIL_HOST": "",
-                               "EMAIL_FILE_PATH": str(mail_dir),
-                               "SHIELD_SIGNUP_TRICKLE_PER_MINUTE": "0"}).start()
+                               "EMAIL_FILE_PATH": str(mail_dir)}).start()
     running.checkpoint = checkpoint
     running.mail_dir = mail_dir
     yield running
