@@ -110,6 +110,8 @@ def reply_text(page) -> str:
 
 
 def test_the_whole_journey(stack, context):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -173,9 +175,12 @@ def test_the_whole_journey(stack, context):
         page.get_by_role("button", name="Send").click()
         page.wait_for_function(
             "() => { const m = [...document.querySelectorAll('article.message.assistant')].pop();"
-            " return m && (m.dataset.status || (m.classList.contains('streaming') && m.textContent.length > 20)); }")
-        if page.get_by_role("button", name="Stop").is_visible():
-            page.get_by_role("button", name="Stop").click()
+            " return m && (m.dataset.status || (m.classList.contains('streaming')"
+            " && m.querySelector('.message-body').textContent.length > 20)); }")
+        try:  # the reply may end (and Stop go away) between any check and the click
+            page.get_by_role("button", name="Stop").click(timeout=3000)
+        except PlaywrightTimeout:
+            pass
         last = page.locator("article.message.assistant").last
         page.wait_for_function(
             "() => [...document.querySelectorAll('article.message.assistant')].pop().dataset.status")
