@@ -15,6 +15,9 @@ def _smooth(per_minute: int) -> tuple[int, float]:
     return limit, limit * 60 / per_minute
 
 SHIELD_REDIS_TIMEOUT = 0.25  # seconds; a dead Redis must not hold a request for long
+# Opening a connection gets longer: a refused port fails at once anyway, and a burst of new
+# connections on a busy box (300 concurrent admissions) can take longer than 0.25 s to be accepted.
+SHIELD_REDIS_CONNECT_TIMEOUT = 1.0
 # Redis Cluster: decide a multi-subject request one subject (one slot) at a time, with give-backs.
 SHIELD_REDIS_CLUSTER = env_bool("SHIELD_REDIS_CLUSTER", False)
 SHIELD_REDIS_MAX_CONNECTIONS = env_int("SHIELD_REDIS_MAX_CONNECTIONS", 64, minimum=4)

@@ -25,7 +25,7 @@ def client() -> redis.Redis:
                 # Blocking pool: a burst beyond max_connections waits (up to 1 s) for a free
                 # connection instead of failing, and only then counts as Redis being unreachable.
                 pool = redis.BlockingConnectionPool.from_url(
-                    settings.SHIELD_REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout,
+                    settings.SHIELD_REDIS_URL, socket_timeout=timeout, socket_connect_timeout=settings.SHIELD_REDIS_CONNECT_TIMEOUT,
                     health_check_interval=30, max_connections=settings.SHIELD_REDIS_MAX_CONNECTIONS, timeout=1)
                 _client = redis.Redis(connection_pool=pool)
     return _client
@@ -46,7 +46,7 @@ def aclient():
     if entry is None or entry[0]() is not loop or entry[2] != settings.SHIELD_REDIS_URL:
         timeout = settings.SHIELD_REDIS_TIMEOUT
         pool = aredis.BlockingConnectionPool.from_url(
-            settings.SHIELD_REDIS_URL, socket_timeout=timeout, socket_connect_timeout=timeout,
+            settings.SHIELD_REDIS_URL, socket_timeout=timeout, socket_connect_timeout=settings.SHIELD_REDIS_CONNECT_TIMEOUT,
             max_connections=settings.SHIELD_REDIS_MAX_CONNECTIONS, timeout=1)
         entry = (weakref.ref(loop), aredis.Redis(connection_pool=pool), settings.SHIELD_REDIS_URL)
         _async_clients[id(loop)] = entry

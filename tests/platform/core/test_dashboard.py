@@ -50,7 +50,7 @@ def test_the_snapshot_counts_what_an_operator_watches_during_an_attack(client, r
     assert rates["blocked"][-1] == 1 and rates["shed"][-1] == 2
     model = data["models"]["deepseek-chat"]
     assert model["depth"] == 3 and model["live_workers"] == 1 and list(model["workers"]) == ["gpu-1:7"]
-    assert data["mode"]["mode"] is None  # no shield yet: the page says so
+    assert data["mode"]["mode"] == "normal"
     assert data["billing"] == {"open_holds": 0}
 
 

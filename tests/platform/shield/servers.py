@@ -34,9 +34,13 @@ def server(*, workers: int = 1, **env_extra):
            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
            "REDIS_URL": settings.REDIS_URL, "GUNICORN_ACCESSLOG": "/dev/null",
            **{k: str(v) for k, v in env_extra.items()}}
+    # The server's log goes to a file: a pipe nobody reads fills up and blocks the server mid-request.
+    log_path = Path(REPO) / "var" / f"shield-server-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "wb")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "-c", "ops/gunicorn.conf.py",
                              "levee.asgi:application"], cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -47,7 +51,7 @@ def server(*, workers: int = 1, **env_extra):
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
+            pytest.fail(f"server did not start: {log_path.read_text(errors='replace')[-2000:]}")
         time.sleep(0.2)
     try:
         yield base
@@ -58,3 +62,4 @@ def server(*, workers: int = 1, **env_extra):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        log.close()
