@@ -1,6 +1,7 @@
 """The OpenAI-compatible API in DeepSeek's dialect: /models and /chat/completions (bare and /v1)."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -42,6 +43,23 @@ def _api_error(exc: schema.RequestError):
     return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
 
 
+def key_endpoint(method: str):
+    """An async API endpoint for one HTTP method, authenticated by an API key: the view is called
+    as view(request, key) only when both hold; otherwise the error leaves in the API's format."""
+    def wrap(view):
+        @csrf_exempt
+        @functools.wraps(view)
+        async def endpoint(request):
+            if request.method != method:
+                return error_response(405, f"{request.method} is not allowed here")
+            key, failure = await _authenticate(request)
+            return failure or await view(request, key)
+
+        return endpoint
+
+    return wrap
+
+
 async def _authenticate(request):
     token = bearer_token(request)
     if token is None:
@@ -57,13 +75,8 @@ def _model_row(model: LlmModel) -> dict:
             "created": int(model.created_at.timestamp())}
 
 
-@csrf_exempt
-async def list_models(request):
-    if request.method != "GET":
-        return error_response(405, f"{request.method} is not allowed here")
-    key, failure = await _authenticate(request)
-    if failure:
-        return failure
+@key_endpoint("GET")
+async def list_models(request, key):
     from levee.shield import api as shield
 
     decision = await sync_to_async(shield.admit_plain_request, thread_sensitive=False)(request, key)
@@ -73,13 +86,8 @@ async def list_models(request):
     return JsonResponse({"object": "list", "data": [_model_row(m) for m in models]})
 
 
-@csrf_exempt
-async def chat_completions(request):
-    if request.method != "POST":
-        return error_response(405, f"{request.method} is not allowed here")
-    key, failure = await _authenticate(request)
-    if failure:
-        return failure
+@key_endpoint("POST")
+async def chat_completions(request, key):
     try:
         chat = schema.parse_chat_request(schema.parse_json(request.body))
         model = await db(lambda: LlmModel.objects.filter(name=chat.model, enabled=True).first())()
