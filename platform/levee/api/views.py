@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
 from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
@@ -19,24 +18,12 @@ from inference import protocol
 from levee.api import jobs, schema
 from levee.api.models import LlmModel
 from levee.api.think import ThinkSplitter
+from levee.core.asyncdb import db
 from levee.core.errors import error_response
 from levee.keys.authentication import bearer_token, masked
 from levee.keys.services import authenticate_key
 
 log = logging.getLogger(__name__)
-
-
-def db(fn):
-    """Run a database-touching function on the shared thread pool, not in a thread of the request's own.
-
-    Django gives each ASGI request its own thread for thread-sensitive calls, and that thread keeps
-    a database connection for as long as the response lasts: a thousand open streams would hold a
-    thousand connections. Pool threads are few and reused, so connections stay few and warm."""
-    def run(*args, **kwargs):
-        close_old_connections()  # drop a connection past its CONN_MAX_AGE or broken
-        return fn(*args, **kwargs)
-
-    return sync_to_async(run, thread_sensitive=False)
 
 
 def _api_error(exc: schema.RequestError):

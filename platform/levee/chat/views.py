@@ -23,9 +23,9 @@ from redis.exceptions import RedisError
 from inference import protocol
 from levee.api import jobs
 from levee.api.models import LlmModel
-from levee.api.views import db  # database work on the shared pool: a stream must not hold a connection
 from levee.chat import services
 from levee.chat.models import Conversation, Message, Status
+from levee.core.asyncdb import db  # database work on the shared pool: a stream must not hold a connection
 from levee.core.errors import error_response
 from levee.shield import api as shield
 
