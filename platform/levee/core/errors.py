@@ -89,8 +89,8 @@ def api_exception_handler(exc, context):
         return Response(error_body(429), status=429, headers=headers)
     if isinstance(exc, drf.APIException):
         return Response(error_body(exc.status_code, str(exc.detail)), status=exc.status_code)
-    from django.http import Http404
     from django.core.exceptions import PermissionDenied
+    from django.http import Http404
 
     if isinstance(exc, Http404):
         return Response(error_body(404), status=404)

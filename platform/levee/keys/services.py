@@ -19,7 +19,7 @@ from levee.keys.models import ApiKey
 KEY_BODY_LENGTH = 48  # base62: ~285 bits
 PREFIX_LENGTH = 11  # "sk-" + 8
 _ALPHABET = string.ascii_letters + string.digits
-KEY_PATTERN = re.compile(r"^sk-[A-Za-z0-9]{%d}$" % KEY_BODY_LENGTH)
+KEY_PATTERN = re.compile(rf"^sk-[A-Za-z0-9]{{{KEY_BODY_LENGTH}}}$")
 
 
 class KeyRefused(Exception):

@@ -1,5 +1,5 @@
-from django.shortcuts import get_object_or_404, render
 from django.contrib.auth.decorators import login_required
+from django.shortcuts import get_object_or_404, render
 from rest_framework import status
 from rest_framework.decorators import api_view, authentication_classes
 from rest_framework.response import Response

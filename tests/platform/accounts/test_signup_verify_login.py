@@ -70,7 +70,10 @@ def test_login_failure_does_not_say_whether_the_account_exists(client):
     wrong_password = client.post(reverse("login"), {"username": "ada@example.com", "password": "nope-nope-nope"})
     no_account = client.post(reverse("login"), {"username": "nobody@example.com", "password": "nope-nope-nope"})
     assert wrong_password.status_code == no_account.status_code == 200
-    strip = lambda r: re.sub(r'name="csrfmiddlewaretoken" value="[^"]+"|value="[^"]*@example.com"', "", r.content.decode())
+    def strip(response):
+        return re.sub(r'name="csrfmiddlewaretoken" value="[^"]+"|value="[^"]*@example.com"', "",
+                      response.content.decode())
+
     assert strip(wrong_password) == strip(no_account)
 
 
