@@ -163,8 +163,9 @@ def run_job(rt: Runtime, data: dict) -> str:
              usage=zero)
         settle(message, zero, now, now)
         return "deadline"
-    r.set(protocol.wait_key(message.model), int((now - message.enqueued_at) * 1000), ex=60)
-    emit(protocol.STARTED, worker=rt.worker_id)
+    waited_ms = int((now - message.enqueued_at) * 1000)
+    r.set(protocol.wait_key(message.model), waited_ms, ex=60)
+    emit(protocol.STARTED, worker=rt.worker_id, queued_ms=waited_ms)
     if r.exists(protocol.cancel_key(message.job_id)):
         emit(protocol.DONE, finish_reason="cancelled", usage=zero)
         settle(message, zero, now, time.time())
