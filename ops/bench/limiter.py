@@ -36,6 +36,7 @@ from rest_framework.throttling import SimpleRateThrottle  # noqa: E402
 
 from levee.shield import limiter, store  # noqa: E402
 from levee.shield.limiter import FixedSubject, Rule  # noqa: E402
+from ops.bench.harness import concurrent_admissions  # noqa: E402
 
 RUN = secrets.token_hex(4)
 _request = RequestFactory().get("/v1/me", REMOTE_ADDR="198.51.100.1")
@@ -141,18 +142,7 @@ def async_throughput(decisions: int, in_flight: int = 64, subjects: int = 1000, 
 
 def exactness(make, *, threads: int = 64, attempts_each: int = 8, limit: int = 100) -> int:
     decide = make(f"exact-{secrets.token_hex(2)}", limit, 3600)
-    admitted, barrier = [], threading.Barrier(threads)
-
-    def worker():
-        barrier.wait()
-        admitted.append(sum(1 for _ in range(attempts_each) if decide()))
-
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    return sum(admitted)
+    return concurrent_admissions(decide, threads=threads, attempts_each=attempts_each)
 
 
 def cleanup() -> None:

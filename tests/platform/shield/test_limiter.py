@@ -1,6 +1,5 @@
 """The limiter itself: GCRA by cost, all-or-nothing over several subjects, leases that lapse."""
 import secrets
-import threading
 import time
 
 import pytest
@@ -9,6 +8,7 @@ from hypothesis import strategies as st
 
 from levee.shield import limiter
 from levee.shield.limiter import CONCURRENT, FixedSubject, Rule
+from ops.bench.harness import concurrent_admissions
 
 
 def subject(name, *rules):
@@ -81,27 +81,12 @@ def test_reset_durations_read_like_openais(seconds, text):
     assert limiter.duration(seconds) == text
 
 
-def exactness_run(decide, *, threads=64, attempts_each=4) -> int:
-    """64 threads released together, each trying `attempts_each` times; returns how many were admitted."""
-    admitted = []
-    barrier = threading.Barrier(threads)
-
-    def worker():
-        barrier.wait()
-        admitted.append(sum(1 for _ in range(attempts_each) if decide()))
-
-    pool = [threading.Thread(target=worker) for _ in range(threads)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    return sum(admitted)
 
 
 def test_64_threads_against_a_limit_of_100_admit_exactly_100(redis_client):
     # An hour-long period: refill during the run (~36 s per request) cannot blur the count.
     s = subject("t:exact", Rule("requests", 100, 3600))
-    assert exactness_run(lambda: limiter.check([s], {"requests": 1}).allowed) == 100
+    assert concurrent_admissions(lambda: limiter.check([s], {"requests": 1}).allowed) == 100
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -137,4 +122,4 @@ def test_per_slot_decisions_are_all_or_nothing_too(redis_client, cluster_mode):
 def test_per_slot_decisions_are_exact_under_64_threads(redis_client, cluster_mode):
     a = subject("t:exact-a", Rule("requests", 100, 3600))
     b = subject("t:exact-b", Rule("requests", 1000, 3600))
-    assert exactness_run(lambda: limiter.check([b, a], {"requests": 1}).allowed) == 100
+    assert concurrent_admissions(lambda: limiter.check([b, a], {"requests": 1}).allowed) == 100
