@@ -20,17 +20,7 @@ from levee.billing.models import (
     Wallet,
 )
 from levee.billing.money import format_amount
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
+from levee.core.admin import ReadOnlyAdmin
 
 
 class FutureOnlyAdmin(admin.ModelAdmin):

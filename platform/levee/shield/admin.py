@@ -3,6 +3,7 @@ from django.contrib import admin, messages
 from django.http import HttpResponseRedirect
 from django.urls import reverse
 
+from levee.core.admin import ReadOnlyAdmin
 from levee.shield import services
 from levee.shield.models import AddressRule, LimitOverride, MitigationState, ModeChange
 
@@ -48,18 +49,9 @@ class MitigationStateAdmin(admin.ModelAdmin):
 
 
 @admin.register(ModeChange)
-class ModeChangeAdmin(admin.ModelAdmin):
+class ModeChangeAdmin(ReadOnlyAdmin):
     list_display = ("at", "source", "by", "from_mode", "to_mode", "pinned", "reason")
     list_filter = ("source", "to_mode")
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(AddressRule)
