@@ -22,6 +22,7 @@ def _fresh_shield(settings):
     Tests that need the mode or address rules to come from the database delete the mirror keys."""
     import redis
 
+    from levee.core import memo
     from levee.shield import shedding, state
 
     client = redis.Redis.from_url(settings.REDIS_URL)
@@ -30,6 +31,7 @@ def _fresh_shield(settings):
     client.mset({state.MODE_KEY: "normal", state.RULES_KEY: "[]"})
     state.forget()
     shedding.forget()
+    memo.clear_all()  # memos may hold rows a previous test's rollback removed
     yield
     state.forget()
 
@@ -63,3 +65,17 @@ def seeded_catalogue(transactional_db):
     if not LlmModel.objects.exists():
         importlib.import_module("levee.api.migrations.0001_initial").seed_models(apps, None)
     seed_published_prices()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's, plus: before the test database is dropped, end the sessions that async views
+    opened from the shared thread pool (levee.core.asyncdb), which the main thread cannot close."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")

@@ -2,7 +2,9 @@
 
 1. Platform overhead on time to first token: HTTP → hold → Celery → worker → Redis Stream → SSE,
    minus the engine's own share (from the worker's `started` event to its first `delta`, both
-   timestamped by the worker). 1 and 32 concurrent streams; p50 and p99.
+   timestamped by the worker). 1 and 32 concurrent streams (31 generating in the background while
+   probes go one after another), and a burst of 32 at once (admission throughput); p50 and p99,
+   with the web process's own phases from its Server-Timing header.
 2. Open streams one web process holds while /healthz stays fast: N streaming requests wait in the
    queue behind a busy single-slot worker (keep-alive comments flowing), and /healthz is timed.
 
@@ -104,6 +106,7 @@ async def one_stream(client, url, key, *, max_tokens):
                              headers={"Authorization": f"Bearer {key}"}) as response:
         if response.status_code != 200:
             raise RuntimeError(f"{response.status_code}: {await response.aread()}")
+        phases = server_timing(response.headers.get("server-timing", ""))
         async for line in response.aiter_lines():
             if not line.startswith("data: {"):
                 continue
@@ -113,7 +116,16 @@ async def one_stream(client, url, key, *, max_tokens):
                 first = time.time()
                 break
     _ = httpx
-    return t0, first, job
+    return t0, first, job, phases
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """{phase: ms} from the API's Server-Timing header (levee.core.timing)."""
+    phases = {}
+    for part in filter(None, (p.strip() for p in header.split(","))):
+        name, _, dur = part.partition(";dur=")
+        phases[name] = float(dur or 0)
+    return phases
 
 
 def job_times(r, job) -> tuple[float, float, int]:
@@ -125,21 +137,31 @@ def job_times(r, job) -> tuple[float, float, int]:
     return started["t"], delta, started.get("queued_ms", 0)
 
 
-async def ttft(url, key, r, concurrency, total):
+async def ttft(url, key, r, concurrency, total, *, burst=False):
+    """Streams of `concurrency` at once. Steady (the default): concurrency - 1 background streams
+    keep generating (each reopened when it ends) while probe requests go one after another; the
+    probes are measured. Burst: `concurrency` requests start together, the next when one ends
+    (a closed loop), and all are measured: that is admission throughput, queueing included."""
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency + 8)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
         await one_stream(client, url, key, max_tokens=2)  # warm-up
-        sem = asyncio.Semaphore(concurrency)
+        if burst:
+            sem = asyncio.Semaphore(concurrency)
 
-        async def run():
-            async with sem:
-                return await one_stream(client, url, key, max_tokens=2)
+            async def run():
+                async with sem:
+                    return await one_stream(client, url, key, max_tokens=2)
 
-        results = await asyncio.gather(*(run() for _ in range(total)))
+            results = await asyncio.gather(*(run() for _ in range(total)))
+        else:
+            results = await _probe_beside(client, url, key, concurrency - 1, total)
     client_ms, engine_ms, overhead_ms, before_ms, after_ms, queued_ms = [], [], [], [], [], []
-    for t0, first, job in results:
+    phase_ms: dict[str, list[float]] = {}
+    for t0, first, job, phases in results:
+        for name, ms in phases.items():
+            phase_ms.setdefault(name, []).append(ms)
         started, delta, queued = job_times(r, job)
         queued_ms.append(queued)
         e = delta - started
@@ -148,12 +170,49 @@ async def ttft(url, key, r, concurrency, total):
         overhead_ms.append((first - t0 - e) * 1000)
         before_ms.append((started - t0) * 1000)  # request in → worker starts the job
         after_ms.append((first - delta) * 1000)  # first delta written → client reads it
-    return {"concurrency": concurrency, "requests": total,
+    return {"concurrency": concurrency, "mode": "burst" if burst else "steady", "requests": total,
             "client_ttft_p50_ms": pct(client_ms, 50), "client_ttft_p99_ms": pct(client_ms, 99),
             "engine_p50_ms": pct(engine_ms, 50),
             "overhead_p50_ms": pct(overhead_ms, 50), "overhead_p99_ms": pct(overhead_ms, 99),
             "to_worker_start_p50_ms": pct(before_ms, 50), "of_which_broker_p50_ms": pct(queued_ms, 50),
-            "delta_to_client_p50_ms": pct(after_ms, 50)}
+            "delta_to_client_p50_ms": pct(after_ms, 50),
+            # the web process's own phases before the response starts (Server-Timing), p50 each
+            "web_phases_p50_ms": {name: round(pct(ms, 50), 2) for name, ms in phase_ms.items()},
+            "web_total_p50_ms": round(pct([sum(p.values()) for *_, p in results], 50), 2)}
+
+
+async def _probe_beside(client, url, key, background: int, total: int):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about Levee."}], "max_tokens": 400,
+            "stream": True, "temperature": 1.0}
+    stop = asyncio.Event()
+    opened = asyncio.Semaphore(0)
+
+    async def keep_generating():
+        first = True
+        while not stop.is_set():
+            async with client.stream("POST", url + "/v1/chat/completions", json=body,
+                                     headers={"Authorization": f"Bearer {key}"}) as response:
+                if first:
+                    opened.release()
+                    first = False
+                async for _ in response.aiter_raw():
+                    if stop.is_set():
+                        return
+
+    tasks = [asyncio.create_task(keep_generating()) for _ in range(background)]
+    for _ in range(background):
+        await opened.acquire()
+    await asyncio.sleep(1)  # every background stream is generating
+    try:
+        results = []
+        for _ in range(total):
+            results.append(await one_stream(client, url, key, max_tokens=2))
+        return results
+    finally:
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def open_streams(url, key, levels, probes=200):
@@ -245,8 +304,9 @@ def main():
         deadline = time.time() + 120
         while not r.zcount(f"levee:workers:{MODEL}", time.time() - 10, "+inf") and time.time() < deadline:
             time.sleep(0.5)
-        for concurrency, total in ((1, args.ttft_requests // 2), (32, args.ttft_requests)):
-            report["ttft"].append(asyncio.run(ttft(url, key, r, concurrency, total)))
+        for concurrency, total, burst in ((1, args.ttft_requests, False), (32, args.ttft_requests, False),
+                                          (32, args.ttft_requests, True)):
+            report["ttft"].append(asyncio.run(ttft(url, key, r, concurrency, total, burst=burst)))
             print(json.dumps(report["ttft"][-1]), flush=True)
         # One slot, busy: every stream past the first waits in the queue with keep-alives flowing.
         procs.stop("inference")

@@ -62,6 +62,9 @@ class Stack:
             "WEB_CONCURRENCY": "1",
             "GUNICORN_ACCESSLOG": "",
             "PYTHONUNBUFFERED": "1",
+            # Tests change models and prices under the live server and expect the next request to
+            # see it: no per-process memos here (their own behaviour is tested in tests/platform).
+            "LEVEE_MEMO_SECONDS": "0",
             **(extra_env or {}),
         }
         self.procs: dict[str, subprocess.Popen] = {}

@@ -1,6 +1,8 @@
 from django.core.validators import MinValueValidator
 from django.db import models
 
+from levee.core.memo import Memo
+
 
 class LlmModel(models.Model):
     """A model the API offers. Prices live in billing's price book, keyed by `name`."""
@@ -32,3 +34,23 @@ class LlmModel(models.Model):
         from inference.protocol import queue_name
 
         return self.queue or queue_name(self.name)
+
+
+# Read on every API request: memoized per process; an admin change reaches other processes
+# within MODEL_MEMO_SECONDS (levee.core.memo).
+MODEL_MEMO_SECONDS = 2
+_enabled = Memo("models", MODEL_MEMO_SECONDS)
+_enabled.clear_on_change(LlmModel)
+
+
+def _load_enabled(name: str):
+    return lambda: LlmModel.objects.filter(name=name, enabled=True).first()
+
+
+def enabled_model(name: str) -> LlmModel | None:
+    """The enabled model called `name`, or None."""
+    return _enabled.get(name, _load_enabled(name))
+
+
+async def aenabled_model(name: str) -> LlmModel | None:
+    return await _enabled.aget(name, _load_enabled(name))

@@ -16,10 +16,13 @@ from redis.exceptions import RedisError
 
 from inference import protocol
 from levee.api import jobs, schema
-from levee.api.models import LlmModel
+from levee.api.models import LlmModel, aenabled_model
 from levee.api.think import ThinkSplitter
 from levee.core.asyncdb import db
 from levee.core.errors import error_response
+from levee.core.memo import Memo
+from levee.core.middleware import sessionless
+from levee.core.timing import Phases
 from levee.keys.authentication import bearer_token, masked
 from levee.keys.services import authenticate_key
 
@@ -34,13 +37,19 @@ def key_endpoint(method: str):
     """An async API endpoint for one HTTP method, authenticated by an API key: the view is called
     as view(request, key) only when both hold; otherwise the error leaves in the API's format."""
     def wrap(view):
+        @sessionless
         @csrf_exempt
         @functools.wraps(view)
         async def endpoint(request):
             if request.method != method:
                 return error_response(405, f"{request.method} is not allowed here")
+            request.phases = phases = Phases(request)
+            phases.mark("edge")
             key, failure = await _authenticate(request)
-            return failure or await view(request, key)
+            if failure:
+                return failure
+            phases.mark("auth")
+            return phases.apply(await view(request, key))
 
         return endpoint
 
@@ -77,14 +86,25 @@ async def list_models(request, key):
 async def chat_completions(request, key):
     try:
         chat = schema.parse_chat_request(schema.parse_json(request.body))
-        model = await db(lambda: LlmModel.objects.filter(name=chat.model, enabled=True).first())()
+        model = await aenabled_model(chat.model)
         if model is None:
             raise schema.RequestError(400, f"Model Not Exist: {chat.model}", param="model", code="model_not_found")
-        prompt_ids = await sync_to_async(_encode, thread_sensitive=False)(model, chat.messages)
+        if _prompt_chars(chat.messages) <= INLINE_ENCODE_CHARS:  # a thread hop costs more than this
+            prompt_ids = _encode(model, chat.messages)
+        else:  # long prompts are tokenized off the event loop, so other streams keep flowing
+            prompt_ids = await sync_to_async(_encode, thread_sensitive=False)(model, chat.messages)
         max_tokens = _max_tokens(model, chat, len(prompt_ids))
+        request.phases.mark("parse")
     except schema.RequestError as exc:
         return _api_error(exc)
     return await _run(request, key, model, chat, prompt_ids, max_tokens)
+
+
+INLINE_ENCODE_CHARS = 2000
+
+
+def _prompt_chars(messages) -> int:
+    return sum(len(m.get("content") or "") for m in messages if isinstance(m, dict))
 
 
 def _encode(model, messages):
@@ -109,6 +129,12 @@ def _max_tokens(model: LlmModel, chat: schema.ChatRequest, prompt_tokens: int) -
                                        f"the context length {model.context_length}", param="max_tokens",
                                   code="context_length_exceeded")
     return chat.max_tokens
+
+
+# The caller's shedding tier (paid API is shed last): memoized per account; a top-up moves an
+# account to the paid tier within TIER_MEMO_SECONDS.
+TIER_MEMO_SECONDS = 10
+_tiers = Memo("api-tiers", TIER_MEMO_SECONDS)
 
 
 def _overloaded(message: str, retry_after: int):
@@ -140,13 +166,15 @@ async def _run(request, key, model, chat, prompt_ids, max_tokens):
 
     job_id = uuid.uuid4().hex
     # Shedding by priority first (paid API last), then the caller's own limits, then capacity and money.
-    retry_after = await shield.ashed(model.name, await db(api_tier)(key.user, key))
+    retry_after = await shield.ashed(model.name, await _tiers.aget(key.user_id, lambda: api_tier(key.user, key)))
     if retry_after:
         return _overloaded(f"{model.name} is shedding load; retry shortly.", retry_after)
+    request.phases.mark("shed")
     estimated = len(prompt_ids) + max_tokens
     decision = await shield.aadmit_api_request(request, key, model=model.name, estimated_tokens=estimated)
     if not decision.allowed:
         return decision.response()
+    request.phases.mark("limits")
     admission = _Admission(key, model.name, estimated, decision.lease)
     try:
         response = await _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admission)
@@ -168,6 +196,7 @@ async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admi
     except RedisError:
         log.exception("redis unavailable before enqueue")
         return _overloaded("The service is temporarily unavailable; retry shortly.", 5)
+    request.phases.mark("capacity")
 
     deadline = time.time() + settings.LEVEE_JOB_QUEUE_TIMEOUT + settings.LEVEE_JOB_MAX_RUNTIME
     try:
@@ -176,6 +205,7 @@ async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admi
             request_id=request.request_id, deadline=datetime.fromtimestamp(deadline, tz=UTC))
     except billing.InsufficientBalance:
         return error_response(402, "Insufficient Balance")
+    request.phases.mark("hold")
 
     message = protocol.JobMessage(
         job_id=job_id, model=model.name, prompt_ids=prompt_ids, user=str(key.user_id), hold_id=str(hold.id),
@@ -189,6 +219,7 @@ async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admi
         log.exception("enqueue failed for job %s", job_id)
         await db(billing.release_hold)(hold.id, reason="enqueue failed")
         return _overloaded("The service is temporarily unavailable; retry shortly.", 5)
+    request.phases.mark("enqueue")
 
     stream = _Completion(job_id=job_id, model=model, hold_id=hold.id, prompt_tokens=len(prompt_ids),
                          include_usage=chat.include_usage, admission=admission)

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from levee.billing.models import DiscountWindow, Price, TokenClass
 from levee.billing.money import per_million
+from levee.core.memo import Memo
 
 CLASSES = (TokenClass.INPUT_CACHE_HIT, TokenClass.INPUT_CACHE_MISS, TokenClass.OUTPUT)
 
@@ -69,17 +70,36 @@ def currency() -> str:
     return settings.LEVEE_CURRENCY
 
 
+# Each model's whole price history and discount windows, per process (levee.core.memo): a price
+# change saved in admin reaches other processes within PRICE_MEMO_SECONDS; changes scheduled ahead
+# (the usual way, effective_from in the future) apply at their exact instant everywhere.
+PRICE_MEMO_SECONDS = 5
+_book_memo = Memo("prices", PRICE_MEMO_SECONDS)
+_book_memo.clear_on_change(Price, DiscountWindow)
+
+
+def _model_book(model: str, currency_code: str) -> tuple[list[Price], list[DiscountWindow]]:
+    def load():
+        prices = list(Price.objects.filter(model=model, currency=currency_code).order_by("-effective_from", "-pk"))
+        return prices, list(DiscountWindow.objects.filter(model=model))
+    return _book_memo.get((model, currency_code), load)
+
+
 def rates_at(model: str, at: datetime | None = None) -> Rates:
     """The prices and discounts in force for `model` at instant `at` (now by default)."""
     at = at or timezone.now()
+    book, windows = _model_book(model, currency())
     prices: dict[str, Price] = {}
-    for price in Price.objects.filter(model=model, currency=currency(), effective_from__lte=at).order_by("-effective_from"):
-        prices.setdefault(price.token_class, price)
+    for price in book:  # newest first
+        if price.effective_from <= at:
+            prices.setdefault(price.token_class, price)
     if len(prices) < len(CLASSES):
         raise PriceNotFound(model, at)
     percent = {cls: 0 for cls in CLASSES}
-    for window in windows_in_force(at).filter(model=model):
-        if in_window(window.start_time, window.end_time, at.astimezone(UTC).time()):
+    moment = at.astimezone(UTC).time()
+    for window in windows:
+        in_force = window.effective_from <= at and (window.effective_until is None or window.effective_until > at)
+        if in_force and in_window(window.start_time, window.end_time, moment):
             percent[window.token_class] = max(percent[window.token_class], window.percent_off)
     return Rates(*(Rate(prices[cls], percent[cls]) for cls in CLASSES))
 

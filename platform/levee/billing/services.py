@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import F, Sum
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Sum, Value
 from django.utils import timezone
 
 from levee.billing.models import (
@@ -97,6 +97,11 @@ def _lock_wallet(wallet_id: int) -> Wallet:
     return Wallet.objects.select_for_update(no_key=True).get(pk=wallet_id)
 
 
+def _lock_hold(hold_id, related: tuple[str, ...] = ()) -> Hold:
+    """Lock one hold row (only it: not the price rows it is read with)."""
+    return Hold.objects.select_related(*related).select_for_update(no_key=True, of=("self",)).get(pk=hold_id)
+
+
 def _move(wallet: Wallet, *, granted: int = 0, topped_up: int = 0, held: int = 0, at: datetime) -> None:
     """Apply deltas to a locked wallet row with F() and mirror them on the Python object."""
     Wallet.objects.filter(pk=wallet.pk).update(granted_nano=F("granted_nano") + granted,
@@ -113,15 +118,6 @@ def wallet_for(user) -> Wallet:
     return wallet
 
 
-def _lock_wallet_of(user) -> Wallet:
-    """Lock the account's wallet (inside a transaction), making it first if it has none: one round
-    trip on the hot path instead of a lookup and then a lock."""
-    try:
-        return Wallet.objects.select_for_update(no_key=True).get(user=user)
-    except Wallet.DoesNotExist:
-        return _lock_wallet(wallet_for(user).pk)
-
-
 # --- holds ---------------------------------------------------------------------------------------
 
 def estimate_max_cost(model: str, prompt_tokens: int, max_tokens: int, at: datetime | None = None) -> int:
@@ -134,25 +130,99 @@ def estimate_max_cost(model: str, prompt_tokens: int, max_tokens: int, at: datet
 def place_hold(*, user, api_key=None, model: str, prompt_tokens: int, max_tokens: int,
                request_id: str, deadline: datetime) -> Hold:
     """Reserve the request's maximum cost against the available balance, atomically. The prices in
-    force now are remembered on the hold and charged at settle. Raises InsufficientBalance."""
+    force now are remembered on the hold and charged at settle. Raises InsufficientBalance.
+
+    The wallet row is touched last, by one conditional UPDATE that both checks and reserves: the
+    row lock (which a settlement of the same account also takes) is held only from that statement
+    to the commit, so concurrent requests of one account queue for a moment, not a transaction."""
     _check_tokens(prompt_tokens=prompt_tokens, max_tokens=max_tokens)
     now = _now()
     rates = rates_at(model, now)
     amount = rates.max_cost(prompt_tokens=prompt_tokens, max_tokens=max_tokens)
+    wallet_id = _wallet_id_of(user)
+    hold = Hold(wallet_id=wallet_id, api_key=api_key, model=model, request_id=request_id[:64],
+                prompt_tokens=prompt_tokens, max_tokens=max_tokens, amount_nano=amount, deadline=deadline,
+                created_at=now, price_cache_hit=rates.cache_hit.price, price_cache_miss=rates.cache_miss.price,
+                price_output=rates.output.price, percent_off_cache_hit=rates.cache_hit.percent_off,
+                percent_off_cache_miss=rates.cache_miss.percent_off, percent_off_output=rates.output.percent_off)
+    entry = LedgerEntry(wallet_id=wallet_id, kind=LedgerKind.HOLD, held_delta=amount, hold=hold, actor=user,
+                        created_at=now)
+    if _reserve(hold, entry, user_id=user.pk):
+        return hold
+    wallet = wallet_for(user)
+    if wallet.pk != wallet_id:  # the remembered id was stale: once more with the real one
+        _wallet_ids[user.pk] = wallet.pk
+        return place_hold(user=user, api_key=api_key, model=model, prompt_tokens=prompt_tokens,
+                          max_tokens=max_tokens, request_id=request_id, deadline=deadline)
+    raise InsufficientBalance(needed_nano=amount, available_nano=wallet.available_nano)
+
+
+def _reserve(hold: Hold, entry: LedgerEntry, *, user_id: int) -> bool:
+    """Write the hold and its ledger entry and reserve its amount on the wallet, all or nothing;
+    False (and nothing written) when the wallet cannot cover it or is not the account's."""
+    amount, now = hold.amount_nano, hold.created_at
+    if connection.vendor == "postgresql" and not _ORM_HOLDS:
+        return _reserve_in_one_statement(hold, entry, user_id=user_id)
     with transaction.atomic():
-        wallet = _lock_wallet_of(user)
-        if wallet.available_nano < amount:
-            raise InsufficientBalance(needed_nano=amount, available_nano=wallet.available_nano)
-        hold = Hold.objects.create(
-            wallet=wallet, api_key=api_key, model=model, request_id=request_id[:64], prompt_tokens=prompt_tokens,
-            max_tokens=max_tokens, amount_nano=amount, deadline=deadline, created_at=now,
-            price_cache_hit=rates.cache_hit.price, price_cache_miss=rates.cache_miss.price,
-            price_output=rates.output.price, percent_off_cache_hit=rates.cache_hit.percent_off,
-            percent_off_cache_miss=rates.cache_miss.percent_off, percent_off_output=rates.output.percent_off)
-        _move(wallet, held=amount, at=now)
-        LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.HOLD, held_delta=amount, hold=hold, actor=user,
-                                   created_at=now)
-    return hold
+        hold.save(force_insert=True)
+        entry.save(force_insert=True)
+        covered = Wallet.objects.filter(
+            pk=hold.wallet_id, user_id=user_id, granted_nano__gte=Value(amount) - F("topped_up_nano") + F("held_nano"),
+        ).update(held_nano=F("held_nano") + amount, updated_at=now)
+        if not covered:
+            transaction.set_rollback(True)
+    return bool(covered)
+
+
+_ORM_HOLDS = False  # tests set it to run the portable path on PostgreSQL too
+
+
+def _insert_values(obj) -> tuple[list[str], list]:
+    """Column names and database values of an unsaved row, as Model.save() would insert them."""
+    fields = [f for f in obj._meta.concrete_fields if not (f.primary_key and f.db_returning)]
+    return ([connection.ops.quote_name(f.column) for f in fields],
+            [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields])
+
+
+def _reserve_in_one_statement(hold: Hold, entry: LedgerEntry, *, user_id: int) -> bool:
+    """PostgreSQL: the conditional reservation and both inserts in one statement (one round trip,
+    and the wallet row is locked only for that statement): a statement's data-modifying WITH
+    parts commit together or not at all, and the inserts take their rows from the UPDATE's, so
+    an uncovered hold writes nothing."""
+    hold_columns, hold_values = _insert_values(hold)
+    entry_columns, entry_values = _insert_values(entry)
+    wallet = Wallet._meta.db_table
+    sql = (f"WITH reserved AS (UPDATE {wallet} SET held_nano = held_nano + %s, updated_at = %s "
+           f"WHERE id = %s AND user_id = %s AND granted_nano + topped_up_nano - held_nano >= %s RETURNING id), "
+           f"held AS (INSERT INTO {Hold._meta.db_table} ({', '.join(hold_columns)}) "
+           f"SELECT {', '.join(['%s'] * len(hold_values))} FROM reserved RETURNING id) "
+           f"INSERT INTO {LedgerEntry._meta.db_table} ({', '.join(entry_columns)}) "
+           f"SELECT {', '.join(['%s'] * len(entry_values))} FROM held RETURNING id")
+    amount = hold.amount_nano
+    params = [amount, hold.created_at, hold.wallet_id, user_id, amount, *hold_values, *entry_values]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    for obj in (hold, entry):
+        obj._state.adding, obj._state.db = False, connection.alias
+    entry.pk = row[0]
+    return True
+
+
+_wallet_ids: dict[int, int] = {}
+
+
+def _wallet_id_of(user) -> int:
+    """The account's wallet id, made on first use and remembered per process (place_hold checks it
+    against the account in the same UPDATE that reserves, and looks again if it does not match)."""
+    wallet_id = _wallet_ids.get(user.pk)
+    if wallet_id is None:
+        if len(_wallet_ids) > 100_000:
+            _wallet_ids.clear()
+        wallet_id = _wallet_ids[user.pk] = wallet_for(user).pk
+    return wallet_id
 
 
 def _spend(wallet: Wallet, amount: int) -> tuple[int, int]:
@@ -211,24 +281,36 @@ def settle_hold(hold_id, *, prompt_cache_hit_tokens: int, prompt_cache_miss_toke
     if status == HoldStatus.SETTLED:  # a duplicate message: answer without taking a lock
         return UsageRecord.objects.get(hold_id=hold_id)
     now = _now()
+    # Locks in the order every hold-closing path takes them: the hold, then (as late as possible,
+    # since each new request of the account waits for it in place_hold) the wallet.
     with transaction.atomic():
-        wallet = _lock_wallet(wallet_id)
-        hold = Hold.objects.select_related("price_cache_hit", "price_cache_miss", "price_output").get(pk=hold_id)
+        hold = _lock_hold(hold_id, related=("price_cache_hit", "price_cache_miss", "price_output", "wallet"))
         if hold.status == HoldStatus.SETTLED:
             return UsageRecord.objects.get(hold=hold)
+        late = hold.status == HoldStatus.RELEASED
+        wallet = _lock_wallet(wallet_id) if late else None  # a late charge depends on the balance
         cost = rates_from_hold(hold).cost(cache_hit_tokens=prompt_cache_hit_tokens,
                                           cache_miss_tokens=prompt_cache_miss_tokens,
                                           completion_tokens=completion_tokens)
-        late = hold.status == HoldStatus.RELEASED
         charge = min(cost, hold.amount_nano)
         if late:
             charge = min(charge, wallet.available_nano)
         if cost > charge:
             log.warning("hold %s: cost %s nano exceeds what can be charged (%s nano)", hold.pk, cost, charge)
-        # Compare-and-set: only the transaction that moves the hold out of its state goes on.
-        if not Hold.objects.filter(pk=hold.pk, status=hold.status).update(
-                status=HoldStatus.SETTLED, closed_at=now, close_reason="settled" + (" late" if late else "")):
-            raise RuntimeError(f"hold {hold.pk} changed state under a wallet lock")
+        Hold.objects.filter(pk=hold.pk).update(status=HoldStatus.SETTLED, closed_at=now,
+                                               close_reason="settled" + (" late" if late else ""))
+        usage = UsageRecord.objects.create(
+            user_id=hold.wallet.user_id, api_key_id=hold.api_key_id, hold=hold, model=hold.model,
+            request_id=hold.request_id, source=UsageSource.API, prompt_cache_hit_tokens=prompt_cache_hit_tokens,
+            prompt_cache_miss_tokens=prompt_cache_miss_tokens, completion_tokens=completion_tokens,
+            price_cache_hit=hold.price_cache_hit, price_cache_miss=hold.price_cache_miss,
+            price_output=hold.price_output, percent_off_cache_hit=hold.percent_off_cache_hit,
+            percent_off_cache_miss=hold.percent_off_cache_miss, percent_off_output=hold.percent_off_output,
+            cost_nano=charge, currency=hold.price_output.currency, started_at=started_at,
+            finished_at=finished_at, created_at=now)
+        _add_daily(usage)
+        if wallet is None:
+            wallet = _lock_wallet(wallet_id)
         from_granted, from_topped_up = _spend(wallet, charge)
         held_back = 0 if late else hold.amount_nano
         _move(wallet, granted=-from_granted, topped_up=-from_topped_up, held=-held_back, at=now)
@@ -239,16 +321,6 @@ def settle_hold(hold_id, *, prompt_cache_hit_tokens: int, prompt_cache_miss_toke
             LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.RELEASE, held_delta=-(held_back - charge),
                                        hold=hold, actor_id=wallet.user_id, reason="unused part of the hold",
                                        created_at=now)
-        usage = UsageRecord.objects.create(
-            user_id=wallet.user_id, api_key_id=hold.api_key_id, hold=hold, model=hold.model,
-            request_id=hold.request_id, source=UsageSource.API, prompt_cache_hit_tokens=prompt_cache_hit_tokens,
-            prompt_cache_miss_tokens=prompt_cache_miss_tokens, completion_tokens=completion_tokens,
-            price_cache_hit=hold.price_cache_hit, price_cache_miss=hold.price_cache_miss,
-            price_output=hold.price_output, percent_off_cache_hit=hold.percent_off_cache_hit,
-            percent_off_cache_miss=hold.percent_off_cache_miss, percent_off_output=hold.percent_off_output,
-            cost_nano=charge, currency=hold.price_output.currency, started_at=started_at,
-            finished_at=finished_at, created_at=now)
-        _add_daily(usage)
     return usage
 
 
@@ -260,11 +332,12 @@ def release_hold(hold_id, *, reason: str) -> bool:
         return False
     now = _now()
     with transaction.atomic():
-        wallet = _lock_wallet(wallet_id)
-        if not Hold.objects.filter(pk=hold_id, status=HoldStatus.OPEN).update(
-                status=HoldStatus.RELEASED, closed_at=now, close_reason=reason[:200]):
+        hold = _lock_hold(hold_id)  # the hold, then the wallet: the order settle_hold takes them in
+        if hold.status != HoldStatus.OPEN:
             return False
-        amount = Hold.objects.values_list("amount_nano", flat=True).get(pk=hold_id)
+        wallet = _lock_wallet(wallet_id)
+        Hold.objects.filter(pk=hold_id).update(status=HoldStatus.RELEASED, closed_at=now, close_reason=reason[:200])
+        amount = hold.amount_nano
         _move(wallet, held=-amount, at=now)
         LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.RELEASE, held_delta=-amount, hold_id=hold_id,
                                    reason=reason[:200], created_at=now)

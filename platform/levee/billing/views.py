@@ -16,9 +16,11 @@ from levee.billing.models import DailyUsage
 from levee.billing.money import format_amount
 from levee.billing.pricing import currency, price_book
 from levee.core.errors import ApiError
+from levee.core.middleware import sessionless
 from levee.keys.authentication import ApiKeyAuthentication
 
 
+@sessionless
 @api_view(["GET"])
 @authentication_classes([ApiKeyAuthentication])
 def user_balance(request):

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 
 from inference import protocol
 from levee.api import jobs
-from levee.api.models import LlmModel
+from levee.api.models import LlmModel, aenabled_model
 from levee.chat import services
 from levee.chat.models import Conversation, Message, Status
 from levee.core.asyncdb import db  # database work on the shared pool: a stream must not hold a connection
@@ -82,7 +82,7 @@ def _refused(exc: services.ChatRefused):
 async def _enabled_model(name) -> LlmModel:
     if not isinstance(name, str) or not name:
         raise services.ChatRefused(400, "missing_parameter", "Choose a model.", param="model")
-    model = await db(lambda: LlmModel.objects.filter(name=name, enabled=True).first())()
+    model = await aenabled_model(name)
     if model is None:
         raise services.ChatRefused(400, "model_not_found", f"Model Not Exist: {name[:64]}", param="model")
     return model

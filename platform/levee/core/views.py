@@ -3,11 +3,13 @@ from django.shortcuts import render
 from django.template import loader
 
 from levee.core.errors import error_response
+from levee.core.middleware import sessionless
 
 # "/chat/completions" is the bare API; the rest of /chat/ is the web chat, whose /chat/api/ is JSON.
 API_PREFIXES = ("/v1/", "/api/", "/chat/completions", "/chat/api/", "/user/", "/models", "/beta/")
 
 
+@sessionless
 def healthz(request):
     """Liveness: the process answers. Touches neither the database nor Redis."""
     return HttpResponse("ok\n", content_type="text/plain")
@@ -63,6 +65,7 @@ def json_ok(data, status=200):
     return JsonResponse(data, status=status)
 
 
+@sessionless
 def readyz(request):
     """Readiness: the database, Redis and a live worker per enabled model. 200 or 503, JSON."""
     from levee.core.health import readiness
@@ -76,6 +79,7 @@ def readyz(request):
     return response
 
 
+@sessionless
 def metrics(request):
     """Prometheus exposition, for the allowed networks or the bearer token only; 404 for everyone
     else, so the endpoint does not even admit to existing."""

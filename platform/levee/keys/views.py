@@ -5,6 +5,7 @@ from rest_framework.decorators import api_view, authentication_classes
 from rest_framework.response import Response
 
 from levee.core.errors import ApiError
+from levee.core.middleware import sessionless
 from levee.keys import services
 from levee.keys.authentication import ApiKeyAuthentication
 from levee.keys.models import ApiKey
@@ -34,6 +35,7 @@ def revoke_key(request, key_id: int):
     return Response(ApiKeySerializer(key).data)
 
 
+@sessionless
 @api_view(["GET"])
 @authentication_classes([ApiKeyAuthentication])
 def whoami(request):

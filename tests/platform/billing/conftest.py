@@ -31,3 +31,13 @@ def fund(user, nano: int):
     from levee.billing.services import adjust, wallet_for
 
     return adjust(wallet_for(user), nano, actor=None, reason="test funds", source="test")
+
+
+@pytest.fixture(params=["one statement", "portable"])
+def hold_path(request, monkeypatch):
+    """place_hold has a PostgreSQL path (one statement) and a portable one (SQLite, `make run`):
+    tests that take this fixture run against both."""
+    from levee.billing import services
+
+    monkeypatch.setattr(services, "_ORM_HOLDS", request.param == "portable")
+    return request.param

@@ -37,7 +37,7 @@ def _race(count: int, work) -> list:
     return outcomes
 
 
-def test_fifty_concurrent_holds_against_a_balance_for_twenty_admit_exactly_twenty(settings):
+def test_fifty_concurrent_holds_against_a_balance_for_twenty_admit_exactly_twenty(settings, hold_path):
     settings.LEVEE_CURRENCY = "USD"
     make_prices()
     user = ada()

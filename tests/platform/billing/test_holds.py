@@ -12,7 +12,7 @@ from levee.keys.services import create_api_key
 from tests.personas import ada
 from tests.platform.billing.conftest import MODEL, fund, make_prices
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("hold_path")]
 
 
 def _hold(user, *, prompt=1000, max_tokens=1000, **kwargs) -> Hold:

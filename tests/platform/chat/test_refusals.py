@@ -69,6 +69,7 @@ def test_bad_input_is_a_4xx_and_writes_nothing(client, chat_model, worker, body,
     assert conversation.title == ""
 
 
+@pytest.mark.django_db(transaction=True)  # committed, as an admin's change is: the view reads on the database pool
 def test_a_disabled_model_is_refused(client, chat_model, worker):
     user = ada()
     client.force_login(user)
