@@ -25,11 +25,13 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 BIN = Path(sys.executable).parent
 MODEL = "deepseek-chat"
 
@@ -182,7 +184,7 @@ async def ttft(url, key, r, concurrency, total, *, burst=False):
 
 
 async def _probe_beside(client, url, key, background: int, total: int):
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about Levee."}], "max_tokens": 400,
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about Levee."}], "max_tokens": 1000,
             "stream": True, "temperature": 1.0}
     stop = asyncio.Event()
     opened = asyncio.Semaphore(0)
@@ -300,7 +302,14 @@ def main():
                                  "-c", "8", "--without-gossip", "--without-mingle", "-n", f"bench-platform-{port}@%h"])
         inference = [str(BIN / "celery"), "-A", "inference.worker", "worker", "-Q", f"inference.{MODEL}", "-P",
                      "threads", "--without-gossip", "--without-mingle"]
-        procs.start("inference", [*inference, "-c", "32", "-n", f"bench-inf-{port}@%h"])
+        # The TTFT part serves small random weights (tests/e2e/checkpoint.py): they seldom pick the
+        # end-of-sequence token, so background streams keep generating instead of ending after a
+        # sentence, and a tiny engine leaves the CPU to the platform, as a GPU would.
+        from tests.e2e.checkpoint import e2e_checkpoint
+
+        checkpoint = e2e_checkpoint(Path(tempfile.mkdtemp(prefix="levee-bench-ckpt-")))
+        procs.start("inference", [*inference, "-c", "32", "-n", f"bench-inf-{port}@%h"],
+                    LEVEE_CHECKPOINT=str(checkpoint))
         deadline = time.time() + 120
         while not r.zcount(f"levee:workers:{MODEL}", time.time() - 10, "+inf") and time.time() < deadline:
             time.sleep(0.5)

@@ -24,7 +24,7 @@ from levee.core.memo import Memo
 from levee.core.middleware import sessionless
 from levee.core.timing import Phases
 from levee.keys.authentication import bearer_token, masked
-from levee.keys.services import authenticate_key
+from levee.keys.services import aauthenticate_key
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ async def _authenticate(request):
     token = bearer_token(request)
     if token is None:
         return None, error_response(401, "Authentication Fails (no api key provided)")
-    key = await db(authenticate_key)(token)
+    key = await aauthenticate_key(token)
     if key is None:
         return None, error_response(401, f"Authentication Fails, Your api key: {masked(token)} is invalid")
     return key, None

@@ -13,11 +13,12 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 _memos: list[Memo] = []
+MISSING = object()
 
 
 class Memo:
-    def __init__(self, name: str, seconds: float, maxsize: int = 10_000):
-        self.name, self.seconds, self.maxsize = name, seconds, maxsize
+    def __init__(self, name: str, seconds: float, maxsize: int = 10_000, keep_none: bool = True):
+        self.name, self.seconds, self.maxsize, self.keep_none = name, seconds, maxsize, keep_none
         self._values: dict[Hashable, tuple[float, Any]] = {}
         self._lock = threading.Lock()
         _memos.append(self)
@@ -35,18 +36,23 @@ class Memo:
             return hit[1]
         value = compute()
         seconds = self._seconds()
-        if seconds > 0:
+        if seconds > 0 and (value is not None or self.keep_none):
             with self._lock:
                 if len(self._values) >= self.maxsize:
                     self._values.clear()
                 self._values[key] = (now + seconds, value)
         return value
 
+    def peek(self, key: Hashable) -> Any:
+        """The value if it is held and fresh, else MISSING."""
+        hit = self._values.get(key)
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else MISSING
+
     async def aget(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """get() from async code: a hit costs no thread; a miss computes on the database pool."""
-        hit = self._values.get(key)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
+        value = self.peek(key)
+        if value is not MISSING:
+            return value
         from levee.core.asyncdb import db
 
         return await db(self.get)(key, compute)

@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from levee.accounts.models import User
 from levee.core.logging import bind_account
+from levee.core.memo import MISSING, Memo
 from levee.keys.models import ApiKey
 
 KEY_BODY_LENGTH = 48  # base62: ~285 bits
@@ -61,28 +62,62 @@ def create_api_key(user: User, *, name: str = "", expires_at=None) -> tuple[ApiK
     return key, raw
 
 
-def authenticate_key(raw: str) -> ApiKey | None:
-    """The usable key whose secret is `raw`, or None. One indexed query; the comparison is constant-time."""
-    if not KEY_PATTERN.match(raw or ""):
-        return None
-    wanted = digest_of(raw)
-    now = timezone.now()
+# Authenticated keys, memoized per process by digest (levee.core.memo): a revocation, an expiry
+# edit or a disabled account reaches other web processes within KEY_MEMO_SECONDS; the process
+# that saves the change forgets at once. Unknown keys are not remembered.
+KEY_MEMO_SECONDS = 2
+_keys = Memo("api-keys", KEY_MEMO_SECONDS, keep_none=False)
+_keys.clear_on_change(ApiKey, User)
+
+
+def _lookup(raw: str, wanted: str) -> ApiKey | None:
     for key in ApiKey.objects.filter(prefix=raw[:PREFIX_LENGTH]).select_related("user"):
         if hmac.compare_digest(key.digest, wanted):
-            if not key.is_usable(now) or not key.user.is_active:
-                return None
-            _touch(key, now)
-            bind_account(key.user_id)  # log lines of this request carry the account from here on
             return key
     return None
 
 
+def _admit(key: ApiKey | None, now) -> ApiKey | None:
+    if key is None or not key.is_usable(now) or not key.user.is_active:
+        return None
+    bind_account(key.user_id)  # log lines of this request carry the account from here on
+    return key
+
+
+def authenticate_key(raw: str) -> ApiKey | None:
+    """The usable key whose secret is `raw`, or None. One indexed query (none while memoized); the
+    comparison is constant-time."""
+    if not KEY_PATTERN.match(raw or ""):
+        return None
+    wanted = digest_of(raw)
+    key = _keys.get(wanted, lambda: _lookup(raw, wanted))
+    now = timezone.now()
+    if key is not None and key.is_usable(now) and _touch_due(key, now):
+        _touch(key, now)
+    return _admit(key, now)
+
+
+async def aauthenticate_key(raw: str) -> ApiKey | None:
+    """authenticate_key for async views: a memoized key that needs no write costs no thread."""
+    if KEY_PATTERN.match(raw or ""):
+        key = _keys.peek(digest_of(raw))
+        now = timezone.now()
+        if key is not MISSING and not _touch_due(key, now):
+            return _admit(key, now)
+    from levee.core.asyncdb import db
+
+    return await db(authenticate_key)(raw)
+
+
+def _touch_due(key: ApiKey, now) -> bool:
+    window = timedelta(seconds=settings.LEVEE_KEY_LAST_USED_RESOLUTION)
+    return key.last_used_at is None or now - key.last_used_at >= window
+
+
 def _touch(key: ApiKey, now) -> None:
     """Record use at most once per resolution window, so a busy key does not write on every request."""
-    window = timedelta(seconds=settings.LEVEE_KEY_LAST_USED_RESOLUTION)
-    if key.last_used_at is None or now - key.last_used_at >= window:
-        ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
-        key.last_used_at = now
+    ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
+    key.last_used_at = now
 
 
 def revoke_api_key(key: ApiKey, *, by: User | None) -> bool:
@@ -91,4 +126,5 @@ def revoke_api_key(key: ApiKey, *, by: User | None) -> bool:
     changed = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=now, revoked_by=by)
     if changed:
         key.revoked_at, key.revoked_by = now, by
+        _keys.clear()
     return bool(changed)

@@ -1,3 +1,4 @@
+import time
 from datetime import timedelta
 
 import pytest
@@ -83,11 +84,27 @@ def test_last_used_is_written_at_most_once_per_window(client, django_assert_num_
     key.refresh_from_db()
     first = key.last_used_at
     assert first is not None
-    # The next request inside the window reads one row and writes nothing.
-    with django_assert_num_queries(1):
+    # The next request inside the window reads nothing (the key is memoized) and writes nothing.
+    with django_assert_num_queries(0):
         assert _me(client, raw).status_code == 200
     key.refresh_from_db()
     assert key.last_used_at == first
+
+
+def test_a_revoked_key_stops_at_once_here_and_within_the_memo_bound_elsewhere(client, settings):
+    settings.LEVEE_MEMO_SECONDS = 0.3
+    user = ada()
+    key, raw = create_api_key(user)
+    assert _me(client, raw).status_code == 200
+    # Another process revokes it (no signal reaches this one): the memo serves it a moment longer...
+    ApiKey.objects.filter(pk=key.pk).update(revoked_at=timezone.now())
+    assert _me(client, raw).status_code == 200
+    time.sleep(0.35)  # ...and not past the bound
+    assert _me(client, raw).status_code == 401
+    other, other_raw = create_api_key(user, name="second")
+    assert _me(client, other_raw).status_code == 200
+    revoke_api_key(other, by=None)  # revoked in this process: refused at once
+    assert _me(client, other_raw).status_code == 401
 
 
 def test_admin_can_find_keys_by_prefix(client):
