@@ -6,7 +6,9 @@ Celery's publish, runs in a thread.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -16,19 +18,20 @@ from django.conf import settings
 
 from inference import protocol
 
+log = logging.getLogger(__name__)
 KEEPALIVE = {"type": "keepalive"}
-_clients: dict[int, aioredis.Redis] = {}
+_clients: dict[int, tuple[asyncio.AbstractEventLoop, aioredis.Redis]] = {}
 
 
 def redis_client() -> aioredis.Redis:
     """One client (and pool) per event loop: asyncio connections cannot cross loops."""
     loop = asyncio.get_running_loop()
-    client = _clients.get(id(loop))
-    if client is None:
+    held = _clients.get(id(loop))
+    if held is None or held[0] is not loop:  # none yet, or a dead loop's whose id was reused
         client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=None,
                                          health_check_interval=30)
-        _clients[id(loop)] = client
-    return client
+        held = _clients[id(loop)] = (loop, client)
+    return held[1]
 
 
 @dataclass
@@ -66,26 +69,103 @@ async def cancel(job_id: str) -> None:
     await redis_client().set(protocol.cancel_key(job_id), 1, ex=protocol.STREAM_TTL_S)
 
 
+class _StreamHub:
+    """One reader per event loop for every job stream the process is following: a single blocking
+    XREAD over all of them, its entries handed to each follower's queue. Thirty-two generating
+    streams cost one round trip per engine step instead of thirty-two; a thousand waiting ones,
+    one blocked connection instead of a thousand. A follower that joins while the XREAD is blocked
+    wakes it through the hub's own small stream, so nobody waits out the block."""
+
+    BLOCK_MS = 5000
+
+    def __init__(self, client: aioredis.Redis, loop: asyncio.AbstractEventLoop):
+        self.client, self.loop = client, loop
+        self.followers: dict[bytes, asyncio.Queue] = {}
+        self.last_ids: dict[bytes, bytes | str] = {}
+        self.wake_key = f"levee:hub:{uuid.uuid4().hex}".encode()
+        self.task: asyncio.Task | None = None
+        self.reading: set[bytes] = set()  # the keys the XREAD in flight covers
+
+    async def follow(self, key: str) -> asyncio.Queue:
+        key_b = key.encode()
+        queue: asyncio.Queue = asyncio.Queue()
+        self.followers[key_b], self.last_ids[key_b] = queue, "0"
+        if self.task is None:
+            self.task = self.loop.create_task(self._run())
+        elif key_b not in self.reading:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.xadd(self.wake_key, {"w": 1}, maxlen=8, approximate=False)
+                pipe.expire(self.wake_key, 3600)
+                await pipe.execute()
+        return queue
+
+    def unfollow(self, key: str) -> None:
+        key_b = key.encode()
+        self.followers.pop(key_b, None)
+        self.last_ids.pop(key_b, None)
+
+    async def _run(self) -> None:
+        wake_id: bytes | str = "$"
+        try:
+            while self.followers:
+                streams = dict(self.last_ids)
+                streams[self.wake_key] = wake_id
+                self.reading = set(streams)
+                reply = await self.client.xread(streams, count=256, block=self.BLOCK_MS)
+                self.reading = set()
+                for key, entries in reply or []:
+                    if key == self.wake_key:
+                        wake_id = entries[-1][0]
+                        continue
+                    queue = self.followers.get(key)
+                    if queue is not None:
+                        self.last_ids[key] = entries[-1][0]
+                        queue.put_nowait(entries)
+        except Exception as exc:  # Redis is gone: every follower hears it; the next follow() restarts
+            log.warning("job stream reader stopped: %r", exc)
+            for queue in self.followers.values():
+                queue.put_nowait(exc)
+        finally:
+            # No await between the last look at the followers and this: a follow() from here on
+            # starts a new reader. (The wake stream expires by itself.)
+            self.reading = set()
+            self.task = None
+
+
+_hubs: dict[int, _StreamHub] = {}
+
+
+def _hub() -> _StreamHub:
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(id(loop))
+    if hub is None or hub.loop is not loop:
+        hub = _hubs[id(loop)] = _StreamHub(redis_client(), loop)
+    return hub
+
+
 async def events(job_id: str, *, queue_timeout: float, heartbeat_timeout: float,
                  keepalive_every: float = 5.0) -> AsyncIterator[dict]:
     """The job's events from the first; KEEPALIVE while it waits; a synthetic error event when it
     does not start within queue_timeout or a started job goes silent for heartbeat_timeout."""
-    client = redis_client()
+    hub = _hub()
     key = protocol.stream_key(job_id)
-    last_id = "0"
+    queue = await hub.follow(key)
     started = False
     since_news = time.monotonic()
     since_keepalive = time.monotonic()
     begun = time.monotonic()
-    while True:
-        # A queued job has nothing to say until it starts: wake only for its keep-alive, so a thousand
-        # waiting streams cost a few wake-ups a second rather than a thousand.
-        block_ms = 1000 if started else int(keepalive_every * 1000)
-        reply = await client.xread({key: last_id}, count=256, block=block_ms)
-        now = time.monotonic()
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                last_id = entry_id
+    try:
+        while True:
+            # A queued job has nothing to say until it starts: wake only for its keep-alive, so a
+            # thousand waiting streams cost a few wake-ups a second rather than a thousand.
+            try:
+                batch = await asyncio.wait_for(queue.get(), 1.0 if started else keepalive_every)
+            except TimeoutError:
+                batch = []
+            if isinstance(batch, Exception):
+                raise batch
+            now = time.monotonic()
+            for _entry_id, fields in batch:
                 event = protocol.decode_event(fields)
                 since_news = now
                 if event["type"] == protocol.STARTED:
@@ -95,14 +175,16 @@ async def events(job_id: str, *, queue_timeout: float, heartbeat_timeout: float,
                 yield event
                 if event["type"] in (protocol.DONE, protocol.ERROR):
                     return
-        if started and now - since_news > heartbeat_timeout:
-            yield {"type": protocol.ERROR, "code": "worker_lost", "synthetic": True,
-                   "message": "The inference worker stopped responding; the request was aborted."}
-            return
-        if not started and now - begun > queue_timeout:
-            yield {"type": protocol.ERROR, "code": "queue_timeout", "synthetic": True,
-                   "message": "The request was not started in time; the service is overloaded."}
-            return
-        if not started and now - since_keepalive >= keepalive_every:
-            since_keepalive = now
-            yield KEEPALIVE
+            if started and now - since_news > heartbeat_timeout:
+                yield {"type": protocol.ERROR, "code": "worker_lost", "synthetic": True,
+                       "message": "The inference worker stopped responding; the request was aborted."}
+                return
+            if not started and now - begun > queue_timeout:
+                yield {"type": protocol.ERROR, "code": "queue_timeout", "synthetic": True,
+                       "message": "The request was not started in time; the service is overloaded."}
+                return
+            if not started and now - since_keepalive >= keepalive_every:
+                since_keepalive = now
+                yield KEEPALIVE
+    finally:
+        hub.unfollow(key)
