@@ -164,9 +164,13 @@ def run_job(rt: Runtime, data: dict) -> str:
         settle(message, zero, now, now)
         return "deadline"
     waited_ms = int((now - message.enqueued_at) * 1000)
-    r.set(protocol.wait_key(message.model), waited_ms, ex=60)
-    emit(protocol.STARTED, worker=rt.worker_id, queued_ms=waited_ms)
-    if r.exists(protocol.cancel_key(message.job_id)):
+    pipe = r.pipeline(transaction=False)  # one round trip: record the wait, say started, look for a cancel
+    pipe.set(protocol.wait_key(message.model), waited_ms, ex=60)
+    pipe.xadd(key, protocol.encode_event(protocol.STARTED, t=time.time(), worker=rt.worker_id, queued_ms=waited_ms),
+              maxlen=protocol.STREAM_MAXLEN, approximate=True)
+    pipe.expire(key, protocol.STREAM_TTL_S)
+    pipe.exists(protocol.cancel_key(message.job_id))
+    if pipe.execute()[-1]:
         emit(protocol.DONE, finish_reason="cancelled", usage=zero)
         settle(message, zero, now, time.time())
         return "cancelled"
@@ -177,13 +181,13 @@ def run_job(rt: Runtime, data: dict) -> str:
     rt.active[message.job_id] = handle
     usage = zero
     pending = ""
-    last_flush = time.monotonic()
+    last_flush = None  # the first text goes out at once: coalescing is for the tokens after it
     try:
         for event in handle:
             usage = event.usage
             pending += event.text
             done = event.finish_reason is not None
-            if pending and (done or time.monotonic() - last_flush >= DELTA_FLUSH_S):
+            if pending and (done or last_flush is None or time.monotonic() - last_flush >= DELTA_FLUSH_S):
                 emit(protocol.DELTA, text=pending, usage=usage)
                 pending, last_flush = "", time.monotonic()
             if done:

@@ -71,3 +71,19 @@ def test_the_heartbeat_marks_the_worker_live_and_forwards_cancel_flags(rt):
     assert handle.cancelled
     assert rt.redis.zscore(protocol.workers_key(worker.MODEL_NAME), "test-worker") is not None
     assert [e["type"] for e in _events(rt.redis)] == ["heartbeat"]
+
+
+def test_the_first_text_goes_out_at_once_and_later_tokens_are_coalesced(rt, monkeypatch):
+    from inference import serving
+
+    def fake_submit(engine, message):  # six tokens, all well inside one coalescing window
+        for n in range(6):
+            yield serving.JobEvent(text=f"t{n} ", usage=protocol.usage_dict(3, 0, n + 1),
+                                   finish_reason="length" if n == 5 else None)
+
+    monkeypatch.setattr(serving, "submit", fake_submit)
+    monkeypatch.setattr(worker.Runtime, "engine", None, raising=False)
+    assert worker.run_job(rt, _message()) == "length"
+    deltas = [e["text"] for e in _events(rt.redis) if e["type"] == "delta"]
+    assert deltas[0] == "t0 "  # not held back for the window
+    assert "".join(deltas) == "t0 t1 t2 t3 t4 t5 " and len(deltas) < 6  # the rest travel together
