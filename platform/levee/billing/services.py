@@ -269,6 +269,10 @@ def _check_span(started_at: datetime, finished_at: datetime) -> None:
         raise ValueError("finished_at is before started_at")
 
 
+class _GrantedMeanwhile(Exception):
+    """A grant reached the wallet between settle_hold's look and its compare-and-set."""
+
+
 def settle_hold(hold_id, *, prompt_cache_hit_tokens: int, prompt_cache_miss_tokens: int,
                 completion_tokens: int, started_at: datetime, finished_at: datetime) -> UsageRecord:
     """Charge a request's exact cost (at the prices remembered on the hold, capped at the held
@@ -277,6 +281,15 @@ def settle_hold(hold_id, *, prompt_cache_hit_tokens: int, prompt_cache_miss_toke
     _check_tokens(prompt_cache_hit_tokens=prompt_cache_hit_tokens, prompt_cache_miss_tokens=prompt_cache_miss_tokens,
                   completion_tokens=completion_tokens)
     _check_span(started_at, finished_at)
+    usage = {"prompt_cache_hit_tokens": prompt_cache_hit_tokens, "prompt_cache_miss_tokens": prompt_cache_miss_tokens,
+             "completion_tokens": completion_tokens, "started_at": started_at, "finished_at": finished_at}
+    try:
+        return _settle(hold_id, usage, optimistic=True)
+    except _GrantedMeanwhile:  # everything was rolled back: once more, the wallet locked first
+        return _settle(hold_id, usage, optimistic=False)
+
+
+def _settle(hold_id, tokens: dict, *, optimistic: bool) -> UsageRecord:
     wallet_id, status = Hold.objects.values_list("wallet_id", "status").get(pk=hold_id)
     if status == HoldStatus.SETTLED:  # a duplicate message: answer without taking a lock
         return UsageRecord.objects.get(hold_id=hold_id)
@@ -289,9 +302,9 @@ def settle_hold(hold_id, *, prompt_cache_hit_tokens: int, prompt_cache_miss_toke
             return UsageRecord.objects.get(hold=hold)
         late = hold.status == HoldStatus.RELEASED
         wallet = _lock_wallet(wallet_id) if late else None  # a late charge depends on the balance
-        cost = rates_from_hold(hold).cost(cache_hit_tokens=prompt_cache_hit_tokens,
-                                          cache_miss_tokens=prompt_cache_miss_tokens,
-                                          completion_tokens=completion_tokens)
+        cost = rates_from_hold(hold).cost(cache_hit_tokens=tokens["prompt_cache_hit_tokens"],
+                                          cache_miss_tokens=tokens["prompt_cache_miss_tokens"],
+                                          completion_tokens=tokens["completion_tokens"])
         charge = min(cost, hold.amount_nano)
         if late:
             charge = min(charge, wallet.available_nano)
@@ -301,27 +314,39 @@ def settle_hold(hold_id, *, prompt_cache_hit_tokens: int, prompt_cache_miss_toke
                                                close_reason="settled" + (" late" if late else ""))
         usage = UsageRecord.objects.create(
             user_id=hold.wallet.user_id, api_key_id=hold.api_key_id, hold=hold, model=hold.model,
-            request_id=hold.request_id, source=UsageSource.API, prompt_cache_hit_tokens=prompt_cache_hit_tokens,
-            prompt_cache_miss_tokens=prompt_cache_miss_tokens, completion_tokens=completion_tokens,
+            request_id=hold.request_id, source=UsageSource.API, **tokens,
             price_cache_hit=hold.price_cache_hit, price_cache_miss=hold.price_cache_miss,
             price_output=hold.price_output, percent_off_cache_hit=hold.percent_off_cache_hit,
             percent_off_cache_miss=hold.percent_off_cache_miss, percent_off_output=hold.percent_off_output,
-            cost_nano=charge, currency=hold.price_output.currency, started_at=started_at,
-            finished_at=finished_at, created_at=now)
+            cost_nano=charge, currency=hold.price_output.currency, created_at=now)
         _add_daily(usage)
+        held_back = 0 if late else hold.amount_nano
+        if wallet is None and optimistic and hold.wallet.granted_nano == 0:
+            # Nothing granted to split (the usual paying account, as read with the hold): the
+            # entries first, then the balance moves by one compare-and-set as the last statement,
+            # so the wallet row is locked only from it to the commit.
+            _charge_entries(wallet_id, hold, charge, 0, charge, held_back, late, now)
+            if not Wallet.objects.filter(pk=wallet_id, granted_nano=0).update(
+                    topped_up_nano=F("topped_up_nano") - charge, held_nano=F("held_nano") - held_back,
+                    updated_at=now):
+                raise _GrantedMeanwhile(hold_id)
+            return usage
         if wallet is None:
             wallet = _lock_wallet(wallet_id)
         from_granted, from_topped_up = _spend(wallet, charge)
-        held_back = 0 if late else hold.amount_nano
         _move(wallet, granted=-from_granted, topped_up=-from_topped_up, held=-held_back, at=now)
-        LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.CHARGE, granted_delta=-from_granted,
-                                   topped_up_delta=-from_topped_up, held_delta=0 if late else -charge,
-                                   hold=hold, actor_id=wallet.user_id, created_at=now)
-        if held_back - charge > 0:
-            LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.RELEASE, held_delta=-(held_back - charge),
-                                       hold=hold, actor_id=wallet.user_id, reason="unused part of the hold",
-                                       created_at=now)
+        _charge_entries(wallet_id, hold, charge, from_granted, from_topped_up, held_back, late, now)
     return usage
+
+
+def _charge_entries(wallet_id, hold, charge, from_granted, from_topped_up, held_back, late, now) -> None:
+    actor_id = hold.wallet.user_id
+    LedgerEntry.objects.create(wallet_id=wallet_id, kind=LedgerKind.CHARGE, granted_delta=-from_granted,
+                               topped_up_delta=-from_topped_up, held_delta=0 if late else -charge,
+                               hold=hold, actor_id=actor_id, created_at=now)
+    if held_back - charge > 0:
+        LedgerEntry.objects.create(wallet_id=wallet_id, kind=LedgerKind.RELEASE, held_delta=-(held_back - charge),
+                                   hold=hold, actor_id=actor_id, reason="unused part of the hold", created_at=now)
 
 
 def release_hold(hold_id, *, reason: str) -> bool:

@@ -100,3 +100,35 @@ def test_one_account_redeeming_a_multi_use_voucher_concurrently_gets_it_once():
     outcomes = _race(10, lambda i: services.redeem_voucher(user, "PROMO"))
     assert sum(isinstance(o, VoucherRedemption) for o in outcomes) == 1
     assert Wallet.objects.get(user=user).topped_up_nano == 10**9
+
+
+def test_a_grant_landing_mid_settlement_sends_it_down_the_locked_path(settings, monkeypatch):
+    """settle_hold moves a grant-less wallet by compare-and-set at the end; a grant committed by
+    another connection in between makes that fail, and the whole settlement is redone under the
+    wallet lock, spending the new grant first (grants before topped-up money)."""
+    settings.LEVEE_CURRENCY = "USD"
+    make_prices()
+    user = ada()
+    fund(user, 10**9)
+    hold = services.place_hold(user=user, model=MODEL, prompt_tokens=1000, max_tokens=1000, request_id="mid",
+                               deadline=timezone.now() + timedelta(minutes=5))
+    calls = []
+    real_add_daily = services._add_daily
+
+    def add_daily_then_grant(usage):
+        real_add_daily(usage)
+        calls.append(usage)
+        if len(calls) == 1:  # another process grants credit while this settlement is under way
+            t = threading.Thread(target=lambda: (services.grant(user, 10**8, reason="mid", expires_at=None),
+                                                 connection.close()))
+            t.start()
+            t.join()
+
+    monkeypatch.setattr(services, "_add_daily", add_daily_then_grant)
+    usage = services.settle_hold(hold.pk, prompt_cache_hit_tokens=0, prompt_cache_miss_tokens=1000,
+                                 completion_tokens=10, started_at=timezone.now(), finished_at=timezone.now())
+    assert len(calls) == 2  # the optimistic attempt was rolled back and redone
+    wallet = Wallet.objects.get(user=user)
+    assert usage.cost_nano == 1000 * 280 + 10 * 420
+    assert wallet.granted_nano == 10**8 - usage.cost_nano and wallet.topped_up_nano == 10**9
+    assert wallet.held_nano == 0 and services.reconcile() == []
