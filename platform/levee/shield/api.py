@@ -200,4 +200,14 @@ async def acurrent_mode() -> str:
 
 # Settlement reads overrides and runs once per job: Django's sync thread is fine for it.
 asettle_tokens = sync_to_async(settle_tokens)
-ashed = sync_to_async(shed, thread_sensitive=False)  # Redis only, cached 0.5 s
+_shed_in_thread = sync_to_async(shed, thread_sensitive=False)
+
+
+async def ashed(model: str, priority: str) -> int | None:
+    """shed() for async views: inline while the model's queue numbers are fresh (no I/O then), in a
+    worker thread when they must be read from Redis (every 0.5 s per process)."""
+    from levee.shield.shedding import metrics_fresh
+
+    if metrics_fresh(model):
+        return shed(model, priority)
+    return await _shed_in_thread(model, priority)

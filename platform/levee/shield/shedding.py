@@ -42,6 +42,11 @@ _states: dict[tuple[str, str], _PairState] = {}
 _lock = threading.Lock()
 
 
+def metrics_fresh(model: str) -> bool:
+    cached = _metrics.get(model)
+    return cached is not None and time.monotonic() - cached[0] < _METRIC_TTL
+
+
 def queue_metrics(model: str) -> tuple[int, int]:
     """(depth, oldest wait in ms) of a model's queue, at most _METRIC_TTL old. Raises ShieldRedisDown."""
     now = time.monotonic()
