@@ -4,11 +4,16 @@ from tests.e2e.stack import Stack
 
 
 @pytest.fixture(scope="session")
-def stack(django_db_setup, django_db_blocker, tmp_path_factory):
-    """One real stack for the API tests of a session (web, platform worker, inference worker)."""
+def checkpoint(tmp_path_factory):
+    """The small random-weight checkpoint the stacks' inference workers serve (built once a session)."""
     from tests.e2e.checkpoint import e2e_checkpoint
 
-    checkpoint = e2e_checkpoint(tmp_path_factory.mktemp("ckpt"))
+    return e2e_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="session")
+def stack(django_db_setup, django_db_blocker, tmp_path_factory, checkpoint):
+    """One real stack for the API tests of a session (web, platform worker, inference worker)."""
     # Mail goes to files the browser tests read (the verification link); EMAIL_HOST empty selects that.
     mail_dir = tmp_path_factory.mktemp("mail")
     running = Stack(extra_env={"LEVEE_CHECKPOINT": str(checkpoint), "EMAIL_HOST": "",
@@ -24,7 +29,7 @@ def _quiesce(request):
     """Let the stack finish settling before the test's tables are flushed: a TRUNCATE racing the
     platform worker's settle transaction deadlocks."""
     yield
-    if "stack" not in request.fixturenames and "own_stack" not in request.fixturenames:
+    if not any(name == "stack" or name.endswith("_stack") for name in request.fixturenames):
         return
     import time
 

@@ -93,6 +93,18 @@ class Stack:
                                          "-n", f"inference-{self.port}-{time.time_ns()}@%h", "--without-gossip",
                                          "--without-mingle", "--loglevel", "INFO"])
 
+    def set_mode(self, settings, mode: str, *, reason: str = "e2e drill") -> None:
+        """Set the shield's mode as the admin does (the database row, mirrored to this stack's Redis).
+        `settings`: pytest-django's fixture (the shield's Redis URL is pointed here meanwhile)."""
+        from levee.shield import services
+
+        previous = settings.SHIELD_REDIS_URL
+        settings.SHIELD_REDIS_URL = self.redis_url
+        try:
+            services.set_mode(mode, reason=reason, pinned=True)
+        finally:
+            settings.SHIELD_REDIS_URL = previous
+
     def live_workers(self) -> int:
         return self.redis.zcount(f"levee:workers:{MODEL}", time.time() - 10, "+inf")
 

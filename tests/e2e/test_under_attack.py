@@ -9,29 +9,17 @@ import pytest
 
 from levee.billing import services as billing
 from levee.keys.services import create_api_key
-from levee.shield import services as shield_services
-from levee.shield import store
 from tests.e2e.stack import MODEL
 from tests.personas import PASSWORD, make_user
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow, pytest.mark.real_hasher]
 
 
-def _set_mode(stack, settings, mode):
-    """Flip the mode as the admin does (database row + Redis mirror), on the stack's Redis."""
-    settings.SHIELD_REDIS_URL = stack.redis_url
-    store._client = None
-    try:
-        shield_services.set_mode(mode, reason="e2e drill", pinned=True)
-    finally:
-        store._client = None
-
-
 def test_sign_up_is_busy_while_login_and_the_api_keep_working(stack, settings, seeded_catalogue):
     user = make_user("loyal@example.com")
     billing.topup(billing.wallet_for(user), 10**9, source="test", external_id="loyal")
     _, key = create_api_key(user)
-    _set_mode(stack, settings, "under_attack")
+    stack.set_mode(settings, "under_attack")
     try:
         with httpx.Client(base_url=stack.url, timeout=30) as web:
             # A sign-up without the hard proof of work (what a flood sends) hears "busy".
@@ -59,4 +47,4 @@ def test_sign_up_is_busy_while_login_and_the_api_keep_working(stack, settings, s
                                                     max_tokens=6)
         assert completion.choices[0].message.content and completion.usage.completion_tokens > 0
     finally:
-        _set_mode(stack, settings, "normal")
+        stack.set_mode(settings, "normal")

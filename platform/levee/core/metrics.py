@@ -77,11 +77,17 @@ def count_login_failure() -> None:
     rates.record("login_failed")
 
 
+_limiter_children: dict = {}
+
+
 def count_limiter_decision(rule: str, outcome: str) -> None:
     """outcome: "allowed", or what happened instead: "limited" (429), "blocked" (an IP rule),
     "shed" (dropped under load), "challenged" (proof-of-work asked). Refusals are also counted per
     minute in Redis for the admin dashboard; admissions are not (that would be a write per request)."""
-    LIMITER_DECISIONS.labels(rule, outcome).inc()
+    child = _limiter_children.get((rule, outcome))
+    if child is None:  # labels() takes a lock and builds the series' key: once per label pair, not per decision
+        child = _limiter_children[(rule, outcome)] = LIMITER_DECISIONS.labels(rule, outcome)
+    child.inc()
     if outcome != "allowed":
         from levee.core import rates
 

@@ -20,6 +20,8 @@ SHIELD_REDIS_TIMEOUT = 0.25  # seconds; a dead Redis must not hold a request for
 SHIELD_REDIS_CONNECT_TIMEOUT = 1.0
 # Redis Cluster: decide a multi-subject request one subject (one slot) at a time, with give-backs.
 SHIELD_REDIS_CLUSTER = env_bool("SHIELD_REDIS_CLUSTER", False)
+# Per process, per connection set: the limiter's decisions (store.Lane) and the shield's other
+# commands (the client's pool) each have up to this many; the async twins one set per event loop.
 SHIELD_REDIS_MAX_CONNECTIONS = env_int("SHIELD_REDIS_MAX_CONNECTIONS", 64, minimum=4)
 # How long a process trusts what it read of the mode and the address rules (effect within 1 s).
 SHIELD_STATE_CACHE_SECONDS = 0.5

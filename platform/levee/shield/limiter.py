@@ -24,7 +24,7 @@ import hashlib
 import math
 import secrets
 from dataclasses import dataclass, field
-from functools import lru_cache
+from typing import NamedTuple
 
 from django.conf import settings
 from redis import exceptions as redis_exceptions
@@ -74,8 +74,7 @@ class FixedSubject(Subject):
         return list(self.fixed_rules)
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     subject: Subject
     rule: Rule
     allowed: bool
@@ -106,7 +105,8 @@ class Decision:
 
 
 # KEYS: one per rule. ARGV: peek, lease id, lease ttl ms, then per rule: kind, limit, period ms, cost.
-# Returns {all allowed, then per rule: allowed, remaining, reset ms, retry ms}.
+# Returns "all allowed, then per rule: allowed remaining reset-ms retry-ms", integers joined by spaces
+# (one string to parse instead of a nested reply of 1 + 4 per rule).
 _CHECK = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -163,7 +163,7 @@ if all_ok == 1 and not peek then
   end
 end
 table.insert(out, 1, all_ok)
-return out
+return table.concat(out, ' ')
 """
 
 # KEYS: token keys. ARGV per key: limit, period ms, delta (may be negative: a refund).
@@ -184,69 +184,155 @@ end
 return #KEYS
 """
 
-_scripts: dict = {}
+def _bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
-@lru_cache(maxsize=8)
-def _sha(source: str) -> str:
-    return hashlib.sha1(source.encode()).hexdigest()
+_SMALL = [_bulk(b"%d" % n) for n in range(256)]
 
 
-def _script(name: str, source: str):
-    client = store.client()
-    cached = _scripts.get(name)
-    if cached is None or cached[0] is not client:
-        cached = (client, client.register_script(source))
-        _scripts[name] = cached
-    return cached[1]
+def _int(n: int) -> bytes:
+    return _SMALL[n] if 0 <= n < 256 else _bulk(b"%d" % n)
 
 
-def _plan(subjects: list[Subject], costs: dict[str, int], lease_ttl: float | None, peek: bool):
-    picked: list[tuple[Subject, Rule, int]] = []
+class LuaScript:
+    """A Lua script sent as a hand-packed EVALSHA on the shield's lane (`store.Lane`); on NOSCRIPT (a
+    restarted or flushed Redis) the same call goes as EVAL, which also loads the script."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+        self._evalsha = b"$7\r\nEVALSHA\r\n" + _bulk(self.sha.encode())
+        self._eval = b"$4\r\nEVAL\r\n" + _bulk(source.encode())
+
+    def run(self, keys: list[str], args: list = ()):
+        """Call it with `keys` and `args` (str() of each)."""
+        items = [_int(len(keys)), *(_bulk(k.encode()) for k in keys), *(_bulk(str(a).encode()) for a in args)]
+        return self.call(len(items), b"".join(items))
+
+    def call(self, count: int, body: bytes):
+        """`body`: the packed numkeys, keys and arguments, `count` elements."""
+        head = b"*%d\r\n" % (count + 2)
+        lane = store.lane()
+        try:
+            return lane.call(head + self._evalsha + body)
+        except redis_exceptions.NoScriptError:
+            return lane.call(head + self._eval + body)
+
+    async def acall(self, count: int, body: bytes):
+        head = b"*%d\r\n" % (count + 2)
+        lane = store.alane()
+        try:
+            return await lane.call(head + self._evalsha + body)
+        except redis_exceptions.NoScriptError:
+            return await lane.call(head + self._eval + body)
+
+
+_CHECK_SCRIPT, _ADJUST_SCRIPT = LuaScript(_CHECK), LuaScript(_ADJUST)
+
+
+class _Part(NamedTuple):
+    """What one rule of one subject contributes to a decision, packed once and reused: its Redis key
+    and, for the check script, its kind, limit and period (the cost is added per call)."""
+
+    redis_key: str
+    key: bytes  # RESP bulk of the key
+    args: bytes  # RESP bulks: kind, limit, period ms
+    label: str  # the metrics label: "<subject kind>.<rule name>"
+    header: str | None  # the x-ratelimit-* suffix ("requests", "tokens"), None if it has none
+
+
+_parts: dict = {}
+_PARTS_MAX = 100_000
+
+
+def _part(subject: Subject, rule: Rule) -> _Part:
+    ident = subject.key()
+    cache_key = (ident, rule.name, rule.kind, rule.limit, rule.period)
+    part = _parts.get(cache_key)
+    if part is None:
+        if len(_parts) >= _PARTS_MAX:
+            _parts.clear()
+        redis_key = subject.redis_key(rule)
+        args = _bulk(rule.kind.encode()) + _int(max(1, rule.limit)) + _int(int(rule.period * 1000))
+        part = _Part(redis_key, _bulk(redis_key.encode()), args, f"{ident.split(':', 1)[0]}.{rule.name}",
+                     _HEADER_NAMES.get(rule.name))
+        _parts[cache_key] = part
+    return part
+
+
+# (subject, rule, cost, part) per rule decided
+_Picked = list[tuple[Subject, Rule, int, _Part]]
+
+
+def _plan(subjects: list[Subject], costs: dict[str, int], lease_ttl: float | None) -> _Picked:
+    picked: _Picked = []
     for subject in subjects:
         for rule in subject.rules():
             if rule.kind == CONCURRENT:
-                if lease_ttl is not None:
-                    picked.append((subject, rule, 1))
-            elif rule.name in costs:
-                picked.append((subject, rule, max(0, int(costs[rule.name]))))
-    lease_id = secrets.token_hex(8) if lease_ttl is not None else ""
-    head = ["1" if peek else "0", lease_id, str(int((lease_ttl or 0) * 1000))]
-    return picked, head
+                if lease_ttl is None:
+                    continue
+                cost = 1
+            else:
+                cost = costs.get(rule.name)
+                if cost is None:
+                    continue
+                cost = max(0, int(cost))
+            picked.append((subject, rule, cost, _part(subject, rule)))
+    return picked
 
 
-def _script_call(picked: list[tuple[Subject, Rule, int]], head: list[str]) -> tuple[list[str], list[str]]:
-    keys, args = [], list(head)
-    for subject, rule, cost in picked:
-        keys.append(subject.redis_key(rule))
-        args += [rule.kind, str(max(1, rule.limit)), str(int(rule.period * 1000)), str(cost)]
-    return keys, args
+_PLAIN_HEAD = _int(0) + _bulk(b"") + _int(0)  # no peek, no lease
 
 
-def _outcomes(picked: list[tuple[Subject, Rule, int]], raw: list) -> tuple[bool, list[Outcome]]:
+def _head(peek: bool, lease_id: str, lease_ttl: float | None) -> bytes:
+    if not peek and not lease_id:
+        return _PLAIN_HEAD
+    return _int(1 if peek else 0) + _bulk(lease_id.encode()) + _int(int((lease_ttl or 0) * 1000))
+
+
+def _check_body(picked: _Picked, head: bytes) -> tuple[int, bytes]:
+    """The check script's numkeys, keys and arguments, packed: (element count, bytes)."""
+    n = len(picked)
+    chunks = [_int(n)]
+    chunks += [part.key for _, _, _, part in picked]
+    chunks.append(head)
+    for _, _, cost, part in picked:
+        chunks.append(part.args)
+        chunks.append(_int(cost))
+    return 4 + 5 * n, b"".join(chunks)
+
+
+def _outcomes(picked: _Picked, reply: bytes) -> tuple[bool, list[Outcome]]:
+    raw = reply.split()
     outcomes = []
-    for i, (subject, rule, _cost) in enumerate(picked):
-        ok, remaining, reset_ms, retry_ms = raw[1 + 4 * i: 5 + 4 * i]
-        outcomes.append(Outcome(subject, rule, bool(ok), max(0, int(remaining)), reset_ms / 1000, retry_ms / 1000))
-    return bool(raw[0]), outcomes
+    i = 1
+    for subject, rule, _cost, _part in picked:
+        remaining = int(raw[i + 1])
+        outcomes.append(Outcome(subject, rule, raw[i] == b"1", remaining if remaining > 0 else 0,
+                                int(raw[i + 2]) / 1000, int(raw[i + 3]) / 1000))
+        i += 4
+    return raw[0] == b"1", outcomes
 
 
-def _decision(picked, head, allowed: bool, outcomes: list[Outcome], peek: bool) -> Decision:
+def _decision(picked: _Picked, lease_id: str, allowed: bool, outcomes: list[Outcome], peek: bool) -> Decision:
     lease = None
-    lease_keys = [subject.redis_key(rule) for subject, rule, _ in picked if rule.kind == CONCURRENT]
-    if allowed and lease_keys and not peek:
-        lease = "|".join([head[1], *lease_keys])
-    if not peek:
-        telemetry.limiter_outcomes(outcomes)
-    refused = [o for o in outcomes if not o.allowed]
-    reason = None
-    retry_after = 0
-    if refused:
-        worst = max(refused, key=lambda o: o.retry_after)
-        retry_after = max(1, math.ceil(worst.retry_after))
-        reason = f"{worst.rule.name} limit of {worst.subject.key().split(':', 1)[0]}"
-    return Decision(allowed=allowed, retry_after=retry_after, headers=rate_headers(outcomes, refused_retry=retry_after),
-                    lease=lease, reason=reason, outcomes=outcomes)
+    if allowed and lease_id and not peek:
+        lease_keys = [part.redis_key for _, rule, _, part in picked if rule.kind == CONCURRENT]
+        if lease_keys:
+            lease = "|".join([lease_id, *lease_keys])
+    if not peek and telemetry.counting:
+        # outcomes follow `picked` (in cluster mode they may stop early: a refusing subject ends it)
+        for (_, _, _, part), outcome in zip(picked, outcomes, strict=False):
+            telemetry.rule_decided(part.label, outcome.allowed)
+    if allowed:
+        return Decision(allowed=True, headers=_headers(picked, outcomes, 0), lease=lease, outcomes=outcomes)
+    worst = max((o for o in outcomes if not o.allowed), key=lambda o: o.retry_after)
+    retry_after = max(1, math.ceil(worst.retry_after))
+    reason = f"{worst.rule.name} limit of {worst.subject.key().split(':', 1)[0]}"
+    return Decision(allowed=False, retry_after=retry_after, headers=_headers(picked, outcomes, retry_after),
+                    reason=reason, outcomes=outcomes)
 
 
 def check(subjects: list[Subject], costs: dict[str, int], *, lease_ttl: float | None = None,
@@ -255,14 +341,20 @@ def check(subjects: list[Subject], costs: dict[str, int], *, lease_ttl: float | 
     every concurrency rule, taking a lease). Charges nothing unless everything passes.
 
     Raises one of `store.ShieldRedisDown` when Redis cannot be reached; callers choose the policy."""
-    picked, head = _plan(subjects, costs, lease_ttl, peek)
+    picked = _plan(subjects, costs, lease_ttl)
     if not picked:
         return Decision(allowed=True)
-    if settings.SHIELD_REDIS_CLUSTER and len({subject.key() for subject, _, _ in picked}) > 1:
-        allowed, outcomes = _check_per_slot(picked, head, peek=peek)
+    lease_id = secrets.token_hex(8) if lease_ttl is not None else ""
+    head = _head(peek, lease_id, lease_ttl)
+    if settings.SHIELD_REDIS_CLUSTER and len({subject.key() for subject, _, _, _ in picked}) > 1:
+        groups: dict[str, _Picked] = {}
+        for item in picked:
+            groups.setdefault(item[0].key(), []).append(item)
+        picked = [item for group in groups.values() for item in group]  # outcomes come in this order
+        allowed, outcomes = _check_per_slot(list(groups.values()), head, lease_id, peek=peek)
     else:
         allowed, outcomes = _run_check(picked, head)
-    return _decision(picked, head, allowed, outcomes, peek)
+    return _decision(picked, lease_id, allowed, outcomes, peek)
 
 
 async def acheck(subjects: list[Subject], costs: dict[str, int], *, lease_ttl: float | None = None,
@@ -274,58 +366,59 @@ async def acheck(subjects: list[Subject], costs: dict[str, int], *, lease_ttl: f
         from asgiref.sync import sync_to_async
 
         return await sync_to_async(check, thread_sensitive=False)(subjects, costs, lease_ttl=lease_ttl, peek=peek)
-    picked, head = _plan(subjects, costs, lease_ttl, peek)
+    picked = _plan(subjects, costs, lease_ttl)
     if not picked:
         return Decision(allowed=True)
-    keys, args = _script_call(picked, head)
-    client = store.aclient()
-    try:
-        raw = await client.evalsha(_sha(_CHECK), len(keys), *keys, *args)
-    except redis_exceptions.NoScriptError:
-        raw = await client.eval(_CHECK, len(keys), *keys, *args)
-    allowed, outcomes = _outcomes(picked, raw)
-    return _decision(picked, head, allowed, outcomes, peek)
+    lease_id = secrets.token_hex(8) if lease_ttl is not None else ""
+    count, body = _check_body(picked, _head(peek, lease_id, lease_ttl))
+    allowed, outcomes = _outcomes(picked, await _CHECK_SCRIPT.acall(count, body))
+    return _decision(picked, lease_id, allowed, outcomes, peek)
 
 
-def _run_check(picked: list[tuple[Subject, Rule, int]], head: list[str]) -> tuple[bool, list[Outcome]]:
-    keys, args = _script_call(picked, head)
-    return _outcomes(picked, _script("check", _CHECK)(keys=keys, args=args))
+def _run_check(picked: _Picked, head: bytes) -> tuple[bool, list[Outcome]]:
+    count, body = _check_body(picked, head)
+    return _outcomes(picked, _CHECK_SCRIPT.call(count, body))
 
 
-def _check_per_slot(picked: list[tuple[Subject, Rule, int]], head: list[str], *,
+def _check_per_slot(groups: list[_Picked], head: bytes, lease_id: str, *,
                     peek: bool) -> tuple[bool, list[Outcome]]:
     """Redis Cluster: one script per subject (its keys share a hash tag, so one slot), in order; if a
     later subject refuses, what the earlier ones charged is given back. Each subject never admits
     past its limit; a request refused this way may briefly hold an earlier subject's allowance,
     which can only refuse a concurrent request too early, never admit one too many."""
-    groups: dict[str, list[tuple[Subject, Rule, int]]] = {}
-    for item in picked:
-        groups.setdefault(item[0].key(), []).append(item)
     outcomes: list[Outcome] = []
-    charged: list[list[tuple[Subject, Rule, int]]] = []
-    for group in groups.values():
+    charged: list[_Picked] = []
+    for group in groups:
         ok, group_outcomes = _run_check(group, head)
         outcomes += group_outcomes
         if not ok:
             if not peek:
-                _give_back(charged, lease_id=head[1])
+                _give_back(charged, lease_id=lease_id)
             return False, outcomes
         charged.append(group)
     return True, outcomes
 
 
-def _give_back(groups: list[list[tuple[Subject, Rule, int]]], *, lease_id: str) -> None:
+def _adjust_args(rule: Rule, delta: int) -> bytes:
+    return _int(max(1, rule.limit)) + _int(int(rule.period * 1000)) + _bulk(b"%d" % delta)
+
+
+def _run_adjust(keys: list[bytes], args: list[bytes]) -> None:
+    _ADJUST_SCRIPT.call(1 + 4 * len(keys), b"".join([_int(len(keys)), *keys, *args]))
+
+
+def _give_back(groups: list[_Picked], *, lease_id: str) -> None:
     client = store.client()
     for group in groups:
         keys, args = [], []
-        for subject, rule, cost in group:
+        for _subject, rule, cost, part in group:
             if rule.kind == RATE and cost:
-                keys.append(subject.redis_key(rule))
-                args += [str(max(1, rule.limit)), str(int(rule.period * 1000)), str(-min(cost, rule.limit))]
+                keys.append(part.key)
+                args.append(_adjust_args(rule, -min(cost, rule.limit)))
             elif rule.kind == CONCURRENT and lease_id:
-                client.zrem(subject.redis_key(rule), lease_id)
+                client.zrem(part.redis_key, lease_id)
         if keys:
-            _script("adjust", _ADJUST)(keys=keys, args=args)
+            _run_adjust(keys, args)
 
 
 def adjust(subjects: list[Subject], name: str, *, estimated: int, actual: int) -> None:
@@ -337,10 +430,10 @@ def adjust(subjects: list[Subject], name: str, *, estimated: int, actual: int) -
             if rule.name == name and rule.kind == RATE:
                 delta = int(actual) - min(max(0, int(estimated)), rule.limit)
                 if delta:
-                    keys.append(subject.redis_key(rule))
-                    args += [str(max(1, rule.limit)), str(int(rule.period * 1000)), str(delta)]
+                    keys.append(_part(subject, rule).key)
+                    args.append(_adjust_args(rule, delta))
     if keys:
-        _script("adjust", _ADJUST)(keys=keys, args=args)
+        _run_adjust(keys, args)
 
 
 async def arelease(lease: str | None) -> None:
@@ -380,19 +473,46 @@ def duration(seconds: float) -> str:
 
 # Only these rule names appear in x-ratelimit-* headers (OpenAI's vocabulary).
 _HEADER_NAMES = {"requests": "requests", "tokens": "tokens"}
+_HEADER_KEYS = {label: (f"x-ratelimit-limit-{label}", f"x-ratelimit-remaining-{label}", f"x-ratelimit-reset-{label}")
+                for label in _HEADER_NAMES.values()}
+
+
+def _headers(picked: _Picked, outcomes: list[Outcome], refused_retry: int) -> dict:
+    """`rate_headers`, with the header names the plan already looked up."""
+    tightest: dict[str, Outcome] = {}
+    for (_, _, _, part), o in zip(picked, outcomes, strict=False):
+        label = part.header
+        if label is not None:
+            seen = tightest.get(label)
+            if seen is None or o.remaining < seen.remaining or (o.remaining == seen.remaining and o.reset > seen.reset):
+                tightest[label] = o
+    headers: dict[str, str] = {}
+    for label, o in tightest.items():
+        limit_key, remaining_key, reset_key = _HEADER_KEYS[label]
+        headers[limit_key] = str(o.rule.limit)
+        headers[remaining_key] = str(o.remaining)
+        headers[reset_key] = duration(o.reset)
+    if refused_retry:
+        headers["Retry-After"] = str(refused_retry)
+    return headers
 
 
 def rate_headers(outcomes: list[Outcome], *, refused_retry: int = 0) -> dict:
     """`x-ratelimit-{limit,remaining,reset}-{requests,tokens}` from the tightest subject per rule."""
+    tightest: dict[str, Outcome] = {}
+    for o in outcomes:
+        name = o.rule.name
+        if name in _HEADER_NAMES:
+            seen = tightest.get(name)
+            if seen is None or o.remaining < seen.remaining or (o.remaining == seen.remaining and o.reset > seen.reset):
+                tightest[name] = o
     headers: dict[str, str] = {}
     for name, label in _HEADER_NAMES.items():
-        mine = [o for o in outcomes if o.rule.name == name]
-        if not mine:
-            continue
-        tight = min(mine, key=lambda o: (o.remaining, -o.reset))
-        headers[f"x-ratelimit-limit-{label}"] = str(tight.rule.limit)
-        headers[f"x-ratelimit-remaining-{label}"] = str(tight.remaining)
-        headers[f"x-ratelimit-reset-{label}"] = duration(tight.reset)
+        tight = tightest.get(name)
+        if tight is not None:
+            headers[f"x-ratelimit-limit-{label}"] = str(tight.rule.limit)
+            headers[f"x-ratelimit-remaining-{label}"] = str(tight.remaining)
+            headers[f"x-ratelimit-reset-{label}"] = duration(tight.reset)
     if refused_retry:
         headers["Retry-After"] = str(refused_retry)
     return headers

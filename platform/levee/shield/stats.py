@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from levee.shield import store
+from levee.shield.limiter import LuaScript
 
 # Minutes by Redis's clock, not the process's, so every web process files its count under the same one.
 _COUNT = """
@@ -11,6 +12,7 @@ redis.call('INCR', key)
 redis.call('EXPIRE', key, 180)
 return 1
 """
+_COUNT_SCRIPT = LuaScript(_COUNT)
 
 
 def _prefix(event: str) -> str:
@@ -19,9 +21,7 @@ def _prefix(event: str) -> str:
 
 def count(event: str) -> None:
     """Add one to this minute's count. Raises ShieldRedisDown."""
-    from levee.shield.limiter import _script
-
-    _script("count", _COUNT)(keys=[_prefix(event)])
+    _COUNT_SCRIPT.run([_prefix(event)])
 
 
 def per_minute(event: str) -> int:

@@ -1,7 +1,6 @@
 """Counters the shield reports to the platform's metrics (levee.core.metrics, where present).
 
-The metrics module arrives on another branch; until it is merged these are no-ops, after it they
-count. Label values come from small fixed sets (rule names like `api.key.requests`, outcomes)."""
+Label values come from small fixed sets (rule names like `api.key.requests`, outcomes)."""
 from __future__ import annotations
 
 try:
@@ -10,12 +9,18 @@ try:
 except ImportError:  # metrics not installed
     _count_decision = _count_signup = None
 
+counting = _count_decision is not None
+
+
+def rule_decided(label: str, allowed: bool) -> None:
+    """label: "<subject kind>.<rule name>", e.g. `api.key.requests`."""
+    if _count_decision is not None:
+        _count_decision(label, "allowed" if allowed else "limited")
+
 
 def limiter_outcomes(outcomes) -> None:
-    if _count_decision is None:
-        return
     for o in outcomes:
-        _count_decision(f"{o.subject.key().split(':', 1)[0]}.{o.rule.name}", "allowed" if o.allowed else "refused")
+        rule_decided(f"{o.subject.key().split(':', 1)[0]}.{o.rule.name}", o.allowed)
 
 
 def signup_refused(outcome: str) -> None:
