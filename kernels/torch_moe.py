@@ -14,6 +14,9 @@ sgemm, which on the AMD EPYC we measure on takes a generic code path and streams
 weights at 8-10 GB/s, against ~20 GB/s for oneDNN's AVX-512 brgemm (docs/kernels.md). oneDNN is the
 default on x86 with AVX2/AVX-512; fp16 (no oneDNN primitive without AVX512-FP16), other CPUs and
 CUDA tensors use matmul. `$LEVEE_MOE_CPU_GEMM` (`onednn` / `matmul`, read per call) forces one.
+fp32 experts with 8-16 rows run the oneDNN products the other way round, w @ x.t() (the weight as
+oneDNN's source, the rows in one AVX-512 vector), which holds ~20 GB/s where x @ w.t() slows down
+(9% at 128 tokens, even at 64).
 
 Threads. When the work splits evenly enough (at least as many active experts as torch's threads,
 none with more than its share of the pairs), the experts run on a pool of as many workers, each a
@@ -93,6 +96,23 @@ def _onednn_preferred() -> bool:
 def onednn_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x @ w.t() through oneDNN's inner product; w read in place (no reorder, no copy)."""
     return _onednn_op()(x, w, None, "none", [], "")
+
+
+def onednn_linear_t(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """(x @ w.t()).t() = w @ x.t(), [N, n], with the weight as oneDNN's *source*: its rows are read
+    straight into the kernel instead of being transposed into blocks first, and x's few rows sit in
+    one vector. That costs the same per weight byte up to 16 rows (one AVX-512 vector of fp32),
+    where the usual orientation has slowed down (docs/kernels.md)."""
+    return _onednn_op()(w, x, None, "none", [], "")
+
+
+TRANSPOSED_ROWS = (8, 16)  # fp32 rows per expert for which onednn_linear_t is used (measured band)
+
+
+def onednn_transposed(rows: int, dtype: torch.dtype) -> bool:
+    """Whether an expert with `rows` rows runs its oneDNN GEMMs as w @ x.t() (fp32 only: in bf16
+    that orientation was 2x slower at every row count measured but 32)."""
+    return dtype == torch.float32 and TRANSPOSED_ROWS[0] <= rows <= TRANSPOSED_ROWS[1]
 
 
 def gemm_for(hidden: torch.Tensor) -> str:
@@ -215,7 +235,8 @@ def moe_torch(
     num_tokens, top_k = topk_ids.shape
     num_experts = w13.shape[0]
     inter = w13.shape[1] // 2
-    linear: Linear = onednn_linear if gemm_for(hidden) == "onednn" else matmul_linear
+    onednn = gemm_for(hidden) == "onednn"
+    linear: Linear = onednn_linear if onednn else matmul_linear
     half = hidden.dtype in (torch.float16, torch.bfloat16)
     acc_dtype = torch.float32 if half else hidden.dtype
 
@@ -236,11 +257,16 @@ def moe_torch(
 
     def run_expert(expert: int) -> None:
         rows = slice(starts[expert], starts[expert + 1])
-        gate_up = linear(x_sorted[rows], w13[expert])  # [n, 2I]
-        if half:
-            gate_up = gate_up.float()
-        act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]  # [n, I]
-        y = linear(act.to(hidden.dtype), w2[expert])  # [n, H]
+        if onednn and onednn_transposed(counts[expert], hidden.dtype):  # fp32: nothing to round
+            gate_up_t = onednn_linear_t(x_sorted[rows], w13[expert])  # [2I, n]
+            act_t = F.silu(gate_up_t[:inter]) * gate_up_t[inter:]  # [I, n]
+            y = onednn_linear_t(act_t.t().contiguous(), w2[expert]).t()  # [n, H] (a view)
+        else:
+            gate_up = linear(x_sorted[rows], w13[expert])  # [n, 2I]
+            if half:
+                gate_up = gate_up.float()
+            act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]  # [n, I]
+            y = linear(act.to(hidden.dtype), w2[expert])  # [n, H]
         torch.mul(y, weight_of_pair[rows, None], out=sorted_out[rows])
 
     active = [expert for expert, count in enumerate(counts) if count]

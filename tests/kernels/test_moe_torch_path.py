@@ -19,6 +19,7 @@ from kernels.torch_moe import (
     gemm_for,
     onednn_available,
     onednn_dtypes,
+    onednn_transposed,
     parallel_for,
 )
 
@@ -40,6 +41,22 @@ def gemm(request, monkeypatch):
 def test_it_matches_the_reference_at_deepseek_routing_width(num_tokens, routing, gemm):
     problem = random_problem(num_tokens, 64, 48, 64, 6, dtype=torch.float32, routing=routing, seed=num_tokens)
     assert_moe_close(moe_torch(*problem.args()), moe_reference(*problem.args()), "float32")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_experts_with_8_to_16_rows_take_the_transposed_product(seed, gemm):
+    """fp32 experts with 8-16 rows compute w @ x.t() through oneDNN; mixed with experts outside
+    that band in one call."""
+    problem = random_problem(40, 96, 40, 16, 4, dtype=torch.float32, seed=seed)
+    counts = torch.bincount(problem.topk_ids.reshape(-1).long(), minlength=16).tolist()
+    assert any(onednn_transposed(c, torch.float32) for c in counts)
+    assert any(c and not onednn_transposed(c, torch.float32) for c in counts)
+    assert_moe_close(moe_torch(*problem.args()), moe_reference(*problem.args()), "float32")
+
+
+def test_which_experts_take_the_transposed_product():
+    assert [r for r in range(40) if onednn_transposed(r, torch.float32)] == list(range(8, 17))
+    assert not any(onednn_transposed(r, dtype) for r in range(40) for dtype in (torch.bfloat16, torch.float16))
 
 
 def test_every_token_on_one_expert(gemm):
