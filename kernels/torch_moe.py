@@ -23,7 +23,7 @@ none with more than its share of the pairs), the experts run on a pool of as man
 one-thread OpenMP team that takes the next expert, largest first, and runs both its GEMMs; else
 experts run one after another and each GEMM uses all threads. At a few rows per expert a GEMM is
 ~1 ms, so a fork/join per GEMM costs, and on a shared machine one preempted thread stalls every
-GEMM; the pool was 8-10% faster at 64 tokens on a quiet machine and far steadier on a busy one.
+GEMM; the pool was ~10% faster at 64 tokens in interleaved runs and far steadier on a busy machine.
 `$LEVEE_MOE_CPU_PARALLEL` (`experts` / `gemm`) forces one.
 
 Half-precision inputs: each GEMM accumulates in fp32 internally, SiLU·up is computed in fp32 from
