@@ -251,7 +251,8 @@ def run_breakdown(args: argparse.Namespace) -> list[dict]:
             gen = torch.Generator().manual_seed(tokens)
             ids, weights = random_routing(tokens, experts, top_k, generator=gen, device=device)
             x = torch.randn(tokens, hidden, generator=gen).to(device=device, dtype=dtype)
-            cfg1, cfg2 = gemm_configs(get_config(tokens, experts, inter, top_k, name))
+            config = get_config(tokens, experts, inter, top_k, name)
+            cfg1, cfg2 = gemm_configs(config)
             cfg1, cfg2 = fit_shared_memory(cfg1, 2, 2), fit_shared_memory(cfg2, 2, 1)
             aligned = moe_align(ids, experts, cfg1["BLOCK_M"])
             act = moe_gemm1(x, w13, *aligned, top_k, cfg1)
@@ -267,6 +268,9 @@ def run_breakdown(args: argparse.Namespace) -> list[dict]:
 
             stages["whole_aligned"] = partial(fused_moe_triton, x, w13, w2, weights, ids, decode=False)
             stages["whole_decode_path"] = partial(fused_moe_triton, x, w13, w2, weights, ids, decode=True)
+            # GEMM 2 split over the k experts (off by default; see kernels.triton_moe.moe_decode)
+            stages["whole_decode_split"] = partial(fused_moe_triton, x, w13, w2, weights, ids, decode=True,
+                                                   config={**config, "gemv2_split": True})
             row = {"shape": shape, "tokens": tokens, "num_m_blocks": aligned[1].numel()}
             for stage, fn in stages.items():
                 row[f"{stage}_us"] = gpu_time_graph(fn, flush, reps=args.reps) * 1e6
