@@ -29,7 +29,8 @@ import triton.language as tl
 from kernels.checks import MoEInputError, check, check_contiguous, check_moe_inputs
 from kernels.configs import DEFAULT_SHARED_MEMORY, Config, fit_shared_memory, gemm_configs, get_config
 
-__all__ = ["MoEInputError", "fused_moe_triton", "moe_align", "moe_decode", "moe_gemm1", "moe_gemm2", "moe_sum"]
+__all__ = ["MoEInputError", "fused_moe_triton", "moe_align", "moe_decode", "moe_gemm1", "moe_gemm2", "moe_gemv2_split",
+           "moe_sum"]
 
 
 _ADD = tl.standard._sum_combine  # see the module docstring
@@ -297,6 +298,38 @@ def _moe_gemv2_kernel(a_ptr, w_ptr, out_ptr, topk_ids_ptr, topk_weights_ptr, N, 
     tl.store(out_ptr + token * stride_om + offs_n, total.to(out_ptr.dtype.element_ty), mask=offs_n < N)
 
 
+def _moe_gemv2_pairs_kernel(a_ptr, w_ptr, out_ptr, topk_ids_ptr, topk_weights_ptr, N, K,
+                            stride_am, stride_we, stride_wn, stride_om,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    """Decode GEMM 2 split over the k experts: one program per (pair, column block), k times the
+    programs of _moe_gemv2_kernel, each with one expert's loop; moe_sum adds the k rows after.
+
+    out[p, n] = weight_p · act[p] · w2[e_p, n], accumulated in fp32.
+    """
+    pair = tl.program_id(0).to(tl.int64)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = offs_n % N
+    offs_k = tl.arange(0, BLOCK_K)
+    expert = tl.load(topk_ids_ptr + pair).to(tl.int64)
+    weight = tl.load(topk_weights_ptr + pair).to(tl.float32)
+    a_ptrs = a_ptr + pair * stride_am + offs_k
+    w_ptrs = w_ptr + expert * stride_we + cols[:, None] * stride_wn + offs_k[None, :]
+    acc = tl.full((BLOCK_N, BLOCK_K), 0.0, tl.float32)
+    for k in range(0, (K + BLOCK_K - 1) // BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            w = tl.load(w_ptrs)
+        else:
+            k_ok = offs_k < K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=k_ok, other=0.0)
+            w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
+        acc += w.to(tl.float32) * a.to(tl.float32)[None, :]
+        a_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    row = weight * tl.reduce(acc, 1, _ADD)
+    tl.store(out_ptr + pair * stride_om + offs_n, row.to(out_ptr.dtype.element_ty), mask=offs_n < N)
+
+
 def _moe_sum_kernel(x_ptr, out_ptr, H, stride_xm, stride_om,
                     TOP_K: tl.constexpr, BLOCK_H: tl.constexpr):
     """out[t] = Σ_j x[t·k + j], accumulated in fp32."""
@@ -327,6 +360,7 @@ def _kernels(interpret: bool) -> SimpleNamespace:
             sum=triton.jit(_moe_sum_kernel),
             gemv1=triton.jit(_moe_gemv1_kernel, do_not_specialize=["top_k"]),
             gemv2=triton.jit(_moe_gemv2_kernel, do_not_specialize=["top_k"]),
+            gemv2_pairs=triton.jit(_moe_gemv2_pairs_kernel),
         )
     finally:
         if previous is None:
@@ -551,17 +585,42 @@ def moe_gemv2(act: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor, topk_
     return out
 
 
+def moe_gemv2_split(act: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
+                    out: torch.Tensor, tiles: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """Decode GEMM 2 split over the k experts: weighted rows per pair (fp32), then moe_sum. k times
+    the programs of moe_gemv2, one launch more (none when k = 1: rows go straight to `out`)."""
+    num_tokens, hidden_size = out.shape
+    num_pairs, inter = act.shape
+    top_k = topk_ids.shape[1]
+    if tiles is None:
+        wanted = 4 * (_num_sms(out.device.index) if out.is_cuda else 4)
+        tiles = (*_gemv_tiles(hidden_size, inter, wanted, num_pairs), 4)
+    block_n, block_k, warps = tiles
+    per_pair = out if top_k == 1 else torch.empty(num_pairs, hidden_size, dtype=torch.float32, device=out.device)
+    _kernels(_use_interpreter(out)).gemv2_pairs[(num_pairs, triton.cdiv(hidden_size, block_n))](
+        act, w2, per_pair, topk_ids, topk_weights, hidden_size, inter,
+        act.stride(0), w2.stride(0), w2.stride(1), per_pair.stride(0),
+        BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=inter % block_k == 0, num_warps=warps,
+    )
+    return out if top_k == 1 else moe_sum(per_pair, top_k, out)
+
+
 def moe_decode(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
                topk_ids: torch.Tensor, out: torch.Tensor, config: Config | None = None) -> torch.Tensor:
     """Small-batch path: no align, no tensor cores; GEMM 2 also sums over k. Two launches.
 
     Tiles come from the config's "gemv1"/"gemv2" entries ([BLOCK_N, BLOCK_K, num_warps]) where the
-    tuned table has them, else from `_gemv_tiles`.
+    tuned table has them, else from `_gemv_tiles`. A "gemv2_split" entry (true, or its own tiles)
+    switches GEMM 2 to `moe_gemv2_split` (k times the programs, plus a sum launch): off unless a
+    config asks, since no GPU has measured it yet (`ops/bench/moe.py --breakdown-tokens` times both).
     """
     config = config or {}
     tiles1 = tuple(config["gemv1"]) if "gemv1" in config else None
     tiles2 = tuple(config["gemv2"]) if "gemv2" in config else None
     act = moe_gemv1(hidden, w13, topk_ids, tiles1)  # [P, I]
+    split = config.get("gemv2_split")
+    if split:
+        return moe_gemv2_split(act, w2, topk_ids, topk_weights, out, tuple(split) if split is not True else None)
     return moe_gemv2(act, w2, topk_ids, topk_weights, out, tiles2)
 
 

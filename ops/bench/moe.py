@@ -3,8 +3,11 @@
     python ops/bench/moe.py --device cpu            # torch fast path vs the reference, E=64, k=6
     python ops/bench/moe.py --device cuda --out DIR # Triton kernels at DeepSeek layer shapes
 
-On the CPU it times the torch fast path and the reference loop and reports the speed-up and the
-fast path's weight-streaming rate against a copy bandwidth it measures. On a CUDA device, for the
+On the CPU it times the torch fast path and the reference loop, calls taken round-robin so both see
+the same background load, and reports the median and the best time of each, the speed-up of both,
+the load average before and after, and the fast path's weight-streaming rate (best time) against a
+copy bandwidth it measures. `--gemm matmul` times the fast path with torch.matmul instead of oneDNN
+for the per-expert products, `--parallel gemm` with experts one after another (see docs/kernels.md). On a CUDA device, for the
 V2-Lite and V3 routed-expert layer shapes at 1, 8, 64, 512 and 4096 tokens, it reports the time
 of fused_moe (a CUDA graph replay after an L2 flush, and eager), achieved GB/s (bytes of the
 experts' weights actually touched + activations in and out) against a device-to-device copy it
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -43,46 +47,73 @@ GPU_TOKENS = (1, 8, 64, 512, 4096)
 # --------------------------------------------------------------------------------------------
 
 
-def cpu_time(fn, reps: int) -> float:
-    """Median wall time in seconds of `reps` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
+def cpu_times_interleaved(fns: dict, reps: int) -> dict[str, list[float]]:
+    """Wall times in seconds of `reps` calls of each function, taken round-robin after one warm-up
+    call each, so that every function sees the same background load on a shared machine."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def cpu_copy_bandwidth(nbytes: int = 1 << 28) -> float:
-    """Bytes read + written per second by a large tensor copy."""
+    """Bytes read + written per second by a large tensor copy (the best of 5)."""
     src = torch.empty(nbytes // 4, dtype=torch.float32).normal_()
     dst = torch.empty_like(src)
-    seconds = cpu_time(partial(dst.copy_, src), reps=5)
+    seconds = min(cpu_times_interleaved({"copy": partial(dst.copy_, src)}, reps=5)["copy"])
     return 2 * nbytes / seconds
 
 
+def loadavg() -> str:
+    path = Path("/proc/loadavg")
+    return " ".join(path.read_text().split()[:3]) if path.exists() else "?"
+
+
 def run_cpu(args: argparse.Namespace) -> list[dict]:
+    from kernels.torch_moe import GEMM_ENV, PARALLEL_ENV, gemm_for, parallel_for
+
+    if args.gemm != "auto":
+        os.environ[GEMM_ENV] = args.gemm
+    if args.parallel != "auto":
+        os.environ[PARALLEL_ENV] = args.parallel
     hidden, inter, experts, top_k = args.hidden, args.inter, args.experts, args.top_k
     dtype = getattr(torch, args.dtype)
     copy_bw = cpu_copy_bandwidth()
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
-    print(f"CPU: {torch.get_num_threads()} threads, load average {load}, copy bandwidth {copy_bw / 1e9:.1f} GB/s; "
-          f"H={hidden} I={inter} E={experts} k={top_k} {args.dtype}")
+    gemm = gemm_for(torch.empty(0, dtype=dtype))
+    print(f"CPU: {torch.get_num_threads()} threads, load average {loadavg()}, copy bandwidth {copy_bw / 1e9:.1f} GB/s; "
+          f"H={hidden} I={inter} E={experts} k={top_k} {args.dtype}; fast path GEMM: {gemm}")
     rows = []
     for tokens in args.tokens:
         problem = random_problem(tokens, hidden, inter, experts, top_k, dtype=dtype, seed=tokens)
-        fast = cpu_time(partial(moe_torch, *problem.args()), reps=args.reps)
-        ref = cpu_time(partial(moe_reference, *problem.args(), compute_dtype=None), reps=args.reps)
+        load_before = loadavg()
+        times = cpu_times_interleaved({
+            "fast": partial(moe_torch, *problem.args()),
+            "reference": partial(moe_reference, *problem.args(), compute_dtype=None),
+        }, reps=args.reps)
+        load = loadavg()
+        fast, ref = statistics.median(times["fast"]), statistics.median(times["reference"])
+        fast_min, ref_min = min(times["fast"]), min(times["reference"])
         active = int(torch.unique(problem.topk_ids).numel())
         weight_bytes = active * 3 * hidden * inter * problem.w13.element_size()
-        row = {"tokens": tokens, "threads": torch.get_num_threads(), "load_average": load, "fast_ms": fast * 1e3, "reference_ms": ref * 1e3, "speedup": ref / fast,
-               "active_experts": active, "fast_weight_GBps": weight_bytes / fast / 1e9,
+        counts = torch.bincount(problem.topk_ids.reshape(-1).long(), minlength=experts).tolist()
+        parallel = parallel_for(problem.hidden, counts)
+        row = {"tokens": tokens, "threads": torch.get_num_threads(), "dtype": args.dtype, "gemm": gemm,
+               "parallel": parallel,
+               "load_average_before": load_before, "load_average": load,
+               "fast_ms": fast * 1e3, "reference_ms": ref * 1e3, "speedup": ref / fast,
+               "fast_min_ms": fast_min * 1e3, "reference_min_ms": ref_min * 1e3, "speedup_of_mins": ref_min / fast_min,
+               "active_experts": active, "fast_weight_GBps": weight_bytes / fast_min / 1e9,
                "copy_GBps": copy_bw / 1e9}
         rows.append(row)
-        print(f"T={tokens:5d}  fast {fast * 1e3:9.1f} ms  reference {ref * 1e3:9.1f} ms  "
-              f"speed-up {ref / fast:5.1f}x  ({active} experts, fast path streams weights at "
-              f"{weight_bytes / fast / 1e9:.1f} GB/s)")
+        print(f"T={tokens:5d}  median: fast {fast * 1e3:8.1f} ms  reference {ref * 1e3:8.1f} ms  speed-up {ref / fast:5.1f}x"
+              f"  | best: fast {fast_min * 1e3:8.1f} ms  reference {ref_min * 1e3:8.1f} ms  speed-up {ref_min / fast_min:5.1f}x"
+              f"  ({active} experts, {parallel} in parallel, best fast streams weights at {weight_bytes / fast_min / 1e9:.1f} GB/s; "
+              f"load {load_before} -> {load})", flush=True)
     return rows
 
 
@@ -220,7 +251,8 @@ def run_breakdown(args: argparse.Namespace) -> list[dict]:
             gen = torch.Generator().manual_seed(tokens)
             ids, weights = random_routing(tokens, experts, top_k, generator=gen, device=device)
             x = torch.randn(tokens, hidden, generator=gen).to(device=device, dtype=dtype)
-            cfg1, cfg2 = gemm_configs(get_config(tokens, experts, inter, top_k, name))
+            config = get_config(tokens, experts, inter, top_k, name)
+            cfg1, cfg2 = gemm_configs(config)
             cfg1, cfg2 = fit_shared_memory(cfg1, 2, 2), fit_shared_memory(cfg2, 2, 1)
             aligned = moe_align(ids, experts, cfg1["BLOCK_M"])
             act = moe_gemm1(x, w13, *aligned, top_k, cfg1)
@@ -236,6 +268,9 @@ def run_breakdown(args: argparse.Namespace) -> list[dict]:
 
             stages["whole_aligned"] = partial(fused_moe_triton, x, w13, w2, weights, ids, decode=False)
             stages["whole_decode_path"] = partial(fused_moe_triton, x, w13, w2, weights, ids, decode=True)
+            # GEMM 2 split over the k experts (off by default; see kernels.triton_moe.moe_decode)
+            stages["whole_decode_split"] = partial(fused_moe_triton, x, w13, w2, weights, ids, decode=True,
+                                                   config={**config, "gemv2_split": True})
             row = {"shape": shape, "tokens": tokens, "num_m_blocks": aligned[1].numel()}
             for stage, fn in stages.items():
                 row[f"{stage}_us"] = gpu_time_graph(fn, flush, reps=args.reps) * 1e6
@@ -278,6 +313,11 @@ def main() -> None:
     cpu.add_argument("--top-k", type=int, default=6)
     cpu.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     cpu.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    cpu.add_argument("--gemm", default="auto", choices=["auto", "onednn", "matmul"],
+                     help="the fast path's per-expert GEMM (sets $LEVEE_MOE_CPU_GEMM; auto: its own choice)")
+    cpu.add_argument("--parallel", default="auto", choices=["auto", "experts", "gemm"],
+                     help="experts on a pool of one-thread workers, or one after another with threaded "
+                          "GEMMs (sets $LEVEE_MOE_CPU_PARALLEL; auto: the fast path's own choice)")
     gpu = parser.add_argument_group("cuda")
     gpu.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     gpu.add_argument("--breakdown-tokens", type=int, nargs="*", default=[],
@@ -288,7 +328,7 @@ def main() -> None:
         if args.threads:
             torch.set_num_threads(args.threads)
         args.tokens = args.tokens or [1, 64, 512]
-        args.reps = args.reps or 3
+        args.reps = args.reps or 5
         rows = run_cpu(args)
     elif args.breakdown_tokens:
         args.reps = args.reps or 20

@@ -100,3 +100,16 @@ def test_the_small_batch_path_compiled_in_bf16(cuda, num_tokens, num_experts, to
     out = fused_moe_triton(*problem.args(), decode=True)
     torch.cuda.synchronize()
     assert_moe_close(out, moe_reference(*problem.args()), "bfloat16")
+
+
+@pytest.mark.parametrize("num_tokens", [1, 4])
+@pytest.mark.parametrize(("num_experts", "top_k", "hidden", "inter"), [(64, 6, 2048, 1408), (8, 1, 1000, 360)])
+def test_the_split_decode_down_projection_compiled_in_bf16(cuda, num_tokens, num_experts, top_k, hidden, inter):
+    """The config-selected split of the small-batch GEMM 2 (moe_gemv2_split), compiled."""
+    from kernels.triton_moe import fused_moe_triton
+
+    problem = random_problem(num_tokens, hidden, inter, num_experts, top_k, dtype=BF16, device=cuda, seed=8)
+    config = {**default_config(num_tokens, num_experts, top_k), "gemv2_split": True}
+    out = fused_moe_triton(*problem.args(), config=config, decode=True)
+    torch.cuda.synchronize()
+    assert_moe_close(out, moe_reference(*problem.args()), "bfloat16")

@@ -132,3 +132,37 @@ def test_the_small_batch_path_takes_its_tiles_from_the_config():
               "gemv1": [1, 16, 4], "gemv2": [8, 64, 4]}
     out = fused_moe_triton(*problem.args(), config=config, decode=True)
     assert_moe_close(out, moe_reference(*problem.args()), "float32")
+
+
+SPLIT_CONFIG = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 1, "num_warps": 4, "num_stages": 1}
+
+
+@pytest.mark.parametrize("case", DECODE_CASES, ids=["E{}-k{}-T{}-H{}-I{}".format(*c[:5]) for c in DECODE_CASES])
+@pytest.mark.parametrize("split", [True, [4, 16, 4]], ids=["heuristic-tiles", "config-tiles"])
+def test_the_split_decode_down_projection_matches_the_reference(case, split):
+    """GEMM 2 split over the k experts (per-pair rows, then the sum kernel), asked for by config."""
+    from kernels.triton_moe import fused_moe_triton
+
+    num_experts, top_k, num_tokens, hidden, inter, dtype = case
+    problem = random_problem(num_tokens, hidden, inter, num_experts, top_k, dtype=dtype, seed=num_tokens + 40)
+    config = {**SPLIT_CONFIG, "gemv2_split": split}
+    out = fused_moe_triton(*problem.args(), config=config, decode=True)
+    assert out.dtype == dtype
+    assert_moe_close(out, moe_reference(*problem.args()), str(dtype).removeprefix("torch."))
+
+
+def test_the_split_decode_path_is_off_unless_a_config_asks(monkeypatch):
+    """No committed table turns it on, so the tuned decode path runs as it was measured."""
+    import json
+
+    from kernels import triton_moe
+    from kernels.configs import CONFIG_DIR
+
+    for path in CONFIG_DIR.glob("*.json"):
+        assert all("gemv2_split" not in entry for entry in json.loads(path.read_text()).values()), path
+    calls = []
+    monkeypatch.setattr(triton_moe, "moe_gemv2_split", lambda *a, **k: calls.append(1))
+    problem = random_problem(1, 72, 40, 8, 6, dtype=F32, seed=5)
+    out = triton_moe.fused_moe_triton(*problem.args(), decode=True)
+    assert not calls
+    assert_moe_close(out, moe_reference(*problem.args()), "float32")

@@ -1,33 +1,152 @@
-"""The CPU fast path against the reference loop, at sizes the interpreter could not run."""
+"""The CPU fast path against the reference loop, at sizes the interpreter could not run.
+
+Every case runs with both per-expert GEMMs the path can use (oneDNN's inner product, the default
+for fp32 and bf16 CPU tensors, and torch.matmul) and both ways of running the experts (a pool of
+one-thread workers taking whole experts, or one expert after another with threaded GEMMs).
+"""
+
+import threading
 
 import pytest
 import torch
 
 from kernels import moe_reference, moe_torch
 from kernels.testing import assert_moe_close, random_problem
+from kernels.torch_moe import (
+    GEMM_ENV,
+    PARALLEL_ENV,
+    _expert_pool,
+    gemm_for,
+    onednn_available,
+    onednn_dtypes,
+    onednn_transposed,
+    parallel_for,
+)
+
+
+@pytest.fixture(params=[("onednn", "experts"), ("onednn", "gemm"), ("matmul", "experts"), ("matmul", "gemm")],
+                ids=lambda p: "-".join(p))
+def gemm(request, monkeypatch):
+    """Force one GEMM and one way of running experts; skip oneDNN where this torch has no mkldnn."""
+    gemm, parallel = request.param
+    if gemm == "onednn" and not onednn_available():
+        pytest.skip("this torch has no oneDNN (mkldnn) inner product")
+    monkeypatch.setenv(GEMM_ENV, gemm)
+    monkeypatch.setenv(PARALLEL_ENV, parallel)
+    return request.param
 
 
 @pytest.mark.parametrize("num_tokens", [1, 7, 64, 512])
 @pytest.mark.parametrize("routing", ["random", "skip_experts", "zero_weights"])
-def test_it_matches_the_reference_at_deepseek_routing_width(num_tokens, routing):
+def test_it_matches_the_reference_at_deepseek_routing_width(num_tokens, routing, gemm):
     problem = random_problem(num_tokens, 64, 48, 64, 6, dtype=torch.float32, routing=routing, seed=num_tokens)
     assert_moe_close(moe_torch(*problem.args()), moe_reference(*problem.args()), "float32")
 
 
-def test_every_token_on_one_expert():
+@pytest.mark.parametrize("seed", [0, 1])
+def test_experts_with_8_to_16_rows_take_the_transposed_product(seed, gemm):
+    """fp32 experts with 8-16 rows compute w @ x.t() through oneDNN; mixed with experts outside
+    that band in one call."""
+    problem = random_problem(40, 96, 40, 16, 4, dtype=torch.float32, seed=seed)
+    counts = torch.bincount(problem.topk_ids.reshape(-1).long(), minlength=16).tolist()
+    assert any(onednn_transposed(c, torch.float32) for c in counts)
+    assert any(c and not onednn_transposed(c, torch.float32) for c in counts)
+    assert_moe_close(moe_torch(*problem.args()), moe_reference(*problem.args()), "float32")
+
+
+def test_which_experts_take_the_transposed_product():
+    assert [r for r in range(40) if onednn_transposed(r, torch.float32)] == list(range(8, 17))
+    assert not any(onednn_transposed(r, dtype) for r in range(40) for dtype in (torch.bfloat16, torch.float16))
+
+
+def test_every_token_on_one_expert(gemm):
     problem = random_problem(100, 64, 40, 8, 1, dtype=torch.float32, routing="one_expert")
     assert_moe_close(moe_torch(*problem.args()), moe_reference(*problem.args()), "float32")
 
 
+def test_every_token_on_the_same_k_experts(gemm):
+    problem = random_problem(37, 48, 24, 16, 4, dtype=torch.float32, routing="one_expert", seed=3)
+    assert_moe_close(moe_torch(*problem.args()), moe_reference(*problem.args()), "float32")
+
+
+@pytest.mark.parametrize(("hidden", "inter", "experts", "top_k"), [(72, 40, 9, 3), (33, 17, 5, 5), (130, 66, 3, 1)])
+def test_sizes_that_are_not_multiples_of_anything(hidden, inter, experts, top_k, gemm):
+    problem = random_problem(11, hidden, inter, experts, top_k, dtype=torch.float32, seed=hidden)
+    assert_moe_close(moe_torch(*problem.args()), moe_reference(*problem.args()), "float32")
+
+
+def test_one_token_with_k_equal_to_e(gemm):
+    problem = random_problem(1, 64, 32, 6, 6, dtype=torch.float32, seed=5)
+    assert_moe_close(moe_torch(*problem.args()), moe_reference(*problem.args()), "float32")
+
+
+def test_all_routing_weights_zero_gives_zeros(gemm):
+    problem = random_problem(9, 48, 24, 8, 2, dtype=torch.float32, seed=6)
+    problem.topk_weights.zero_()
+    out = moe_torch(*problem.args())
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_zero_weights_in_an_expert_give_that_experts_rows_zero(gemm):
+    """An expert whose w2 is all zeros contributes nothing; the other experts are unaffected."""
+    problem = random_problem(20, 48, 24, 4, 2, dtype=torch.float32, seed=7)
+    problem.w2[1].zero_()
+    assert_moe_close(moe_torch(*problem.args()), moe_reference(*problem.args()), "float32")
+
+
+def test_no_tokens_gives_an_empty_output(gemm):
+    problem = random_problem(0, 40, 24, 4, 2, dtype=torch.float32)
+    out = moe_torch(*problem.args())
+    assert out.shape == (0, 40)
+
+
+def test_int64_ids_and_fp16_routing_weights(gemm):
+    problem = random_problem(13, 48, 24, 8, 2, dtype=torch.float32, seed=8)
+    ids, weights = problem.topk_ids.long(), problem.topk_weights.half()
+    out = moe_torch(problem.hidden, problem.w13, problem.w2, weights, ids)
+    ref = moe_reference(problem.hidden, problem.w13, problem.w2, weights, ids)
+    assert_moe_close(out, ref, "float32")
+
+
 @pytest.mark.parametrize(("dtype", "tolerance"), [(torch.bfloat16, "bfloat16"), (torch.float16, "float16")])
-def test_half_precision_on_the_cpu(dtype, tolerance):
-    problem = random_problem(33, 64, 48, 16, 6, dtype=dtype, seed=2)
+@pytest.mark.parametrize("num_tokens", [1, 33])
+def test_half_precision_on_the_cpu(dtype, tolerance, num_tokens, gemm):
+    problem = random_problem(num_tokens, 64, 48, 16, 6, dtype=dtype, seed=2)
     out = moe_torch(*problem.args())
     assert out.dtype == dtype
     assert_moe_close(out, moe_reference(*problem.args()), tolerance)
 
 
-def test_it_does_not_sync_per_expert():
+def test_the_two_gemms_agree_closely(monkeypatch):
+    if not onednn_available():
+        pytest.skip("this torch has no oneDNN (mkldnn) inner product")
+    problem = random_problem(64, 256, 96, 16, 6, dtype=torch.float32, seed=9)
+    monkeypatch.setenv(GEMM_ENV, "onednn")
+    a = moe_torch(*problem.args())
+    monkeypatch.setenv(GEMM_ENV, "matmul")
+    b = moe_torch(*problem.args())
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_which_gemm_is_chosen(monkeypatch):
+    monkeypatch.delenv(GEMM_ENV, raising=False)
+    x86 = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        runs = dtype in onednn_dtypes()
+        assert gemm_for(torch.zeros(1, dtype=dtype)) == ("onednn" if runs and x86 else "matmul")
+        monkeypatch.setenv(GEMM_ENV, "onednn")
+        assert gemm_for(torch.zeros(1, dtype=dtype)) == ("onednn" if runs else "matmul")  # never one that cannot run
+        monkeypatch.setenv(GEMM_ENV, "matmul")
+        assert gemm_for(torch.zeros(1, dtype=dtype)) == "matmul"
+        monkeypatch.delenv(GEMM_ENV)
+    if onednn_available():
+        assert torch.float32 in onednn_dtypes()
+    monkeypatch.setenv(GEMM_ENV, "blas")
+    with pytest.raises(ValueError, match=GEMM_ENV):
+        gemm_for(torch.zeros(1))
+
+
+def test_it_does_not_sync_per_expert(gemm):
     """One host read of the counts, not one per expert: .tolist() is called exactly once."""
     problem = random_problem(64, 32, 24, 16, 4, dtype=torch.float32)
     calls = []
@@ -43,3 +162,61 @@ def test_it_does_not_sync_per_expert():
     finally:
         torch.Tensor.tolist = original
     assert len(calls) == 1
+
+
+def test_how_experts_are_run(monkeypatch):
+    monkeypatch.delenv(PARALLEL_ENV, raising=False)
+    hidden = torch.zeros(1)
+    threads = torch.get_num_threads()
+    spread = [1] * max(threads, 2)  # as many active experts as threads, none larger than its share
+    assert parallel_for(hidden, spread) == ("experts" if threads > 1 else "gemm")
+    assert parallel_for(hidden, [0, 12, 0, 0]) == "gemm"  # every pair on one expert: threaded GEMMs
+    assert parallel_for(hidden, [1] + [0] * 7) == "gemm"
+    monkeypatch.setenv(PARALLEL_ENV, "gemm")
+    assert parallel_for(hidden, spread) == "gemm"
+    monkeypatch.setenv(PARALLEL_ENV, "experts")
+    assert parallel_for(hidden, [0, 12, 0, 0]) == ("experts" if threads > 1 else "gemm")
+    monkeypatch.setenv(PARALLEL_ENV, "threads")
+    with pytest.raises(ValueError, match=PARALLEL_ENV):
+        parallel_for(hidden, spread)
+
+
+def test_the_expert_pool_leaves_torchs_thread_settings_alone(monkeypatch):
+    """Workers run with one thread each; the calling thread and threads started later keep torch's
+    default (the pool sets it to 1 while it starts and puts it back)."""
+    if torch.get_num_threads() < 2:
+        pytest.skip("needs torch to use at least 2 threads")
+    threads = torch.get_num_threads()
+    monkeypatch.setenv(PARALLEL_ENV, "experts")
+    problem = random_problem(64, 64, 32, 16, 4, dtype=torch.float32, seed=10)
+    assert_moe_close(moe_torch(*problem.args()), moe_reference(*problem.args()), "float32")
+    assert torch.get_num_threads() == threads
+
+    def threads_after_a_parallel_op() -> int:
+        torch.empty(1 << 17).fill_(1.0)  # large enough to go through at::parallel_for
+        return torch.get_num_threads()
+
+    seen = []
+    later = threading.Thread(target=lambda: seen.append(threads_after_a_parallel_op()))
+    later.start()
+    later.join()
+    assert seen == [threads]
+    pool = _expert_pool(threads)
+    assert [f.result() for f in [pool.executor.submit(threads_after_a_parallel_op) for _ in range(2 * threads)]] == [1] * (2 * threads)
+
+
+def test_the_expert_pool_runs_every_item_and_raises_a_workers_error():
+    if torch.get_num_threads() < 2:
+        pytest.skip("needs torch to use at least 2 threads")
+    pool = _expert_pool(torch.get_num_threads())
+    done = []
+
+    def fn(item: int) -> None:
+        if item == 3:
+            raise RuntimeError("expert 3 failed")
+        done.append(item)
+
+    with pytest.raises(RuntimeError, match="expert 3 failed"):
+        pool.run(fn, list(range(10)))
+    assert sorted(done) == [i for i in range(10) if i != 3]
+    pool.run(fn, [])  # nothing to do is fine
