@@ -2,8 +2,9 @@
 
 1. Platform overhead on time to first token: HTTP → hold → Celery → worker → Redis Stream → SSE,
    minus the engine's own share (from the worker's `started` event to its first `delta`, both
-   timestamped by the worker). 1 and 32 concurrent streams (31 generating in the background while
-   probes go one after another), and a burst of 32 at once (admission throughput); p50 and p99,
+   timestamped by the worker). 1 stream (probes back to back, and 100 ms apart), 32 concurrent
+   streams (31 generating in the background while probes go one after another), and a burst of 32
+   at once (admission throughput); p50 and p99,
    with the web process's own phases from its Server-Timing header.
 2. Open streams one web process holds while /healthz stays fast: N streaming requests wait in the
    queue behind a busy single-slot worker (keep-alive comments flowing), and /healthz is timed.
@@ -153,7 +154,7 @@ def job_times(r, job) -> tuple[float, float, int]:
     return started["t"], delta, started.get("queued_ms", 0)
 
 
-async def ttft(url, key, r, concurrency, total, *, burst=False):
+async def ttft(url, key, r, concurrency, total, *, burst=False, pause_ms=0):
     """Streams of `concurrency` at once. Steady (the default): concurrency - 1 background streams
     keep generating (each reopened when it ends) while probe requests go one after another; the
     probes are measured. Burst: `concurrency` requests start together, the next when one ends
@@ -172,7 +173,7 @@ async def ttft(url, key, r, concurrency, total, *, burst=False):
 
             results = await asyncio.gather(*(run() for _ in range(total)))
         else:
-            results = await _probe_beside(client, url, key, concurrency - 1, total)
+            results = await _probe_beside(client, url, key, concurrency - 1, total, pause_ms)
     client_ms, engine_ms, overhead_ms, before_ms, after_ms, queued_ms = [], [], [], [], [], []
     phase_ms: dict[str, list[float]] = {}
     for t0, first, job, phases in results:
@@ -186,7 +187,8 @@ async def ttft(url, key, r, concurrency, total, *, burst=False):
         overhead_ms.append((first - t0 - e) * 1000)
         before_ms.append((started - t0) * 1000)  # request in → worker starts the job
         after_ms.append((first - delta) * 1000)  # first delta written → client reads it
-    return {"concurrency": concurrency, "mode": "burst" if burst else "steady", "requests": total,
+    return {"concurrency": concurrency, "mode": "burst" if burst else "steady", "pause_ms": pause_ms,
+            "requests": total,
             "client_ttft_p50_ms": pct(client_ms, 50), "client_ttft_p99_ms": pct(client_ms, 99),
             "engine_p50_ms": pct(engine_ms, 50),
             "overhead_p50_ms": pct(overhead_ms, 50), "overhead_p99_ms": pct(overhead_ms, 99),
@@ -197,7 +199,7 @@ async def ttft(url, key, r, concurrency, total, *, burst=False):
             "web_total_p50_ms": round(pct([sum(p.values()) for *_, p in results], 50), 2)}
 
 
-async def _probe_beside(client, url, key, background: int, total: int):
+async def _probe_beside(client, url, key, background: int, total: int, pause_ms: int = 0):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about Levee."}], "max_tokens": 1000,
             "stream": True, "temperature": 1.0}
     stop = asyncio.Event()
@@ -223,6 +225,8 @@ async def _probe_beside(client, url, key, background: int, total: int):
         results = []
         for _ in range(total):
             results.append(await one_stream(client, url, key, max_tokens=2))
+            if pause_ms:  # think time: the previous request's settlement finishes before the next
+                await asyncio.sleep(pause_ms / 1000)
         return results
     finally:
         stop.set()
@@ -327,9 +331,9 @@ def main():
         deadline = time.time() + 120
         while not r.zcount(f"levee:workers:{MODEL}", time.time() - 10, "+inf") and time.time() < deadline:
             time.sleep(0.5)
-        for concurrency, total, burst in ((1, args.ttft_requests, False), (32, args.ttft_requests, False),
-                                          (32, args.ttft_requests, True)):
-            report["ttft"].append(asyncio.run(ttft(url, key, r, concurrency, total, burst=burst)))
+        for concurrency, burst, pause_ms in ((1, False, 0), (1, False, 100), (32, False, 0), (32, True, 0)):
+            report["ttft"].append(asyncio.run(ttft(url, key, r, concurrency, args.ttft_requests, burst=burst,
+                                                   pause_ms=pause_ms)))
             print(json.dumps(report["ttft"][-1]), flush=True)
         # One slot, busy: every stream past the first waits in the queue with keep-alives flowing.
         procs.stop("inference")
