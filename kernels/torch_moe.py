@@ -162,14 +162,18 @@ class _ExpertPool:
         worker, not one per item: a future per expert cost ~3% at 64 tokens)."""
         lock = threading.Lock()
         queue = iter(items)
+        # Grad and inference modes are per thread: the workers take the caller's (an engine runs
+        # under inference_mode, and its tensors may only be written to under it).
+        inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
 
         def worker() -> None:
-            while True:
-                with lock:
-                    item = next(queue, None)
-                if item is None:
-                    return
-                fn(item)
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                while True:
+                    with lock:
+                        item = next(queue, None)
+                    if item is None:
+                        return
+                    fn(item)
 
         futures = [self.executor.submit(worker) for _ in range(min(self.threads, len(items)))]
         wait(futures)  # all done before an error is raised: no worker still writes after we return

@@ -43,6 +43,16 @@ def test_it_matches_the_reference_at_deepseek_routing_width(num_tokens, routing,
     assert_moe_close(moe_torch(*problem.args()), moe_reference(*problem.args()), "float32")
 
 
+@pytest.mark.parametrize("num_tokens", [1, 64])
+def test_it_runs_under_inference_mode_as_the_engine_calls_it(num_tokens, gemm):
+    # The expert pool's threads must take the caller's mode: an engine's tensors are inference
+    # tensors, which may only be written to inside inference_mode.
+    problem = random_problem(num_tokens, 64, 48, 64, 6, dtype=torch.float32, seed=num_tokens)
+    with torch.inference_mode():
+        out = moe_torch(*problem.args())
+    assert_moe_close(out, moe_reference(*problem.args()), "float32")
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_experts_with_8_to_16_rows_take_the_transposed_product(seed, gemm):
     """fp32 experts with 8-16 rows compute w @ x.t() through oneDNN; mixed with experts outside
