@@ -14,9 +14,18 @@ sgemm, which on the AMD EPYC we measure on takes a generic code path and streams
 weights at 8-10 GB/s, against ~20 GB/s for oneDNN's AVX-512 brgemm (docs/kernels.md). oneDNN is the
 default on x86 with AVX2/AVX-512; fp16 (no oneDNN primitive without AVX512-FP16), other CPUs and
 CUDA tensors use matmul. `$LEVEE_MOE_CPU_GEMM` (`onednn` / `matmul`, read per call) forces one.
-fp32 experts with 8-16 rows run the oneDNN products the other way round, w @ x.t() (the weight as
-oneDNN's source, the rows in one AVX-512 vector), which holds ~20 GB/s where x @ w.t() slows down
-(9% at 128 tokens, even at 64).
+Without prepacking (below), fp32 experts with 8-16 rows run the oneDNN products the other way
+round, w @ x.t() (the weight as oneDNN's source, the rows in one AVX-512 vector), which holds
+~20 GB/s where x @ w.t() slows down (9% at 128 tokens, even at 64).
+
+Prepacked weights. Per-expert GEMMs of 2+ rows take the weight in oneDNN's own blocked layout
+(`torch.ops.mkldnn._reorder_linear_weight`, an mkldnn tensor `_linear_pointwise` accepts as its
+weight): 22-24 GB/s at 6 rows on one thread against 11 for the plain weight, which oneDNN
+transposes into blocks on every call. The packed copies are cached per weight tensor (`_packed`),
+each expert packed the first time it is used; an entry is keyed on a weakref to the tensor and
+checked against its data_ptr() and _version (an in-place update or a new tensor repacks) and is
+dropped when the tensor dies. Costs a second copy of the expert weights in memory. One-row experts
+(decode) keep the plain weight (20 GB/s, packed 16). `$LEVEE_MOE_CPU_PREPACK=0` turns it off.
 
 Threads. When the work splits evenly enough (at least as many active experts as torch's threads,
 none with more than its share of the pairs), the experts run on a pool of as many workers, each a
@@ -39,6 +48,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 
@@ -126,6 +136,89 @@ def gemm_for(hidden: torch.Tensor) -> str:
     if forced:
         return forced
     return "onednn" if _onednn_preferred() else "matmul"
+
+
+PREPACK_ENV = "LEVEE_MOE_CPU_PREPACK"
+PREPACK_MIN_ROWS = 2  # one-row experts read the plain weight faster (docs/kernels.md)
+
+
+@functools.cache
+def _reorder_op():
+    """torch.ops.mkldnn._reorder_linear_weight, or None where this torch lacks it."""
+    if not onednn_available():
+        return None
+    try:
+        return torch.ops.mkldnn._reorder_linear_weight.default
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def prepack_for(hidden: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """Whether moe_torch runs its oneDNN products on prepacked weights: oneDNN in use for this input
+    (fp32/bf16 CPU), the reorder op present, weights of the input's dtype that need no grad, and
+    $LEVEE_MOE_CPU_PREPACK not 0 (read per call)."""
+    if os.environ.get(PREPACK_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return (
+        gemm_for(hidden) == "onednn"
+        and _reorder_op() is not None
+        and all(w.device.type == "cpu" and w.dtype == hidden.dtype and not w.requires_grad for w in weights)
+    )
+
+
+class _PackedWeights:
+    """Per-expert packed copies of one [E, N, K] weight tensor, valid while the tensor lives, keeps
+    its storage and has not been written in place."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.ref = weakref.ref(weight, _forget_packed(id(weight)))
+        self.data_ptr = weight.data_ptr()
+        self.version = weight._version
+        self.experts: list[torch.Tensor | None] = [None] * weight.shape[0]
+
+    def valid_for(self, weight: torch.Tensor) -> bool:
+        return self.ref() is weight and self.data_ptr == weight.data_ptr() and self.version == weight._version
+
+    def expert(self, weight: torch.Tensor, index: int) -> torch.Tensor:
+        """The packed copy of weight[index], packing it on first use (two workers never pack the same
+        expert in one call; two concurrent calls might, harmlessly, both pack it)."""
+        packed = self.experts[index]
+        if packed is None:
+            with torch.no_grad():
+                packed = _reorder_op()(weight[index].contiguous())
+            self.experts[index] = packed
+        return packed
+
+
+_packed: dict[int, _PackedWeights] = {}  # id(weight tensor) -> its packed experts
+_packed_lock = threading.RLock()  # reentrant: a weakref callback may run inside a locked section
+
+
+def _forget_packed(key: int) -> Callable[[weakref.ref], None]:
+    def forget(ref: weakref.ref) -> None:
+        with _packed_lock:
+            entry = _packed.get(key)
+            if entry is not None and entry.ref is ref:
+                del _packed[key]
+
+    return forget
+
+
+def packed_weights(weight: torch.Tensor) -> _PackedWeights:
+    """The cache entry for this weight tensor, a fresh (empty) one if it is new, was written in place
+    or now points at other memory."""
+    key = id(weight)
+    with _packed_lock:
+        entry = _packed.get(key)
+        if entry is None or not entry.valid_for(weight):
+            entry = _packed[key] = _PackedWeights(weight)
+        return entry
+
+
+def clear_packed_weights() -> None:
+    """Drop every cached packed weight (their memory goes back at once)."""
+    with _packed_lock:
+        _packed.clear()
 
 
 PARALLEL_ENV = "LEVEE_MOE_CPU_PARALLEL"
@@ -241,6 +334,9 @@ def moe_torch(
     inter = w13.shape[1] // 2
     onednn = gemm_for(hidden) == "onednn"
     linear: Linear = onednn_linear if onednn else matmul_linear
+    prepack = onednn and prepack_for(hidden, w13, w2)
+    packed13 = packed_weights(w13) if prepack else None
+    packed2 = packed_weights(w2) if prepack else None
     half = hidden.dtype in (torch.float16, torch.bfloat16)
     acc_dtype = torch.float32 if half else hidden.dtype
 
@@ -261,7 +357,13 @@ def moe_torch(
 
     def run_expert(expert: int) -> None:
         rows = slice(starts[expert], starts[expert + 1])
-        if onednn and onednn_transposed(counts[expert], hidden.dtype):  # fp32: nothing to round
+        if packed13 is not None and counts[expert] >= PREPACK_MIN_ROWS:
+            gate_up = onednn_linear(x_sorted[rows], packed13.expert(w13, expert))  # [n, 2I]
+            if half:
+                gate_up = gate_up.float()
+            act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]  # [n, I]
+            y = onednn_linear(act.to(hidden.dtype), packed2.expert(w2, expert))  # [n, H]
+        elif onednn and onednn_transposed(counts[expert], hidden.dtype):  # fp32: nothing to round
             gate_up_t = onednn_linear_t(x_sorted[rows], w13[expert])  # [2I, n]
             act_t = F.silu(gate_up_t[:inter]) * gate_up_t[inter:]  # [I, n]
             y = onednn_linear_t(act_t.t().contiguous(), w2[expert]).t()  # [n, H] (a view)

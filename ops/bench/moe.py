@@ -75,16 +75,20 @@ def loadavg() -> str:
 
 
 def run_cpu(args: argparse.Namespace) -> list[dict]:
-    from kernels.torch_moe import GEMM_ENV, PARALLEL_ENV, gemm_for, parallel_for
+    from kernels.torch_moe import GEMM_ENV, PARALLEL_ENV, PREPACK_ENV, gemm_for, parallel_for, prepack_for
 
     if args.gemm != "auto":
         os.environ[GEMM_ENV] = args.gemm
     if args.parallel != "auto":
         os.environ[PARALLEL_ENV] = args.parallel
+    if args.prepack != "auto":
+        os.environ[PREPACK_ENV] = "1" if args.prepack == "on" else "0"
     hidden, inter, experts, top_k = args.hidden, args.inter, args.experts, args.top_k
     dtype = getattr(torch, args.dtype)
     copy_bw = cpu_copy_bandwidth()
     gemm = gemm_for(torch.empty(0, dtype=dtype))
+    if prepack_for(torch.empty(0, dtype=dtype)):
+        gemm += " on prepacked weights"
     print(f"CPU: {torch.get_num_threads()} threads, load average {loadavg()}, copy bandwidth {copy_bw / 1e9:.1f} GB/s; "
           f"H={hidden} I={inter} E={experts} k={top_k} {args.dtype}; fast path GEMM: {gemm}")
     rows = []
@@ -318,6 +322,9 @@ def main() -> None:
     cpu.add_argument("--parallel", default="auto", choices=["auto", "experts", "gemm"],
                      help="experts on a pool of one-thread workers, or one after another with threaded "
                           "GEMMs (sets $LEVEE_MOE_CPU_PARALLEL; auto: the fast path's own choice)")
+    cpu.add_argument("--prepack", default="auto", choices=["auto", "on", "off"],
+                     help="oneDNN products on weights packed once and cached (sets $LEVEE_MOE_CPU_PREPACK; "
+                          "auto: the fast path's own choice; the warm-up call packs)")
     gpu = parser.add_argument_group("cuda")
     gpu.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     gpu.add_argument("--breakdown-tokens", type=int, nargs="*", default=[],

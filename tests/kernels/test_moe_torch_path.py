@@ -1,11 +1,14 @@
 """The CPU fast path against the reference loop, at sizes the interpreter could not run.
 
 Every case runs with both per-expert GEMMs the path can use (oneDNN's inner product, the default
-for fp32 and bf16 CPU tensors, and torch.matmul) and both ways of running the experts (a pool of
-one-thread workers taking whole experts, or one expert after another with threaded GEMMs).
+for fp32 and bf16 CPU tensors, and torch.matmul), oneDNN with and without prepacked weights, and
+both ways of running the experts (a pool of one-thread workers taking whole experts, or one expert
+after another with threaded GEMMs).
 """
 
+import gc
 import threading
+import weakref
 
 import pytest
 import torch
@@ -15,25 +18,33 @@ from kernels.testing import assert_moe_close, random_problem
 from kernels.torch_moe import (
     GEMM_ENV,
     PARALLEL_ENV,
+    PREPACK_ENV,
+    PREPACK_MIN_ROWS,
     _expert_pool,
+    _packed,
+    clear_packed_weights,
     gemm_for,
     onednn_available,
     onednn_dtypes,
     onednn_transposed,
     parallel_for,
+    prepack_for,
 )
 
 
-@pytest.fixture(params=[("onednn", "experts"), ("onednn", "gemm"), ("matmul", "experts"), ("matmul", "gemm")],
+@pytest.fixture(params=[("onednn", "experts", "packed"), ("onednn", "gemm", "packed"), ("onednn", "experts", "plain"),
+                        ("onednn", "gemm", "plain"), ("matmul", "experts", "plain"), ("matmul", "gemm", "plain")],
                 ids=lambda p: "-".join(p))
 def gemm(request, monkeypatch):
-    """Force one GEMM and one way of running experts; skip oneDNN where this torch has no mkldnn."""
-    gemm, parallel = request.param
+    """Force one GEMM, prepacking on or off and one way of running experts; skip oneDNN where this
+    torch has no mkldnn."""
+    gemm, parallel, packing = request.param
     if gemm == "onednn" and not onednn_available():
         pytest.skip("this torch has no oneDNN (mkldnn) inner product")
     monkeypatch.setenv(GEMM_ENV, gemm)
     monkeypatch.setenv(PARALLEL_ENV, parallel)
-    return request.param
+    monkeypatch.setenv(PREPACK_ENV, "1" if packing == "packed" else "0")
+    return request.param[:2]
 
 
 @pytest.mark.parametrize("num_tokens", [1, 7, 64, 512])
@@ -230,3 +241,115 @@ def test_the_expert_pool_runs_every_item_and_raises_a_workers_error():
         pool.run(fn, list(range(10)))
     assert sorted(done) == [i for i in range(10) if i != 3]
     pool.run(fn, [])  # nothing to do is fine
+
+
+# Prepacked weights (oneDNN's blocked layout, cached per weight tensor).
+
+
+@pytest.fixture
+def packing(monkeypatch):
+    """oneDNN with prepacked weights forced on, an empty cache before and after."""
+    if not onednn_available():
+        pytest.skip("this torch has no oneDNN (mkldnn) inner product")
+    monkeypatch.setenv(GEMM_ENV, "onednn")
+    monkeypatch.setenv(PREPACK_ENV, "1")
+    clear_packed_weights()
+    yield
+    clear_packed_weights()
+
+
+def count_reorders(monkeypatch) -> list[int]:
+    """Counts the weight reorders (packings) moe_torch does from here on."""
+    import kernels.torch_moe as torch_moe
+
+    calls = [0]
+    op = torch_moe._reorder_op()
+
+    def counting(w):
+        calls[0] += 1
+        return op(w)
+
+    monkeypatch.setattr(torch_moe, "_reorder_op", lambda: counting)
+    return calls
+
+
+def test_prepacking_is_chosen_for_onednn_inputs_and_can_be_turned_off(monkeypatch, packing):
+    problem = random_problem(8, 32, 16, 4, 2)
+    assert prepack_for(problem.hidden, problem.w13, problem.w2)
+    assert not prepack_for(problem.hidden, problem.w13.requires_grad_(), problem.w2)
+    problem.w13.requires_grad_(False)
+    for off in ("0", "off", "false"):
+        monkeypatch.setenv(PREPACK_ENV, off)
+        assert not prepack_for(problem.hidden, problem.w13, problem.w2)
+    monkeypatch.setenv(PREPACK_ENV, "1")
+    monkeypatch.setenv(GEMM_ENV, "matmul")
+    assert not prepack_for(problem.hidden, problem.w13, problem.w2)
+    monkeypatch.setenv(GEMM_ENV, "onednn")
+    half = random_problem(8, 32, 16, 4, 2, dtype=torch.float16)
+    assert not prepack_for(half.hidden, half.w13, half.w2)  # no oneDNN fp16 here: matmul, nothing to pack
+
+
+@pytest.mark.parametrize("num_tokens", [1, 7, 64, 512])
+@pytest.mark.parametrize("routing", ["random", "skip_experts"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_packed_path_matches_the_reference_and_packs_only_used_experts(num_tokens, routing, dtype, packing):
+    if dtype not in onednn_dtypes():
+        pytest.skip(f"no oneDNN {dtype} on this CPU")
+    problem = random_problem(num_tokens, 64, 48, 64, 6, dtype=dtype, routing=routing, seed=num_tokens)
+    out = moe_torch(*problem.args())
+    assert_moe_close(out, moe_reference(*problem.args()), "float32" if dtype == torch.float32 else "bfloat16")
+    counts = torch.bincount(problem.topk_ids.reshape(-1).long(), minlength=64).tolist()
+    packed = [i for i, c in enumerate(counts) if c >= PREPACK_MIN_ROWS]
+    for weight in (problem.w13, problem.w2):
+        entry = _packed[id(weight)]
+        assert [i for i, p in enumerate(entry.experts) if p is not None] == packed
+    if num_tokens == 1:
+        assert not packed  # one row per expert: the plain weights, nothing packed
+
+
+def test_steady_state_calls_hit_the_cache(monkeypatch, packing):
+    problem = random_problem(64, 64, 48, 64, 6)
+    reorders = count_reorders(monkeypatch)
+    first = moe_torch(*problem.args())
+    assert reorders[0] > 0
+    packed_once = reorders[0]
+    for _ in range(3):
+        torch.testing.assert_close(moe_torch(*problem.args()), first, rtol=0, atol=0)
+    assert reorders[0] == packed_once
+    assert len(_packed) == 2
+
+
+def test_an_in_place_weight_update_is_seen(monkeypatch, packing):
+    problem = random_problem(64, 64, 48, 16, 4)
+    moe_torch(*problem.args())
+    reorders = count_reorders(monkeypatch)
+    with torch.no_grad():
+        problem.w13.mul_(-0.5)
+        problem.w2[3].add_(0.25)
+    assert_moe_close(moe_torch(*problem.args()), moe_reference(*problem.args()), "float32")
+    assert reorders[0] > 0  # repacked
+    before = reorders[0]
+    problem.w2.copy_(torch.randn_like(problem.w2) * 0.05)  # a copy_ into the same storage too
+    assert_moe_close(moe_torch(*problem.args()), moe_reference(*problem.args()), "float32")
+    assert reorders[0] > before
+
+
+def test_a_different_tensor_with_other_values_is_repacked(packing):
+    problem = random_problem(64, 64, 48, 16, 4)
+    moe_torch(*problem.args())
+    other = random_problem(64, 64, 48, 16, 4, seed=5)
+    args = (problem.hidden, other.w13, other.w2, problem.topk_weights, problem.topk_ids)
+    assert_moe_close(moe_torch(*args), moe_reference(*args), "float32")
+
+
+def test_the_cache_does_not_keep_weights_alive_or_grow(packing):
+    refs = []
+    for seed in range(12):
+        problem = random_problem(32, 64, 48, 16, 4, seed=seed)
+        moe_torch(*problem.args())
+        refs.append(weakref.ref(problem.w13))
+        assert len(_packed) <= 4  # this problem's two weights, at most the previous two not yet collected
+        del problem
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+    assert len(_packed) == 0
