@@ -175,6 +175,7 @@ class _PackedWeights:
         self.data_ptr = weight.data_ptr()
         self.version = weight._version
         self.experts: list[torch.Tensor | None] = [None] * weight.shape[0]
+        self.nbytes = weight.nbytes  # what its packed copies take once all are made (about)
 
     def valid_for(self, weight: torch.Tensor) -> bool:
         return self.ref() is weight and self.data_ptr == weight.data_ptr() and self.version == weight._version
@@ -204,15 +205,34 @@ def _forget_packed(key: int) -> Callable[[weakref.ref], None]:
     return forget
 
 
-def packed_weights(weight: torch.Tensor) -> _PackedWeights:
-    """The cache entry for this weight tensor, a fresh (empty) one if it is new, was written in place
-    or now points at other memory."""
-    key = id(weight)
+PREPACK_BUDGET_ENV = "LEVEE_MOE_CPU_PREPACK_MAX_MB"
+PREPACK_BUDGET_MB = 4096  # packed copies are a second copy of the expert weights: cap what they may take
+
+
+def _prepack_budget() -> int:
+    raw = os.environ.get(PREPACK_BUDGET_ENV, "").strip()
+    return (int(raw) if raw else PREPACK_BUDGET_MB) * 2**20
+
+
+def packed_layer(w13: torch.Tensor, w2: torch.Tensor) -> tuple[_PackedWeights, _PackedWeights] | None:
+    """The cache entries for one layer's two weight tensors, fresh (empty) ones for a tensor that is
+    new, was written in place or now points at other memory; None when their packed copies would
+    take the cache past its budget ($LEVEE_MOE_CPU_PREPACK_MAX_MB, 4096 by default: the first layers
+    of a large model get packed copies, the rest run on their plain weights)."""
+    keys = (id(w13), id(w2))
     with _packed_lock:
-        entry = _packed.get(key)
-        if entry is None or not entry.valid_for(weight):
-            entry = _packed[key] = _PackedWeights(weight)
-        return entry
+        entries = [_packed.get(key) for key in keys]
+        if all(e is not None and e.valid_for(w) for e, w in zip(entries, (w13, w2), strict=True)):
+            return entries[0], entries[1]
+        others = sum(e.nbytes for k, e in _packed.items() if k not in keys)
+        if others + w13.nbytes + w2.nbytes > _prepack_budget():
+            for key in keys:
+                _packed.pop(key, None)
+            return None
+        for i, (key, weight) in enumerate(zip(keys, (w13, w2), strict=True)):
+            if entries[i] is None or not entries[i].valid_for(weight):
+                entries[i] = _packed[key] = _PackedWeights(weight)
+        return entries[0], entries[1]
 
 
 def clear_packed_weights() -> None:
@@ -335,8 +355,8 @@ def moe_torch(
     onednn = gemm_for(hidden) == "onednn"
     linear: Linear = onednn_linear if onednn else matmul_linear
     prepack = onednn and prepack_for(hidden, w13, w2)
-    packed13 = packed_weights(w13) if prepack else None
-    packed2 = packed_weights(w2) if prepack else None
+    layer = packed_layer(w13, w2) if prepack else None  # None: off, or over the memory budget
+    packed13, packed2 = layer if layer is not None else (None, None)
     half = hidden.dtype in (torch.float16, torch.bfloat16)
     acc_dtype = torch.float32 if half else hidden.dtype
 

@@ -353,3 +353,17 @@ def test_the_cache_does_not_keep_weights_alive_or_grow(packing):
     gc.collect()
     assert all(ref() is None for ref in refs)
     assert len(_packed) == 0
+
+
+def test_layers_past_the_memory_budget_run_on_plain_weights(monkeypatch, packing):
+    from kernels.torch_moe import PREPACK_BUDGET_ENV
+
+    first, second = random_problem(64, 64, 48, 64, 6, seed=1), random_problem(64, 64, 48, 64, 6, seed=2)
+    one_layer = first.w13.nbytes + first.w2.nbytes
+    monkeypatch.setenv(PREPACK_BUDGET_ENV, str(-(-one_layer // 2**20)))  # room for one layer's copies
+    reorders = count_reorders(monkeypatch)
+    assert_moe_close(moe_torch(*first.args()), moe_reference(*first.args()), "float32")
+    packed_first = reorders[0]
+    assert packed_first > 0 and len(_packed) == 2
+    assert_moe_close(moe_torch(*second.args()), moe_reference(*second.args()), "float32")
+    assert reorders[0] == packed_first and len(_packed) == 2  # the second layer was not packed
