@@ -244,6 +244,8 @@ CELERY_BEAT_SCHEDULE.update({
                             "options": {"queue": "platform", "expires": 55}},
     "billing-expire-grants": {"task": "levee.billing.expire_grants", "schedule": 600.0,
                               "options": {"queue": "platform", "expires": 550}},
+    "chat-sweep-stale-replies": {"task": "levee.chat.sweep_stale_replies", "schedule": 300.0,
+                                 "options": {"queue": "platform", "expires": 290}},
 })
 
 # Operations (docs/operations.md, docs/observability.md).

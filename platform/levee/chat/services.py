@@ -151,3 +151,45 @@ def fail_reply(reply_id: int) -> None:
     """Last resort when a reply cannot be saved: mark it failed so it no longer blocks the account."""
     Message.objects.filter(pk=reply_id, status=Status.STREAMING).update(
         status=Status.ERROR, error="The reply could not be saved.", finished_at=timezone.now())
+
+
+def sweep_stale_replies(*, now: datetime | None = None, limit: int = 500) -> int:
+    """Finish replies left "streaming" by a web process that died mid-reply (past their job's
+    deadline): what the job wrote to its event stream, if that is still in Redis (an hour), becomes
+    the reply and its tokens count against the day's free allowance; otherwise the reply is marked
+    interrupted. Returns how many replies were finished."""
+    from redis.exceptions import RedisError
+
+    from inference import protocol
+    from levee.core.store import redis_client
+
+    now = now or timezone.now()
+    stale = list(Message.objects.filter(status=Status.STREAMING, created_at__lt=_in_flight_cutoff(now))
+                 .order_by("id").values_list("pk", "job_id", "prompt_tokens", "created_at")[:limit])
+    finished = 0
+    for reply_id, job_id, prompt_tokens, created_at in stale:
+        text, usage, end = [], protocol.usage_dict(0, prompt_tokens, 0), None
+        try:
+            entries = redis_client().xrange(protocol.stream_key(job_id)) if job_id else []
+        except RedisError:
+            entries = []
+        for _id, fields in entries:
+            try:
+                event = protocol.decode_event(fields)
+            except protocol.ProtocolError:
+                continue
+            if event["type"] == protocol.DELTA:
+                text.append(event.get("text", ""))
+            if event["type"] in (protocol.DELTA, protocol.DONE, protocol.ERROR):
+                usage = event.get("usage", usage)
+            if event["type"] in (protocol.DONE, protocol.ERROR):
+                end = event
+        if end is not None and end["type"] == protocol.DONE:
+            status, reason, error = Status.COMPLETE, end.get("finish_reason", ""), ""
+        elif text:
+            status, reason, error = Status.STOPPED, "", "The connection was lost; this is the part that arrived."
+        else:
+            status, reason, error = Status.ERROR, "", "The reply was interrupted."
+        finished += finish_reply(reply_id, content="".join(text), status=status, usage=usage, started_at=created_at,
+                                 request_id=f"sweep-{job_id or reply_id}", finish_reason=reason, error=error)
+    return finished
