@@ -147,9 +147,12 @@ def run_job(rt: Runtime, data: dict) -> str:
     r = rt.redis
 
     def emit(kind: str, **payload) -> None:
-        pipe = r.pipeline(transaction=False)
-        pipe.xadd(key, protocol.encode_event(kind, t=time.time(), **payload), maxlen=protocol.STREAM_MAXLEN,
-                  approximate=True)
+        fields = protocol.encode_event(kind, t=time.time(), **payload)
+        if kind == protocol.DELTA:  # the stream's expiry was set when the job started, well past its
+            r.xadd(key, fields, maxlen=protocol.STREAM_MAXLEN, approximate=True)  # deadline: one command
+            return
+        pipe = r.pipeline(transaction=False)  # the last event: readers get an hour from here
+        pipe.xadd(key, fields, maxlen=protocol.STREAM_MAXLEN, approximate=True)
         pipe.expire(key, protocol.STREAM_TTL_S)
         pipe.execute()
 
