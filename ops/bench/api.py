@@ -33,6 +33,9 @@ from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from inference import protocol  # noqa: E402  (torch-free)
+
 BIN = Path(sys.executable).parent
 MODEL = "deepseek-chat"
 
@@ -97,10 +100,10 @@ def setup_database(env) -> str:
     return out.strip().splitlines()[-1]
 
 
-async def one_stream(client, url, key, *, max_tokens):
+async def one_stream(url, key, *, max_tokens):
     """One streaming completion, timed from just before its request is written to the moment its
-    first content delta is read. A bare HTTP/1.1 exchange on its own connection rather than httpx
-    (`client` is unused): the probe measures the platform, and httpx's own Python costs about a
+    first content delta is read. A bare HTTP/1.1 exchange on its own connection rather than httpx:
+    the probe measures the platform, and httpx's own Python costs about a
     millisecond a request on these machines. It hangs up after the first delta, as a client that
     has what it wanted would; the server cancels the rest."""
     host, port = urlparse(url).hostname, urlparse(url).port
@@ -148,7 +151,7 @@ def server_timing(header: str) -> dict[str, float]:
 def job_times(r, job) -> tuple[float, float, int]:
     """The worker's wall-clock stamps of the job's `started` event and its first `delta`, and how long
     the job sat between the web's publish and the worker's start (ms)."""
-    events = [json.loads(f[b"e"]) for _, f in r.xrange(f"levee:job:{job}")]
+    events = [protocol.decode_event(fields) for _, fields in r.xrange(protocol.stream_key(job))]
     started = next(e for e in events if e["type"] == "started")
     delta = next(e["t"] for e in events if e["type"] == "delta")
     return started["t"], delta, started.get("queued_ms", 0)
@@ -163,13 +166,13 @@ async def ttft(url, key, r, concurrency, total, *, burst=False, pause_ms=0):
 
     limits = httpx.Limits(max_connections=concurrency + 8)
     async with httpx.AsyncClient(timeout=120, limits=limits) as client:
-        await one_stream(client, url, key, max_tokens=2)  # warm-up
+        await one_stream(url, key, max_tokens=2)  # warm-up
         if burst:
             sem = asyncio.Semaphore(concurrency)
 
             async def run():
                 async with sem:
-                    return await one_stream(client, url, key, max_tokens=2)
+                    return await one_stream(url, key, max_tokens=2)
 
             results = await asyncio.gather(*(run() for _ in range(total)))
         else:
@@ -224,7 +227,7 @@ async def _probe_beside(client, url, key, background: int, total: int, pause_ms:
     try:
         results = []
         for _ in range(total):
-            results.append(await one_stream(client, url, key, max_tokens=2))
+            results.append(await one_stream(url, key, max_tokens=2))
             if pause_ms:  # think time: the previous request's settlement finishes before the next
                 await asyncio.sleep(pause_ms / 1000)
         return results

@@ -5,6 +5,7 @@ web process that streamed it: see docs/web.md for why the web side settles rathe
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,6 +17,8 @@ from django.utils import timezone
 
 from levee.accounts.models import User
 from levee.chat.models import TITLE_MAX_LENGTH, Conversation, Message, Role, Status
+
+log = logging.getLogger(__name__)
 
 
 class ChatRefused(Exception):
@@ -171,8 +174,9 @@ def sweep_stale_replies(*, now: datetime | None = None, limit: int = 500) -> int
         text, usage, end = [], protocol.usage_dict(0, prompt_tokens, 0), None
         try:
             entries = redis_client().xrange(protocol.stream_key(job_id)) if job_id else []
-        except RedisError:
-            entries = []
+        except RedisError:  # the streams may still be there: leave the rest to the next run
+            log.warning("chat sweep: Redis unreachable; %s stale replies wait for the next run", len(stale) - finished)
+            break
         for _id, fields in entries:
             try:
                 event = protocol.decode_event(fields)

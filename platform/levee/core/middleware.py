@@ -212,15 +212,12 @@ class SiteOnly:
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
-        self.inner = self._build_inner(get_response)
+        self.inner = self.inner_class(get_response)
         for hook in ("process_exception", "process_template_response"):
             if hasattr(self.inner, hook):
                 raise ImproperlyConfigured(f"SiteOnly cannot wrap {self.inner_class.__name__}.{hook}")
         if hasattr(self.inner, "process_view"):
             self.process_view = self._aprocess_view if self.is_async else self._process_view
-
-    def _build_inner(self, get_response):
-        return self.inner_class(get_response)
 
     def __call__(self, request):
         if self.is_async:

@@ -71,3 +71,16 @@ def test_the_sweep_runs_on_beat_on_the_platform_queue(settings):
     entry = next(e for e in settings.CELERY_BEAT_SCHEDULE.values() if e["task"] == "levee.chat.sweep_stale_replies")
     assert entry["options"]["queue"] == "platform"
     assert app.tasks["levee.chat.sweep_stale_replies"].queue == "platform"
+
+
+def test_with_redis_unreachable_the_sweep_waits_for_the_next_run(redis_client, settings, monkeypatch):
+    import redis as redis_lib
+
+    import levee.core.store
+
+    reply = _streaming_reply(ada(), job_id="laterjob", age_seconds=_old(settings))
+    monkeypatch.setattr(levee.core.store, "redis_client",
+                        lambda url=None: redis_lib.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2))
+    assert services.sweep_stale_replies() == 0
+    reply.refresh_from_db()
+    assert reply.status == Status.STREAMING  # not marked interrupted: its stream may still be there
