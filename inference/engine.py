@@ -109,13 +109,21 @@ class Completion:
     error: str | None = None
 
 
-class RequestHandle:
-    """Returned by Engine.submit. Iterate it for events (blocks); cancel() from any thread."""
+class Sink(Protocol):
+    def put(self, item: tuple[RequestHandle, Event]) -> None: ...
 
-    def __init__(self, request: Request):
+
+class RequestHandle:
+    """Returned by Engine.submit. Iterate it for events (blocks); cancel() from any thread.
+
+    A handle submitted with a sink has no events of its own: each goes to the sink as (handle, event),
+    so that one consumer can follow many requests without a thread per request."""
+
+    def __init__(self, request: Request, sink: Sink | None = None):
         self.request = request
         self.request_id = request.request_id
         self._events: queue.Queue[Event] = queue.Queue()
+        self._sink = sink
         self._cancelled = threading.Event()
         self._finished = False
 
@@ -128,6 +136,8 @@ class RequestHandle:
 
     def get(self, timeout: float | None = None) -> Event | None:
         """Next event, or None after `timeout` seconds (or once the final event was taken)."""
+        if self._sink is not None:
+            raise TypeError("this request's events go to its sink")
         if self._finished:
             return None
         try:
@@ -161,7 +171,10 @@ class RequestHandle:
                                   lps if self.request.params.logprobs else None, ev.error)
 
     def _emit(self, ev: Event) -> None:
-        self._events.put(ev)
+        if self._sink is not None:
+            self._sink.put((self, ev))
+        else:
+            self._events.put(ev)
 
 
 class _Seq:
@@ -296,7 +309,9 @@ class Engine:
             self._thread.join()
             self._thread = None
 
-    def submit(self, request: Request) -> RequestHandle:
+    def submit(self, request: Request, sink: Sink | None = None) -> RequestHandle:
+        """Queue a request. Its events go to the returned handle, or with `sink` to sink.put((handle, event))
+        from the scheduler thread (keep put cheap: a queue.SimpleQueue)."""
         p = request.params
         p.validate()
         n = len(request.prompt_ids)
@@ -309,7 +324,7 @@ class Engine:
         if self._blocks_needed(n, self._max_tokens(request)) > self.cache.num_blocks:
             raise ValueError(f"prompt of {n} tokens + max_tokens {p.max_tokens} cannot fit the KV cache "
                              f"({self.cache.num_blocks} blocks of {self.block_size} tokens)")
-        handle = RequestHandle(request)
+        handle = RequestHandle(request, sink)
         with self._lock:
             if self._stopping:
                 raise RuntimeError("the engine is stopped")

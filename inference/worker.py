@@ -1,20 +1,23 @@
 """The inference worker: a Celery app without Django, serving one model with one engine per process.
 
-    celery -A inference.worker worker -P threads -c 32 -Q inference.deepseek-chat
+    celery -A inference.worker worker -P threads -Q inference.deepseek-chat
 
 Environment: LEVEE_MODEL_NAME (the API's model name), LEVEE_CHECKPOINT (a Hugging Face-format
 DeepSeek checkpoint directory; the demo checkpoint by default), REDIS_URL (broker and event streams),
-LEVEE_DEVICE / LEVEE_DTYPE, LEVEE_KV_BUDGET_MB.
+LEVEE_DEVICE / LEVEE_DTYPE, LEVEE_KV_BUDGET_MB, LEVEE_MAX_BATCH (the task slots follow it: leave -c out).
 
 Each Celery task thread submits its job to the shared engine, which batches all of them
-continuously, and copies the engine's events to the job's Redis Stream. A heartbeat thread marks
-the worker live, beats for every running job and forwards cancel flags. A job is at most once once
-started: the first runner sets the job's started-marker, and a redelivered copy that finds it stops.
+continuously, and sleeps until the job ends; one forwarder thread copies every job's events to its
+Redis Stream (a step's writes for all jobs in one round trip); the task thread then settles. A
+heartbeat thread marks the worker live, beats for every running job and forwards cancel flags. A
+job runs at most once once started: the first runner sets the job's started-marker, and a
+redelivered copy that finds it stops.
 """
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -24,7 +27,7 @@ from pathlib import Path
 import redis
 from celery import Celery, signals
 
-from inference import protocol
+from inference import protocol, serving
 
 log = logging.getLogger("inference.worker")
 
@@ -42,6 +45,11 @@ app.conf.update(
     task_default_queue=protocol.queue_name(MODEL_NAME),
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
+    # Task slots (when -c is not given): the engine's batch and a quarter more. A job holds its slot
+    # until its last event is written and its settlement sent; with exactly max_batch slots, a full
+    # worker made each new job wait for one of those tails (~half an engine step) before it could
+    # even reach the engine. Jobs past the batch wait in the engine's own FIFO, with heartbeats.
+    worker_concurrency=serving.max_batch() + max(2, serving.max_batch() // 4),
 )
 
 
@@ -54,6 +62,7 @@ class Runtime:
         self._engine = None
         self._lock = threading.Lock()
         self.active: dict[str, object] = {}  # job id -> engine handle
+        self.forwarder = Forwarder(self.redis)
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, name="levee-heartbeat", daemon=True)
 
@@ -61,9 +70,7 @@ class Runtime:
     def engine(self):
         with self._lock:
             if self._engine is None:
-                from inference.serving import build_engine
-
-                self._engine = build_engine(CHECKPOINT)
+                self._engine = serving.build_engine(CHECKPOINT)
             return self._engine
 
     def start(self) -> None:
@@ -77,7 +84,11 @@ class Runtime:
         except redis.RedisError:
             pass
         if self._engine is not None:
-            self._engine.stop()
+            self._engine.stop()  # running jobs end as cancelled: let the forwarder write that
+        deadline = time.monotonic() + 5
+        while self.forwarder.jobs and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.forwarder.stop()
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(protocol.HEARTBEAT_INTERVAL_S):
@@ -140,19 +151,23 @@ def settle(message: protocol.JobMessage, usage: dict, started: float, finished: 
         "started_at": _iso(started), "finished_at": _iso(finished)}])
 
 
+_RECV = {}
+@signals.task_received.connect
+def _recv(request=None, **_):
+    _RECV[request.id] = time.time()
+
 def run_job(rt: Runtime, data: dict) -> str:
-    """Run one job to its end; returns how it ended (for logs and tests)."""
+    """Run one job to its end; returns how it ended (for logs and tests). The calling task thread
+    sleeps while the job runs: the process's Forwarder copies the engine's output to the stream."""
+    t_entry = time.time()
     message = protocol.JobMessage.from_dict(data)
     key = protocol.stream_key(message.job_id)
     r = rt.redis
 
-    def emit(kind: str, **payload) -> None:
-        fields = protocol.encode_event(kind, t=time.time(), **payload)
-        if kind == protocol.DELTA:  # the stream's expiry was set when the job started, well past its
-            r.xadd(key, fields, maxlen=protocol.STREAM_MAXLEN, approximate=True)  # deadline: one command
-            return
-        pipe = r.pipeline(transaction=False)  # the last event: readers get an hour from here
-        pipe.xadd(key, fields, maxlen=protocol.STREAM_MAXLEN, approximate=True)
+    def end(kind: str, **payload) -> None:  # the last event: readers get an hour from here
+        pipe = r.pipeline(transaction=False)
+        pipe.xadd(key, protocol.encode_event(kind, t=time.time(), **payload), maxlen=protocol.STREAM_MAXLEN,
+                  approximate=True)
         pipe.expire(key, protocol.STREAM_TTL_S)
         pipe.execute()
 
@@ -162,49 +177,168 @@ def run_job(rt: Runtime, data: dict) -> str:
         return "duplicate"
     zero = protocol.usage_dict(0, 0, 0)  # a job that never reached the engine costs nothing
     if now > message.deadline:
-        emit(protocol.ERROR, code="deadline", message="The request expired before a worker could start it.",
-             usage=zero)
+        end(protocol.ERROR, code="deadline", message="The request expired before a worker could start it.", usage=zero)
         settle(message, zero, now, now)
         return "deadline"
     waited_ms = int((now - message.enqueued_at) * 1000)
+    rcv = _RECV.pop(message.job_id, None)
+    if rcv and message.sampling.max_tokens == 2:
+        with open("/tmp/handoff.log", "a") as f:
+            f.write(f"{(rcv - message.enqueued_at)*1000:.2f} {(t_entry - rcv)*1000:.2f} {(now - t_entry)*1000:.2f} {(time.time()-now)*1000:.2f}\n")
     pipe = r.pipeline(transaction=False)  # one round trip: record the wait, say started, look for a cancel
     pipe.set(protocol.wait_key(message.model), waited_ms, ex=60)
     pipe.xadd(key, protocol.encode_event(protocol.STARTED, t=time.time(), worker=rt.worker_id, queued_ms=waited_ms),
               maxlen=protocol.STREAM_MAXLEN, approximate=True)
-    pipe.expire(key, protocol.STREAM_TTL_S)
+    pipe.expire(key, protocol.STREAM_TTL_S)  # until the last event refreshes it: deltas are one XADD each
     pipe.exists(protocol.cancel_key(message.job_id))
     if pipe.execute()[-1]:
-        emit(protocol.DONE, finish_reason="cancelled", usage=zero)
+        end(protocol.DONE, finish_reason="cancelled", usage=zero)
         settle(message, zero, now, time.time())
         return "cancelled"
 
-    from inference.serving import submit
-
-    handle = submit(rt.engine, message)
-    rt.active[message.job_id] = handle
-    usage = zero
-    pending = ""
-    last_flush = None  # the first text goes out at once: coalescing is for the tokens after it
+    job = rt.forwarder.track(message.job_id, key)
     try:
-        for event in handle:
-            usage = event.usage
-            pending += event.text
-            done = event.finish_reason is not None
-            if pending and (done or last_flush is None or time.monotonic() - last_flush >= DELTA_FLUSH_S):
-                emit(protocol.DELTA, text=pending, usage=usage)
-                pending, last_flush = "", time.monotonic()
-            if done:
-                emit(protocol.DONE, finish_reason=event.finish_reason, usage=usage)
-                settle(message, usage, now, time.time())
-                return event.finish_reason
-        raise RuntimeError("the engine ended the job without a finish reason")
-    except Exception as exc:
-        log.exception("job %s failed", message.job_id)
-        emit(protocol.ERROR, code="engine_error", message=f"Generation failed: {exc.__class__.__name__}", usage=usage)
-        settle(message, usage, now, time.time())
+        job.handle = serving.submit(rt.engine, message, rt.forwarder.inbox)
+    except ValueError as exc:  # the engine refuses what it can never run (e.g. more than its KV cache)
+        rt.forwarder.drop(message.job_id)
+        end(protocol.ERROR, code="engine_error", message=f"The request cannot be served: {exc}", usage=zero)
+        settle(message, zero, now, time.time())
         return "error"
+    rt.active[message.job_id] = job.handle
+    try:
+        job.ended.wait()
     finally:
         rt.active.pop(message.job_id, None)
+    settle(message, job.usage, now, job.ended_at)
+    return job.outcome
+
+
+class _Job:
+    """What the Forwarder keeps of one running job."""
+
+    def __init__(self, key: str):
+        self.key = key
+        self.handle = None
+        self.usage = protocol.usage_dict(0, 0, 0)
+        self.pending = ""  # text not written yet
+        self.flushed_at: float | None = None  # monotonic time of the last delta; None: no text sent yet
+        self.finish: str | None = None  # the engine's finish reason, once it came
+        self.error: str | None = None
+        self.outcome = ""
+        self.ended_at = 0.0
+        self.ended = threading.Event()
+
+
+class Forwarder:
+    """One thread per worker process copies every running job's engine output to its Redis stream.
+
+    The engine puts each step's events on this thread's inbox; a pass drains all of them and writes
+    every job's due delta in ONE pipelined round trip. (A thread per job, each woken by every token of
+    its job, cost a GIL hand-off per token per job: with 31 streams generating, it held up the Celery
+    consumer thread handing over the next job by ~8 ms.) A job's first text goes out at once, later
+    text at most every DELTA_FLUSH_S, and the last event carries what is left. If Redis refuses a
+    write, the jobs in it are cancelled and end as errors (their readers see the stream go silent)."""
+
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.jobs: dict[str, _Job] = {}
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def track(self, job_id: str, key: str) -> _Job:
+        """Follow a job from now on (before it is submitted: its first event may come at once)."""
+        job = self.jobs[job_id] = _Job(key)
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="levee-forwarder", daemon=True)
+                self._thread.start()
+        return job
+
+    def drop(self, job_id: str) -> None:
+        self.jobs.pop(job_id, None)
+
+    def stop(self) -> None:
+        self.inbox.put(None)
+
+    def _run(self) -> None:
+        while True:
+            items = []
+            try:
+                items.append(self.inbox.get(timeout=self._due_in()))
+                while True:
+                    items.append(self.inbox.get_nowait())
+            except queue.Empty:
+                pass
+            if None in items:
+                return
+            try:
+                for handle, event in items:
+                    self._take(handle.request_id, event)
+                self._flush()
+            except Exception:  # never let the one forwarder die: its jobs would hang
+                log.exception("forwarder pass failed")
+
+    def _due_in(self) -> float | None:
+        """Seconds until the earliest coalesced text is due (None: nothing waits, sleep until news)."""
+        now, due = time.monotonic(), None
+        for job in list(self.jobs.values()):
+            if job.pending:
+                left = 0.0 if job.flushed_at is None else job.flushed_at + DELTA_FLUSH_S - now
+                due = left if due is None else min(due, left)
+        return None if due is None else max(due, 0.0)
+
+    def _take(self, job_id: str, event) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or job.finish is not None:  # dropped after a failed write: its tail is not wanted
+            return
+        ev = serving.job_event(event)
+        job.pending += ev.text
+        job.usage = ev.usage
+        if ev.finish_reason is not None:
+            job.finish, job.error = ev.finish_reason, ev.error
+
+    def _flush(self) -> None:
+        now = time.monotonic()
+        pipe = self.redis.pipeline(transaction=False)
+        written, ended = [], []
+        for job_id, job in list(self.jobs.items()):
+            if job.pending and (job.finish or job.flushed_at is None or now - job.flushed_at >= DELTA_FLUSH_S):
+                pipe.xadd(job.key, protocol.encode_event(protocol.DELTA, t=time.time(), text=job.pending,
+                                                         usage=job.usage),
+                          maxlen=protocol.STREAM_MAXLEN, approximate=True)
+                job.pending, job.flushed_at = "", now
+                written.append((job_id, job))
+            if job.finish is not None:
+                if job.finish == "error":
+                    log.error("job %s failed in the engine: %s", job_id, job.error)
+                    fields = protocol.encode_event(protocol.ERROR, t=time.time(), code="engine_error",
+                                                   message="Generation failed.", usage=job.usage)
+                    job.outcome = "error"
+                else:
+                    fields = protocol.encode_event(protocol.DONE, t=time.time(), finish_reason=job.finish,
+                                                   usage=job.usage)
+                    job.outcome = job.finish
+                pipe.xadd(job.key, fields, maxlen=protocol.STREAM_MAXLEN, approximate=True)
+                pipe.expire(job.key, protocol.STREAM_TTL_S)
+                if not written or written[-1][0] != job_id:
+                    written.append((job_id, job))
+                ended.append(job_id)
+        if not written:
+            return
+        try:
+            pipe.execute()
+        except redis.RedisError:
+            log.exception("writing %d job streams failed; cancelling those jobs", len(written))
+            for job_id, job in written:
+                if job.handle is not None:
+                    job.handle.cancel()
+                job.outcome = "error"
+                ended.append(job_id)
+        for job_id in dict.fromkeys(ended):
+            job = self.jobs.pop(job_id)
+            job.ended_at = time.time()
+            job.ended.set()
 
 
 @app.task(name=protocol.GENERATE_TASK, ignore_result=True)

@@ -118,7 +118,8 @@ def _extra_processes(env: dict) -> list[list[str]]:
     if not (checkpoint / "config.json").exists():
         print(f"no checkpoint at {checkpoint}: not starting an inference worker", file=sys.stderr)
         return []
-    return [[str(BIN / "celery"), "-A", "inference.worker", "worker", "-P", "threads", "-c", "16",
+    env.setdefault("LEVEE_MAX_BATCH", "16")  # the worker's task slots follow it
+    return [[str(BIN / "celery"), "-A", "inference.worker", "worker", "-P", "threads",
              "-Q", f"inference.{model}", "-n", f"inference-{model}@%h", "--loglevel", "INFO"]]
 
 

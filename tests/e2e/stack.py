@@ -58,6 +58,7 @@ class Stack:
             "DJANGO_SETTINGS_MODULE": "levee.settings",
             "LEVEE_JOB_HEARTBEAT_TIMEOUT": str(heartbeat_timeout),
             "LEVEE_MODEL_NAME": MODEL,
+            "LEVEE_MAX_BATCH": "16",  # the inference worker's task slots follow (20)
             "LEVEE_BIND": f"127.0.0.1:{self.port}",
             "WEB_CONCURRENCY": "1",
             "GUNICORN_ACCESSLOG": "",
@@ -89,7 +90,7 @@ class Stack:
 
     def start_inference_worker(self):
         return self._spawn("inference", [str(BIN / "celery"), "-A", "inference.worker", "worker", "-Q",
-                                         f"inference.{MODEL}", "-P", "threads", "-c", "16",
+                                         f"inference.{MODEL}", "-P", "threads",
                                          "-n", f"inference-{self.port}-{time.time_ns()}@%h", "--without-gossip",
                                          "--without-mingle", "--loglevel", "INFO"])
 

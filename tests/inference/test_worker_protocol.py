@@ -15,7 +15,9 @@ def rt(settings):
     runtime.worker_id = "test-worker"
     runtime.redis = r
     runtime.active = {}
+    runtime.forwarder = worker.Forwarder(r)
     yield runtime
+    runtime.forwarder.stop()
     r.flushdb()
 
 
@@ -73,17 +75,131 @@ def test_the_heartbeat_marks_the_worker_live_and_forwards_cancel_flags(rt):
     assert [e["type"] for e in _events(rt.redis)] == ["heartbeat"]
 
 
+class ScriptedEngine:
+    """Stands in for the engine's scheduler only: submit() returns a real RequestHandle bound to the
+    worker's sink, and a thread emits the script [(seconds to wait, text, finish reason)] through it,
+    with running usage, as the scheduler thread would."""
+
+    def __init__(self, script, error=None):
+        self.script, self.error = script, error
+        self.handles = []
+
+    def submit(self, request, sink=None):
+        import threading
+
+        from inference.engine import Event, RequestHandle, Usage
+
+        handle = RequestHandle(request, sink)
+        self.handles.append(handle)
+
+        def play():
+            for n, (wait, text, reason) in enumerate(self.script, 1):
+                time.sleep(wait)
+                if handle.cancelled:
+                    reason = "cancelled"
+                handle._emit(Event([n], text, reason, Usage(3, 1, 2, n), error=self.error if reason else None))
+                if reason:
+                    return
+
+        threading.Thread(target=play, daemon=True).start()
+        return handle
+
+
 def test_the_first_text_goes_out_at_once_and_later_tokens_are_coalesced(rt, monkeypatch):
-    from inference import serving
-
-    def fake_submit(engine, message):  # six tokens, all well inside one coalescing window
-        for n in range(6):
-            yield serving.JobEvent(text=f"t{n} ", usage=protocol.usage_dict(3, 0, n + 1),
-                                   finish_reason="length" if n == 5 else None)
-
-    monkeypatch.setattr(serving, "submit", fake_submit)
-    monkeypatch.setattr(worker.Runtime, "engine", None, raising=False)
+    script = [(0, "t0 ", None)] + [(0.001, f"t{n} ", None) for n in range(1, 5)] + [(0.001, "t5 ", "length")]
+    monkeypatch.setattr(worker.Runtime, "engine", ScriptedEngine(script), raising=False)
     assert worker.run_job(rt, _message()) == "length"
-    deltas = [e["text"] for e in _events(rt.redis) if e["type"] == "delta"]
+    events = _events(rt.redis)
+    deltas = [e["text"] for e in events if e["type"] == "delta"]
     assert deltas[0] == "t0 "  # not held back for the window
     assert "".join(deltas) == "t0 t1 t2 t3 t4 t5 " and len(deltas) < 6  # the rest travel together
+    assert events[-1]["type"] == "done" and events[-1]["finish_reason"] == "length"
+    assert events[-1]["usage"] == protocol.usage_dict(1, 2, 6)
+    assert not rt.forwarder.jobs and not rt.active
+
+
+def test_text_is_written_at_least_every_flush_window_while_a_job_runs(rt, monkeypatch):
+    script = [(0, "a", None)] + [(0.01, "b", None)] * 20 + [(0, "", "stop")]  # ~200 ms of tokens
+    monkeypatch.setattr(worker.Runtime, "engine", ScriptedEngine(script), raising=False)
+    assert worker.run_job(rt, _message()) == "stop"
+    stamps = [e["t"] for e in _events(rt.redis) if e["type"] == "delta"]
+    assert len(stamps) >= 4  # not all at the end
+    assert max(b - a for a, b in zip(stamps, stamps[1:], strict=False)) < 0.1
+
+
+def test_an_engine_error_ends_the_job_with_an_error_event_and_its_usage(rt, monkeypatch):
+    script = [(0, "par", None), (0.001, "", "error")]
+    monkeypatch.setattr(worker.Runtime, "engine", ScriptedEngine(script, error="RuntimeError: boom"), raising=False)
+    assert worker.run_job(rt, _message()) == "error"
+    events = _events(rt.redis)
+    assert [e["type"] for e in events] == ["started", "delta", "error"]
+    assert events[-1]["code"] == "engine_error" and "boom" not in events[-1]["message"]  # internals stay inside
+    assert events[-1]["usage"]["completion_tokens"] == 2
+
+
+def test_a_request_the_engine_refuses_ends_at_once_with_an_error_and_costs_nothing(rt, monkeypatch):
+    class Refusing:
+        def submit(self, request, sink=None):
+            raise ValueError("prompt of 3 tokens + max_tokens 4 cannot fit the KV cache")
+
+    monkeypatch.setattr(worker.Runtime, "engine", Refusing(), raising=False)
+    assert worker.run_job(rt, _message()) == "error"
+    events = _events(rt.redis)
+    assert [e["type"] for e in events] == ["started", "error"]
+    assert "cannot fit" in events[-1]["message"] and events[-1]["usage"]["prompt_tokens"] == 0
+    assert not rt.forwarder.jobs
+
+
+def test_when_redis_refuses_the_streams_the_jobs_are_cancelled_and_end(rt, monkeypatch):
+    engine = ScriptedEngine([(0, "x", None)] + [(0.01, "y", None)] * 500 + [(0, "", "length")])
+    monkeypatch.setattr(worker.Runtime, "engine", engine, raising=False)
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    refusing = redis.Redis(port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))  # nobody listens
+    rt.forwarder = worker.Forwarder(refusing)
+    started = time.monotonic()
+    assert worker.run_job(rt, _message()) == "error"
+    assert time.monotonic() - started < 2  # not the 5 s the script would take
+    assert engine.handles[0].cancelled
+
+
+def test_one_forwarder_streams_many_jobs_of_a_real_engine(rt, monkeypatch):
+    """Eight jobs at once on the demo checkpoint: each stream carries exactly the text and usage the
+    engine produces for that prompt alone."""
+    import threading
+
+    from inference import serving
+    from inference.engine import Request, SamplingParams
+
+    engine = serving.build_engine(str(worker.ROOT / "inference" / "demo" / "checkpoint"))
+    try:
+        monkeypatch.setattr(worker.Runtime, "engine", engine, raising=False)
+        prompts = [[1, 20 + n, 30 + n, 40] for n in range(8)]
+        outcomes = {}
+
+        def job(n):
+            outcomes[n] = worker.run_job(rt, _message(job_id=f"job{n}", prompt_ids=prompts[n],
+                                                      sampling=protocol.Sampling(max_tokens=12, temperature=0)))
+
+        threads = [threading.Thread(target=job, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for n in range(8):
+            alone = engine.submit(Request(prompts[n], SamplingParams(max_tokens=12, temperature=0))).result(60)
+            events = _events(rt.redis, f"job{n}")
+            assert "".join(e["text"] for e in events if e["type"] == "delta") == alone.text
+            assert events[-1]["type"] == "done" and outcomes[n] == events[-1]["finish_reason"] == alone.finish_reason
+            assert events[-1]["usage"]["completion_tokens"] == alone.usage.completion_tokens
+    finally:
+        engine.stop()
+
+
+def test_the_worker_has_more_task_slots_than_the_engine_has_batch_places():
+    """A finishing job keeps its slot while it writes its last event and settles: slots equal to the
+    batch would make every new job on a full worker wait for such a tail."""
+    from inference import serving
+
+    assert worker.app.conf.worker_concurrency >= serving.max_batch() + 2
