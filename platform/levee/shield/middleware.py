@@ -9,6 +9,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.urls import reverse
 
+from levee.core.asyncdb import db
 from levee.core.middleware import _Middleware
 from levee.core.views import API_PREFIXES
 from levee.shield import state
@@ -29,10 +30,13 @@ def _paths() -> dict:
     return {"signup": reverse("signup"), "login": reverse("login")}
 
 
+_refresh_in_pool = db(state.refresh_if_due)
+
+
 class ShieldMiddleware(_Middleware):
     async def _acall(self, request):
-        if state.due():  # the refresh may read the database: not on the event loop
-            await sync_to_async(state.refresh_if_due)()
+        if state.due():  # the refresh may read the database: on the pool, not on the event loop
+            await _refresh_in_pool()
         if self._gated(request):
             # Several Redis round trips (and, with Redis unreachable, their timeouts): in a worker
             # thread, so the event loop keeps serving streams, and not in the sync-view thread,

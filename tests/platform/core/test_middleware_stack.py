@@ -100,3 +100,44 @@ def test_an_enabled_model_is_memoized_until_it_changes(django_assert_num_queries
     model.enabled = False
     model.save()  # a change in this process clears the memo at once
     assert enabled_model(name) is None
+
+
+def test_under_asgi_no_thread_is_made_before_a_request_reaches_its_view():
+    """Django's request_started receivers would create the request's own thread just to run there;
+    the ASGI entry point (levee.asgi) leaves them out. Counted on the real ASGI application with an
+    async API view: nothing runs in the request's own thread before the response starts."""
+    from django.core import signals
+
+    from levee import asgi
+
+    assert not signals.request_started._live_receivers(None)[0], "a synchronous receiver is back"
+    events, calls, asked = [], [], []
+    original = sync.SyncToAsync.__call__
+
+    def counting(self, *args, **kwargs):
+        if self._thread_sensitive:  # the request's own thread (the shared pool's calls are not counted)
+            calls.append(getattr(self.func, "__qualname__", repr(self.func)))
+        return original(self, *args, **kwargs)
+
+    async def receive():  # the request once; then the client stays until the answer is complete
+        asked.append(1)
+        if len(asked) == 1:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        while not any(e[0] == "http.response.body" for e in events):
+            await asyncio.sleep(0.01)
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        events.append((message["type"], message.get("status"), list(calls)))
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": "/v1/models", "raw_path": b"/v1/models", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"testserver")], "client": ("127.0.0.1", 5000), "server": ("testserver", 80)}
+    sync.SyncToAsync.__call__ = counting
+    try:
+        asyncio.run(asgi.application(scope, receive, send))
+    finally:
+        sync.SyncToAsync.__call__ = original
+    start = next(e for e in events if e[0] == "http.response.start")
+    assert start[1] == 401  # no key: the async view answered
+    assert start[2] == [], start[2]
