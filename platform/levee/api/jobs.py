@@ -1,12 +1,14 @@
 """The web side of a generation job: capacity checks, enqueue, reading the job's event stream, cancel.
 
-Async throughout (the streaming views hold many connections per process); the only blocking call,
-Celery's publish, runs in a thread.
+Async throughout (the streaming views hold many connections per process): with a Redis broker the
+job's Celery message is pushed from the event loop; with another broker Celery publishes it in a thread.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,17 +22,19 @@ from inference import protocol
 
 log = logging.getLogger(__name__)
 KEEPALIVE = {"type": "keepalive"}
-_clients: dict[int, tuple[asyncio.AbstractEventLoop, aioredis.Redis]] = {}
+_clients: dict[tuple[int, str], tuple[asyncio.AbstractEventLoop, aioredis.Redis]] = {}
+_ORIGIN = f"{os.getpid()}@{socket.gethostname()}"  # who published, in the message's headers (as Celery)
 
 
-def redis_client() -> aioredis.Redis:
-    """One client (and pool) per event loop: asyncio connections cannot cross loops."""
+def redis_client(url: str | None = None) -> aioredis.Redis:
+    """One client (and pool) per event loop and URL (REDIS_URL by default): asyncio connections
+    cannot cross loops."""
     loop = asyncio.get_running_loop()
-    held = _clients.get(id(loop))
+    url = url or settings.REDIS_URL
+    held = _clients.get((id(loop), url))
     if held is None or held[0] is not loop:  # none yet, or a dead loop's whose id was reused
-        client = aioredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, socket_timeout=None,
-                                         health_check_interval=30)
-        held = _clients[id(loop)] = (loop, client)
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None, health_check_interval=30)
+        held = _clients[(id(loop), url)] = (loop, client)
     return held[1]
 
 
@@ -61,8 +65,25 @@ def _publish(message: dict, queue: str) -> None:
                   retry=False)
 
 
+def _redis_broker() -> str | None:
+    """The broker's URL when it is a plain Redis one that the event loop can push to directly
+    (no transport options such as a key prefix or priority steps, which change where kombu writes)."""
+    from levee.celery import app
+
+    url = settings.CELERY_BROKER_URL
+    if url.split("://", 1)[0] in ("redis", "rediss") and not app.conf.broker_transport_options:
+        return url
+    return None
+
+
 async def enqueue(message: protocol.JobMessage, queue: str) -> None:
-    await sync_to_async(_publish, thread_sensitive=False)(message.to_dict(), queue)
+    broker = _redis_broker()
+    if broker is None:
+        await sync_to_async(_publish, thread_sensitive=False)(message.to_dict(), queue)
+        return
+    payload = protocol.celery_redis_message(protocol.GENERATE_TASK, [message.to_dict()], task_id=message.job_id,
+                                            queue=queue, origin=_ORIGIN)
+    await redis_client(broker).lpush(queue, payload)
 
 
 async def cancel(job_id: str) -> None:
