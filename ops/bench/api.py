@@ -38,6 +38,8 @@ from inference import protocol  # noqa: E402  (torch-free)
 
 BIN = Path(sys.executable).parent
 MODEL = "deepseek-chat"
+# TTFT rows: name -> (concurrent streams, burst?, pause between probes in ms)
+ROWS = {"1": (1, False, 0), "1p": (1, False, 100), "32": (32, False, 0), "32b": (32, True, 0)}
 
 
 def pct(values, q):
@@ -139,6 +141,47 @@ async def one_stream(url, key, *, max_tokens):
         writer.close()
 
 
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds (user + system, every thread) used so far by each named group of processes."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for name, group in pids.items():
+        total = 0
+        for pid in group:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # ended meanwhile
+                continue
+            total += int(fields[11]) + int(fields[12])
+        used[name] = total / tick
+    return used
+
+
+def watched(procs: Procs) -> dict[str, list[int]]:
+    """The processes whose CPU the TTFT rows report: ours (with their children: gunicorn's worker),
+    the bench itself, Redis and PostgreSQL (every backend)."""
+    table = {}  # pid -> (parent pid, command name)
+    for d in Path("/proc").iterdir():
+        try:
+            stat = (d / "stat").read_text() if d.name.isdigit() else ""
+        except OSError:
+            continue
+        if stat:
+            table[int(d.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), stat[stat.index("(") + 1:stat.rindex(")")])
+
+    def family(root: int) -> list[int]:
+        pids = [root]
+        for pid in pids:
+            pids += [child for child, (parent, _) in table.items() if parent == pid]
+        return pids
+
+    groups = {name: family(proc.pid) for name, proc in procs.procs.items()}
+    groups["bench client"] = [os.getpid()]
+    for name, comm in (("redis", "redis-server"), ("postgresql", "postgres")):
+        groups[name] = [pid for pid, (_, c) in table.items() if c == comm]
+    return groups
+
+
 def server_timing(header: str) -> dict[str, float]:
     """{phase: ms} from the API's Server-Timing header (levee.core.timing)."""
     phases = {}
@@ -157,7 +200,7 @@ def job_times(r, job) -> tuple[float, float, int]:
     return started["t"], delta, started.get("queued_ms", 0)
 
 
-async def ttft(url, key, r, concurrency, total, *, burst=False, pause_ms=0):
+async def ttft(url, key, r, concurrency, total, *, burst=False, pause_ms=0, procs=None):
     """Streams of `concurrency` at once. Steady (the default): concurrency - 1 background streams
     keep generating (each reopened when it ends) while probe requests go one after another; the
     probes are measured. Burst: `concurrency` requests start together, the next when one ends
@@ -174,9 +217,9 @@ async def ttft(url, key, r, concurrency, total, *, burst=False, pause_ms=0):
                 async with sem:
                     return await one_stream(url, key, max_tokens=2)
 
-            results = await asyncio.gather(*(run() for _ in range(total)))
+            results, cpu = await asyncio.gather(*(run() for _ in range(total))), {}
         else:
-            results = await _probe_beside(client, url, key, concurrency - 1, total, pause_ms)
+            results, cpu = await _probe_beside(client, url, key, concurrency - 1, total, pause_ms, procs)
     client_ms, engine_ms, overhead_ms, before_ms, after_ms, queued_ms = [], [], [], [], [], []
     phase_ms: dict[str, list[float]] = {}
     for t0, first, job, phases in results:
@@ -199,10 +242,11 @@ async def ttft(url, key, r, concurrency, total, *, burst=False, pause_ms=0):
             "delta_to_client_p50_ms": pct(after_ms, 50),
             # the web process's own phases before the response starts (Server-Timing), p50 each
             "web_phases_p50_ms": {name: round(pct(ms, 50), 2) for name, ms in phase_ms.items()},
-            "web_total_p50_ms": round(pct([sum(p.values()) for *_, p in results], 50), 2)}
+            "web_total_p50_ms": round(pct([sum(p.values()) for *_, p in results], 50), 2),
+            "cores_busy": cpu}
 
 
-async def _probe_beside(client, url, key, background: int, total: int, pause_ms: int = 0):
+async def _probe_beside(client, url, key, background: int, total: int, pause_ms: int = 0, procs=None):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell me about Levee."}], "max_tokens": 1000,
             "stream": True, "temperature": 1.0}
     stop = asyncio.Event()
@@ -226,11 +270,16 @@ async def _probe_beside(client, url, key, background: int, total: int, pause_ms:
     await asyncio.sleep(1)  # every background stream is generating
     try:
         results = []
+        groups, cpu = (watched(procs) if procs else {}), {}
+        before, t0 = cpu_seconds(groups), time.time()
         for _ in range(total):
             results.append(await one_stream(url, key, max_tokens=2))
             if pause_ms:  # think time: the previous request's settlement finishes before the next
                 await asyncio.sleep(pause_ms / 1000)
-        return results
+        if groups:  # cores each process kept busy while the probes ran (2.0 = both of this box's)
+            wall, after = time.time() - t0, cpu_seconds(groups)
+            cpu = {name: round((after[name] - before[name]) / wall, 2) for name in groups}
+        return results, cpu
     finally:
         stop.set()
         for task in tasks:
@@ -293,9 +342,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", default="250,500,1000")
     parser.add_argument("--ttft-requests", type=int, default=64)
+    parser.add_argument("--rows", default=",".join(ROWS), help="TTFT rows to run, of: " + ", ".join(
+        f"{name} ({'burst' if burst else 'steady'}, {n} streams, {pause} ms apart)"
+        for name, (n, burst, pause) in ROWS.items()))
     parser.add_argument("--json")
     args = parser.parse_args()
-    levels = [int(x) for x in args.streams.split(",")]
+    levels = [int(x) for x in args.streams.split(",") if x]
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}", "DJANGO_SETTINGS_MODULE": "levee.settings",
            "LEVEE_ENV": "test", "GUNICORN_ACCESSLOG": "", "LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1",
            # One key from one address opens a thousand streams: lift the shield's per-caller limits
@@ -329,23 +381,25 @@ def main():
         from tests.e2e.checkpoint import e2e_checkpoint
 
         checkpoint = e2e_checkpoint(Path(tempfile.mkdtemp(prefix="levee-bench-ckpt-")))
-        procs.start("inference", [*inference, "-c", "32", "-n", f"bench-inf-{port}@%h"],
+        procs.start("inference", [*inference, "-n", f"bench-inf-{port}@%h"],  # slots: batch 32 + 8
                     LEVEE_CHECKPOINT=str(checkpoint))
         deadline = time.time() + 120
         while not r.zcount(f"levee:workers:{MODEL}", time.time() - 10, "+inf") and time.time() < deadline:
             time.sleep(0.5)
-        for concurrency, burst, pause_ms in ((1, False, 0), (1, False, 100), (32, False, 0), (32, True, 0)):
+        for row in filter(None, args.rows.split(",")):
+            concurrency, burst, pause_ms = ROWS[row]
             report["ttft"].append(asyncio.run(ttft(url, key, r, concurrency, args.ttft_requests, burst=burst,
-                                                   pause_ms=pause_ms)))
+                                                   pause_ms=pause_ms, procs=procs)))
             print(json.dumps(report["ttft"][-1]), flush=True)
-        # One slot, busy: every stream past the first waits in the queue with keep-alives flowing.
-        procs.stop("inference")
-        r.delete(f"levee:workers:{MODEL}")
-        procs.start("inference", [*inference, "-c", "1", "-n", f"bench-inf1-{port}@%h"])
-        deadline = time.time() + 120
-        while not r.zcount(f"levee:workers:{MODEL}", time.time() - 10, "+inf") and time.time() < deadline:
-            time.sleep(0.5)
-        report["streams"] = asyncio.run(open_streams(url, key, levels))
+        if levels:
+            # One slot, busy: every stream past the first waits in the queue with keep-alives flowing.
+            procs.stop("inference")
+            r.delete(f"levee:workers:{MODEL}")
+            procs.start("inference", [*inference, "-c", "1", "-n", f"bench-inf1-{port}@%h"])
+            deadline = time.time() + 120
+            while not r.zcount(f"levee:workers:{MODEL}", time.time() - 10, "+inf") and time.time() < deadline:
+                time.sleep(0.5)
+            report["streams"] = asyncio.run(open_streams(url, key, levels))
     finally:
         procs.stop_all()
         r.flushdb()
