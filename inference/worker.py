@@ -151,15 +151,9 @@ def settle(message: protocol.JobMessage, usage: dict, started: float, finished: 
         "started_at": _iso(started), "finished_at": _iso(finished)}])
 
 
-_RECV = {}
-@signals.task_received.connect
-def _recv(request=None, **_):
-    _RECV[request.id] = time.time()
-
 def run_job(rt: Runtime, data: dict) -> str:
     """Run one job to its end; returns how it ended (for logs and tests). The calling task thread
     sleeps while the job runs: the process's Forwarder copies the engine's output to the stream."""
-    t_entry = time.time()
     message = protocol.JobMessage.from_dict(data)
     key = protocol.stream_key(message.job_id)
     r = rt.redis
@@ -181,10 +175,6 @@ def run_job(rt: Runtime, data: dict) -> str:
         settle(message, zero, now, now)
         return "deadline"
     waited_ms = int((now - message.enqueued_at) * 1000)
-    rcv = _RECV.pop(message.job_id, None)
-    if rcv and message.sampling.max_tokens == 2:
-        with open("/tmp/handoff.log", "a") as f:
-            f.write(f"{(rcv - message.enqueued_at)*1000:.2f} {(t_entry - rcv)*1000:.2f} {(now - t_entry)*1000:.2f} {(time.time()-now)*1000:.2f}\n")
     pipe = r.pipeline(transaction=False)  # one round trip: record the wait, say started, look for a cancel
     pipe.set(protocol.wait_key(message.model), waited_ms, ex=60)
     pipe.xadd(key, protocol.encode_event(protocol.STARTED, t=time.time(), worker=rt.worker_id, queued_ms=waited_ms),
