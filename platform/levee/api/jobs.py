@@ -66,12 +66,14 @@ def _publish(message: dict, queue: str) -> None:
 
 
 def _redis_broker() -> str | None:
-    """The broker's URL when it is a plain Redis one that the event loop can push to directly
-    (no transport options such as a key prefix or priority steps, which change where kombu writes)."""
+    """The broker's URL when it is a plain Redis one that the event loop can push to directly: no
+    transport options (a key prefix or priority steps change where kombu writes) and no TLS settings
+    of Celery's own (our client would not know them)."""
     from levee.celery import app
 
     url = settings.CELERY_BROKER_URL
-    if url.split("://", 1)[0] in ("redis", "rediss") and not app.conf.broker_transport_options:
+    if url.split("://", 1)[0] in ("redis", "rediss") and not app.conf.broker_transport_options \
+            and not app.conf.broker_use_ssl:
         return url
     return None
 

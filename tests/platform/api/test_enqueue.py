@@ -59,10 +59,15 @@ def test_a_real_celery_worker_runs_the_pushed_message(settings):
     worker_app.conf.update(task_default_queue=queue, worker_hijack_root_logger=False, task_ignore_result=True)
     received, ran = [], threading.Event()
 
-    @worker_app.task(name=protocol.GENERATE_TASK)
+    worker_app.finalize()  # shared tasks join now: the inference worker's own, if imported, goes
+    worker_app.tasks.pop(protocol.GENERATE_TASK, None)
+
+    @worker_app.task(name=protocol.GENERATE_TASK, shared=False)
     def generate(message):
         received.append(message)
         ran.set()
+
+    assert worker_app.tasks[protocol.GENERATE_TASK] is generate
 
     message = protocol.JobMessage(job_id=uuid.uuid4().hex, model="m", prompt_ids=[5, 6], user="1", hold_id="h",
                                   deadline=0.0, sampling=protocol.Sampling(max_tokens=3))
@@ -84,15 +89,17 @@ def test_with_another_broker_celery_publishes_in_a_thread(settings, monkeypatch)
     assert calls == [("j2", "inference.m")]
 
 
-@pytest.mark.parametrize("options", [{"global_keyprefix": "x:"}, {"priority_steps": [0, 5]}])
-def test_redis_transport_options_send_the_message_through_celery(settings, options):
+@pytest.mark.parametrize("name,value", [("broker_transport_options", {"global_keyprefix": "x:"}),
+                                        ("broker_transport_options", {"priority_steps": [0, 5]}),
+                                        ("broker_use_ssl", {"ssl_cert_reqs": "required", "ssl_ca_certs": "/ca.pem"})])
+def test_celery_broker_settings_our_client_would_not_follow_send_through_celery(settings, name, value):
     from levee.celery import app
 
     settings.CELERY_BROKER_URL = settings.REDIS_URL
     assert jobs._redis_broker() == settings.REDIS_URL
-    previous = app.conf.broker_transport_options
-    app.conf.broker_transport_options = options
+    previous = app.conf[name]
+    app.conf[name] = value
     try:
         assert jobs._redis_broker() is None
     finally:
-        app.conf.broker_transport_options = previous
+        app.conf[name] = previous
