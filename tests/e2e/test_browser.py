@@ -1,6 +1,6 @@
 """The web UI in a real browser (Debian's chromium through Playwright) against a real stack: sign up,
 verify from the mailed link, log in, chat with a reply that streams in and one that is stopped,
-create and copy an API key, see the usage, log out. Model text and titles stay text (no XSS).
+rename and delete the conversation, create and copy an API key, see the usage, log out. Model text and titles stay text (no XSS).
 Screenshots of every page land in test-artifacts/ (gitignored)."""
 from __future__ import annotations
 
@@ -192,6 +192,31 @@ def test_the_whole_journey(stack, context):
     stopped = Message.objects.filter(role="assistant", conversation__user__email=email).order_by("-id").first()
     assert stopped.status == "stopped" and stopped.content and 0 < stopped.completion_tokens < 1000
 
+    # Rename the conversation in the list (a title is text, even one that looks like markup), then
+    # delete it: asked first; the open conversation goes and the page is an empty chat again.
+    conversation = Conversation.objects.get(user__email=email)
+    page.get_by_role("button", name="Rename “Hello! What is Levee?”").click()
+    page.get_by_label("New title").fill("  Levee <b>notes</b> ")
+    shot(page, "07b-chat-renaming")
+    page.get_by_label("New title").press("Enter")
+    page.locator("#conversation-list a", has_text="Levee <b>notes</b>").wait_for()
+    assert page.get_by_role("heading", level=1).inner_text() == "Levee <b>notes</b>"
+    assert page.title() == "Levee <b>notes</b> · Levee"
+    conversation.refresh_from_db()
+    assert conversation.title == "Levee <b>notes</b>"
+    delete = page.get_by_role("button", name="Delete “Levee <b>notes</b>”")
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    delete.click()
+    assert page.locator("#conversation-list a").count() == 1 and Conversation.objects.filter(pk=conversation.pk).exists()
+    page.once("dialog", lambda dialog: dialog.accept())
+    delete.click()
+    page.wait_for_url(re.compile(r"/chat/$"))
+    assert page.get_by_role("heading", level=1).inner_text() == "New chat"
+    assert page.locator("#no-conversations").is_visible()
+    assert not Conversation.objects.filter(user__email=email).exists()
+    assert not Message.objects.filter(conversation__user__email=email).exists()
+    shot(page, "07c-chat-deleted")
+
     # An API key: shown once, copied to the clipboard, and it works.
     nav(page, "API keys").click()
     page.get_by_label("Name (to tell your keys apart)").fill("browser")
@@ -228,7 +253,7 @@ def test_model_text_and_titles_render_as_text_not_html(stack, context):
     user = make_user("mallory@example.com")
     conversation = Conversation.objects.create(user=user, model=MODEL, title=XSS)
     Message.objects.create(conversation=conversation, role="user", content=XSS)
-    Message.objects.create(conversation=conversation, role="assistant", content=(
+    Message.objects.create(conversation=conversation, role="assistant", reasoning=f"First, {XSS}\nthen the answer.", content=(
         f"Here you go: {XSS}\n\n**bold** and *italic* with `{XSS}`\n\n"
         "- a [good link](https://example.com/docs)\n- a [bad link](javascript:window.__xss=3)\n\n"
         f"```html\n{XSS}\n```"))
@@ -247,6 +272,12 @@ def test_model_text_and_titles_render_as_text_not_html(stack, context):
     links = reply.locator("a")
     assert links.count() == 1 and links.first.get_attribute("href") == "https://example.com/docs"
     assert "[bad link](javascript:window.__xss=3)" in reply.inner_text()
+    # A reasoner's stored thinking: above the answer, collapsed, and text too.
+    thinking = page.locator("article.message.assistant details.reasoning")
+    assert thinking.get_attribute("open") is None and thinking.locator("summary").inner_text() == "Thought"
+    thinking.locator("summary").click()
+    assert thinking.locator(".reasoning-body").inner_text() == f"First, {XSS}\nthen the answer."
+    assert thinking.locator("img, script").count() == 0
     # On a phone-sized screen the list stacks above the transcript.
     page.set_viewport_size({"width": 390, "height": 844})
     shot(page, "11b-chat-narrow")
@@ -264,6 +295,41 @@ def test_model_text_and_titles_render_as_text_not_html(stack, context):
     page.locator("article.message.assistant:not(.streaming)").nth(1).wait_for(timeout=60_000)
     assert page.evaluate("typeof window.__xss") == "undefined"
     assert page.locator("article.message.user .message-body").nth(1).inner_text() == XSS
+
+
+def test_a_reasoners_thinking_shows_collapsed_above_its_answer(stack, context):
+    """The stack's random-weight model never thinks, so the reply's events are scripted here (the
+    page's script is what is under test): reasoning, then the answer, then done."""
+    import json
+
+    user = make_user("thinker@example.com")
+    conversation = Conversation.objects.create(user=user, model=MODEL, title="Sums")
+    page = context.new_page()
+    log_in(page, user.email)
+    page.goto(f"/chat/{conversation.pk}/")
+
+    def sse(event, data):
+        return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+    body = "".join([
+        sse("start", {"conversation": {"id": conversation.pk, "title": "Sums", "model": MODEL, "updated_at": ""},
+                      "question_id": 1, "reply_id": 2, "max_tokens": 100}),
+        sse("reasoning", {"text": "Two and two "}), sse("reasoning", {"text": f"make four. {XSS}"}),
+        sse("delta", {"text": "It is "}), sse("delta", {"text": "**4**."}),
+        sse("done", {"status": "complete", "finish_reason": "stop", "usage": {}}),
+    ])
+    page.route("**/messages", lambda route: route.fulfill(status=200, content_type="text/event-stream", body=body))
+    page.get_by_label("Your message").fill("What is 2 + 2?")
+    page.get_by_role("button", name="Send").click()
+    reply = page.locator("article.message.assistant:not(.streaming)")
+    reply.wait_for()
+    thinking = reply.locator("details.reasoning")
+    assert thinking.get_attribute("open") is None and thinking.locator("summary").inner_text() == "Thought"
+    assert reply.locator(".message-body").inner_text() == "It is 4." and reply.locator("strong").count() == 1
+    thinking.locator("summary").click()
+    assert thinking.locator(".reasoning-body").inner_text() == f"Two and two make four. {XSS}"
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    shot(page, "11c-chat-reasoning")
 
 
 def test_the_password_reset_pages_are_ours(stack, context):

@@ -6,7 +6,7 @@ from levee.chat.models import Conversation, Message
 class MessageInline(admin.TabularInline):
     model = Message
     extra = 0
-    fields = ["role", "status", "model", "content", "prompt_tokens", "completion_tokens", "created_at"]
+    fields = ["role", "status", "model", "reasoning", "content", "prompt_tokens", "completion_tokens", "created_at"]
     readonly_fields = fields
     can_delete = False
 

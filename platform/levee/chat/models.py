@@ -43,6 +43,8 @@ class Message(models.Model):
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
     role = models.CharField(max_length=9, choices=Role.choices)
     content = models.TextField(blank=True)
+    # A reasoner's <think>…</think>, kept apart from the answer: shown, never sent back to the model.
+    reasoning = models.TextField(blank=True)
     status = models.CharField(max_length=9, choices=Status.choices, default=Status.COMPLETE)
     model = models.CharField(max_length=64, blank=True)
     job_id = models.CharField(max_length=64, blank=True, db_index=True)

@@ -1,4 +1,5 @@
-"""Web chat verbs: start a conversation, start a reply (quota + one reply at a time), finish it.
+"""Web chat verbs: start a conversation, rename or delete it, start a reply (quota + one reply at a
+time), finish it.
 
 Free web chat is recorded with billing's `record_free_usage` (zero cost) when its job ends, by the
 web process that streamed it: see docs/web.md for why the web side settles rather than a task.
@@ -7,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+import unicodedata
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -44,6 +46,62 @@ def title_from(text: str) -> str:
 
 def create_conversation(user: User, *, model: str) -> Conversation:
     return Conversation.objects.create(user=user, model=model)
+
+
+def clean_title(value) -> str:
+    """A title the owner typed: trimmed, 1..TITLE_MAX_LENGTH characters, one line of printable text.
+    Raises ChatRefused (param "title")."""
+    if not isinstance(value, str) or not value.strip():
+        raise ChatRefused(400, "missing_parameter", "Give the chat a title.", param="title")
+    title = value.strip()
+    # Cc: newlines, tabs, NUL (which PostgreSQL refuses), escapes; Cs: lone surrogates JSON lets through.
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in title):
+        raise ChatRefused(400, "invalid_parameter", "A title must be one line of text, without control characters.",
+                          param="title")
+    if len(title) > TITLE_MAX_LENGTH:
+        raise ChatRefused(400, "invalid_parameter", f"A title may have at most {TITLE_MAX_LENGTH} characters.",
+                          param="title")
+    return title
+
+
+def rename_conversation(conversation: Conversation, title) -> Conversation:
+    """Set the title the owner chose. The list's order (last activity) does not change."""
+    title = clean_title(title)
+    Conversation.objects.filter(pk=conversation.pk).update(title=title)
+    conversation.title = title
+    return conversation
+
+
+def streaming_job_ids(conversation: Conversation) -> list[str]:
+    """The jobs still writing replies in this conversation (to cancel before deleting it)."""
+    return list(conversation.messages.filter(status=Status.STREAMING).exclude(job_id="")
+                .values_list("job_id", flat=True))
+
+
+def delete_conversation(conversation: Conversation) -> None:
+    """Delete the conversation and its messages. The caller cancels the jobs of replies still
+    streaming first (`jobs.cancel`, async). Such a reply is finished before it goes, from what its
+    job wrote to Redis, so the tokens it used still count against the day's free allowance, once
+    (finish_reply's compare-and-set: the web process streaming it may get there first)."""
+    from redis.exceptions import RedisError
+
+    streaming = list(conversation.messages.filter(status=Status.STREAMING)
+                     .values_list("pk", "job_id", "prompt_tokens", "model", "created_at"))
+    reasoners = _reasoner_names()
+    outcomes = {}
+    for reply_id, job_id, prompt_tokens, model, _created in streaming:
+        try:
+            outcomes[reply_id] = read_job_stream(job_id, prompt_tokens=prompt_tokens, reasoner=model in reasoners)
+        except RedisError:  # count the prompt at least; the rest is lost with the stream
+            log.warning("chat delete: Redis unreachable reading job %s; counting its prompt only", job_id)
+            outcomes[reply_id] = JobOutcome(usage=_usage(0, prompt_tokens, 0))
+    with transaction.atomic():
+        for reply_id, job_id, _prompt, _model, created_at in streaming:
+            outcome = outcomes[reply_id]
+            finish_reply(reply_id, content=outcome.content, reasoning=outcome.reasoning, status=Status.STOPPED,
+                         usage=outcome.usage, started_at=created_at, request_id=f"delete-{job_id or reply_id}",
+                         finish_reason="deleted")
+        conversation.delete()
 
 
 def daily_quota(mode: str | None = None) -> int:
@@ -124,7 +182,7 @@ def abandon_reply(started: StartedReply) -> None:
 
 
 def finish_reply(reply_id: int, *, content: str, status: str, usage: dict, started_at: datetime,
-                 request_id: str, finish_reason: str = "", error: str = "") -> bool:
+                 request_id: str, finish_reason: str = "", error: str = "", reasoning: str = "") -> bool:
     """Save the reply and record its tokens as free usage, once: only a reply still streaming is
     finished (compare-and-set), so a second caller (stop racing done) changes nothing. True if this
     call finished it."""
@@ -134,7 +192,7 @@ def finish_reply(reply_id: int, *, content: str, status: str, usage: dict, start
     prompt = usage.get("prompt_cache_hit_tokens", 0) + usage.get("prompt_cache_miss_tokens", 0)
     with transaction.atomic():
         changed = Message.objects.filter(pk=reply_id, status=Status.STREAMING).update(
-            content=content, status=status, finish_reason=finish_reason[:32], error=error[:300],
+            content=content, reasoning=reasoning, status=status, finish_reason=finish_reason[:32], error=error[:300],
             prompt_tokens=prompt or F("prompt_tokens"), completion_tokens=usage.get("completion_tokens", 0),
             finished_at=now)
         if not changed:
@@ -156,44 +214,90 @@ def fail_reply(reply_id: int) -> None:
         status=Status.ERROR, error="The reply could not be saved.", finished_at=timezone.now())
 
 
+def _usage(hit: int, miss: int, completion: int) -> dict:
+    from inference import protocol
+
+    return protocol.usage_dict(hit, miss, completion)
+
+
+def _reasoner_names() -> set[str]:
+    from levee.api.models import LlmModel
+
+    return set(LlmModel.objects.filter(reasoner=True).values_list("name", flat=True))
+
+
+@dataclass
+class JobOutcome:
+    """What a job wrote to its event stream: the answer, a reasoner's reasoning, the last usage, and
+    its `done`/`error` event if it got that far."""
+    content: str = ""
+    reasoning: str = ""
+    usage: dict = field(default_factory=dict)
+    end: dict | None = None
+
+
+def read_job_stream(job_id: str, *, prompt_tokens: int, reasoner: bool) -> JobOutcome:
+    """Read a job's whole event stream (empty if it is gone), splitting a reasoner's <think>…</think>
+    out of the answer the way the streaming view does. Raises RedisError."""
+    from inference import protocol
+    from levee.api.think import ThinkSplitter
+    from levee.core.store import redis_client
+
+    entries = redis_client().xrange(protocol.stream_key(job_id)) if job_id else []
+    splitter = ThinkSplitter() if reasoner else None
+    content, reasoning = [], []
+    outcome = JobOutcome(usage=_usage(0, prompt_tokens, 0))
+    for _id, fields in entries:
+        try:
+            event = protocol.decode_event(fields)
+        except protocol.ProtocolError:
+            continue
+        if event["type"] == protocol.DELTA:
+            text = event.get("text", "").replace("\x00", "\ufffd")
+            r, c = splitter.push(text) if splitter else ("", text)
+            reasoning.append(r)
+            content.append(c)
+        if event["type"] in (protocol.DELTA, protocol.DONE, protocol.ERROR):
+            outcome.usage = event.get("usage", outcome.usage)
+        if event["type"] in (protocol.DONE, protocol.ERROR):
+            outcome.end = event
+            break
+    if splitter:
+        r, c = splitter.flush()
+        reasoning.append(r)
+        content.append(c)
+    outcome.content, outcome.reasoning = "".join(content), "".join(reasoning)
+    return outcome
+
+
 def sweep_stale_replies(*, now: datetime | None = None, limit: int = 500) -> int:
     """Finish replies left "streaming" by a web process that died mid-reply (past their job's
     deadline): what the job wrote to its event stream, if that is still in Redis (an hour), becomes
-    the reply and its tokens count against the day's free allowance; otherwise the reply is marked
-    interrupted. Returns how many replies were finished."""
+    the reply (a reasoner's reasoning apart from its answer) and its tokens count against the day's
+    free allowance; otherwise the reply is marked interrupted. Returns how many replies were finished."""
     from redis.exceptions import RedisError
 
     from inference import protocol
-    from levee.core.store import redis_client
 
     now = now or timezone.now()
     stale = list(Message.objects.filter(status=Status.STREAMING, created_at__lt=_in_flight_cutoff(now))
-                 .order_by("id").values_list("pk", "job_id", "prompt_tokens", "created_at")[:limit])
+                 .order_by("id").values_list("pk", "job_id", "prompt_tokens", "model", "created_at")[:limit])
+    reasoners = _reasoner_names() if stale else set()
     finished = 0
-    for reply_id, job_id, prompt_tokens, created_at in stale:
-        text, usage, end = [], protocol.usage_dict(0, prompt_tokens, 0), None
+    for reply_id, job_id, prompt_tokens, model, created_at in stale:
         try:
-            entries = redis_client().xrange(protocol.stream_key(job_id)) if job_id else []
+            outcome = read_job_stream(job_id, prompt_tokens=prompt_tokens, reasoner=model in reasoners)
         except RedisError:  # the streams may still be there: leave the rest to the next run
             log.warning("chat sweep: Redis unreachable; %s stale replies wait for the next run", len(stale) - finished)
             break
-        for _id, fields in entries:
-            try:
-                event = protocol.decode_event(fields)
-            except protocol.ProtocolError:
-                continue
-            if event["type"] == protocol.DELTA:
-                text.append(event.get("text", ""))
-            if event["type"] in (protocol.DELTA, protocol.DONE, protocol.ERROR):
-                usage = event.get("usage", usage)
-            if event["type"] in (protocol.DONE, protocol.ERROR):
-                end = event
+        end = outcome.end
         if end is not None and end["type"] == protocol.DONE:
             status, reason, error = Status.COMPLETE, end.get("finish_reason", ""), ""
-        elif text:
+        elif outcome.content or outcome.reasoning:
             status, reason, error = Status.STOPPED, "", "The connection was lost; this is the part that arrived."
         else:
             status, reason, error = Status.ERROR, "", "The reply was interrupted."
-        finished += finish_reply(reply_id, content="".join(text), status=status, usage=usage, started_at=created_at,
-                                 request_id=f"sweep-{job_id or reply_id}", finish_reason=reason, error=error)
+        finished += finish_reply(reply_id, content=outcome.content, reasoning=outcome.reasoning, status=status,
+                                 usage=outcome.usage, started_at=created_at, request_id=f"sweep-{job_id or reply_id}",
+                                 finish_reason=reason, error=error)
     return finished

@@ -16,13 +16,14 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.contrib.auth.decorators import login_required
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from redis.exceptions import RedisError
 
 from inference import protocol
 from levee.api import jobs
 from levee.api.models import LlmModel, aenabled_model
+from levee.api.think import ThinkSplitter
 from levee.chat import services
 from levee.chat.models import Conversation, Message, Status
 from levee.core.asyncdb import db  # database work on the shared pool: a stream must not hold a connection
@@ -36,8 +37,8 @@ MIN_REPLY_TOKENS = 64
 
 
 def _message_row(message: Message) -> dict:
-    return {"id": message.pk, "role": message.role, "content": message.content, "status": message.status,
-            "model": message.model, "error": message.error}
+    return {"id": message.pk, "role": message.role, "content": message.content, "reasoning": message.reasoning,
+            "status": message.status, "model": message.model, "error": message.error}
 
 
 def _conversation_row(conversation: Conversation) -> dict:
@@ -105,13 +106,39 @@ def create_conversation(request):
     return JsonResponse(_conversation_row(conversation), status=201)
 
 
-def conversation_detail(request, conversation_id: int):
-    """GET /chat/api/conversations/<id>: the conversation and its messages."""
-    if not request.user.is_authenticated:
+async def conversation_detail(request, conversation_id: int):
+    """GET /chat/api/conversations/<id>: the conversation and its messages.
+    PATCH {"title": "..."}: rename it → the conversation.
+    DELETE: delete it and its messages → 204; a reply still being written has its job cancelled first."""
+    if request.method not in ("GET", "PATCH", "DELETE"):
+        return error_response(405, f"{request.method} is not allowed here", headers={"Allow": "GET, PATCH, DELETE"})
+    user = await db(get_user)(request)
+    if not user.is_authenticated:
         return error_response(401, "Log in to chat.", code="not_authenticated")
-    conversation = get_object_or_404(Conversation, pk=conversation_id, user=request.user)
-    return JsonResponse({**_conversation_row(conversation),
-                         "messages": [_message_row(m) for m in conversation.messages.all()]})
+    conversation = await db(lambda: Conversation.objects.filter(pk=conversation_id, user=user).first())()
+    if conversation is None:
+        return error_response(404, "No such conversation.")
+    if request.method == "PATCH":
+        try:
+            body = _json_body(request)
+            if "title" not in body:
+                raise services.ChatRefused(400, "missing_parameter", "Give the chat a title.", param="title")
+            await db(services.rename_conversation)(conversation, body["title"])
+        except services.ChatRefused as exc:
+            return _refused(exc)
+        return JsonResponse(_conversation_row(conversation))
+    if request.method == "DELETE":
+        # Stop the worker before the reply's row goes: nobody would be left to read what it writes.
+        for job_id in await db(services.streaming_job_ids)(conversation):
+            try:
+                await jobs.cancel(job_id)
+            except RedisError:
+                return error_response(503, "Could not reach the service to stop the reply being written; retry.",
+                                      headers={"Retry-After": "2"})
+        await db(services.delete_conversation)(conversation)
+        return HttpResponse(status=204)
+    messages = await db(lambda: [_message_row(m) for m in conversation.messages.all()])()
+    return JsonResponse({**_conversation_row(conversation), "messages": messages})
 
 
 def _mode() -> str | None:
@@ -146,13 +173,16 @@ def _fit_prompt(model: LlmModel, history: list[dict], text: str) -> list[int]:
 
 
 def _history(conversation: Conversation) -> list[dict]:
+    # The answer only: a reasoner's reasoning is not fed back to the model (DeepSeek's rule for
+    # deepseek-reasoner; multi-turn prompts with it are out of the model's training distribution).
     return [{"role": m.role, "content": m.content}
             for m in conversation.messages.exclude(status=Status.STREAMING).exclude(content="")]
 
 
 async def post_message(request, conversation_id: int):
     """POST /chat/api/conversations/<id>/messages {"content": "...", "model": "..."} → text/event-stream:
-    `start` (message ids, title), `delta` (text), then `done` or `error`; `: keep-alive` while queued."""
+    `start` (message ids, title), `reasoning` (a reasoner's thinking, text) and `delta` (the answer,
+    text), then `done` or `error`; `: keep-alive` while queued."""
     if request.method != "POST":
         return error_response(405, f"{request.method} is not allowed here")
     user = await db(get_user)(request)
@@ -206,7 +236,8 @@ async def post_message(request, conversation_id: int):
         await db(services.abandon_reply)(started)
         return error_response(503, "The service is temporarily unavailable; retry shortly.",
                               headers={"Retry-After": "5"})
-    reply = _Reply(request=request, conversation=conversation, started=started, job_id=job_id)
+    reply = _Reply(request=request, conversation=conversation, started=started, job_id=job_id,
+                   reasoner=model.reasoner)
     response = StreamingHttpResponse(reply.sse(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
@@ -220,18 +251,45 @@ def _sse(event: str, data: dict) -> bytes:
 class _Reply:
     """One job's events → the browser, and the reply saved (with its free usage) when it ends."""
 
-    def __init__(self, *, request, conversation, started: services.StartedReply, job_id: str):
+    def __init__(self, *, request, conversation, started: services.StartedReply, job_id: str,
+                 reasoner: bool = False):
         self.conversation, self.started, self.job_id = conversation, started, job_id
         self.request_id = getattr(request, "request_id", job_id)
         self.started_at = datetime.now(UTC)
         self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.splitter = ThinkSplitter() if reasoner else None
         self.usage = protocol.usage_dict(0, started.reply.prompt_tokens, 0)
 
+    def _take(self, text: str, *, final: bool = False) -> tuple[str, str]:
+        """Keep a piece of the model's output; returns its (reasoning, answer) parts now certain. A
+        reasoner's tags may be cut anywhere across deltas: the splitter holds back what could still
+        become one until `final`."""
+        if self.splitter is None:
+            reasoning, content = "", text
+        else:
+            reasoning, content = self.splitter.push(text)
+            if final:
+                r, c = self.splitter.flush()
+                reasoning, content = reasoning + r, content + c
+        self.reasoning.append(reasoning)
+        self.text.append(content)
+        return reasoning, content
+
+    def _events_for(self, text: str, *, final: bool = False):
+        reasoning, content = self._take(text, final=final)
+        if reasoning:
+            yield _sse("reasoning", {"text": reasoning})
+        if content:
+            yield _sse("delta", {"text": content})
+
     async def _finish(self, status: str, *, finish_reason: str = "", error: str = "") -> None:
+        self._take("", final=True)  # whatever the splitter still holds back
         try:
             await db(services.finish_reply)(
-                self.started.reply.pk, content="".join(self.text), status=status, usage=self.usage,
-                started_at=self.started_at, request_id=self.request_id, finish_reason=finish_reason, error=error)
+                self.started.reply.pk, content="".join(self.text), reasoning="".join(self.reasoning), status=status,
+                usage=self.usage, started_at=self.started_at, request_id=self.request_id,
+                finish_reason=finish_reason, error=error)
         except Exception:
             # Never leave the reply "streaming": that would block the account's next message.
             log.exception("saving the reply of chat job %s failed", self.job_id)
@@ -252,11 +310,12 @@ class _Reply:
                 if kind == protocol.DELTA:
                     self.usage = event.get("usage", self.usage)
                     # A model can emit NUL, which PostgreSQL text refuses: shown and kept as U+FFFD.
-                    text = event.get("text", "").replace("\x00", "\ufffd")
-                    self.text.append(text)
-                    yield _sse("delta", {"text": text})
+                    for chunk in self._events_for(event.get("text", "").replace("\x00", "\ufffd")):
+                        yield chunk
                 elif kind == protocol.DONE:
                     self.usage = event.get("usage", self.usage)
+                    for chunk in self._events_for("", final=True):
+                        yield chunk
                     reason = event.get("finish_reason", "stop")
                     status = Status.STOPPED if reason == "cancelled" else Status.COMPLETE
                     await self._finish(status, finish_reason=reason)

@@ -1,5 +1,6 @@
 // The chat page: render the history, send a message, read the reply as it streams (SSE over a
-// POST, read with fetch), stop it, copy messages and code. Model text only ever becomes DOM text.
+// POST, read with fetch), stop it, copy messages and code, show a reasoner's thinking apart from its
+// answer, rename and delete conversations. Model text and titles only ever become DOM text.
 (function () {
   "use strict";
   const root = document.getElementById("chat");
@@ -21,6 +22,7 @@
     messages: (cid) => root.dataset.messagesUrlTemplate.replace("/0/", "/" + cid + "/"),
     stop: (cid, mid) => root.dataset.stopUrlTemplate.replace("/0/", "/" + cid + "/").replace("/1/stop", "/" + mid + "/stop"),
     page: (cid) => root.dataset.pageUrlTemplate.replace("/0/", "/" + cid + "/"),
+    detail: (cid) => root.dataset.detailUrlTemplate.replace(/\/0$/, "/" + cid),
   };
 
   function addCodeCopy(pre, code) {
@@ -42,12 +44,26 @@
     who.textContent = role === "user" ? "You said" : "Assistant replied";
     const body = document.createElement("div");
     body.className = "message-body";
+    if (role === "assistant") {
+      // A reasoner's thinking, above the answer; hidden until there is some.
+      const reasoning = document.createElement("details");
+      reasoning.className = "reasoning";
+      reasoning.hidden = true;
+      const summary = document.createElement("summary");
+      summary.textContent = "Thinking…";
+      summary.addEventListener("click", () => { reasoning.dataset.touched = "1"; });
+      const thoughts = document.createElement("div");
+      thoughts.className = "reasoning-body";
+      reasoning.append(summary, thoughts);
+      article.appendChild(reasoning);
+    }
     const tools = document.createElement("div");
     tools.className = "message-tools";
     const note = document.createElement("span");
     note.className = "message-note";
     tools.appendChild(note);
-    article.append(who, body, tools);
+    article.prepend(who);
+    article.append(body, tools);
     article.raw = "";
     tools.appendChild(LeveeCopy.copyButton(() => article.raw, "Copy"));
     return article;
@@ -63,6 +79,15 @@
     }
   }
 
+  // state: "thinking" while it streams, "thought" once the answer starts or the reply has ended.
+  function setReasoning(article, text, state) {
+    const details = article.querySelector(".reasoning");
+    if (!details) return;
+    details.hidden = !text;
+    details.querySelector(".reasoning-body").textContent = text;  // plain text, never markup
+    details.querySelector("summary").textContent = state === "thinking" ? "Thinking…" : "Thought";
+  }
+
   function setNote(article, status, error) {
     const note = article.querySelector(".message-note");
     note.textContent = {stopped: "Stopped.", error: "Error: " + (error || "the reply could not be completed."),
@@ -70,11 +95,12 @@
     article.dataset.status = status;
   }
 
-  function append(role, text, id, status, error) {
+  function append(role, text, id, status, error, reasoning) {
     const hint = transcript.querySelector(".empty-hint");
     if (hint) hint.remove();
     const article = messageElement(role, id);
     setText(article, text);
+    if (reasoning) setReasoning(article, reasoning, status === "streaming" && !text ? "thinking" : "thought");
     if (status) setNote(article, status, error);
     transcript.appendChild(article);
     article.scrollIntoView({block: "end"});
@@ -82,7 +108,7 @@
   }
 
   const initial = JSON.parse(document.getElementById("initial-messages").textContent);
-  initial.forEach((m) => append(m.role, m.content, m.id, m.status, m.error));
+  initial.forEach((m) => append(m.role, m.content, m.id, m.status, m.error, m.reasoning));
 
   function showError(message) {
     errorLine.textContent = message;
@@ -96,39 +122,137 @@
     statusLine.textContent = on ? "Writing a reply…" : "";
   }
 
-  async function postJson(url, body) {
+  async function requestJson(method, url, body) {
     const response = await fetch(url, {
-      method: "POST", credentials: "same-origin",
+      method: method, credentials: "same-origin",
       headers: {"Content-Type": "application/json", "X-CSRFToken": csrf, "Accept": "application/json"},
-      body: JSON.stringify(body || {}),
+      body: method === "DELETE" ? undefined : JSON.stringify(body || {}),
     });
     let data = {};
-    try { data = await response.json(); } catch (e) { /* an HTML error page */ }
+    try { data = await response.json(); } catch (e) { /* 204, or an HTML error page */ }
     if (!response.ok) throw new Error(data.error ? data.error.message : "Request failed (" + response.status + ")");
     return data;
   }
 
+  const postJson = (url, body) => requestJson("POST", url, body);
+  const list = document.getElementById("conversation-list");
+
+  function toolButton(action, symbol) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "icon";
+    button.dataset.action = action;
+    button.title = action === "rename" ? "Rename" : "Delete";
+    button.textContent = symbol;
+    return button;
+  }
+
+  // The same structure as the template's list items.
   function addToList(conversation) {
-    const list = document.getElementById("conversation-list");
     const empty = document.getElementById("no-conversations");
     if (empty) empty.remove();
     list.querySelectorAll("[aria-current]").forEach((a) => a.removeAttribute("aria-current"));
     const li = document.createElement("li");
+    li.className = "conversation";
+    li.dataset.conversationId = conversation.id;
     const a = document.createElement("a");
     a.href = urls.page(conversation.id);
-    a.dataset.conversationId = conversation.id;
-    a.textContent = conversation.title;
     a.setAttribute("aria-current", "page");
-    li.appendChild(a);
+    const tools = document.createElement("span");
+    tools.className = "conversation-tools";
+    tools.append(toolButton("rename", "✎"), toolButton("delete", "✕"));
+    li.append(a, tools);
     list.prepend(li);
+    listTitle(li, conversation.title);
+  }
+
+  function listTitle(li, text) {
+    li.querySelector("a").textContent = text;
+    li.querySelector('[data-action="rename"]').setAttribute("aria-label", "Rename “" + text + "”");
+    li.querySelector('[data-action="delete"]').setAttribute("aria-label", "Delete “" + text + "”");
   }
 
   function retitle(conversation) {
-    title.textContent = conversation.title;
-    document.title = conversation.title + " · Levee";
-    const link = document.querySelector('#conversation-list a[aria-current="page"]');
-    if (link) link.textContent = conversation.title;
+    if (String(conversation.id) === String(conversationId)) {
+      title.textContent = conversation.title;
+      document.title = conversation.title + " · Levee";
+    }
+    const li = list.querySelector('li[data-conversation-id="' + Number(conversation.id) + '"]');
+    if (li) listTitle(li, conversation.title);
   }
+
+  // Rename in place: Enter or leaving the field saves, Escape keeps the old title.
+  function startRename(li) {
+    if (li.querySelector(".rename-input")) return;
+    const link = li.querySelector("a");
+    const tools = li.querySelector(".conversation-tools");
+    const field = document.createElement("input");
+    field.type = "text";
+    field.className = "rename-input";
+    field.maxLength = 80;
+    field.value = link.textContent;
+    field.setAttribute("aria-label", "New title");
+    link.hidden = tools.hidden = true;
+    li.insertBefore(field, link);
+    field.focus();
+    field.select();
+    let ended = false;
+    async function end(save) {
+      if (ended) return;
+      ended = true;
+      const text = field.value.trim();
+      if (save && text && text !== link.textContent) {
+        field.disabled = true;
+        try {
+          retitle(await requestJson("PATCH", urls.detail(li.dataset.conversationId), {title: text}));
+          showError("");
+        } catch (e) {
+          showError("Could not rename the chat: " + e.message);
+        }
+      }
+      field.remove();
+      link.hidden = tools.hidden = false;
+      li.querySelector('[data-action="rename"]').focus();
+    }
+    field.addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && !event.isComposing) { event.preventDefault(); end(true); }
+      else if (event.key === "Escape") { event.preventDefault(); end(false); }
+    });
+    field.addEventListener("blur", () => end(true));
+  }
+
+  async function remove(li) {
+    const id = li.dataset.conversationId;
+    const name = li.querySelector("a").textContent;
+    if (!window.confirm("Delete “" + name + "” and all its messages? This cannot be undone.")) return;
+    try {
+      await requestJson("DELETE", urls.detail(id));
+    } catch (e) {
+      showError("Could not delete the chat: " + e.message);
+      return;
+    }
+    if (String(id) === String(conversationId)) {  // the open one: back to an empty chat
+      if (current) current.controller.abort();
+      window.location.assign(root.dataset.chatUrl);
+      return;
+    }
+    li.remove();
+    if (!list.querySelector("li")) {
+      const empty = document.createElement("li");
+      empty.className = "muted";
+      empty.id = "no-conversations";
+      empty.textContent = "No conversations yet.";
+      list.appendChild(empty);
+    }
+  }
+
+  list.addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-action]");
+    if (!button) return;
+    const li = button.closest("li");
+    if (button.dataset.action === "rename") startRename(li);
+    else remove(li).catch((e) => showError(e.message));
+  });
 
   // Server-Sent Events from a fetch body: blocks separated by a blank line, "event:" and "data:" lines.
   async function* readEvents(response) {
@@ -168,7 +292,7 @@
     const controller = new AbortController();
     current = {replyId: null, controller: controller, element: reply, stopping: false};
     busy(true);
-    let text_ = "", ended = false;
+    let text_ = "", reasoning_ = "", ended = false;
     try {
       const response = await fetch(urls.messages(conversationId), {
         method: "POST", credentials: "same-origin", signal: controller.signal,
@@ -190,7 +314,13 @@
           question.dataset.messageId = event.data.question_id;
           retitle(event.data.conversation);
           if (current.stopping) stop();
+        } else if (event.name === "reasoning") {
+          if (!reasoning_) reply.querySelector(".reasoning").open = true;  // watch it think
+          reasoning_ += event.data.text;
+          setReasoning(reply, reasoning_, text_ ? "thought" : "thinking");
+          reply.scrollIntoView({block: "end"});
         } else if (event.name === "delta") {
+          if (reasoning_ && !text_) setReasoning(reply, reasoning_, "thought");
           text_ += event.data.text;
           setText(reply, text_);
           reply.scrollIntoView({block: "end"});
@@ -210,6 +340,11 @@
       if (e.name === "AbortError") setNote(reply, "stopped");
       else showError(e.message);
     } finally {
+      if (reasoning_) {
+        setReasoning(reply, reasoning_, "thought");
+        const details = reply.querySelector(".reasoning");
+        if (!details.dataset.touched) details.open = false;  // collapsed once done, unless opened by hand
+      }
       reply.classList.remove("streaming");
       reply.removeAttribute("aria-busy");
       current = null;
