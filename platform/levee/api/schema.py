@@ -122,7 +122,7 @@ def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
         if not isinstance(message, dict):
             raise _shape(f"messages[{i}]", f"messages[{i}] must be an object")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or object here is not hashable
             raise _shape(f"messages[{i}].role", f"messages[{i}].role must be one of {sorted(ROLES)}")
         clean.append({"role": role, "content": _content(message, i)})
     if clean[-1]["role"] == "assistant" and not clean[-1]["content"]:

@@ -35,6 +35,7 @@ def test_text_content_parts_are_joined_and_a_single_stop_becomes_a_list():
     ({"messages": []}, 400, "messages"),
     ({"messages": "hi"}, 400, "messages"),
     ({"messages": [{"role": "wizard", "content": "x"}]}, 400, "messages[0].role"),
+    ({"messages": [{"role": [], "content": "x"}]}, 400, "messages[0].role"),  # was a TypeError: a 500
     ({"messages": [{"role": "user", "content": 5}]}, 400, "messages[0].content"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, 422, "messages[0].content[0]"),
     ({"temperature": 2.5}, 422, "temperature"),

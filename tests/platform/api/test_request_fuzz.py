@@ -1,0 +1,58 @@
+"""Whatever a client sends, the request parser answers with a ChatRequest or a RequestError that names
+what is wrong (400/422): never another exception, which the API would turn into a 500."""
+import json
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from levee.api.schema import KNOWN_FIELDS as FIELDS
+from levee.api.schema import RequestError, parse_chat_request, parse_json
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+BASE = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}]}
+
+scalars = st.none() | st.booleans() | st.integers(min_value=-2**70, max_value=2**70) | \
+    st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40)
+json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5) |
+                           st.dictionaries(st.text(max_size=12), inner, max_size=5), max_leaves=20)
+message = st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "tool", "x"]) | json_values,
+                                  "content": json_values | st.text(max_size=60)})
+
+
+def _parses_or_names_the_problem(body) -> None:
+    try:
+        parse_chat_request(body)
+    except RequestError as exc:
+        assert exc.status in (400, 422), exc.status
+        assert exc.message and isinstance(exc.message, str)
+        if exc.code != "invalid_format":
+            assert exc.param is not None, exc.message  # the offending parameter is named
+
+
+@FUZZ
+@given(field=st.sampled_from(sorted(FIELDS)), value=json_values)
+def test_any_value_in_any_field(field, value):
+    _parses_or_names_the_problem({**BASE, field: value})
+
+
+@FUZZ
+@given(messages=st.lists(message, max_size=6) | json_values)
+def test_any_messages(messages):
+    _parses_or_names_the_problem({**BASE, "messages": messages})
+
+
+@FUZZ
+@given(body=st.dictionaries(st.sampled_from(sorted(FIELDS)) | st.text(max_size=10), json_values, max_size=8))
+def test_any_object(body):
+    _parses_or_names_the_problem(body)
+
+
+@FUZZ
+@given(raw=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_any_bytes(raw):
+    try:
+        body = parse_json(raw)
+    except RequestError as exc:
+        assert exc.status == 400 and exc.code == "invalid_format"
+        return
+    _parses_or_names_the_problem(body)
