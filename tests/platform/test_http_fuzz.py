@@ -51,13 +51,15 @@ def test_session_json_posts(browser, path):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_renaming_a_conversation(browser):
+@pytest.mark.parametrize("method,suffix", [("patch", ""), ("post", "/messages")])
+def test_a_conversation_renamed_or_written_to(browser, method, suffix):
     conversation = create_conversation(browser.user, model="deepseek-chat")
 
     @FUZZ
     @given(body=bodies)
     def run(body):
-        _check(browser.patch(f"/chat/api/conversations/{conversation.pk}", body, content_type="application/json"))
+        _check(getattr(browser, method)(f"/chat/api/conversations/{conversation.pk}{suffix}", body,
+                                        content_type="application/json"))
 
     run()
 
