@@ -110,6 +110,9 @@ def test_under_asgi_no_thread_is_made_before_a_request_reaches_its_view():
 
     from levee import asgi
 
+    # Importing levee.asgi disconnects them; Django's test client and query-capturing helpers in
+    # other tests connect them again, so restore what the import leaves.
+    asgi._no_thread_before_each_request()
     assert not signals.request_started._live_receivers(None)[0], "a synchronous receiver is back"
     events, calls, asked = [], [], []
     original = sync.SyncToAsync.__call__
