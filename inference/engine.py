@@ -290,6 +290,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.steps = 0
+        self.generated_tokens = 0  # sampled tokens since start, every request
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -333,9 +334,13 @@ class Engine:
         return handle
 
     def stats(self) -> dict:
+        """A snapshot for monitoring (any thread): sequences running and waiting, the batch limit, KV
+        blocks (free, evictable prefix-cache blocks, total), steps and tokens sampled since start."""
         return {"running": len(self._running), "waiting": len(self._waiting) + len(self._incoming),
-                "free_blocks": len(self.cache.free), "evictable_blocks": self.cache.evictable_blocks,
-                "cached_prefix_units": self.cache.cached_units(), "steps": self.steps}
+                "max_batch": self.max_batch, "free_blocks": len(self.cache.free),
+                "evictable_blocks": self.cache.evictable_blocks, "num_blocks": self.cache.num_blocks,
+                "cached_prefix_units": self.cache.cached_units(), "steps": self.steps,
+                "generated_tokens": self.generated_tokens}
 
     # -- scheduler -------------------------------------------------------------------------------
 
@@ -479,6 +484,7 @@ class Engine:
             s.num_computed = len(s.prompt) if s.num_computed < len(s.prompt) else s.num_computed + 1
         tokens, logprobs = self._sample(order, logits)
         self.steps += 1
+        self.generated_tokens += len(tokens)
         for s, tok, lp in zip(order, tokens, logprobs, strict=True):
             self._advance(s, tok, lp)
         for s in prefill:

@@ -49,6 +49,11 @@ def workers_key(model: str) -> str:
     return f"levee:workers:{model}"
 
 
+def worker_stats_key(model: str) -> str:
+    """Hash: worker id -> JSON of its engine's numbers at its last heartbeat (WorkerStats)."""
+    return f"levee:workers:{model}:stats"
+
+
 def wait_key(model: str) -> str:
     """Milliseconds the most recently started job of this model waited in the queue."""
     return f"levee:model:{model}:wait_ms"

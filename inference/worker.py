@@ -15,6 +15,7 @@ redelivered copy that finds it stops.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -81,6 +82,7 @@ class Runtime:
         self._stop.set()
         try:
             self.redis.zrem(protocol.workers_key(MODEL_NAME), self.worker_id)
+            self.redis.hdel(protocol.worker_stats_key(MODEL_NAME), self.worker_id)
         except redis.RedisError:
             pass
         if self._engine is not None:
@@ -103,6 +105,11 @@ class Runtime:
         pipe = self.redis.pipeline(transaction=False)
         pipe.zadd(protocol.workers_key(MODEL_NAME), {self.worker_id: now})
         pipe.zremrangebyscore(protocol.workers_key(MODEL_NAME), "-inf", now - 10 * protocol.WORKER_TTL_S)
+        engine = getattr(self, "_engine", None)
+        if engine is not None:  # what the web's /metrics and the admin dashboard show of this worker
+            stats = {"t": now, **engine.stats(), "jobs": len(jobs)}
+            pipe.hset(protocol.worker_stats_key(MODEL_NAME), self.worker_id, json.dumps(stats))
+            pipe.expire(protocol.worker_stats_key(MODEL_NAME), 10 * int(protocol.WORKER_TTL_S))
         for job_id, _ in jobs:
             pipe.xadd(protocol.stream_key(job_id), protocol.encode_event(protocol.HEARTBEAT, t=now),
                       maxlen=protocol.STREAM_MAXLEN, approximate=True)

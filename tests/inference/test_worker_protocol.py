@@ -105,6 +105,38 @@ class ScriptedEngine:
         return handle
 
 
+def test_the_heartbeat_publishes_the_engines_numbers_for_monitoring(rt):
+    import json
+
+    class Engine:
+        def stats(self):
+            return {"running": 3, "waiting": 1, "max_batch": 32, "free_blocks": 10, "evictable_blocks": 2,
+                    "num_blocks": 16, "cached_prefix_units": 0, "steps": 700, "generated_tokens": 2100}
+
+    rt._engine = Engine()
+    rt.beat_once()
+    stats = json.loads(rt.redis.hget(protocol.worker_stats_key(worker.MODEL_NAME), "test-worker"))
+    assert stats["running"] == 3 and stats["generated_tokens"] == 2100 and stats["jobs"] == 0
+    assert stats["t"] == pytest.approx(time.time(), abs=5)
+    assert 0 < rt.redis.ttl(protocol.worker_stats_key(worker.MODEL_NAME)) <= 10 * protocol.WORKER_TTL_S
+
+
+def test_the_engine_counts_its_steps_and_tokens():
+    from inference import serving
+    from inference.engine import Request, SamplingParams
+
+    engine = serving.build_engine(str(worker.ROOT / "inference" / "demo" / "checkpoint"))
+    try:
+        before = engine.stats()
+        done = engine.submit(Request([1, 20, 30], SamplingParams(max_tokens=5, temperature=0))).result(60)
+        after = engine.stats()
+    finally:
+        engine.stop()
+    assert after["generated_tokens"] - before["generated_tokens"] == done.usage.completion_tokens
+    assert after["steps"] - before["steps"] == done.usage.completion_tokens  # one request: a token a step
+    assert after["max_batch"] == serving.max_batch() and after["num_blocks"] >= after["free_blocks"] > 0
+
+
 def test_the_first_text_goes_out_at_once_and_later_tokens_are_coalesced(rt, monkeypatch):
     script = [(0, "t0 ", None)] + [(0.001, f"t{n} ", None) for n in range(1, 5)] + [(0.001, "t5 ", "length")]
     monkeypatch.setattr(worker.Runtime, "engine", ScriptedEngine(script), raising=False)

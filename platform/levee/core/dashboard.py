@@ -59,8 +59,15 @@ def _models():
     state = metrics.model_state(metrics.enabled_models())
     now = time.time()
     return {name: {"depth": s["depth"], "wait_s": s["wait_s"], "live_workers": s["live_workers"],
-                   "workers": {w: round(now - at, 1) for w, at in sorted(s["workers"].items())}}
+                   "workers": {w: round(now - at, 1) for w, at in sorted(s["workers"].items())},
+                   "engines": {w: _engine_row(e) for w, e in sorted(s["engines"].items())}}
             for name, s in state.items()}
+
+
+def _engine_row(e: dict) -> dict:
+    kv_free = (e["free_blocks"] + e["evictable_blocks"]) / e["num_blocks"] if e["num_blocks"] else None
+    return {"running": int(e["running"]), "max_batch": int(e["max_batch"]), "waiting": int(e["waiting"]),
+            "kv_free": None if kv_free is None else round(kv_free, 3)}
 
 
 def _open_holds():

@@ -22,12 +22,13 @@ and the two functions under "filled in at merge" are where the shield and billin
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,8 @@ def enabled_models() -> list[tuple[str, str]]:
 
 
 def model_state(models: list[tuple[str, str]], *, now: float | None = None) -> dict[str, dict]:
-    """Per model: queue depth, last queue wait, live workers and each worker's last heartbeat, from
-    Redis in one round trip. Raises RedisError."""
+    """Per model: queue depth, last queue wait, live workers, each worker's last heartbeat and its
+    engine's numbers from that heartbeat, from Redis in one round trip. Raises RedisError."""
     from inference import protocol
     from levee.core.store import redis_client
 
@@ -141,14 +142,50 @@ def model_state(models: list[tuple[str, str]], *, now: float | None = None) -> d
         pipe.llen(queue)
         pipe.get(protocol.wait_key(name))
         pipe.zrangebyscore(protocol.workers_key(name), now - protocol.WORKER_TTL_S, "+inf", withscores=True)
+        pipe.hgetall(protocol.worker_stats_key(name))
     replies = pipe.execute()
     state = {}
     for i, (name, queue) in enumerate(models):
-        depth, wait_ms, workers = replies[3 * i: 3 * i + 3]
+        depth, wait_ms, workers, stats = replies[4 * i: 4 * i + 4]
+        live = {w.decode(): float(t) for w, t in workers}
         state[name] = {"queue": queue, "depth": int(depth), "wait_s": int(wait_ms) / 1000 if wait_ms else None,
-                       "live_workers": len(workers),
-                       "workers": {w.decode(): float(t) for w, t in workers}}
+                       "live_workers": len(live), "workers": live,
+                       "engines": {w: e for w, e in _engine_stats(stats).items() if w in live}}
     return state
+
+
+def _engine_stats(raw: dict) -> dict[str, dict]:
+    """worker id -> the engine numbers its heartbeat wrote (entries that do not parse are skipped)."""
+    engines = {}
+    for worker, value in raw.items():
+        try:
+            stats = json.loads(value)
+            engines[worker.decode()] = {key: float(stats[key]) for key in ENGINE_FIELDS}
+        except (ValueError, KeyError, TypeError):
+            continue
+    return engines
+
+
+ENGINE_FIELDS = ("running", "waiting", "max_batch", "free_blocks", "evictable_blocks", "num_blocks", "steps",
+                 "generated_tokens")
+
+
+def _engine_families() -> dict:
+    labels = ["model", "worker"]
+    return {
+        "running": GaugeMetricFamily("levee_engine_running_sequences", "Sequences in the worker's batch at its last "
+                                     "heartbeat.", labels=labels),
+        "waiting": GaugeMetricFamily("levee_engine_waiting_sequences", "Jobs the worker holds that wait for a place "
+                                     "in its batch or for KV memory.", labels=labels),
+        "max_batch": GaugeMetricFamily("levee_engine_max_batch", "The most sequences the worker's engine runs at "
+                                       "once.", labels=labels),
+        "kv_free": GaugeMetricFamily("levee_engine_kv_cache_free_ratio", "Share of the KV cache's blocks free or "
+                                     "held only by the prefix cache (evictable).", labels=labels),
+        "steps": CounterMetricFamily("levee_engine_steps", "Batched forward steps since the worker started.",
+                                     labels=labels),
+        "tokens": CounterMetricFamily("levee_engine_generated_tokens", "Tokens sampled since the worker started, "
+                                      "all jobs.", labels=labels),
+    }
 
 
 class StateCollector:
@@ -176,6 +213,7 @@ class StateCollector:
             state = {}
         else:
             redis_up.add_metric([], 1)
+        engine = _engine_families()
         for name, s in state.items():
             depth.add_metric([name], s["depth"])
             if s["wait_s"] is not None:
@@ -183,7 +221,16 @@ class StateCollector:
             live.add_metric([name], s["live_workers"])
             for worker, at in s["workers"].items():
                 beat.add_metric([name, worker], at)
-        yield from (redis_up, depth, wait, live, beat)
+            for worker, e in s["engines"].items():
+                labels = [name, worker]
+                engine["running"].add_metric(labels, e["running"])
+                engine["waiting"].add_metric(labels, e["waiting"])
+                engine["max_batch"].add_metric(labels, e["max_batch"])
+                if e["num_blocks"]:
+                    engine["kv_free"].add_metric(labels, (e["free_blocks"] + e["evictable_blocks"]) / e["num_blocks"])
+                engine["steps"].add_metric(labels, e["steps"])
+                engine["tokens"].add_metric(labels, e["generated_tokens"])
+        yield from (redis_up, depth, wait, live, beat, *engine.values())
 
         mode = _safely(current_mode)
         if mode is not None:

@@ -49,7 +49,14 @@
     }
     Object.keys(data.models).forEach(function (name) {
       var m = data.models[name], row = body.insertRow();
-      var workers = Object.keys(m.workers).map(function (w) { return w + " (" + m.workers[w] + " s)"; }).join(", ");
+      var workers = Object.keys(m.workers).map(function (w) {
+        var e = (m.engines || {})[w], busy = "";
+        if (e) {  // the engine's numbers from that heartbeat
+          busy = "; " + e.running + "/" + e.max_batch + " running, " + e.waiting + " waiting" +
+            (e.kv_free === null ? "" : ", KV " + Math.round(e.kv_free * 100) + "% free");
+        }
+        return w + " (" + m.workers[w] + " s" + busy + ")";
+      }).join(", ");
       [name, String(m.depth), m.wait_s === null ? "—" : m.wait_s.toFixed(2) + " s", String(m.live_workers), workers || "none"]
         .forEach(function (v, i) {
           var cell = row.insertCell(); cell.textContent = v;

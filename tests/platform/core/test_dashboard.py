@@ -1,4 +1,5 @@
 """The admin live dashboard: staff only, linked from the admin index, fed by a JSON snapshot."""
+import json
 import time
 from datetime import UTC
 
@@ -39,6 +40,9 @@ def test_the_snapshot_counts_what_an_operator_watches_during_an_attack(client, r
     metrics.count_limiter_decision("free-chat", "shed")
     redis_client.rpush("inference.deepseek-chat", "a", "b", "c")
     redis_client.zadd(protocol.workers_key("deepseek-chat"), {"gpu-1:7": time.time()})
+    redis_client.hset(protocol.worker_stats_key("deepseek-chat"), "gpu-1:7", json.dumps({
+        "t": time.time(), "running": 5, "waiting": 0, "max_batch": 32, "free_blocks": 40, "evictable_blocks": 10,
+        "num_blocks": 100, "steps": 9, "generated_tokens": 45}))
 
     client.force_login(staff)
     data = client.get("/admin/dashboard/data").json()
@@ -50,6 +54,7 @@ def test_the_snapshot_counts_what_an_operator_watches_during_an_attack(client, r
     assert rates["blocked"][-1] == 1 and rates["shed"][-1] == 2
     model = data["models"]["deepseek-chat"]
     assert model["depth"] == 3 and model["live_workers"] == 1 and list(model["workers"]) == ["gpu-1:7"]
+    assert model["engines"]["gpu-1:7"] == {"running": 5, "max_batch": 32, "waiting": 0, "kv_free": 0.5}
     assert data["mode"]["mode"] == "normal"
     assert data["billing"] == {"open_holds": 0}
 

@@ -1,4 +1,5 @@
 """/metrics: private, counts requests by route name, and reads queues and workers from Redis when scraped."""
+import json
 import time
 
 import pytest
@@ -90,6 +91,25 @@ def test_queue_depth_wait_and_live_workers_are_read_from_redis_at_scrape_time(cl
     assert value(samples, "levee_workers_live", model="deepseek-chat") == 1  # gpu-2 is stale
     assert value(samples, "levee_worker_last_heartbeat_timestamp_seconds", model="deepseek-chat",
                  worker="gpu-1:7") == pytest.approx(now)
+
+
+def test_each_live_workers_engine_numbers_are_read_at_scrape_time(client, redis_client):
+    now = time.time()
+    redis_client.zadd(protocol.workers_key("deepseek-chat"), {"gpu-1:7": now, "gpu-2:8": now - 60})
+    engine = {"t": now, "running": 12, "waiting": 2, "max_batch": 32, "free_blocks": 600, "evictable_blocks": 200,
+              "num_blocks": 1000, "steps": 4000, "generated_tokens": 90000}
+    redis_client.hset(protocol.worker_stats_key("deepseek-chat"), mapping={
+        "gpu-1:7": json.dumps(engine), "gpu-2:8": json.dumps(engine), "gpu-3:9": "not json"})
+    samples = scrape(client)
+    labels = {"model": "deepseek-chat", "worker": "gpu-1:7"}
+    assert value(samples, "levee_engine_running_sequences", **labels) == 12
+    assert value(samples, "levee_engine_waiting_sequences", **labels) == 2
+    assert value(samples, "levee_engine_max_batch", **labels) == 32
+    assert value(samples, "levee_engine_kv_cache_free_ratio", **labels) == pytest.approx(0.8)
+    assert value(samples, "levee_engine_steps_total", **labels) == 4000
+    assert value(samples, "levee_engine_generated_tokens_total", **labels) == 90000
+    engines = {dict(lab).get("worker") for name, lab in samples if name == "levee_engine_running_sequences"}
+    assert engines == {"gpu-1:7"}  # gpu-2's heartbeat is stale; gpu-3 wrote nothing readable
 
 
 def test_a_scrape_survives_redis_being_down(client, settings):
