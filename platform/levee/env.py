@@ -69,15 +69,27 @@ def env_cidrs(name: str, default: list[str] | None = None) -> list[ipaddress.IPv
 
 
 def local_secret_key(data_dir: Path) -> str:
-    """A secret kept in the local data folder, generated on first use (development only)."""
+    """A secret kept in the local data folder, generated on first use (development only).
+
+    Several processes may boot at once (gunicorn's workers): each writes a candidate to a private
+    temporary file and links it into place; the first link wins and everyone reads that file, which
+    never exists half-written. (Creating it with O_EXCL and writing after made a second worker crash
+    with FileExistsError, or read an empty key.)"""
+    import tempfile
+
     from django.core.management.utils import get_random_secret_key
 
     path = data_dir / "secret_key"
-    if path.exists():
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = get_random_secret_key()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key)
-    return key
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd, candidate = tempfile.mkstemp(dir=data_dir, prefix=".secret_key.")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(get_random_secret_key())
+            try:
+                os.link(candidate, path)
+            except FileExistsError:  # another process was first: its key is the key
+                pass
+        finally:
+            os.unlink(candidate)
+    return path.read_text().strip()

@@ -59,3 +59,29 @@ def test_production_requires_a_secret_key(tmp_path):
     result = subprocess.run([sys.executable, "-c", "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='levee.settings'; django.setup()"],
                             env=env_vars, capture_output=True, text=True)
     assert result.returncode != 0 and "SECRET_KEY" in result.stderr
+
+
+def test_processes_booting_at_once_agree_on_one_local_secret_key(tmp_path):
+    """gunicorn's workers import the settings together: every one must come up with the same key
+    (one used to crash with FileExistsError, taking the whole server down at boot)."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    # Each process imports first, then waits for the same instant: the calls really overlap.
+    code = ("import sys, time; from pathlib import Path; from levee.env import local_secret_key; "
+            "import django.core.management.utils; time.sleep(max(0.0, float(sys.argv[2]) - time.time())); "
+            "print(local_secret_key(Path(sys.argv[1])))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "platform"), str(root)])}
+    start = str(time.time() + 3)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "data"), start], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    results = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in results]
+    keys = {out.strip() for out, _ in results}
+    assert len(keys) == 1 and len(keys.pop()) >= 50
+    assert (tmp_path / "data" / "secret_key").stat().st_mode & 0o777 == 0o600
+    assert [f.name for f in (tmp_path / "data").iterdir()] == ["secret_key"]  # no candidates left behind
