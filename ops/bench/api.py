@@ -347,6 +347,9 @@ def main():
         for name, (n, burst, pause) in ROWS.items()))
     parser.add_argument("--json")
     args = parser.parse_args()
+    unknown = [row for row in filter(None, args.rows.split(",")) if row not in ROWS]
+    if unknown:
+        parser.error(f"unknown --rows {unknown}; choose from {', '.join(ROWS)}")
     levels = [int(x) for x in args.streams.split(",") if x]
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}", "DJANGO_SETTINGS_MODULE": "levee.settings",
            "LEVEE_ENV": "test", "GUNICORN_ACCESSLOG": "", "LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1",
