@@ -31,7 +31,7 @@ def _check(response) -> None:
 
 
 @pytest.fixture
-def browser(db):
+def browser(transactional_db):
     user = make_user("fuzz@example.com")
     client = Client()
     client.force_login(user)

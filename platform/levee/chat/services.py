@@ -17,6 +17,7 @@ from django.db import transaction
 from django.db.models import F, Sum
 from django.utils import timezone
 
+from inference import protocol
 from levee.accounts.models import User
 from levee.chat.models import TITLE_MAX_LENGTH, Conversation, Message, Role, Status
 
@@ -94,7 +95,7 @@ def delete_conversation(conversation: Conversation) -> None:
             outcomes[reply_id] = read_job_stream(job_id, prompt_tokens=prompt_tokens, reasoner=model in reasoners)
         except RedisError:  # count the prompt at least; the rest is lost with the stream
             log.warning("chat delete: Redis unreachable reading job %s; counting its prompt only", job_id)
-            outcomes[reply_id] = JobOutcome(usage=_usage(0, prompt_tokens, 0))
+            outcomes[reply_id] = JobOutcome(usage=protocol.usage_dict(0, prompt_tokens, 0))
     with transaction.atomic():
         for reply_id, job_id, _prompt, _model, created_at in streaming:
             outcome = outcomes[reply_id]
@@ -214,12 +215,6 @@ def fail_reply(reply_id: int) -> None:
         status=Status.ERROR, error="The reply could not be saved.", finished_at=timezone.now())
 
 
-def _usage(hit: int, miss: int, completion: int) -> dict:
-    from inference import protocol
-
-    return protocol.usage_dict(hit, miss, completion)
-
-
 def _reasoner_names() -> set[str]:
     from levee.api.models import LlmModel
 
@@ -239,14 +234,13 @@ class JobOutcome:
 def read_job_stream(job_id: str, *, prompt_tokens: int, reasoner: bool) -> JobOutcome:
     """Read a job's whole event stream (empty if it is gone), splitting a reasoner's <think>…</think>
     out of the answer the way the streaming view does. Raises RedisError."""
-    from inference import protocol
     from levee.api.think import ThinkSplitter
     from levee.core.store import redis_client
 
     entries = redis_client().xrange(protocol.stream_key(job_id)) if job_id else []
     splitter = ThinkSplitter() if reasoner else None
     content, reasoning = [], []
-    outcome = JobOutcome(usage=_usage(0, prompt_tokens, 0))
+    outcome = JobOutcome(usage=protocol.usage_dict(0, prompt_tokens, 0))
     for _id, fields in entries:
         try:
             event = protocol.decode_event(fields)
@@ -276,8 +270,6 @@ def sweep_stale_replies(*, now: datetime | None = None, limit: int = 500) -> int
     the reply (a reasoner's reasoning apart from its answer) and its tokens count against the day's
     free allowance; otherwise the reply is marked interrupted. Returns how many replies were finished."""
     from redis.exceptions import RedisError
-
-    from inference import protocol
 
     now = now or timezone.now()
     stale = list(Message.objects.filter(status=Status.STREAMING, created_at__lt=_in_flight_cutoff(now))

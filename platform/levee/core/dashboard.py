@@ -65,9 +65,8 @@ def _models():
 
 
 def _engine_row(e: dict) -> dict:
-    kv_free = (e["free_blocks"] + e["evictable_blocks"]) / e["num_blocks"] if e["num_blocks"] else None
     return {"running": int(e["running"]), "max_batch": int(e["max_batch"]), "waiting": int(e["waiting"]),
-            "kv_free": None if kv_free is None else round(kv_free, 3)}
+            "kv_free": None if e["kv_free"] is None else round(e["kv_free"], 3)}
 
 
 def _open_holds():

@@ -155,14 +155,17 @@ def model_state(models: list[tuple[str, str]], *, now: float | None = None) -> d
 
 
 def _engine_stats(raw: dict) -> dict[str, dict]:
-    """worker id -> the engine numbers its heartbeat wrote (entries that do not parse are skipped)."""
+    """worker id -> the engine numbers its heartbeat wrote, with `kv_free` (the share of KV blocks
+    free or evictable; None without blocks). Entries that do not parse are skipped."""
     engines = {}
     for worker, value in raw.items():
         try:
             stats = json.loads(value)
-            engines[worker.decode()] = {key: float(stats[key]) for key in ENGINE_FIELDS}
+            e = {key: float(stats[key]) for key in ENGINE_FIELDS}
         except (ValueError, KeyError, TypeError):
             continue
+        e["kv_free"] = (e["free_blocks"] + e["evictable_blocks"]) / e["num_blocks"] if e["num_blocks"] else None
+        engines[worker.decode()] = e
     return engines
 
 
@@ -226,8 +229,8 @@ class StateCollector:
                 engine["running"].add_metric(labels, e["running"])
                 engine["waiting"].add_metric(labels, e["waiting"])
                 engine["max_batch"].add_metric(labels, e["max_batch"])
-                if e["num_blocks"]:
-                    engine["kv_free"].add_metric(labels, (e["free_blocks"] + e["evictable_blocks"]) / e["num_blocks"])
+                if e["kv_free"] is not None:
+                    engine["kv_free"].add_metric(labels, e["kv_free"])
                 engine["steps"].add_metric(labels, e["steps"])
                 engine["tokens"].add_metric(labels, e["generated_tokens"])
         yield from (redis_up, depth, wait, live, beat, *engine.values())
