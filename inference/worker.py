@@ -158,6 +158,13 @@ def settle(message: protocol.JobMessage, usage: dict, started: float, finished: 
         "started_at": _iso(started), "finished_at": _iso(finished)}])
 
 
+def _last_event(pipe, key: str, fields: dict) -> None:
+    """Queue a job's last event on `pipe`: readers get an hour from here (deltas leave the expiry
+    set when the job started alone)."""
+    pipe.xadd(key, fields, maxlen=protocol.STREAM_MAXLEN, approximate=True)
+    pipe.expire(key, protocol.STREAM_TTL_S)
+
+
 def run_job(rt: Runtime, data: dict) -> str:
     """Run one job to its end; returns how it ended (for logs and tests). The calling task thread
     sleeps while the job runs: the process's Forwarder copies the engine's output to the stream."""
@@ -165,11 +172,9 @@ def run_job(rt: Runtime, data: dict) -> str:
     key = protocol.stream_key(message.job_id)
     r = rt.redis
 
-    def end(kind: str, **payload) -> None:  # the last event: readers get an hour from here
+    def end(kind: str, **payload) -> None:
         pipe = r.pipeline(transaction=False)
-        pipe.xadd(key, protocol.encode_event(kind, t=time.time(), **payload), maxlen=protocol.STREAM_MAXLEN,
-                  approximate=True)
-        pipe.expire(key, protocol.STREAM_TTL_S)
+        _last_event(pipe, key, protocol.encode_event(kind, t=time.time(), **payload))
         pipe.execute()
 
     now = time.time()
@@ -316,8 +321,7 @@ class Forwarder:
                     fields = protocol.encode_event(protocol.DONE, t=time.time(), finish_reason=job.finish,
                                                    usage=job.usage)
                     job.outcome = job.finish
-                pipe.xadd(job.key, fields, maxlen=protocol.STREAM_MAXLEN, approximate=True)
-                pipe.expire(job.key, protocol.STREAM_TTL_S)
+                _last_event(pipe, job.key, fields)
                 if not written or written[-1][0] != job_id:
                     written.append((job_id, job))
                 ended.append(job_id)

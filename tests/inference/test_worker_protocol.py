@@ -147,6 +147,7 @@ def test_the_first_text_goes_out_at_once_and_later_tokens_are_coalesced(rt, monk
     assert "".join(deltas) == "t0 t1 t2 t3 t4 t5 " and len(deltas) < 6  # the rest travel together
     assert events[-1]["type"] == "done" and events[-1]["finish_reason"] == "length"
     assert events[-1]["usage"] == protocol.usage_dict(1, 2, 6)
+    assert rt.redis.ttl(protocol.stream_key("job1")) > protocol.STREAM_TTL_S - 60  # an hour from the last event
     assert not rt.forwarder.jobs and not rt.active
 
 
