@@ -92,3 +92,49 @@ def test_paid_api_bodies(path):
         _check(client.post(path, body, content_type="application/json"))
 
     run()
+
+
+# Bodies that json.loads alone turns into a 500 (RecursionError, ValueError, an unencodable string).
+_DEEP = b"[" * 50_000 + b"]" * 50_000
+_JUST_UNDER_THE_RECURSION_LIMIT = b"[" * 900 + b"]" * 900
+HOSTILE = {
+    "deep_nesting": b'{"model": "deepseek-chat", "messages": ' + _DEEP + b"}",
+    "nesting_just_parseable": b'{"model": "deepseek-chat", "title": ' + _JUST_UNDER_THE_RECURSION_LIMIT + b"}",
+    "huge_integer": b'{"model": "deepseek-chat", "max_tokens": ' + b"7" * 6000 + b', "name": 1' + b"0" * 6000 + b"}",
+    "lone_surrogate": b'{"model": "deepseek-chat", "name": "\\ud800", "title": "\\udfff", "code": "x\\ud800",'
+                      b' "messages": [{"role": "user", "content": "\\ud800"}]}',
+    "deep_message_content": b'{"model": "deepseek-chat", "content": ' + b'{"a": ' * 800 + b"1" + b"}" * 800
+                            + b', "messages": [{"role": "user", "content": [{"type": "text", "text": '
+                            + b"[" * 800 + b"]" * 800 + b"}]}]}",
+    "nan": b'{"model": "deepseek-chat", "max_tokens": NaN, "messages": [{"role": "user", "content": "hi"}]}',
+}
+
+
+def _hostile_refused(response) -> None:
+    assert response.status_code == 400, (response.status_code, response.content[:300])
+    error = json.loads(response.content)["error"]
+    assert error["code"] == "invalid_format" and error["message"], error
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_json_on_every_parser(browser, case):
+    """The API, the web chat's endpoints and the DRF endpoints each answer 400 in the API's error
+    format: never a 500, and nothing written."""
+    from levee.chat.models import Conversation
+    from levee.keys.models import ApiKey
+
+    body = HOSTILE[case]
+    _, raw = create_api_key(browser.user, name="hostile")
+    conversation = create_conversation(browser.user, model="deepseek-chat")
+    api = Client(headers={"Authorization": f"Bearer {raw}"})
+    for path in ("/v1/chat/completions", "/chat/completions"):
+        _hostile_refused(api.post(path, body, content_type="application/json"))
+    for path in ("/api/keys", "/api/vouchers/redeem", "/chat/api/conversations",
+                 f"/chat/api/conversations/{conversation.pk}/messages"):
+        _hostile_refused(browser.post(path, body, content_type="application/json"))
+    _hostile_refused(browser.patch(f"/chat/api/conversations/{conversation.pk}", body,
+                                   content_type="application/json"))
+    assert ApiKey.objects.filter(user=browser.user).count() == 1
+    assert Conversation.objects.filter(user=browser.user).count() == 1
+    assert not conversation.messages.exists()

@@ -5,9 +5,10 @@ a feature this deployment does not offer. Pure Python: called from the async vie
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from levee.core import jsonbody
 
 ROLES = {"system", "user", "assistant", "tool"}
 MAX_MESSAGES = 2048
@@ -94,10 +95,9 @@ def _content(message: dict, index: int) -> str:
 
 def parse_json(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(400, f"Invalid Format: the body is not valid JSON ({exc.__class__.__name__})",
-                           code="invalid_format") from None
+        body = jsonbody.loads(raw)
+    except jsonbody.BadJSON as exc:
+        raise RequestError(400, f"Invalid Format: {exc}", code="invalid_format") from None
     if not isinstance(body, dict):
         raise RequestError(400, "Invalid Format: the body must be a JSON object", code="invalid_format")
     return body

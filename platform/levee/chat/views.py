@@ -26,6 +26,7 @@ from levee.api.models import LlmModel, aenabled_model
 from levee.api.think import ThinkSplitter
 from levee.chat import services
 from levee.chat.models import Conversation, Message, Status
+from levee.core import jsonbody
 from levee.core.asyncdb import db  # database work on the shared pool: a stream must not hold a connection
 from levee.core.errors import error_response
 from levee.shield import api as shield
@@ -67,9 +68,9 @@ def chat_page(request, conversation_id: int | None = None):
 
 def _json_body(request) -> dict:
     try:
-        body = json.loads(request.body or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise services.ChatRefused(400, "invalid_format", "The body must be a JSON object.") from None
+        body = jsonbody.loads(request.body or b"{}")
+    except jsonbody.BadJSON as exc:
+        raise services.ChatRefused(400, "invalid_format", f"The body must be a JSON object ({exc}).") from None
     if not isinstance(body, dict):
         raise services.ChatRefused(400, "invalid_format", "The body must be a JSON object.")
     return body

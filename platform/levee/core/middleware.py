@@ -57,11 +57,11 @@ class RequestIdMiddleware(_Middleware):
     """Every response carries x-request-id. A well-formed id from a trusted proxy is kept so logs join up."""
 
     def before(self, request):
-        from levee.core.net import client_ip
+        from levee.core.net import client_ip, from_trusted_proxy
 
         incoming = request.META.get("HTTP_X_REQUEST_ID", "")
         request.client_ip = client_ip(request)
-        trusted_peer = request.client_ip != request.META.get("REMOTE_ADDR")
+        trusted_peer = from_trusted_proxy(request)
         request.request_id = incoming if (trusted_peer and _INCOMING_ID.match(incoming)) else f"req_{secrets.token_hex(12)}"
         return None
 

@@ -7,19 +7,36 @@ from django.conf import settings
 
 
 def _parse(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address from a peer or a forwarded hop, IPv4-mapped IPv6 (::ffff:a.b.c.d, what a dual-stack
+    socket reports for an IPv4 client) unmapped, so every rule and limit sees one client one way."""
     value = value.strip()
     if value.startswith("[") and "]" in value:  # [v6]:port
         value = value[1 : value.index("]")]
     elif value.count(":") == 1:  # v4:port
         value = value.split(":", 1)[0]
     try:
-        return ipaddress.ip_address(value)
+        addr = ipaddress.ip_address(value)
     except ValueError:
         return None
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def parse_ip(value: str) -> str | None:
+    """The canonical text of an address (`[v6]:port`, `v4:port` and IPv4-mapped forms accepted), or None."""
+    addr = _parse(value or "")
+    return None if addr is None else str(addr)
 
 
 def _trusted(addr) -> bool:
     return any(addr in net for net in settings.TRUSTED_PROXY_CIDRS)
+
+
+def from_trusted_proxy(request) -> bool:
+    """Whether the peer itself is a configured proxy (TRUSTED_PROXY_CIDRS)."""
+    peer = _parse(request.META.get("REMOTE_ADDR", "") or "")
+    return peer is not None and _trusted(peer)
 
 
 def client_ip(request) -> str:

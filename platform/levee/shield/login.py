@@ -2,6 +2,8 @@
 
 Failures are counted three ways, each with tiered cool-offs (SHIELD_LOGIN_*_TIERS):
 
+An "address" is an IPv4 address or an IPv6 /64 (levee.shield.subjects.counted_address).
+
 * per (account, address): the tight one. Guessing ada's password from one address cools that
   address off for ada only; ada elsewhere is unaffected.
 * per address, any account: credential stuffing from one address.
@@ -24,7 +26,7 @@ from django.conf import settings
 from django.core import signing
 
 from levee.shield import limiter, stats, store
-from levee.shield.subjects import Address, Site, ip_of
+from levee.shield.subjects import Address, Site, counted_address, ip_of
 
 KNOWN_DEVICE_COOKIE = "levee_kd"
 _KD_SALT = "levee.shield.known-device"
@@ -50,7 +52,7 @@ def _account_tag(email: str) -> str:
 class LoginGuard:
     def __init__(self, request, email: str):
         self.request = request
-        self.ip = ip_of(request)
+        self.ip = counted_address(ip_of(request))  # an IPv6 client is counted by its /64
         self.account = _account_tag(email)
         self.known_device = self.account in self._known_accounts()
         self.scopes = [

@@ -31,6 +31,14 @@ def subnet_of(ip: str) -> str:
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
 
 
+@lru_cache(maxsize=16384)
+def counted_address(ip: str) -> str:
+    """What counts as one address: an IPv4 address itself, the /64 of an IPv6 one (a single host is
+    routinely handed a whole /64, so counting per /128 would give one attacker 2**64 allowances)."""
+    addr = ipaddress.ip_address(ip)
+    return ip if addr.version == 4 else str(ipaddress.ip_network(f"{addr}/64", strict=False))
+
+
 @dataclass(frozen=True)
 class Address(Subject):
     action: str

@@ -56,3 +56,43 @@ def test_any_bytes(raw):
         assert exc.status == 400 and exc.code == "invalid_format"
         return
     _parses_or_names_the_problem(body)
+
+
+def _refused_as_format(raw: bytes) -> str:
+    try:
+        parse_json(raw)
+    except RequestError as exc:
+        assert exc.status == 400 and exc.code == "invalid_format", (exc.status, exc.code)
+        return exc.message
+    raise AssertionError("parsed a hostile body")
+
+
+@FUZZ
+@given(depth=st.integers(min_value=33, max_value=20_000), opener=st.sampled_from(["[", '{"a":']))
+def test_any_nesting_depth_past_the_bound(depth, opener):
+    closer = "]" if opener == "[" else "}"
+    raw = ('{"messages": ' + opener * depth + "1" + closer * depth + "}").encode()
+    assert "deeper than" in _refused_as_format(raw)
+
+
+@FUZZ
+@given(digits=st.integers(min_value=41, max_value=8000), sign=st.sampled_from(["", "-"]))
+def test_any_huge_integer(digits, sign):
+    assert "digits" in _refused_as_format(f'{{"seed": {sign}{"9" * digits}}}'.encode())
+
+
+@FUZZ
+@given(prefix=st.text(max_size=10), code=st.integers(min_value=0xD800, max_value=0xDFFF))
+def test_any_lone_surrogate(prefix, code):
+    raw = json.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": prefix + chr(code)}]}]})
+    assert "surrogate" in _refused_as_format(raw.encode())
+
+
+def test_a_surrogate_pair_is_text():
+    body = parse_json(b'{"model": "m", "messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}')
+    assert body["messages"][0]["content"] == "\U0001F600"
+
+
+def test_the_depth_a_chat_request_needs_is_accepted():
+    body = {**BASE, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
+    assert parse_chat_request(parse_json(json.dumps(body).encode())).messages[0]["content"] == "hi"

@@ -50,6 +50,19 @@ def test_forwarded_for_is_believed_only_from_a_trusted_proxy(settings):
     assert client_ip(proxied) == "198.51.100.7"  # the rightmost hop that is not one of ours
 
 
+def test_ipv4_mapped_ipv6_addresses_are_unmapped(settings):
+    import ipaddress
+
+    settings.TRUSTED_PROXY_CIDRS = [ipaddress.ip_network("10.0.0.0/8")]
+    factory = RequestFactory()
+    assert client_ip(factory.get("/", REMOTE_ADDR="::ffff:203.0.113.9")) == "203.0.113.9"
+    assert client_ip(factory.get("/", REMOTE_ADDR="[::ffff:cb00:7109]:443")) == "203.0.113.9"
+    # A dual-stack proxy is recognised as trusted, and a mapped hop it forwards is unmapped too.
+    proxied = factory.get("/", REMOTE_ADDR="::ffff:10.1.1.1", HTTP_X_FORWARDED_FOR="::ffff:198.51.100.7")
+    assert client_ip(proxied) == "198.51.100.7"
+    assert client_ip(factory.get("/", REMOTE_ADDR="2001:db8::1")) == "2001:db8::1"
+
+
 def test_production_requires_a_secret_key(tmp_path):
     import subprocess
     import sys

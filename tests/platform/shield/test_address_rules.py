@@ -31,6 +31,13 @@ def test_a_denied_network_gets_403_everywhere(client, django_capture_on_commit_c
     assert client.get("/", REMOTE_ADDR="203.0.114.9").status_code == 200
 
 
+def test_a_rule_on_an_ipv4_network_catches_its_ipv4_mapped_form(client, django_capture_on_commit_callbacks):
+    add_rule(django_capture_on_commit_callbacks, network="203.0.113.0/24", action="deny")
+    assert client.get("/", REMOTE_ADDR="::ffff:203.0.113.9").status_code == 403
+    api = client.get("/v1/me", REMOTE_ADDR="::ffff:203.0.113.9")
+    assert api.status_code == 403 and api.json()["error"]["code"] == "address_denied"
+
+
 def test_an_expired_rule_no_longer_applies(client, django_capture_on_commit_callbacks):
     add_rule(django_capture_on_commit_callbacks, network="2001:db8::/32", action="deny",
              expires_at=timezone.now() + timedelta(seconds=1.5))  # room for a slow first request

@@ -98,3 +98,20 @@ def test_a_successful_login_clears_the_pairs_failures(client):
     client.logout()
     for _ in range(2):
         assert login(client, "ada@example.com", "wrong-password", OWNER).status_code == 200
+
+
+def test_an_ipv6_client_is_counted_by_its_64(client):
+    """Hopping to another address of the same /64 does not reset the count; another /64 is someone else."""
+    ada()
+    codes = [login(client, "ada@example.com", "wrong-password", f"2001:db8:1:2::{n:x}").status_code
+             for n in range(1, 5)]
+    assert codes == [200, 200, 200, 429]
+    assert login(client, "ada@example.com", "wrong-password", "2001:db8:1:2:ffff::9").status_code == 429
+    assert login(client, "ada@example.com", PASSWORD, "2001:db8:1:3::1").status_code == 302
+
+
+def test_an_ipv4_mapped_client_is_the_same_ipv4_client(client):
+    ada()
+    for ip in ("203.0.113.66", "::ffff:203.0.113.66", "203.0.113.66"):
+        login(client, "ada@example.com", "wrong-password", ip)
+    assert login(client, "ada@example.com", PASSWORD, "::ffff:203.0.113.66").status_code == 429
