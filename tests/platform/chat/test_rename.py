@@ -50,7 +50,7 @@ def test_a_title_of_exactly_the_limit_is_accepted(client, conversation, worker):
     ({"title": "a\tb"}, "invalid_parameter"),
     ({"title": "nul\x00here"}, "invalid_parameter"),
     ({"title": "\x1b[31mred"}, "invalid_parameter"),
-    ({"title": "lone \ud800 surrogate"}, "invalid_parameter"),
+    ({"title": "lone \ud800 surrogate"}, "invalid_format"),  # refused by the JSON parser (levee.core.jsonbody)
     ({"title": 42}, "missing_parameter"),
     ({"title": None}, "missing_parameter"),
     ({"name": "Holiday"}, "missing_parameter"),
@@ -59,7 +59,8 @@ def test_a_bad_title_is_a_400_naming_the_title_and_changes_nothing(client, conve
     response = _patch(client, conversation, body)
     assert response.status_code == 400
     error = response.json()["error"]
-    assert (error["param"], error["code"], error["type"]) == ("title", code, "invalid_request_error")
+    param = None if code == "invalid_format" else "title"
+    assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
     assert error["message"]
     conversation.refresh_from_db()
     assert conversation.title == "First words"
