@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "levee.billing",
     "levee.shield",
     "levee.chat",
+    "levee.home",
 ]
 
 MIDDLEWARE = [

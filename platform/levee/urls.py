@@ -7,6 +7,7 @@ from levee.api import views as api
 from levee.billing import pages as billing_pages
 from levee.billing import views as billing
 from levee.core import views as core
+from levee.home import views as home
 from levee.keys import views as keys
 
 handler404 = "levee.core.views.not_found"
@@ -35,7 +36,7 @@ api_patterns = [
 ]
 
 urlpatterns = [
-    path("", core.home, name="home"),
+    path("", home.home, name="home"),
     path("healthz", core.healthz, name="healthz"),
     path("", include("levee.core.urls")),  # /readyz, /metrics, /admin/dashboard/
     path("accounts/", include(account_patterns)),

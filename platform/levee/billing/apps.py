@@ -11,7 +11,11 @@ class BillingConfig(AppConfig):
     def ready(self):
         from django.conf import settings
 
-        from levee.billing import signals  # noqa: F401  (connects the sign-up credit to user_verified)
+        from levee.billing import monitoring, signals  # noqa: F401  (signals: the sign-up credit on user_verified)
+        from levee.core import dashboard, metrics
+
+        metrics.register_state("billing", monitoring.metric_families)
+        dashboard.register_panel("billing", monitoring.dashboard_panel)
         from levee.billing.money import InvalidAmount, parse_amount
 
         if not re.fullmatch(r"[A-Z]{3}", settings.LEVEE_CURRENCY):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 from django.db import connection
@@ -17,7 +18,7 @@ _cache: tuple[float, dict] | None = None
 _lock = threading.Lock()
 
 
-def _timed(fn) -> dict:
+def _timed(fn: Callable[[], dict | None]) -> dict:
     began = time.perf_counter()
     try:
         detail = fn() or {}
@@ -46,20 +47,23 @@ def _redis() -> dict:
     return {}
 
 
-def _workers() -> dict:
-    from levee.core.metrics import enabled_models, model_state
+# core knows no app: an app adds what readiness also needs (the API: a live worker per model) in its
+# AppConfig.ready(). These run only when the database and Redis answer.
+_checks: dict[str, Callable[[], dict]] = {}
 
-    state = model_state(enabled_models())
-    live = {name: s["live_workers"] for name, s in state.items()}
-    return {"ok": all(live.values()), "models": live}
+
+def register_check(name: str, check: Callable[[], dict]) -> None:
+    """`check` returns details, with "ok": False when not ready, or raises."""
+    _checks[name] = check
 
 
 def check() -> dict:
     checks = {"database": _timed(_database), "redis": _timed(_redis)}
-    if checks["database"]["ok"] and checks["redis"]["ok"]:
-        checks["workers"] = _timed(_workers)
-    else:
-        checks["workers"] = {"ok": False, "error": "needs the database and Redis"}
+    for name, extra in list(_checks.items()):
+        if checks["database"]["ok"] and checks["redis"]["ok"]:
+            checks[name] = _timed(extra)
+        else:
+            checks[name] = {"ok": False, "error": "needs the database and Redis"}
     return {"status": "ok" if all(c["ok"] for c in checks.values()) else "unavailable",
             "checks": [{"name": name, **result} for name, result in checks.items()]}
 

@@ -128,7 +128,7 @@ class RedactFilter(logging.Filter):
 
 def _without_path(message: str, request) -> str:
     try:
-        from levee.core.middleware import route_name
+        from levee.core.routes import route_name
 
         route = f"<{route_name(request)}>"
     except Exception:

@@ -16,6 +16,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.middleware import clickjacking, common, csrf, security
 
 from levee.core.errors import error_response
+from levee.core.routes import route_name
 
 _INCOMING_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
@@ -127,18 +128,6 @@ class RequestLogMiddleware(_Middleware):
 
 
 access_log = logging.getLogger("levee.access")
-
-
-def route_name(request) -> str:
-    match = getattr(request, "resolver_match", None)
-    if match is None:
-        from django.urls import Resolver404, resolve
-
-        try:
-            match = resolve(request.path_info)
-        except Resolver404:
-            return "unmatched"
-    return match.view_name or "unnamed"
 
 
 def _account_id(request) -> str | None:

@@ -15,13 +15,6 @@ def healthz(request):
     return HttpResponse("ok\n", content_type="text/plain")
 
 
-def home(request):
-    from levee.billing.pages import price_table
-    from levee.chat.services import daily_quota
-
-    return render(request, "home.html", {**price_table(), "chat_quota": daily_quota()})
-
-
 def _wants_json(request) -> bool:
     return request.path.startswith(API_PREFIXES) or "application/json" in request.META.get("HTTP_ACCEPT", "")
 

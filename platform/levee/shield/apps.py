@@ -7,4 +7,8 @@ class ShieldConfig(AppConfig):
     verbose_name = "Shield"
 
     def ready(self):
-        from levee.shield import signals  # noqa: F401  (connects receivers)
+        from levee.core import dashboard, metrics
+        from levee.shield import monitoring, signals  # noqa: F401  (signals connects receivers)
+
+        metrics.register_state("shield", monitoring.metric_families)
+        dashboard.register_panel("mode", monitoring.dashboard_panel)

@@ -7,6 +7,7 @@ import pytest
 
 from inference import protocol
 from levee.core import metrics
+from levee.shield import monitoring as shield_monitoring
 from tests.personas import PASSWORD, ada, root
 
 pytestmark = pytest.mark.django_db
@@ -62,7 +63,7 @@ def test_the_snapshot_counts_what_an_operator_watches_during_an_attack(client, r
 def test_it_shows_the_mode_and_who_set_it_once_the_shield_answers(client, redis_client, monkeypatch):
     from datetime import datetime
 
-    monkeypatch.setattr(metrics, "current_mode", lambda: {
+    monkeypatch.setattr(shield_monitoring, "current_mode", lambda: {
         "mode": "under_attack", "set_by": "ops@example.com", "reason": "signup flood",
         "set_at": datetime(2025, 1, 27, 12, 0, tzinfo=UTC), "pinned": True})
     client.force_login(root())

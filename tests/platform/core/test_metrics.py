@@ -6,7 +6,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference import protocol
+from levee.billing import monitoring as billing_monitoring
 from levee.core import metrics
+from levee.shield import monitoring as shield_monitoring
 from tests.personas import PASSWORD
 
 pytestmark = pytest.mark.django_db
@@ -120,12 +122,12 @@ def test_a_scrape_survives_redis_being_down(client, settings):
 
 
 def test_mode_and_open_holds_appear_once_their_subsystems_answer(client, redis_client, monkeypatch):
-    monkeypatch.setattr(metrics, "current_mode", lambda: None)
-    monkeypatch.setattr(metrics, "open_holds", lambda: None)
+    monkeypatch.setattr(shield_monitoring, "current_mode", lambda: None)
+    monkeypatch.setattr(billing_monitoring, "open_holds", lambda: None)
     samples = scrape(client)
     assert not any(name in {"levee_mitigation_mode", "levee_open_holds"} for name, _ in samples)
-    monkeypatch.setattr(metrics, "current_mode", lambda: {"mode": "under_attack", "set_by": "ops@example.com"})
-    monkeypatch.setattr(metrics, "open_holds", lambda: 7)
+    monkeypatch.setattr(shield_monitoring, "current_mode", lambda: {"mode": "under_attack", "set_by": "ops@example.com"})
+    monkeypatch.setattr(billing_monitoring, "open_holds", lambda: 7)
     samples = scrape(client)
     assert value(samples, "levee_mitigation_mode", mode="under_attack") == 1
     assert value(samples, "levee_mitigation_mode", mode="normal") == 0
