@@ -1,7 +1,7 @@
 """Tokenizer and chat template of a Hugging Face-format checkpoint, without torch.
 
 The web tier imports this module to count prompt tokens and to render chat prompts, and web
-processes must never import torch (DESIGN.md, "Boundaries"). So this file depends only on the
+processes must never import torch (docs/architecture.md; import-linter checks it). So this file depends only on the
 `tokenizers` library (Rust, no torch) and `jinja2`. Importing transformers here would pull torch in;
 tests/inference/test_tokenizer.py checks that importing this module leaves `torch` out of
 `sys.modules`.

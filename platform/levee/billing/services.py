@@ -1,10 +1,12 @@
 """Billing verbs. Views, admin actions, tasks and commands call these; each is one short transaction.
 
-Locking discipline (STYLE.md): every transaction that changes a wallet first locks the wallet row
-(`SELECT … FOR NO KEY UPDATE`), then the rows under it (grants by pk, the hold, the voucher), so
-two writers of one wallet queue on that row and no two transactions wait on each other in
-opposite orders. Balances move with F() expressions; the database's CheckConstraints forbid a
-negative balance or holds the balance does not cover.
+Locking discipline (`SELECT … FOR NO KEY UPDATE`, one fixed order per kind of row): settling and
+releasing a hold lock the hold first, then its wallet, then the wallet's grants by pk; every other
+verb that changes a wallet (credit, top-up, voucher, grant expiry) locks the wallet first, then the
+rows under it (grants by pk, the voucher) and never a hold. Placing a hold moves the wallet in one
+conditional statement before the hold row exists. So writers of one wallet queue on its row and no
+two transactions wait on each other in opposite orders. Balances move with F() expressions; the
+database's CheckConstraints forbid a negative balance or holds the balance does not cover.
 
 The contract the API calls (docs/billing.md): InsufficientBalance, estimate_max_cost, place_hold,
 settle_hold, release_hold; the Celery tasks `levee.billing.settle` and `levee.billing.sweep_holds`.

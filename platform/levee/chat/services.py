@@ -107,7 +107,7 @@ def delete_conversation(conversation: Conversation) -> None:
 
 def daily_quota(mode: str | None = None) -> int:
     """Tokens (prompt + reply) an account may use in free web chat per UTC day. Halved while the
-    shield's mode is elevated (DESIGN: "tighter quota"); under attack the shield sheds instead."""
+    shield's mode is elevated (the modes table in docs/shield.md); under attack the shield sheds instead."""
     quota = settings.LEVEE_WEB_CHAT_DAILY_TOKENS
     return quota // 2 if mode == "elevated" else quota
 

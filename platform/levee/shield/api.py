@@ -84,7 +84,7 @@ def _refusal_message(decision: Decision) -> str:
 
 
 # --- Redis unreachable -------------------------------------------------------------------------
-# Paid callers keep working under a per-process budget; free callers are refused (docs/adr/0004).
+# Paid callers keep working under a per-process budget; free callers are refused (docs/adr/0005).
 
 _fallback: dict[int, tuple[float, float]] = {}
 _fallback_lock = threading.Lock()

@@ -4,7 +4,7 @@
     elevated      the same with a quarter of the subnet allowance, plus a proof of work
     under_attack  "registration is busy" (503) except a site-wide trickle, each with a hard proof of work
 
-Redis unreachable: refused with 503 (fail closed; docs/adr/0004).
+Redis unreachable: refused with 503 (fail closed; docs/adr/0005).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Redis unreachable (the shield's client pointed at a closed port): sign-up and login fail closed
 with 503; the paid API fails open to a per-process fallback limit and says so in the log; the
-free API fails closed; the mode still comes from the database. See docs/adr/0004."""
+free API fails closed; the mode still comes from the database. See docs/adr/0005."""
 import logging
 import socket
 
