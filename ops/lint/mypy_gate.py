@@ -57,11 +57,13 @@ def main(argv: list[str]) -> int:
     new = now - base
     fixed = base - now
     if new:
-        print("mypy: errors not in the baseline (annotate new code; see ops/lint/mypy_gate.py):")
-        for line in proc.stdout.splitlines():
-            match = _LINE.match(line.strip())
-            if match and f"{match['path']} [{match['code']}] {match['message']}" in new:
-                print("  " + line)
+        print("mypy: errors beyond the baseline (annotate new code; see ops/lint/mypy_gate.py).")
+        for key, extra in sorted(new.items()):
+            print(f"  {extra} more of: {key} (baseline {base[key]}, now {now[key]}); where it occurs:")
+            for line in proc.stdout.splitlines():
+                match = _LINE.match(line.strip())
+                if match and f"{match['path']} [{match['code']}] {match['message']}" == key:
+                    print("    " + line.strip())
         return 1
     print(f"mypy: no new errors ({sum(base.values())} in the baseline"
           + (f", {sum(fixed.values())} of them fixed: run with --update to shrink it)" if fixed else ")"))

@@ -2,10 +2,14 @@
 ledger, holds, usage and audit rows are read-only here."""
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
+from levee.accounts.operators import operator
 from levee.billing import services
 from levee.billing.forms import AdjustForm, VoucherForm
 from levee.billing.models import (
@@ -142,9 +146,12 @@ class VoucherAdmin(admin.ModelAdmin):
     def amount(self, voucher):
         return format_amount(voucher.amount_nano, places=2)
 
-    def save_model(self, request, obj, form, change):
-        if not change:
-            obj.created_by = request.user
-        super().save_model(request, obj, form, change)
-        AuditEvent.objects.create(actor=request.user, action="voucher " + ("changed" if change else "created"),
-                                  source="admin", amount_nano=obj.amount_nano, reason=f"voucher {obj.code}")
+    def save_model(self, request: HttpRequest, obj: Voucher, form: forms.ModelForm, change: bool) -> None:
+        services.save_voucher(obj, by=operator(request))
+
+    def delete_model(self, request: HttpRequest, obj: Voucher) -> None:
+        services.delete_voucher(obj, by=operator(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Voucher]) -> None:
+        for voucher in queryset:
+            services.delete_voucher(voucher, by=operator(request))

@@ -22,6 +22,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Sum, Value
 from django.utils import timezone
 
+from levee.accounts.models import User
 from levee.billing.models import (
     AuditEvent,
     DailyUsage,
@@ -522,6 +523,29 @@ def normalize_code(code) -> str | None:
     if not 1 <= len(code) <= 64 or not all(ch.isascii() and (ch.isalnum() or ch == "-") for ch in code):
         return None
     return code
+
+
+def save_voucher(voucher: Voucher, *, by: User | None, source: str = "admin") -> Voucher:
+    """Creates or changes a voucher (unredeemed ones only: the admin offers no other), audited."""
+    created = voucher.pk is None
+    with transaction.atomic():
+        if created:
+            voucher.created_by = by
+        voucher.save()
+        AuditEvent.objects.create(actor=by, action="voucher " + ("created" if created else "changed"),
+                                  source=source, amount_nano=voucher.amount_nano, reason=f"voucher {voucher.code}")
+    return voucher
+
+
+def delete_voucher(voucher: Voucher, *, by: User | None, source: str = "admin") -> bool:
+    """Deletes a voucher nobody has redeemed (compare-and-set on the count), audited; False if it
+    was redeemed meanwhile, and then nothing changes."""
+    with transaction.atomic():
+        deleted, _ = Voucher.objects.filter(pk=voucher.pk, redeemed_count=0).delete()
+        if deleted:
+            AuditEvent.objects.create(actor=by, action="voucher deleted", source=source,
+                                      amount_nano=voucher.amount_nano, reason=f"voucher {voucher.code}")
+    return bool(deleted)
 
 
 def redeem_voucher(user, code) -> VoucherRedemption:

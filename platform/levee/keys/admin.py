@@ -19,5 +19,5 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected keys")
     def revoke(self, request, queryset):
-        count = sum(revoke_api_key(key, by=request.user) for key in queryset)
+        count = sum(revoke_api_key(key, by=request.user, source="admin") for key in queryset)
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)

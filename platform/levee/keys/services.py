@@ -15,6 +15,7 @@ from django.utils import timezone
 from levee.accounts.models import User
 from levee.core.logging import bind_account
 from levee.core.memo import MISSING, Memo
+from levee.core.models import audit
 from levee.keys.models import ApiKey
 
 KEY_BODY_LENGTH = 48  # base62: ~285 bits
@@ -120,10 +121,15 @@ def _touch(key: ApiKey, now) -> None:
     key.last_used_at = now
 
 
-def revoke_api_key(key: ApiKey, *, by: User | None) -> bool:
-    """Revoke; True if this call did it (compare-and-set, so a double click is harmless)."""
+def revoke_api_key(key: ApiKey, *, by: User | None, source: str = "owner") -> bool:
+    """Revoke; True if this call did it (compare-and-set, so a double click is harmless). A revocation
+    by someone other than the key's owner (an operator in admin) is also written to the audit log."""
     now = timezone.now()
-    changed = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=now, revoked_by=by)
+    with transaction.atomic():
+        changed = ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=now, revoked_by=by)
+        if changed and by is not None and by.pk != key.user_id:
+            audit("api_key.revoked", f"{key.prefix} ({key.name}) of user {key.user_id}", by=by, source=source,
+                  detail={"key_id": key.pk, "owner_id": key.user_id})
     if changed:
         key.revoked_at, key.revoked_by = now, by
         _keys.clear()

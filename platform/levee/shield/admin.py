@@ -1,8 +1,10 @@
 from django import forms
 from django.contrib import admin, messages
-from django.http import HttpResponseRedirect
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import reverse
 
+from levee.accounts.operators import operator
 from levee.core.admin import ReadOnlyAdmin
 from levee.shield import services
 from levee.shield.models import AddressRule, LimitOverride, MitigationState, ModeChange
@@ -61,10 +63,15 @@ class AddressRuleAdmin(admin.ModelAdmin):
     search_fields = ("network", "reason")
     readonly_fields = ("created_by", "created_at")
 
-    def save_model(self, request, obj, form, change):
-        if not change:
-            obj.created_by = request.user
-        super().save_model(request, obj, form, change)
+    def save_model(self, request: HttpRequest, obj: AddressRule, form: forms.ModelForm, change: bool) -> None:
+        services.save_address_rule(obj, by=operator(request))
+
+    def delete_model(self, request: HttpRequest, obj: AddressRule) -> None:
+        services.delete_address_rule(obj, by=operator(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[AddressRule]) -> None:
+        for rule in queryset:
+            services.delete_address_rule(rule, by=operator(request))
 
 
 @admin.register(LimitOverride)
@@ -72,3 +79,13 @@ class LimitOverrideAdmin(admin.ModelAdmin):
     list_display = ("__str__", "requests_per_minute", "tokens_per_minute", "concurrent_jobs", "note", "updated_at")
     raw_id_fields = ("user", "api_key")
     search_fields = ("user__email", "api_key__prefix", "note")
+
+    def save_model(self, request: HttpRequest, obj: LimitOverride, form: forms.ModelForm, change: bool) -> None:
+        services.save_limit_override(obj, by=operator(request))
+
+    def delete_model(self, request: HttpRequest, obj: LimitOverride) -> None:
+        services.delete_limit_override(obj, by=operator(request))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[LimitOverride]) -> None:
+        for override in queryset:
+            services.delete_limit_override(override, by=operator(request))
