@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from rest_framework.exceptions import ParseError
@@ -81,7 +82,7 @@ def loads(raw: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
 class JSONParser(BaseJSONParser):
     """DRF's JSON parser with the same guards (settings.REST_FRAMEWORK's only parser)."""
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
         raw = stream.read() if stream is not None else b""
         try:
             return loads(raw)

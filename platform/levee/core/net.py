@@ -4,6 +4,7 @@ from __future__ import annotations
 import ipaddress
 
 from django.conf import settings
+from django.http import HttpRequest
 
 
 def _parse(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -33,7 +34,7 @@ def _trusted(addr) -> bool:
     return any(addr in net for net in settings.TRUSTED_PROXY_CIDRS)
 
 
-def from_trusted_proxy(request) -> bool:
+def from_trusted_proxy(request: HttpRequest) -> bool:
     """Whether the peer itself is a configured proxy (TRUSTED_PROXY_CIDRS)."""
     peer = _parse(request.META.get("REMOTE_ADDR", "") or "")
     return peer is not None and _trusted(peer)
