@@ -28,10 +28,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from inference.kvcache import UNIT_TOKENS, KVCache
-from inference.model import MLA, Transformer
+from inference.model import MLA, AttentionBackend, Transformer
+from inference.sampler import SamplingRows, row_key, rows_from_tensors, sample
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class SamplingParams:
     max_tokens: int = 256
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    min_p: float = 0.0  # drop tokens below min_p × the most likely token's probability; 0 = off
     stop: Sequence[str] = ()  # strings; matched across token boundaries, not included in the output
     stop_token_ids: Sequence[int] = ()  # in addition to the model's eos unless ignore_eos
     ignore_eos: bool = False
@@ -55,6 +59,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     seed: int | None = None  # same seed + same prompt → same tokens, batched or not
     logprobs: bool = False  # attach the log-probability (raw model distribution) of each token
+    top_logprobs: int = 0  # also attach the n most likely (token id, logprob) pairs of each step
 
     def validate(self) -> None:
         if self.max_tokens < 1:
@@ -63,6 +68,12 @@ class SamplingParams:
             raise ValueError("temperature must be ≥ 0")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError("top_k must be ≥ 0 (0 = off)")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError("min_p must be in [0, 1]")
+        if self.top_logprobs < 0:
+            raise ValueError("top_logprobs must be ≥ 0")
 
 
 @dataclass
@@ -97,6 +108,7 @@ class Event:
     usage: Usage | None = None
     logprobs: list[float] | None = None
     error: str | None = None  # why, for cancelled (e.g. "deadline exceeded") and error
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # per token: the n most likely (id, logprob)
 
 
 @dataclass
@@ -107,6 +119,7 @@ class Completion:
     usage: Usage
     logprobs: list[float] | None = None
     error: str | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
 
 
 class Sink(Protocol):
@@ -156,6 +169,7 @@ class RequestHandle:
         ids: list[int] = []
         text: list[str] = []
         lps: list[float] = []
+        tops: list[list[tuple[int, float]]] = []
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -165,10 +179,12 @@ class RequestHandle:
             ids += ev.token_ids
             text.append(ev.text)
             lps += ev.logprobs or []
+            tops += ev.top_logprobs or []
             if ev.finish_reason is not None:
                 assert ev.usage is not None
+                p = self.request.params
                 return Completion(ids, "".join(text), ev.finish_reason, ev.usage,
-                                  lps if self.request.params.logprobs else None, ev.error)
+                                  lps if p.logprobs else None, ev.error, tops if p.top_logprobs else None)
 
     def _emit(self, ev: Event) -> None:
         if self._sink is not None:
@@ -180,8 +196,7 @@ class RequestHandle:
 class _Seq:
     """Scheduler-side state of one admitted request."""
 
-    def __init__(self, handle: RequestHandle, max_tokens: int, device: torch.device, vocab: int,
-                 detok: Detokenizer | None):
+    def __init__(self, handle: RequestHandle, max_tokens: int, detok: Detokenizer | None):
         self.handle = handle
         req = handle.request
         self.req = req
@@ -200,13 +215,12 @@ class _Seq:
         self.finished = False
         p = self.params
         self.greedy = p.temperature <= 1e-5
-        self.generator: torch.Generator | None = None
-        if not self.greedy:
-            seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-            self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.counts: torch.Tensor | None = None
-        if p.presence_penalty or p.frequency_penalty:
-            self.counts = torch.zeros(vocab, dtype=torch.float32, device=device)
+        # The sampler's random stream is a function of (seed, tokens generated so far): see sampler.py.
+        self.seed = p.seed if p.seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        self.penalised = bool(p.presence_penalty or p.frequency_penalty)
+        self.counts_row: int | None = None  # this sequence's row of the engine's token-count table
+        # Host facts the sampler decides its stages on: (greedy, top_p, top_k, min_p, penalised).
+        self.host_row = (self.greedy, float(p.top_p), int(p.top_k), float(p.min_p), self.penalised)
 
     def tokens(self) -> list[int]:
         return self.prompt + self.output
@@ -244,6 +258,44 @@ class _PagedAttention:
             qp = q_pe[0, a:b].unsqueeze(1)
             out[0, a:b] = attn.attend_absorbed(qn, qp, ctx[..., :C], ctx[..., C:], mask)[:, 0]
         return out
+
+
+class _Staging:
+    """A step's integer and float inputs, written into one reused host buffer (pinned where CUDA
+    exists) and copied to the device in one non_blocking copy. Reusing the buffer is safe: every step
+    ends with a device→host copy that waits for the stream, so the previous step's copy out of it has
+    finished before it is written again."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.pin = device.type == "cuda"
+        self.host = torch.empty(0, dtype=torch.int64)
+        self.dev = self.host
+
+    def upload(self, ints: list[list[int]], floats: list[list[float]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        n_int = sum(map(len, ints))
+        n_float = sum(map(len, floats))
+        total = n_int + (n_float + 1) // 2  # float32 pairs share an int64 slot
+        if total > self.host.numel():
+            cap = 1 << max(10, (total - 1).bit_length())
+            self.host = torch.empty(cap, dtype=torch.int64, pin_memory=self.pin)
+            self.dev = self.host if self.device.type == "cpu" else torch.empty(cap, dtype=torch.int64, device=self.device)
+        arr = self.host.numpy()
+        bounds, off = [], 0
+        for col in ints:
+            arr[off : off + len(col)] = col
+            bounds.append((off, off + len(col)))
+            off += len(col)
+        farr = arr[n_int:total].view(np.float32)
+        fbounds, foff = [], 0
+        for fcol in floats:
+            farr[foff : foff + len(fcol)] = fcol
+            fbounds.append((foff, foff + len(fcol)))
+            foff += len(fcol)
+        if self.dev is not self.host:
+            self.dev[:total].copy_(self.host[:total], non_blocking=True)
+        dev_floats = self.dev[n_int:total].view(torch.float32)
+        return [self.dev[a:b] for a, b in bounds], [dev_floats[a:b] for a, b in fbounds]
 
 
 class Engine:
@@ -291,6 +343,11 @@ class Engine:
         self._stopping = False
         self.steps = 0
         self.generated_tokens = 0  # sampled tokens since start, every request
+        self._staging = _Staging(self.device)
+        # Tokens generated so far per penalised sequence, [max_batch + 1, V] (the last row stays zero),
+        # made at the first request with a penalty.
+        self._counts: torch.Tensor | None = None
+        self._free_counts_rows = list(range(max_batch - 1, -1, -1))
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -424,13 +481,31 @@ class Engine:
                 return  # FIFO: the head waits for memory; nothing overtakes it
             self._waiting.popleft()
             detok = self.detokenizer_factory() if self.detokenizer_factory else None
-            seq = _Seq(handle, max_tokens, self.device, self.vocab, detok)
+            seq = _Seq(handle, max_tokens, detok)
+            self._take_counts_row(seq)
             seq.private = cache.allocate(max(fresh, 0))
             seq.blocks = hit_blocks + seq.private
             seq.unit_keys = list(hits)
             seq.all_prompt_keys = keys
             seq.hit_tokens = seq.num_computed = len(hits) * UNIT_TOKENS
             self._running.append(seq)
+
+    def _take_counts_row(self, seq: _Seq) -> None:
+        if not seq.penalised:
+            return
+        if self._counts is None:
+            self._counts = torch.zeros(self.max_batch + 1, self.vocab, dtype=torch.float32, device=self.device)
+        row = self._free_counts_rows.pop()
+        self._counts[row].zero_()
+        if seq.output:  # a resumed sequence: count what it generated before
+            ids = torch.tensor(seq.output, device=self.device)
+            self._counts[row].index_put_((ids,), torch.ones(len(seq.output), device=self.device), accumulate=True)
+        seq.counts_row = row
+
+    def _release_counts_row(self, seq: _Seq) -> None:
+        if seq.counts_row is not None:
+            self._free_counts_rows.append(seq.counts_row)
+            seq.counts_row = None
 
     def _slot(self, seq: _Seq, pos: int) -> int:
         return seq.blocks[pos // self.block_size] * self.block_size + pos % self.block_size
@@ -475,62 +550,104 @@ class Engine:
             mask.masked_fill_(torch.arange(nb * bs, device=dev)[None, None, :] >= lens[:, None, None], float("-inf"))
             decode_segs.append((a, len(ids), slot_ids, mask))
             i = j
-        slots = torch.tensor([self._slot(s, p) for s in order for p in self._new_positions(s)], device=dev)
-        backend = _PagedAttention(self.cache, slots, prefill_segs, decode_segs, self.prefill_query_chunk)
-        input_ids = torch.tensor([ids], device=dev)
-        hidden = self.model.hidden_states(input_ids, torch.tensor(positions, device=dev), backend)
-        logits = self.model.lm_head(hidden[0, torch.tensor(last_rows, device=dev)]).float()  # [n, V]
+        slots = [self._slot(s, p) for s in order for p in self._new_positions(s)]
+        s_ints, s_floats = self._sampling_inputs(order)
+        (ids_t, pos_t, slots_t, last_t, *s_ints_t), s_floats_t = self._staging.upload(
+            [ids, positions, slots, last_rows, *s_ints], s_floats)
+        backend = _PagedAttention(self.cache, slots_t, prefill_segs, decode_segs, self.prefill_query_chunk)
+        logits = self._forward(ids_t, pos_t, last_t, backend)
         for s in order:
             s.num_computed = len(s.prompt) if s.num_computed < len(s.prompt) else s.num_computed + 1
-        tokens, logprobs = self._sample(order, logits)
+        tokens, logprobs, tops = self._sample(order, logits, s_ints_t, s_floats_t)
         self.steps += 1
         self.generated_tokens += len(tokens)
-        for s, tok, lp in zip(order, tokens, logprobs, strict=True):
-            self._advance(s, tok, lp)
+        for s, tok, lp, top in zip(order, tokens, logprobs, tops, strict=True):
+            self._advance(s, tok, lp, top)
         for s in prefill:
             if not s.finished:
                 self._publish(s, s.all_prompt_keys)
+
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, last_rows: torch.Tensor,
+                 backend: AttentionBackend) -> torch.Tensor:
+        """The one place a step runs the model: packed ids and positions [N] → logits [n, V] of the
+        rows that sample (a parallel runner wraps this call)."""
+        hidden = self.model.hidden_states(ids[None], positions, backend)
+        logits: torch.Tensor = self.model.lm_head(hidden[0, last_rows])
+        return logits
 
     def _new_positions(self, s: _Seq) -> range:
         if s.num_computed < len(s.prompt):
             return range(s.num_computed, len(s.prompt))
         return range(s.num_computed, s.num_computed + 1)
 
-    def _sample(self, seqs: list[_Seq], logits: torch.Tensor) -> tuple[list[int], list[float | None]]:
-        """Row by row, so a request's choice never depends on who else is in the batch."""
-        picked, lps = [], []
-        for i, s in enumerate(seqs):
-            row = logits[i]
-            p = s.params
-            if s.counts is not None:
-                row = row - p.frequency_penalty * s.counts - p.presence_penalty * (s.counts > 0).float()
-            if s.greedy:
-                tok = row.argmax()
-            else:
-                probs = (row / p.temperature).softmax(-1)
-                if p.top_p < 1.0:
-                    sorted_p, idx = probs.sort(descending=True)
-                    drop = sorted_p.cumsum(-1) - sorted_p > p.top_p  # keeps at least the top token
-                    sorted_p = sorted_p.masked_fill(drop, 0.0)
-                    tok = idx[torch.multinomial(sorted_p, 1, generator=s.generator)[0]]
-                else:
-                    tok = torch.multinomial(probs, 1, generator=s.generator)[0]
-            picked.append(tok)
-            if p.logprobs:
-                lps.append(logits[i].log_softmax(-1)[tok])
-        host = torch.stack(picked).tolist()  # the step's one device→host sync
-        lp_host = iter(torch.stack(lps).tolist() if lps else [])
-        return host, [next(lp_host) if s.params.logprobs else None for s in seqs]
+    def _sampling_inputs(self, seqs: list[_Seq]) -> tuple[list[list[int]], list[list[float]]]:
+        """The sampler's per-row inputs (int and float columns) for the step's staging buffer; empty
+        when every row is greedy and unpenalised (the sampler then needs nothing but the logits)."""
+        if all(s.greedy and not s.penalised for s in seqs):
+            return [], []
+        zero_row = self.max_batch  # the count table's row that stays zero, for unpenalised rows
+        ints = [[row_key(s.seed, len(s.output)) for s in seqs], [s.params.top_k for s in seqs],
+                [int(s.greedy) for s in seqs],
+                [zero_row if s.counts_row is None else s.counts_row for s in seqs]]
+        floats = [[1.0 if s.greedy else s.params.temperature for s in seqs], [s.params.top_p for s in seqs],
+                  [s.params.min_p for s in seqs], [s.params.presence_penalty for s in seqs],
+                  [s.params.frequency_penalty for s in seqs]]
+        return ints, floats
 
-    def _advance(self, s: _Seq, tok: int, lp: float | None) -> None:
+    def _sample(self, seqs: list[_Seq], logits: torch.Tensor, ints: list[torch.Tensor], floats: list[torch.Tensor]
+                ) -> tuple[list[int], list[float | None], list[list[tuple[int, float]] | None]]:
+        """One batched pass on the device (see sampler.py); rows never interact, so a request's choice
+        does not depend on who else is in the batch. Ends in the step's one device→host copy."""
+        want_lp = any(s.params.logprobs for s in seqs)
+        n_top = max(s.params.top_logprobs for s in seqs)
+        counts = None
+        if ints:
+            keys, top_k, greedy, count_rows = ints
+            temperature, top_p, min_p, presence, frequency = floats
+            rows: SamplingRows | None = rows_from_tensors(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                                     presence=presence, frequency=frequency, keys=keys, greedy=greedy.bool(),
+                                     host=[s.host_row for s in seqs])
+            if rows is not None and rows.any_penalty:
+                assert self._counts is not None
+                counts = self._counts[count_rows]
+        else:
+            rows = None
+        out = sample(logits, rows, counts=counts, allowed=None, want_logprobs=want_lp, top_logprobs=n_top)
+        if counts is not None:
+            assert self._counts is not None
+            self._counts.index_put_((count_rows, out.tokens), torch.ones_like(out.tokens, dtype=torch.float32),
+                                    accumulate=True)
+            self._counts[self.max_batch].zero_()
+        B = len(seqs)
+        parts = [out.tokens.to(torch.float64)]
+        if out.logprobs is not None:
+            parts.append(out.logprobs.to(torch.float64))
+        if out.top_ids is not None and out.top_logprobs is not None:
+            parts += [out.top_ids.to(torch.float64).flatten(), out.top_logprobs.to(torch.float64).flatten()]
+        host = (torch.cat(parts) if len(parts) > 1 else parts[0]).tolist()  # the step's one device→host copy
+        tokens = [int(t) for t in host[:B]]
+        lps: list[float | None] = [None] * B
+        tops: list[list[tuple[int, float]] | None] = [None] * B
+        off = B
+        if out.logprobs is not None:
+            lps = [lp if s.params.logprobs else None for s, lp in zip(seqs, host[off : off + B], strict=True)]
+            off += B
+        if n_top:
+            n = len(host[off:]) // (2 * B)
+            top_ids, top_lps = host[off : off + B * n], host[off + B * n :]
+            for i, s in enumerate(seqs):
+                k = s.params.top_logprobs
+                if k:
+                    tops[i] = [(int(top_ids[i * n + j]), top_lps[i * n + j]) for j in range(k)]
+        return tokens, lps, tops
+
+    def _advance(self, s: _Seq, tok: int, lp: float | None, top: list[tuple[int, float]] | None) -> None:
         p = s.params
         s.output.append(tok)
-        if s.counts is not None:
-            s.counts[tok] += 1
         if (tok in self.eos_ids and not p.ignore_eos) or tok in p.stop_token_ids:
             text = s.pending + (s.detok.flush() if s.detok else "")
             s.pending = ""
-            self._finish(s, FINISH_STOP, text=text, logprob=lp)
+            self._finish(s, FINISH_STOP, text=text, logprob=lp, top=top)
             return
         text = ""
         if s.detok is not None:
@@ -539,7 +656,7 @@ class Engine:
                 hit = min((i for i in (s.pending.find(x) for x in p.stop) if i >= 0), default=-1)
                 if hit >= 0:
                     text, s.pending = s.pending[:hit], ""
-                    self._finish(s, FINISH_STOP, text=text, token_ids=[tok], logprob=lp)
+                    self._finish(s, FINISH_STOP, text=text, token_ids=[tok], logprob=lp, top=top)
                     return
                 hold = max((k for x in p.stop for k in range(1, len(x)) if s.pending.endswith(x[:k])), default=0)
                 text, s.pending = s.pending[: len(s.pending) - hold], s.pending[len(s.pending) - hold :]
@@ -548,9 +665,10 @@ class Engine:
         if len(s.output) >= s.max_tokens:
             text += s.pending + (s.detok.flush() if s.detok else "")
             s.pending = ""
-            self._finish(s, FINISH_LENGTH, text=text, token_ids=[tok], logprob=lp)
+            self._finish(s, FINISH_LENGTH, text=text, token_ids=[tok], logprob=lp, top=top)
             return
-        s.handle._emit(Event([tok], text, usage=s.usage(), logprobs=None if lp is None else [lp]))
+        s.handle._emit(Event([tok], text, usage=s.usage(), logprobs=None if lp is None else [lp],
+                             top_logprobs=None if top is None else [top]))
 
     def _publish(self, s: _Seq, keys: list[bytes]) -> None:
         """Publish this sequence's computed full units so later requests of the same user reuse them."""
@@ -565,7 +683,8 @@ class Engine:
             s.private = [b for b in s.private if b not in blocks]
 
     def _finish(self, s: _Seq, reason: str, *, text: str = "", token_ids: list[int] | None = None,
-                logprob: float | None = None, error: str | None = None) -> None:
+                logprob: float | None = None, error: str | None = None,
+                top: list[tuple[int, float]] | None = None) -> None:
         if s.finished:
             return
         s.finished = True
@@ -581,7 +700,9 @@ class Engine:
             self.cache.release(key)
         self.cache.release_blocks(s.private)
         s.unit_keys, s.private, s.blocks = [], [], []
+        self._release_counts_row(s)
         if s in self._running:
             self._running.remove(s)
         s.handle._emit(Event(token_ids or [], text, reason, s.usage(),
-                             logprobs=None if logprob is None else [logprob], error=error))
+                             logprobs=None if logprob is None else [logprob], error=error,
+                             top_logprobs=None if top is None else [top]))

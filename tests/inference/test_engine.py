@@ -388,3 +388,19 @@ def test_a_failing_step_ends_its_requests_with_an_error_and_the_engine_keeps_ser
         assert eng.cache.available() == eng.cache.num_blocks
     finally:
         eng.stop()
+
+
+def test_top_k_min_p_and_top_logprobs_reach_the_engine_sampler(engine):
+    prompt = prompts(1, seed=8)[0]
+    greedy = run(engine, prompt, max_tokens=4, **GREEDY).token_ids
+    assert all(run(engine, prompt, max_tokens=4, temperature=1.5, top_k=1, seed=s, ignore_eos=True).token_ids == greedy
+               for s in range(4))
+    assert all(run(engine, prompt, max_tokens=4, temperature=1.5, min_p=1.0, seed=s, ignore_eos=True).token_ids
+               == greedy for s in range(4))
+    done = run(engine, prompt, max_tokens=3, top_logprobs=2, logprobs=True, **GREEDY)
+    assert done.top_logprobs is not None and [len(t) for t in done.top_logprobs] == [2, 2, 2]
+    assert [t[0][0] for t in done.top_logprobs] == done.token_ids  # greedy takes the most likely
+    assert done.logprobs == pytest.approx([t[0][1] for t in done.top_logprobs], abs=1e-6)
+    for bad in (dict(top_k=-1), dict(min_p=1.5), dict(top_logprobs=-2)):
+        with pytest.raises(ValueError):
+            engine.submit(Request(prompt, SamplingParams(**bad)))
