@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inference.linear import SINGLE, Linear, TensorParallel, VocabEmbedding
 from inference.moe import routed_experts
 
 SCORING_FUNCS = ("sigmoid", "softmax")
@@ -117,10 +118,14 @@ class ModelArgs:
         quant = cfg.get("quantization_config")
         if quant:
             method = quant.get("quant_method", "?") if isinstance(quant, dict) else quant
-            raise ConfigError(
-                f"config.json: quantization_config (quant_method={method!r}) is not supported: FP8 checkpoints "
-                "with weight_scale_inv block scales must be converted to bf16 first"
-            )
+            if method != "fp8":
+                raise ConfigError(f"config.json: quantization_config (quant_method={method!r}) is not supported "
+                                  "(fp8 with 128x128 weight blocks is)")
+            block = list(quant.get("weight_block_size") or [128, 128])
+            fmt = quant.get("fmt", "e4m3")
+            if block != [128, 128] or fmt != "e4m3":
+                raise ConfigError(f"config.json: quantization_config weight_block_size {block} / fmt {fmt!r} is not "
+                                  "supported (DeepSeek's [128, 128] e4m3)")
         v3 = model_type == "deepseek_v3"
         scoring = cfg.get("scoring_func") or ("sigmoid" if v3 else "softmax")
         topk_method = cfg.get("topk_method") or ("noaux_tc" if v3 else "greedy")
@@ -286,25 +291,30 @@ class AttentionBackend(Protocol):
 class MLA(nn.Module):
     """Multi-head latent attention. Keys and values live in a C-dim latent shared by all heads."""
 
-    def __init__(self, args: ModelArgs, layer: int):
+    def __init__(self, args: ModelArgs, layer: int, tp: TensorParallel = SINGLE):
         super().__init__()
         self.layer = layer
-        self.n_heads = args.num_attention_heads
+        if args.num_attention_heads % tp.world:
+            raise ConfigError(f"num_attention_heads {args.num_attention_heads} is not divisible by the "
+                              f"tensor-parallel size {tp.world}")
+        self.n_heads = args.num_attention_heads // tp.world  # this rank's heads
         self.dn, self.dr, self.dv = args.qk_nope_head_dim, args.qk_rope_head_dim, args.v_head_dim
         self.kv_lora_rank = args.kv_lora_rank
         self.rope_interleave = args.rope_interleave
         self.softmax_scale = args.softmax_scale
         H, nH, bias = args.hidden_size, args.num_attention_heads, args.attention_bias
+        # Heads split over ranks: q and kv_b column-parallel (whole heads), o_proj row-parallel; the
+        # latent projections (shared by all heads) are replicated, so every rank caches the latent.
         if args.q_lora_rank is None:
-            self.q_proj = nn.Linear(H, nH * args.qk_head_dim, bias=False)
+            self.q_proj = Linear(H, nH * args.qk_head_dim, tp=tp, split="column")
         else:
-            self.q_a_proj = nn.Linear(H, args.q_lora_rank, bias=bias)
+            self.q_a_proj = Linear(H, args.q_lora_rank, bias=bias)
             self.q_a_layernorm = RMSNorm(args.q_lora_rank, args.rms_norm_eps)
-            self.q_b_proj = nn.Linear(args.q_lora_rank, nH * args.qk_head_dim, bias=False)
-        self.kv_a_proj_with_mqa = nn.Linear(H, args.latent_dim, bias=bias)
+            self.q_b_proj = Linear(args.q_lora_rank, nH * args.qk_head_dim, tp=tp, split="column")
+        self.kv_a_proj_with_mqa = Linear(H, args.latent_dim, bias=bias)
         self.kv_a_layernorm = RMSNorm(args.kv_lora_rank, args.rms_norm_eps)
-        self.kv_b_proj = nn.Linear(args.kv_lora_rank, nH * (self.dn + self.dv), bias=False)
-        self.o_proj = nn.Linear(nH * self.dv, H, bias=bias)
+        self.kv_b_proj = Linear(args.kv_lora_rank, nH * (self.dn + self.dv), tp=tp, split="column")
+        self.o_proj = Linear(nH * self.dv, H, bias=bias, tp=tp, split="row")
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: AttentionBackend) -> torch.Tensor:
         B, T, _ = x.shape  # x [B, T, H]; cos/sin [T, dr/2] (positions shared by the batch rows)
@@ -348,7 +358,7 @@ class MLA(nn.Module):
         mask: torch.Tensor,  # [B or 1, T, S] additive
     ) -> torch.Tensor:  # [B, T, nH, dv]
         """Attend against the latent itself: kv_b_proj folded into the query and the output (decode)."""
-        w = self.kv_b_proj.weight.view(self.n_heads, self.dn + self.dv, self.kv_lora_rank)
+        w = self.kv_b_proj.dense_weight(q_nope.dtype).view(self.n_heads, self.dn + self.dv, self.kv_lora_rank)
         w_uk, w_uv = w[:, : self.dn], w[:, self.dn :]  # [nH, dn, C], [nH, dv, C]
         q_lat = torch.einsum("bthd,hdc->bthc", q_nope, w_uk)  # [B, T, nH, C]
         scores = torch.einsum("bthc,bsc->bhts", q_lat, c_kv) + torch.einsum("bthr,bsr->bhts", q_pe, k_pe)
@@ -359,11 +369,14 @@ class MLA(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, dim: int, inter: int):
+    """down(silu(gate(x))·up(x)); under tensor parallelism gate/up column- and down row-parallel
+    (reduce=False leaves down's partial sums for the caller to all-reduce with others)."""
+
+    def __init__(self, dim: int, inter: int, tp: TensorParallel = SINGLE, reduce: bool = True):
         super().__init__()
-        self.gate_proj = nn.Linear(dim, inter, bias=False)
-        self.up_proj = nn.Linear(dim, inter, bias=False)
-        self.down_proj = nn.Linear(inter, dim, bias=False)
+        self.gate_proj = Linear(dim, inter, tp=tp, split="column")
+        self.up_proj = Linear(dim, inter, tp=tp, split="column")
+        self.down_proj = Linear(inter, dim, tp=tp, split="row", reduce=reduce)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -408,20 +421,41 @@ def route(
 
 
 class MoE(nn.Module):
-    def __init__(self, args: ModelArgs):
+    """Router, routed experts and shared experts. Under expert parallelism this rank holds the
+    routed experts [expert_range) only (`expert_map`: global id → local index, -1 elsewhere); the
+    router is replicated, the shared experts are tensor-parallel, and one all-reduce adds the
+    ranks' routed and shared partial outputs. FP8 experts carry w13_scale_inv / w2_scale_inv
+    (kernels/fp8.py's layout), set by the loader."""
+
+    w13_scale_inv: nn.Parameter | None
+    w2_scale_inv: nn.Parameter | None
+    expert_map: torch.Tensor | None
+
+    def __init__(self, args: ModelArgs, tp: TensorParallel = SINGLE):
         super().__init__()
         E, H, inter = args.n_routed_experts, args.hidden_size, args.moe_intermediate_size
         assert E is not None
         self.args = args
+        self.tp = tp
         self.gate_weight = nn.Parameter(torch.empty(E, H))  # router [E, H]
         if args.topk_method == "noaux_tc":
             self.e_score_correction_bias = nn.Parameter(torch.zeros(E, dtype=torch.float32))
         else:
             self.e_score_correction_bias = None
-        self.w13 = nn.Parameter(torch.empty(E, 2 * inter, H))  # [E, 2I, H] stacked [gate; up] of every expert
-        self.w2 = nn.Parameter(torch.empty(E, H, inter))  # [E, H, I] stacked down of every expert
+        self.expert_range = tp.bounds(E)
+        lo, hi = self.expert_range
+        self.w13 = nn.Parameter(torch.empty(hi - lo, 2 * inter, H))  # [E_local, 2I, H] stacked [gate; up]
+        self.w2 = nn.Parameter(torch.empty(hi - lo, H, inter))  # [E_local, H, I] stacked down
+        self.w13_scale_inv = None
+        self.w2_scale_inv = None
+        if tp.world > 1:
+            emap = torch.full((E,), -1, dtype=torch.int32)
+            emap[lo:hi] = torch.arange(hi - lo, dtype=torch.int32)
+            self.register_buffer("expert_map", emap, persistent=False)
+        else:
+            self.expert_map = None
         shared = args.n_shared_experts or 0
-        self.shared_experts = MLP(H, inter * shared) if shared else None
+        self.shared_experts = MLP(H, inter * shared, tp, reduce=False) if shared else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -439,19 +473,21 @@ class MoE(nn.Module):
             norm_topk_prob=a.norm_topk_prob,
             routed_scaling_factor=a.routed_scaling_factor,
         )
-        y = routed_experts(x, self.w13, self.w2, weights, ids)
+        y = routed_experts(x, self.w13, self.w2, weights, ids, w13_scale=self.w13_scale_inv,
+                           w2_scale=self.w2_scale_inv, expert_map=self.expert_map)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
-        return y.view(shape)
+        return self.tp.all_reduce(y.contiguous()).view(shape)
 
 
 class Block(nn.Module):
-    def __init__(self, args: ModelArgs, layer: int):
+    def __init__(self, args: ModelArgs, layer: int, tp: TensorParallel = SINGLE):
         super().__init__()
         self.input_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
-        self.self_attn = MLA(args, layer)
+        self.self_attn = MLA(args, layer, tp)
         self.post_attention_layernorm = RMSNorm(args.hidden_size, args.rms_norm_eps)
-        self.mlp: nn.Module = MoE(args) if args.is_moe_layer(layer) else MLP(args.hidden_size, args.intermediate_size)
+        self.mlp: nn.Module = (MoE(args, tp) if args.is_moe_layer(layer)
+                               else MLP(args.hidden_size, args.intermediate_size, tp))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: AttentionBackend) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, backend)
@@ -468,13 +504,18 @@ class CausalAttention:
 
 
 class Transformer(nn.Module):
-    def __init__(self, args: ModelArgs):
+    """The model. `tp` places this process in a tensor/expert-parallel group (inference/parallel.py):
+    every rank builds the same Transformer with its own shard of the weights and runs the same
+    forward; the collectives inside the layers make every rank's hidden states and logits equal."""
+
+    def __init__(self, args: ModelArgs, tp: TensorParallel = SINGLE):
         super().__init__()
         self.args = args
-        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
-        self.layers = nn.ModuleList(Block(args, i) for i in range(args.num_hidden_layers))
+        self.tp = tp
+        self.embed_tokens = VocabEmbedding(args.vocab_size, args.hidden_size, tp=tp)
+        self.layers = nn.ModuleList(Block(args, i, tp) for i in range(args.num_hidden_layers))
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
-        self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+        self.lm_head = Linear(args.hidden_size, args.vocab_size, tp=tp, split="column", gather=True)
         self.inv_freq: torch.Tensor | None = None  # set by init_rope once the device is known
         self.rope_scale = 1.0
 

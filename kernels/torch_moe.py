@@ -348,13 +348,18 @@ def moe_torch(
     w2: torch.Tensor,  # [E, H, I]
     topk_weights: torch.Tensor,  # [T, k]
     topk_ids: torch.Tensor,  # [T, k]
+    *,
+    expert_weights: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> torch.Tensor:  # [T, H]
+    """Pairs whose id is E (one past the last expert) belong to no local expert and add nothing
+    (expert parallelism). `expert_weights(e)` → (w13[e], w2[e]) in hidden's dtype, for weights
+    stored otherwise (FP8: kernels/moe.py dequantizes the experts used); prepacking is then off."""
     num_tokens, top_k = topk_ids.shape
     num_experts = w13.shape[0]
     inter = w13.shape[1] // 2
     onednn = gemm_for(hidden) == "onednn"
     linear: Linear = onednn_linear if onednn else matmul_linear
-    prepack = onednn and prepack_for(hidden, w13, w2)
+    prepack = onednn and expert_weights is None and prepack_for(hidden, w13, w2)
     layer = packed_layer(w13, w2) if prepack else None  # None: off, or over the memory budget
     packed13, packed2 = layer if layer is not None else (None, None)
     half = hidden.dtype in (torch.float16, torch.bfloat16)
@@ -362,7 +367,8 @@ def moe_torch(
 
     flat_ids = topk_ids.reshape(-1)  # [P]
     order = torch.argsort(flat_ids, stable=True)  # [P] pair ids grouped by expert
-    counts = torch.bincount(flat_ids, minlength=num_experts).tolist()  # the one host sync
+    counts = torch.bincount(flat_ids, minlength=num_experts + 1).tolist()  # the one host sync
+    foreign = counts.pop(num_experts) if len(counts) > num_experts else 0  # pairs of no local expert
     token_of_pair = order // top_k  # [P]
     weight_of_pair = topk_weights.reshape(-1)[order].to(acc_dtype)  # [P]
     x_sorted = hidden.index_select(0, token_of_pair)  # [P, H], each expert's rows one slice
@@ -374,9 +380,12 @@ def moe_torch(
     starts = [0]
     for count in counts:
         starts.append(starts[-1] + count)
+    if foreign:
+        sorted_out[starts[-1]:].zero_()
 
     def run_expert(expert: int) -> None:
         rows = slice(starts[expert], starts[expert + 1])
+        w13_e, w2_e = expert_weights(expert) if expert_weights is not None else (w13[expert], w2[expert])
         if packed13 is not None and counts[expert] >= PREPACK_MIN_ROWS:
             gate_up = onednn_linear(x_sorted[rows], packed13.expert(w13, expert))  # [n, 2I]
             if half:
@@ -384,15 +393,15 @@ def moe_torch(
             act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]  # [n, I]
             y = onednn_linear(act.to(hidden.dtype), packed2.expert(w2, expert))  # [n, H]
         elif onednn and onednn_transposed(counts[expert], hidden.dtype):  # fp32: nothing to round
-            gate_up_t = onednn_linear_t(x_sorted[rows], w13[expert])  # [2I, n]
+            gate_up_t = onednn_linear_t(x_sorted[rows], w13_e)  # [2I, n]
             act_t = F.silu(gate_up_t[:inter]) * gate_up_t[inter:]  # [I, n]
-            y = onednn_linear_t(act_t.t().contiguous(), w2[expert]).t()  # [n, H] (a view)
+            y = onednn_linear_t(act_t.t().contiguous(), w2_e).t()  # [n, H] (a view)
         else:
-            gate_up = linear(x_sorted[rows], w13[expert])  # [n, 2I]
+            gate_up = linear(x_sorted[rows], w13_e)  # [n, 2I]
             if half:
                 gate_up = gate_up.float()
             act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]  # [n, I]
-            y = linear(act.to(hidden.dtype), w2[expert])  # [n, H]
+            y = linear(act.to(hidden.dtype), w2_e)  # [n, H]
         torch.mul(y, weight_of_pair[rows, None], out=sorted_out[rows])
 
     active = [expert for expert, count in enumerate(counts) if count]

@@ -122,9 +122,14 @@ def _moe_align_kernel(topk_ids_ptr, chunk_counts_ptr, sorted_ids_ptr, expert_ids
 def _moe_gemm1_kernel(a_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr,
                       num_pairs, top_k, N, K, num_m_blocks,
                       stride_am, stride_ak, stride_we, stride_wn, stride_wk, stride_om, stride_on,
+                      s_ptr, stride_se, stride_sn, stride_sk,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
-    """out[p, n] = silu(x_t · w13[e, n]) · (x_t · w13[e, N + n]) for pair p of token t, expert e."""
+                      BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
+                      HAS_SCALE: tl.constexpr, SB_N: tl.constexpr, SB_K: tl.constexpr):
+    """out[p, n] = silu(x_t · w13[e, n]) · (x_t · w13[e, N + n]) for pair p of token t, expert e.
+
+    HAS_SCALE: w13 is FP8 with SB_N×SB_K block scales (the gate's grid, then the up's), applied to
+    each weight tile as it is loaded (W8A16)."""
     # --- which block: grouped ordering, so blocks that share an expert run side by side
     pid = tl.program_id(0)
     num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
@@ -162,6 +167,13 @@ def _moe_gemm1_kernel(a_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, num
             a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
             g = tl.load(g_ptrs, mask=k_ok[:, None], other=0.0)
             u = tl.load(u_ptrs, mask=k_ok[:, None], other=0.0)
+        if HAS_SCALE:
+            kk = tl.minimum(k * BLOCK_K + offs_k, K - 1)  # columns past K are zero; any scale does
+            s_row = s_ptr + expert * stride_se + (kk // SB_K)[:, None] * stride_sk
+            s_gate = tl.load(s_row + (cols // SB_N)[None, :] * stride_sn)
+            s_up = tl.load(s_row + ((N + SB_N - 1) // SB_N + cols // SB_N)[None, :] * stride_sn)
+            g = (g.to(tl.float32) * s_gate).to(a.dtype)
+            u = (u.to(tl.float32) * s_up).to(a.dtype)
         acc_g = tl.dot(a, g, acc_g)
         acc_u = tl.dot(a, u, acc_u)
         a_ptrs += BLOCK_K * stride_ak
@@ -177,9 +189,11 @@ def _moe_gemm1_kernel(a_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, num
 def _moe_gemm2_kernel(a_ptr, w_ptr, out_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr,
                       num_post_pad_ptr, num_pairs, N, K, num_m_blocks,
                       stride_am, stride_ak, stride_we, stride_wn, stride_wk, stride_om, stride_on,
+                      s_ptr, stride_se, stride_sn, stride_sk,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                      GROUP_M: tl.constexpr, EVEN_K: tl.constexpr):
-    """out[p, n] = weight_p · (act_p · w2[e, n]) for pair p routed to expert e."""
+                      GROUP_M: tl.constexpr, EVEN_K: tl.constexpr,
+                      HAS_SCALE: tl.constexpr, SB_N: tl.constexpr, SB_K: tl.constexpr):
+    """out[p, n] = weight_p · (act_p · w2[e, n]) for pair p routed to expert e (HAS_SCALE as GEMM 1)."""
     # --- which block
     pid = tl.program_id(0)
     num_pid_n = (N + BLOCK_N - 1) // BLOCK_N
@@ -213,6 +227,11 @@ def _moe_gemm2_kernel(a_ptr, w_ptr, out_ptr, topk_weights_ptr, sorted_ids_ptr, e
             k_ok = offs_k < K - k * BLOCK_K
             a = tl.load(a_ptrs, mask=k_ok[None, :], other=0.0)
             w = tl.load(w_ptrs, mask=k_ok[:, None], other=0.0)
+        if HAS_SCALE:
+            kk = tl.minimum(k * BLOCK_K + offs_k, K - 1)
+            scale = tl.load(s_ptr + expert * stride_se + (kk // SB_K)[:, None] * stride_sk
+                            + (cols // SB_N)[None, :] * stride_sn)
+            w = (w.to(tl.float32) * scale).to(a.dtype)
         acc = tl.dot(a, w, acc)
         a_ptrs += BLOCK_K * stride_ak
         w_ptrs += BLOCK_K * stride_wk
@@ -226,7 +245,9 @@ def _moe_gemm2_kernel(a_ptr, w_ptr, out_ptr, topk_weights_ptr, sorted_ids_ptr, e
 
 def _moe_gemv1_kernel(x_ptr, w_ptr, out_ptr, topk_ids_ptr, N, K, top_k,
                       stride_xm, stride_we, stride_wn, stride_om,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+                      s_ptr, stride_se, stride_sn, stride_sk,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+                      HAS_SCALE: tl.constexpr, SB_N: tl.constexpr, SB_K: tl.constexpr):
     """Decode GEMM 1 without align: one program per (pair, column block), no tensor cores.
 
     act[p, n] = silu(x_t · w13[e, n]) · (x_t · w13[e, N + n]); weights are read along K (contiguous).
@@ -253,8 +274,16 @@ def _moe_gemv1_kernel(x_ptr, w_ptr, out_ptr, topk_ids_ptr, N, K, top_k,
             g = tl.load(g_ptrs, mask=k_ok[None, :], other=0.0)
             u = tl.load(u_ptrs, mask=k_ok[None, :], other=0.0)
         xf = x.to(tl.float32)[None, :]
-        acc_g += g.to(tl.float32) * xf
-        acc_u += u.to(tl.float32) * xf
+        if HAS_SCALE:
+            kk = tl.minimum(k * BLOCK_K + offs_k, K - 1)
+            s_row = s_ptr + expert * stride_se + (kk // SB_K)[None, :] * stride_sk
+            xg = xf * tl.load(s_row + (cols // SB_N)[:, None] * stride_sn)
+            xu = xf * tl.load(s_row + ((N + SB_N - 1) // SB_N + cols // SB_N)[:, None] * stride_sn)
+            acc_g += g.to(tl.float32) * xg
+            acc_u += u.to(tl.float32) * xu
+        else:
+            acc_g += g.to(tl.float32) * xf
+            acc_u += u.to(tl.float32) * xf
         x_ptrs += BLOCK_K
         g_ptrs += BLOCK_K
         u_ptrs += BLOCK_K
@@ -266,7 +295,9 @@ def _moe_gemv1_kernel(x_ptr, w_ptr, out_ptr, topk_ids_ptr, N, K, top_k,
 
 def _moe_gemv2_kernel(a_ptr, w_ptr, out_ptr, topk_ids_ptr, topk_weights_ptr, N, K, top_k,
                       stride_am, stride_we, stride_wn, stride_om,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+                      s_ptr, stride_se, stride_sn, stride_sk,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+                      HAS_SCALE: tl.constexpr, SB_N: tl.constexpr, SB_K: tl.constexpr):
     """Decode GEMM 2 and the sum over k in one: one program per (token, column block).
 
     out[t, n] = Σ_j weight_j · act[t·k + j] · w2[e_j, n], summed in fp32 in a fixed order.
@@ -291,7 +322,13 @@ def _moe_gemv2_kernel(a_ptr, w_ptr, out_ptr, topk_ids_ptr, topk_weights_ptr, N, 
                 k_ok = offs_k < K - k * BLOCK_K
                 a = tl.load(a_ptrs, mask=k_ok, other=0.0)
                 w = tl.load(w_ptrs, mask=k_ok[None, :], other=0.0)
-            acc += w.to(tl.float32) * a.to(tl.float32)[None, :]
+            if HAS_SCALE:
+                kk = tl.minimum(k * BLOCK_K + offs_k, K - 1)
+                scale = tl.load(s_ptr + expert * stride_se + (kk // SB_K)[None, :] * stride_sk
+                                + (cols // SB_N)[:, None] * stride_sn)
+                acc += w.to(tl.float32) * scale * a.to(tl.float32)[None, :]
+            else:
+                acc += w.to(tl.float32) * a.to(tl.float32)[None, :]
             a_ptrs += BLOCK_K
             w_ptrs += BLOCK_K
         total += weight * tl.reduce(acc, 1, _ADD)
@@ -452,8 +489,19 @@ def _check_tiles(cfg: Config, where: str) -> None:
               f"{where}: {key} must be a power of two >= 16 (tl.dot needs it), got {cfg[key]}")
 
 
+SCALE_BLOCK = 128  # DeepSeek's FP8 block (weight_block_size [128, 128])
+
+
+def _scale_args(w: torch.Tensor, scale: torch.Tensor | None) -> tuple[tuple[object, int, int, int], dict[str, object]]:
+    """The (pointer, strides) and constexprs of a weight's block scales; w stands in when there are none."""
+    if scale is None:
+        return (w, 0, 0, 0), {"HAS_SCALE": False, "SB_N": SCALE_BLOCK, "SB_K": SCALE_BLOCK}
+    return ((scale, scale.stride(0), scale.stride(1), scale.stride(2)),
+            {"HAS_SCALE": True, "SB_N": SCALE_BLOCK, "SB_K": SCALE_BLOCK})
+
+
 def moe_gemm1(hidden: torch.Tensor, w13: torch.Tensor, sorted_ids: torch.Tensor, expert_ids: torch.Tensor,
-              num_post_pad: torch.Tensor, top_k: int, cfg: Config) -> torch.Tensor:
+              num_post_pad: torch.Tensor, top_k: int, cfg: Config, w13_scale: torch.Tensor | None = None) -> torch.Tensor:
     """GEMM 1 over the aligned pairs: silu(x·gateᵀ)·(x·upᵀ) → [P, I], row p for pair p."""
     _check_tiles(cfg, "moe_gemm1")
     num_tokens, hidden_size = hidden.shape
@@ -465,13 +513,14 @@ def moe_gemm1(hidden: torch.Tensor, w13: torch.Tensor, sorted_ids: torch.Tensor,
           f"BLOCK_M = {cfg['BLOCK_M']} (align and GEMM must share BLOCK_M)")
     act = torch.empty(num_pairs, inter, dtype=hidden.dtype, device=hidden.device)
     grid = (num_m_blocks * triton.cdiv(inter, cfg["BLOCK_N"]),)
+    scale_args, scale_consts = _scale_args(w13, w13_scale)
     _kernels(_use_interpreter(hidden)).gemm1[grid](
         hidden, w13, act, sorted_ids, expert_ids, num_post_pad,
         num_pairs, top_k, inter, hidden_size, num_m_blocks,
         hidden.stride(0), hidden.stride(1), w13.stride(0), w13.stride(1), w13.stride(2),
-        act.stride(0), act.stride(1),
+        act.stride(0), act.stride(1), *scale_args,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        GROUP_M=cfg["GROUP_M"], EVEN_K=hidden_size % cfg["BLOCK_K"] == 0,
+        GROUP_M=cfg["GROUP_M"], EVEN_K=hidden_size % cfg["BLOCK_K"] == 0, **scale_consts,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return act
@@ -479,7 +528,7 @@ def moe_gemm1(hidden: torch.Tensor, w13: torch.Tensor, sorted_ids: torch.Tensor,
 
 def moe_gemm2(act: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, sorted_ids: torch.Tensor,
               expert_ids: torch.Tensor, num_post_pad: torch.Tensor, cfg: Config,
-              out: torch.Tensor | None = None) -> torch.Tensor:
+              out: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None) -> torch.Tensor:
     """GEMM 2 over the aligned pairs: weight_p · act_p·w2[e]ᵀ → [P, H] (into `out` if given)."""
     _check_tiles(cfg, "moe_gemm2")
     num_pairs, inter = act.shape
@@ -492,13 +541,14 @@ def moe_gemm2(act: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, s
     check(tuple(out.shape) == (num_pairs, hidden_size),
           f"moe_gemm2: out must be [P, H] = {(num_pairs, hidden_size)}, got {tuple(out.shape)}")
     grid = (num_m_blocks * triton.cdiv(hidden_size, cfg["BLOCK_N"]),)
+    scale_args, scale_consts = _scale_args(w2, w2_scale)
     _kernels(_use_interpreter(act)).gemm2[grid](
         act, w2, out, topk_weights, sorted_ids, expert_ids, num_post_pad,
         num_pairs, hidden_size, inter, num_m_blocks,
         act.stride(0), act.stride(1), w2.stride(0), w2.stride(1), w2.stride(2),
-        out.stride(0), out.stride(1),
+        out.stride(0), out.stride(1), *scale_args,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        GROUP_M=cfg["GROUP_M"], EVEN_K=inter % cfg["BLOCK_K"] == 0,
+        GROUP_M=cfg["GROUP_M"], EVEN_K=inter % cfg["BLOCK_K"] == 0, **scale_consts,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return out
@@ -548,7 +598,7 @@ def _num_sms(index: int | None) -> int:
 
 
 def moe_gemv1(hidden: torch.Tensor, w13: torch.Tensor, topk_ids: torch.Tensor,
-              tiles: tuple[int, int, int] | None = None) -> torch.Tensor:
+              tiles: tuple[int, int, int] | None = None, w13_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Decode GEMM 1 per pair, no align: silu(x·gateᵀ)·(x·upᵀ) → [P, I]. tiles: (BLOCK_N, BLOCK_K, warps)."""
     num_tokens, hidden_size = hidden.shape
     inter = w13.shape[1] // 2
@@ -559,16 +609,18 @@ def moe_gemv1(hidden: torch.Tensor, w13: torch.Tensor, topk_ids: torch.Tensor,
         tiles = (*_gemv_tiles(inter, hidden_size, wanted, num_pairs), 4)
     block_n, block_k, warps = tiles
     act = torch.empty(num_pairs, inter, dtype=hidden.dtype, device=hidden.device)
+    scale_args, scale_consts = _scale_args(w13, w13_scale)
     _kernels(_use_interpreter(hidden)).gemv1[(num_pairs, triton.cdiv(inter, block_n))](
         hidden, w13, act, topk_ids, inter, hidden_size, top_k,
-        hidden.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
-        BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=hidden_size % block_k == 0, num_warps=warps,
+        hidden.stride(0), w13.stride(0), w13.stride(1), act.stride(0), *scale_args,
+        BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=hidden_size % block_k == 0, num_warps=warps, **scale_consts,
     )
     return act
 
 
 def moe_gemv2(act: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor,
-              out: torch.Tensor, tiles: tuple[int, int, int] | None = None) -> torch.Tensor:
+              out: torch.Tensor, tiles: tuple[int, int, int] | None = None,
+              w2_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Decode GEMM 2 with the sum over k: out[t] = Σ_j w_j · act[t·k+j]·w2[e_j]ᵀ. tiles as moe_gemv1."""
     num_tokens, hidden_size = out.shape
     inter = act.shape[1]
@@ -577,10 +629,11 @@ def moe_gemv2(act: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor, topk_
         wanted = 4 * (_num_sms(out.device.index) if out.is_cuda else 4)
         tiles = (*_gemv_tiles(hidden_size, inter, wanted, num_tokens), 4)
     block_n, block_k, warps = tiles
+    scale_args, scale_consts = _scale_args(w2, w2_scale)
     _kernels(_use_interpreter(out)).gemv2[(num_tokens, triton.cdiv(hidden_size, block_n))](
         act, w2, out, topk_ids, topk_weights, hidden_size, inter, top_k,
-        act.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
-        BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=inter % block_k == 0, num_warps=warps,
+        act.stride(0), w2.stride(0), w2.stride(1), out.stride(0), *scale_args,
+        BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=inter % block_k == 0, num_warps=warps, **scale_consts,
     )
     return out
 
@@ -606,7 +659,8 @@ def moe_gemv2_split(act: torch.Tensor, w2: torch.Tensor, topk_ids: torch.Tensor,
 
 
 def moe_decode(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
-               topk_ids: torch.Tensor, out: torch.Tensor, config: Config | None = None) -> torch.Tensor:
+               topk_ids: torch.Tensor, out: torch.Tensor, config: Config | None = None,
+               w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Small-batch path: no align, no tensor cores; GEMM 2 also sums over k. Two launches.
 
     Tiles come from the config's "gemv1"/"gemv2" entries ([BLOCK_N, BLOCK_K, num_warps]) where the
@@ -617,8 +671,10 @@ def moe_decode(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_w
     config = config or {}
     tiles1 = tuple(config["gemv1"]) if "gemv1" in config else None
     tiles2 = tuple(config["gemv2"]) if "gemv2" in config else None
-    act = moe_gemv1(hidden, w13, topk_ids, tiles1)  # [P, I]
+    act = moe_gemv1(hidden, w13, topk_ids, tiles1, w13_scale)  # [P, I]
     split = config.get("gemv2_split")
+    if w2_scale is not None:  # the split GEMV has no FP8 variant
+        return moe_gemv2(act, w2, topk_ids, topk_weights, out, tiles2, w2_scale)
     if split:
         return moe_gemv2_split(act, w2, topk_ids, topk_weights, out, tuple(split) if split is not True else None)
     return moe_gemv2(act, w2, topk_ids, topk_weights, out, tiles2)
@@ -626,13 +682,19 @@ def moe_decode(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_w
 
 def fused_moe_triton(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
                      topk_weights: torch.Tensor, topk_ids: torch.Tensor, *,
-                     config: Config | None = None, decode: bool | None = None) -> torch.Tensor:
+                     config: Config | None = None, decode: bool | None = None,
+                     w13_scale: torch.Tensor | None = None, w2_scale: torch.Tensor | None = None,
+                     foreign: bool = False) -> torch.Tensor:
     """The routed MoE output [T, H] through the Triton kernels (CUDA, or CPU under the interpreter).
 
     `decode` forces (True) or refuses (False) the small-batch path (`moe_decode`: no align, GEMV
     kernels, the sum over k fused); None lets `use_decode_path` decide.
+    FP8: w13/w2 float8_e4m3fn with 128×128 block scales w13_scale/w2_scale (kernels/fp8.py), scaled
+    inside every GEMM. `foreign`: ids equal to E mark pairs of experts on other ranks; align skips
+    them, their rows stay zero, and the decode path (which reads every pair's expert) is not used.
     """
-    check_moe_inputs(hidden, w13, w2, topk_weights, topk_ids, where="fused_moe_triton")
+    check_moe_inputs(hidden, w13, w2, topk_weights, topk_ids, where="fused_moe_triton",
+                     w13_scale=w13_scale, w2_scale=w2_scale, foreign=foreign)
     interpret = _use_interpreter(hidden)
     check(not (interpret and hidden.dtype == torch.bfloat16),
           "fused_moe_triton: the Triton interpreter computes garbage for bfloat16; use float16/float32 "
@@ -640,14 +702,16 @@ def fused_moe_triton(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     num_tokens, hidden_size = hidden.shape
     num_experts, two_inter, _ = w13.shape
     top_k = topk_ids.shape[1]
-    out = torch.empty_like(hidden)
+    out = torch.zeros_like(hidden) if foreign else torch.empty_like(hidden)
     if num_tokens == 0:
         return out
     if config is None:
         device_name = _device_name(hidden.device.index) if hidden.is_cuda else None
         config = get_config(num_tokens, num_experts, two_inter // 2, top_k, device_name, interpret)
+    if foreign:
+        decode = False
     if decode if decode is not None else use_decode_path(num_tokens, top_k, num_experts):
-        return moe_decode(hidden, w13, w2, topk_weights, topk_ids, out, config)
+        return moe_decode(hidden, w13, w2, topk_weights, topk_ids, out, config, w13_scale, w2_scale)
     cfg1, cfg2 = gemm_configs(config)
     if not interpret:
         limit = _max_shared_memory(hidden.device.index)
@@ -657,8 +721,12 @@ def fused_moe_triton(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     _check_tiles(cfg2, "fused_moe_triton")
 
     sorted_ids, expert_ids, num_post_pad = moe_align(topk_ids, num_experts, cfg1["BLOCK_M"])
-    act = moe_gemm1(hidden, w13, sorted_ids, expert_ids, num_post_pad, top_k, cfg1)  # [P, I]
+    act = moe_gemm1(hidden, w13, sorted_ids, expert_ids, num_post_pad, top_k, cfg1, w13_scale)  # [P, I]
     if top_k == 1:  # one pair per token: GEMM 2 writes the output itself
-        return moe_gemm2(act, w2, topk_weights, sorted_ids, expert_ids, num_post_pad, cfg2, out=out)
-    per_pair = moe_gemm2(act, w2, topk_weights, sorted_ids, expert_ids, num_post_pad, cfg2)  # [P, H]
+        return moe_gemm2(act, w2, topk_weights, sorted_ids, expert_ids, num_post_pad, cfg2, out=out,
+                         w2_scale=w2_scale)
+    per_pair = torch.zeros(num_tokens * top_k, hidden_size, dtype=hidden.dtype, device=hidden.device) if foreign \
+        else None
+    per_pair = moe_gemm2(act, w2, topk_weights, sorted_ids, expert_ids, num_post_pad, cfg2, out=per_pair,
+                         w2_scale=w2_scale)  # [P, H]
     return moe_sum(per_pair, top_k, out)

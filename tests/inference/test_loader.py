@@ -97,10 +97,10 @@ def test_a_misshapen_tensor_is_named(ckpt):
         load_model(path, device=DEVICE)
 
 
-def test_fp8_scales_are_refused_with_a_reason(ckpt):
+def test_a_block_scale_beside_an_unquantized_weight_is_named(ckpt):
     path, _ = ckpt
     edit_tensors(path, lambda t: t.update({"model.layers.0.self_attn.o_proj.weight_scale_inv": torch.ones(1, 1)}))
-    with pytest.raises(CheckpointError, match=r"FP8.*weight_scale_inv"):
+    with pytest.raises(CheckpointError, match=r"o_proj\.weight has dtype torch\.float32 but a .*weight_scale_inv"):
         load_model(path, device=DEVICE)
 
 
@@ -110,7 +110,8 @@ def test_fp8_scales_are_refused_with_a_reason(ckpt):
         ("scoring_func", "tanh", r"scoring_func 'tanh'"),
         ("topk_method", "random", r"topk_method 'random'"),
         ("hidden_act", "gelu", r"hidden_act 'gelu'"),
-        ("quantization_config", {"quant_method": "fp8"}, r"quantization_config.*fp8"),
+        ("quantization_config", {"quant_method": "awq"}, r"quantization_config.*'awq'"),
+        ("quantization_config", {"quant_method": "fp8", "weight_block_size": [64, 64]}, r"weight_block_size \[64, 64\]"),
         ("rope_parameters", {"rope_type": "longrope", "rope_theta": 1e4}, r"rope type 'longrope'"),
         ("kv_lora_rank", DELETE, r"'kv_lora_rank' is missing"),
         ("topk_group", 9, r"topk_group 9 exceeds n_group 4"),
