@@ -12,11 +12,11 @@ if TYPE_CHECKING:
     from inference.model import Transformer
 
 
-def load_model(path: Any, *, dtype: Any = None, device: Any = None) -> Transformer:
+def load_model(path: Any, *, dtype: Any = None, device: Any = None, **kwargs: Any) -> Transformer:
     """Load a Hugging Face-format DeepSeek V2/V3 checkpoint; see `inference.loader.load_model`."""
     from inference.loader import load_model as _load
 
-    return _load(path, dtype=dtype, device=device)
+    return _load(path, dtype=dtype, device=device, **kwargs)
 
 
 __all__ = ["load_model"]

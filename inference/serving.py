@@ -33,17 +33,29 @@ def max_batch() -> int:
 
 
 def build_engine(checkpoint: str):
-    from inference import load_model
+    """The engine for `checkpoint`; with $LEVEE_TP_SIZE > 1 over that many ranks (inference/parallel.py)."""
+    from inference import load_model, parallel
     from inference.engine import Engine
     from inference.tokenizer import IncrementalDetokenizer, Tokenizer
 
     device, dtype = _device_and_dtype()
-    model = load_model(checkpoint, dtype=dtype, device=device)
+    if parallel.tp_size() > 1:  # rank 0 here; ranks 1.. spawned, each loading its shard
+        model, _ = parallel.load_parallel(checkpoint, dtype=dtype, device=device)
+    else:
+        model = load_model(checkpoint, dtype=dtype, device=device)
     tokenizer = Tokenizer.from_dir(checkpoint)
     budget = int(os.environ.get("LEVEE_KV_BUDGET_MB", "256")) * 2**20
     engine = Engine(model, kv_budget_bytes=budget, max_batch=max_batch(),
                     detokenizer_factory=lambda: IncrementalDetokenizer(tokenizer))
     return engine.start()
+
+
+def shutdown(engine) -> None:
+    """Stop the engine and, when it runs over several ranks, release and reap the followers."""
+    engine.stop()
+    stop = getattr(engine.model, "stop", None)  # a ParallelRunner
+    if stop is not None:
+        stop()
 
 
 def submit(engine, message: protocol.JobMessage, sink):

@@ -86,7 +86,7 @@ class Runtime:
         except redis.RedisError:
             pass
         if self._engine is not None:
-            self._engine.stop()  # running jobs end as cancelled: let the forwarder write that
+            serving.shutdown(self._engine)  # running jobs end as cancelled: let the forwarder write that
         deadline = time.monotonic() + 5
         while self.forwarder.jobs and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -63,6 +63,11 @@ CASES: dict[str, dict] = {
         n_group=4, topk_group=2, first_k_dense_replace=1, topk_method="group_limited_greedy",
         norm_topk_prob=False, routed_scaling_factor=2.0,
     ),
+    # Tensor/expert parallelism over 2 ranks: 5 experts split 2 + 3, 97 vocabulary rows 48 + 49.
+    "v3_uneven": dict(
+        family="v3", q_lora_rank=24, n_routed_experts=5, n_shared_experts=1, num_experts_per_tok=2,
+        n_group=1, topk_group=1, first_k_dense_replace=1, norm_topk_prob=True, routed_scaling_factor=2.5,
+    ),
     # FP8 parity: every quantized linear has a dimension past one 128-block (partial edge blocks):
     # hidden 160, q_lora 136, kv_lora 144, expert width 136, dense width 200.
     "v3_fp8_edges": dict(
