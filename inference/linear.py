@@ -16,6 +16,7 @@ takes the matching slice of x and all-reduces the partial products (bias added o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,14 +98,16 @@ class Linear(nn.Module):
         """The local weight in `dtype` (dequantized, through the cache, when FP8)."""
         if self.weight_scale_inv is None:
             return self.weight if self.weight.dtype == dtype else self.weight.to(dtype)
-        return CACHE.get(self.weight, self.weight_scale_inv, dtype)
+        out: torch.Tensor = CACHE.get(self.weight, self.weight_scale_inv, dtype)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.weight_scale_inv
         bias = self.bias if self.split != "row" else None
         if scale is not None and x.is_cuda and _triton_linear() is not None:
             flat = x.reshape(-1, x.shape[-1]).contiguous()
-            y = _triton_linear()(flat, self.weight, scale).view(*x.shape[:-1], -1)  # type: ignore[misc]
+            gemm: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] = _triton_linear()
+            y = gemm(flat, self.weight, scale).view(*x.shape[:-1], -1)
             if bias is not None:
                 y = y + bias
         else:

@@ -188,7 +188,7 @@ def load_model(
         f = files[name]
         if f not in handles:
             handles[f] = safe_open(str(f), framework="pt", device="cpu")
-        t = handles[f].get_tensor(name)  # a view of the memory map, not a copy
+        t: torch.Tensor = handles[f].get_tensor(name)  # a view of the memory map, not a copy
         if shape is not None and tuple(t.shape) != shape:
             raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)}, expected {shape}")
         return t
@@ -285,6 +285,7 @@ def load_model(
         model.get_submodule(prefix).weight_scale_inv = nn.Parameter(scale, requires_grad=False)
     for i, (s13, s2) in expert_scales.items():
         moe = model.layers[i].mlp
+        assert isinstance(moe, MoE)
         moe.w13_scale_inv = nn.Parameter(s13, requires_grad=False)
         moe.w2_scale_inv = nn.Parameter(s2, requires_grad=False)
     for module in model.modules():  # buffers made on the meta device (the expert maps)

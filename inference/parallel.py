@@ -40,6 +40,7 @@ import torch.multiprocessing as mp
 
 from inference.kvcache import KVCache
 from inference.linear import TensorParallel
+from inference.model import Transformer
 
 log = logging.getLogger("inference.parallel")
 
@@ -116,7 +117,7 @@ def _outbound(obj: Any) -> Any:
 class ParallelRunner:
     """Rank 0's model, as the engine sees it: each call is broadcast to the followers, then run."""
 
-    def __init__(self, model: torch.nn.Module, tp: TensorParallel) -> None:
+    def __init__(self, model: Transformer, tp: TensorParallel) -> None:
         self.model = model
         self.tp = tp
         self.args = model.args
@@ -125,11 +126,11 @@ class ParallelRunner:
 
     @property
     def device(self) -> torch.device:
-        return self.model.device  # type: ignore[no-any-return]
+        return self.model.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.dtype  # type: ignore[no-any-return]
+        return self.model.dtype
 
     def _call(self, op: str, *payload: Any) -> Any:
         if self.broken is not None:
@@ -176,7 +177,7 @@ def _broadcast(tp: TensorParallel, message: Any) -> Any:
     return box[0]
 
 
-def follow(model: torch.nn.Module, tp: TensorParallel) -> int:
+def follow(model: Transformer, tp: TensorParallel) -> int:
     """A follower's loop: run each step rank 0 broadcasts, against this rank's own KV cache, until
     "stop". Returns the number of calls run. Raises when the group breaks (rank 0 died)."""
     device = model.device
@@ -218,7 +219,7 @@ def _follower_main(rank: int, world: int, port: int, checkpoint: str, dtype: tor
 
 
 def start_followers(world: int, checkpoint: str, *, dtype: torch.dtype, device: str, port: int | None = None,
-                    timeout: float | None = None) -> list[mp.Process]:
+                    timeout: float | None = None) -> list[Any]:
     """Spawn ranks 1..world-1 (each loads its shard, then follows); rank 0 calls `init` next."""
     port = port or int(os.environ.get(PORT_ENV, "29510"))
     ctx = mp.get_context("spawn")
@@ -232,7 +233,7 @@ def start_followers(world: int, checkpoint: str, *, dtype: torch.dtype, device: 
 
 
 def load_parallel(checkpoint: str, *, dtype: torch.dtype, device: str, world: int | None = None,
-                  port: int | None = None, timeout: float | None = None) -> tuple[ParallelRunner, list[mp.Process]]:
+                  port: int | None = None, timeout: float | None = None) -> tuple[ParallelRunner, list[Any]]:
     """Rank 0's side of a single-node launch: spawn the followers, join the group, load rank 0's
     shard. Returns the runner to hand to the Engine and the follower processes."""
     world = world or tp_size()

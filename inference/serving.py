@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from inference import protocol
 
@@ -39,6 +40,7 @@ def build_engine(checkpoint: str):
     from inference.tokenizer import IncrementalDetokenizer, Tokenizer
 
     device, dtype = _device_and_dtype()
+    model: Any  # a Transformer, or rank 0's ParallelRunner (which the engine drives the same way)
     if parallel.tp_size() > 1:  # rank 0 here; ranks 1.. spawned, each loading its shard
         model, _ = parallel.load_parallel(checkpoint, dtype=dtype, device=device)
     else:
@@ -50,7 +52,7 @@ def build_engine(checkpoint: str):
     return engine.start()
 
 
-def shutdown(engine) -> None:
+def shutdown(engine: Any) -> None:
     """Stop the engine and, when it runs over several ranks, release and reap the followers."""
     engine.stop()
     stop = getattr(engine.model, "stop", None)  # a ParallelRunner

@@ -20,7 +20,7 @@ from kernels.checks import check
 from kernels.fp8 import BLOCK, FP8_DTYPE, scale_shape
 
 
-def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K,
+def _fp8_linear_kernel(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K,  # type: ignore[no-untyped-def]
                        stride_xm, stride_wn, stride_sn, stride_ym,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                        SB_N: tl.constexpr, SB_K: tl.constexpr):
