@@ -43,6 +43,7 @@ urlpatterns = [
     path("keys/", keys.keys_page, name="keys-page"),
     path("usage/", billing_pages.usage_page, name="usage-page"),
     path("api/keys", keys.keys_collection, name="api-keys"),
+    path("api/keys/<int:key_id>", keys.key_detail, name="api-key-detail"),
     path("api/keys/<int:key_id>/revoke", keys.revoke_key, name="api-key-revoke"),
     path("v1/", include(api_patterns)),
     path("", include(api_patterns)),

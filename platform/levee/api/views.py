@@ -205,6 +205,8 @@ async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admi
             request_id=request.request_id, deadline=datetime.fromtimestamp(deadline, tz=UTC))
     except billing.InsufficientBalance:
         return error_response(402, "Insufficient Balance")
+    except billing.SpendCapReached as exc:
+        return error_response(402, str(exc), code=exc.code, param=exc.param)
     request.phases.mark("hold")
 
     message = protocol.JobMessage(

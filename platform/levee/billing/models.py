@@ -359,3 +359,29 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} by {self.actor or self.source}"
+
+
+class CapPeriod(models.TextChoices):
+    DAY = "day"
+    MONTH = "month"
+    LIFETIME = "lifetime"
+
+
+class KeySpend(models.Model):
+    """What one capped API key's requests reserve (open holds) or were charged, per period a cap
+    counts over: the UTC day or month its holds were placed in, or all time (`starts` 1970-01-01).
+    A row exists only while the key carries a cap of that period (levee.billing.caps)."""
+
+    api_key = models.ForeignKey("keys.ApiKey", on_delete=models.CASCADE, related_name="+")
+    period = models.CharField(max_length=8, choices=CapPeriod.choices)
+    starts = models.DateField()
+    spent_nano = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["api_key", "period", "starts"], name="billing_key_spend_once"),
+            models.CheckConstraint(condition=Q(spent_nano__gte=0), name="billing_key_spend_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"key {self.api_key_id} {self.period} from {self.starts}: {self.spent_nano} nano"

@@ -23,6 +23,8 @@ from django.db.models import F, Sum, Value
 from django.utils import timezone
 
 from levee.accounts.models import User
+from levee.billing import caps
+from levee.billing.caps import SpendCapReached
 from levee.billing.models import (
     AuditEvent,
     DailyUsage,
@@ -43,7 +45,7 @@ from levee.billing.pricing import PriceNotFound, currency, rates_at, rates_from_
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "InsufficientBalance", "PriceNotFound", "BillingRefused", "estimate_max_cost", "place_hold", "settle_hold",
+    "InsufficientBalance", "PriceNotFound", "SpendCapReached", "BillingRefused", "estimate_max_cost", "place_hold", "settle_hold",
     "release_hold", "record_free_usage", "wallet_for", "grant", "topup", "adjust", "refund_usage",
     "redeem_voucher", "expire_grants", "sweep_holds", "reconcile",
 ]
@@ -150,7 +152,7 @@ def place_hold(*, user, api_key=None, model: str, prompt_tokens: int, max_tokens
                 percent_off_cache_miss=rates.cache_miss.percent_off, percent_off_output=rates.output.percent_off)
     entry = LedgerEntry(wallet_id=wallet_id, kind=LedgerKind.HOLD, held_delta=amount, hold=hold, actor=user,
                         created_at=now)
-    if _reserve(hold, entry, user_id=user.pk):
+    if _reserve_within_caps(hold, entry, api_key, user_id=user.pk):
         return hold
     wallet = wallet_for(user)
     if wallet.pk != wallet_id:  # the remembered id was stale: once more with the real one
@@ -158,6 +160,19 @@ def place_hold(*, user, api_key=None, model: str, prompt_tokens: int, max_tokens
         return place_hold(user=user, api_key=api_key, model=model, prompt_tokens=prompt_tokens,
                           max_tokens=max_tokens, request_id=request_id, deadline=deadline)
     raise InsufficientBalance(needed_nano=amount, available_nano=wallet.available_nano)
+
+
+def _reserve_within_caps(hold: Hold, entry: LedgerEntry, api_key, *, user_id: int) -> bool:
+    """_reserve, and for a key with spend caps the caps' counters in the same transaction (taken
+    before the wallet row). Raises SpendCapReached (nothing written) when a cap would be passed."""
+    if api_key is None or not api_key.caps:
+        return _reserve(hold, entry, user_id=user_id)
+    with transaction.atomic():
+        caps.reserve(api_key, hold.amount_nano, hold.created_at)
+        if _reserve(hold, entry, user_id=user_id):
+            return True
+        transaction.set_rollback(True)
+    return False
 
 
 def _reserve(hold: Hold, entry: LedgerEntry, *, user_id: int) -> bool:
@@ -300,10 +315,14 @@ def _settle(hold_id, tokens: dict, *, optimistic: bool) -> UsageRecord:
     # Locks in the order every hold-closing path takes them: the hold, then (as late as possible,
     # since each new request of the account waits for it in place_hold) the wallet.
     with transaction.atomic():
-        hold = _lock_hold(hold_id, related=("price_cache_hit", "price_cache_miss", "price_output", "wallet"))
+        hold = _lock_hold(hold_id, related=("price_cache_hit", "price_cache_miss", "price_output", "wallet",
+                                            "api_key"))
         if hold.status == HoldStatus.SETTLED:
             return UsageRecord.objects.get(hold=hold)
         late = hold.status == HoldStatus.RELEASED
+        capped = caps.is_capped(hold)
+        if capped:  # the key's spend counters, before the wallet (the order place_hold takes them in)
+            caps.lock(hold)
         wallet = _lock_wallet(wallet_id) if late else None  # a late charge depends on the balance
         cost = rates_from_hold(hold).cost(cache_hit_tokens=tokens["prompt_cache_hit_tokens"],
                                           cache_miss_tokens=tokens["prompt_cache_miss_tokens"],
@@ -324,6 +343,8 @@ def _settle(hold_id, tokens: dict, *, optimistic: bool) -> UsageRecord:
             cost_nano=charge, currency=hold.price_output.currency, created_at=now)
         _add_daily(usage)
         held_back = 0 if late else hold.amount_nano
+        if capped:
+            caps.adjust(hold, charge - held_back)
         if wallet is None and optimistic and hold.wallet.granted_nano == 0:
             # Nothing granted to split (the usual paying account, as read with the hold): the
             # entries first, then the balance moves by one compare-and-set as the last statement,
@@ -360,9 +381,11 @@ def release_hold(hold_id, *, reason: str) -> bool:
         return False
     now = _now()
     with transaction.atomic():
-        hold = _lock_hold(hold_id)  # the hold, then the wallet: the order settle_hold takes them in
+        hold = _lock_hold(hold_id, related=("api_key",))  # the hold, then the wallet: settle_hold's order
         if hold.status != HoldStatus.OPEN:
             return False
+        if caps.is_capped(hold):
+            caps.adjust(hold, -hold.amount_nano)
         wallet = _lock_wallet(wallet_id)
         Hold.objects.filter(pk=hold_id).update(status=HoldStatus.RELEASED, closed_at=now, close_reason=reason[:200])
         amount = hold.amount_nano

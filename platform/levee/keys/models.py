@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 
@@ -19,13 +20,33 @@ class ApiKey(models.Model):
     revoked_at = models.DateTimeField(null=True, blank=True)
     revoked_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
+    # Spend caps in nano-units of LEVEE_CURRENCY (NULL = none), enforced when a hold is placed
+    # (levee.billing.caps): what the key's requests reserve or were charged in the UTC day, the
+    # UTC month, or ever. Set through levee.billing.caps.set_caps, which seeds the counters.
+    daily_cap_nano = models.BigIntegerField(null=True, blank=True)
+    monthly_cap_nano = models.BigIntegerField(null=True, blank=True)
+    lifetime_cap_nano = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["user", "revoked_at"])]
+        constraints = [
+            models.CheckConstraint(condition=Q(daily_cap_nano__isnull=True) | Q(daily_cap_nano__gt=0),
+                                   name="keys_daily_cap_positive"),
+            models.CheckConstraint(condition=Q(monthly_cap_nano__isnull=True) | Q(monthly_cap_nano__gt=0),
+                                   name="keys_monthly_cap_positive"),
+            models.CheckConstraint(condition=Q(lifetime_cap_nano__isnull=True) | Q(lifetime_cap_nano__gt=0),
+                                   name="keys_lifetime_cap_positive"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.prefix}… ({self.name or 'unnamed'})"
+
+    @property
+    def caps(self) -> dict[str, int]:
+        """The caps this key carries: {"day"|"month"|"lifetime": nano}."""
+        pairs = (("day", self.daily_cap_nano), ("month", self.monthly_cap_nano), ("lifetime", self.lifetime_cap_nano))
+        return {period: cap for period, cap in pairs if cap is not None}
 
     def is_usable(self, now=None) -> bool:
         now = now or timezone.now()

@@ -1,6 +1,8 @@
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import get_object_or_404, render
-from rest_framework import status
+from django.db import transaction
+from django.shortcuts import get_object_or_404, redirect, render
+from rest_framework import serializers, status
 from rest_framework.decorators import api_view, authentication_classes
 from rest_framework.response import Response
 
@@ -9,7 +11,13 @@ from levee.core.middleware import sessionless
 from levee.keys import services
 from levee.keys.authentication import ApiKeyAuthentication
 from levee.keys.models import ApiKey
-from levee.keys.serializers import ApiKeySerializer, CreateApiKeySerializer
+from levee.keys.serializers import (
+    CAP_NAMES,
+    ApiKeySerializer,
+    CapsSerializer,
+    CreateApiKeySerializer,
+    parse_cap,
+)
 
 
 @api_view(["GET", "POST"])
@@ -20,12 +28,41 @@ def keys_collection(request):
         return Response({"object": "list", "data": ApiKeySerializer(keys, many=True).data})
     form = CreateApiKeySerializer(data=request.data)
     form.is_valid(raise_exception=True)
+    fields = dict(form.validated_data)
+    wanted_caps = {name: fields.pop(name) for name in CAP_NAMES if name in fields}
     try:
-        key, raw = services.create_api_key(request.user, **form.validated_data)
+        with transaction.atomic():
+            key, raw = services.create_api_key(request.user, **fields)
+            if any(value is not None for value in wanted_caps.values()):
+                _set_caps(key, wanted_caps, actor=request.user)
     except services.KeyRefused as exc:
         raise ApiError(403 if exc.code in {"email_not_verified", "account_inactive"} else 422,
                        exc.message, code=exc.code) from None
     return Response({**ApiKeySerializer(key).data, "key": raw}, status=status.HTTP_201_CREATED)
+
+
+def _set_caps(key: ApiKey, wanted: dict, *, actor, source: str = "owner") -> None:
+    """Apply the caps named in `wanted` ({"daily_cap": nano | None, …}); the others stay."""
+    from levee.billing import caps
+
+    current = {"daily_cap": key.daily_cap_nano, "monthly_cap": key.monthly_cap_nano,
+               "lifetime_cap": key.lifetime_cap_nano}
+    merged = {**current, **wanted}
+    caps.set_caps(key, daily=merged["daily_cap"], monthly=merged["monthly_cap"], lifetime=merged["lifetime_cap"],
+                  actor=actor, source=source)
+
+
+@api_view(["GET", "PATCH"])
+def key_detail(request, key_id: int):
+    """GET /api/keys/<id>: one key; PATCH {"daily_cap": "5.00", "monthly_cap": null, …} sets or
+    removes its spend caps (names left out keep their value)."""
+    key = get_object_or_404(ApiKey, pk=key_id, user=request.user)
+    if request.method == "PATCH":
+        form = CapsSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        if form.validated_data:
+            _set_caps(key, form.validated_data, actor=request.user)
+    return Response(ApiKeySerializer(key).data)
 
 
 @api_view(["POST"])
@@ -47,4 +84,34 @@ def whoami(request):
 
 @login_required
 def keys_page(request):
-    return render(request, "keys/keys.html", {"keys": ApiKey.objects.filter(user=request.user)})
+    if request.method == "POST":
+        return _caps_form(request)
+    keys = list(ApiKey.objects.filter(user=request.user))
+    from levee.billing.pricing import currency
+
+    rows = []
+    for key in keys:
+        caps = ApiKeySerializer(key).data["spend_caps"]
+        rows.append({"key": key, "any_cap": any(caps.values()),
+                     "cap_list": [(name, label, caps[name]) for name, label in zip(CAP_NAMES, CAP_LABELS, strict=True)]})
+    return render(request, "keys/keys.html", {"keys": keys, "rows": rows, "currency": currency()})
+
+
+CAP_LABELS = ("Daily", "Monthly", "Lifetime")
+
+
+def _caps_form(request):
+    """The keys page's spend-cap form: one key's three caps (an empty field removes that cap)."""
+    key = get_object_or_404(ApiKey, pk=request.POST.get("key_id") or 0, user=request.user, revoked_at__isnull=True)
+    try:
+        wanted = {name: parse_cap(request.POST.get(name, "").strip(), name) for name in CAP_NAMES}
+    except serializers.ValidationError as exc:
+        detail = exc.detail if isinstance(exc.detail, dict) else {}
+        messages.error(request, "; ".join(f"{name.replace('_', ' ')}: {' '.join(map(str, errs if isinstance(errs, list) else [errs]))}"
+                                          for name, errs in detail.items()) or "Invalid cap.")
+        return redirect("keys-page")
+    _set_caps(key, wanted, actor=request.user)
+    from levee.billing.caps import describe
+
+    messages.success(request, f"Spend caps of {key.name or key.prefix} saved: {describe(key)}.")
+    return redirect("keys-page")

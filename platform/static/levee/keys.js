@@ -47,6 +47,7 @@
       cell(row, "just now");
       cell(row, "never");
       cell(row, "active");
+      cell(row, "none");
       cell(row, "");
       document.querySelector("#keys tbody").prepend(row);
       form.reset();
