@@ -246,6 +246,15 @@ LEVEE_SIGNUP_CREDIT_EXPIRY_DAYS = env_int("LEVEE_SIGNUP_CREDIT_EXPIRY_DAYS", 30,
 # An open hold is released this long after its job's deadline (the job is presumed dead).
 LEVEE_HOLD_SWEEP_GRACE_SECONDS = env_int("LEVEE_HOLD_SWEEP_GRACE_SECONDS", 60, minimum=0)
 LEVEE_USAGE_MAX_DAYS = env_int("LEVEE_USAGE_MAX_DAYS", 366, minimum=1)
+# Top-ups through Stripe Checkout (docs/billing.md): offered when both keys are set and the
+# currency is USD or CNY. STRIPE_API_BASE points the stripe library elsewhere (tests: a local stand-in).
+STRIPE_SECRET_KEY = env_secret("STRIPE_SECRET_KEY") or ""
+STRIPE_WEBHOOK_SECRET = env_secret("STRIPE_WEBHOOK_SECRET") or ""
+STRIPE_API_BASE = env_str("STRIPE_API_BASE") or "https://api.stripe.com"
+LEVEE_STRIPE_WEBHOOK_TOLERANCE = env_int("LEVEE_STRIPE_WEBHOOK_TOLERANCE", 300, minimum=1)  # seconds
+LEVEE_TOPUP_AMOUNTS = env_list("LEVEE_TOPUP_AMOUNTS", ["5", "10", "20", "50", "100"])
+LEVEE_TOPUP_MIN = env_str("LEVEE_TOPUP_MIN") or "1"
+LEVEE_TOPUP_MAX = env_str("LEVEE_TOPUP_MAX") or "1000"
 CELERY_BEAT_SCHEDULE.update({
     "billing-sweep-holds": {"task": "levee.billing.sweep_holds", "schedule": 60.0,
                             "options": {"queue": "platform", "expires": 55}},

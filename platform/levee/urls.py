@@ -42,6 +42,8 @@ urlpatterns = [
     path("accounts/", include(account_patterns)),
     path("keys/", keys.keys_page, name="keys-page"),
     path("usage/", billing_pages.usage_page, name="usage-page"),
+    path("usage/topup", billing_pages.topup_start, name="topup-start"),
+    path("usage/topup/<uuid:payment_id>", billing_pages.topup_result, name="topup-result"),
     path("api/keys", keys.keys_collection, name="api-keys"),
     path("api/keys/<int:key_id>", keys.key_detail, name="api-key-detail"),
     path("api/keys/<int:key_id>/revoke", keys.revoke_key, name="api-key-revoke"),

@@ -5,12 +5,13 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
 from django.template.response import TemplateResponse
+from django.urls import reverse
 from django.utils import timezone
 
 from levee.accounts.operators import operator
-from levee.billing import services
+from levee.billing import payments, services
 from levee.billing.forms import AdjustForm, VoucherForm
 from levee.billing.models import (
     AuditEvent,
@@ -18,7 +19,11 @@ from levee.billing.models import (
     Grant,
     Hold,
     LedgerEntry,
+    Payment,
     Price,
+    ProviderEvent,
+    TopupSwitch,
+    TopupSwitchChange,
     UsageRecord,
     Voucher,
     Wallet,
@@ -155,3 +160,67 @@ class VoucherAdmin(admin.ModelAdmin):
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Voucher]) -> None:
         for voucher in queryset:
             services.delete_voucher(voucher, by=operator(request))
+
+
+class TopupSwitchForm(forms.ModelForm):
+    change_reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=True,
+                                    help_text="Required: why you are pausing or resuming top-ups (kept in the audit log).")
+
+    class Meta:
+        model = TopupSwitch
+        fields = ["paused", "message"]
+
+
+@admin.register(TopupSwitch)
+class TopupSwitchAdmin(admin.ModelAdmin):
+    """The top-up pause switch: tick "paused", say why. Saved through payments.set_topups_paused
+    (audited). New payments are refused while paused; balances keep working."""
+
+    form = TopupSwitchForm
+    list_display = ("paused", "message", "changed_by", "changed_at")
+    readonly_fields = ("changed_by", "changed_at")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_object(self, request, object_id, from_field=None):
+        payments.switch()  # the row always exists
+        return super().get_object(request, object_id, from_field)
+
+    def changelist_view(self, request, extra_context=None):
+        return HttpResponseRedirect(reverse("admin:billing_topupswitch_change", args=[payments.switch().pk]))
+
+    def save_model(self, request, obj, form, change):
+        changed = payments.set_topups_paused(form.cleaned_data["paused"], message=form.cleaned_data["message"],
+                                             reason=form.cleaned_data["change_reason"], by=operator(request))
+        if not changed:
+            messages.info(request, "The switch was already set that way; nothing changed.")
+        obj.refresh_from_db()
+
+
+@admin.register(TopupSwitchChange)
+class TopupSwitchChangeAdmin(ReadOnlyAdmin):
+    list_display = ("at", "by", "paused", "message", "reason")
+    list_filter = ("paused",)
+
+
+@admin.register(Payment)
+class PaymentAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "user", "amount", "currency", "status", "refunded_minor", "disputed_minor",
+                    "unrecovered_nano", "session_id", "payment_intent")
+    list_filter = ("status", "provider")
+    search_fields = ("user__email", "session_id", "payment_intent")
+
+    @admin.display(description="amount")
+    def amount(self, payment):
+        return format_amount(payment.amount_nano, places=2)
+
+
+@admin.register(ProviderEvent)
+class ProviderEventAdmin(ReadOnlyAdmin):
+    list_display = ("received_at", "type", "event_id", "payment_intent", "applied_at", "outcome")
+    list_filter = ("type",)
+    search_fields = ("event_id", "payment_intent")

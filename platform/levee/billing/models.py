@@ -184,6 +184,7 @@ class LedgerKind(models.TextChoices):
     REFUND = "refund"
     ADJUSTMENT = "adjustment"
     EXPIRY = "expiry"
+    PAYBACK = "payback", "taken back"  # a payment provider took paid money back (refund, dispute)
 
 
 class LedgerQuerySet(models.QuerySet):
@@ -385,3 +386,98 @@ class KeySpend(models.Model):
 
     def __str__(self) -> str:
         return f"key {self.api_key_id} {self.period} from {self.starts}: {self.spent_nano} nano"
+
+
+class TopupSwitch(models.Model):
+    """The one row that says whether new payments are taken. Written only through
+    `levee.billing.payments.set_topups_paused`, which writes a TopupSwitchChange with it. Pausing
+    refuses new top-ups; balances, holds and charges keep working, and payments already made
+    are still credited when their webhook arrives."""
+
+    paused = models.BooleanField(default=False)
+    message = models.CharField(max_length=300, blank=True,
+                               help_text="Shown to owners while paused (empty: a standard sentence).")
+    changed_at = models.DateTimeField(default=timezone.now)
+    changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+
+    class Meta:
+        verbose_name = verbose_name_plural = "top-up switch"
+        constraints = [models.CheckConstraint(condition=Q(pk=1), name="billing_topupswitch_singleton")]
+
+    def __str__(self) -> str:
+        return "top-ups paused" if self.paused else "top-ups open"
+
+
+class TopupSwitchChange(models.Model):
+    """Audit log of the top-up switch: who paused or resumed top-ups, when and why."""
+
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    paused = models.BooleanField()
+    message = models.CharField(max_length=300, blank=True)
+    reason = models.TextField()
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {'paused' if self.paused else 'resumed'}"
+
+
+class PaymentStatus(models.TextChoices):
+    OPEN = "open"  # a checkout session was made; nothing paid yet
+    CREDITED = "credited"
+    EXPIRED = "expired"
+
+
+class Payment(models.Model):
+    """One top-up through a payment provider's hosted checkout (Stripe Checkout): the session made
+    for it and what came of it. Money moves only through the ledger (`entry`, the top-up; refunds
+    and disputes are further entries whose external ids name this payment)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="payments")
+    provider = models.CharField(max_length=16, default="stripe")
+    session_id = models.CharField(max_length=255, unique=True, null=True, blank=True)  # noqa: DJ001 - set once made
+    payment_intent = models.CharField(max_length=255, unique=True, null=True, blank=True)  # noqa: DJ001 - known once paid
+    amount_nano = models.BigIntegerField()
+    amount_minor = models.PositiveBigIntegerField(help_text="in the currency's minor unit (cents, fen)")
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=8, choices=PaymentStatus.choices, default=PaymentStatus.OPEN)
+    entry = models.OneToOneField(LedgerEntry, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    refunded_minor = models.PositiveBigIntegerField(default=0, help_text="refunded in all (the provider's running total)")
+    disputed_minor = models.PositiveBigIntegerField(default=0, help_text="held by open or lost disputes")
+    unrecovered_nano = models.BigIntegerField(default=0, help_text="taken back by the provider but already spent")
+    receipt_sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    credited_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.CheckConstraint(condition=Q(amount_nano__gt=0), name="billing_payment_positive")]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.session_id or self.pk} {self.amount_minor} {self.currency} {self.status}"
+
+
+class ProviderEvent(models.Model):
+    """Every verified webhook event, once (its id is unique): a redelivery is recognised and
+    answered without effect. `payment_intent` lets an event that arrived before its payment was
+    known (a refund before checkout.session.completed) be applied when it is."""
+
+    provider = models.CharField(max_length=16, default="stripe")
+    event_id = models.CharField(max_length=255)
+    type = models.CharField(max_length=100)
+    payment_intent = models.CharField(max_length=255, blank=True, db_index=True)
+    payload = models.JSONField()
+    received_at = models.DateTimeField(default=timezone.now)
+    applied_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        constraints = [models.UniqueConstraint(fields=["provider", "event_id"], name="billing_provider_event_once")]
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.type} {self.event_id}"

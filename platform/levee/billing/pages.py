@@ -7,8 +7,11 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Sum
-from django.shortcuts import redirect, render
+from django.http import HttpResponseRedirect
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.utils import timezone
+from django.views.decorators.http import require_POST
 
 from levee.billing import services
 from levee.billing.charts import stacked_bars
@@ -81,8 +84,10 @@ def usage_page(request):
     page = ledger.get_page(request.GET.get("page"))
     entries = [{"entry": e, "amount": format_amount(e.balance_delta, places=6),
                 "held": format_amount(e.held_delta, places=6) if e.held_delta else ""} for e in page]
+    from levee.billing import payments
+
     return render(request, "billing/usage.html", {
-        "balance": services.balance_view(request.user), "currency": currency(),
+        "balance": services.balance_view(request.user), "currency": currency(), "topup": payments.options(),
         "held": format_amount(wallet.held_nano, places=2), "days": days, "periods": PERIODS,
         "page": page, "entries": entries,
         "chat_used": tokens_used_today(request.user), "chat_quota": daily_quota(),
@@ -100,3 +105,36 @@ def _redeem(request):
         amount = format_amount(redemption.entry.topped_up_delta, places=2)
         messages.success(request, f"Voucher redeemed: {amount} {currency()} added to your balance.")
     return redirect("usage-page")
+
+
+@login_required
+@require_POST
+def topup_start(request):
+    """The usage page's top-up form: make a Stripe Checkout Session and send the browser to it."""
+    from levee.billing import payments
+
+    raw = (request.POST.get("custom_amount") or "").strip() or request.POST.get("amount") or ""
+    try:
+        amount = payments.parse_topup_amount(raw)
+        result = reverse("topup-result", args=[payments.PLACEHOLDER])
+        payment = payments.start_checkout(
+            request.user, amount,
+            success_url=request.build_absolute_uri(result) + "?session_id={CHECKOUT_SESSION_ID}",
+            cancel_url=request.build_absolute_uri(result) + "?cancelled=1")
+    except services.BillingRefused as exc:
+        messages.error(request, exc.message)
+        return redirect("usage-page")
+    return HttpResponseRedirect(payment.checkout_url)
+
+
+@login_required
+def topup_result(request, payment_id):
+    """Where Stripe sends the browser back: what became of the payment (credited by the webhook,
+    still being confirmed, or cancelled)."""
+    from levee.billing.models import Payment
+
+    payment = get_object_or_404(Payment, pk=payment_id, user=request.user)
+    return render(request, "billing/topup_result.html", {
+        "payment": payment, "amount": format_amount(payment.amount_nano, places=2),
+        "cancelled": request.GET.get("cancelled") == "1" and payment.status != "credited",
+        "balance": services.balance_view(request.user)["balance_infos"][0]})

@@ -8,4 +8,6 @@ urlpatterns = [
     path("api/pricing", views.pricing_json, name="api-pricing"),
     path("api/usage", views.usage, name="api-usage"),
     path("api/vouchers/redeem", views.redeem_voucher, name="api-voucher-redeem"),
+    path("api/topups", views.topups, name="api-topups"),
+    path("billing/stripe/webhook", views.stripe_webhook, name="stripe-webhook"),
 ]

@@ -2,11 +2,16 @@
 voucher redemption (session), and the public price book (HTML and JSON)."""
 from __future__ import annotations
 
+import logging
 from datetime import date
 
 from django.conf import settings
 from django.db.models import Sum
+from django.http import JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
 from rest_framework.decorators import api_view, authentication_classes, permission_classes
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -15,9 +20,11 @@ from levee.billing import services
 from levee.billing.models import DailyUsage
 from levee.billing.money import format_amount
 from levee.billing.pricing import currency, price_book
-from levee.core.errors import ApiError
+from levee.core.errors import ApiError, error_response
 from levee.core.middleware import sessionless
 from levee.keys.authentication import ApiKeyAuthentication
+
+log = logging.getLogger(__name__)
 
 
 @sessionless
@@ -101,3 +108,40 @@ def pricing_page(request):
             for entry in book["models"]]
     return render(request, "billing/pricing.html", {"book": book, "rows": rows,
                                                     "labels": [label for _, label in _CLASS_LABELS]})
+
+
+@csrf_exempt
+@sessionless
+@require_POST
+def stripe_webhook(request):
+    """POST /billing/stripe/webhook: Stripe's events, verified by their signature (see
+    levee.billing.payments). 400 for a delivery that is not Stripe's; 200 with what happened."""
+    from levee.billing import payments
+
+    try:
+        outcome = payments.handle_webhook(request.body, request.headers.get("Stripe-Signature"))
+    except payments.WebhookRefused as exc:
+        log.warning("stripe webhook refused: %s", exc)
+        return error_response(400, f"Webhook refused: {exc}", code="invalid_signature")
+    return JsonResponse({"received": True, "outcome": outcome})
+
+
+@api_view(["POST"])
+def topups(request):
+    """POST /api/topups {"amount": "20.00", "success_url"?, "cancel_url"?}: start a Stripe Checkout
+    top-up; 201 with the payment id and the checkout URL to send the owner to."""
+    from levee.billing import payments
+
+    body = request.data if isinstance(request.data, dict) else {}
+    try:
+        amount = payments.parse_topup_amount(body.get("amount"))
+        result = request.build_absolute_uri(reverse("topup-result", args=[payments.PLACEHOLDER]))
+        payment = payments.start_checkout(
+            request.user, amount, success_url=result + "?session_id={CHECKOUT_SESSION_ID}",
+            cancel_url=result + "?cancelled=1")
+    except services.BillingRefused as exc:
+        raise ApiError(exc.status, exc.message, code=exc.code,
+                       param="amount" if "amount" in exc.code else None) from None
+    return Response({"object": "topup", "id": str(payment.id), "status": payment.status, "currency": payment.currency,
+                     "amount": format_amount(payment.amount_nano, places=2), "checkout_url": payment.checkout_url},
+                    status=201)
