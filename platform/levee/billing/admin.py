@@ -51,7 +51,8 @@ class PriceAdmin(FutureOnlyAdmin):
 
 @admin.register(DiscountWindow)
 class DiscountWindowAdmin(FutureOnlyAdmin):
-    list_display = ("model", "token_class", "percent_off", "start_time", "end_time", "effective_from", "effective_until")
+    list_display = ("model", "token_class", "percent_off", "start_time", "end_time", "weekdays", "effective_from",
+                    "effective_until")
     list_filter = ("model",)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
@@ -53,6 +54,11 @@ class DiscountWindow(models.Model):
     percent_off = models.PositiveSmallIntegerField()
     start_time = models.TimeField(help_text="UTC, inclusive")
     end_time = models.TimeField(help_text="UTC, exclusive; earlier than the start = crosses midnight")
+    # ISO days of the week (1 = Monday … 7 = Sunday) the window *starts* on, e.g. "12345" for
+    # weekdays; empty = every day. A window crossing midnight belongs to the day it starts.
+    weekdays = models.CharField(max_length=7, blank=True, default="",
+                                validators=[RegexValidator(r"^[1-7]{0,7}$", "digits 1 (Monday) to 7 (Sunday), e.g. 12345")],
+                                help_text="days the window starts on, 1 = Monday … 7 = Sunday (e.g. 12345); empty = every day")
     effective_from = models.DateTimeField()
     effective_until = models.DateTimeField(null=True, blank=True)
     note = models.CharField(max_length=200, blank=True)
@@ -63,12 +69,18 @@ class DiscountWindow(models.Model):
             models.CheckConstraint(condition=Q(percent_off__gte=1, percent_off__lte=100),
                                    name="billing_window_percent_1_100"),
             models.CheckConstraint(condition=~Q(start_time=F("end_time")), name="billing_window_not_empty"),
+            models.CheckConstraint(condition=Q(weekdays__regex=r"^[1-7]{0,7}$"), name="billing_window_weekdays_valid"),
             models.CheckConstraint(condition=Q(effective_until__isnull=True) | Q(effective_until__gt=F("effective_from")),
                                    name="billing_window_until_after_from"),
         ]
 
     def __str__(self) -> str:
-        return f"{self.model} {self.token_class} -{self.percent_off}% {self.start_time:%H:%M}–{self.end_time:%H:%M} UTC"
+        days = f" days {self.weekdays}" if self.weekdays else ""
+        return f"{self.model} {self.token_class} -{self.percent_off}% {self.start_time:%H:%M}–{self.end_time:%H:%M} UTC{days}"
+
+    def save(self, *args, **kwargs):
+        self.weekdays = "".join(sorted(set(self.weekdays or "")))
+        super().save(*args, **kwargs)
 
 
 class Wallet(models.Model):

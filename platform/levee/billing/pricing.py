@@ -8,7 +8,7 @@ the published price, and at most one nano less.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 
 from django.conf import settings
 from django.db.models import Q
@@ -35,6 +35,35 @@ def in_window(start: time, end: time, moment: time) -> bool:
     if start < end:
         return start <= moment < end
     return moment >= start or moment < end
+
+
+def window_covers(window, at: datetime) -> bool:
+    """Whether a discount window's daily span covers instant `at`, on the days it runs: a window
+    with weekdays (ISO 1–7) counts on the days it starts, so the after-midnight part of a
+    crossing window belongs to the day before."""
+    moment = at.astimezone(UTC)
+    t = moment.time()
+    if not in_window(window.start_time, window.end_time, t):
+        return False
+    if not window.weekdays:
+        return True
+    started = moment.date()
+    if window.start_time >= window.end_time and t < window.end_time:  # the part after midnight
+        started -= timedelta(days=1)
+    return str(started.isoweekday()) in window.weekdays
+
+
+_DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def days_label(weekdays: str) -> str:
+    """"12345" -> "Mon–Fri", "67" -> "Sat–Sun", "135" -> "Mon, Wed, Fri", "" -> "every day"."""
+    days = sorted({int(d) for d in weekdays})
+    if not days or len(days) == 7:
+        return "every day"
+    if len(days) > 1 and days == list(range(days[0], days[-1] + 1)):
+        return f"{_DAY_NAMES[days[0] - 1]}–{_DAY_NAMES[days[-1] - 1]}"
+    return ", ".join(_DAY_NAMES[d - 1] for d in days)
 
 
 @dataclass(frozen=True)
@@ -96,10 +125,9 @@ def rates_at(model: str, at: datetime | None = None) -> Rates:
     if len(prices) < len(CLASSES):
         raise PriceNotFound(model, at)
     percent = {cls: 0 for cls in CLASSES}
-    moment = at.astimezone(UTC).time()
     for window in windows:
         in_force = window.effective_from <= at and (window.effective_until is None or window.effective_until > at)
-        if in_force and in_window(window.start_time, window.end_time, moment):
+        if in_force and window_covers(window, at):
             percent[window.token_class] = max(percent[window.token_class], window.percent_off)
     return Rates(*(Rate(prices[cls], percent[cls]) for cls in CLASSES))
 
@@ -129,6 +157,7 @@ def price_book(at: datetime | None = None) -> dict:
             "effective_from": price.effective_from.isoformat()}
     windows = [{"model": w.model, "token_class": w.token_class, "percent_off": w.percent_off,
                 "start_utc": w.start_time.strftime("%H:%M"), "end_utc": w.end_time.strftime("%H:%M"),
+                "weekdays": [int(d) for d in w.weekdays] or list(range(1, 8)), "days": days_label(w.weekdays),
                 "effective_until": w.effective_until.isoformat() if w.effective_until else None}
                for w in windows_in_force(at).order_by("model", "token_class")]
     next_change = _next_change(at)
