@@ -246,6 +246,8 @@ LEVEE_SIGNUP_CREDIT_EXPIRY_DAYS = env_int("LEVEE_SIGNUP_CREDIT_EXPIRY_DAYS", 30,
 # An open hold is released this long after its job's deadline (the job is presumed dead).
 LEVEE_HOLD_SWEEP_GRACE_SECONDS = env_int("LEVEE_HOLD_SWEEP_GRACE_SECONDS", 60, minimum=0)
 LEVEE_USAGE_MAX_DAYS = env_int("LEVEE_USAGE_MAX_DAYS", 366, minimum=1)
+# The most rows one per-request or ledger CSV export may hold (a longer range is refused up front).
+LEVEE_EXPORT_MAX_ROWS = env_int("LEVEE_EXPORT_MAX_ROWS", 1_000_000, minimum=1)
 # Top-ups through Stripe Checkout (docs/billing.md): offered when both keys are set and the
 # currency is USD or CNY. STRIPE_API_BASE points the stripe library elsewhere (tests: a local stand-in).
 STRIPE_SECRET_KEY = env_secret("STRIPE_SECRET_KEY") or ""

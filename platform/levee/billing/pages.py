@@ -55,6 +55,7 @@ def _usage(user, days: int):
                       "source_label": "web chat (free)" if row["source"] == "web" else "API"})
     cur = currency()
     return {
+        "export_start": start.isoformat(), "export_end": today.isoformat(),
         "tokens_chart": stacked_bars(days=day_list, series=tokens, chart_id="tokens-chart",
                                      title=f"Tokens per day and model, last {days} days"),
         "cost_chart": stacked_bars(days=day_list, series={m: v for m, v in cost.items() if any(v)},

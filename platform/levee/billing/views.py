@@ -2,6 +2,7 @@
 voucher redemption (session), and the public price book (HTML and JSON)."""
 from __future__ import annotations
 
+import json
 import logging
 from datetime import date
 
@@ -12,11 +13,12 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
-from rest_framework.decorators import api_view, authentication_classes, permission_classes
+from rest_framework.decorators import api_view, authentication_classes, permission_classes, renderer_classes
 from rest_framework.permissions import AllowAny
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 
-from levee.billing import services
+from levee.billing import exports, services
 from levee.billing.models import DailyUsage
 from levee.billing.money import format_amount
 from levee.billing.pricing import currency, price_book
@@ -48,16 +50,63 @@ def _date_param(request, name: str) -> date:
         raise ApiError(400, f"{name} must be a date written YYYY-MM-DD", param=name, code="invalid_date") from None
 
 
-@api_view(["GET"])
-def usage(request):
-    """GET /api/usage?start=YYYY-MM-DD&end=YYYY-MM-DD: the owner's tokens and cost per UTC day and
-    model, both ends inclusive, at most LEVEE_USAGE_MAX_DAYS days."""
+def _date_range(request) -> tuple[date, date]:
+    """?start=&end= (UTC days, both inclusive, at most LEVEE_USAGE_MAX_DAYS), or a 400 naming the parameter."""
     start, end = _date_param(request, "start"), _date_param(request, "end")
     if end < start:
         raise ApiError(400, "end is before start", param="end", code="invalid_range")
     if (end - start).days + 1 > settings.LEVEE_USAGE_MAX_DAYS:
         raise ApiError(400, f"the range is longer than {settings.LEVEE_USAGE_MAX_DAYS} days", param="end",
                        code="range_too_long")
+    return start, end
+
+
+class _CsvRenderer(BaseRenderer):
+    """Lets a client that asks for text/csv reach the export views (their CSV is a streamed
+    response; only an error body is rendered here, as JSON text)."""
+
+    media_type, format, charset = "text/csv", "csv", "utf-8"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None) -> bytes:
+        return json.dumps(data).encode()
+
+
+@api_view(["GET"])
+@renderer_classes([JSONRenderer, _CsvRenderer])
+def usage_export(request):
+    """GET /api/usage/export?start=&end=&by=day|request: the owner's usage as CSV, per UTC day ×
+    model × key (by=day, the default) or per request, streamed."""
+    start, end = _date_range(request)
+    by = request.query_params.get("by", "day")
+    if by == "day":
+        return exports.stream_csv(f"usage-{start}-{end}.csv", exports.DAILY_COLUMNS,
+                                  exports.daily_rows(request.user, start, end))
+    if by != "request":
+        raise ApiError(400, "by must be day or request", param="by", code="invalid_parameter")
+    try:
+        rows = exports.request_rows(request.user, start, end)
+    except exports.ExportTooLarge as exc:
+        raise ApiError(400, str(exc), param="end", code="export_too_large") from None
+    return exports.stream_csv(f"requests-{start}-{end}.csv", exports.REQUEST_COLUMNS, rows)
+
+
+@api_view(["GET"])
+@renderer_classes([JSONRenderer, _CsvRenderer])
+def ledger_export(request):
+    """GET /api/ledger/export?start=&end=: the owner's ledger entries as CSV, oldest first, streamed."""
+    start, end = _date_range(request)
+    try:
+        rows = exports.ledger_rows(services.wallet_for(request.user), start, end)
+    except exports.ExportTooLarge as exc:
+        raise ApiError(400, str(exc), param="end", code="export_too_large") from None
+    return exports.stream_csv(f"ledger-{start}-{end}.csv", exports.LEDGER_COLUMNS, rows)
+
+
+@api_view(["GET"])
+def usage(request):
+    """GET /api/usage?start=YYYY-MM-DD&end=YYYY-MM-DD: the owner's tokens and cost per UTC day and
+    model, both ends inclusive, at most LEVEE_USAGE_MAX_DAYS days."""
+    start, end = _date_range(request)
     rows = (DailyUsage.objects.filter(user=request.user, day__gte=start, day__lte=end)
             .values("day", "model").order_by("day", "model")
             .annotate(requests=Sum("requests"), prompt_cache_hit_tokens=Sum("prompt_cache_hit_tokens"),
