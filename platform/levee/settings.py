@@ -257,7 +257,16 @@ LEVEE_STRIPE_WEBHOOK_TOLERANCE = env_int("LEVEE_STRIPE_WEBHOOK_TOLERANCE", 300, 
 LEVEE_TOPUP_AMOUNTS = env_list("LEVEE_TOPUP_AMOUNTS", ["5", "10", "20", "50", "100"])
 LEVEE_TOPUP_MIN = env_str("LEVEE_TOPUP_MIN") or "1"
 LEVEE_TOPUP_MAX = env_str("LEVEE_TOPUP_MAX") or "1000"
+# Alerts (docs/billing.md): webhook deliveries retry with back-off base × 2^(n−1) seconds.
+LEVEE_ALERT_QUEUE = "platform"
+LEVEE_ALERT_WEBHOOK_MAX_ATTEMPTS = env_int("LEVEE_ALERT_WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
+LEVEE_ALERT_WEBHOOK_BACKOFF_SECONDS = float(env_str("LEVEE_ALERT_WEBHOOK_BACKOFF_SECONDS") or 30)
+LEVEE_ALERT_WEBHOOK_TIMEOUT = float(env_str("LEVEE_ALERT_WEBHOOK_TIMEOUT") or 10)
+# Allow webhook URLs on private or loopback addresses (and plain http): development and tests only.
+LEVEE_ALERT_WEBHOOK_ALLOW_PRIVATE = env_bool("LEVEE_ALERT_WEBHOOK_ALLOW_PRIVATE", not PRODUCTION)
 CELERY_BEAT_SCHEDULE.update({
+    "billing-alert-digests": {"task": "levee.billing.alert_digests", "schedule": 3600.0,
+                              "options": {"queue": "platform", "expires": 3500}},
     "billing-sweep-holds": {"task": "levee.billing.sweep_holds", "schedule": 60.0,
                             "options": {"queue": "platform", "expires": 55}},
     "billing-expire-grants": {"task": "levee.billing.expire_grants", "schedule": 600.0,

@@ -43,6 +43,7 @@ urlpatterns = [
     path("keys/", keys.keys_page, name="keys-page"),
     path("usage/", billing_pages.usage_page, name="usage-page"),
     path("usage/topup", billing_pages.topup_start, name="topup-start"),
+    path("usage/alerts", billing_pages.alerts_form, name="alerts-form"),
     path("usage/topup/<uuid:payment_id>", billing_pages.topup_result, name="topup-result"),
     path("api/keys", keys.keys_collection, name="api-keys"),
     path("api/keys/<int:key_id>", keys.key_detail, name="api-key-detail"),

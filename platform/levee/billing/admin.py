@@ -14,6 +14,8 @@ from levee.accounts.operators import operator
 from levee.billing import payments, services
 from levee.billing.forms import AdjustForm, VoucherForm
 from levee.billing.models import (
+    AlertDelivery,
+    AlertSettings,
     AuditEvent,
     DiscountWindow,
     Grant,
@@ -225,3 +227,30 @@ class ProviderEventAdmin(ReadOnlyAdmin):
     list_display = ("received_at", "type", "event_id", "payment_intent", "applied_at", "outcome")
     list_filter = ("type",)
     search_fields = ("event_id", "payment_intent")
+
+
+@admin.register(AlertSettings)
+class AlertSettingsAdmin(ReadOnlyAdmin):
+    """Owners set their alerts on the usage page (levee.billing.alerts.configure, audited)."""
+
+    list_display = ("user", "low_balance_nano", "daily_spend_nano", "daily_digest", "webhook_url", "updated_at")
+    search_fields = ("user__email", "webhook_url")
+    exclude = ("webhook_secret",)
+
+
+@admin.register(AlertDelivery)
+class AlertDeliveryAdmin(ReadOnlyAdmin):
+    """The webhook delivery log: every alert POSTed to an account's webhook, each attempt's answer."""
+
+    list_display = ("created_at", "user", "event", "url", "status", "attempts", "last_status_code", "last_error",
+                    "delivered_at")
+    list_filter = ("status", "event")
+    search_fields = ("user__email", "url")
+    actions = ["deliver_again"]
+
+    @admin.action(description="Deliver the selected failed deliveries again")
+    def deliver_again(self, request, queryset):
+        from levee.billing import alerts
+
+        count = sum(alerts.redeliver(delivery, actor=request.user) for delivery in queryset)
+        messages.info(request, f"{count} delivery(ies) queued again.")

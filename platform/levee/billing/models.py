@@ -493,3 +493,64 @@ class ProviderEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.provider} {self.type} {self.event_id}"
+
+
+class AlertSettings(models.Model):
+    """An account's alerts (levee.billing.alerts): a low-balance threshold, a daily spend threshold,
+    a daily digest, all mailed; and an optional webhook the same events are POSTed to, signed with
+    HMAC-SHA256 over the body with `webhook_secret`. The *_alerted fields make each crossing fire
+    once (compare-and-set)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="alert_settings")
+    low_balance_nano = models.BigIntegerField(null=True, blank=True, help_text="mail when available falls below")
+    daily_spend_nano = models.BigIntegerField(null=True, blank=True, help_text="mail when a UTC day's spend reaches")
+    daily_digest = models.BooleanField(default=False)
+    webhook_url = models.URLField(max_length=500, blank=True)
+    webhook_secret = models.CharField(max_length=64, blank=True)
+    low_balance_alerted = models.BooleanField(default=False)
+    spend_alerted_on = models.DateField(null=True, blank=True)
+    digest_sent_on = models.DateField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "alert settings"
+        constraints = [
+            models.CheckConstraint(condition=Q(low_balance_nano__isnull=True) | Q(low_balance_nano__gt=0),
+                                   name="billing_alert_low_balance_positive"),
+            models.CheckConstraint(condition=Q(daily_spend_nano__isnull=True) | Q(daily_spend_nano__gt=0),
+                                   name="billing_alert_daily_spend_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"alerts of {self.user}"
+
+
+class DeliveryStatus(models.TextChoices):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class AlertDelivery(models.Model):
+    """One alert event for an account's webhook and how its delivery went (the admin's delivery
+    log): attempts, the last answer or error, retried with back-off by a Celery task."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    event = models.CharField(max_length=40)
+    url = models.URLField(max_length=500)
+    body = models.TextField(help_text="exactly the bytes sent and signed")
+    status = models.CharField(max_length=9, choices=DeliveryStatus.choices, default=DeliveryStatus.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+    log = models.JSONField(default=list, help_text="one {at, status_code, error} per attempt")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "alert deliveries"
+
+    def __str__(self) -> str:
+        return f"{self.event} to {self.url}: {self.status}"

@@ -85,9 +85,10 @@ def usage_page(request):
     page = ledger.get_page(request.GET.get("page"))
     entries = [{"entry": e, "amount": format_amount(e.balance_delta, places=6),
                 "held": format_amount(e.held_delta, places=6) if e.held_delta else ""} for e in page]
-    from levee.billing import payments
+    from levee.billing import alerts, payments
 
     return render(request, "billing/usage.html", {
+        "alerts": alerts.view(request.user),
         "balance": services.balance_view(request.user), "currency": currency(), "topup": payments.options(),
         "held": format_amount(wallet.held_nano, places=2), "days": days, "periods": PERIODS,
         "page": page, "entries": entries,
@@ -139,3 +140,29 @@ def topup_result(request, payment_id):
         "payment": payment, "amount": format_amount(payment.amount_nano, places=2),
         "cancelled": request.GET.get("cancelled") == "1" and payment.status != "credited",
         "balance": services.balance_view(request.user)["balance_infos"][0]})
+
+
+@login_required
+@require_POST
+def alerts_form(request):
+    """The usage page's alert form (empty threshold = off)."""
+    from levee.billing import alerts
+    from levee.billing.money import InvalidAmount, parse_amount
+
+    try:
+        thresholds = {}
+        for name, label in (("low_balance", "Low-balance threshold"), ("daily_spend", "Daily spend threshold")):
+            raw = request.POST.get(name, "").strip()
+            try:
+                thresholds[name] = parse_amount(raw) if raw else None
+            except InvalidAmount as exc:
+                raise ValueError(f"{label}: {exc}") from None
+        alerts.configure(request.user, low_balance_nano=thresholds["low_balance"],
+                         daily_spend_nano=thresholds["daily_spend"], daily_digest=request.POST.get("daily_digest") == "on",
+                         webhook_url=request.POST.get("webhook_url", ""), rotate_secret=request.POST.get("rotate") == "on",
+                         actor=request.user, source="owner")
+    except ValueError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, "Alerts saved.")
+    return redirect(reverse("usage-page") + "#alerts-h")

@@ -1,8 +1,9 @@
 """Sign-up credit: granted when an address is verified, never before (free credit is what
-automated sign-ups come for)."""
+automated sign-ups come for). Alerts: checked after each charge or credit is committed."""
 from datetime import timedelta
 
 from django.conf import settings
+from django.db.models.signals import post_save
 from django.dispatch import receiver
 from django.utils import timezone
 
@@ -20,3 +21,11 @@ def grant_signup_credit(sender, user, **kwargs):
     days = settings.LEVEE_SIGNUP_CREDIT_EXPIRY_DAYS
     expires_at = timezone.now() + timedelta(days=days) if days else None
     grant(user, amount, reason="sign-up credit", expires_at=expires_at, key="signup")
+
+
+@receiver(post_save, sender="billing.LedgerEntry", dispatch_uid="levee.billing.alerts")
+def check_alerts(sender, instance, created, **kwargs):
+    if created:
+        from levee.billing.alerts import ledger_entry_saved
+
+        ledger_entry_saved(instance)

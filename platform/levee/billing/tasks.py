@@ -61,3 +61,27 @@ def sweep_holds() -> int:
 @shared_task(name="levee.billing.expire_grants", queue="platform", soft_time_limit=50, time_limit=60)
 def expire_grants() -> int:
     return services.expire_grants()
+
+
+@shared_task(name="levee.billing.deliver_alert", queue="platform", bind=True, acks_late=True,
+             soft_time_limit=40, time_limit=60, max_retries=None)
+def deliver_alert(self, delivery_id: str) -> None:
+    """POST one alert to its account's webhook; on failure retry with exponential back-off
+    (levee.billing.alerts.backoff) until LEVEE_ALERT_WEBHOOK_MAX_ATTEMPTS attempts are logged."""
+    from levee.billing import alerts
+
+    try:
+        done = alerts.attempt(delivery_id)
+    except alerts.Undeliverable as exc:
+        log.warning("alert delivery %s dropped: %s", delivery_id, exc)
+        return
+    if not done:
+        attempts = self.request.retries + 1
+        raise self.retry(countdown=alerts.backoff(attempts))
+
+
+@shared_task(name="levee.billing.alert_digests", queue="platform", soft_time_limit=250, time_limit=300)
+def alert_digests() -> int:
+    from levee.billing import alerts
+
+    return alerts.send_digests()

@@ -11,5 +11,6 @@ urlpatterns = [
     path("api/ledger/export", views.ledger_export, name="api-ledger-export"),
     path("api/vouchers/redeem", views.redeem_voucher, name="api-voucher-redeem"),
     path("api/topups", views.topups, name="api-topups"),
+    path("api/alerts", views.alert_settings, name="api-alerts"),
     path("billing/stripe/webhook", views.stripe_webhook, name="stripe-webhook"),
 ]

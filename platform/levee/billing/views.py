@@ -194,3 +194,39 @@ def topups(request):
     return Response({"object": "topup", "id": str(payment.id), "status": payment.status, "currency": payment.currency,
                      "amount": format_amount(payment.amount_nano, places=2), "checkout_url": payment.checkout_url},
                     status=201)
+
+
+def _threshold(body: dict, name: str) -> int | None:
+    from levee.billing.money import InvalidAmount, parse_amount
+
+    value = body.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise ApiError(400, f"{name} must be a decimal amount like \"5.00\", or null", param=name, code="invalid_amount")
+    try:
+        return parse_amount(str(value))
+    except InvalidAmount as exc:
+        raise ApiError(400, f"{name}: {exc}", param=name, code="invalid_amount") from None
+
+
+@api_view(["GET", "PUT"])
+def alert_settings(request):
+    """GET /api/alerts: the owner's alerts. PUT {"low_balance", "daily_spend", "daily_digest",
+    "webhook_url", "rotate_secret"?}: set them (names left out are switched off)."""
+    from levee.billing import alerts
+
+    if request.method == "PUT":
+        body = request.data if isinstance(request.data, dict) else {}
+        digest, url = body.get("daily_digest", False), body.get("webhook_url") or ""
+        if not isinstance(digest, bool):
+            raise ApiError(400, "daily_digest must be true or false", param="daily_digest", code="invalid_parameter")
+        if not isinstance(url, str):
+            raise ApiError(400, "webhook_url must be a string", param="webhook_url", code="invalid_parameter")
+        try:
+            alerts.configure(request.user, low_balance_nano=_threshold(body, "low_balance"),
+                             daily_spend_nano=_threshold(body, "daily_spend"), daily_digest=digest, webhook_url=url,
+                             rotate_secret=body.get("rotate_secret") is True, actor=request.user, source="api")
+        except ValueError as exc:
+            raise ApiError(400, str(exc), param="webhook_url", code="invalid_webhook_url") from None
+    return Response(alerts.view(request.user))

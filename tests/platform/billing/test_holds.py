@@ -260,7 +260,7 @@ def test_the_beat_schedule_runs_billing_tasks_that_exist_on_the_platform_queue(s
 
     app.loader.import_default_modules()
     entries = {e["task"]: e for e in settings.CELERY_BEAT_SCHEDULE.values() if e["task"].startswith("levee.billing.")}
-    assert set(entries) == {"levee.billing.sweep_holds", "levee.billing.expire_grants"}
+    assert set(entries) == {"levee.billing.sweep_holds", "levee.billing.expire_grants", "levee.billing.alert_digests"}
     for name, entry in entries.items():
         assert name in app.tasks and app.tasks[name].queue == "platform" and entry["options"]["queue"] == "platform"
     assert app.tasks["levee.billing.settle"].queue == "platform"
