@@ -13,3 +13,12 @@ def operator(request: HttpRequest) -> User:
     if not isinstance(user, User) or not user.is_staff:
         raise PermissionDenied("Operator actions need a staff account.")
     return user
+
+
+def signed_in(request: HttpRequest) -> User:
+    """The account of a view that only signed-in owners reach (login_required, or DRF's
+    IsAuthenticated default), typed as a User."""
+    user = request.user
+    if not isinstance(user, User):
+        raise PermissionDenied("Sign in first.")
+    return user

@@ -2,10 +2,12 @@
 ledger, holds, usage and audit rows are read-only here."""
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -183,20 +185,20 @@ class TopupSwitchAdmin(admin.ModelAdmin):
     list_display = ("paused", "message", "changed_by", "changed_at")
     readonly_fields = ("changed_by", "changed_at")
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: TopupSwitch | None = None) -> bool:
         return False
 
-    def get_object(self, request, object_id, from_field=None):
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> TopupSwitch | None:
         payments.switch()  # the row always exists
         return super().get_object(request, object_id, from_field)
 
-    def changelist_view(self, request, extra_context=None):
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         return HttpResponseRedirect(reverse("admin:billing_topupswitch_change", args=[payments.switch().pk]))
 
-    def save_model(self, request, obj, form, change):
+    def save_model(self, request: HttpRequest, obj: TopupSwitch, form: forms.ModelForm, change: bool) -> None:
         changed = payments.set_topups_paused(form.cleaned_data["paused"], message=form.cleaned_data["message"],
                                              reason=form.cleaned_data["change_reason"], by=operator(request))
         if not changed:
@@ -218,7 +220,7 @@ class PaymentAdmin(ReadOnlyAdmin):
     search_fields = ("user__email", "session_id", "payment_intent")
 
     @admin.display(description="amount")
-    def amount(self, payment):
+    def amount(self, payment: Payment) -> str:
         return format_amount(payment.amount_nano, places=2)
 
 
@@ -249,8 +251,8 @@ class AlertDeliveryAdmin(ReadOnlyAdmin):
     actions = ["deliver_again"]
 
     @admin.action(description="Deliver the selected failed deliveries again")
-    def deliver_again(self, request, queryset):
+    def deliver_again(self, request: HttpRequest, queryset: QuerySet[AlertDelivery]) -> None:
         from levee.billing import alerts
 
-        count = sum(alerts.redeliver(delivery, actor=request.user) for delivery in queryset)
+        count = sum(alerts.redeliver(delivery, actor=operator(request)) for delivery in queryset)
         messages.info(request, f"{count} delivery(ies) queued again.")

@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 import uuid
 from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from django.conf import settings
@@ -43,6 +44,10 @@ from levee.billing.models import (
 from levee.billing.money import MAX_OPERATION_NANO, format_amount
 from levee.billing.pricing import currency
 from levee.core.memo import Memo
+
+if TYPE_CHECKING:
+    from levee.accounts.models import User
+    from levee.billing.models import LedgerEntry
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +74,8 @@ def sign(secret: str, body: bytes) -> str:
 
 # --- configuration -----------------------------------------------------------------------------------
 
-def configure(user, *, low_balance_nano: int | None, daily_spend_nano: int | None, daily_digest: bool,
-              webhook_url: str, actor, source: str, rotate_secret: bool = False) -> AlertSettings:
+def configure(user: User, *, low_balance_nano: int | None, daily_spend_nano: int | None, daily_digest: bool,
+              webhook_url: str, actor: User | None, source: str, rotate_secret: bool = False) -> AlertSettings:
     """Set an account's alerts, with an AuditEvent in the same transaction. A webhook gets a secret
     when it is first set (or on `rotate_secret`). Raises ValueError for a bad amount or URL."""
     for name, value in (("low balance", low_balance_nano), ("daily spend", daily_spend_nano)):
@@ -112,7 +117,7 @@ def describe(row: AlertSettings) -> str:
 
 # --- checks ------------------------------------------------------------------------------------------
 
-def ledger_entry_saved(entry) -> None:
+def ledger_entry_saved(entry: LedgerEntry) -> None:
     """post_save of a LedgerEntry: check the account's alerts once the transaction commits."""
     if entry.kind not in CHECKED_KINDS:
         return
@@ -181,7 +186,7 @@ def send_digests(*, now: datetime | None = None) -> int:
     return sent
 
 
-def digest_of(user, day: date) -> dict:
+def digest_of(user: User, day: date) -> dict[str, Any]:
     rows = (DailyUsage.objects.filter(user=user, day=day).values("model").order_by("model")
             .annotate(requests=Sum("requests"), cost=Sum("cost_nano"), hit=Sum("prompt_cache_hit_tokens"),
                       miss=Sum("prompt_cache_miss_tokens"), out=Sum("completion_tokens")))
@@ -193,7 +198,7 @@ def digest_of(user, day: date) -> dict:
             "available": format_amount(wallet.available_nano if wallet else 0, places=2)}
 
 
-def _digest_text(user, day: date) -> str:
+def _digest_text(user: User, day: date) -> str:
     d = digest_of(user, day)
     lines = [f"Your Levee usage on {d['date']} (UTC):", ""]
     lines += [f"  {m['model']}: {m['requests']} requests, {m['total_tokens']} tokens, {m['cost']} {currency()}"
@@ -204,7 +209,7 @@ def _digest_text(user, day: date) -> str:
 
 # --- firing and delivering -----------------------------------------------------------------------
 
-def _fire(row: AlertSettings, event: str, data: dict, *, subject: str, text: str) -> AlertDelivery | None:
+def _fire(row: AlertSettings, event: str, data: dict[str, Any], *, subject: str, text: str) -> AlertDelivery | None:
     """Mail the alert; record and enqueue its webhook delivery if the account has a webhook."""
     try:
         send_mail(subject, text, None, [row.user.email], fail_silently=False)
@@ -219,11 +224,11 @@ def _fire(row: AlertSettings, event: str, data: dict, *, subject: str, text: str
     return delivery
 
 
-def _enqueue(delivery_id) -> None:
+def _enqueue(delivery_id: uuid.UUID | str) -> None:
     from levee.billing.tasks import deliver_alert
 
     try:
-        deliver_alert.apply_async(args=[str(delivery_id)], queue=settings.LEVEE_ALERT_QUEUE)
+        deliver_alert.apply_async(args=(str(delivery_id),), queue=settings.LEVEE_ALERT_QUEUE)
     except Exception:  # the broker is away: the row stays pending (admin shows it)
         log.exception("could not enqueue alert delivery %s", delivery_id)
 
@@ -241,12 +246,12 @@ def _check_destination(url: str) -> None:
     except OSError as exc:
         raise OSError(f"cannot resolve {host}: {exc}") from None
     for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
+        ip = ipaddress.ip_address(str(address).split("%")[0])
         if not ip.is_global:
             raise Undeliverable(f"{host} resolves to a non-public address ({ip})")
 
 
-def attempt(delivery_id) -> bool:
+def attempt(delivery_id: uuid.UUID | str) -> bool:
     """One delivery attempt, logged on the row. True when delivered (or nothing left to do);
     False when it should be retried. Raises Undeliverable for a destination never to be tried."""
     delivery = AlertDelivery.objects.select_related("user").filter(pk=delivery_id).first()
@@ -281,7 +286,7 @@ def attempt(delivery_id) -> bool:
 def _log_attempt(delivery: AlertDelivery, status_code: int | None, error: str, *, final: str | None) -> None:
     now = timezone.now()
     entry = {"at": now.isoformat(), "status_code": status_code, "error": error}
-    updates = {"attempts": delivery.attempts + 1, "last_status_code": status_code, "last_error": error[:300],
+    updates: dict[str, Any] = {"attempts": delivery.attempts + 1, "last_status_code": status_code, "last_error": error[:300],
                "log": [*delivery.log, entry]}
     if final:
         updates["status"] = final
@@ -296,7 +301,7 @@ def backoff(attempts_made: int) -> float:
     return min(3600.0, settings.LEVEE_ALERT_WEBHOOK_BACKOFF_SECONDS * 2 ** max(0, attempts_made - 1))
 
 
-def redeliver(delivery: AlertDelivery, *, actor) -> bool:
+def redeliver(delivery: AlertDelivery, *, actor: User | None) -> bool:
     """An operator's "deliver again" of a failed delivery: pending again, a fresh round of attempts,
     with an AuditEvent in the same transaction. True if it was failed (and is now queued)."""
     with transaction.atomic():
@@ -309,7 +314,7 @@ def redeliver(delivery: AlertDelivery, *, actor) -> bool:
     return True
 
 
-def view(user) -> dict:
+def view(user: User) -> dict[str, Any]:
     """The account's alert settings as the API and the usage page show them."""
     row = AlertSettings.objects.filter(user=user).first() or AlertSettings(user=user)
 

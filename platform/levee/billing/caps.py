@@ -12,6 +12,7 @@ opposite orders.
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time
+from typing import TYPE_CHECKING
 
 from django.db import transaction
 from django.db.models import F, Q, Sum, Value
@@ -20,6 +21,13 @@ from django.utils import timezone
 
 from levee.billing.models import AuditEvent, CapPeriod, Hold, HoldStatus, KeySpend, UsageRecord, Wallet
 from levee.billing.money import MAX_OPERATION_NANO, format_amount
+
+if TYPE_CHECKING:
+    from django.db.models import QuerySet
+
+    from levee.accounts.models import User
+    from levee.core.errors import ApiError
+    from levee.keys.models import ApiKey
 
 EPOCH = date(1970, 1, 1)
 ORDER = (CapPeriod.DAY, CapPeriod.MONTH, CapPeriod.LIFETIME)
@@ -53,7 +61,7 @@ class SpendCapReached(Exception):
     def param(self) -> str:
         return FIELDS[CapPeriod(self.period)].removesuffix("_nano")
 
-    def api_error(self):  # noqa: ANN201 - an ApiError (levee.core.errors)
+    def api_error(self) -> ApiError:
         from levee.core.errors import ApiError
 
         return ApiError(402, str(self), code=self.code, param=self.param)
@@ -65,7 +73,7 @@ def period_starts(at: datetime) -> dict[str, date]:
     return {CapPeriod.DAY: day, CapPeriod.MONTH: day.replace(day=1), CapPeriod.LIFETIME: EPOCH}
 
 
-def _rows_of(api_key_id: int, at: datetime):
+def _rows_of(api_key_id: int | None, at: datetime) -> QuerySet[KeySpend]:
     starts = period_starts(at)
     match = Q()
     for period in ORDER:
@@ -73,7 +81,7 @@ def _rows_of(api_key_id: int, at: datetime):
     return KeySpend.objects.filter(match, api_key_id=api_key_id)
 
 
-def reserve(api_key, amount: int, at: datetime) -> None:
+def reserve(api_key: ApiKey, amount: int, at: datetime) -> None:
     """Count `amount` against each cap `api_key` carries, or raise SpendCapReached. Call inside the
     transaction that reserves the wallet (the increments roll back with it)."""
     starts = period_starts(at)
@@ -111,7 +119,7 @@ def is_capped(hold: Hold) -> bool:
     return hold.api_key_id is not None and hold.api_key is not None and bool(hold.api_key.caps)
 
 
-def spent_in(api_key, period: str, starts: date) -> int:
+def spent_in(api_key: ApiKey, period: str, starts: date) -> int:
     """What the key's holds placed since `starts` reserve or were charged, from the holds themselves
     (the value a counter is seeded with)."""
     since = datetime.combine(starts, time(0), tzinfo=UTC)
@@ -122,13 +130,14 @@ def spent_in(api_key, period: str, starts: date) -> int:
     return held + charged
 
 
-def current(api_key, at: datetime | None = None) -> dict[str, int]:
+def current(api_key: ApiKey, at: datetime | None = None) -> dict[str, int]:
     """The key's counted spend per capped period now."""
     found = {row.period: row.spent_nano for row in _rows_of(api_key.pk, at or timezone.now())}
     return {period: found.get(period, 0) for period in ORDER if getattr(api_key, FIELDS[period]) is not None}
 
 
-def set_caps(api_key, *, daily: int | None, monthly: int | None, lifetime: int | None, actor, source: str):
+def set_caps(api_key: ApiKey, *, daily: int | None, monthly: int | None, lifetime: int | None, actor: User | None,
+             source: str) -> ApiKey:
     """Set (an int of nano-units) or remove (None) the key's caps, seeding each new counter from
     the key's holds so far in its period, with an AuditEvent in the same transaction. Raises
     ValueError for an amount that is not a positive integer within one operation's limit."""
@@ -161,7 +170,7 @@ def set_caps(api_key, *, daily: int | None, monthly: int | None, lifetime: int |
     return key
 
 
-def describe(api_key) -> str:
+def describe(api_key: ApiKey) -> str:
     """"daily 5.00, monthly none, lifetime none"."""
     parts = []
     for period in ORDER:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, time, timedelta
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db.models import Count, Sum
@@ -18,6 +19,10 @@ from django.http import StreamingHttpResponse
 
 from levee.billing.models import LedgerEntry, UsageRecord
 from levee.billing.money import format_amount
+
+if TYPE_CHECKING:
+    from levee.accounts.models import User
+    from levee.billing.models import Wallet
 
 DAILY_COLUMNS = ["date", "model", "key", "key_name", "source", "requests", "prompt_cache_hit_tokens",
                  "prompt_cache_miss_tokens", "completion_tokens", "total_tokens", "currency", "cost", "cost_nano"]
@@ -44,7 +49,7 @@ class _Echo:
         return value
 
 
-def stream_csv(filename: str, header: list[str], rows: Iterable[list]) -> StreamingHttpResponse:
+def stream_csv(filename: str, header: list[str], rows: Iterable[list[Any]]) -> StreamingHttpResponse:
     writer = csv.writer(_Echo())
 
     def lines() -> Iterator[str]:
@@ -62,7 +67,7 @@ def _key_columns(prefix: str | None, name: str | None) -> list[str]:
     return [f"{prefix}…" if prefix else "", name or ""]
 
 
-def daily_rows(user, start: date, end: date) -> Iterator[list]:
+def daily_rows(user: User, start: date, end: date) -> Iterator[list[Any]]:
     """One row per UTC day, model, key and source, from the usage records themselves."""
     since, until = _bounds(start, end)
     rows = (UsageRecord.objects.filter(user=user, started_at__gte=since, started_at__lt=until)
@@ -77,7 +82,7 @@ def daily_rows(user, start: date, end: date) -> Iterator[list]:
                format_amount(r["cost"]), r["cost"]]
 
 
-def request_rows(user, start: date, end: date) -> Iterator[list]:
+def request_rows(user: User, start: date, end: date) -> Iterator[list[Any]]:
     """One row per request. Raises ExportTooLarge (before any row) past LEVEE_EXPORT_MAX_ROWS."""
     since, until = _bounds(start, end)
     records = UsageRecord.objects.filter(user=user, started_at__gte=since, started_at__lt=until)
@@ -85,7 +90,7 @@ def request_rows(user, start: date, end: date) -> Iterator[list]:
     if count > settings.LEVEE_EXPORT_MAX_ROWS:
         raise ExportTooLarge(count)
 
-    def rows() -> Iterator[list]:
+    def rows() -> Iterator[list[Any]]:
         for u in (records.select_related("api_key").order_by("started_at", "id")
                   .iterator(chunk_size=2000)):
             key = u.api_key
@@ -97,7 +102,7 @@ def request_rows(user, start: date, end: date) -> Iterator[list]:
     return rows()
 
 
-def ledger_rows(wallet, start: date, end: date) -> Iterator[list]:
+def ledger_rows(wallet: Wallet, start: date, end: date) -> Iterator[list[Any]]:
     """The wallet's ledger entries in the range, oldest first. Raises ExportTooLarge."""
     since, until = _bounds(start, end)
     entries = LedgerEntry.objects.filter(wallet=wallet, created_at__gte=since, created_at__lt=until)
@@ -105,7 +110,7 @@ def ledger_rows(wallet, start: date, end: date) -> Iterator[list]:
     if count > settings.LEVEE_EXPORT_MAX_ROWS:
         raise ExportTooLarge(count)
 
-    def rows() -> Iterator[list]:
+    def rows() -> Iterator[list[Any]]:
         for e in entries.order_by("created_at", "id").iterator(chunk_size=2000):
             reference = e.external_id or (f"hold {e.hold_id}" if e.hold_id else "")
             yield [e.created_at.astimezone(UTC).isoformat(), e.kind, format_amount(e.balance_delta), e.granted_delta,

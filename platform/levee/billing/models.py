@@ -6,6 +6,7 @@ immutable `LedgerEntry` per change in the same transaction; `reconcile` proves t
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -78,7 +79,7 @@ class DiscountWindow(models.Model):
         days = f" days {self.weekdays}" if self.weekdays else ""
         return f"{self.model} {self.token_class} -{self.percent_off}% {self.start_time:%H:%M}–{self.end_time:%H:%M} UTC{days}"
 
-    def save(self, *args, **kwargs):
+    def save(self, *args: Any, **kwargs: Any) -> None:
         self.weekdays = "".join(sorted(set(self.weekdays or "")))
         super().save(*args, **kwargs)
 
@@ -450,6 +451,7 @@ class Payment(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="payments")
+    checkout_url: str = ""  # not a column: the session's URL, set by start_checkout
     provider = models.CharField(max_length=16, default="stripe")
     session_id = models.CharField(max_length=255, unique=True, null=True, blank=True)  # noqa: DJ001 - set once made
     payment_intent = models.CharField(max_length=255, unique=True, null=True, blank=True)  # noqa: DJ001 - known once paid

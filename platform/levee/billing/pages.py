@@ -1,18 +1,20 @@
 """The owner's usage and billing page: balance, daily usage chart, ledger, voucher redemption."""
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.db.models import Sum
-from django.http import HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from levee.accounts.operators import signed_in
 from levee.billing import services
 from levee.billing.charts import stacked_bars
 from levee.billing.models import DailyUsage, LedgerEntry
@@ -111,7 +113,7 @@ def _redeem(request):
 
 @login_required
 @require_POST
-def topup_start(request):
+def topup_start(request: HttpRequest) -> HttpResponse:
     """The usage page's top-up form: make a Stripe Checkout Session and send the browser to it."""
     from levee.billing import payments
 
@@ -120,7 +122,7 @@ def topup_start(request):
         amount = payments.parse_topup_amount(raw)
         result = reverse("topup-result", args=[payments.PLACEHOLDER])
         payment = payments.start_checkout(
-            request.user, amount,
+            signed_in(request), amount,
             success_url=request.build_absolute_uri(result) + "?session_id={CHECKOUT_SESSION_ID}",
             cancel_url=request.build_absolute_uri(result) + "?cancelled=1")
     except services.BillingRefused as exc:
@@ -130,21 +132,21 @@ def topup_start(request):
 
 
 @login_required
-def topup_result(request, payment_id):
+def topup_result(request: HttpRequest, payment_id: uuid.UUID) -> HttpResponse:
     """Where Stripe sends the browser back: what became of the payment (credited by the webhook,
     still being confirmed, or cancelled)."""
     from levee.billing.models import Payment
 
-    payment = get_object_or_404(Payment, pk=payment_id, user=request.user)
+    payment = get_object_or_404(Payment, pk=payment_id, user=signed_in(request))
     return render(request, "billing/topup_result.html", {
         "payment": payment, "amount": format_amount(payment.amount_nano, places=2),
         "cancelled": request.GET.get("cancelled") == "1" and payment.status != "credited",
-        "balance": services.balance_view(request.user)["balance_infos"][0]})
+        "balance": services.balance_view(signed_in(request))["balance_infos"][0]})
 
 
 @login_required
 @require_POST
-def alerts_form(request):
+def alerts_form(request: HttpRequest) -> HttpResponse:
     """The usage page's alert form (empty threshold = off)."""
     from levee.billing import alerts
     from levee.billing.money import InvalidAmount, parse_amount
@@ -157,10 +159,10 @@ def alerts_form(request):
                 thresholds[name] = parse_amount(raw) if raw else None
             except InvalidAmount as exc:
                 raise ValueError(f"{label}: {exc}") from None
-        alerts.configure(request.user, low_balance_nano=thresholds["low_balance"],
+        alerts.configure(signed_in(request), low_balance_nano=thresholds["low_balance"],
                          daily_spend_nano=thresholds["daily_spend"], daily_digest=request.POST.get("daily_digest") == "on",
                          webhook_url=request.POST.get("webhook_url", ""), rotate_secret=request.POST.get("rotate") == "on",
-                         actor=request.user, source="owner")
+                         actor=signed_in(request), source="owner")
     except ValueError as exc:
         messages.error(request, str(exc))
     else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.mail import send_mail
@@ -35,6 +36,11 @@ from levee.billing.models import (
 from levee.billing.money import format_amount, parse_amount
 from levee.billing.pricing import currency
 
+if TYPE_CHECKING:
+    import stripe
+
+    from levee.accounts.models import User
+
 log = logging.getLogger(__name__)
 
 # Currencies Stripe top-ups are offered in: both have two-decimal minor units (cents, fen).
@@ -52,7 +58,7 @@ def switch() -> TopupSwitch:
     return row
 
 
-def set_topups_paused(paused: bool, *, reason: str, by=None, message: str = "") -> bool:
+def set_topups_paused(paused: bool, *, reason: str, by: User | None = None, message: str = "") -> bool:
     """Pause (or resume) new top-ups, with a required reason, auditing the change in the same
     transaction. `message` is what owners are shown while paused. True if anything changed."""
     reason = (reason or "").strip()
@@ -104,7 +110,7 @@ def _maximum() -> int:
     return parse_amount(settings.LEVEE_TOPUP_MAX)
 
 
-def parse_topup_amount(text) -> int:
+def parse_topup_amount(text: object) -> int:
     """An owner's amount (a decimal string) → nano, inside [min, max] and in whole cents/fen.
     Raises BillingRefused naming the bounds."""
     low, high = _minimum(), _maximum()
@@ -121,14 +127,14 @@ def parse_topup_amount(text) -> int:
     return nano
 
 
-def client():  # noqa: ANN201 - a stripe.StripeClient
+def client() -> stripe.StripeClient:
     import stripe
 
     return stripe.StripeClient(settings.STRIPE_SECRET_KEY, base_addresses={"api": settings.STRIPE_API_BASE},
                                max_network_retries=2)
 
 
-def start_checkout(user, amount_nano: int, *, success_url: str, cancel_url: str) -> Payment:
+def start_checkout(user: User, amount_nano: int, *, success_url: str, cancel_url: str) -> Payment:
     """Make a Stripe Checkout Session for a top-up of `amount_nano` and the Payment that follows it.
     In the return URLs PLACEHOLDER becomes the payment's id and Stripe fills {CHECKOUT_SESSION_ID}. Raises BillingRefused
     (paused, not offered, unverified address, an amount outside the bounds); nothing is written
@@ -167,7 +173,7 @@ def start_checkout(user, amount_nano: int, *, success_url: str, cancel_url: str)
                                       status=502) from None
     payment.session_id = session.id
     payment.save(force_insert=True)
-    payment.checkout_url = session.url
+    payment.checkout_url = session.url or ""
     return payment
 
 

@@ -37,7 +37,7 @@ def in_window(start: time, end: time, moment: time) -> bool:
     return moment >= start or moment < end
 
 
-def window_covers(window, at: datetime) -> bool:
+def window_covers(window: DiscountWindow, at: datetime) -> bool:
     """Whether a discount window's daily span covers instant `at`, on the days it runs: a window
     with weekdays (ISO 1–7) counts on the days it starts, so the after-midnight part of a
     crossing window belongs to the day before."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -41,6 +42,9 @@ from levee.billing.models import (
 )
 from levee.billing.money import MAX_OPERATION_NANO, format_amount
 from levee.billing.pricing import PriceNotFound, currency, rates_at, rates_from_hold
+
+if TYPE_CHECKING:
+    from levee.keys.models import ApiKey
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +166,7 @@ def place_hold(*, user, api_key=None, model: str, prompt_tokens: int, max_tokens
     raise InsufficientBalance(needed_nano=amount, available_nano=wallet.available_nano)
 
 
-def _reserve_within_caps(hold: Hold, entry: LedgerEntry, api_key, *, user_id: int) -> bool:
+def _reserve_within_caps(hold: Hold, entry: LedgerEntry, api_key: ApiKey | None, *, user_id: int) -> bool:
     """_reserve, and for a key with spend caps the caps' counters in the same transaction (taken
     before the wallet row). Raises SpendCapReached (nothing written) when a cap would be passed."""
     if api_key is None or not api_key.caps:

@@ -8,6 +8,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 
 from levee.accounts.signals import user_verified
+from levee.billing.models import LedgerEntry
 from levee.billing.money import parse_amount
 
 
@@ -24,7 +25,7 @@ def grant_signup_credit(sender, user, **kwargs):
 
 
 @receiver(post_save, sender="billing.LedgerEntry", dispatch_uid="levee.billing.alerts")
-def check_alerts(sender, instance, created, **kwargs):
+def check_alerts(sender: type, instance: LedgerEntry, created: bool, **kwargs: object) -> None:
     if created:
         from levee.billing.alerts import ledger_entry_saved
 

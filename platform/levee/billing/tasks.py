@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.core.exceptions import ValidationError
 
 from levee.billing import services
@@ -65,7 +65,7 @@ def expire_grants() -> int:
 
 @shared_task(name="levee.billing.deliver_alert", queue="platform", bind=True, acks_late=True,
              soft_time_limit=40, time_limit=60, max_retries=None)
-def deliver_alert(self, delivery_id: str) -> None:
+def deliver_alert(self: Task, delivery_id: str) -> None:
     """POST one alert to its account's webhook; on failure retry with exponential back-off
     (levee.billing.alerts.backoff) until LEVEE_ALERT_WEBHOOK_MAX_ATTEMPTS attempts are logged."""
     from levee.billing import alerts

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from datetime import date
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Sum
-from django.http import JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
@@ -16,8 +18,10 @@ from django.views.decorators.http import require_POST
 from rest_framework.decorators import api_view, authentication_classes, permission_classes, renderer_classes
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.request import Request
 from rest_framework.response import Response
 
+from levee.accounts.operators import signed_in
 from levee.billing import exports, services
 from levee.billing.models import DailyUsage
 from levee.billing.money import format_amount
@@ -50,7 +54,7 @@ def _date_param(request, name: str) -> date:
         raise ApiError(400, f"{name} must be a date written YYYY-MM-DD", param=name, code="invalid_date") from None
 
 
-def _date_range(request) -> tuple[date, date]:
+def _date_range(request: Request) -> tuple[date, date]:
     """?start=&end= (UTC days, both inclusive, at most LEVEE_USAGE_MAX_DAYS), or a 400 naming the parameter."""
     start, end = _date_param(request, "start"), _date_param(request, "end")
     if end < start:
@@ -67,24 +71,25 @@ class _CsvRenderer(BaseRenderer):
 
     media_type, format, charset = "text/csv", "csv", "utf-8"
 
-    def render(self, data, accepted_media_type=None, renderer_context=None) -> bytes:
+    def render(self, data: Any, accepted_media_type: str | None = None,
+               renderer_context: Mapping[str, Any] | None = None) -> bytes:
         return json.dumps(data).encode()
 
 
 @api_view(["GET"])
 @renderer_classes([JSONRenderer, _CsvRenderer])
-def usage_export(request):
+def usage_export(request: Request) -> HttpResponseBase:
     """GET /api/usage/export?start=&end=&by=day|request: the owner's usage as CSV, per UTC day ×
     model × key (by=day, the default) or per request, streamed."""
     start, end = _date_range(request)
     by = request.query_params.get("by", "day")
     if by == "day":
         return exports.stream_csv(f"usage-{start}-{end}.csv", exports.DAILY_COLUMNS,
-                                  exports.daily_rows(request.user, start, end))
+                                  exports.daily_rows(signed_in(request), start, end))
     if by != "request":
         raise ApiError(400, "by must be day or request", param="by", code="invalid_parameter")
     try:
-        rows = exports.request_rows(request.user, start, end)
+        rows = exports.request_rows(signed_in(request), start, end)
     except exports.ExportTooLarge as exc:
         raise ApiError(400, str(exc), param="end", code="export_too_large") from None
     return exports.stream_csv(f"requests-{start}-{end}.csv", exports.REQUEST_COLUMNS, rows)
@@ -92,11 +97,11 @@ def usage_export(request):
 
 @api_view(["GET"])
 @renderer_classes([JSONRenderer, _CsvRenderer])
-def ledger_export(request):
+def ledger_export(request: Request) -> HttpResponseBase:
     """GET /api/ledger/export?start=&end=: the owner's ledger entries as CSV, oldest first, streamed."""
     start, end = _date_range(request)
     try:
-        rows = exports.ledger_rows(services.wallet_for(request.user), start, end)
+        rows = exports.ledger_rows(services.wallet_for(signed_in(request)), start, end)
     except exports.ExportTooLarge as exc:
         raise ApiError(400, str(exc), param="end", code="export_too_large") from None
     return exports.stream_csv(f"ledger-{start}-{end}.csv", exports.LEDGER_COLUMNS, rows)
@@ -162,7 +167,7 @@ def pricing_page(request):
 @csrf_exempt
 @sessionless
 @require_POST
-def stripe_webhook(request):
+def stripe_webhook(request: HttpRequest) -> HttpResponse:
     """POST /billing/stripe/webhook: Stripe's events, verified by their signature (see
     levee.billing.payments). 400 for a delivery that is not Stripe's; 200 with what happened."""
     from levee.billing import payments
@@ -176,7 +181,7 @@ def stripe_webhook(request):
 
 
 @api_view(["POST"])
-def topups(request):
+def topups(request: Request) -> Response:
     """POST /api/topups {"amount": "20.00", "success_url"?, "cancel_url"?}: start a Stripe Checkout
     top-up; 201 with the payment id and the checkout URL to send the owner to."""
     from levee.billing import payments
@@ -186,7 +191,7 @@ def topups(request):
         amount = payments.parse_topup_amount(body.get("amount"))
         result = request.build_absolute_uri(reverse("topup-result", args=[payments.PLACEHOLDER]))
         payment = payments.start_checkout(
-            request.user, amount, success_url=result + "?session_id={CHECKOUT_SESSION_ID}",
+            signed_in(request), amount, success_url=result + "?session_id={CHECKOUT_SESSION_ID}",
             cancel_url=result + "?cancelled=1")
     except services.BillingRefused as exc:
         raise ApiError(exc.status, exc.message, code=exc.code,
@@ -196,7 +201,7 @@ def topups(request):
                     status=201)
 
 
-def _threshold(body: dict, name: str) -> int | None:
+def _threshold(body: dict[str, Any], name: str) -> int | None:
     from levee.billing.money import InvalidAmount, parse_amount
 
     value = body.get(name)
@@ -211,7 +216,7 @@ def _threshold(body: dict, name: str) -> int | None:
 
 
 @api_view(["GET", "PUT"])
-def alert_settings(request):
+def alert_settings(request: Request) -> Response:
     """GET /api/alerts: the owner's alerts. PUT {"low_balance", "daily_spend", "daily_digest",
     "webhook_url", "rotate_secret"?}: set them (names left out are switched off)."""
     from levee.billing import alerts
@@ -224,9 +229,9 @@ def alert_settings(request):
         if not isinstance(url, str):
             raise ApiError(400, "webhook_url must be a string", param="webhook_url", code="invalid_parameter")
         try:
-            alerts.configure(request.user, low_balance_nano=_threshold(body, "low_balance"),
+            alerts.configure(signed_in(request), low_balance_nano=_threshold(body, "low_balance"),
                              daily_spend_nano=_threshold(body, "daily_spend"), daily_digest=digest, webhook_url=url,
-                             rotate_secret=body.get("rotate_secret") is True, actor=request.user, source="api")
+                             rotate_secret=body.get("rotate_secret") is True, actor=signed_in(request), source="api")
         except ValueError as exc:
             raise ApiError(400, str(exc), param="webhook_url", code="invalid_webhook_url") from None
-    return Response(alerts.view(request.user))
+    return Response(alerts.view(signed_in(request)))

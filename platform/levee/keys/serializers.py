@@ -1,3 +1,5 @@
+from typing import Any
+
 from rest_framework import serializers
 
 from levee.keys.models import ApiKey
@@ -17,14 +19,14 @@ class ApiKeySerializer(serializers.ModelSerializer):
     def get_revoked(self, obj) -> bool:
         return obj.revoked_at is not None
 
-    def get_spend_caps(self, obj) -> dict:
+    def get_spend_caps(self, obj: ApiKey) -> dict[str, Any]:
         """{"daily_cap": null | {"limit", "limit_nano", "spent", "spent_nano"}, "monthly_cap": …, "lifetime_cap": …}:
         spent is what the key's requests reserve or were charged in the period so far (UTC)."""
         from levee.billing import caps
         from levee.billing.money import format_amount
 
         spent = caps.current(obj) if obj.caps else {}
-        out: dict = {}
+        out: dict[str, Any] = {}
         for name, period in CAP_NAMES.items():
             limit = obj.caps.get(period)
             out[name] = None if limit is None else {
@@ -33,7 +35,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
         return out
 
 
-def parse_cap(value, name: str) -> int | None:
+def parse_cap(value: object, name: str) -> int | None:
     """A cap from a request: a decimal string (or number) of currency units, or null/"" for none."""
     from levee.billing.money import InvalidAmount, parse_amount
 
@@ -54,7 +56,7 @@ class CapsSerializer(serializers.Serializer):
     monthly_cap = serializers.JSONField(required=False, allow_null=True)
     lifetime_cap = serializers.JSONField(required=False, allow_null=True)
 
-    def validate(self, attrs: dict) -> dict:
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         return {name: parse_cap(value, name) if name in CAP_NAMES else value for name, value in attrs.items()}
 
 

@@ -1,11 +1,17 @@
+from __future__ import annotations
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, authentication_classes
+from rest_framework.request import Request
 from rest_framework.response import Response
 
+from levee.accounts.models import User
+from levee.accounts.operators import signed_in
 from levee.core.errors import ApiError
 from levee.core.middleware import sessionless
 from levee.keys import services
@@ -41,7 +47,7 @@ def keys_collection(request):
     return Response({**ApiKeySerializer(key).data, "key": raw}, status=status.HTTP_201_CREATED)
 
 
-def _set_caps(key: ApiKey, wanted: dict, *, actor, source: str = "owner") -> None:
+def _set_caps(key: ApiKey, wanted: dict[str, int | None], *, actor: User | None, source: str = "owner") -> None:
     """Apply the caps named in `wanted` ({"daily_cap": nano | None, …}); the others stay."""
     from levee.billing import caps
 
@@ -53,15 +59,15 @@ def _set_caps(key: ApiKey, wanted: dict, *, actor, source: str = "owner") -> Non
 
 
 @api_view(["GET", "PATCH"])
-def key_detail(request, key_id: int):
+def key_detail(request: Request, key_id: int) -> Response:
     """GET /api/keys/<id>: one key; PATCH {"daily_cap": "5.00", "monthly_cap": null, …} sets or
     removes its spend caps (names left out keep their value)."""
-    key = get_object_or_404(ApiKey, pk=key_id, user=request.user)
+    key = get_object_or_404(ApiKey, pk=key_id, user=signed_in(request))
     if request.method == "PATCH":
         form = CapsSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         if form.validated_data:
-            _set_caps(key, form.validated_data, actor=request.user)
+            _set_caps(key, form.validated_data, actor=signed_in(request))
     return Response(ApiKeySerializer(key).data)
 
 
@@ -83,10 +89,10 @@ def whoami(request):
 
 
 @login_required
-def keys_page(request):
+def keys_page(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         return _caps_form(request)
-    keys = list(ApiKey.objects.filter(user=request.user))
+    keys = list(ApiKey.objects.filter(user=signed_in(request)))
     from levee.billing.pricing import currency
 
     rows = []
@@ -100,9 +106,9 @@ def keys_page(request):
 CAP_LABELS = ("Daily", "Monthly", "Lifetime")
 
 
-def _caps_form(request):
+def _caps_form(request: HttpRequest) -> HttpResponse:
     """The keys page's spend-cap form: one key's three caps (an empty field removes that cap)."""
-    key = get_object_or_404(ApiKey, pk=request.POST.get("key_id") or 0, user=request.user, revoked_at__isnull=True)
+    key = get_object_or_404(ApiKey, pk=request.POST.get("key_id") or 0, user=signed_in(request), revoked_at__isnull=True)
     try:
         wanted = {name: parse_cap(request.POST.get(name, "").strip(), name) for name in CAP_NAMES}
     except serializers.ValidationError as exc:
@@ -110,7 +116,7 @@ def _caps_form(request):
         messages.error(request, "; ".join(f"{name.replace('_', ' ')}: {' '.join(map(str, errs if isinstance(errs, list) else [errs]))}"
                                           for name, errs in detail.items()) or "Invalid cap.")
         return redirect("keys-page")
-    _set_caps(key, wanted, actor=request.user)
+    _set_caps(key, wanted, actor=signed_in(request))
     from levee.billing.caps import describe
 
     messages.success(request, f"Spend caps of {key.name or key.prefix} saved: {describe(key)}.")
