@@ -172,7 +172,11 @@ def start_checkout(user: User, amount_nano: int, *, success_url: str, cancel_url
                                       "The payment provider could not start the payment; try again shortly.",
                                       status=502) from None
     payment.session_id = session.id
-    payment.save(force_insert=True)
+    with transaction.atomic():
+        payment.save(force_insert=True)
+        AuditEvent.objects.create(actor=user, action="checkout_started", source="owner",
+                                  wallet=services.wallet_for(user), amount_nano=amount_nano,
+                                  reason=f"Stripe Checkout session {session.id} for payment {ref}"[:200])
     payment.checkout_url = session.url or ""
     return payment
 
@@ -256,6 +260,8 @@ def _session_completed(record: ProviderEvent, session: dict) -> str:
     payment.payment_intent = session.get("payment_intent") or None
     payment.receipt_sent_at = payment.credited_at
     payment.save(update_fields=["status", "entry", "credited_at", "payment_intent", "receipt_sent_at"])
+    AuditEvent.objects.create(action="stripe_topup", source="stripe", wallet=wallet, amount_nano=payment.amount_nano,
+                              entry=entry, reason=f"payment {payment.pk} (event {record.event_id})"[:200])
     _mark(record)
     transaction.on_commit(lambda: _send_receipt(payment))
     # Refunds or disputes of this payment that arrived before it was known: apply them now, in order.
@@ -351,6 +357,8 @@ def _take_back(payment: Payment, nano: int, *, kind: str, external_id: str, why:
         entry = LedgerEntry.objects.create(wallet=wallet, kind=kind, external_id=external_id,
                                            reason=f"Stripe payment {payment.payment_intent} {why}: nothing free to take"
                                            [:200], created_at=now)
+    AuditEvent.objects.create(action="stripe_payback", source="stripe", wallet=wallet, amount_nano=-take, entry=entry,
+                              created_at=now, reason=f"{why}: payment {payment.pk}"[:200])
     short = nano - take
     if short:
         payment.unrecovered_nano += short

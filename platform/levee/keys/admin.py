@@ -9,8 +9,11 @@ class ApiKeyAdmin(admin.ModelAdmin):
     list_display = ("prefix", "name", "user", "created_at", "last_used_at", "expires_at", "revoked_at")
     list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
     search_fields = ("prefix", "user__email", "name")
-    readonly_fields = ("user", "prefix", "digest", "created_at", "last_used_at", "revoked_at", "revoked_by")
-    fields = ("user", "name", "prefix", "digest", "created_at", "last_used_at", "expires_at", "revoked_at", "revoked_by")
+    # Spend caps are the owner's (set through levee.billing.caps.set_caps, audited): shown, not edited here.
+    readonly_fields = ("user", "prefix", "digest", "created_at", "last_used_at", "revoked_at", "revoked_by",
+                       "daily_cap_nano", "monthly_cap_nano", "lifetime_cap_nano")
+    fields = ("user", "name", "prefix", "digest", "created_at", "last_used_at", "expires_at", "revoked_at", "revoked_by",
+              "daily_cap_nano", "monthly_cap_nano", "lifetime_cap_nano")
     actions = ["revoke"]
     list_select_related = ("user",)
 

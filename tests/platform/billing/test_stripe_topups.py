@@ -83,6 +83,8 @@ def test_a_top_up_goes_through_checkout_and_is_credited_once(client, standin, dj
     assert [(e.topped_up_delta, e.external_id) for e in entries] == [(20 * NANO, f"stripe:{payment.session_id}")]
     payment.refresh_from_db()
     assert payment.status == PaymentStatus.CREDITED and payment.payment_intent.startswith("pi_")
+    assert [a.action for a in AuditEvent.objects.order_by("id") if a.action != "credit"] == [
+        "checkout_started", "stripe_topup"]  # each write with its audit row
     assert services.reconcile() == []
     # The receipt, once.
     receipts = [m for m in mail.outbox if "receipt" in m.subject]
