@@ -48,7 +48,7 @@ class SpendCapReached(Exception):
         adjective, when = _WORDS[CapPeriod(period)]
         cur = currency()
         super().__init__(
-            f"This API key's {adjective} spend cap of {format_amount(cap_nano, places=2)} {cur} is reached: "
+            f"This API key's {adjective} spend cap of {cap_text(cap_nano)} {cur} is reached: "
             f"{format_amount(spent_nano, places=6)} {cur} spent or reserved {when}, and this request may cost up "
             f"to {format_amount(needed_nano, places=6)} {cur}. Raise the cap on the API keys page or use another key.")
         self.period, self.cap_nano, self.spent_nano, self.needed_nano = period, cap_nano, spent_nano, needed_nano
@@ -65,6 +65,11 @@ class SpendCapReached(Exception):
         from levee.core.errors import ApiError
 
         return ApiError(402, str(self), code=self.code, param=self.param)
+
+
+def cap_text(nano: int) -> str:
+    """A cap as people write it: cents when it is whole cents, else six places."""
+    return format_amount(nano, places=2 if nano % 10**7 == 0 else 6)
 
 
 def period_starts(at: datetime) -> dict[str, date]:
@@ -175,5 +180,5 @@ def describe(api_key: ApiKey) -> str:
     parts = []
     for period in ORDER:
         value = getattr(api_key, FIELDS[period])
-        parts.append(f"{_WORDS[period][0]} {format_amount(value, places=2) if value is not None else 'none'}")
+        parts.append(f"{_WORDS[period][0]} {cap_text(value) if value is not None else 'none'}")
     return ", ".join(parts)

@@ -30,7 +30,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
         for name, period in CAP_NAMES.items():
             limit = obj.caps.get(period)
             out[name] = None if limit is None else {
-                "limit": format_amount(limit, places=2), "limit_nano": limit,
+                "limit": caps.cap_text(limit), "limit_nano": limit,
                 "spent": format_amount(spent.get(period, 0), places=6), "spent_nano": spent.get(period, 0)}
         return out
 
