@@ -31,9 +31,11 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from inference.attention import PagedAttention, PrefillSpan
 from inference.kvcache import UNIT_TOKENS, KVCache
-from inference.model import MLA, AttentionBackend, Transformer
+from inference.model import AttentionBackend, Transformer
 from inference.sampler import SamplingRows, row_key, rows_from_tensors, sample
+from kernels.torch_mla import KV_SPLIT
 
 log = logging.getLogger(__name__)
 
@@ -230,36 +232,6 @@ class _Seq:
         return Usage(n, self.hit_tokens, n - self.hit_tokens, len(self.output))
 
 
-class _PagedAttention:
-    """Attention backend for one packed engine step (see the module docstring)."""
-
-    def __init__(self, cache: KVCache, slots: torch.Tensor, prefill: list, decode: list, query_chunk: int):
-        self.cache = cache
-        self.query_chunk = query_chunk
-        self.slots = slots  # [N] cache slot of every packed token
-        self.prefill = prefill  # (row_start, row_end, ctx_slots [S], mask [T, S])
-        self.decode = decode  # (row_start, row_end, ctx_slots [G, L], mask [G, 1, L])
-
-    def __call__(self, layer: int, attn: MLA, q_nope, q_pe, c_kv, k_pe):
-        data = self.cache.data[layer]  # [slots, C + dr]
-        C = attn.kv_lora_rank
-        data.index_copy_(0, self.slots, torch.cat([c_kv[0], k_pe[0]], dim=-1).to(data.dtype))
-        out = q_nope.new_empty(*q_nope.shape[:3], attn.dv)  # [1, N, nH, dv]
-        for a, b, ctx_slots, mask in self.prefill:
-            ctx = data[ctx_slots]  # [S, C + dr]
-            c, kp = ctx[None, :, :C], ctx[None, :, C:]
-            # Queries in chunks bound the [nH, T, S] score tensor of a long prompt.
-            for lo in range(a, b, self.query_chunk):
-                hi = min(lo + self.query_chunk, b)
-                out[:, lo:hi] = attn.attend_expanded(q_nope[:, lo:hi], q_pe[:, lo:hi], c, kp, mask[None, lo - a : hi - a])
-        for a, b, ctx_slots, mask in self.decode:
-            ctx = data[ctx_slots]  # [G, L, C + dr]
-            qn = q_nope[0, a:b].unsqueeze(1)  # [G, 1, nH, dn]
-            qp = q_pe[0, a:b].unsqueeze(1)
-            out[0, a:b] = attn.attend_absorbed(qn, qp, ctx[..., :C], ctx[..., C:], mask)[:, 0]
-        return out
-
-
 class _Staging:
     """A step's integer and float inputs, written into one reused host buffer (pinned where CUDA
     exists) and copied to the device in one non_blocking copy. Reusing the buffer is safe: every step
@@ -310,13 +282,17 @@ class Engine:
         max_model_len: int | None = None,
         max_step_tokens: int = 8192,
         prefill_query_chunk: int = 1024,
+        reserve_fraction: float = 1.0,
     ):
         """kv_budget_bytes: memory for the latent cache; block_size: tokens per block (divides 64);
         max_batch: most sequences running at once; detokenizer_factory: makes one incremental
         detokenizer per request (push/flush), needed for text and stop strings; max_model_len:
         prompt + completion limit (default: the model's max_position_embeddings); max_step_tokens:
-        prompt tokens admitted into one step (a single longer prompt still goes alone);
-        prefill_query_chunk: query rows per attention call during prefill (bounds its memory)."""
+        tokens one step feeds (decodes first, then prompt chunks; a longer prompt is prefilled over
+        several steps); prefill_query_chunk: query rows per attention call during prefill (bounds its
+        memory); reserve_fraction: the share of each request's max_tokens that admission holds cache
+        room for (1.0: a running sequence never runs short; less admits more sequences and preempts
+        the newest when the cache fills)."""
         self.model = model
         args = model.args
         self.device = model.device
@@ -327,6 +303,9 @@ class Engine:
         self.detokenizer_factory = detokenizer_factory
         self.max_step_tokens = max_step_tokens
         self.prefill_query_chunk = prefill_query_chunk
+        if not 0.0 <= reserve_fraction <= 1.0:
+            raise ValueError("reserve_fraction must be in [0, 1]")
+        self.reserve_fraction = reserve_fraction
         self.eos_ids = set(args.eos_token_ids)
         per_token = KVCache.bytes_per_token(args.num_hidden_layers, args.latent_dim, model.dtype)
         num_blocks = kv_budget_bytes // (per_token * block_size)
@@ -338,7 +317,9 @@ class Engine:
         self._lock = threading.Condition()
         self._incoming: deque[RequestHandle] = deque()
         self._waiting: deque[RequestHandle] = deque()
-        self._running: list[_Seq] = []
+        self._running: list[_Seq] = []  # in admission order (the last is preempted first)
+        self._preempted: deque[_Seq] = deque()
+        self.preemptions = 0
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.steps = 0
@@ -393,11 +374,12 @@ class Engine:
     def stats(self) -> dict:
         """A snapshot for monitoring (any thread): sequences running and waiting, the batch limit, KV
         blocks (free, evictable prefix-cache blocks, total), steps and tokens sampled since start."""
-        return {"running": len(self._running), "waiting": len(self._waiting) + len(self._incoming),
+        return {"running": len(self._running),
+                "waiting": len(self._waiting) + len(self._incoming) + len(self._preempted),
                 "max_batch": self.max_batch, "free_blocks": len(self.cache.free),
                 "evictable_blocks": self.cache.evictable_blocks, "num_blocks": self.cache.num_blocks,
                 "cached_prefix_units": self.cache.cached_units(), "steps": self.steps,
-                "generated_tokens": self.generated_tokens}
+                "generated_tokens": self.generated_tokens, "preemptions": self.preemptions}
 
     # -- scheduler -------------------------------------------------------------------------------
 
@@ -412,7 +394,8 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self._lock:
-                    while not self._stopping and not self._incoming and not self._waiting and not self._running:
+                    while (not self._stopping and not self._incoming and not self._waiting and not self._running
+                           and not self._preempted):
                         self._lock.wait()
                     if self._stopping:
                         break
@@ -423,14 +406,14 @@ class Engine:
                     self._admit()
                     if self._running:
                         self._step()
-                    elif self._waiting:
+                    elif self._waiting or self._preempted:
                         with self._lock:  # nothing runs, nothing fits: cannot happen, but never spin
                             self._lock.wait(timeout=0.01)
                 except Exception as exc:  # keep serving; fail only what was in flight
                     log.exception("engine step failed")
                     for seq in list(self._running):
                         self._finish(seq, FINISH_ERROR, error=f"{type(exc).__name__}: {exc}")
-            for seq in list(self._running):
+            for seq in list(self._running) + list(self._preempted):
                 self._finish(seq, FINISH_CANCELLED, error="engine stopped")
             with self._lock:
                 self._waiting.extend(self._incoming)
@@ -442,7 +425,7 @@ class Engine:
 
     def _reap(self) -> None:
         now = time.time()
-        for seq in list(self._running):
+        for seq in list(self._running) + list(self._preempted):
             if seq.handle.cancelled:
                 self._finish(seq, FINISH_CANCELLED)
             elif seq.req.deadline is not None and now > seq.req.deadline:
@@ -456,39 +439,87 @@ class Engine:
                                    error="deadline exceeded" if expired else None))
 
     def _admit(self) -> None:
+        """Admit waiting requests, preempted sequences first, in order, while the batch has room and
+        the cache can hold their context; nothing overtakes the head of the queue."""
         cache = self.cache
-        step_tokens = 0
-        while self._waiting and len(self._running) < self.max_batch:
-            handle = self._waiting[0]
-            req = handle.request
-            prompt = req.prompt_ids
-            if step_tokens and step_tokens + len(prompt) > self.max_step_tokens:
-                return  # this step's prefill is full; the head goes first next step
-            step_tokens += len(prompt)
-            max_tokens = self._max_tokens(req)
-            need = self._blocks_needed(len(prompt), max_tokens)
-            keys: list[bytes] = []
-            hits: list[bytes] = []
-            if req.user is not None:
-                keys = cache.unit_keys(req.user, prompt, len(prompt) // UNIT_TOKENS)
-                # At least the last prompt token must be computed, to get logits for the first sample.
-                hits = cache.lookup(keys[: (len(prompt) - 1) // UNIT_TOKENS])
+        while (self._preempted or self._waiting) and len(self._running) < self.max_batch:
+            resumed = bool(self._preempted)
+            if resumed:
+                seq = self._preempted[0]
+                prompt, keys = seq.prompt, seq.all_prompt_keys
+            else:
+                handle = self._waiting[0]
+                req = handle.request
+                prompt = req.prompt_ids
+                keys = cache.unit_keys(req.user, prompt, len(prompt) // UNIT_TOKENS) if req.user is not None else []
+            # At least the last context token must be computed, to get logits for the next sample.
+            context = len(prompt) + (len(seq.output) if resumed else 0)
+            hits = cache.lookup(keys[: (context - 1) // UNIT_TOKENS]) if keys else []
             hit_blocks = [b for key in hits for b in cache.acquire(key)]
-            fresh = need - len(hit_blocks)
-            if fresh > cache.available():
+            # Blocks for the context now, for generated tokens as they are needed; admission also keeps
+            # room for the reserved share of every running sequence's max_tokens.
+            fresh = self._blocks_for(context) - len(hit_blocks)
+            max_tokens = seq.max_tokens if resumed else self._max_tokens(req)
+            later = self._blocks_for(len(prompt) + self._reserved_tokens(max_tokens)) - self._blocks_for(context)
+            promised = sum(self._outstanding(s) for s in self._running)
+            if fresh + max(later, 0) + promised > cache.available():
                 for key in reversed(hits):
                     cache.release(key)
-                return  # FIFO: the head waits for memory; nothing overtakes it
-            self._waiting.popleft()
-            detok = self.detokenizer_factory() if self.detokenizer_factory else None
-            seq = _Seq(handle, max_tokens, detok)
-            self._take_counts_row(seq)
-            seq.private = cache.allocate(max(fresh, 0))
-            seq.blocks = hit_blocks + seq.private
+                return
+            if resumed:
+                self._preempted.popleft()
+            else:
+                self._waiting.popleft()
+                detok = self.detokenizer_factory() if self.detokenizer_factory else None
+                seq = _Seq(handle, self._max_tokens(req), detok)
+                seq.all_prompt_keys = keys
+                seq.hit_tokens = len(hits) * UNIT_TOKENS
+            seq.private = cache.allocate(fresh)
+            seq.blocks = list(hit_blocks) + seq.private
             seq.unit_keys = list(hits)
-            seq.all_prompt_keys = keys
-            seq.hit_tokens = seq.num_computed = len(hits) * UNIT_TOKENS
+            seq.num_computed = len(hits) * UNIT_TOKENS
+            self._take_counts_row(seq)
             self._running.append(seq)
+
+    def _blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+    def _reserved_tokens(self, max_tokens: int) -> int:
+        # The last sampled token is never fed back: max_tokens - 1 generated latents at most.
+        return max(0, math.ceil(self.reserve_fraction * max_tokens) - 1)
+
+    def _outstanding(self, seq: _Seq) -> int:
+        """Blocks admission still keeps for a running sequence's reserved growth."""
+        want = self._blocks_for(len(seq.prompt) + self._reserved_tokens(seq.max_tokens))
+        return max(0, want - len(seq.blocks))
+
+    def _grow(self, seq: _Seq, tokens: int) -> bool:
+        """Give seq blocks for its first `tokens` tokens, preempting the most recently admitted other
+        sequences while the cache is short. False if seq itself had to give way."""
+        need = self._blocks_for(tokens) - len(seq.blocks)
+        while need > self.cache.available():
+            victim = self._running[-1]
+            self._preempt(victim)
+            if victim is seq:
+                return False
+        if need > 0:
+            fresh = self.cache.allocate(need)
+            seq.blocks += fresh
+            seq.private += fresh
+        return True
+
+    def _preempt(self, seq: _Seq) -> None:
+        """Free a running sequence's blocks; it waits (ahead of new requests) and recomputes its whole
+        context when readmitted. Its sampled tokens and its random stream position are kept."""
+        for key in reversed(seq.unit_keys):
+            self.cache.release(key)
+        self.cache.release_blocks(seq.private)
+        seq.unit_keys, seq.private, seq.blocks = [], [], []
+        seq.num_computed = 0
+        self._release_counts_row(seq)
+        self._running.remove(seq)
+        self._preempted.appendleft(seq)
+        self.preemptions += 1
 
     def _take_counts_row(self, seq: _Seq) -> None:
         if not seq.penalised:
@@ -510,75 +541,91 @@ class Engine:
     def _slot(self, seq: _Seq, pos: int) -> int:
         return seq.blocks[pos // self.block_size] * self.block_size + pos % self.block_size
 
+    def _schedule(self) -> list[tuple[_Seq, int]]:
+        """This step's work: (sequence, tokens to feed). Every decoding sequence feeds its last token;
+        prefills (oldest first) take chunks of what is left of the token budget."""
+        budget = self.max_step_tokens
+        plan: list[tuple[_Seq, int]] = []
+        for seq in list(self._running):
+            if seq not in self._running:  # preempted by an older sequence's growth this step
+                continue
+            left = len(seq.prompt) + len(seq.output) - seq.num_computed
+            n = 1 if left == 1 else min(left, max(budget, 0))
+            if n == 0:
+                continue
+            if not self._grow(seq, seq.num_computed + n):
+                continue
+            budget -= n
+            plan.append((seq, n))
+        return [(s, n) for s, n in plan if s in self._running]
+
     def _step(self) -> None:
-        bs, dev = self.block_size, self.device
-        prefill = [s for s in self._running if s.num_computed < len(s.prompt)]
-        decode = sorted((s for s in self._running if s.num_computed >= len(s.prompt)),
-                        key=lambda s: (s.num_computed // bs))
+        plan = self._schedule()
+        if not plan:
+            return
+        bs = self.block_size
+        prefill = [(s, n) for s, n in plan if not (n == 1 and s.output)]
+        decode = [s for s, n in plan if n == 1 and s.output]
         ids: list[int] = []
         positions: list[int] = []
-        prefill_segs, decode_segs, last_rows = [], [], []
+        slots: list[int] = []
+        ctx_slots: list[int] = []
+        spans: list[tuple[int, int, int, int, int]] = []  # rows a, b, start, ctx offset, ctx length
+        sample_rows: list[int] = []
         order: list[_Seq] = []
-        for s in prefill:
-            start, end = s.num_computed, len(s.prompt)
+        for s, n in prefill:
+            start, end = s.num_computed, s.num_computed + n
+            tokens = s.tokens()
             a = len(ids)
-            ids += s.prompt[start:end]
+            ids += tokens[start:end]
             positions += range(start, end)
-            ctx_slots = torch.tensor([self._slot(s, p) for p in range(end)], device=dev)
-            mask = torch.full((end - start, end), float("-inf"), device=dev, dtype=self.model.dtype)
-            mask = mask.triu_(start + 1)
-            prefill_segs.append((a, len(ids), ctx_slots, mask))
-            last_rows.append(len(ids) - 1)
-            order.append(s)
-        i = 0
-        while i < len(decode):  # group decode sequences spanning the same number of blocks
-            nb = decode[i].num_computed // bs + 1
-            j = i
-            while j < len(decode) and decode[j].num_computed // bs + 1 == nb:
-                j += 1
-            group = decode[i:j]
-            a = len(ids)
-            for s in group:
-                ids.append(s.output[-1])
-                positions.append(s.num_computed)
-                last_rows.append(len(ids) - 1)
+            slots += [self._slot(s, p) for p in range(start, end)]
+            spans.append((a, len(ids), start, len(ctx_slots), end))
+            ctx_slots += [self._slot(s, p) for p in range(end)]
+            if end == len(tokens):
+                sample_rows.append(len(ids) - 1)
                 order.append(s)
-            slot_ids = torch.tensor([[b * bs + o for b in s.blocks[:nb] for o in range(bs)] for s in group],
-                                    device=dev)
-            lens = torch.tensor([s.num_computed + 1 for s in group], device=dev)
-            mask = torch.zeros(len(group), 1, nb * bs, device=dev, dtype=self.model.dtype)
-            mask.masked_fill_(torch.arange(nb * bs, device=dev)[None, None, :] >= lens[:, None, None], float("-inf"))
-            decode_segs.append((a, len(ids), slot_ids, mask))
-            i = j
-        slots = [self._slot(s, p) for s in order for p in self._new_positions(s)]
-        s_ints, s_floats = self._sampling_inputs(order)
-        (ids_t, pos_t, slots_t, last_t, *s_ints_t), s_floats_t = self._staging.upload(
-            [ids, positions, slots, last_rows, *s_ints], s_floats)
-        backend = _PagedAttention(self.cache, slots_t, prefill_segs, decode_segs, self.prefill_query_chunk)
-        logits = self._forward(ids_t, pos_t, last_t, backend)
-        for s in order:
-            s.num_computed = len(s.prompt) if s.num_computed < len(s.prompt) else s.num_computed + 1
-        tokens, logprobs, tops = self._sample(order, logits, s_ints_t, s_floats_t)
+        decode_start = len(ids)
+        per_split = KV_SPLIT // bs
+        width = max((-(-(s.num_computed + 1) // KV_SPLIT) * per_split for s in decode), default=0)
+        table: list[int] = []
+        lengths: list[int] = []
+        for s in decode:
+            ids.append(s.output[-1])
+            positions.append(s.num_computed)
+            slots.append(self._slot(s, s.num_computed))
+            table += s.blocks[:width] + [0] * (width - min(width, len(s.blocks)))  # padding is masked
+            lengths.append(s.num_computed + 1)
+            sample_rows.append(len(ids) - 1)
+            order.append(s)
+        s_ints, s_floats = self._sampling_inputs(order) if order else ([], [])
+        (ids_t, pos_t, slots_t, rows_t, ctx_t, table_t, len_t, *s_ints_t), s_floats_t = self._staging.upload(
+            [ids, positions, slots, sample_rows, ctx_slots, table, lengths, *s_ints], s_floats)
+        backend = PagedAttention(
+            self.cache, slots_t,
+            [PrefillSpan((a, b), start, ctx_t[c0 : c0 + n]) for a, b, start, c0, n in spans],
+            decode_start=decode_start, block_table=table_t.view(len(decode), width) if decode else None,
+            lengths=len_t if decode else None, query_chunk=self.prefill_query_chunk)
+        logits = self._forward(ids_t, pos_t, rows_t, backend)
+        for s, n in plan:
+            s.num_computed += n
         self.steps += 1
-        self.generated_tokens += len(tokens)
-        for s, tok, lp, top in zip(order, tokens, logprobs, tops, strict=True):
-            self._advance(s, tok, lp, top)
-        for s in prefill:
+        if order:
+            tokens, logprobs, tops = self._sample(order, logits, s_ints_t, s_floats_t)
+            self.generated_tokens += len(tokens)
+            for s, tok, lp, top in zip(order, tokens, logprobs, tops, strict=True):
+                self._advance(s, tok, lp, top)
+        for s, _ in prefill:
             if not s.finished:
                 self._publish(s, s.all_prompt_keys)
 
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, last_rows: torch.Tensor,
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, sample_rows: torch.Tensor,
                  backend: AttentionBackend) -> torch.Tensor:
         """The one place a step runs the model: packed ids and positions [N] → logits [n, V] of the
         rows that sample (a parallel runner wraps this call)."""
         hidden = self.model.hidden_states(ids[None], positions, backend)
-        logits: torch.Tensor = self.model.lm_head(hidden[0, last_rows])
+        logits: torch.Tensor = self.model.lm_head(hidden[0, sample_rows])
         return logits
-
-    def _new_positions(self, s: _Seq) -> range:
-        if s.num_computed < len(s.prompt):
-            return range(s.num_computed, len(s.prompt))
-        return range(s.num_computed, s.num_computed + 1)
 
     def _sampling_inputs(self, seqs: list[_Seq]) -> tuple[list[list[int]], list[list[float]]]:
         """The sampler's per-row inputs (int and float columns) for the step's staging buffer; empty
@@ -703,6 +750,8 @@ class Engine:
         self._release_counts_row(s)
         if s in self._running:
             self._running.remove(s)
+        if s in self._preempted:
+            self._preempted.remove(s)
         s.handle._emit(Event(token_ids or [], text, reason, s.usage(),
                              logprobs=None if logprob is None else [logprob], error=error,
                              top_logprobs=None if top is None else [top]))

@@ -7,9 +7,9 @@ Shape legend used in the comments:
   k experts per token, G expert groups, V vocabulary.
 
 The model does not own a KV cache. Every attention layer computes its queries and the per-token
-latent (c_kv, k_pe) and hands them to an *attention backend*; `CausalAttention` below attends within
-the given tokens (plain `forward`), the engine's paged backend writes them into its block cache and
-attends over each sequence's cached context.
+latent (c_kv, k_pe) and hands them to an *attention backend* (inference/attention.py):
+`CausalAttention` attends within the given tokens (plain `forward`), the engine's `PagedAttention`
+writes them into its block cache and attends over each sequence's cached context.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inference.attention import CausalAttention
 from inference.linear import SINGLE, Linear, TensorParallel, VocabEmbedding
 from inference.moe import routed_experts
 
@@ -332,40 +333,12 @@ class MLA(nn.Module):
         out = backend(self.layer, self, q_nope, q_pe, c_kv, k_pe)  # [B, T, nH, dv]
         return self.o_proj(out.reshape(B, T, self.n_heads * self.dv))
 
-    def attend_expanded(
-        self,
-        q_nope: torch.Tensor,  # [B, T, nH, dn]
-        q_pe: torch.Tensor,  # [B, T, nH, dr]
-        c_kv: torch.Tensor,  # [B, S, C]
-        k_pe: torch.Tensor,  # [B, S, dr]
-        mask: torch.Tensor,  # [B or 1, T, S] additive (0 / -inf)
-    ) -> torch.Tensor:  # [B, T, nH, dv]
-        """Expand the latent into per-head keys and values (the cheaper form when T ≈ S, i.e. prefill)."""
-        B, S, _ = c_kv.shape
-        kv = self.kv_b_proj(c_kv).view(B, S, self.n_heads, self.dn + self.dv)
-        k_nope, v = kv.split([self.dn, self.dv], dim=-1)
-        scores = torch.einsum("bthd,bshd->bhts", q_nope, k_nope) + torch.einsum("bthr,bsr->bhts", q_pe, k_pe)
-        scores = scores * self.softmax_scale + mask[:, None]
-        probs = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
-        return torch.einsum("bhts,bshd->bthd", probs, v)
-
-    def attend_absorbed(
-        self,
-        q_nope: torch.Tensor,  # [B, T, nH, dn]
-        q_pe: torch.Tensor,  # [B, T, nH, dr]
-        c_kv: torch.Tensor,  # [B, S, C]
-        k_pe: torch.Tensor,  # [B, S, dr]
-        mask: torch.Tensor,  # [B or 1, T, S] additive
-    ) -> torch.Tensor:  # [B, T, nH, dv]
-        """Attend against the latent itself: kv_b_proj folded into the query and the output (decode)."""
-        w = self.kv_b_proj.dense_weight(q_nope.dtype).view(self.n_heads, self.dn + self.dv, self.kv_lora_rank)
-        w_uk, w_uv = w[:, : self.dn], w[:, self.dn :]  # [nH, dn, C], [nH, dv, C]
-        q_lat = torch.einsum("bthd,hdc->bthc", q_nope, w_uk)  # [B, T, nH, C]
-        scores = torch.einsum("bthc,bsc->bhts", q_lat, c_kv) + torch.einsum("bthr,bsr->bhts", q_pe, k_pe)
-        scores = scores * self.softmax_scale + mask[:, None]
-        probs = scores.softmax(dim=-1, dtype=torch.float32).to(c_kv.dtype)
-        o_lat = torch.einsum("bhts,bsc->bthc", probs, c_kv)  # [B, T, nH, C]
-        return torch.einsum("bthc,hdc->bthd", o_lat, w_uv)
+    def absorbed_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """W_UK [nH, dn, C] and W_UV [nH, dv, C] in `dtype`: kv_b_proj (dequantized when FP8) split per
+        head, for attending against the latent itself (inference/attention.py)."""
+        w = self.kv_b_proj.dense_weight(dtype)
+        w = w.view(-1, self.dn + self.dv, w.shape[-1])
+        return w[:, : self.dn], w[:, self.dn :]
 
 
 class MLP(nn.Module):
@@ -492,15 +465,6 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: AttentionBackend) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, backend)
         return x + self.mlp(self.post_attention_layernorm(x))
-
-
-class CausalAttention:
-    """Backend for a plain forward: every row of the batch attends causally within itself."""
-
-    def __call__(self, layer, attn, q_nope, q_pe, c_kv, k_pe):
-        T = q_nope.shape[1]
-        mask = torch.full((T, T), float("-inf"), device=q_nope.device, dtype=q_nope.dtype).triu_(1)
-        return attn.attend_expanded(q_nope, q_pe, c_kv, k_pe, mask[None])
 
 
 class Transformer(nn.Module):

@@ -1,0 +1,127 @@
+"""Attention backends: what an MLA layer calls with its queries and its tokens' latents.
+
+Legend as in inference/model.py (T query tokens, S context tokens, nH heads, dn/dr/dv head widths,
+C latent, D = C + dr the cached row). Head counts always come from the tensors, never from the
+model's arguments: a tensor-parallel rank holds only its share of the heads.
+
+- `CausalAttention`: a plain forward; every batch row attends causally within itself.
+- `PagedAttention`: one engine step over the paged latent cache. It writes the step's latents into
+  their cache slots, then attends
+    * prefill spans (a chunk of one sequence's prompt, whose earlier tokens are already cached) in the
+      expanded form — the latent through kv_b_proj into per-head keys and values — with
+      scaled_dot_product_attention in query chunks, so memory grows with chunk × context and never
+      with a [T, S] score or mask tensor of the whole prompt;
+    * every decoding sequence at once in the absorbed form: queries through W_UK, attention over the
+      576-wide latent rows themselves (`kernels.mla_decode`: the Triton kernel reads the block tables
+      on the device; on CPU the torch split form), outputs through W_UV.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from kernels.mla import mla_decode
+
+if TYPE_CHECKING:
+    from inference.kvcache import KVCache
+    from inference.model import MLA
+
+
+def expanded_attention(attn: MLA, q_nope: torch.Tensor, q_pe: torch.Tensor, c_kv: torch.Tensor, k_pe: torch.Tensor,
+                       *, start: int, query_chunk: int) -> torch.Tensor:
+    """Causal attention of T new queries at positions start..start+T-1 over S = start + T context rows.
+
+    q_nope [T, nH, dn], q_pe [T, nH, dr], c_kv [S, C], k_pe [S, dr] → [T, nH, dv]."""
+    T, nH, dn = q_nope.shape
+    S = c_kv.shape[0]
+    kv = attn.kv_b_proj(c_kv).view(S, nH, -1)  # [S, nH, dn + dv]
+    k_nope, v = kv.split([dn, kv.shape[-1] - dn], dim=-1)
+    k = torch.cat([k_nope, k_pe[:, None, :].expand(S, nH, k_pe.shape[-1])], dim=-1).transpose(0, 1)  # [nH, S, dqk]
+    v = v.transpose(0, 1)  # [nH, S, dv]
+    q = torch.cat([q_nope, q_pe], dim=-1).transpose(0, 1)  # [nH, T, dqk]
+    if start == 0 and T <= query_chunk:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.softmax_scale)
+        return out.transpose(0, 1)
+    outs = []
+    for lo in range(0, T, query_chunk):
+        hi = min(lo + query_chunk, T)
+        end = start + hi  # keys past the chunk's last query are never visible to it
+        visible = torch.arange(end, device=q.device)[None, :] <= torch.arange(start + lo, end, device=q.device)[:, None]
+        outs.append(F.scaled_dot_product_attention(q[:, lo:hi], k[:, :end], v[:, :end], attn_mask=visible,
+                                                   scale=attn.softmax_scale))
+    return torch.cat(outs, dim=1).transpose(0, 1)
+
+
+def absorbed_decode(attn: MLA, q_nope: torch.Tensor, q_pe: torch.Tensor, cache: torch.Tensor,
+                    block_table: torch.Tensor, lengths: torch.Tensor, *, block_size: int,
+                    max_splits: int | None = None) -> torch.Tensor:
+    """One new query per sequence against its cached latent: q_nope [B, nH, dn], q_pe [B, nH, dr],
+    cache [slots, D], block_table [B, nb], lengths [B] (tokens cached, the new one included) → [B, nH, dv]."""
+    w_uk, w_uv = attn.absorbed_weights(q_nope.dtype)  # [nH, dn, C], [nH, dv, C]
+    q_lat = torch.einsum("bhd,hdc->bhc", q_nope, w_uk)
+    q = torch.cat([q_lat, q_pe.to(q_lat.dtype)], dim=-1)  # [B, nH, D]
+    o_lat = mla_decode(q, cache, block_table, lengths, scale=attn.softmax_scale, block_size=block_size,
+                       latent_rank=w_uk.shape[-1], max_splits=max_splits)
+    return torch.einsum("bhc,hdc->bhd", o_lat, w_uv)
+
+
+class CausalAttention:
+    """Backend for a plain forward: every row of the batch attends causally within itself."""
+
+    def __call__(self, layer: int, attn: MLA, q_nope: torch.Tensor, q_pe: torch.Tensor, c_kv: torch.Tensor,
+                 k_pe: torch.Tensor) -> torch.Tensor:
+        B, T, nH, dn = q_nope.shape
+        kv = attn.kv_b_proj(c_kv).view(B, T, nH, -1)
+        k_nope, v = kv.split([dn, kv.shape[-1] - dn], dim=-1)
+        k = torch.cat([k_nope, k_pe[:, :, None, :].expand(B, T, nH, k_pe.shape[-1])], dim=-1)
+        q = torch.cat([q_nope, q_pe], dim=-1)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+                                             scale=attn.softmax_scale)
+        return out.transpose(1, 2)  # [B, T, nH, dv]
+
+
+@dataclass
+class PrefillSpan:
+    rows: tuple[int, int]  # packed rows [a, b) of the step
+    start: int  # position of the span's first token; positions before it are cached
+    ctx_slots: torch.Tensor  # [start + b - a] cache slots of the whole visible context, in order
+
+
+class PagedAttention:
+    """Backend for one engine step (see the module docstring). Decode rows come after every prefill
+    span, from `decode_start` to the end of the packed step."""
+
+    def __init__(self, cache: KVCache, write_slots: torch.Tensor, prefill: list[PrefillSpan], *, decode_start: int,
+                 block_table: torch.Tensor | None, lengths: torch.Tensor | None, query_chunk: int,
+                 max_splits: int | None = None):
+        self.cache = cache
+        self.write_slots = write_slots  # [N] cache slot of every packed token
+        self.prefill = prefill
+        self.decode_start = decode_start
+        self.block_table = block_table  # [Bd, nb] on the device
+        self.lengths = lengths  # [Bd]
+        self.query_chunk = query_chunk
+        self.max_splits = max_splits
+
+    def __call__(self, layer: int, attn: MLA, q_nope: torch.Tensor, q_pe: torch.Tensor, c_kv: torch.Tensor,
+                 k_pe: torch.Tensor) -> torch.Tensor:
+        data = self.cache.data[layer]  # [slots, C + dr]
+        C = c_kv.shape[-1]
+        data.index_copy_(0, self.write_slots, torch.cat([c_kv[0], k_pe[0]], dim=-1).to(data.dtype))
+        outs = []
+        for span in self.prefill:
+            a, b = span.rows
+            ctx = data[span.ctx_slots]
+            outs.append(expanded_attention(attn, q_nope[0, a:b], q_pe[0, a:b], ctx[:, :C].to(q_nope.dtype),
+                                           ctx[:, C:].to(q_nope.dtype), start=span.start,
+                                           query_chunk=self.query_chunk))
+        if self.block_table is not None and self.lengths is not None:
+            d = self.decode_start
+            outs.append(absorbed_decode(attn, q_nope[0, d:], q_pe[0, d:], data, self.block_table, self.lengths,
+                                        block_size=self.cache.block_size, max_splits=self.max_splits))
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        return out[None]  # [1, N, nH, dv]
