@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from kernels.mla import mla_decode
+from kernels.mla import decode_plan, mla_backend_for, mla_decode
 
 if TYPE_CHECKING:
     from inference.kvcache import KVCache
@@ -58,15 +58,16 @@ def expanded_attention(attn: MLA, q_nope: torch.Tensor, q_pe: torch.Tensor, c_kv
 
 def absorbed_decode(attn: MLA, q_nope: torch.Tensor, q_pe: torch.Tensor, cache: torch.Tensor,
                     block_table: torch.Tensor, lengths: torch.Tensor, *, block_size: int,
-                    max_splits: int | None = None) -> torch.Tensor:
+                    max_splits: int | None = None, plan: tuple[torch.Tensor, torch.Tensor] | None = None
+                    ) -> torch.Tensor:
     """One new query per sequence against its cached latent: q_nope [B, nH, dn], q_pe [B, nH, dr],
     cache [slots, D], block_table [B, nb], lengths [B] (tokens cached, the new one included) → [B, nH, dv]."""
     w_uk, w_uv = attn.absorbed_weights(q_nope.dtype)  # [nH, dn, C], [nH, dv, C]
-    q_lat = torch.einsum("bhd,hdc->bhc", q_nope, w_uk)
-    q = torch.cat([q_lat, q_pe.to(q_lat.dtype)], dim=-1)  # [B, nH, D]
+    q_lat = torch.bmm(q_nope.transpose(0, 1), w_uk).transpose(0, 1)  # [B, nH, C]
+    q = torch.cat([q_lat, q_pe], dim=-1)  # [B, nH, D]
     o_lat = mla_decode(q, cache, block_table, lengths, scale=attn.softmax_scale, block_size=block_size,
-                       latent_rank=w_uk.shape[-1], max_splits=max_splits)
-    return torch.einsum("bhc,hdc->bhd", o_lat, w_uv)
+                       latent_rank=w_uk.shape[-1], max_splits=max_splits, plan=plan)
+    return torch.bmm(o_lat.transpose(0, 1), w_uv.transpose(1, 2)).transpose(0, 1)  # [B, nH, dv]
 
 
 class CausalAttention:
@@ -106,12 +107,14 @@ class PagedAttention:
         self.lengths = lengths  # [Bd]
         self.query_chunk = query_chunk
         self.max_splits = max_splits
+        self._plan: tuple[torch.Tensor, torch.Tensor] | None = None  # the decode plan, made at the first layer
 
     def __call__(self, layer: int, attn: MLA, q_nope: torch.Tensor, q_pe: torch.Tensor, c_kv: torch.Tensor,
                  k_pe: torch.Tensor) -> torch.Tensor:
         data = self.cache.data[layer]  # [slots, C + dr]
         C = c_kv.shape[-1]
-        data.index_copy_(0, self.write_slots, torch.cat([c_kv[0], k_pe[0]], dim=-1).to(data.dtype))
+        rows = torch.cat([c_kv[0], k_pe[0]], dim=-1)
+        data.index_copy_(0, self.write_slots, rows if rows.dtype == data.dtype else rows.to(data.dtype))
         outs = []
         for span in self.prefill:
             a, b = span.rows
@@ -121,7 +124,10 @@ class PagedAttention:
                                            query_chunk=self.query_chunk))
         if self.block_table is not None and self.lengths is not None:
             d = self.decode_start
+            if self._plan is None and mla_backend_for(q_nope) == "torch":
+                self._plan = decode_plan(self.block_table, self.lengths, self.cache.block_size)
             outs.append(absorbed_decode(attn, q_nope[0, d:], q_pe[0, d:], data, self.block_table, self.lengths,
-                                        block_size=self.cache.block_size, max_splits=self.max_splits))
+                                        block_size=self.cache.block_size, max_splits=self.max_splits,
+                                        plan=self._plan))
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return out[None]  # [1, N, nH, dv]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from kernels.moe import _interpreter_requested, triton_available
-from kernels.torch_mla import KV_SPLIT, mla_decode_torch
+from kernels.torch_mla import KV_SPLIT, decode_plan, mla_decode_torch
 
 
 def mla_backend_for(q: torch.Tensor) -> str:
@@ -20,18 +20,20 @@ def mla_backend_for(q: torch.Tensor) -> str:
 
 
 def mla_decode(q: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, lengths: torch.Tensor, *,
-               scale: float, block_size: int, latent_rank: int, max_splits: int | None = None) -> torch.Tensor:
+               scale: float, block_size: int, latent_rank: int, max_splits: int | None = None,
+               plan: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Absorbed queries [B, nH, C + R] over the paged latent cache [slots, C + R] → [B, nH, C].
 
     block_table [B, nb] (a multiple of KV_SPLIT / block_size blocks per row for the torch form) and
-    lengths [B] live on q's device; see kernels/torch_mla.py for the layout."""
+    lengths [B] live on q's device; see kernels/torch_mla.py for the layout. `plan`: the torch form's
+    `decode_plan`, kept by a caller across layers (the Triton kernel reads the tables itself)."""
     if mla_backend_for(q) == "triton":
         from kernels.triton_mla import mla_decode_triton
 
         return mla_decode_triton(q, cache, block_table, lengths, scale=scale, block_size=block_size,
                                  latent_rank=latent_rank, max_splits=max_splits)
     return mla_decode_torch(q, cache, block_table, lengths, scale=scale, block_size=block_size,
-                            latent_rank=latent_rank)
+                            latent_rank=latent_rank, plan=plan)
 
 
-__all__ = ["KV_SPLIT", "mla_backend_for", "mla_decode"]
+__all__ = ["KV_SPLIT", "decode_plan", "mla_backend_for", "mla_decode"]

@@ -50,37 +50,53 @@ def mla_decode_reference(q: torch.Tensor, cache: torch.Tensor, block_table: torc
     return torch.stack(out)
 
 
-def mla_decode_torch(q: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, lengths: torch.Tensor, *,
-                     scale: float, block_size: int, latent_rank: int) -> torch.Tensor:
-    """The split form, batched: [B, nH, D] → [B, nH, C] in q's dtype (softmax statistics in fp32).
-
-    block_table must hold a multiple of KV_SPLIT / block_size blocks per row (pad with any valid
-    block: positions at or past a row's length are masked)."""
-    B, nH, D = q.shape
-    C = latent_rank
+def decode_plan(block_table: torch.Tensor, lengths: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What mla_decode_torch derives from the block tables alone, once per step rather than per layer:
+    the cache slot of every padded context position [B·n_split, P] and which are past the length
+    [B·n_split, 1, P]."""
+    B, nb = block_table.shape
     per_split = KV_SPLIT // block_size
-    nb = block_table.shape[1]
     if nb % per_split:
         raise ValueError(f"block_table rows hold {nb} blocks, not a multiple of {per_split}")
     n_split = nb // per_split
-    # --- gather the padded context once for every sequence: [B·n_split, P, D]
-    offs = torch.arange(block_size, device=q.device)
-    slots = (block_table.long()[:, :, None] * block_size + offs).reshape(B * n_split, KV_SPLIT)
+    offs = torch.arange(block_size, device=block_table.device)
+    slots = (block_table.long()[:, :, None] * block_size + offs).view(B * n_split, KV_SPLIT)
+    pos = torch.arange(nb * block_size, device=block_table.device).view(1, n_split, KV_SPLIT)
+    past = (pos >= lengths.view(B, 1, 1)).view(B * n_split, 1, KV_SPLIT)
+    return slots, past
+
+
+def mla_decode_torch(q: torch.Tensor, cache: torch.Tensor, block_table: torch.Tensor, lengths: torch.Tensor, *,
+                     scale: float, block_size: int, latent_rank: int,
+                     plan: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """The split form, batched: [B, nH, D] → [B, nH, C] in q's dtype (softmax statistics in fp32).
+
+    block_table must hold a multiple of KV_SPLIT / block_size blocks per row (pad with any valid
+    block: positions at or past a row's length are masked); `plan` is decode_plan's result, if the
+    caller keeps it across layers."""
+    B, nH, D = q.shape
+    C = latent_rank
+    slots, past = plan if plan is not None else decode_plan(block_table, lengths, block_size)
+    n_split = slots.shape[0] // max(B, 1)
+    # --- the padded context of every sequence, [B·n_split, P, D]: one gather per layer
     ctx = cache[slots]
     # --- per split: scores, max, exp-sum, weighted latent (bmm over fixed [nH, D] × [D, P] shapes)
-    qs = q[:, None].expand(B, n_split, nH, D).reshape(B * n_split, nH, D).to(ctx.dtype)
-    scores = torch.bmm(qs, ctx.transpose(1, 2)).float() * scale  # [B·n_split, nH, P]
-    pos = torch.arange(nb * block_size, device=q.device).view(1, n_split, 1, KV_SPLIT)
-    valid = (pos < lengths.view(B, 1, 1, 1)).reshape(B * n_split, 1, KV_SPLIT)
-    scores = scores.masked_fill(~valid, float("-inf"))
-    m = scores.amax(-1, keepdim=True)  # [B·n_split, nH, 1]; -inf for a split past the length
-    m_safe = m.masked_fill(m == float("-inf"), 0.0)
-    e = (scores - m_safe).exp()
-    l_split = e.sum(-1, keepdim=True)
-    o = torch.bmm(e.to(ctx.dtype), ctx[:, :, :C]).float()  # [B·n_split, nH, C]
-    # --- combine the splits in order
-    m = m.view(B, n_split, nH, 1)
-    big = m.amax(1, keepdim=True)
-    w = (m - big).exp()  # 0 for empty splits
-    denom = (l_split.view(B, n_split, nH, 1) * w).sum(1)
-    return ((o.view(B, n_split, nH, C) * w).sum(1) / denom).to(q.dtype)
+    qs = q if n_split == 1 else q[:, None].expand(B, n_split, nH, D).reshape(B * n_split, nH, D)
+    scores = torch.bmm(qs if qs.dtype == ctx.dtype else qs.to(ctx.dtype), ctx.transpose(1, 2))
+    if scores.dtype != torch.float32:
+        scores = scores.float()
+    # A finite fill: a split wholly past the length gets weight exp(-1e30 - max) = 0 in the combine.
+    scores = (scores * scale).masked_fill(past, -1e30)  # [B·n_split, nH, P]
+    m = scores.amax(-1, keepdim=True)
+    e = (scores - m).exp()
+    den = e.sum(-1, keepdim=True)
+    o = torch.bmm(e if e.dtype == ctx.dtype else e.to(ctx.dtype), ctx[:, :, :C])  # [B·n_split, nH, C]
+    if o.dtype != torch.float32:
+        o = o.float()
+    if n_split == 1:
+        out = o / den
+    else:  # --- combine the splits in order
+        m = m.view(B, n_split, nH, 1)
+        w = (m - m.amax(1, keepdim=True)).exp()
+        out = (o.view(B, n_split, nH, C) * w).sum(1) / (den.view(B, n_split, nH, 1) * w).sum(1)
+    return out if out.dtype == q.dtype else out.to(q.dtype)

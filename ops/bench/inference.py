@@ -1,6 +1,8 @@
 """Inference engine benchmark: batched vs one-at-a-time decode, vs transformers, cache memory.
 
     .venv/bin/python ops/bench/inference.py                       # CPU, builds a random checkpoint
+    .venv/bin/python ops/bench/inference.py --threads 1 --ops      # + ATen ops per decode step, before/after
+    .venv/bin/python ops/bench/inference.py --threads 1 --long-prefill 32768   # peak memory of one prefill
     python3 ops/bench/inference.py --device cuda --dtype bfloat16  # on a GPU box
     python3 ops/bench/inference.py --checkpoint $LEVEE_CHECKPOINT --device cuda --dtype bfloat16
 
@@ -13,11 +15,17 @@ generated tokens over wall time, prefill included.
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import json
+import resource
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,6 +51,79 @@ def build_checkpoint(out: Path) -> None:
     model.save_pretrained(out)
 
 
+ROOT = Path(__file__).resolve().parents[2]
+BEFORE_REV = "6f7e8e7"  # main before the batched sampler and attention landed
+
+
+def import_engine_at(rev: str, into: Path) -> Any:
+    """The `inference` package as it was at git revision `rev`, importable as `inference_<rev>`
+    (its absolute imports rewritten), so one process can count both engines' ops."""
+    name = f"inference_{rev}"
+    blob = subprocess.run(["git", "archive", rev, "inference"], cwd=ROOT, check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        for member in tar.getmembers():
+            if member.isfile() and member.name.endswith(".py"):
+                data = tar.extractfile(member).read().decode()  # type: ignore[union-attr]
+                target = into / member.name.replace("inference", name, 1)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(data.replace("from inference.", f"from {name}.").replace("from inference import",
+                                                                                          f"from {name} import"))
+    sys.path.insert(0, str(into))
+    return importlib.import_module(name)
+
+
+def decode_step_ops(engine_mod: Any, model: Any, n: int) -> Any:
+    """ATen ops and host syncs of one all-decode step of n greedy sequences (engine driven by hand)."""
+    from inference.opcount import OpCounter
+
+    eng = engine_mod.Engine(model, kv_budget_bytes=64 << 20, max_batch=max(64, n))
+    for i in range(n):
+        eng.submit(engine_mod.Request([3 + i] * (32 + i), engine_mod.SamplingParams(max_tokens=64, temperature=0.0,
+                                                                                    ignore_eos=True)))
+    with torch.inference_mode():
+        eng._waiting.extend(eng._incoming)
+        eng._incoming.clear()
+        eng._admit()
+        eng._step()
+        eng._step()
+        with OpCounter() as ops:
+            eng._step()
+    return ops
+
+
+def ops_report(path: str, dtype: torch.dtype, device: str) -> dict:
+    from inference import engine as engine_now
+
+    with tempfile.TemporaryDirectory() as tmp:
+        before = import_engine_at(BEFORE_REV, Path(tmp))
+        old_model = before.load_model(path, dtype=dtype, device=device)
+        new_model = load_model(path, dtype=dtype, device=device)
+        old_engine = importlib.import_module(f"{before.__name__}.engine")
+        out = {}
+        for n in (1, 16):
+            b, a = decode_step_ops(old_engine, old_model, n), decode_step_ops(engine_now, new_model, n)
+            out[n] = {"before_ops": b.total, "after_ops": a.total, "before_syncs": b.syncs, "after_syncs": a.syncs}
+    return out
+
+
+def long_prefill(path: str, dtype: torch.dtype, device: str, tokens: int) -> dict:
+    model = load_model(path, dtype=dtype, device=device)
+    a = model.args
+    per_token = a.num_hidden_layers * a.latent_dim * torch.empty((), dtype=dtype).element_size()
+    engine = Engine(model, kv_budget_bytes=per_token * (tokens + 64), max_model_len=tokens + 2).start()
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(3, a.vocab_size, (tokens,), generator=g).tolist()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    start = time.perf_counter()
+    done = engine.submit(Request(prompt, SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True))).result()
+    elapsed = time.perf_counter() - start
+    engine.stop()
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert done.usage.prompt_tokens == tokens
+    return {"tokens": tokens, "seconds": elapsed, "peak_rss_before": rss0, "peak_rss_after": rss1,
+            "kv_cache_bytes": engine.cache.data.nbytes, "steps": engine.steps}
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -65,6 +146,10 @@ def main() -> None:
     ap.add_argument("--hf-requests", type=int, default=4, help="transformers runs (batch 1) to average")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--ops", action="store_true", help=f"also count ATen ops per decode step, engine at "
+                                                       f"{BEFORE_REV} vs now (needs git)")
+    ap.add_argument("--long-prefill", type=int, default=0, metavar="TOKENS",
+                    help="only prefill one prompt this long and report peak memory")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -75,6 +160,15 @@ def main() -> None:
         tmp = tempfile.TemporaryDirectory()
         path = tmp.name
         build_checkpoint(Path(path))
+    if a.long_prefill:
+        r = long_prefill(path, dtype, a.device, a.long_prefill)
+        print(f"prefill of {r['tokens']} tokens: {r['seconds']:.1f} s in {r['steps']} steps; peak RSS "
+              f"{r['peak_rss_before'] / 2**20:.0f} MiB before, {r['peak_rss_after'] / 2**20:.0f} MiB after "
+              f"(KV cache {r['kv_cache_bytes'] / 2**20:.0f} MiB)")
+        if a.json:
+            Path(a.json).write_text(json.dumps(r, indent=2))
+        return
+    ops = ops_report(path, dtype, a.device) if a.ops else None
     model = load_model(path, dtype=dtype, device=a.device)
     device = model.device
     args = model.args
@@ -138,6 +232,7 @@ def main() -> None:
         "kv_bytes_per_1000_tokens_latent_measured": measured,
         "kv_bytes_per_1000_tokens_expanded": expanded,
         "kv_expanded_over_latent": expanded / latent,
+        "decode_step_ops": ops,
     }
     print(f"checkpoint: {'random bench model' if a.checkpoint is None else path}; {res['device']}, {a.dtype}, "
           f"{res['threads']} threads; {a.requests} requests x {a.prompt_tokens} prompt + {a.max_tokens} generated")
@@ -148,6 +243,9 @@ def main() -> None:
               f"one-at-a-time = {res['sequential_vs_transformers_b1']:.2f}x)")
     print(f"  KV per 1,000 tokens: latent {latent / 2**20:.2f} MiB (engine allocates {measured / 2**20:.2f}), "
           f"expanded {expanded / 2**20:.2f} MiB ({expanded / latent:.1f}x)")
+    for n, r in (ops or {}).items():
+        print(f"  one decode step, batch {n:2d}: {r['before_ops']} ATen ops / {r['before_syncs']} syncs at "
+              f"{BEFORE_REV}, {r['after_ops']} / {r['after_syncs']} now ({r['before_ops'] / r['after_ops']:.2f}x fewer)")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))
 
