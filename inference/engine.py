@@ -26,7 +26,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -270,6 +270,88 @@ class _Staging:
         return [self.dev[a:b] for a, b in bounds], [dev_floats[a:b] for a, b in fbounds]
 
 
+GRAPH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
+class _DecodeGraphs:
+    """CUDA graphs of the decode-only forward, one per bucketed batch size, captured on first use.
+
+    A decode step of B sequences replays the graph of the smallest bucket ≥ B: the step's inputs are
+    copied into the graph's static tensors, rows past B point at a scratch cache block the engine
+    never hands out (so their writes land nowhere that matters) and are ignored afterwards. The block
+    table is as wide as max_model_len needs and the Triton decode kernel's split axis is fixed to
+    match, so one graph serves every context length. Sampling runs after the replay, eagerly.
+    A bucket whose capture fails is run eagerly from then on (logged once)."""
+
+    def __init__(self, engine: Engine, scratch_block: int):
+        self.engine = engine
+        self.scratch = scratch_block
+        bs = engine.block_size
+        self.width = -(-engine.max_model_len // KV_SPLIT) * (KV_SPLIT // bs)  # blocks per table row
+        self.max_splits = self.width * bs // KV_SPLIT
+        self.buckets = [b for b in GRAPH_BUCKETS if b <= engine.max_batch]
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, dict[str, torch.Tensor], torch.Tensor]] = {}
+        self.failed: set[int] = set()
+        self.pool: Any = None  # the graphs' shared memory pool, after the first capture
+
+    def bucket(self, n: int) -> int | None:
+        b = next((b for b in self.buckets if b >= n), None)
+        return None if b is None or b in self.failed else b
+
+    def _static(self, b: int) -> dict[str, torch.Tensor]:
+        dev, bs = self.engine.device, self.engine.block_size
+        return {"ids": torch.zeros(b, dtype=torch.int64, device=dev),
+                "positions": torch.zeros(b, dtype=torch.int64, device=dev),
+                "slots": torch.full((b,), self.scratch * bs, dtype=torch.int64, device=dev),
+                "rows": torch.arange(b, dtype=torch.int64, device=dev),
+                "table": torch.full((b, self.width), self.scratch, dtype=torch.int64, device=dev),
+                "lengths": torch.ones(b, dtype=torch.int64, device=dev)}
+
+    def _backend(self, st: dict[str, torch.Tensor]) -> PagedAttention:
+        return PagedAttention(self.engine.cache, st["slots"], [], decode_start=0, block_table=st["table"],
+                              lengths=st["lengths"], query_chunk=self.engine.prefill_query_chunk,
+                              max_splits=self.max_splits)
+
+    def _capture(self, b: int) -> None:
+        st = self._static(b)
+        eng = self.engine
+        side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up: Triton compiles and autotunes outside the capture
+            for _ in range(2):
+                eng._forward(st["ids"], st["positions"], st["rows"], self._backend(st))
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = eng._forward(st["ids"], st["positions"], st["rows"], self._backend(st))
+        self.pool = graph.pool()
+        self.graphs[b] = (graph, st, out)
+
+    def run(self, b: int, n: int, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+            table: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor | None:
+        """Logits [n, V] of a decode step of n ≤ b sequences (inputs on the device, table [n, ≤ width]),
+        or None if this bucket cannot be captured."""
+        if b not in self.graphs:
+            try:
+                self._capture(b)
+            except Exception:  # a kernel that cannot be captured: this bucket runs eagerly
+                log.exception("CUDA graph capture failed for decode batch %d; running it eagerly", b)
+                self.failed.add(b)
+                return None
+        graph, st, out = self.graphs[b]
+        st["ids"][:n].copy_(ids)
+        st["positions"][:n].copy_(positions)
+        st["slots"][:n].copy_(slots)
+        st["table"][:n, : table.shape[1]].copy_(table)
+        st["lengths"][:n].copy_(lengths)
+        graph.replay()
+        # Leave the padding rows harmless for the next replay of a smaller batch.
+        st["slots"][n:].fill_(self.scratch * self.engine.block_size)
+        st["lengths"][n:].fill_(1)
+        st["table"][n:].fill_(self.scratch)
+        return out[:n]
+
+
 class Engine:
     def __init__(
         self,
@@ -283,6 +365,7 @@ class Engine:
         max_step_tokens: int = 8192,
         prefill_query_chunk: int = 1024,
         reserve_fraction: float = 1.0,
+        cuda_graphs: bool = True,
     ):
         """kv_budget_bytes: memory for the latent cache; block_size: tokens per block (divides 64);
         max_batch: most sequences running at once; detokenizer_factory: makes one incremental
@@ -292,7 +375,8 @@ class Engine:
         several steps); prefill_query_chunk: query rows per attention call during prefill (bounds its
         memory); reserve_fraction: the share of each request's max_tokens that admission holds cache
         room for (1.0: a running sequence never runs short; less admits more sequences and preempts
-        the newest when the cache fills)."""
+        the newest when the cache fills); cuda_graphs: replay decode-only steps from CUDA graphs
+        captured per bucketed batch size (CUDA only)."""
         self.model = model
         args = model.args
         self.device = model.device
@@ -325,6 +409,11 @@ class Engine:
         self.steps = 0
         self.generated_tokens = 0  # sampled tokens since start, every request
         self._staging = _Staging(self.device)
+        self._graphs: _DecodeGraphs | None = None
+        self._reserved_blocks = 0
+        if cuda_graphs and self.device.type == "cuda":
+            self._graphs = _DecodeGraphs(self, scratch_block=self.cache.allocate(1)[0])  # never handed out
+            self._reserved_blocks = 1
         # Tokens generated so far per penalised sequence, [max_batch + 1, V] (the last row stays zero),
         # made at the first request with a penalty.
         self._counts: torch.Tensor | None = None
@@ -360,7 +449,7 @@ class Engine:
             raise ValueError(f"prompt of {n} tokens leaves no room in max_model_len {self.max_model_len}")
         if p.stop and self.detokenizer_factory is None:
             raise ValueError("stop strings need an engine built with a detokenizer_factory")
-        if self._blocks_needed(n, self._max_tokens(request)) > self.cache.num_blocks:
+        if self._blocks_needed(n, self._max_tokens(request)) > self.cache.num_blocks - self._reserved_blocks:
             raise ValueError(f"prompt of {n} tokens + max_tokens {p.max_tokens} cannot fit the KV cache "
                              f"({self.cache.num_blocks} blocks of {self.block_size} tokens)")
         handle = RequestHandle(request, sink)
@@ -601,12 +690,18 @@ class Engine:
         s_ints, s_floats = self._sampling_inputs(order) if order else ([], [])
         (ids_t, pos_t, slots_t, rows_t, ctx_t, table_t, len_t, *s_ints_t), s_floats_t = self._staging.upload(
             [ids, positions, slots, sample_rows, ctx_slots, table, lengths, *s_ints], s_floats)
-        backend = PagedAttention(
-            self.cache, slots_t,
-            [PrefillSpan((a, b), start, ctx_t[c0 : c0 + n]) for a, b, start, c0, n in spans],
-            decode_start=decode_start, block_table=table_t.view(len(decode), width) if decode else None,
-            lengths=len_t if decode else None, query_chunk=self.prefill_query_chunk)
-        logits = self._forward(ids_t, pos_t, rows_t, backend)
+        table_2d = table_t.view(len(decode), width) if decode else None
+        logits = None
+        bucket = self._graphs.bucket(len(decode)) if self._graphs is not None and not prefill else None
+        if bucket is not None and self._graphs is not None and table_2d is not None:
+            logits = self._graphs.run(bucket, len(decode), ids_t, pos_t, slots_t, table_2d, len_t)
+        if logits is None:
+            backend = PagedAttention(
+                self.cache, slots_t,
+                [PrefillSpan((a, b), start, ctx_t[c0 : c0 + n]) for a, b, start, c0, n in spans],
+                decode_start=decode_start, block_table=table_2d, lengths=len_t if decode else None,
+                query_chunk=self.prefill_query_chunk)
+            logits = self._forward(ids_t, pos_t, rows_t, backend)
         for s, n in plan:
             s.num_computed += n
         self.steps += 1

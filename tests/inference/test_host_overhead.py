@@ -7,6 +7,8 @@ explain, not a number to bump.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -85,7 +87,7 @@ def test_a_decode_step_costs_the_same_host_work_at_any_batch_size(dense_model, k
 def test_the_decode_step_makes_no_host_sync_on_cuda(dense_model):
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA: set_sync_debug_mode only reports device syncs")
-    model = dense_model.to("cuda")
+    model = copy.deepcopy(dense_model).to("cuda")
     eng = Engine(model, kv_budget_bytes=8 << 20)
     for i in range(4):
         eng.submit(Request([3 + i] * (10 + 5 * i), SamplingParams(max_tokens=50, ignore_eos=True)))
