@@ -234,20 +234,25 @@ class _Seq:
 
 class _Staging:
     """A step's integer and float inputs, written into one reused host buffer (pinned where CUDA
-    exists) and copied to the device in one non_blocking copy. Reusing the buffer is safe: every step
-    ends with a device→host copy that waits for the stream, so the previous step's copy out of it has
-    finished before it is written again."""
+    exists) and copied to the device in one non_blocking copy. Before the buffer is written again the
+    previous copy out of it must be done: a step that samples ends with a device→host copy that
+    waits for the stream anyway; for one that does not (a prefill chunk), the copy's event is waited
+    on, which only waits for that copy."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.pin = device.type == "cuda"
         self.host = torch.empty(0, dtype=torch.int64)
         self.dev = self.host
+        self._copied: torch.cuda.Event | None = None
 
     def upload(self, ints: list[list[int]], floats: list[list[float]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         n_int = sum(map(len, ints))
         n_float = sum(map(len, floats))
         total = n_int + (n_float + 1) // 2  # float32 pairs share an int64 slot
+        if self._copied is not None:
+            self._copied.synchronize()
+            self._copied = None
         if total > self.host.numel():
             cap = 1 << max(10, (total - 1).bit_length())
             self.host = torch.empty(cap, dtype=torch.int64, pin_memory=self.pin)
@@ -266,6 +271,8 @@ class _Staging:
             foff += len(fcol)
         if self.dev is not self.host:
             self.dev[:total].copy_(self.host[:total], non_blocking=True)
+            self._copied = torch.cuda.Event()  # type: ignore[no-untyped-call]
+            self._copied.record()
         dev_floats = self.dev[n_int:total].view(torch.float32)
         return [self.dev[a:b] for a, b in bounds], [dev_floats[a:b] for a, b in fbounds]
 
