@@ -351,11 +351,12 @@ class _DecodeGraphs:
         st["slots"][:n].copy_(slots)
         st["table"][:n, : table.shape[1]].copy_(table)
         st["lengths"][:n].copy_(lengths)
-        graph.replay()
-        # Leave the padding rows harmless for the next replay of a smaller batch.
+        # Rows past n may hold a larger previous batch's slots: point them back at the scratch block,
+        # or the replay would overwrite those sequences' cached latents.
         st["slots"][n:].fill_(self.scratch * self.engine.block_size)
         st["lengths"][n:].fill_(1)
         st["table"][n:].fill_(self.scratch)
+        graph.replay()
         return out[:n]
 
 
