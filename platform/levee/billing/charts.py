@@ -8,7 +8,8 @@ from datetime import date
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
-# Colour-blind-safe palette (Okabe–Ito), dark enough on white for 3:1 contrast of graphics.
+# Colour-blind-safe palette (Okabe–Ito), dark enough on white for 3:1 contrast of graphics. Each shape
+# also gets class s<N>: the dark scheme (site.css) swaps the one colour too dark on its background.
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
 
 
@@ -48,14 +49,14 @@ def stacked_bars(*, days: list[date], series: dict[str, list[float]], title: str
             h = plot_h * value / ceiling
             y -= h
             parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
-                         f'fill="{PALETTE[s % len(PALETTE)]}"><title>{escape(day.isoformat())} · {escape(model)}: '
+                         f'fill="{PALETTE[s % len(PALETTE)]}" class="s{s % len(PALETTE)}"><title>{escape(day.isoformat())} · {escape(model)}: '
                          f'{escape(fmt(value))}</title></rect>')
         if len(days) <= 14 or d % max(1, len(days) // 10) == 0 or d == len(days) - 1:
             parts.append(f'<text x="{x + bar_w / 2:.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
                          f'class="axis">{escape(day.strftime("%m-%d"))}</text>')
     for s, model in enumerate(series):  # the legend, four to a row
         lx, ly = left + (s % 4) * 160, height + 24 * (s // 4) + 4
-        parts.append(f'<rect x="{lx}" y="{ly}" width="12" height="12" fill="{PALETTE[s % len(PALETTE)]}"/>')
+        parts.append(f'<rect x="{lx}" y="{ly}" width="12" height="12" fill="{PALETTE[s % len(PALETTE)]}" class="s{s % len(PALETTE)}"/>')
         parts.append(f'<text x="{lx + 18}" y="{ly + 11}" class="legend">{escape(model)}</text>')
     if not series:
         parts.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" text-anchor="middle" class="axis">'

@@ -80,7 +80,7 @@ def usage_page(request):
         days = 30
     if days not in PERIODS:
         days = 30
-    from levee.chat.services import daily_quota, tokens_used_today
+    from levee.chat.services import tokens_used_today
 
     wallet = services.wallet_for(request.user)
     ledger = Paginator(LedgerEntry.objects.filter(wallet=wallet).order_by("-id"), LEDGER_PAGE_SIZE)
@@ -94,7 +94,7 @@ def usage_page(request):
         "balance": services.balance_view(request.user), "currency": currency(), "topup": payments.options(),
         "held": format_amount(wallet.held_nano, places=2), "days": days, "periods": PERIODS,
         "page": page, "entries": entries,
-        "chat_used": tokens_used_today(request.user), "chat_quota": daily_quota(),
+        "chat_used": tokens_used_today(request.user),  # chat_quota: levee.chat.context
         **_usage(request.user, days),
     })
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -16,6 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Sum
 from django.utils import timezone
+from redis.exceptions import RedisError
 
 from inference import protocol
 from levee.accounts.models import User
@@ -103,6 +105,37 @@ def delete_conversation(conversation: Conversation) -> None:
                          usage=outcome.usage, started_at=created_at, request_id=f"delete-{job_id or reply_id}",
                          finish_reason="deleted")
         conversation.delete()
+
+
+def served_models() -> tuple[list[str], bool]:
+    """The enabled models an inference worker is serving now (a heartbeat within WORKER_TTL_S), in
+    name order, and whether that could be checked: with Redis unreachable, every enabled model
+    (sending then answers why it cannot)."""
+    from levee.api.models import LlmModel
+    from levee.core.store import redis_client
+
+    names = list(LlmModel.objects.filter(enabled=True).values_list("name", flat=True))
+    now = time.time()
+    try:
+        pipe = redis_client().pipeline(transaction=False)
+        for name in names:
+            pipe.zcount(protocol.workers_key(name), now - protocol.WORKER_TTL_S, "+inf")
+        live = pipe.execute()
+    except RedisError:
+        log.warning("chat page: Redis unreachable reading live workers; offering every enabled model")
+        return names, False
+    return [name for name, count in zip(names, live, strict=True) if count], True
+
+
+def current_mode() -> str | None:
+    """The shield's mitigation mode (for the quota); None if it cannot be read right now."""
+    from levee.shield import api as shield
+
+    try:
+        return shield.current_mode()
+    except Exception:  # the chat must still work; the quota then stays at its normal size
+        log.warning("shield mode unavailable", exc_info=True)
+        return None
 
 
 def daily_quota(mode: str | None = None) -> int:

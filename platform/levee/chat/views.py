@@ -54,15 +54,17 @@ def chat_page(request, conversation_id: int | None = None):
     if conversation_id is not None:
         conversation = get_object_or_404(Conversation, pk=conversation_id, user=request.user)
         messages = [_message_row(m) for m in conversation.messages.all()]
-    models = list(LlmModel.objects.filter(enabled=True).values_list("name", flat=True))
+    models, _checked = services.served_models()
     return render(request, "chat/chat.html", {
         # A conversation gets its title with its first message; one left empty (its first message was
         # refused) is not worth a place in the list.
         "conversation": conversation,
         "conversations": Conversation.objects.filter(user=request.user).exclude(title="")[:100],
-        "models": models, "selected_model": conversation.model if conversation else (models[0] if models else ""),
+        "models": models,
+        "selected_model": conversation.model if conversation and conversation.model in models
+        else (models[0] if models else ""),
         "messages_data": messages,
-        "quota": services.daily_quota(_mode()), "used": services.tokens_used_today(request.user),
+        "used": services.tokens_used_today(request.user),  # the quota: levee.chat.context
     })
 
 
@@ -143,12 +145,7 @@ async def conversation_detail(request, conversation_id: int):
 
 
 def _mode() -> str | None:
-    """The shield's mitigation mode (for the quota); None if it cannot be read right now."""
-    try:
-        return shield.current_mode()
-    except Exception:  # the chat must still work; the quota then stays at its normal size
-        log.warning("shield mode unavailable", exc_info=True)
-        return None
+    return services.current_mode()
 
 
 def _encode(model, messages):

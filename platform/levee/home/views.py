@@ -2,8 +2,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from levee.billing.pages import price_table
-from levee.chat.services import daily_quota
 
 
 def home(request: HttpRequest) -> HttpResponse:
-    return render(request, "home.html", {**price_table(), "chat_quota": daily_quota()})
+    # chat_quota, the allowance of the current mode: levee.chat.context (every page states the same)
+    return render(request, "home.html", price_table())

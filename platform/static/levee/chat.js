@@ -116,7 +116,7 @@
   }
 
   function busy(on) {
-    sendButton.disabled = on;
+    sendButton.disabled = on || !picker.options.length;
     stopButton.hidden = !on;
     picker.disabled = on;
     statusLine.textContent = on ? "Writing a reply…" : "";
@@ -329,7 +329,10 @@
           setNote(reply, event.data.status);
           const used = document.getElementById("quota-used");
           const u = event.data.usage || {};
-          if (used) used.textContent = String(Number(used.textContent) + (u.prompt_tokens || 0) + (u.completion_tokens || 0));
+          if (used) {
+            used.dataset.used = Number(used.dataset.used) + (u.prompt_tokens || 0) + (u.completion_tokens || 0);
+            used.textContent = Number(used.dataset.used).toLocaleString(document.documentElement.lang);
+          }
         } else if (event.name === "error") {
           ended = true;
           setNote(reply, "error", event.data.message);
