@@ -40,7 +40,8 @@ COPY . .
 
 # Static files are baked in and served by whitenoise. Settings demand a secret in production; this
 # throwaway one exists only for this build step and is never in the image's environment.
-RUN SECRET_KEY=collectstatic-only-not-a-real-secret-0123456789 ALLOWED_HOSTS=localhost \
+RUN python ops/compile_messages.py \
+ && SECRET_KEY=collectstatic-only-not-a-real-secret-0123456789 ALLOWED_HOSTS=localhost \
     python manage.py collectstatic --noinput -v0 \
  && mkdir -p /var/lib/levee /tmp/levee-metrics \
  && chown -R levee:levee /var/lib/levee /tmp/levee-metrics

@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run test lint bench clean browser
+.PHONY: install run test lint bench clean browser catalogs
 
 install: $(VENV)/.installed
 
@@ -22,23 +22,29 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[inference,dev]'
 	touch $@
 
-run: install
+run: install catalogs
 	$(BIN)/python ops/run.py
 
-test: install browser
+test: install browser catalogs
 	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" REDIS_URL="$${REDIS_URL:-$(TEST_REDIS_URL)}" \
 	LEVEE_ENV=test $(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Browser tests (tests/e2e/test_browser.py) drive Debian's chromium: Playwright cannot download its own
-# browser here. Installed when missing if we are root with apt-get; otherwise those tests skip.
+# Browser tests (tests/e2e/test_browser.py, test_web_ui.py) drive Debian's chromium: Playwright cannot
+# download its own browser here. Installed when missing if we are root with apt-get; otherwise those
+# tests skip. A Chinese font comes with it (WenQuanYi Zen Hei), so the Chinese screenshots show text.
 browser:
-	@if [ -x /usr/bin/chromium ]; then :; \
+	@if [ -x /usr/bin/chromium ] && fc-list :lang=zh 2>/dev/null | grep -q .; then :; \
 	elif [ "$$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then \
-	  echo "browser: /usr/bin/chromium is missing and cannot be installed (needs root and apt-get); browser tests will skip"; \
+	  [ -x /usr/bin/chromium ] || echo "browser: /usr/bin/chromium is missing and cannot be installed (needs root and apt-get); browser tests will skip"; \
 	else \
-	  echo "browser: installing Debian's chromium for the browser tests"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  echo "browser: installing Debian's chromium and a Chinese font for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null; \
 	fi
+
+# Translations: platform/locale/*/LC_MESSAGES/*.po compiled to .mo (gitignored) with the standard
+# library (ops/compile_messages.py), so no machine needs GNU gettext. Only stale ones are rewritten.
+catalogs:
+	@$(PYTHON) ops/compile_messages.py
 
 # Static checks, also run by CI (.ci/run) and by the pre-commit hook (.pre-commit-config.yaml):
 # ruff; mypy (strict on inference/ and kernels/, every platform function annotated; what predates

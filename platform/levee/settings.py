@@ -62,6 +62,7 @@ MIDDLEWARE = [
     "levee.core.middleware.RequestIdMiddleware",
     "levee.core.middleware.RequestLogMiddleware",
     "levee.core.middleware.BodySizeLimitMiddleware",
+    "levee.core.middleware.LocaleMiddleware",  # before the shield: its refusal pages are translated too
     "levee.shield.middleware.ShieldMiddleware",
     # Django's own, adapted (levee/core/middleware.py): those that only compute run inline; the
     # browser ones are skipped on @sessionless routes (the key-authenticated API, probes). In an
@@ -88,6 +89,7 @@ TEMPLATES = [
         "OPTIONS": {
             "context_processors": [
                 "django.template.context_processors.request",
+                "django.template.context_processors.i18n",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "levee.shield.context.mitigation",
@@ -195,7 +197,15 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["levee.shield.throttles.ApiKeyThrottle"],
 }
 
-LANGUAGE_CODE = "en-us"
+# Pages in English or Simplified Chinese (docs/web.md): the levee_language cookie (the switch, or the
+# account's preference copied at log-in), else Accept-Language. The API always answers in English.
+LANGUAGE_CODE = "en"
+LANGUAGES = [("en", "English"), ("zh-hans", "简体中文")]
+LOCALE_PATHS = [BASE_DIR / "platform" / "locale"]  # compiled by ops/compile_messages.py (make run/test)
+LANGUAGE_COOKIE_NAME = "levee_language"
+LANGUAGE_COOKIE_AGE = 365 * 24 * 3600
+LANGUAGE_COOKIE_SAMESITE = "Lax"
+FORMAT_MODULE_PATH = ["levee.formats"]  # English dates in ISO order; Chinese keeps Django's
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True

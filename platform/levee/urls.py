@@ -1,8 +1,10 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.views.i18n import JavaScriptCatalog
 
 from levee.accounts import views as accounts
+from levee.accounts.forms import PasswordResetForm
 from levee.api import views as api
 from levee.billing import pages as billing_pages
 from levee.billing import views as billing
@@ -19,8 +21,9 @@ account_patterns = [
     path("signup/sent/", accounts.signup_sent, name="signup-sent"),
     path("verify/<str:token>/", accounts.verify_email, name="verify-email"),
     path("login/", accounts.LoginView.as_view(), name="login"),
+    path("language/", accounts.set_language, name="set-language"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("password/reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
+    path("password/reset/", auth_views.PasswordResetView.as_view(form_class=PasswordResetForm), name="password_reset"),
     path("password/reset/done/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
     path("password/reset/<uidb64>/<token>/", auth_views.PasswordResetConfirmView.as_view(),
          name="password_reset_confirm"),
@@ -53,4 +56,5 @@ urlpatterns = [
     path("", include("levee.billing.urls")),
     path("chat/", include("levee.chat.urls")),
     path("admin/", admin.site.urls),
+    path("jsi18n/", JavaScriptCatalog.as_view(), name="javascript-catalog"),
 ]

@@ -1,7 +1,9 @@
 from django import forms
+from django.contrib.auth import forms as auth_forms
 from django.contrib.auth import password_validation
 from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
+from django.utils.translation import gettext_lazy as _
 
 from levee.accounts.models import EMAIL_MAX_LENGTH, User
 from levee.accounts.services import clean_email
@@ -21,7 +23,7 @@ class SignUpForm(forms.Form):
 
         email = clean_email(self.cleaned_data["email"])
         if is_disposable(email):
-            raise ValidationError("Please use a permanent email address; disposable ones are not accepted.",
+            raise ValidationError(_("Please use a permanent email address; disposable ones are not accepted."),
                                   code="disposable")
         return email
 
@@ -38,7 +40,19 @@ class SignUpForm(forms.Form):
 class EmailLoginForm(AuthenticationForm):
     """Django's login form with the email label and bounded input; its error never says which part was wrong."""
 
-    username = forms.CharField(label="Email", max_length=EMAIL_MAX_LENGTH,
+    username = forms.CharField(label=_("Email"), max_length=EMAIL_MAX_LENGTH,
                                widget=forms.EmailInput(attrs={"autofocus": True, "autocomplete": "email"}))
-    password = forms.CharField(label="Password", max_length=256, strip=False,
+    password = forms.CharField(label=_("Password"), max_length=256, strip=False,
                                widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
+
+
+class PasswordResetForm(auth_forms.PasswordResetForm):
+    """Django's reset form, mailing each account in its own language (its preference, else the page's)."""
+
+    def send_mail(self, subject_template_name, email_template_name, context, from_email, to_email,
+                  html_email_template_name=None) -> None:
+        from django.utils import translation
+
+        with translation.override(getattr(context.get("user"), "language", "") or translation.get_language()):
+            super().send_mail(subject_template_name, email_template_name, context, from_email, to_email,
+                              html_email_template_name)

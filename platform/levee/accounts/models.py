@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
 from django.db import models
@@ -43,6 +44,9 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False)
     date_joined = models.DateTimeField(default=timezone.now)
+    # The owner's page and email language ("" = follow the browser): set by the language switch and at
+    # sign-up; copied into the language cookie at log-in, so it follows the account to a new device.
+    language = models.CharField(max_length=16, blank=True, choices=settings.LANGUAGES)
 
     objects = UserManager()
 

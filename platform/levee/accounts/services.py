@@ -12,14 +12,16 @@ from django.core.mail import send_mail
 from django.core.validators import EmailValidator
 from django.db import IntegrityError, transaction
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import timezone, translation
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 
 from levee.accounts.models import EMAIL_MAX_LENGTH, User, normalize_email
 from levee.accounts.signals import user_verified
 
 log = logging.getLogger(__name__)
 _VERIFY_SALT = "levee.accounts.verify-email"
-_validate_email = EmailValidator(message="Enter a valid email address.")
+_validate_email = EmailValidator(message=gettext_lazy("Enter a valid email address."))
 
 
 def clean_email(raw: str) -> str:
@@ -50,7 +52,7 @@ def _send(to: str, subject: str, body: str) -> None:
     transaction.on_commit(lambda: send_mail(subject, body, None, [to], fail_silently=False))
 
 
-def sign_up(email: str, password: str) -> None:
+def sign_up(email: str, password: str, *, language: str = "") -> None:
     """Create an unverified account and mail its verification link.
 
     Returns nothing, on purpose: whether the address already had an account must not show in the
@@ -64,21 +66,25 @@ def sign_up(email: str, password: str) -> None:
     if existing is None:
         try:
             with transaction.atomic():
-                user = User.objects.create(email=email, password=hashed)
+                user = User.objects.create(email=email, password=hashed,
+                                           language=language if language in dict(settings.LANGUAGES) else "")
                 if not holds_canonical_email(user):  # a concurrent twin (a.da@ vs ad.a@) got there first
                     raise IntegrityError("canonical email taken")
         except IntegrityError:  # a concurrent sign-up with the same address won the race
             existing = find_user(email) or find_canonical_twin(email)
         else:
-            _send(user.email, "Verify your Levee account",
-                  "Welcome to Levee.\n\nConfirm your address by opening this link:\n\n"
-                  f"{verification_url(user)}\n\nThe link expires in "
-                  f"{settings.EMAIL_VERIFICATION_MAX_AGE // 3600} hours.\n")
+            with translation.override(user.language or language or None):
+                _send(user.email, _("Verify your Levee account"),
+                      _("Welcome to Levee.\n\nConfirm your address by opening this link:\n\n%(link)s\n\n"
+                        "The link expires in %(hours)d hours.\n")
+                      % {"link": verification_url(user), "hours": settings.EMAIL_VERIFICATION_MAX_AGE // 3600})
             return
     if existing is not None:
-        _send(existing.email, "Someone tried to sign up with your address",
-              "Someone (maybe you) tried to create a Levee account with this address, which already has one.\n"
-              f"If you forgot your password, reset it here: {settings.SITE_URL}{reverse('password_reset')}\n")
+        with translation.override(existing.language or language or None):  # in the owner's language
+            _send(existing.email, _("Someone tried to sign up with your address"),
+                  _("Someone (maybe you) tried to create a Levee account with this address, which already has "
+                    "one.\nIf you forgot your password, reset it here: %(link)s\n")
+                  % {"link": settings.SITE_URL + reverse("password_reset")})
 
 
 def verify_email(token: str) -> User | None:

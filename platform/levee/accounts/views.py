@@ -1,6 +1,12 @@
+from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth import views as auth_views
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_http_methods
+from django.utils import translation
+from django.utils.translation import gettext
+from django.views import i18n
+from django.views.decorators.http import require_http_methods, require_POST
 
 from levee.accounts import services
 from levee.accounts.forms import EmailLoginForm, SignUpForm
@@ -19,9 +25,10 @@ def signup(request):
     form = SignUpForm(request.POST or None)
     if request.method == "POST" and gate.pow_error:
         form.is_valid()
-        form.add_error(None, "Your browser's check did not complete; please submit the form again.")
+        form.add_error(None, gettext("Your browser's check did not complete; please submit the form again."))
     elif request.method == "POST" and form.is_valid():
-        services.sign_up(form.cleaned_data["email"], form.cleaned_data["password"])
+        services.sign_up(form.cleaned_data["email"], form.cleaned_data["password"],
+                         language=translation.get_language())
         count_signup("accepted")
         return redirect("signup-sent")
     elif request.method == "POST":
@@ -50,6 +57,13 @@ class LoginView(auth_views.LoginView):
     template_name = "accounts/login.html"
     redirect_authenticated_user = True
 
+    def form_valid(self, form):
+        response = super().form_valid(form)
+        language = form.get_user().language
+        if language:  # the account's preference wins over whatever this browser had
+            remember_language(response, language)
+        return response
+
     def post(self, request, *args, **kwargs):
         from levee.shield import login as shield_login
         from levee.shield import store
@@ -68,3 +82,21 @@ class LoginView(auth_views.LoginView):
         except store.ShieldRedisDown:
             pass  # the answer is already decided; the counters just miss one
         return response
+
+
+def remember_language(response: HttpResponse, language: str) -> None:
+    response.set_cookie(settings.LANGUAGE_COOKIE_NAME, language, max_age=settings.LANGUAGE_COOKIE_AGE,
+                        path=settings.LANGUAGE_COOKIE_PATH, samesite=settings.LANGUAGE_COOKIE_SAMESITE,
+                        secure=settings.LANGUAGE_COOKIE_SECURE, httponly=settings.LANGUAGE_COOKIE_HTTPONLY)
+
+
+@require_POST
+def set_language(request: HttpRequest) -> HttpResponse:
+    """The language switch: Django's set_language (the cookie, and back to `next` on this site),
+    and the account's preference when logged in."""
+    response = i18n.set_language(request)
+    language = request.POST.get("language", "")
+    if request.user.is_authenticated and translation.check_for_language(language) \
+            and language in dict(settings.LANGUAGES):
+        get_user_model().objects.filter(pk=request.user.pk).update(language=language)
+    return response

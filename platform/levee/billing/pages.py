@@ -12,6 +12,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy, gettext_noop
 from django.views.decorators.http import require_POST
 
 from levee.accounts.operators import signed_in
@@ -22,8 +24,20 @@ from levee.billing.money import NANO_PER_UNIT, format_amount
 from levee.billing.pricing import currency
 
 PERIODS = (7, 30, 90)
-PRICE_CLASSES = [("input_cache_hit", "Input (cache hit)"), ("input_cache_miss", "Input (cache miss)"),
-                 ("output", "Output")]
+PRICE_CLASSES = [("input_cache_hit", gettext_lazy("Input (cache hit)")),
+                 ("input_cache_miss", gettext_lazy("Input (cache miss)")), ("output", gettext_lazy("Output"))]
+# The ledger's kinds as the page names them ({% translate %} of LedgerKind's labels).
+LEDGER_KINDS = [gettext_noop("grant"), gettext_noop("top-up"), gettext_noop("voucher"), gettext_noop("hold"),
+                gettext_noop("charge"), gettext_noop("release"), gettext_noop("refund"), gettext_noop("adjustment"),
+                gettext_noop("expiry")]
+# The page's words for billing's refusals (the API keeps billing's English messages).
+REFUSALS = {
+    "voucher_not_found": gettext_lazy("No such voucher code."),
+    "email_not_verified": gettext_lazy("Verify your email address before redeeming vouchers."),
+    "voucher_expired": gettext_lazy("This voucher has expired."),
+    "voucher_already_redeemed": gettext_lazy("You have already redeemed this voucher."),
+    "voucher_exhausted": gettext_lazy("This voucher has been fully redeemed."),
+}
 
 
 def price_table() -> dict:
@@ -54,15 +68,17 @@ def _usage(user, days: int):
         tokens.setdefault(row["model"], [0] * days)[index[row["day"]]] += total
         cost.setdefault(row["model"], [0] * days)[index[row["day"]]] += row["cost"] / NANO_PER_UNIT
         table.append({**row, "tokens": total, "cost_display": format_amount(row["cost"], places=6),
-                      "source_label": "web chat (free)" if row["source"] == "web" else "API"})
+                      "source_label": _("web chat (free)") if row["source"] == "web" else _("API")})
     cur = currency()
     return {
         "export_start": start.isoformat(), "export_end": today.isoformat(),
         "tokens_chart": stacked_bars(days=day_list, series=tokens, chart_id="tokens-chart",
-                                     title=f"Tokens per day and model, last {days} days"),
+                                     title=_("Tokens per day and model, last %(days)d days") % {"days": days},
+                                     empty=_("No usage in this period.")),
         "cost_chart": stacked_bars(days=day_list, series={m: v for m, v in cost.items() if any(v)},
-                                   chart_id="cost-chart", title=f"Cost per day and model in {cur}, last {days} days",
-                                   empty="No charges in this period (free web chat costs nothing).",
+                                   chart_id="cost-chart", title=_("Cost per day and model in %(currency)s, last %(days)d days")
+                                   % {"currency": cur, "days": days},
+                                   empty=_("No charges in this period (free web chat costs nothing)."),
                                    fmt=lambda v: f"{v:,.4f}".rstrip("0").rstrip(".") if v else "0"),
         "usage_rows": list(reversed(table)),
         "total_tokens": sum(r["tokens"] for r in table),
@@ -104,10 +120,11 @@ def _redeem(request):
     try:
         redemption = services.redeem_voucher(request.user, code)
     except services.BillingRefused as exc:
-        messages.error(request, exc.message)
+        messages.error(request, REFUSALS.get(exc.code, exc.message))
     else:
         amount = format_amount(redemption.entry.topped_up_delta, places=2)
-        messages.success(request, f"Voucher redeemed: {amount} {currency()} added to your balance.")
+        messages.success(request, _("Voucher redeemed: %(amount)s %(currency)s added to your balance.")
+                         % {"amount": amount, "currency": currency()})
     return redirect("usage-page")
 
 
@@ -153,7 +170,7 @@ def alerts_form(request: HttpRequest) -> HttpResponse:
 
     try:
         thresholds = {}
-        for name, label in (("low_balance", "Low-balance threshold"), ("daily_spend", "Daily spend threshold")):
+        for name, label in (("low_balance", _("Low-balance threshold")), ("daily_spend", _("Daily spend threshold"))):
             raw = request.POST.get(name, "").strip()
             try:
                 thresholds[name] = parse_amount(raw) if raw else None
@@ -166,5 +183,5 @@ def alerts_form(request: HttpRequest) -> HttpResponse:
     except ValueError as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, "Alerts saved.")
+        messages.success(request, _("Alerts saved."))
     return redirect(reverse("usage-page") + "#alerts-h")

@@ -152,16 +152,18 @@ def pricing_json(request):
     return Response(price_book())
 
 
-_CLASS_LABELS = [("input_cache_hit", "Input (cache hit)"), ("input_cache_miss", "Input (cache miss)"),
-                 ("output", "Output")]
+def _class_labels() -> list[tuple[str, Any]]:
+    from levee.billing.pages import PRICE_CLASSES  # the page's (translated) names of the price classes
+
+    return PRICE_CLASSES
 
 
 def pricing_page(request):
     book = price_book()
-    rows = [(entry["model"], [entry["prices"].get(key, {}).get("per_million_tokens", "—") for key, _ in _CLASS_LABELS])
+    rows = [(entry["model"], [entry["prices"].get(key, {}).get("per_million_tokens", "—") for key, _ in _class_labels()])
             for entry in book["models"]]
     return render(request, "billing/pricing.html", {"book": book, "rows": rows,
-                                                    "labels": [label for _, label in _CLASS_LABELS]})
+                                                    "labels": [label for _, label in _class_labels()]})
 
 
 @csrf_exempt

@@ -4,6 +4,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext
 
 TITLE_MAX_LENGTH = 80
 
@@ -24,7 +25,7 @@ class Conversation(models.Model):
 
     @property
     def display_title(self) -> str:
-        return self.title or "New chat"
+        return self.title or gettext("New chat")
 
 
 class Role(models.TextChoices):

@@ -171,14 +171,23 @@ class StartedReply:
     question: Message
     reply: Message
     max_tokens: int
+    reused_question: bool = False  # a regenerated reply answers the question already there
+    # Messages this reply replaces (ids in [start, end)), dropped once its job is queued: the edited
+    # question and what followed it, or the reply being regenerated.
+    replaces: tuple[int, int] | None = None
 
 
 def start_reply(user: User, conversation: Conversation, *, text: str, model: str, prompt_tokens: int,
-                room: int, job_id: str, mode: str | None = None) -> StartedReply:
+                room: int, job_id: str, mode: str | None = None, question: Message | None = None,
+                replace_from: int | None = None) -> StartedReply:
     """Write the owner's message and an empty streaming reply, if the account has quota left today
     and no other reply in progress. The reply may use at most `room` tokens (the model's limits) and
     never more than the quota left, so a day's use stays within the quota. One transaction with the
-    account row locked: two tabs cannot both pass the checks."""
+    account row locked: two tabs cannot both pass the checks.
+
+    `question`: regenerate, answering this question again (no new one is written). `replace_from`:
+    an edit, the first message the new question replaces. Either way the replaced messages stay
+    until the job is queued (`drop_replaced`), so a refused enqueue loses nothing."""
     now = timezone.now()
     with transaction.atomic():
         User.objects.select_for_update().filter(pk=user.pk).first()
@@ -198,21 +207,42 @@ def start_reply(user: User, conversation: Conversation, *, text: str, model: str
                               f" It renews at 00:00 UTC, in {hours} h {minutes} min. The API is not limited by it.",
                               retry_after=wait)
         max_tokens = min(room, left - prompt_tokens)
-        question = Message.objects.create(conversation=conversation, role=Role.USER, content=text, created_at=now)
+        reused = question is not None
+        if question is None:
+            question = Message.objects.create(conversation=conversation, role=Role.USER, content=text, created_at=now)
         reply = Message.objects.create(conversation=conversation, role=Role.ASSISTANT, status=Status.STREAMING,
                                        model=model, job_id=job_id, prompt_tokens=prompt_tokens, created_at=now)
+        if reused:
+            replaces = (question.pk + 1, reply.pk)
+        elif replace_from is not None:
+            replaces = (replace_from, question.pk)
+        else:
+            replaces = None
         updates = {"updated_at": now, "model": model}
         if not conversation.title:
             updates["title"] = title_from(text)
         Conversation.objects.filter(pk=conversation.pk).update(**updates)
         for name, value in updates.items():
             setattr(conversation, name, value)
-    return StartedReply(question, reply, max_tokens)
+    return StartedReply(question, reply, max_tokens, reused_question=reused, replaces=replaces)
 
 
 def abandon_reply(started: StartedReply) -> None:
-    """The job could not be enqueued: remove both messages, as if the request never came."""
-    Message.objects.filter(pk__in=[started.question.pk, started.reply.pk]).delete()
+    """The job could not be enqueued: remove what was written, as if the request never came (a
+    regenerated reply's question was there before and stays; replaced messages were never dropped)."""
+    ids = [started.reply.pk] if started.reused_question else [started.question.pk, started.reply.pk]
+    Message.objects.filter(pk__in=ids).delete()
+
+
+def drop_replaced(started: StartedReply) -> int:
+    """Delete the messages a queued reply replaces (truncate on edit and regenerate). Their usage
+    records are billing's and stay: replacing a message never gives quota back."""
+    if started.replaces is None:
+        return 0
+    start, end = started.replaces
+    deleted, _ = Message.objects.filter(conversation_id=started.reply.conversation_id, pk__gte=start, pk__lt=end) \
+        .exclude(status=Status.STREAMING).delete()
+    return deleted
 
 
 def finish_reply(reply_id: int, *, content: str, status: str, usage: dict, started_at: datetime,
@@ -326,3 +356,99 @@ def sweep_stale_replies(*, now: datetime | None = None, limit: int = 500) -> int
                                  usage=outcome.usage, started_at=created_at, request_id=f"sweep-{job_id or reply_id}",
                                  finish_reason=reason, error=error)
     return finished
+
+
+# --- search and export --------------------------------------------------------------------------
+
+SEARCH_MAX_CHARS = 200
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+def _terms(query: str) -> list[str]:
+    return [t for t in (w.strip('"\'-') for w in query.split()) if t and t.lower() not in {"or", "and"}]
+
+
+def snippet(text: str, terms: list[str], *, before: int = 40, after: int = 100) -> str:
+    """One line of `text` around the first of `terms` found (case-insensitive), with … where cut."""
+    flat = " ".join(text.split())
+    lowered = flat.lower()
+    hits = [i for i in (lowered.find(t.lower()) for t in terms) if i >= 0]
+    at = min(hits) if hits else 0
+    start, end = max(0, at - before), min(len(flat), at + after)
+    return ("…" if start else "") + flat[start:end] + ("…" if end < len(flat) else "")
+
+
+def search(user: User, query: str, *, limit: int = 20) -> list[dict]:
+    """The owner's conversations whose messages or title match `query`, newest first, one hit each
+    with a snippet. PostgreSQL: full-text search (websearch syntax, the `simple` configuration, so
+    no language's stemming; a GIN index serves it) — and, since its parser does not split Chinese or
+    Japanese into words, a substring match as well when the query has such characters. Elsewhere
+    (SQLite): every word as a case-insensitive substring."""
+    from django.db import connection
+    from django.db.models import Q
+    from django.db.models.expressions import RawSQL
+
+    query = " ".join(query.split())[:SEARCH_MAX_CHARS]
+    terms = _terms(query)
+    if not terms:
+        return []
+    messages = Message.objects.filter(conversation__user=user).exclude(content="")
+    if connection.vendor == "postgresql":
+        match = Q(pk__in=RawSQL(
+            f"SELECT id FROM {Message._meta.db_table} "
+            "WHERE to_tsvector('simple', content) @@ websearch_to_tsquery('simple', %s)", [query]))
+        if _CJK.search(query):
+            match |= Q(content__icontains=query) if len(terms) == 1 else Q(
+                *[Q(content__icontains=t) for t in terms])
+    else:
+        match = Q(*[Q(content__icontains=t) for t in terms])
+    titled = Conversation.objects.filter(user=user).exclude(title="")
+    titled = titled.filter(*[Q(title__icontains=t) for t in terms])
+    found: dict[int, dict] = {}
+    for c in titled.order_by("-updated_at", "-id")[:limit]:
+        found[c.pk] = {"conversation": c.pk, "title": c.display_title, "message": None, "role": None,
+                       "snippet": "", "updated_at": c.updated_at}
+    hits = (messages.filter(match).select_related("conversation")
+            .order_by("-conversation__updated_at", "-pk")[: limit * 10])
+    for m in hits:
+        entry = found.get(m.conversation_id)
+        if entry is not None and entry["message"] is not None:
+            continue  # one hit per conversation: its newest matching message
+        found[m.conversation_id] = {"conversation": m.conversation_id, "title": m.conversation.display_title,
+                                    "message": m.pk, "role": m.role, "snippet": snippet(m.content, terms),
+                                    "updated_at": m.conversation.updated_at}
+    ordered = sorted(found.values(), key=lambda r: (r["updated_at"], r["conversation"]), reverse=True)[:limit]
+    return [{**r, "updated_at": r["updated_at"].isoformat()} for r in ordered]
+
+
+def export_json(conversation: Conversation) -> dict:
+    """The conversation as data: what the page shows, with the model and token counts of each reply."""
+    return {
+        "id": conversation.pk, "title": conversation.display_title, "model": conversation.model,
+        "created_at": conversation.created_at.isoformat(), "updated_at": conversation.updated_at.isoformat(),
+        "messages": [{"id": m.pk, "role": m.role, "content": m.content, "reasoning": m.reasoning,
+                      "status": m.status, "model": m.model, "created_at": m.created_at.isoformat(),
+                      "prompt_tokens": m.prompt_tokens, "completion_tokens": m.completion_tokens}
+                     for m in conversation.messages.all()],
+    }
+
+
+def export_markdown(conversation: Conversation) -> str:
+    """The conversation as Markdown, in the reader's language: a heading per turn, the text as
+    written (a model's Markdown stays Markdown), a reasoner's thinking as a quote before its answer."""
+    from django.utils.translation import gettext as _
+
+    you, assistant, thought = _("You"), _("Assistant"), _("Thought")
+    ended = {Status.STOPPED: _("Stopped."), Status.ERROR: _("The reply could not be completed.")}
+    out = ["# " + conversation.display_title, ""]
+    for m in conversation.messages.all():
+        out += ["## " + (you if m.role == Role.USER else f"{assistant} ({m.model or conversation.model})"), ""]
+        if m.reasoning:
+            out.append(f"> **{thought}**")
+            out.extend(">" if not line else "> " + line for line in m.reasoning.splitlines())
+            out.append("")
+        out.append(m.content)
+        if m.status in ended:
+            out += ["", f"*({ended[m.status]})*"]
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"

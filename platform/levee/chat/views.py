@@ -16,7 +16,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from redis.exceptions import RedisError
 
@@ -170,17 +170,50 @@ def _fit_prompt(model: LlmModel, history: list[dict], text: str) -> list[int]:
         turns = turns[2:] if len(turns) >= 2 else []
 
 
-def _history(conversation: Conversation) -> list[dict]:
+def _history(conversation: Conversation, before: int | None = None) -> list[dict]:
+    """The turns sent with a new question: every finished message (before message id `before`, for
+    an edit or a regeneration, which replace the rest)."""
+    messages = conversation.messages.exclude(status=Status.STREAMING).exclude(content="")
+    if before is not None:
+        messages = messages.filter(pk__lt=before)
     # The answer only: a reasoner's reasoning is not fed back to the model (DeepSeek's rule for
     # deepseek-reasoner; multi-turn prompts with it are out of the model's training distribution).
-    return [{"role": m.role, "content": m.content}
-            for m in conversation.messages.exclude(status=Status.STREAMING).exclude(content="")]
+    return [{"role": m.role, "content": m.content} for m in messages]
+
+
+def _target(conversation: Conversation, body: dict) -> tuple[str, Message | None, int | None]:
+    """What a message request answers: (kind, the question to answer again, the first message an edit
+    replaces). `{"regenerate": true}`: the last reply again, for the question before it; `{"edit": id,
+    "content"}`: that question of the owner's, rewritten (it and everything after it are replaced)."""
+    regenerate, edit = body.get("regenerate", False), body.get("edit")
+    if regenerate not in (True, False):
+        raise services.ChatRefused(400, "invalid_parameter", "regenerate must be true or false.", param="regenerate")
+    if regenerate and edit is not None:
+        raise services.ChatRefused(400, "invalid_parameter", "Either regenerate or edit, not both.", param="edit")
+    if regenerate:
+        last = conversation.messages.order_by("-pk").first()
+        question = conversation.messages.filter(role="user").order_by("-pk").first()
+        if last is None or last.role != "assistant" or question is None or last.status == Status.STREAMING:
+            raise services.ChatRefused(400, "nothing_to_regenerate", "There is no finished reply to regenerate.",
+                                       param="regenerate")
+        return "regenerate", question, None
+    if edit is not None:
+        if type(edit) is not int:
+            raise services.ChatRefused(400, "invalid_parameter", "edit must be a message id.", param="edit")
+        target = conversation.messages.filter(pk=edit, role="user").first()
+        if target is None:
+            raise services.ChatRefused(404, "message_not_found", "No such message of yours in this conversation.",
+                                       param="edit")
+        return "edit", None, target.pk
+    return "new", None, None
 
 
 async def post_message(request, conversation_id: int):
     """POST /chat/api/conversations/<id>/messages {"content": "...", "model": "..."} → text/event-stream:
     `start` (message ids, title), `reasoning` (a reasoner's thinking, text) and `delta` (the answer,
-    text), then `done` or `error`; `: keep-alive` while queued."""
+    text), then `done` or `error`; `: keep-alive` while queued. With `"regenerate": true` (no content)
+    the last reply is written again; with `"edit": <message id>` that question is replaced by content
+    and what followed it goes (see _target)."""
     if request.method != "POST":
         return error_response(405, f"{request.method} is not allowed here")
     user = await db(get_user)(request)
@@ -191,7 +224,8 @@ async def post_message(request, conversation_id: int):
         return error_response(404, "No such conversation.")
     try:
         body = _json_body(request)
-        text = body.get("content")
+        _kind, question, replace_from = await db(_target)(conversation, body)
+        text = question.content if question is not None else body.get("content")
         if not isinstance(text, str) or not text.strip():
             raise services.ChatRefused(400, "missing_parameter", "Write a message first.", param="content")
         text = text.strip()
@@ -200,7 +234,7 @@ async def post_message(request, conversation_id: int):
                                        f"A message may have at most {settings.LEVEE_WEB_CHAT_MAX_MESSAGE_CHARS:,} "
                                        f"characters.", param="content")
         model = await _enabled_model(body.get("model") or conversation.model)
-        history = await db(_history)(conversation)
+        history = await db(_history)(conversation, question.pk if question is not None else replace_from)
         prompt_ids = await sync_to_async(_fit_prompt, thread_sensitive=False)(model, history, text)
         retry_after = await shield.ashed(model.name, "free_chat")
         if retry_after:
@@ -219,7 +253,7 @@ async def post_message(request, conversation_id: int):
         job_id = uuid.uuid4().hex
         started = await db(services.start_reply)(
             user, conversation, text=text, model=model.name, prompt_tokens=len(prompt_ids), room=room,
-            job_id=job_id, mode=await db(_mode)())
+            job_id=job_id, mode=await db(_mode)(), question=question, replace_from=replace_from)
     except services.ChatRefused as exc:
         return _refused(exc)
 
@@ -234,6 +268,11 @@ async def post_message(request, conversation_id: int):
         await db(services.abandon_reply)(started)
         return error_response(503, "The service is temporarily unavailable; retry shortly.",
                               headers={"Retry-After": "5"})
+    if started.replaces is not None:
+        try:
+            await db(services.drop_replaced)(started)
+        except Exception:  # the reply goes on; the old messages stay visible until deleted by hand
+            log.exception("dropping the messages replaced by chat job %s failed", job_id)
     reply = _Reply(request=request, conversation=conversation, started=started, job_id=job_id,
                    reasoner=model.reasoner)
     response = StreamingHttpResponse(reply.sse(), content_type="text/event-stream")
@@ -298,7 +337,8 @@ class _Reply:
         try:
             yield _sse("start", {"conversation": _conversation_row(self.conversation),
                                  "question_id": self.started.question.pk, "reply_id": self.started.reply.pk,
-                                 "max_tokens": self.started.max_tokens})
+                                 "max_tokens": self.started.max_tokens,
+                                 "replaced": list(self.started.replaces) if self.started.replaces else None})
             async for event in jobs.events(self.job_id, queue_timeout=settings.LEVEE_JOB_QUEUE_TIMEOUT,
                                            heartbeat_timeout=settings.LEVEE_JOB_HEARTBEAT_TIMEOUT):
                 if event is jobs.KEEPALIVE:
@@ -360,3 +400,34 @@ async def stop_reply(request, conversation_id: int, message_id: int):
             return error_response(503, "Could not reach the service to stop the reply; retry.",
                                   headers={"Retry-After": "2"})
     return JsonResponse({"id": reply.pk, "status": reply.status, "stopping": reply.status == Status.STREAMING})
+
+
+def search(request):
+    """GET /chat/api/search?q=… → {"query", "results": [{conversation, title, message, role, snippet,
+    updated_at}]}: the owner's conversations that match, newest first (services.search)."""
+    if request.method != "GET":
+        return error_response(405, f"{request.method} is not allowed here", headers={"Allow": "GET"})
+    if not request.user.is_authenticated:
+        return error_response(401, "Log in to chat.", code="not_authenticated")
+    query = request.GET.get("q", "")
+    if "\x00" in query:
+        return error_response(400, "The query may not contain NUL characters.", code="invalid_parameter", param="q")
+    return JsonResponse({"query": query, "results": services.search(request.user, query)})
+
+
+EXPORTS = {"md": "text/markdown; charset=utf-8", "json": "application/json"}
+
+
+@login_required
+def export(request, conversation_id: int, fmt: str):
+    """GET /chat/<id>/export.md or .json: the conversation as a download."""
+    conversation = get_object_or_404(Conversation, pk=conversation_id, user=request.user)
+    if fmt not in EXPORTS:
+        raise Http404("no such export format")
+    if fmt == "json":
+        body = json.dumps(services.export_json(conversation), ensure_ascii=False, indent=2) + "\n"
+    else:
+        body = services.export_markdown(conversation)
+    response = HttpResponse(body.encode(), content_type=EXPORTS[fmt])
+    response["Content-Disposition"] = f'attachment; filename="levee-chat-{conversation.pk}.{fmt}"'
+    return response

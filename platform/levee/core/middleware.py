@@ -14,10 +14,14 @@ from django.contrib.messages import middleware as message_middleware
 from django.contrib.sessions import middleware as session_middleware
 from django.core.exceptions import ImproperlyConfigured
 from django.middleware import clickjacking, common, csrf, security
+from django.utils import translation
+from django.utils.cache import patch_vary_headers
 
 from levee.core.errors import error_response
 from levee.core.routes import route_name
 
+# Paths that answer JSON (the API, the web chat's endpoints): errors in the API's format, in English.
+API_PREFIXES = ("/v1/", "/api/", "/chat/completions", "/chat/api/", "/user/", "/models", "/beta/")
 _INCOMING_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
@@ -241,6 +245,28 @@ SessionMiddleware = _wrap(SiteOnly, session_middleware.SessionMiddleware)
 CsrfViewMiddleware = _wrap(SiteOnly, csrf.CsrfViewMiddleware)
 AuthenticationMiddleware = _wrap(SiteOnly, auth_middleware.AuthenticationMiddleware)
 MessageMiddleware = _wrap(SiteOnly, message_middleware.MessageMiddleware)
+
+
+class LocaleMiddleware(_Middleware):
+    """The language of the page: the language cookie (set by the switch, or from the account's
+    preference at log-in), else the browser's Accept-Language, else English. Cookies and headers
+    only, so no database work runs on the event loop. The API (@sessionless routes and the JSON
+    paths) always answers in English, as DeepSeek's does."""
+
+    def before(self, request):
+        if request.path.startswith(API_PREFIXES) or is_sessionless(request):
+            language = settings.LANGUAGE_CODE
+        else:
+            language = translation.get_language_from_request(request)
+        translation.activate(language)
+        request.LANGUAGE_CODE = translation.get_language()
+        return None
+
+    def after(self, request, response):
+        if not (request.path.startswith(API_PREFIXES) or is_sessionless(request)):
+            patch_vary_headers(response, ("Accept-Language", "Cookie"))
+        response.headers.setdefault("Content-Language", getattr(request, "LANGUAGE_CODE", settings.LANGUAGE_CODE))
+        return response
 
 
 class StaticFilesMiddleware(_Middleware):

@@ -3,10 +3,9 @@ from django.shortcuts import render
 from django.template import loader
 
 from levee.core.errors import error_response
-from levee.core.middleware import sessionless
 
 # "/chat/completions" is the bare API; the rest of /chat/ is the web chat, whose /chat/api/ is JSON.
-API_PREFIXES = ("/v1/", "/api/", "/chat/completions", "/chat/api/", "/user/", "/models", "/beta/")
+from levee.core.middleware import API_PREFIXES, sessionless  # noqa: F401 (API_PREFIXES: imported from here too)
 
 
 @sessionless

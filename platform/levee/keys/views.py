@@ -5,6 +5,7 @@ from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.translation import gettext, gettext_lazy
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, authentication_classes
 from rest_framework.request import Request
@@ -103,7 +104,7 @@ def keys_page(request: HttpRequest) -> HttpResponse:
     return render(request, "keys/keys.html", {"keys": keys, "rows": rows, "currency": currency()})
 
 
-CAP_LABELS = ("Daily", "Monthly", "Lifetime")
+CAP_LABELS = (gettext_lazy("Daily"), gettext_lazy("Monthly"), gettext_lazy("Lifetime"))
 
 
 def _caps_form(request: HttpRequest) -> HttpResponse:
@@ -119,5 +120,6 @@ def _caps_form(request: HttpRequest) -> HttpResponse:
     _set_caps(key, wanted, actor=signed_in(request))
     from levee.billing.caps import describe
 
-    messages.success(request, f"Spend caps of {key.name or key.prefix} saved: {describe(key)}.")
+    messages.success(request, gettext("Spend caps of %(key)s saved: %(caps)s.")
+                     % {"key": key.name or key.prefix, "caps": describe(key)})
     return redirect("keys-page")

@@ -24,6 +24,7 @@ import hashlib
 
 from django.conf import settings
 from django.core import signing
+from django.utils.translation import gettext_noop
 
 from levee.shield import limiter, stats, store
 from levee.shield.subjects import Address, Site, counted_address, ip_of
@@ -116,8 +117,10 @@ def gate(request) -> tuple[LoginGuard | None, object]:
         guard = LoginGuard(request, request.POST.get("username", ""))
         wait = guard.cool_off()
     except store.ShieldRedisDown:
-        return None, refuse(request, 503, "Log in is briefly unavailable; please retry in a moment.", retry_after=15)
+        return None, refuse(request, 503, gettext_noop("Log in is briefly unavailable; please retry in a moment."),
+                            retry_after=15)
     if wait:
-        return guard, refuse(request, 429, f"Too many attempts. Please wait {wait} second{'s' if wait != 1 else ''} "
-                             "and try again.", retry_after=wait, title="Too many attempts")
+        # The page adds "try again in about N seconds" from retry_after, in the reader's language.
+        return guard, refuse(request, 429, gettext_noop("Too many attempts. Please wait and try again."), retry_after=wait,
+                             title=gettext_noop("Too many attempts"))
     return guard, None

@@ -8,6 +8,7 @@ from functools import lru_cache
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.urls import reverse
+from django.utils.translation import gettext_noop
 
 from levee.core.asyncdb import db
 from levee.core.middleware import _Middleware
@@ -57,7 +58,7 @@ class ShieldMiddleware(_Middleware):
             return None
         verdict = state.address_verdict(ip_of(request))
         if verdict == "deny":
-            return refuse(request, 403, "Requests from your network are blocked.", code="address_denied")
+            return refuse(request, 403, gettext_noop("Requests from your network are blocked."), code="address_denied")
         request.shield_allowlisted = verdict == "allow"
         # Sign-up and login gates run here, not in their views: under a flood almost every attempt
         # is refused, and a refusal answered here never queues for the sync-view thread.
@@ -77,8 +78,9 @@ class ShieldMiddleware(_Middleware):
             for model in settings.SHIELD_MODELS:
                 retry_after = shed(model, "anon_page")
                 if retry_after:
-                    return refuse(request, 503, "We are serving a lot of people right now. Please retry in a moment; "
-                                  "registered users can log in normally.", retry_after=retry_after)
+                    return refuse(request, 503, gettext_noop("We are serving a lot of people right now. Please retry in a "
+                                                   "moment; registered users can log in normally."),
+                                  retry_after=retry_after)
         return None
 
     def after(self, request, response):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from django.shortcuts import render
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_noop
 
 from levee.core.errors import error_response
 from levee.core.views import _wants_json
@@ -12,8 +14,9 @@ def refuse(request, status: int, message: str, *, retry_after: int | None = None
     headers = {"Retry-After": str(retry_after)} if retry_after else {}
     if _wants_json(request):
         return error_response(status, message, code=code, headers=headers)
-    title = title or {429: "Slow down a little", 503: "We are busy", 403: "Access blocked"}.get(status, "Sorry")
-    response = render(request, template, {"title": title, "message": message, "retry_after": retry_after},
+    title = title or {429: gettext_noop("Slow down a little"), 503: gettext_noop("We are busy"), 403: gettext_noop("Access blocked")}.get(status, gettext_noop("Sorry"))
+    # The API keeps the English; a page shows the text in the reader's language (sources mark it N_).
+    response = render(request, template, {"title": _(title), "message": _(message), "retry_after": retry_after},
                       status=status)
     for name, value in headers.items():
         response[name] = value

@@ -11,14 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.utils.translation import gettext_noop
 
 from levee.shield import limiter, pow, state, stats, store, telemetry
 from levee.shield.models import UNDER_ATTACK
 from levee.shield.responses import refuse
 from levee.shield.subjects import Address, SignupTrickle, Site, Subnet, ip_of
 
-BUSY = "Registration is busy, please retry later. Registered users can log in normally."
-UNAVAILABLE = "Registration is temporarily unavailable, please retry later."
+BUSY = gettext_noop("Registration is busy, please retry later. Registered users can log in normally.")
+UNAVAILABLE = gettext_noop("Registration is temporarily unavailable, please retry later.")
 HONEYPOT_FIELD = "website"
 
 
@@ -61,7 +62,7 @@ def _gate(request) -> Gate:
         store.client().ping()  # raises if it is still down; recovers the moment it is back
     mode = state.current_mode()
     g = Gate(request, mode=mode, pow_bits=settings.SHIELD_POW_BITS.get(mode, 0))
-    busy = dict(retry_after=settings.SHIELD_SIGNUP_BUSY_RETRY_AFTER, title="Registration is busy")
+    busy = dict(retry_after=settings.SHIELD_SIGNUP_BUSY_RETRY_AFTER, title=gettext_noop("Registration is busy"))
     no_trickle = mode == UNDER_ATTACK and settings.SHIELD_SIGNUP_TRICKLE_PER_MINUTE == 0
     if request.method != "POST":
         if no_trickle or (mode == UNDER_ATTACK and not limiter.check([SignupTrickle()], {"requests": 1}, peek=True).allowed):
@@ -89,7 +90,7 @@ def _gate(request) -> Gate:
         if mode == UNDER_ATTACK:
             g.refusal = refuse(request, 503, BUSY, **busy)
         else:
-            g.refusal = refuse(request, 429, "Too many sign-ups from your network. Please wait and try again.",
+            g.refusal = refuse(request, 429, gettext_noop("Too many sign-ups from your network. Please wait and try again."),
                                retry_after=decision.retry_after)
         return g
     g.honeypot_tripped = bool(request.POST.get(HONEYPOT_FIELD))

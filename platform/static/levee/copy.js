@@ -7,9 +7,9 @@
     button.dataset.label = label;
     try {
       await navigator.clipboard.writeText(text);
-      button.textContent = "Copied";
+      button.textContent = gettext("Copied");
     } catch (e) {
-      button.textContent = "Copy failed";
+      button.textContent = gettext("Copy failed");
     }
     setTimeout(() => { button.textContent = label; }, 2000);
   }
@@ -18,7 +18,7 @@
     const button = document.createElement("button");
     button.type = "button";
     button.className = "copy";
-    button.textContent = label || "Copy";
+    button.textContent = label || gettext("Copy");
     button.addEventListener("click", () => copyText(button, getText()));
     return button;
   }

@@ -20,12 +20,13 @@
   function render(data) {
     var mode = data.mode;
     if (failed(mode)) { text("levee-mode", "?"); text("levee-mode-detail", mode.error); }
-    else if (!mode.mode) { text("levee-mode", "normal"); text("levee-mode-detail", mode.note || ""); }
+    else if (!mode.mode) { text("levee-mode", gettext("normal")); text("levee-mode-detail", mode.note || ""); }
     else {
       text("levee-mode", mode.mode.replace("_", " "));
       $("levee-mode").className = "big " + (mode.mode === "normal" ? "good" : "bad");
-      text("levee-mode-detail", "set by " + (mode.set_by || "automatic escalation") +
-        (mode.set_at ? " at " + mode.set_at : "") + (mode.reason ? " — " + mode.reason : "") + (mode.pinned ? " (pinned)" : ""));
+      text("levee-mode-detail", interpolate(gettext("set by %s"), [mode.set_by || gettext("automatic escalation")]) +
+        (mode.set_at ? interpolate(gettext(" at %s"), [mode.set_at]) : "") + (mode.reason ? " — " + mode.reason : "") +
+        (mode.pinned ? gettext(" (pinned)") : ""));
     }
     var r = data.rates;
     if (failed(r)) {
@@ -57,7 +58,7 @@
         }
         return w + " (" + m.workers[w] + " s" + busy + ")";
       }).join(", ");
-      [name, String(m.depth), m.wait_s === null ? "—" : m.wait_s.toFixed(2) + " s", String(m.live_workers), workers || "none"]
+      [name, String(m.depth), m.wait_s === null ? "—" : m.wait_s.toFixed(2) + " s", String(m.live_workers), workers || gettext("none")]
         .forEach(function (v, i) {
           var cell = row.insertCell(); cell.textContent = v;
           if (i === 3) cell.className = m.live_workers ? "good" : "bad";
@@ -68,8 +69,8 @@
   function poll() {
     fetch(source, { credentials: "same-origin", headers: { "Accept": "application/json" } })
       .then(function (res) { if (!res.ok) throw new Error("HTTP " + res.status); return res.json(); })
-      .then(function (data) { render(data); text("levee-updated", "Updated " + new Date().toLocaleTimeString() + "."); })
-      .catch(function (err) { text("levee-updated", "Update failed: " + err.message + "; retrying."); })
+      .then(function (data) { render(data); text("levee-updated", interpolate(gettext("Updated %s."), [new Date().toLocaleTimeString()])); })
+      .catch(function (err) { text("levee-updated", interpolate(gettext("Update failed: %s; retrying."), [err.message])); })
       .then(function () { setTimeout(poll, 2000); });
   }
   poll();

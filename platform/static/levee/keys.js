@@ -14,7 +14,7 @@
     });
     let data = {};
     try { data = await response.json(); } catch (e) { /* not JSON */ }
-    if (!response.ok) throw new Error(data.error ? data.error.message : "Request failed (" + response.status + ")");
+    if (!response.ok) throw new Error(data.error ? data.error.message : interpolate(gettext("Request failed (%s)"), [response.status]));
     return data;
   }
 
@@ -44,21 +44,23 @@
       const row = document.createElement("tr");
       cell(row, data.name || "—");
       cell(row, data.prefix + "…", true);
-      cell(row, "just now");
-      cell(row, "never");
-      cell(row, "active");
-      cell(row, "none");
+      cell(row, gettext("just now"));
+      cell(row, gettext("never"));
+      cell(row, gettext("active"));
+      cell(row, gettext("none"));
       cell(row, "");
       document.querySelector("#keys tbody").prepend(row);
       form.reset();
     } catch (e) { error.textContent = e.message; error.hidden = false; }
   });
+  form.querySelector("button[type=submit]").disabled = false;  // ready: the template renders it disabled
   document.getElementById("copy-key").addEventListener("click", (event) => {
     LeveeCopy.copyText(event.currentTarget, document.getElementById("new-key-value").textContent);
   });
   document.querySelectorAll("button.revoke").forEach((button) => {
     button.addEventListener("click", async () => {
-      if (!window.confirm("Revoke the key " + button.dataset.name + "? Programs using it stop working at once.")) return;
+      if (!window.confirm(interpolate(gettext("Revoke the key %s? Programs using it stop working at once."),
+                                      [button.dataset.name]))) return;
       try { await call(button.dataset.endpoint); window.location.reload(); }
       catch (e) { error.textContent = e.message; error.hidden = false; }
     });

@@ -82,6 +82,7 @@
         }
         i += 1;  // the closing fence (or the end of a reply still streaming)
         const pre = document.createElement("pre");
+        pre.tabIndex = 0;  // a block that scrolls sideways must be reachable by keyboard
         const code = document.createElement("code");
         code.textContent = body.join("\n");
         if (fence[2]) code.dataset.language = fence[2];

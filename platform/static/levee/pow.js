@@ -30,10 +30,10 @@
   let solving = null;
   function start() {
     if (!solving) {
-      if (status) status.textContent = "Checking your browser…";
+      if (status) status.textContent = gettext("Checking your browser…");
       solving = solve().then((nonce) => {
         nonceField.value = nonce;
-        if (status) status.textContent = "Ready.";
+        if (status) status.textContent = gettext("Ready.");
         return nonce;
       });
     }

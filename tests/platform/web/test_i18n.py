@@ -1,0 +1,179 @@
+"""Simplified Chinese: chosen from Accept-Language or the switch (a cookie and the account's
+preference), every page and email translated, numbers and dates per language, the API in English."""
+import re
+from html.parser import HTMLParser
+
+import pytest
+from django.core import mail
+from django.urls import reverse
+from django.utils import timezone
+
+from levee.accounts.models import User
+from levee.billing.services import record_free_usage
+from levee.chat.models import Conversation, Message
+from tests.personas import PASSWORD, ada, make_user
+
+pytestmark = pytest.mark.django_db
+ZH = {"HTTP_ACCEPT_LANGUAGE": "zh-CN,zh;q=0.9,en;q=0.5"}
+
+
+def test_a_chinese_browser_gets_chinese_pages(client):
+    response = client.get(reverse("home"), **ZH)
+    page = response.content.decode()
+    assert '<html lang="zh-hans"' in page and "与开放模型对话" in page
+    assert response["Content-Language"] == "zh-hans" and "Accept-Language" in response["Vary"]
+    assert "Chat with an open model" in client.get(reverse("home")).content.decode()  # no header: English
+
+
+def test_the_switch_sets_a_cookie_that_beats_accept_language_and_keeps_the_page(client):
+    response = client.post(reverse("set-language"), {"language": "en", "next": "/pricing/"}, **ZH)
+    assert response.status_code == 302 and response["Location"] == "/pricing/"
+    assert response.cookies["levee_language"].value == "en"
+    assert "Chat with an open model" in client.get(reverse("home"), **ZH).content.decode()
+    # Elsewhere than this site, or a language we do not have: ignored.
+    response = client.post(reverse("set-language"), {"language": "xx", "next": "https://evil.example/"})
+    assert response["Location"] == "/" and client.cookies["levee_language"].value == "en"
+
+
+def test_the_switch_saves_the_accounts_preference_and_log_in_brings_it_back(client):
+    user = ada()
+    client.force_login(user)
+    client.post(reverse("set-language"), {"language": "zh-hans", "next": "/"})
+    user.refresh_from_db()
+    assert user.language == "zh-hans"
+    # A new browser (no cookie, an English Accept-Language): logging in restores the preference.
+    from django.test import Client
+
+    fresh = Client()
+    response = fresh.post(reverse("login"), {"username": user.email, "password": PASSWORD},
+                          HTTP_ACCEPT_LANGUAGE="en")
+    assert response.status_code == 302 and response.cookies["levee_language"].value == "zh-hans"
+    assert "用量" in fresh.get(reverse("usage-page"), HTTP_ACCEPT_LANGUAGE="en").content.decode()
+
+
+def test_sign_up_mails_in_the_page_language_and_remembers_it(client, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("signup"), {"email": "li@example.com", "password": PASSWORD}, **ZH)
+    assert User.objects.get(email="li@example.com").language == "zh-hans"
+    assert mail.outbox[0].subject == "验证你的 Levee 账户" and "请打开以下链接确认" in mail.outbox[0].body
+    # Someone signs up again with the address, from an English browser: the owner reads Chinese.
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(reverse("signup"), {"email": "li@example.com", "password": PASSWORD}, HTTP_ACCEPT_LANGUAGE="en")
+    assert mail.outbox[1].subject == "有人尝试用你的邮箱地址注册"
+
+
+def test_password_reset_mails_in_the_accounts_language(client, django_capture_on_commit_callbacks):
+    make_user("wang@example.com")
+    User.objects.filter(email="wang@example.com").update(language="zh-hans")
+    client.post(reverse("password_reset"), {"email": "wang@example.com"}, HTTP_ACCEPT_LANGUAGE="en")
+    assert mail.outbox[0].subject == "重置你的 Levee 密码" and "请在这里设置新密码" in mail.outbox[0].body
+
+
+def test_form_errors_are_translated(client):
+    response = client.post(reverse("signup"), {"email": "not-an-address", "password": "short"}, **ZH)
+    page = response.content.decode()
+    assert response.status_code == 400 and "请输入有效的电子邮件地址。" in page
+    login = client.post(reverse("login"), {"username": "nobody@example.com", "password": "wrong"}, **ZH)
+    assert "邮箱与密码不匹配任何账户。" in login.content.decode()
+
+
+def test_the_api_answers_in_english_whatever_the_browser_says(client):
+    assert client.get("/v1/models", **ZH).json()["error"]["message"].isascii()
+    unauth = client.get(reverse("api-keys"), **ZH)
+    assert unauth.status_code in (401, 403) and unauth.json()["error"]["message"].isascii()
+    chat = client.get(reverse("chat-api-search"), {"q": "x"}, **ZH)
+    assert chat.status_code == 401 and chat.json()["error"]["message"] == "Log in to chat."
+    assert client.get("/v1/nowhere", **ZH).json()["error"]["message"].isascii()
+
+
+def test_the_javascript_catalog_follows_the_page_language(client):
+    import json
+
+    word = json.dumps("复制代码")  # the catalog is JSON inside the script, non-ASCII escaped
+    assert word in client.get(reverse("javascript-catalog"), **ZH).content.decode()
+    assert word not in client.get(reverse("javascript-catalog")).content.decode()
+
+
+def test_numbers_and_dates_follow_the_language(client):
+    user = ada()
+    client.force_login(user)
+    now = timezone.now()
+    record_free_usage(user=user, model="deepseek-chat", request_id="r", prompt_cache_hit_tokens=0,
+                      prompt_cache_miss_tokens=1200, completion_tokens=34, started_at=now, finished_at=now)
+    from levee.billing import services as billing
+
+    billing.topup(billing.wallet_for(user), 10**9, source="test", external_id="t1")
+    zh = client.get(reverse("usage-page"), **ZH).content.decode()
+    en = client.get(reverse("usage-page")).content.decode()
+    assert "<td>1,234</td>" in zh and "<td>1,234</td>" in en
+    assert "共 1,234 个 token" in zh and "1,234 tokens" in en
+    assert f"{now.year}年" in zh and f"{now:%Y-%m-%d}" in en
+
+
+# --- completeness: no English left on a Chinese page ---------------------------------------------
+
+# Words that stay as they are in Chinese text: names, formats, keys, units.
+KEEP = {"levee", "api", "json", "markdown", "deepseek", "openai", "token", "usd", "utc", "enter", "shift",
+        "ctrl", "esc", "mac", "mixture", "moe", "chat", "reasoner", "pricing", "english", "http", "https",
+        "example", "email", "com", "null"}
+
+
+class _Text(HTMLParser):
+    """Visible text and the attributes people read (placeholders, labels, titles), outside code."""
+
+    def __init__(self):
+        super().__init__()
+        self.parts: list[str] = []
+        self.skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("script", "style", "code", "pre", "option"):
+            self.skip += 1
+        for name, value in attrs:
+            if name in ("placeholder", "aria-label", "title", "alt") and value:
+                self.parts.append(value)
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style", "code", "pre", "option") and self.skip:
+            self.skip -= 1
+
+    def handle_data(self, data):
+        if not self.skip:
+            self.parts.append(data)
+
+
+def english_words(html: str) -> set[str]:
+    parser = _Text()
+    parser.feed(html)
+    text = " ".join(parser.parts)
+    text = re.sub(r"\S+@\S+|[\w.-]+://\S+|deepseek-[\w-]+|sk-\S*", " ", text)
+    return {w for w in re.findall(r"[A-Za-z]{3,}", text) if w.lower() not in KEEP}
+
+
+def test_no_english_is_left_on_any_chinese_page(client):
+    user = ada()
+    conversation = Conversation.objects.create(user=user, model="deepseek-chat", title="你好")
+    Message.objects.create(conversation=conversation, role="user", content="你好")
+    pages = [reverse("home"), reverse("pricing"), reverse("login"), reverse("signup"), reverse("signup-sent"),
+             reverse("password_reset"), reverse("password_reset_done"), "/no/such/page/"]
+    signed_in = [reverse("usage-page"), reverse("keys-page"), reverse("chat"),
+                 reverse("chat-conversation", args=[conversation.pk])]
+    left = {}
+    for path in pages:
+        left[path] = english_words(client.get(path, **ZH).content.decode())
+    client.force_login(user)
+    for path in signed_in:
+        left[path] = english_words(client.get(path, **ZH).content.decode())
+    assert {path: words for path, words in left.items() if words} == {}
+
+
+def test_the_catalogs_are_complete_and_compile():
+    from pathlib import Path
+
+    from ops.compile_messages import parse_po
+
+    for po in Path("platform/locale/zh_Hans/LC_MESSAGES").glob("*.po"):
+        text = po.read_text(encoding="utf-8")
+        assert "#, fuzzy" not in text, f"{po}: fuzzy entries are not compiled"
+        entries = re.findall(r'^msgid "', text, flags=re.M)
+        assert len(parse_po(text, str(po))) == len(entries), f"{po}: an entry has no translation"
