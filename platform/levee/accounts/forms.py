@@ -49,8 +49,8 @@ class EmailLoginForm(AuthenticationForm):
 class PasswordResetForm(auth_forms.PasswordResetForm):
     """Django's reset form, mailing each account in its own language (its preference, else the page's)."""
 
-    def send_mail(self, subject_template_name, email_template_name, context, from_email, to_email,
-                  html_email_template_name=None) -> None:
+    def send_mail(self, subject_template_name: str, email_template_name: str, context: dict,
+                  from_email: str | None, to_email: str, html_email_template_name: str | None = None) -> None:
         from django.utils import translation
 
         with translation.override(getattr(context.get("user"), "language", "") or translation.get_language()):

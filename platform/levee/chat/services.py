@@ -439,7 +439,7 @@ def export_markdown(conversation: Conversation) -> str:
     from django.utils.translation import gettext as _
 
     you, assistant, thought = _("You"), _("Assistant"), _("Thought")
-    ended = {Status.STOPPED: _("Stopped."), Status.ERROR: _("The reply could not be completed.")}
+    ended: dict[str, str] = {Status.STOPPED: _("Stopped."), Status.ERROR: _("The reply could not be completed.")}
     out = ["# " + conversation.display_title, ""]
     for m in conversation.messages.all():
         out += ["## " + (you if m.role == Role.USER else f"{assistant} ({m.model or conversation.model})"), ""]

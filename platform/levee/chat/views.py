@@ -16,7 +16,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from redis.exceptions import RedisError
 
@@ -402,7 +402,7 @@ async def stop_reply(request, conversation_id: int, message_id: int):
     return JsonResponse({"id": reply.pk, "status": reply.status, "stopping": reply.status == Status.STREAMING})
 
 
-def search(request):
+def search(request: HttpRequest) -> HttpResponse:
     """GET /chat/api/search?q=… → {"query", "results": [{conversation, title, message, role, snippet,
     updated_at}]}: the owner's conversations that match, newest first (services.search)."""
     if request.method != "GET":
@@ -419,7 +419,7 @@ EXPORTS = {"md": "text/markdown; charset=utf-8", "json": "application/json"}
 
 
 @login_required
-def export(request, conversation_id: int, fmt: str):
+def export(request: HttpRequest, conversation_id: int, fmt: str) -> HttpResponse:
     """GET /chat/<id>/export.md or .json: the conversation as a download."""
     conversation = get_object_or_404(Conversation, pk=conversation_id, user=request.user)
     if fmt not in EXPORTS:

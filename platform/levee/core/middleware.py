@@ -13,6 +13,7 @@ from django.contrib.auth import middleware as auth_middleware
 from django.contrib.messages import middleware as message_middleware
 from django.contrib.sessions import middleware as session_middleware
 from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponse
 from django.middleware import clickjacking, common, csrf, security
 from django.utils import translation
 from django.utils.cache import patch_vary_headers
@@ -253,7 +254,7 @@ class LocaleMiddleware(_Middleware):
     only, so no database work runs on the event loop. The API (@sessionless routes and the JSON
     paths) always answers in English, as DeepSeek's does."""
 
-    def before(self, request):
+    def before(self, request: HttpRequest) -> None:
         if request.path.startswith(API_PREFIXES) or is_sessionless(request):
             language = settings.LANGUAGE_CODE
         else:
@@ -262,7 +263,7 @@ class LocaleMiddleware(_Middleware):
         request.LANGUAGE_CODE = translation.get_language()
         return None
 
-    def after(self, request, response):
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         if not (request.path.startswith(API_PREFIXES) or is_sessionless(request)):
             patch_vary_headers(response, ("Accept-Language", "Cookie"))
         response.headers.setdefault("Content-Language", getattr(request, "LANGUAGE_CODE", settings.LANGUAGE_CODE))
