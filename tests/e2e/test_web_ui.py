@@ -236,7 +236,9 @@ def test_sign_up_to_a_streamed_reply_then_regenerate_edit_search_export_in_chine
     page.locator("form.form-narrow").get_by_role("button", name="登录").click()
     page.get_by_role("navigation", name="主导航").get_by_role("link", name="对话").click()
 
-    # A streamed reply: it grows over several observations.
+    # A streamed reply: it grows over several observations. (On a loaded machine the worker's
+    # heartbeat can lapse for a moment, and the chat then answers 503: wait until it is seen.)
+    stack.wait_until(lambda: stack.live_workers() > 0, "inference worker heartbeat")
     page.get_by_label("模型").select_option(MODEL)
     page.get_by_label("你的消息").fill("你好！请介绍一下 Levee。")
     page.get_by_role("button", name="发送").click()
