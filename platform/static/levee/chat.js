@@ -176,7 +176,6 @@
 
   const initial = JSON.parse(document.getElementById("initial-messages").textContent);
   initial.forEach((m) => append(m.role, m.content, m.id, m.status, m.error, m.reasoning));
-  refreshActions();
   // A search result links to a message: bring it into view and mark it (on load, or when the link
   // was to this very page and only the fragment changed).
   function showTarget() {
@@ -560,6 +559,8 @@
     }
   });
   stopButton.addEventListener("click", stop);
+  busy(false);  // ready: Send is enabled (when a model is offered); the template renders it disabled
+  refreshActions();
 
   // Search across conversations: as you type (a quarter second after the last key), the matches
   // replace the list; an empty box brings the list back.

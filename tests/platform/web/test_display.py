@@ -67,4 +67,3 @@ def test_the_model_picker_lists_only_models_a_worker_serves(client, settings):
     r.delete(*[protocol.workers_key(n) for n in ("deepseek-chat", "deepseek-reasoner")])
     page = client.get(reverse("chat")).content.decode()
     assert "<option value=\"deepseek" not in page and 'id="no-models"' in page
-    assert 'id="send-button" disabled' in page
