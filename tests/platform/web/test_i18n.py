@@ -115,7 +115,7 @@ def test_numbers_and_dates_follow_the_language(client):
 # Words that stay as they are in Chinese text: names, formats, keys, units.
 KEEP = {"levee", "api", "json", "markdown", "deepseek", "openai", "token", "usd", "utc", "enter", "shift",
         "ctrl", "esc", "mac", "mixture", "moe", "chat", "reasoner", "pricing", "english", "http", "https",
-        "example", "email", "com", "null"}
+        "example", "email", "com", "null", "csv", "post", "webhook", "stripe", "hmac", "sha"}
 
 
 class _Text(HTMLParser):
