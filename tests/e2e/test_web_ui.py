@@ -213,7 +213,7 @@ def _wait_reply(page, index: int | None = None) -> str:
 
 
 def test_sign_up_to_a_streamed_reply_then_regenerate_edit_search_export_in_chinese(browser, stack):  # noqa: F811
-    LlmModel.objects.filter(name=MODEL).update(default_max_tokens=120)
+    LlmModel.objects.filter(name=MODEL).update(default_max_tokens=200)
     ctx = new_context(browser, stack, lang="zh", width=390, accept_downloads=True)
     ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.url)
     page = ctx.new_page()
@@ -250,7 +250,9 @@ def test_sign_up_to_a_streamed_reply_then_regenerate_edit_search_export_in_chine
         if not streaming and lengths[-1]:
             break
         page.wait_for_timeout(25)
-    assert len({n for n in lengths if n}) >= 3, f"the reply did not arrive in pieces: {lengths}"
+    # Seen growing at least once (the page is polled over the test's connection, so on a loaded
+    # machine a short reply may show only a few of its steps).
+    assert len({n for n in lengths if n}) >= 2, f"the reply did not arrive in pieces: {lengths}"
     assert _wait_reply(page)
     assert page.get_by_role("heading", level=1).inner_text() == "你好！请介绍一下 Levee。"
     assert "今日免费对话" in page.locator(".quota").inner_text()

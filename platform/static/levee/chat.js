@@ -383,7 +383,8 @@
     current = {replyId: null, controller: controller, element: reply, stopping: false};
     busy(true);
     refreshActions();
-    let text_ = "", reasoning_ = "", ended = false;
+    // How the reply ended; shown (data-status) only once the page is ready for the next message.
+    let text_ = "", reasoning_ = "", outcome = null;
     const body = {model: picker.value};
     if (opts.regenerate) body.regenerate = true;
     else body.content = text;
@@ -421,8 +422,7 @@
           setText(reply, text_);
           reply.scrollIntoView({block: "end"});
         } else if (event.name === "done") {
-          ended = true;
-          setNote(reply, event.data.status);
+          outcome = {status: event.data.status};
           const used = document.getElementById("quota-used");
           const u = event.data.usage || {};
           if (used) {
@@ -430,14 +430,14 @@
             used.textContent = Number(used.dataset.used).toLocaleString(lang);
           }
         } else if (event.name === "error") {
-          ended = true;
-          setNote(reply, "error", event.data.message);
+          outcome = {status: "error", error: event.data.message};
         }
       }
-      if (!ended) setNote(reply, "error", gettext("the connection closed before the reply ended."));
+      if (!outcome) outcome = {status: "error", error: gettext("the connection closed before the reply ended.")};
     } catch (e) {
-      if (e.name === "AbortError") setNote(reply, "stopped");
-      else showError(e.message);
+      if (e.name === "AbortError") outcome = {status: "stopped"};
+      else if (reply.isConnected) outcome = {status: "error", error: e.message};
+      else showError(e.message);  // refused: the page is already as it was
     } finally {
       if (reasoning_) {
         setReasoning(reply, reasoning_, "thought");
@@ -446,9 +446,9 @@
       }
       reply.classList.remove("streaming");
       reply.removeAttribute("aria-busy");
-      if (!reply.dataset.status && reply.isConnected) reply.dataset.status = "complete";
       current = null;
       busy(false);
+      if (outcome && reply.isConnected) setNote(reply, outcome.status, outcome.error);
       refreshActions();
       input.focus();
     }
