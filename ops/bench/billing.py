@@ -9,6 +9,10 @@ Afterwards it runs `reconcile` and fails if any wallet disagrees with its ledger
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/levee_bench .venv/bin/python ops/bench/billing.py
 
+`--hold-forms` instead times place_hold alone in one process, alternating rounds of its two forms
+on the same database: the one statement (data-modifying WITH, PostgreSQL) and the transaction of
+three writes (what SQLite gets), then releases every hold.
+
 It migrates the database it is given and adds bench accounts to it: never point it at production.
 """
 from __future__ import annotations
@@ -80,6 +84,32 @@ def _scenario(name: str, user_ids: list[int], seconds: float) -> dict:
             "p99_ms": 1000 * latencies[min(pairs - 1, int(pairs * 0.99))]}
 
 
+def _hold_forms(user_id: int, rounds: int = 40, per_round: int = 25) -> None:
+    """Milliseconds per place_hold of each form, interleaved so both see the same machine load."""
+    from levee.accounts.models import User
+    from levee.billing import services
+
+    user = User.objects.get(pk=user_id)
+    times: dict[str, list[float]] = {"one statement": [], "transaction": []}
+    for _ in range(rounds):
+        for form in times:
+            services._WRITABLE_WITH = {"postgresql"} if form == "one statement" else set()
+            t0 = time.perf_counter()
+            holds = [services.place_hold(user=user, model=MODEL, prompt_tokens=1200, max_tokens=800,
+                                         request_id="bench-form", deadline=datetime.now(UTC) + timedelta(minutes=5))
+                     for _ in range(per_round)]
+            times[form].append(1000 * (time.perf_counter() - t0) / per_round)
+            for hold in holds:
+                services.release_hold(hold.pk, reason="bench")
+    services._WRITABLE_WITH = {"postgresql"}
+    base = statistics.median(times["transaction"])
+    print("| place_hold form | median ms | best ms | vs transaction |")
+    print("|---|---|---|---|")
+    for form, values in times.items():
+        print(f"| {form} | {statistics.median(values):.2f} | {min(values):.2f} | "
+              f"{statistics.median(values) / base:.2f} |")
+
+
 def _create_database(url: str) -> None:
     """Create the bench database if it is missing (connecting to the server's `postgres` database)."""
     import dj_database_url
@@ -96,6 +126,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--hold-forms", action="store_true", help="time place_hold's two forms instead")
     args = parser.parse_args()
     if not (os.environ.get("DATABASE_URL") or "").startswith("postgres"):
         print("Set DATABASE_URL to a PostgreSQL database made for benchmarking.", file=sys.stderr)
@@ -122,6 +153,11 @@ def main() -> int:
     with connection.cursor() as cursor:
         cursor.execute("SHOW server_version")
         print(f"PostgreSQL {cursor.fetchone()[0]}, {args.clients} client processes, {os.cpu_count()} CPUs")
+    if args.hold_forms:
+        _hold_forms(users[0])
+        problems = reconcile()
+        print(f"reconcile: {'OK' if not problems else problems[:5]}")
+        return 1 if problems else 0
     connection.close()
     rows = [_scenario("own accounts", users, args.seconds), _scenario("one shared account", [users[0]] * args.clients,
                                                                        args.seconds)]

@@ -35,9 +35,11 @@ def fund(user, nano: int):
 
 @pytest.fixture(params=["one statement", "portable"])
 def hold_path(request, monkeypatch):
-    """place_hold has a PostgreSQL path (one statement) and a portable one (SQLite, `make run`):
-    tests that take this fixture run against both."""
+    """place_hold sends its writes as one statement where the database has data-modifying WITH
+    (PostgreSQL) and as a transaction where it has not (SQLite, `make run`): tests that take this
+    fixture run both on PostgreSQL, the second by hiding the capability."""
     from levee.billing import services
 
-    monkeypatch.setattr(services, "_ORM_HOLDS", request.param == "portable")
+    if request.param == "portable":
+        monkeypatch.setattr(services, "_WRITABLE_WITH", set())
     return request.param
