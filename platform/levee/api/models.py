@@ -1,3 +1,4 @@
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
@@ -29,11 +30,29 @@ class LlmModel(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        """An enabled model must have a price in force (a request for it could not be billed)."""
+        super().clean()
+        if self.enabled and self.name and not has_price(self.name):
+            raise ValidationError({"enabled": f"{self.name} has no price in force in the price book; add its "
+                                              "prices (Billing → Prices) before enabling it."})
+
     @property
     def queue_name(self) -> str:
         from inference.protocol import queue_name
 
         return self.queue or queue_name(self.name)
+
+
+def has_price(name: str) -> bool:
+    """Whether billing's price book has every token class of the model in force now."""
+    from levee.billing.pricing import PriceNotFound, rates_at
+
+    try:
+        rates_at(name)
+    except PriceNotFound:
+        return False
+    return True
 
 
 # Read on every API request: memoized per process; an admin change reaches other processes

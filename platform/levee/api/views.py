@@ -207,6 +207,9 @@ async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admi
         return error_response(402, "Insufficient Balance")
     except billing.SpendCapReached as exc:
         return error_response(402, str(exc), code=exc.code, param=exc.param)
+    except billing.PriceNotFound:  # enabled without a price (admin refuses that; a price row removed since)
+        log.error("model %s has no price in force: refusing its requests", model.name)
+        return _overloaded(f"{model.name} cannot be billed right now (it has no price); retry later.", 60)
     request.phases.mark("hold")
 
     message = protocol.JobMessage(

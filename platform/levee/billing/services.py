@@ -526,7 +526,9 @@ def refund_usage(usage: UsageRecord, *, actor, reason: str) -> LedgerEntry:
 
 def expire_grants(*, now: datetime | None = None, limit: int = 1000) -> int:
     """Take what is left of expired grants out of the wallets, through `expiry` ledger entries.
-    Money that open holds still reserve stays until they close (the next run takes it).
+    A charge spends granted money first, so open holds will draw their amounts from the granted
+    balance: expiry takes at most granted − held and leaves the rest until they close (the next
+    run takes it); it never takes money a paid top-up would then have to cover.
     Returns how many grants were touched."""
     now = now or _now()
     due = list(Grant.objects.filter(expires_at__lte=now, remaining_nano__gt=0).order_by("expires_at")
@@ -536,7 +538,7 @@ def expire_grants(*, now: datetime | None = None, limit: int = 1000) -> int:
         with transaction.atomic():
             wallet = _lock_wallet(wallet_id)
             g = Grant.objects.select_for_update(no_key=True).get(pk=grant_id)
-            amount = min(g.remaining_nano, max(0, wallet.available_nano))
+            amount = min(g.remaining_nano, max(0, wallet.granted_nano - wallet.held_nano))
             if amount <= 0:
                 continue
             Grant.objects.filter(pk=g.pk).update(remaining_nano=F("remaining_nano") - amount)

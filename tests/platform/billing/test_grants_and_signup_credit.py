@@ -93,3 +93,25 @@ def test_expiry_leaves_money_that_open_holds_reserve_until_they_close(prices):
     g.refresh_from_db()
     assert g.remaining_nano == 0 and Wallet.objects.get(user=user).granted_nano == 0
     assert services.reconcile() == []
+
+
+def test_expiry_never_takes_granted_money_that_open_holds_will_be_charged_from(prices):
+    """Holds draw from the granted balance first: with a paid top-up beside the grant, expiry must
+    leave what is held in the grant, or the charge would fall on the paid money."""
+    user = ada()
+    fund(user, 10_000_000)
+    g = services.grant(user, 1_000_000, reason="promo", expires_at=timezone.now() + timedelta(hours=1))
+    hold = services.place_hold(user=user, model=MODEL, prompt_tokens=0, max_tokens=1000, request_id="r",
+                               deadline=timezone.now() + timedelta(minutes=1))  # 420_000 held
+    later = timezone.now() + timedelta(hours=2)
+    assert services.expire_grants(now=later) == 1
+    wallet = Wallet.objects.get(user=user)
+    assert (wallet.granted_nano, wallet.topped_up_nano) == (420_000, 10_000_000)  # granted − held expired
+    usage = services.settle_hold(hold.pk, prompt_cache_hit_tokens=0, prompt_cache_miss_tokens=0,
+                                 completion_tokens=1000, started_at=timezone.now(), finished_at=timezone.now())
+    wallet.refresh_from_db()
+    assert usage.cost_nano == 420_000
+    assert (wallet.granted_nano, wallet.topped_up_nano) == (0, 10_000_000)  # the paid money is untouched
+    g.refresh_from_db()
+    assert g.remaining_nano == 0 and services.expire_grants(now=later) == 0
+    assert services.reconcile() == []
