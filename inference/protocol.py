@@ -5,18 +5,24 @@ other side could misread bumps VERSION; readers refuse versions they do not know
 
     web ── LPUSH queue_name(model) celery_redis_message("inference.generate", [JobMessage.to_dict()]) ──> worker
     worker ── XADD stream_key(job_id) {"e": Event JSON} ──> web (XREAD from id 0)
-    worker ── send_task("levee.billing.settle", [hold_id, usage], queue="platform") ──> platform worker
+    the job's last event (done | error) carries the worker's signed `settlement` (sign_settlement):
+    the web that reads it settles; the platform's sweep settles from the stream if no web did.
+
+Version 2: JobMessage.pickup_deadline (a worker does not start a job after it), the signed
+settlement in the last event instead of a settle task sent by the worker.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-VERSION = 1
+VERSION = 2
 GENERATE_TASK = "inference.generate"
 SETTLE_TASK = "levee.billing.settle"
 PLATFORM_QUEUE = "platform"
@@ -82,7 +88,8 @@ class JobMessage:
     sampling: Sampling
     user: str  # account id: isolates the prefix cache between users
     hold_id: str | None
-    deadline: float  # unix time; a worker drops a job it picks up after this
+    deadline: float  # unix time: the run deadline; a job still running then is cancelled
+    pickup_deadline: float  # unix time: a worker does not start a job it picks up after this
     enqueued_at: float = field(default_factory=time.time)
     version: int = VERSION
 
@@ -132,6 +139,49 @@ def usage_dict(prompt_cache_hit_tokens: int, prompt_cache_miss_tokens: int, comp
         "prompt_cache_miss_tokens": prompt_cache_miss_tokens,
         "completion_tokens": completion_tokens,
     }
+
+
+def clamp_usage(usage: dict[str, int], *, prompt_tokens: int, max_tokens: int) -> dict[str, int]:
+    """A worker's reported usage held to the job's bounds: no more prompt tokens than the web
+    counted (cache hits first), no more completion tokens than max_tokens, nothing negative."""
+    def count(name: str) -> int:
+        value = usage.get(name, 0)
+        return max(0, value) if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    hit = min(count("prompt_cache_hit_tokens"), prompt_tokens)
+    miss = min(count("prompt_cache_miss_tokens"), prompt_tokens - hit)
+    return usage_dict(hit, miss, min(count("completion_tokens"), max_tokens))
+
+
+SETTLEMENT_FIELDS = ("hold_id", "job_id", "account", "prompt_cache_hit_tokens", "prompt_cache_miss_tokens",
+                     "completion_tokens", "started_at", "finished_at")
+
+
+def _settlement_mac(secret: str, data: dict[str, Any]) -> str:
+    text = json.dumps([data.get(name) for name in SETTLEMENT_FIELDS], separators=(",", ":"))
+    return hmac.new(secret.encode(), b"levee-settle-v1:" + text.encode(), hashlib.sha256).hexdigest()
+
+
+def sign_settlement(secret: str, *, hold_id: str, job_id: str, account: str, usage: dict[str, int],
+                    started_at: str, finished_at: str) -> dict[str, Any]:
+    """What a job's last event carries for billing: the usage, the instants (ISO-8601 with an
+    offset), and an HMAC-SHA256 under the worker secret binding them to the hold, job and account."""
+    if not secret:
+        raise ValueError("signing a settlement needs the worker secret (LEVEE_WORKER_SECRET)")
+    data: dict[str, Any] = {"hold_id": hold_id, "job_id": job_id, "account": account,
+                            "prompt_cache_hit_tokens": usage["prompt_cache_hit_tokens"],
+                            "prompt_cache_miss_tokens": usage["prompt_cache_miss_tokens"],
+                            "completion_tokens": usage["completion_tokens"],
+                            "started_at": started_at, "finished_at": finished_at}
+    data["signature"] = _settlement_mac(secret, data)
+    return data
+
+
+def settlement_signed(secret: str, data: Any) -> bool:
+    """Whether `data` is a settlement signed with `secret` (constant-time comparison)."""
+    if not secret or not isinstance(data, dict) or not isinstance(data.get("signature"), str):
+        return False
+    return hmac.compare_digest(_settlement_mac(secret, data), data["signature"])
 
 
 def encode_event(kind: str, **payload: Any) -> dict[str, str]:

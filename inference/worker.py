@@ -3,13 +3,16 @@
     celery -A inference.worker worker -P threads -Q inference.deepseek-chat
 
 Environment: LEVEE_MODEL_NAME (the API's model name), LEVEE_CHECKPOINT (a Hugging Face-format
-DeepSeek checkpoint directory; the demo checkpoint by default), REDIS_URL (broker and event streams),
-LEVEE_DEVICE / LEVEE_DTYPE, LEVEE_KV_BUDGET_MB, LEVEE_MAX_BATCH (the task slots follow it: leave -c out).
+DeepSeek checkpoint directory; the demo checkpoint by default), REDIS_URL (broker and event streams;
+in production the `worker` Redis user's credential, which can do nothing else: docs/operations.md),
+LEVEE_WORKER_SECRET (signs each job's settlement; the web and platform verify it), LEVEE_DEVICE /
+LEVEE_DTYPE, LEVEE_KV_BUDGET_MB, LEVEE_MAX_BATCH (the task slots follow it: leave -c out).
 
 Each Celery task thread submits its job to the shared engine, which batches all of them
 continuously, and sleeps until the job ends; one forwarder thread copies every job's events to its
-Redis Stream (a step's writes for all jobs in one round trip); the task thread then settles. A
-heartbeat thread marks the worker live, beats for every running job and forwards cancel flags. A
+Redis Stream (a step's writes for all jobs in one round trip); a job's last event carries its signed
+settlement (the worker has no way to the billing itself). A heartbeat thread marks the worker live,
+beats for every running job, forwards cancel flags and cancels jobs past their run deadline. A
 job runs at most once once started: the first runner sets the job's started-marker, and a
 redelivered copy that finds it stops.
 """
@@ -36,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = os.environ.get("LEVEE_MODEL_NAME", "deepseek-chat")
 CHECKPOINT = os.environ.get("LEVEE_CHECKPOINT", str(ROOT / "inference" / "demo" / "checkpoint"))
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6380/0")
+WORKER_SECRET = os.environ.get("LEVEE_WORKER_SECRET", "")
 DELTA_FLUSH_S = 0.02  # coalesce tokens that arrive within this window into one stream entry
 
 app = Celery("levee-inference", broker=os.environ.get("CELERY_BROKER_URL", REDIS_URL))
@@ -46,6 +50,10 @@ app.conf.update(
     task_default_queue=protocol.queue_name(MODEL_NAME),
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
+    # Nothing but the model's queue: no remote control, events or result keys (the worker's Redis
+    # user may touch only its queue, its heartbeat and job streams).
+    worker_enable_remote_control=False,
+    worker_send_task_events=False,
     # Task slots (when -c is not given): the engine's batch and a quarter more. A job holds its slot
     # until its last event is written and its settlement sent; with exactly max_batch slots, a full
     # worker made each new job wait for one of those tails (~half an engine step) before it could
@@ -63,6 +71,7 @@ class Runtime:
         self._engine = None
         self._lock = threading.Lock()
         self.active: dict[str, object] = {}  # job id -> engine handle
+        self.deadlines: dict[str, float] = {}  # job id -> run deadline (unix time)
         self.forwarder = Forwarder(self.redis)
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, name="levee-heartbeat", daemon=True)
@@ -117,8 +126,8 @@ class Runtime:
             pipe.mget([protocol.cancel_key(job_id) for job_id, _ in jobs])
         replies = pipe.execute()
         if jobs:
-            for (_job_id, handle), flag in zip(jobs, replies[-1], strict=True):
-                if flag:
+            for (job_id, handle), flag in zip(jobs, replies[-1], strict=True):
+                if flag or now > self.deadlines.get(job_id, float("inf")):
                     handle.cancel()
 
 
@@ -148,14 +157,14 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat()
 
 
-def settle(message: protocol.JobMessage, usage: dict, started: float, finished: float) -> None:
+def settlement(message: protocol.JobMessage, usage: dict, started: float, finished: float) -> dict:
+    """The last event's `settlement` field: the usage, signed for the job's hold ({} without one:
+    free web chat, which the web records itself)."""
     if not message.hold_id:
-        return
-    app.send_task(protocol.SETTLE_TASK, queue=protocol.PLATFORM_QUEUE, args=[message.hold_id, {
-        "prompt_cache_hit_tokens": usage["prompt_cache_hit_tokens"],
-        "prompt_cache_miss_tokens": usage["prompt_cache_miss_tokens"],
-        "completion_tokens": usage["completion_tokens"],
-        "started_at": _iso(started), "finished_at": _iso(finished)}])
+        return {}
+    return {"settlement": protocol.sign_settlement(
+        WORKER_SECRET, hold_id=message.hold_id, job_id=message.job_id, account=message.user, usage=usage,
+        started_at=_iso(started), finished_at=_iso(finished))}
 
 
 def _last_event(pipe, key: str, fields: dict) -> None:
@@ -182,9 +191,9 @@ def run_job(rt: Runtime, data: dict) -> str:
         log.warning("job %s was already started elsewhere; not running it again", message.job_id)
         return "duplicate"
     zero = protocol.usage_dict(0, 0, 0)  # a job that never reached the engine costs nothing
-    if now > message.deadline:
-        end(protocol.ERROR, code="deadline", message="The request expired before a worker could start it.", usage=zero)
-        settle(message, zero, now, now)
+    if now > min(message.pickup_deadline, message.deadline):
+        end(protocol.ERROR, code="deadline", message="The request expired before a worker could start it.", usage=zero,
+            **settlement(message, zero, now, now))
         return "deadline"
     waited_ms = int((now - message.enqueued_at) * 1000)
     pipe = r.pipeline(transaction=False)  # one round trip: record the wait, say started, look for a cancel
@@ -194,32 +203,33 @@ def run_job(rt: Runtime, data: dict) -> str:
     pipe.expire(key, protocol.STREAM_TTL_S)  # until the last event refreshes it: deltas are one XADD each
     pipe.exists(protocol.cancel_key(message.job_id))
     if pipe.execute()[-1]:
-        end(protocol.DONE, finish_reason="cancelled", usage=zero)
-        settle(message, zero, now, time.time())
+        end(protocol.DONE, finish_reason="cancelled", usage=zero, **settlement(message, zero, now, time.time()))
         return "cancelled"
 
-    job = rt.forwarder.track(message.job_id, key)
+    job = rt.forwarder.track(message.job_id, key, message=message, started=now)
     try:
         job.handle = serving.submit(rt.engine, message, rt.forwarder.inbox)
     except ValueError as exc:  # the engine refuses what it can never run (e.g. more than its KV cache)
         rt.forwarder.drop(message.job_id)
-        end(protocol.ERROR, code="engine_error", message=f"The request cannot be served: {exc}", usage=zero)
-        settle(message, zero, now, time.time())
+        end(protocol.ERROR, code="engine_error", message=f"The request cannot be served: {exc}", usage=zero,
+            **settlement(message, zero, now, time.time()))
         return "error"
+    rt.deadlines[message.job_id] = message.deadline
     rt.active[message.job_id] = job.handle
     try:
         job.ended.wait()
     finally:
         rt.active.pop(message.job_id, None)
-    settle(message, job.usage, now, job.ended_at)
+        rt.deadlines.pop(message.job_id, None)
     return job.outcome
 
 
 class _Job:
     """What the Forwarder keeps of one running job."""
 
-    def __init__(self, key: str):
+    def __init__(self, key: str, message: protocol.JobMessage | None = None, started: float = 0.0):
         self.key = key
+        self.message, self.started = message, started
         self.handle = None
         self.usage = protocol.usage_dict(0, 0, 0)
         self.pending = ""  # text not written yet
@@ -248,9 +258,10 @@ class Forwarder:
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
-    def track(self, job_id: str, key: str) -> _Job:
+    def track(self, job_id: str, key: str, *, message: protocol.JobMessage | None = None,
+              started: float = 0.0) -> _Job:
         """Follow a job from now on (before it is submitted: its first event may come at once)."""
-        job = self.jobs[job_id] = _Job(key)
+        job = self.jobs[job_id] = _Job(key, message, started)
         with self._start_lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="levee-forwarder", daemon=True)
@@ -312,14 +323,15 @@ class Forwarder:
                 job.pending, job.flushed_at = "", now
                 written.append((job_id, job))
             if job.finish is not None:
+                signed = settlement(job.message, job.usage, job.started, time.time()) if job.message else {}
                 if job.finish == "error":
                     log.error("job %s failed in the engine: %s", job_id, job.error)
                     fields = protocol.encode_event(protocol.ERROR, t=time.time(), code="engine_error",
-                                                   message="Generation failed.", usage=job.usage)
+                                                   message="Generation failed.", usage=job.usage, **signed)
                     job.outcome = "error"
                 else:
                     fields = protocol.encode_event(protocol.DONE, t=time.time(), finish_reason=job.finish,
-                                                   usage=job.usage)
+                                                   usage=job.usage, **signed)
                     job.outcome = job.finish
                 _last_event(pipe, job.key, fields)
                 if not written or written[-1][0] != job_id:

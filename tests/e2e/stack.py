@@ -66,6 +66,8 @@ class Stack:
             # Tests change models and prices under the live server and expect the next request to
             # see it: no per-process memos here (their own behaviour is tested in tests/platform).
             "LEVEE_MEMO_SECONDS": "0",
+            # The test process, the web, the platform and the inference worker agree on one secret.
+            "LEVEE_WORKER_SECRET": settings.LEVEE_WORKER_SECRET,
             **(extra_env or {}),
         }
         self.procs: dict[str, subprocess.Popen] = {}

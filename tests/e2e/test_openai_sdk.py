@@ -199,10 +199,14 @@ def test_exact_money_after_a_mix_of_calls(stack):
         threads[-1].start()
     for t in threads:
         t.join()
-    _wait_settled(CALLS, timeout=60)
+    completed = sum(1 for i in range(CALLS) if i % 3 != 2)
+    _wait_settled(completed, timeout=60)
     assert not errors
     records = list(UsageRecord.objects.filter(user=user))
-    assert len(records) == CALLS
+    # Every completed reply has its record; a stream closed after its first chunk is charged for
+    # what it was sent before the web saw it go (often nothing: then its hold is released, no record).
+    assert completed <= len(records) <= CALLS
+    assert not Hold.objects.filter(status="open").exists()
     from levee.billing.pricing import rates_from_hold
 
     for record in records:

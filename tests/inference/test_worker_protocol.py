@@ -15,6 +15,7 @@ def rt(settings):
     runtime.worker_id = "test-worker"
     runtime.redis = r
     runtime.active = {}
+    runtime.deadlines = {}
     runtime.forwarder = worker.Forwarder(r)
     yield runtime
     runtime.forwarder.stop()
@@ -23,7 +24,7 @@ def rt(settings):
 
 def _message(**changes):
     base = protocol.JobMessage(job_id="job1", model="deepseek-chat", prompt_ids=[1, 2, 3], user="7", hold_id=None,
-                               deadline=time.time() + 60, sampling=protocol.Sampling(max_tokens=4))
+                               deadline=time.time() + 60, pickup_deadline=time.time() + 60, sampling=protocol.Sampling(max_tokens=4))
     for k, v in changes.items():
         setattr(base, k, v)
     return base.to_dict()

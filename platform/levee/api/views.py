@@ -198,11 +198,12 @@ async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admi
         return _overloaded("The service is temporarily unavailable; retry shortly.", 5)
     request.phases.mark("capacity")
 
-    deadline = time.time() + settings.LEVEE_JOB_QUEUE_TIMEOUT + settings.LEVEE_JOB_MAX_RUNTIME
+    pickup = time.time() + settings.LEVEE_JOB_QUEUE_TIMEOUT  # no worker starts it after this
+    deadline = pickup + settings.LEVEE_JOB_MAX_RUNTIME
     try:
         hold = await db(billing.place_hold)(
             user=key.user, api_key=key, model=model.name, prompt_tokens=len(prompt_ids), max_tokens=max_tokens,
-            request_id=request.request_id, deadline=datetime.fromtimestamp(deadline, tz=UTC))
+            request_id=request.request_id, deadline=datetime.fromtimestamp(deadline, tz=UTC), job_id=job_id)
     except billing.InsufficientBalance:
         return error_response(402, "Insufficient Balance")
     except billing.SpendCapReached as exc:
@@ -214,7 +215,7 @@ async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admi
 
     message = protocol.JobMessage(
         job_id=job_id, model=model.name, prompt_ids=prompt_ids, user=str(key.user_id), hold_id=str(hold.id),
-        deadline=deadline,
+        deadline=deadline, pickup_deadline=pickup,
         sampling=protocol.Sampling(max_tokens=max_tokens, temperature=chat.temperature, top_p=chat.top_p,
                                    stop=chat.stop, presence_penalty=chat.presence_penalty,
                                    frequency_penalty=chat.frequency_penalty, seed=chat.seed))
@@ -227,7 +228,8 @@ async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admi
     request.phases.mark("enqueue")
 
     stream = _Completion(job_id=job_id, model=model, hold_id=hold.id, prompt_tokens=len(prompt_ids),
-                         include_usage=chat.include_usage, admission=admission)
+                         max_tokens=max_tokens, account=str(key.user_id), include_usage=chat.include_usage,
+                         admission=admission)
     if chat.stream:
         response = StreamingHttpResponse(stream.sse(), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
@@ -239,13 +241,15 @@ async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admi
 class _Completion:
     """Turns one job's events into the API's response, and settles what the worker could not."""
 
-    def __init__(self, *, job_id, model, hold_id, prompt_tokens, include_usage, admission):
+    def __init__(self, *, job_id, model, hold_id, prompt_tokens, max_tokens, account, include_usage, admission):
         self.job_id, self.model, self.hold_id, self.admission = job_id, model, hold_id, admission
-        self.prompt_tokens, self.include_usage = prompt_tokens, include_usage
+        self.prompt_tokens, self.max_tokens, self.account = prompt_tokens, max_tokens, account
+        self.include_usage = include_usage
         self.id = f"chatcmpl-{job_id}"
         self.created = int(time.time())
         self.splitter = ThinkSplitter() if model.reasoner else None
-        self.usage = protocol.usage_dict(0, prompt_tokens, 0)
+        self.usage = protocol.usage_dict(0, 0, 0)  # what the client has been sent: nothing yet
+        self.closed = False
         self.started_at = datetime.now(UTC)
         self._t0 = time.monotonic()
         self._first_token_at: float | None = None
@@ -288,18 +292,29 @@ class _Completion:
         usage["prompt_tokens_details"] = {"cached_tokens": usage["prompt_cache_hit_tokens"]}
         return usage
 
-    async def _settle_delivered(self):
-        """The worker is gone: charge what the client received, once (settle is idempotent on the hold)."""
-        from levee.billing import services as billing
+    def _take_usage(self, event: dict) -> None:
+        """The worker's count, held to this job's bounds (it feeds the limits and the client's usage)."""
+        if isinstance(event.get("usage"), dict):
+            self.usage = protocol.clamp_usage(event["usage"], prompt_tokens=self.prompt_tokens,
+                                              max_tokens=self.max_tokens)
 
-        try:
-            await db(billing.settle_hold)(
-                self.hold_id, prompt_cache_hit_tokens=self.usage["prompt_cache_hit_tokens"],
-                prompt_cache_miss_tokens=self.usage["prompt_cache_miss_tokens"],
-                completion_tokens=self.usage["completion_tokens"], started_at=self.started_at,
-                finished_at=datetime.now(UTC))
-        except Exception:
-            log.exception("settling hold %s after a lost worker failed; the sweep will release it", self.hold_id)
+    async def _close(self, final: dict | None) -> None:
+        """Close the hold once: from the worker's signed settlement in `final` (the job's last
+        event), else for what the client was sent (levee.api.settling); any end but the job's own
+        also flags the job cancelled, so no worker starts or goes on with it."""
+        if self.closed:
+            return
+        self.closed = True
+        if final is None or final.get("synthetic"):
+            try:
+                await jobs.cancel(self.job_id)
+            except RedisError:
+                log.warning("could not flag job %s cancelled", self.job_id)
+        from levee.api.settling import close_hold
+
+        await close_hold(hold_id=str(self.hold_id), job_id=self.job_id, account=self.account,
+                         final=None if final is None or final.get("synthetic") else final,
+                         delivered=self.usage, started_at=self.started_at)
 
     async def sse(self):
         finished = False
@@ -311,14 +326,15 @@ class _Completion:
                 if event is jobs.KEEPALIVE:
                     yield b": keep-alive\n\n"
                 elif kind == protocol.DELTA:
-                    self.usage = event.get("usage", self.usage)
                     reasoning, content = self._split(event.get("text", ""))
                     if reasoning:
                         yield self._chunk({"reasoning_content": reasoning})
                     if content:
                         yield self._chunk({"content": content})
+                    self._take_usage(event)  # sent: now it is delivered
                 elif kind == protocol.DONE:
-                    self.usage = event["usage"]
+                    self._take_usage(event)
+                    await self._close(event)  # durable before the client hears it is done
                     reasoning, content = self._split("", final=True)
                     if reasoning or content:
                         yield self._chunk({"reasoning_content": reasoning} if reasoning else {"content": content})
@@ -332,8 +348,9 @@ class _Completion:
                     return
                 elif kind == protocol.ERROR:
                     finished = True
-                    if event.get("synthetic"):
-                        await self._settle_delivered()
+                    if not event.get("synthetic"):
+                        self._take_usage(event)
+                    await self._close(event)
                     status = 503 if event.get("code") in {"worker_lost", "queue_timeout", "deadline"} else 500
                     body = {"error": {"message": event.get("message", "generation failed"),
                                       "type": "server_error", "param": None, "code": event.get("code")}}
@@ -341,11 +358,8 @@ class _Completion:
                     log.warning("job %s ended with %s (status %s)", self.job_id, event.get("code"), status)
                     return
         finally:
-            if not finished:  # the client went away: stop generating; the worker settles what it made
-                try:
-                    await jobs.cancel(self.job_id)
-                except RedisError:
-                    log.warning("could not flag job %s cancelled", self.job_id)
+            if not finished:  # the client went away: stop the job, charge what it was sent
+                await self._close(None)
             await self.admission.finish(self._total_tokens())
 
     def _total_tokens(self) -> int:
@@ -365,12 +379,12 @@ class _Completion:
                 kind = event["type"]
                 self._observe(event)
                 if kind == protocol.DELTA:
-                    self.usage = event.get("usage", self.usage)
                     r, c = self._split(event.get("text", ""))
                     reasoning.append(r)
                     content.append(c)
                 elif kind == protocol.DONE:
-                    self.usage = event["usage"]
+                    self._take_usage(event)
+                    await self._close(event)
                     r, c = self._split("", final=True)
                     reasoning.append(r)
                     content.append(c)
@@ -384,13 +398,15 @@ class _Completion:
                                      "finish_reason": _public_finish(event["finish_reason"])}],
                         "usage": self._usage_body()})
                 elif kind == protocol.ERROR:
+                    # Nothing of a non-streamed reply reached the client: nothing is charged.
+                    await self._close(None)
                     if event.get("synthetic"):
-                        await self._settle_delivered()
                         return _overloaded(event["message"], 5)
                     return error_response(500, event.get("message"), code=event.get("code"))
         except BaseException:
-            await jobs.cancel(self.job_id)
+            await self._close(None)
             raise
+        await self._close(None)
         return error_response(500, "the job ended without a result")
 
 

@@ -161,6 +161,8 @@ class Hold(models.Model):
     api_key = models.ForeignKey("keys.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     model = models.CharField(max_length=128)
     request_id = models.CharField(max_length=64)
+    # The generation job the hold pays for: a signed settlement must name it (empty: none yet).
+    job_id = models.CharField(max_length=64, blank=True, default="")
     prompt_tokens = models.PositiveIntegerField()
     max_tokens = models.PositiveIntegerField()
     amount_nano = models.BigIntegerField()

@@ -14,6 +14,7 @@ settle_hold, release_hold; the Celery tasks `levee.billing.settle` and `levee.bi
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -49,8 +50,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "InsufficientBalance", "PriceNotFound", "SpendCapReached", "BillingRefused", "estimate_max_cost", "place_hold", "settle_hold",
-    "release_hold", "record_free_usage", "wallet_for", "grant", "topup", "adjust", "refund_usage",
+    "InsufficientBalance", "PriceNotFound", "SpendCapReached", "BillingRefused", "SettlementRefused",
+    "estimate_max_cost", "place_hold", "settle_hold", "settle_signed", "release_hold", "record_free_usage",
+    "wallet_for", "grant", "topup", "adjust", "refund_usage",
     "redeem_voucher", "expire_grants", "sweep_holds", "reconcile",
 ]
 
@@ -83,6 +85,11 @@ class BillingRefused(Exception):
         self.code = code
         self.message = message
         self.status = status
+
+
+class SettlementRefused(ValueError):
+    """A settlement that is not signed with the worker secret or does not match its hold (another
+    job, another account): nothing is charged."""
 
 
 def _now() -> datetime:
@@ -137,7 +144,7 @@ def estimate_max_cost(model: str, prompt_tokens: int, max_tokens: int, at: datet
 
 
 def place_hold(*, user, api_key=None, model: str, prompt_tokens: int, max_tokens: int,
-               request_id: str, deadline: datetime) -> Hold:
+               request_id: str, deadline: datetime, job_id: str = "") -> Hold:
     """Reserve the request's maximum cost against the available balance, atomically. The prices in
     force now are remembered on the hold and charged at settle. Raises InsufficientBalance.
 
@@ -149,7 +156,7 @@ def place_hold(*, user, api_key=None, model: str, prompt_tokens: int, max_tokens
     rates = rates_at(model, now)
     amount = rates.max_cost(prompt_tokens=prompt_tokens, max_tokens=max_tokens)
     wallet_id = _wallet_id_of(user)
-    hold = Hold(wallet_id=wallet_id, api_key=api_key, model=model, request_id=request_id[:64],
+    hold = Hold(wallet_id=wallet_id, api_key=api_key, model=model, request_id=request_id[:64], job_id=job_id[:64],
                 prompt_tokens=prompt_tokens, max_tokens=max_tokens, amount_nano=amount, deadline=deadline,
                 created_at=now, price_cache_hit=rates.cache_hit.price, price_cache_miss=rates.cache_miss.price,
                 price_output=rates.output.price, percent_off_cache_hit=rates.cache_hit.percent_off,
@@ -162,7 +169,7 @@ def place_hold(*, user, api_key=None, model: str, prompt_tokens: int, max_tokens
     if wallet.pk != wallet_id:  # the remembered id was stale: once more with the real one
         _wallet_ids[user.pk] = wallet.pk
         return place_hold(user=user, api_key=api_key, model=model, prompt_tokens=prompt_tokens,
-                          max_tokens=max_tokens, request_id=request_id, deadline=deadline)
+                          max_tokens=max_tokens, request_id=request_id, deadline=deadline, job_id=job_id)
     raise InsufficientBalance(needed_nano=amount, available_nano=wallet.available_nano)
 
 
@@ -301,7 +308,9 @@ def _check_span(started_at: datetime, finished_at: datetime) -> None:
 def settle_hold(hold_id, *, prompt_cache_hit_tokens: int, prompt_cache_miss_tokens: int,
                 completion_tokens: int, started_at: datetime, finished_at: datetime) -> UsageRecord:
     """Charge a request's exact cost (at the prices remembered on the hold, capped at the held
-    amount) and release the rest. Idempotent: a second call returns the same record and charges
+    amount) and release the rest. The token counts are first held to the hold's bounds (no more
+    prompt tokens than were counted when it was placed, no more output than its max_tokens): the
+    usage record stores those clamped numbers. Idempotent: a second call returns the same record and charges
     nothing. A hold the sweep already released is still charged, from what is available then."""
     _check_tokens(prompt_cache_hit_tokens=prompt_cache_hit_tokens, prompt_cache_miss_tokens=prompt_cache_miss_tokens,
                   completion_tokens=completion_tokens)
@@ -333,6 +342,7 @@ def _settle(hold_id, tokens: dict, *, optimistic: bool) -> UsageRecord | None:
         if capped:  # the key's spend counters, before the wallet (the order place_hold takes them in)
             caps.lock(hold)
         wallet = _lock_wallet(wallet_id) if late else None  # a late charge depends on the balance
+        tokens = _clamped(tokens, hold)
         cost = rates_from_hold(hold).cost(cache_hit_tokens=tokens["prompt_cache_hit_tokens"],
                                           cache_miss_tokens=tokens["prompt_cache_miss_tokens"],
                                           completion_tokens=tokens["completion_tokens"])
@@ -373,6 +383,45 @@ def _settle(hold_id, tokens: dict, *, optimistic: bool) -> UsageRecord | None:
     return usage
 
 
+def _clamped(tokens: dict, hold: Hold) -> dict:
+    """The usage held to the hold's bounds (a worker cannot report more than it was given or allowed)."""
+    hit = min(tokens["prompt_cache_hit_tokens"], hold.prompt_tokens)
+    miss = min(tokens["prompt_cache_miss_tokens"], hold.prompt_tokens - hit)
+    out = min(tokens["completion_tokens"], hold.max_tokens)
+    if (hit, miss, out) != (tokens["prompt_cache_hit_tokens"], tokens["prompt_cache_miss_tokens"],
+                            tokens["completion_tokens"]):
+        log.warning("hold %s: reported usage %s clamped to %s prompt and %s completion tokens", hold.pk,
+                    {k: tokens[k] for k in ("prompt_cache_hit_tokens", "prompt_cache_miss_tokens",
+                                            "completion_tokens")}, hold.prompt_tokens, hold.max_tokens)
+    return {**tokens, "prompt_cache_hit_tokens": hit, "prompt_cache_miss_tokens": miss, "completion_tokens": out}
+
+
+def settle_signed(data) -> UsageRecord:
+    """Settle from a signed settlement (an inference worker's, in its job's last event, or the web's
+    own for what it delivered): refuses (SettlementRefused, nothing charged) one the worker secret
+    did not sign, or whose hold, job or account do not match. Then settle_hold (clamped, idempotent)."""
+    from inference.protocol import settlement_signed
+
+    if not settlement_signed(settings.LEVEE_WORKER_SECRET, data):
+        raise SettlementRefused("the settlement is not signed with the worker secret")
+    hold = Hold.objects.select_related("wallet").filter(pk=data["hold_id"]).first()
+    if hold is None:
+        raise SettlementRefused(f"no hold {data['hold_id']!r}")
+    if not hold.job_id or hold.job_id != data["job_id"] or str(hold.wallet.user_id) != data["account"]:
+        raise SettlementRefused(f"the settlement names job {data['job_id']!r} of account {data['account']!r}; "
+                                f"hold {hold.pk} is job {hold.job_id!r} of account {hold.wallet.user_id}")
+    moments = {}
+    for name in ("started_at", "finished_at"):
+        value = data[name]
+        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+        if moment is None or moment.tzinfo is None:
+            raise SettlementRefused(f"{name} must be an ISO-8601 instant with a UTC offset, not {value!r}")
+        moments[name] = moment
+    return settle_hold(hold.pk, prompt_cache_hit_tokens=data["prompt_cache_hit_tokens"],
+                       prompt_cache_miss_tokens=data["prompt_cache_miss_tokens"],
+                       completion_tokens=data["completion_tokens"], **moments)
+
+
 def _charge_entries(wallet_id, hold, charge, from_granted, from_topped_up, held_back, late, now) -> None:
     actor_id = hold.wallet.user_id
     LedgerEntry.objects.create(wallet_id=wallet_id, kind=LedgerKind.CHARGE, granted_delta=-from_granted,
@@ -405,14 +454,28 @@ def release_hold(hold_id, *, reason: str) -> bool:
     return True
 
 
-def sweep_holds(*, now: datetime | None = None, grace: timedelta | None = None, limit: int = 1000) -> int:
-    """Release open holds whose deadline passed more than `grace` ago (their job is dead or lost).
-    Returns how many this call released. A settle that arrives later still charges (late settle)."""
+def sweep_holds(*, now: datetime | None = None, grace: timedelta | None = None, limit: int = 1000,
+                settlement_of: Callable[[str], dict | None] | None = None) -> int:
+    """Close open holds whose deadline passed more than `grace` ago. `settlement_of(job_id)` gives
+    the signed settlement the job's last event carries, if any (the job finished but no web process
+    settled it: the one following it died): such a hold is settled from it. The others are released
+    (their job is dead or lost). Returns how many this call closed."""
     now = now or _now()
     grace = grace if grace is not None else timedelta(seconds=settings.LEVEE_HOLD_SWEEP_GRACE_SECONDS)
     stale = list(Hold.objects.filter(status=HoldStatus.OPEN, deadline__lt=now - grace)
-                 .order_by("deadline").values_list("pk", flat=True)[:limit])
-    return sum(release_hold(pk, reason="deadline passed") for pk in stale)
+                 .order_by("deadline").values_list("pk", "job_id")[:limit])
+    closed = 0
+    for pk, job_id in stale:
+        data = settlement_of(job_id) if settlement_of is not None and job_id else None
+        if data is not None:
+            try:
+                settle_signed(data)
+                closed += 1
+                continue
+            except SettlementRefused as exc:
+                log.error("hold %s: the settlement in job %s's stream was refused: %s", pk, job_id, exc)
+        closed += release_hold(pk, reason="deadline passed")
+    return closed
 
 
 def record_free_usage(*, user, model: str, request_id: str, prompt_cache_hit_tokens: int,

@@ -3,59 +3,79 @@ base (the inference workers) send `levee.billing.settle` by name."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 
 from celery import Task, shared_task
+from django.conf import settings
 from django.core.exceptions import ValidationError
+from prometheus_client import Counter
+from redis.exceptions import RedisError
 
 from levee.billing import services
 from levee.billing.models import Hold
 
 log = logging.getLogger(__name__)
 
-_USAGE_INTS = ("prompt_cache_hit_tokens", "prompt_cache_miss_tokens", "completion_tokens")
-_USAGE_TIMES = ("started_at", "finished_at")
-
-
-def parse_usage(usage: dict) -> dict:
-    """The settle message's usage dict → settle_hold's keyword arguments. Raises ValueError."""
-    if not isinstance(usage, dict):
-        raise ValueError("usage must be an object")
-    # Keys beyond these (a newer worker's extras) are ignored: dropping the message would lose a charge.
-    missing = (set(_USAGE_INTS) | set(_USAGE_TIMES)) - set(usage)
-    if missing:
-        raise ValueError(f"usage is missing {sorted(missing)}")
-    parsed: dict = {name: usage[name] for name in _USAGE_INTS}
-    for name in _USAGE_TIMES:
-        value = usage[name]
-        moment = datetime.fromisoformat(value) if isinstance(value, str) else None
-        if moment is None or moment.tzinfo is None:
-            raise ValueError(f"{name} must be an ISO-8601 instant with a UTC offset, not {value!r}")
-        parsed[name] = moment
-    return parsed
+SETTLE_RETRY_ALERTS = Counter("levee_settle_retry_alerts", "Tries of a settle task past LEVEE_SETTLE_ALERT_RETRIES "
+                              "(each one also logs at ERROR): a charge is waiting on the database.")
+SETTLEMENTS_REFUSED = Counter("levee_settlements_refused", "Settlements refused: unsigned, badly signed, or not "
+                              "matching their hold's job or account. Nothing was charged.", ["where"])
 
 
 # Re-running is safe (settle is idempotent on the hold id), so the message is acknowledged only
-# after the charge is committed: a worker dying mid-settle leaves it for another.
+# after the charge is committed: a worker dying mid-settle leaves it for another. It never gives
+# up while the database is away (the hold's service was given; dropping the message would give it
+# away for free): the back-off grows to a minute and, past LEVEE_SETTLE_ALERT_RETRIES tries, each
+# try alerts.
 @shared_task(name="levee.billing.settle", queue="platform", acks_late=True, reject_on_worker_lost=True,
-             soft_time_limit=30, time_limit=60, max_retries=5, bind=True)
-def settle(self, hold_id: str, usage: dict) -> None:
+             soft_time_limit=30, time_limit=60, max_retries=None, bind=True)
+def settle(self, hold_id: str, settlement: dict) -> None:
+    """Settle from a signed settlement (protocol.sign_settlement) for `hold_id`; the web enqueues it
+    when it could not reach the database itself."""
     try:
-        kwargs = parse_usage(usage)
-        services.settle_hold(hold_id, **kwargs)
-    except (ValueError, ValidationError, Hold.DoesNotExist) as exc:
+        if not isinstance(settlement, dict) or settlement.get("hold_id") != hold_id:
+            raise services.SettlementRefused(f"the settlement is not for hold {hold_id!r}")
+        services.settle_signed(settlement)
+    except services.SettlementRefused as exc:
+        SETTLEMENTS_REFUSED.labels("task").inc()
+        log.error("levee.billing.settle refused for hold %r: %s", hold_id, exc)
+    except (ValueError, ValidationError, Hold.DoesNotExist, KeyError) as exc:
         # A malformed message will not get better by retrying; it is logged for an operator.
         log.error("levee.billing.settle dropped for hold %r: %s", hold_id, exc)
     except Exception as exc:  # the database is away: try again later, the hold stays open meanwhile
-        raise self.retry(exc=exc, countdown=2 ** self.request.retries) from exc
+        tries = self.request.retries + 1
+        if tries >= settings.LEVEE_SETTLE_ALERT_RETRIES:
+            SETTLE_RETRY_ALERTS.inc()
+            log.error("levee.billing.settle for hold %r has failed %d times (%r); retrying", hold_id, tries, exc)
+        raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries)) from exc
+
+
+def settlement_in_stream(job_id: str) -> dict | None:
+    """The signed settlement the job's last event carries, if its stream holds one (None when Redis
+    cannot say: the hold is then released, as before)."""
+    from inference import protocol
+    from levee.core.store import redis_client
+
+    try:
+        entries = redis_client().xrevrange(protocol.stream_key(job_id), count=1)
+    except RedisError:
+        log.warning("sweep: could not read job %s's stream", job_id)
+        return None
+    for _id, fields in entries:
+        try:
+            event = protocol.decode_event(fields)
+        except (protocol.ProtocolError, ValueError):
+            return None
+        if event.get("type") in (protocol.DONE, protocol.ERROR) and isinstance(event.get("settlement"), dict):
+            return event["settlement"]
+    return None
 
 
 @shared_task(name="levee.billing.sweep_holds", queue="platform", soft_time_limit=50, time_limit=60)
 def sweep_holds() -> int:
-    released = services.sweep_holds()
-    if released:
-        log.info("released %d stale hold(s)", released)
-    return released
+    closed = services.sweep_holds(settlement_of=settlement_in_stream)
+    if closed:
+        log.info("closed %d stale hold(s)", closed)
+    return closed
 
 
 @shared_task(name="levee.billing.expire_grants", queue="platform", soft_time_limit=50, time_limit=60)

@@ -257,9 +257,9 @@ async def post_message(request, conversation_id: int):
     except services.ChatRefused as exc:
         return _refused(exc)
 
-    deadline = time.time() + settings.LEVEE_JOB_QUEUE_TIMEOUT + settings.LEVEE_JOB_MAX_RUNTIME
+    pickup = time.time() + settings.LEVEE_JOB_QUEUE_TIMEOUT
     message = protocol.JobMessage(job_id=job_id, model=model.name, prompt_ids=prompt_ids, user=str(user.pk),
-                                  hold_id=None, deadline=deadline,
+                                  hold_id=None, deadline=pickup + settings.LEVEE_JOB_MAX_RUNTIME, pickup_deadline=pickup,
                                   sampling=protocol.Sampling(max_tokens=started.max_tokens))
     try:
         await jobs.enqueue(message, model.queue_name)

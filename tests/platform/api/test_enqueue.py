@@ -70,7 +70,7 @@ def test_a_real_celery_worker_runs_the_pushed_message(settings):
     assert worker_app.tasks[protocol.GENERATE_TASK] is generate
 
     message = protocol.JobMessage(job_id=uuid.uuid4().hex, model="m", prompt_ids=[5, 6], user="1", hold_id="h",
-                                  deadline=0.0, sampling=protocol.Sampling(max_tokens=3))
+                                  deadline=0.0, pickup_deadline=0.0, sampling=protocol.Sampling(max_tokens=3))
     settings.CELERY_BROKER_URL = settings.REDIS_URL
     with start_worker(worker_app, pool="solo", perform_ping_check=False, loglevel="WARNING", queues=[queue]):
         asyncio.run(jobs.enqueue(message, queue))
@@ -84,7 +84,7 @@ def test_with_another_broker_celery_publishes_in_a_thread(settings, monkeypatch)
     monkeypatch.setattr(jobs, "_publish", lambda message, queue: calls.append((message["job_id"], queue)))
     settings.CELERY_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
     message = protocol.JobMessage(job_id="j2", model="m", prompt_ids=[1], user="1", hold_id=None, deadline=0.0,
-                                  sampling=protocol.Sampling(max_tokens=1))
+                                  pickup_deadline=0.0, sampling=protocol.Sampling(max_tokens=1))
     asyncio.run(jobs.enqueue(message, "inference.m"))
     assert calls == [("j2", "inference.m")]
 

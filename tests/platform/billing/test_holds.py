@@ -26,6 +26,23 @@ def _usage(hit=200, miss=800, out=500):
             "started_at": now - timedelta(seconds=3), "finished_at": now}
 
 
+def _signed(hold, usage=None, **changes):
+    """The settle task's message for `hold`, signed as an inference worker signs it."""
+    from django.conf import settings
+
+    from inference import protocol
+
+    usage = usage or _usage()
+    if not hold.job_id:
+        Hold.objects.filter(pk=hold.pk).update(job_id="job-" + str(hold.pk)[:8])
+        hold.refresh_from_db()
+    data = protocol.sign_settlement(settings.LEVEE_WORKER_SECRET, hold_id=str(hold.pk), job_id=hold.job_id,
+                                    account=str(hold.wallet.user_id), usage=usage,
+                                    started_at=usage["started_at"].isoformat(),
+                                    finished_at=usage["finished_at"].isoformat())
+    return {**data, **changes}
+
+
 def _wallet(user) -> Wallet:
     return Wallet.objects.get(user=user)
 
@@ -105,7 +122,7 @@ def test_a_duplicate_settle_message_charges_once(prices):
     user = ada()
     fund(user, 10**9)
     hold = _hold(user)
-    message = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in _usage().items()}
+    message = _signed(hold)
     assert settle_task.apply(args=[str(hold.pk), message]).successful()
     assert settle_task.apply(args=[str(hold.pk), message]).successful()
     assert UsageRecord.objects.count() == 1
@@ -116,7 +133,7 @@ def test_a_settle_message_with_extra_keys_still_charges(prices):
     user = ada()
     fund(user, 10**9)
     hold = _hold(user)
-    message = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in _usage().items()}
+    message = _signed(hold)
     assert settle_task.apply(args=[str(hold.pk), {**message, "prompt_tokens": 1000, "v": 2}]).successful()
     assert UsageRecord.objects.get().hold == hold
 
@@ -126,7 +143,7 @@ def test_a_malformed_settle_message_is_dropped_without_writing(prices):
     fund(user, 10**9)
     hold = _hold(user)
     for hold_id, message in [(str(hold.pk), {"completion_tokens": 5}),
-                             (str(hold.pk), {**_usage(), "started_at": "yesterday", "finished_at": "now"}),
+                             (str(hold.pk), _signed(hold, started_at="yesterday", finished_at="now")),
                              ("not-a-uuid", {}), ("00000000-0000-0000-0000-000000000000", {})]:
         result = settle_task.apply(args=[hold_id, message])
         assert result.successful(), result.traceback  # dropped and logged, not retried forever
