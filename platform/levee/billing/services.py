@@ -225,7 +225,7 @@ _WRITABLE_WITH = {"postgresql"}
 def _insert_values(obj: Hold | LedgerEntry) -> tuple[list[str], list]:
     """Column names and database values of an unsaved row, as Model.save() would insert them
     (through the documented Field API: pre_save, get_db_prep_save)."""
-    fields = [f for f in obj._meta.concrete_fields if not (f.primary_key and f.db_returning)]
+    fields = [f for f in obj._meta.concrete_fields if not (f.primary_key and getattr(f, "db_returning", False))]
     return ([connection.ops.quote_name(f.column) for f in fields],
             [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields])
 
@@ -320,6 +320,7 @@ def settle_hold(hold_id, *, prompt_cache_hit_tokens: int, prompt_cache_miss_toke
     record = _settle(hold_id, usage, optimistic=True)
     if record is None:  # a grant landed meanwhile and everything was rolled back: again, the wallet locked first
         record = _settle(hold_id, usage, optimistic=False)
+    assert record is not None  # the attempt with the wallet locked first always settles
     return record
 
 

@@ -3,6 +3,7 @@ base (the inference workers) send `levee.billing.settle` by name."""
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from celery import Task, shared_task
 from django.conf import settings
@@ -56,7 +57,7 @@ def settlement_in_stream(job_id: str) -> dict | None:
     from levee.core.store import redis_client
 
     try:
-        entries = redis_client().xrevrange(protocol.stream_key(job_id), count=1)
+        entries = cast(list, redis_client().xrevrange(protocol.stream_key(job_id), count=1))
     except RedisError:
         log.warning("sweep: could not read job %s's stream", job_id)
         return None
