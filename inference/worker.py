@@ -1,6 +1,7 @@
 """The inference worker: a Celery app without Django, serving one model with one engine per process.
 
-    celery -A inference.worker worker -P threads -Q inference.deepseek-chat
+    celery -A inference.worker worker -P threads -Q inference.deepseek-chat \
+        --without-mingle --without-gossip --without-heartbeat   # its Redis user may not publish
 
 Environment: LEVEE_MODEL_NAME (the API's model name), LEVEE_CHECKPOINT (a Hugging Face-format
 DeepSeek checkpoint directory; the demo checkpoint by default), REDIS_URL (broker and event streams;
@@ -54,6 +55,11 @@ app.conf.update(
     # user may touch only its queue, its heartbeat and job streams).
     worker_enable_remote_control=False,
     worker_send_task_events=False,
+    # kombu's unacknowledged-message keys of this queue only (by default one hash for every queue,
+    # which would let a worker restore a message onto any queue).
+    broker_transport_options={"unacked_key": f"unacked:{protocol.queue_name(MODEL_NAME)}",
+                              "unacked_index_key": f"unacked:{protocol.queue_name(MODEL_NAME)}:index",
+                              "unacked_mutex_key": f"unacked:{protocol.queue_name(MODEL_NAME)}:mutex"},
     # Task slots (when -c is not given): the engine's batch and a quarter more. A job holds its slot
     # until its last event is written and its settlement sent; with exactly max_batch slots, a full
     # worker made each new job wait for one of those tails (~half an engine step) before it could

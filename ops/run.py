@@ -142,7 +142,8 @@ def _extra_processes(env: dict) -> list[list[str]]:
         return []
     env.setdefault("LEVEE_MAX_BATCH", "16")  # the worker's task slots follow it
     return [[str(BIN / "celery"), "-A", "inference.worker", "worker", "-P", "threads",
-             "-Q", f"inference.{model}", "-n", f"inference-{model}@%h", "--loglevel", "INFO"]]
+             "-Q", f"inference.{model}", "-n", f"inference-{model}@%h", "--without-mingle", "--without-gossip",
+             "--without-heartbeat", "--loglevel", "INFO"]]
 
 
 if __name__ == "__main__":
