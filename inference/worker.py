@@ -149,6 +149,8 @@ def get_runtime() -> Runtime:
 
 @signals.worker_ready.connect
 def _on_ready(**_):
+    if not WORKER_SECRET:  # every paid job's settlement would be unsigned, so refused: stop now
+        raise SystemExit("LEVEE_WORKER_SECRET is not set: this worker could not sign any settlement")
     get_runtime().start()
     log.info("serving %s from %s as %s", MODEL_NAME, CHECKPOINT, get_runtime().worker_id)
 
