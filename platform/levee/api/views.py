@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
 from django.http import JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
@@ -45,11 +46,16 @@ def key_endpoint(method: str):
                 return error_response(405, f"{request.method} is not allowed here")
             request.phases = phases = Phases(request)
             phases.mark("edge")
-            key, failure = await _authenticate(request)
-            if failure:
-                return failure
-            phases.mark("auth")
-            return phases.apply(await view(request, key))
+            try:
+                key, failure = await _authenticate(request)
+                if failure:
+                    return failure
+                phases.mark("auth")
+                return phases.apply(await view(request, key))
+            except DatabaseError:  # PostgreSQL is away (a restart, a failover): nothing was charged
+                log.exception("database unavailable for %s", request.path)
+                return error_response(503, "The service is temporarily unavailable; retry shortly.",
+                                      headers={"Retry-After": "5"})
 
         return endpoint
 

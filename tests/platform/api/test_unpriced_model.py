@@ -52,3 +52,21 @@ def test_a_request_for_an_enabled_model_without_a_price_is_a_503_with_a_message(
     assert "no price" in error["message"] and error["type"]
     assert response["Retry-After"]
     assert not Hold.objects.exists() and not redis_client.llen(protocol.queue_name("unpriced-chat"))
+
+
+def test_the_database_going_away_mid_request_is_a_503_not_a_500(client, transactional_db, monkeypatch):
+    """Seen in the chaos run (ops/chaos.py): a PostgreSQL restart made key authentication raise
+    OperationalError, which left as a 500."""
+    from django.db import OperationalError
+
+    from levee.keys import services as keys
+
+    def shutting_down(raw):
+        raise OperationalError("FATAL: the database system is shutting down")
+
+    monkeypatch.setattr(keys, "authenticate_key", shutting_down)
+    response = client.post("/v1/chat/completions", {"model": "deepseek-chat",
+                                                    "messages": [{"role": "user", "content": "hi"}]},
+                           content_type="application/json", HTTP_AUTHORIZATION="Bearer sk-anything")
+    assert response.status_code == 503 and response["Retry-After"] == "5"
+    assert "temporarily unavailable" in response.json()["error"]["message"]
