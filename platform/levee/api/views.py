@@ -363,6 +363,13 @@ class _Completion:
                     yield b"data: " + json.dumps(body).encode() + b"\n\n"
                     log.warning("job %s ended with %s (status %s)", self.job_id, event.get("code"), status)
                     return
+        except RedisError:  # the job's stream is gone with Redis: end the client's stream cleanly
+            log.warning("job %s: Redis went away mid-stream", self.job_id)
+            finished = True
+            await self._close(None)  # charge what the client was sent
+            body = {"error": {"message": "The service is temporarily unavailable; retry shortly.",
+                              "type": "server_error", "param": None, "code": "service_unavailable"}}
+            yield b"data: " + json.dumps(body).encode() + b"\n\n"
         finally:
             if not finished:  # the client went away: stop the job, charge what it was sent
                 await self._close(None)
@@ -409,6 +416,10 @@ class _Completion:
                     if event.get("synthetic"):
                         return _overloaded(event["message"], 5)
                     return error_response(500, event.get("message"), code=event.get("code"))
+        except RedisError:  # the job's stream is gone with Redis: nothing reached the client
+            log.warning("job %s: Redis went away while waiting for it", self.job_id)
+            await self._close(None)
+            return _overloaded("The service is temporarily unavailable; retry shortly.", 5)
         except BaseException:
             await self._close(None)
             raise
