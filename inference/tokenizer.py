@@ -213,6 +213,7 @@ class Tokenizer:
         self._template_tokens["bos_token"] = self.bos_token
         self._template_tokens["eos_token"] = self.eos_token
         self._compiled: jinja2.Template | None = None
+        self._added_ids = set(self._tok.get_added_tokens_decoder())
 
     def _resolve(self, token: str | None, fallback: Any, what: str) -> int | None:
         if token is not None:
@@ -272,6 +273,19 @@ class Tokenizer:
     def id_to_token(self, token_id: int) -> str | None:
         return self._tok.id_to_token(token_id)
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for (byte-level BPE pieces map back through GPT-2's byte
+        alphabet; added tokens are their text). Part of a character for a token that splits one."""
+        piece = self._tok.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if token_id in self._added_ids:
+            return str(piece).encode("utf-8")
+        table = _byte_decoder()
+        if all(ch in table for ch in piece):
+            return bytes(table[ch] for ch in piece)
+        return str(self._tok.decode([token_id], skip_special_tokens=False)).encode("utf-8")
+
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         """Token ids of `text`. Special tokens written in the text (e.g. from a rendered chat
         template) become their ids. With `add_special_tokens`, BOS/EOS are added as the
@@ -302,12 +316,17 @@ class Tokenizer:
         return self._compiled
 
     def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], *,
-                            add_generation_prompt: bool = True) -> str:
-        """Render `messages` (dicts with `role` and `content`) into the prompt text."""
+                            add_generation_prompt: bool = True, tools: Sequence[Mapping[str, Any]] | None = None,
+                            thinking: bool = False) -> str:
+        """Render `messages` (dicts with `role` and `content`; an assistant's `tool_calls`, a tool's
+        `tool_call_id`, `prefix` on a last assistant message to continue) into the prompt text.
+        `tools` are OpenAI-style function definitions; `thinking` asks a hybrid template to open the
+        model's reasoning (templates that do not know these variables ignore them)."""
         clean = [_clean_message(i, m) for i, m in enumerate(messages)]
         template = self._template()
         try:
             return template.render(messages=clean, add_generation_prompt=add_generation_prompt,
+                                   tools=list(tools) if tools else None, thinking=thinking,
                                    **self._template_tokens)
         except SecurityError as exc:
             raise ChatTemplateError(f"chat template of {self._source} was refused by the sandbox: {exc}") from exc
@@ -316,15 +335,35 @@ class Tokenizer:
             raise ChatTemplateError(f"chat template of {self._source} failed: {exc}") from exc
 
     def encode_chat(self, messages: Sequence[Mapping[str, Any]], *,
-                    add_generation_prompt: bool = True) -> list[int]:
+                    add_generation_prompt: bool = True, tools: Sequence[Mapping[str, Any]] | None = None,
+                    thinking: bool = False) -> list[int]:
         """Prompt ids for `messages`. The template writes BOS itself, so nothing is added here."""
-        return self.encode(self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt))
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                                    tools=tools, thinking=thinking))
 
     def count_chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
         return len(self.encode_chat(messages))
 
     def __repr__(self) -> str:
         return f"Tokenizer({self._source!r}, vocab_size={self.vocab_size})"
+
+
+_BYTE_DECODER: dict[str, int] = {}
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable stand-in for each byte, inverted (what byte-level BPE vocabularies use)."""
+    if not _BYTE_DECODER:
+        keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+            + list(range(ord("®"), ord("ÿ") + 1))
+        chars, n = list(keep), 0
+        for b in range(256):
+            if b not in keep:
+                keep.append(b)
+                chars.append(256 + n)
+                n += 1
+        _BYTE_DECODER.update({chr(c): b for b, c in zip(keep, chars, strict=True)})
+    return _BYTE_DECODER
 
 
 def _clean_message(index: int, message: Mapping[str, Any]) -> dict[str, Any]:
