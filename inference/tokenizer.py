@@ -302,12 +302,17 @@ class Tokenizer:
         return self._compiled
 
     def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], *,
-                            add_generation_prompt: bool = True) -> str:
-        """Render `messages` (dicts with `role` and `content`) into the prompt text."""
+                            add_generation_prompt: bool = True, tools: Sequence[Mapping[str, Any]] | None = None,
+                            thinking: bool = False) -> str:
+        """Render `messages` (dicts with `role` and `content`; an assistant's `tool_calls`, a tool's
+        `tool_call_id`, `prefix` on a last assistant message to continue) into the prompt text.
+        `tools` are OpenAI-style function definitions; `thinking` asks a hybrid template to open the
+        model's reasoning (templates that do not know these variables ignore them)."""
         clean = [_clean_message(i, m) for i, m in enumerate(messages)]
         template = self._template()
         try:
             return template.render(messages=clean, add_generation_prompt=add_generation_prompt,
+                                   tools=list(tools) if tools else None, thinking=thinking,
                                    **self._template_tokens)
         except SecurityError as exc:
             raise ChatTemplateError(f"chat template of {self._source} was refused by the sandbox: {exc}") from exc
@@ -316,9 +321,11 @@ class Tokenizer:
             raise ChatTemplateError(f"chat template of {self._source} failed: {exc}") from exc
 
     def encode_chat(self, messages: Sequence[Mapping[str, Any]], *,
-                    add_generation_prompt: bool = True) -> list[int]:
+                    add_generation_prompt: bool = True, tools: Sequence[Mapping[str, Any]] | None = None,
+                    thinking: bool = False) -> list[int]:
         """Prompt ids for `messages`. The template writes BOS itself, so nothing is added here."""
-        return self.encode(self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt))
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                                    tools=tools, thinking=thinking))
 
     def count_chat_tokens(self, messages: Sequence[Mapping[str, Any]]) -> int:
         return len(self.encode_chat(messages))

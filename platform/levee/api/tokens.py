@@ -16,4 +16,11 @@ def tokenizer_for(model):
 
 
 def encode_prompt(model, messages: list[dict]) -> list[int]:
-    return tokenizer_for(model).encode_chat(messages)
+    return tokenizer_for(model).encode_chat(messages, thinking=model.reasoner)
+
+
+def opens_thinking(model, prompt_ids: list[int]) -> bool:
+    """Whether the rendered prompt ends inside an opened `<think>` (a reasoning template writes it
+    into the generation prompt): the output then starts with the reasoning, without the tag."""
+    tail = tokenizer_for(model).decode(prompt_ids[-4:], skip_special_tokens=False)
+    return tail.rstrip().endswith("<think>")

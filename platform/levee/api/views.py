@@ -6,6 +6,7 @@ import json
 import logging
 import time
 import uuid
+from contextlib import aclosing
 from datetime import UTC, datetime
 
 from asgiref.sync import sync_to_async
@@ -15,9 +16,10 @@ from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
 from inference import protocol
-from levee.api import jobs, schema
+from levee.api import jobs, reader, schema
 from levee.api.models import LlmModel, aenabled_model
-from levee.api.think import ThinkSplitter
+from levee.api.reader import JobReader
+from levee.api.tokens import opens_thinking
 from levee.core.asyncdb import db
 from levee.core.errors import error_response
 from levee.core.memo import Memo
@@ -224,7 +226,8 @@ async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admi
     request.phases.mark("enqueue")
 
     stream = _Completion(job_id=job_id, model=model, hold_id=hold.id, prompt_tokens=len(prompt_ids),
-                         include_usage=chat.include_usage, admission=admission)
+                         include_usage=chat.include_usage, admission=admission,
+                         thinking_opened=model.reasoner and opens_thinking(model, prompt_ids))
     if chat.stream:
         response = StreamingHttpResponse(stream.sse(), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
@@ -234,50 +237,49 @@ async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admi
 
 
 class _Completion:
-    """Turns one job's events into the API's response, and settles what the worker could not."""
+    """Formats one job's typed events (levee.api.reader) as the API's response, and settles what the
+    worker could not."""
 
-    def __init__(self, *, job_id, model, hold_id, prompt_tokens, include_usage, admission):
+    def __init__(self, *, job_id, model, hold_id, prompt_tokens, include_usage, admission,
+                 thinking_opened=False):
         self.job_id, self.model, self.hold_id, self.admission = job_id, model, hold_id, admission
-        self.prompt_tokens, self.include_usage = prompt_tokens, include_usage
+        self.include_usage = include_usage
         self.id = f"chatcmpl-{job_id}"
         self.created = int(time.time())
-        self.splitter = ThinkSplitter() if model.reasoner else None
-        self.usage = protocol.usage_dict(0, prompt_tokens, 0)
+        self.reader = JobReader(job_id, prompt_tokens=prompt_tokens, reasoner=model.reasoner,
+                                thinking_opened=thinking_opened)
         self.started_at = datetime.now(UTC)
         self._t0 = time.monotonic()
         self._first_token_at: float | None = None
 
-    def _observe(self, event: dict) -> None:
+    @property
+    def usage(self) -> dict:
+        return self.reader.usage
+
+    def _observe(self, event: reader.Event) -> None:
         """Feed the time-to-first-token and tokens/s histograms (levee.core.metrics)."""
         from levee.core import metrics
 
         now = time.monotonic()
-        if event["type"] == protocol.DELTA and self._first_token_at is None and event.get("text"):
+        if isinstance(event, reader.Text) and self._first_token_at is None and event.raw:
             self._first_token_at = now
             metrics.observe_ttft(self.model.name, now - self._t0)
-        elif event["type"] == protocol.DONE and self._first_token_at is not None:
-            tokens = event["usage"]["completion_tokens"]
+        elif isinstance(event, reader.Done) and self._first_token_at is not None:
+            tokens = event.usage["completion_tokens"]
             if tokens > 1 and now > self._first_token_at:
                 metrics.observe_tokens_per_second(self.model.name, (tokens - 1) / (now - self._first_token_at))
-
-    def _events(self):
-        return jobs.events(self.job_id, queue_timeout=settings.LEVEE_JOB_QUEUE_TIMEOUT,
-                           heartbeat_timeout=settings.LEVEE_JOB_HEARTBEAT_TIMEOUT)
-
-    def _split(self, text: str, final: bool = False) -> tuple[str, str]:
-        if self.splitter is None:
-            return "", text
-        reasoning, content = self.splitter.push(text)
-        if final:
-            r2, c2 = self.splitter.flush()
-            reasoning, content = reasoning + r2, content + c2
-        return reasoning, content
 
     def _chunk(self, delta: dict, finish_reason=None) -> bytes:
         body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model.name,
                 "system_fingerprint": None,
                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
         return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
+
+    def _text_chunks(self, reasoning: str, content: str):
+        if reasoning:
+            yield self._chunk({"reasoning_content": reasoning})
+        if content:
+            yield self._chunk({"content": content})
 
     def _usage_body(self) -> dict:
         usage = dict(self.usage)
@@ -299,50 +301,34 @@ class _Completion:
             log.exception("settling hold %s after a lost worker failed; the sweep will release it", self.hold_id)
 
     async def sse(self):
-        finished = False
         try:
             yield self._chunk({"role": "assistant", "content": ""})
-            async for event in self._events():
-                kind = event["type"]
-                self._observe(event)
-                if event is jobs.KEEPALIVE:
-                    yield b": keep-alive\n\n"
-                elif kind == protocol.DELTA:
-                    self.usage = event.get("usage", self.usage)
-                    reasoning, content = self._split(event.get("text", ""))
-                    if reasoning:
-                        yield self._chunk({"reasoning_content": reasoning})
-                    if content:
-                        yield self._chunk({"content": content})
-                elif kind == protocol.DONE:
-                    self.usage = event["usage"]
-                    reasoning, content = self._split("", final=True)
-                    if reasoning or content:
-                        yield self._chunk({"reasoning_content": reasoning} if reasoning else {"content": content})
-                    yield self._chunk({}, finish_reason=_public_finish(event["finish_reason"]))
-                    if self.include_usage:
-                        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                                "model": self.model.name, "choices": [], "usage": self._usage_body()}
+            async with aclosing(self.reader.follow()) as events:  # closed early: the job is cancelled
+                async for event in events:
+                    self._observe(event)
+                    if isinstance(event, reader.Keepalive):
+                        yield b": keep-alive\n\n"
+                    elif isinstance(event, reader.Text):
+                        for chunk in self._text_chunks(event.reasoning, event.content):
+                            yield chunk
+                    elif isinstance(event, reader.Done):
+                        for chunk in self._text_chunks(event.reasoning, event.content):
+                            yield chunk
+                        yield self._chunk({}, finish_reason=_public_finish(event.finish_reason))
+                        if self.include_usage:
+                            body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                                    "model": self.model.name, "choices": [], "usage": self._usage_body()}
+                            yield b"data: " + json.dumps(body).encode() + b"\n\n"
+                        yield b"data: [DONE]\n\n"
+                    elif isinstance(event, reader.Failed):
+                        if event.synthetic:
+                            await self._settle_delivered()
+                        status = 503 if event.code in {"worker_lost", "queue_timeout", "deadline"} else 500
+                        body = {"error": {"message": event.message or "generation failed",
+                                          "type": "server_error", "param": None, "code": event.code}}
                         yield b"data: " + json.dumps(body).encode() + b"\n\n"
-                    yield b"data: [DONE]\n\n"
-                    finished = True
-                    return
-                elif kind == protocol.ERROR:
-                    finished = True
-                    if event.get("synthetic"):
-                        await self._settle_delivered()
-                    status = 503 if event.get("code") in {"worker_lost", "queue_timeout", "deadline"} else 500
-                    body = {"error": {"message": event.get("message", "generation failed"),
-                                      "type": "server_error", "param": None, "code": event.get("code")}}
-                    yield b"data: " + json.dumps(body).encode() + b"\n\n"
-                    log.warning("job %s ended with %s (status %s)", self.job_id, event.get("code"), status)
-                    return
+                        log.warning("job %s ended with %s (status %s)", self.job_id, event.code, status)
         finally:
-            if not finished:  # the client went away: stop generating; the worker settles what it made
-                try:
-                    await jobs.cancel(self.job_id)
-                except RedisError:
-                    log.warning("could not flag job %s cancelled", self.job_id)
             await self.admission.finish(self._total_tokens())
 
     def _total_tokens(self) -> int:
@@ -355,39 +341,24 @@ class _Completion:
             await self.admission.finish(self._total_tokens())
 
     async def _whole(self):
-        content: list[str] = []
-        reasoning: list[str] = []
-        try:
-            async for event in self._events():
-                kind = event["type"]
+        async with aclosing(self.reader.follow()) as events:  # closed early: the job is cancelled
+            async for event in events:
                 self._observe(event)
-                if kind == protocol.DELTA:
-                    self.usage = event.get("usage", self.usage)
-                    r, c = self._split(event.get("text", ""))
-                    reasoning.append(r)
-                    content.append(c)
-                elif kind == protocol.DONE:
-                    self.usage = event["usage"]
-                    r, c = self._split("", final=True)
-                    reasoning.append(r)
-                    content.append(c)
-                    message = {"role": "assistant", "content": "".join(content)}
+                if isinstance(event, reader.Done):
+                    message = {"role": "assistant", "content": self.reader.text}
                     if self.model.reasoner:
-                        message["reasoning_content"] = "".join(reasoning)
+                        message["reasoning_content"] = self.reader.reasoning_text
                     return JsonResponse({
                         "id": self.id, "object": "chat.completion", "created": self.created,
                         "model": self.model.name, "system_fingerprint": None,
                         "choices": [{"index": 0, "message": message, "logprobs": None,
-                                     "finish_reason": _public_finish(event["finish_reason"])}],
+                                     "finish_reason": _public_finish(event.finish_reason)}],
                         "usage": self._usage_body()})
-                elif kind == protocol.ERROR:
-                    if event.get("synthetic"):
+                if isinstance(event, reader.Failed):
+                    if event.synthetic:
                         await self._settle_delivered()
-                        return _overloaded(event["message"], 5)
-                    return error_response(500, event.get("message"), code=event.get("code"))
-        except BaseException:
-            await jobs.cancel(self.job_id)
-            raise
+                        return _overloaded(event.message, 5)
+                    return error_response(500, event.message or None, code=event.code)
         return error_response(500, "the job ended without a result")
 
 
