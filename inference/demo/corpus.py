@@ -11,6 +11,7 @@ replies in the web chat; it is not meant to make the model knowledgeable.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Iterator
 
@@ -336,6 +337,140 @@ def conversation(rng: random.Random) -> list[Message]:
 def conversations(n: int, seed: int = 0) -> list[list[Message]]:
     rng = random.Random(seed)
     return [conversation(rng) for _ in range(n)]
+
+
+# --- tools, reasoning and fill-in-the-middle ----------------------------------------------------------
+# Small shares of the corpus that teach the demo model the shapes the API exposes: calling a function
+# (DeepSeek-V3.1's tool tokens, through the chat template), answering from a tool's result, thinking
+# in `<think>…</think>` before an answer, and filling a hole between a prefix and a suffix.
+
+TOOLS: list[dict] = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "Get the current weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+    {"type": "function", "function": {
+        "name": "add_numbers", "description": "Add two whole numbers.",
+        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                       "required": ["a", "b"]}}},
+    {"type": "function", "function": {
+        "name": "get_time", "description": "Get the local time in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+]
+CITIES = ["Paris", "Rome", "Tokyo", "Lima", "Oslo", "Cairo", "Berlin", "Madrid", "Sydney", "Toronto", "Hangzhou"]
+WEATHER = ["sunny", "cloudy", "rainy", "windy", "snowy", "foggy"]
+
+
+def _call(name: str, arguments: dict, n: int) -> dict:
+    return {"id": f"call_{n}", "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments)}}
+
+
+def tool_conversation(rng: random.Random) -> tuple[list[Message], list[dict]]:
+    """One chat with tools offered: a call (or two), the results, the answer from them; or a turn
+    that needs no tool, answered directly."""
+    tools = rng.sample(TOOLS, k=rng.randint(1, len(TOOLS)))
+    names = {t["function"]["name"] for t in tools}
+    messages: list = []
+    if rng.random() < 0.3:
+        messages.append({"role": "system", "content": _pick(rng, SYSTEM_PROMPTS)})
+    kind = rng.choice(sorted(names) + ["none"])
+    if kind == "get_weather":
+        cities = rng.sample(CITIES, k=rng.choice([1, 1, 2]))
+        user = (f"What is the weather in {cities[0]}?" if len(cities) == 1
+                else f"What is the weather in {cities[0]} and in {cities[1]}?")
+        calls = [_call("get_weather", {"city": c}, i) for i, c in enumerate(cities)]
+        results = [(c, rng.choice(WEATHER), rng.randint(-5, 35)) for c in cities]
+        outputs = [json.dumps({"city": c, "weather": w, "temperature_c": t}) for c, w, t in results]
+        answer = " ".join(f"It is {w} in {c}, {t} degrees." for c, w, t in results)
+    elif kind == "add_numbers":
+        a, b = rng.randint(0, 99), rng.randint(0, 99)
+        user = _pick(rng, [f"Use the tool to add {a} and {b}.", f"What is {a} plus {b}? Use add_numbers.",
+                           f"Add {a} and {b} for me."])
+        calls = [_call("add_numbers", {"a": a, "b": b}, 0)]
+        outputs = [str(a + b)]
+        answer = f"{a} plus {b} is {a + b}."
+    elif kind == "get_time":
+        city = rng.choice(CITIES)
+        hour, minute = rng.randint(0, 23), rng.choice([0, 15, 30, 45])
+        user = _pick(rng, [f"What time is it in {city}?", f"Tell me the time in {city}."])
+        calls = [_call("get_time", {"city": city}, 0)]
+        outputs = [json.dumps({"city": city, "time": f"{hour:02d}:{minute:02d}"})]
+        answer = f"It is {hour:02d}:{minute:02d} in {city}."
+    else:
+        user, reply = _turn(rng)
+        messages += [{"role": "user", "content": _vary_user_text(rng, user)}, {"role": "assistant", "content": reply}]
+        return messages, tools
+    messages.append({"role": "user", "content": _vary_user_text(rng, user)})
+    messages.append({"role": "assistant", "content": "", "tool_calls": calls})
+    for call, output in zip(calls, outputs, strict=True):
+        messages.append({"role": "tool", "tool_call_id": call["id"], "content": output})
+    messages.append({"role": "assistant", "content": answer})
+    return messages, tools
+
+
+def tool_conversations(n: int, seed: int = 0) -> list[tuple[list[Message], list[dict]]]:
+    rng = random.Random(seed)
+    return [tool_conversation(rng) for _ in range(n)]
+
+
+def reasoning_conversation(rng: random.Random) -> list[Message]:
+    if rng.random() < 0.25:
+        return json_conversation(rng)
+    """A one-turn chat whose answer is preceded by a short thought, as a reasoner writes it: the
+    template opens `<think>` in the generation prompt, so the content here starts inside it."""
+    user, reply = _turn(rng)
+    thought = _pick(rng, [f"The user asks: {user} I should answer briefly.",
+                          f"The question is: {user} Let me answer it in one or two sentences.",
+                          f"The user wrote: {user} I know a short answer to this."])
+    return [{"role": "user", "content": _vary_user_text(rng, user)},
+            {"role": "assistant", "content": f"<think>\n{thought}\n</think>\n\n{reply}"}]
+
+
+def json_conversation(rng: random.Random) -> list[Message]:
+    """A one-turn chat answered as a small JSON object (what response_format json_object asks for)."""
+    user, reply = _turn(rng)
+    ask = _pick(rng, ["Answer in JSON.", "Reply with a JSON object.", "Give the answer as json."])
+    key = _pick(rng, ["answer", "reply", "text"])
+    return [{"role": "user", "content": f"{user} {ask}"}, {"role": "assistant", "content": json.dumps({key: reply})}]
+
+
+def reasoning_conversations(n: int, seed: int = 0) -> list[list[Message]]:
+    rng = random.Random(seed)
+    return [reasoning_conversation(rng) for _ in range(n)]
+
+
+CODE_SNIPPETS = [
+    "def add(a, b):\n    return a + b\n",
+    "def greet(name):\n    return f\"Hello, {name}!\"\n",
+    "def square(x):\n    return x * x\n",
+    "def is_even(n):\n    return n % 2 == 0\n",
+    "for i in range(10):\n    print(i)\n",
+    "def count_to(n):\n    return list(range(1, n + 1))\n",
+    "import json\n\ndata = json.loads(text)\nprint(data[\"name\"])\n",
+    "def maximum(items):\n    best = items[0]\n    for item in items:\n        if item > best:\n            best = item\n    return best\n",
+]
+
+
+def fim_document(rng: random.Random) -> tuple[str, str, str]:
+    """(prefix, middle, suffix) cut from a reply or a code snippet at word or line boundaries."""
+    if rng.random() < 0.5:
+        text = rng.choice(CODE_SNIPPETS)
+        lines = text.splitlines(keepends=True)
+        i = rng.randrange(len(lines))
+        j = rng.randint(i + 1, len(lines))
+        return "".join(lines[:i]), "".join(lines[i:j]), "".join(lines[j:])
+    _, text = _turn(rng)
+    words = text.split(" ")
+    if len(words) < 3:
+        return "", text, ""
+    i = rng.randrange(1, len(words) - 1)
+    j = rng.randint(i + 1, len(words))
+    return " ".join(words[:i]) + " ", " ".join(words[i:j]), (" " + " ".join(words[j:])) if j < len(words) else ""
+
+
+def fim_documents(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
+    rng = random.Random(seed)
+    return [fim_document(rng) for _ in range(n)]
 
 
 def texts(convs: list[list[Message]]) -> Iterator[str]:

@@ -60,9 +60,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from tokenizers import AddedToken
+from tokenizers import Tokenizer as HFTokenizer
 
 from inference.demo import corpus
-from inference.demo.tokenizer_build import train_tokenizer, write_tokenizer_files
+from inference.demo.tokenizer_build import EOS, TEXT_TOKENS, fim_text, train_tokenizer, write_tokenizer_files
 from inference.tokenizer import Tokenizer
 
 TOKENIZER_VOCAB = 2048  # trained BPE entries (incl. special tokens); <think>, </think> come on top
@@ -141,14 +143,21 @@ def hf_config(config: dict):
 # --- data --------------------------------------------------------------------------------------------
 
 
-def build_tokens(tokenizer: Tokenizer, conversations: list[list[dict]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """All chats rendered by the checkpoint's own template and packed into one stream, plus the
-    offset at which each chat starts."""
+def build_tokens(tokenizer: Tokenizer, conversations: list[list[dict]],
+                 tool_chats: list[tuple[list[dict], list[dict]]] = (),
+                 fim: list[tuple[str, str, str]] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    """All documents packed into one stream, plus the offset at which each starts: chats (plain and
+    reasoning) and chats with tools rendered by the checkpoint's own template, and fill-in-the-middle
+    documents in DeepSeek's FIM layout, ending with EOS. Shuffled together, so every window mixes them."""
+    docs: list[list[int]] = [tokenizer.encode_chat(conv, add_generation_prompt=False) for conv in conversations]
+    docs += [tokenizer.encode_chat(conv, add_generation_prompt=False, tools=tools) for conv, tools in tool_chats]
+    docs += [tokenizer.encode(fim_text(p, s, m) + EOS) for p, m, s in fim]
+    random.Random(len(docs)).shuffle(docs)
     stream: list[int] = []
     starts: list[int] = []
-    for conv in conversations:
+    for doc in docs:
         starts.append(len(stream))
-        stream += tokenizer.encode_chat(conv, add_generation_prompt=False)
+        stream += doc
     return torch.tensor(stream, dtype=torch.long), torch.tensor(starts, dtype=torch.long)
 
 
@@ -229,9 +238,13 @@ def save_checkpoint(model, config: dict, out: Path) -> None:
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
 
 
+SAMPLE_SPECIAL = [("What is the weather in Paris?", {"tools": corpus.TOOLS}),
+                  ("What is Levee?", {"thinking": True})]
+
+
 @torch.no_grad()
-def greedy_reply(model, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 48) -> str:
-    ids = torch.tensor([tokenizer.encode_chat([{"role": "user", "content": prompt}])])
+def greedy_reply(model, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 48, **render) -> str:
+    ids = torch.tensor([tokenizer.encode_chat([{"role": "user", "content": prompt}], **render)])
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
     return tokenizer.decode(out[0, ids.shape[1]:].tolist())
@@ -243,6 +256,9 @@ def greedy_reply(model, tokenizer: Tokenizer, prompt: str, max_new_tokens: int =
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("inference/demo/checkpoint"))
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="fine-tune this checkpoint: keep its tokenizer (adding any missing text tokens) "
+                             "and start from its weights")
     parser.add_argument("--steps", type=int, default=420)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
@@ -250,6 +266,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=60)
     parser.add_argument("--bias-rate", type=float, default=1e-3)
     parser.add_argument("--conversations", type=int, default=40_000)
+    parser.add_argument("--tool-chats", type=int, default=8_000)
+    parser.add_argument("--reasoning-chats", type=int, default=6_000)
+    parser.add_argument("--fim-docs", type=int, default=6_000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -262,14 +281,28 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
 
     convs = corpus.conversations(args.conversations, seed=args.seed)
-    bpe = train_tokenizer(corpus.texts(convs), vocab_size=TOKENIZER_VOCAB)
+    tool_chats = corpus.tool_conversations(args.tool_chats, seed=args.seed + 1)
+    reasoning = corpus.reasoning_conversations(args.reasoning_chats, seed=args.seed + 2)
+    fim = corpus.fim_documents(args.fim_docs, seed=args.seed + 3)
+    texts = [*corpus.texts(convs), *corpus.texts([c for c, _ in tool_chats]), *corpus.texts(reasoning),
+             *("".join(doc) for doc in fim)]
+    if args.init_from is not None:
+        bpe = HFTokenizer.from_file(str(args.init_from / "tokenizer.json"))
+        bpe.add_tokens([AddedToken(t, special=False, normalized=False) for t in TEXT_TOKENS
+                        if bpe.token_to_id(t) is None])
+    else:
+        bpe = train_tokenizer(texts, vocab_size=TOKENIZER_VOCAB, text_tokens=TEXT_TOKENS)
     write_tokenizer_files(bpe, args.out, model_max_length=DEMO_CONFIG["max_position_embeddings"])
     tokenizer = Tokenizer.from_dir(args.out)
     assert tokenizer.vocab_size <= CONFIG_VOCAB, tokenizer.vocab_size
-    stream, starts = build_tokens(tokenizer, convs)
-    print(f"corpus: {len(convs)} chats, {len(stream)} tokens, tokenizer vocab {tokenizer.vocab_size}", flush=True)
+    stream, starts = build_tokens(tokenizer, convs + reasoning, tool_chats, fim)
+    print(f"corpus: {len(convs)} chats, {len(reasoning)} reasoning chats, {len(tool_chats)} chats with tools, "
+          f"{len(fim)} FIM documents; {len(stream)} tokens, tokenizer vocab {tokenizer.vocab_size}", flush=True)
 
-    model = DeepseekV3ForCausalLM(hf_config(DEMO_CONFIG)).float()
+    if args.init_from is not None:
+        model = DeepseekV3ForCausalLM.from_pretrained(str(args.init_from), dtype=torch.float32)
+    else:
+        model = DeepseekV3ForCausalLM(hf_config(DEMO_CONFIG)).float()
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters", flush=True)
@@ -316,6 +349,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"max |correction bias| per MoE layer: {[round(b, 3) for b in biases]}")
     for prompt in SAMPLE_PROMPTS:
         print(f"> {prompt}\n  {greedy_reply(model, tokenizer, prompt)!r}", flush=True)
+    for prompt, kwargs in SAMPLE_SPECIAL:
+        print(f"> {prompt} {sorted(kwargs)}\n  {greedy_reply(model, tokenizer, prompt, **kwargs)!r}", flush=True)
+    ids = torch.tensor([tokenizer.encode(fim_text("def add(a, b):\n", "\n"))])
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+    print(f"> FIM def add(a, b):\\n ___ \\n\n  {tokenizer.decode(out[0, ids.shape[1]:].tolist())!r}")
 
 
 if __name__ == "__main__":
