@@ -25,12 +25,14 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from inference.grammar import BatchMasker, SequenceConstraint
 from inference.kvcache import UNIT_TOKENS, KVCache
 from inference.model import MLA, AttentionBackend, Transformer
 from inference.sampler import SamplingRows, row_key, rows_from_tensors, sample
@@ -83,6 +85,7 @@ class Request:
     user: str | None = None  # prefix-cache isolation key; None disables prefix reuse
     deadline: float | None = None  # time.time() after which the request is cancelled
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    constraint: SequenceConstraint | None = None  # a grammar sampling must follow (inference.grammar)
 
 
 @dataclass
@@ -343,6 +346,7 @@ class Engine:
         self._stopping = False
         self.steps = 0
         self.generated_tokens = 0  # sampled tokens since start, every request
+        self._masker: BatchMasker | None = None  # made on the first constrained request
         self._staging = _Staging(self.device)
         # Tokens generated so far per penalised sequence, [max_batch + 1, V] (the last row stays zero),
         # made at the first request with a penalty.
@@ -555,10 +559,12 @@ class Engine:
         (ids_t, pos_t, slots_t, last_t, *s_ints_t), s_floats_t = self._staging.upload(
             [ids, positions, slots, last_rows, *s_ints], s_floats)
         backend = _PagedAttention(self.cache, slots_t, prefill_segs, decode_segs, self.prefill_query_chunk)
+        masks = self._begin_masks(order)  # computed on llguidance's threads while the forward runs
         logits = self._forward(ids_t, pos_t, last_t, backend)
         for s in order:
             s.num_computed = len(s.prompt) if s.num_computed < len(s.prompt) else s.num_computed + 1
-        tokens, logprobs, tops = self._sample(order, logits, s_ints_t, s_floats_t)
+        allowed = None if masks is None else self._masker.allowed(masks, len(order), logits.device)  # type: ignore[union-attr]
+        tokens, logprobs, tops = self._sample(order, logits, s_ints_t, s_floats_t, allowed)
         self.steps += 1
         self.generated_tokens += len(tokens)
         for s, tok, lp, top in zip(order, tokens, logprobs, tops, strict=True):
@@ -574,6 +580,14 @@ class Engine:
         hidden = self.model.hidden_states(ids[None], positions, backend)
         logits: torch.Tensor = self.model.lm_head(hidden[0, last_rows])
         return logits
+
+    def _begin_masks(self, order: list[_Seq]) -> Future[tuple[torch.Tensor, torch.Tensor]] | None:
+        constraints = [s.req.constraint for s in order]
+        if all(c is None for c in constraints):
+            return None
+        if self._masker is None:
+            self._masker = BatchMasker(self.vocab)
+        return self._masker.begin(constraints)
 
     def _new_positions(self, s: _Seq) -> range:
         if s.num_computed < len(s.prompt):
@@ -594,7 +608,8 @@ class Engine:
                   [s.params.frequency_penalty for s in seqs]]
         return ints, floats
 
-    def _sample(self, seqs: list[_Seq], logits: torch.Tensor, ints: list[torch.Tensor], floats: list[torch.Tensor]
+    def _sample(self, seqs: list[_Seq], logits: torch.Tensor, ints: list[torch.Tensor], floats: list[torch.Tensor],
+                allowed: torch.Tensor | None = None
                 ) -> tuple[list[int], list[float | None], list[list[tuple[int, float]] | None]]:
         """One batched pass on the device (see sampler.py); rows never interact, so a request's choice
         does not depend on who else is in the batch. Ends in the step's one device→host copy."""
@@ -612,7 +627,7 @@ class Engine:
                 counts = self._counts[count_rows]
         else:
             rows = None
-        out = sample(logits, rows, counts=counts, allowed=None, want_logprobs=want_lp, top_logprobs=n_top)
+        out = sample(logits, rows, counts=counts, allowed=allowed, want_logprobs=want_lp, top_logprobs=n_top)
         if counts is not None:
             assert self._counts is not None
             self._counts.index_put_((count_rows, out.tokens), torch.ones_like(out.tokens, dtype=torch.float32),
@@ -644,6 +659,8 @@ class Engine:
     def _advance(self, s: _Seq, tok: int, lp: float | None, top: list[tuple[int, float]] | None) -> None:
         p = s.params
         s.output.append(tok)
+        if s.req.constraint is not None:
+            s.req.constraint.advance(tok)
         if (tok in self.eos_ids and not p.ignore_eos) or tok in p.stop_token_ids:
             text = s.pending + (s.detok.flush() if s.detok else "")
             s.pending = ""

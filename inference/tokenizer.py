@@ -213,6 +213,7 @@ class Tokenizer:
         self._template_tokens["bos_token"] = self.bos_token
         self._template_tokens["eos_token"] = self.eos_token
         self._compiled: jinja2.Template | None = None
+        self._added_ids = set(self._tok.get_added_tokens_decoder())
 
     def _resolve(self, token: str | None, fallback: Any, what: str) -> int | None:
         if token is not None:
@@ -271,6 +272,19 @@ class Tokenizer:
 
     def id_to_token(self, token_id: int) -> str | None:
         return self._tok.id_to_token(token_id)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for (byte-level BPE pieces map back through GPT-2's byte
+        alphabet; added tokens are their text). Part of a character for a token that splits one."""
+        piece = self._tok.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if token_id in self._added_ids:
+            return str(piece).encode("utf-8")
+        table = _byte_decoder()
+        if all(ch in table for ch in piece):
+            return bytes(table[ch] for ch in piece)
+        return str(self._tok.decode([token_id], skip_special_tokens=False)).encode("utf-8")
 
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         """Token ids of `text`. Special tokens written in the text (e.g. from a rendered chat
@@ -332,6 +346,24 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({self._source!r}, vocab_size={self.vocab_size})"
+
+
+_BYTE_DECODER: dict[str, int] = {}
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable stand-in for each byte, inverted (what byte-level BPE vocabularies use)."""
+    if not _BYTE_DECODER:
+        keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+            + list(range(ord("®"), ord("ÿ") + 1))
+        chars, n = list(keep), 0
+        for b in range(256):
+            if b not in keep:
+                keep.append(b)
+                chars.append(256 + n)
+                n += 1
+        _BYTE_DECODER.update({chr(c): b for b, c in zip(keep, chars, strict=True)})
+    return _BYTE_DECODER
 
 
 def _clean_message(index: int, message: Mapping[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable, Iterator
+from typing import Any
 
 Message = dict[str, str]
 Turn = tuple[str, str]  # (user, assistant)
@@ -344,7 +345,7 @@ def conversations(n: int, seed: int = 0) -> list[list[Message]]:
 # (DeepSeek-V3.1's tool tokens, through the chat template), answering from a tool's result, thinking
 # in `<think>…</think>` before an answer, and filling a hole between a prefix and a suffix.
 
-TOOLS: list[dict] = [
+TOOLS: list[dict[str, Any]] = [
     {"type": "function", "function": {
         "name": "get_weather", "description": "Get the current weather in a city.",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
@@ -360,17 +361,17 @@ CITIES = ["Paris", "Rome", "Tokyo", "Lima", "Oslo", "Cairo", "Berlin", "Madrid",
 WEATHER = ["sunny", "cloudy", "rainy", "windy", "snowy", "foggy"]
 
 
-def _call(name: str, arguments: dict, n: int) -> dict:
+def _call(name: str, arguments: dict[str, Any], n: int) -> dict[str, Any]:
     return {"id": f"call_{n}", "type": "function",
             "function": {"name": name, "arguments": json.dumps(arguments)}}
 
 
-def tool_conversation(rng: random.Random) -> tuple[list[Message], list[dict]]:
+def tool_conversation(rng: random.Random) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One chat with tools offered: a call (or two), the results, the answer from them; or a turn
     that needs no tool, answered directly."""
     tools = rng.sample(TOOLS, k=rng.randint(1, len(TOOLS)))
     names = {t["function"]["name"] for t in tools}
-    messages: list = []
+    messages: list[dict[str, Any]] = []
     if rng.random() < 0.3:
         messages.append({"role": "system", "content": _pick(rng, SYSTEM_PROMPTS)})
     kind = rng.choice(sorted(names) + ["none"])
@@ -408,7 +409,7 @@ def tool_conversation(rng: random.Random) -> tuple[list[Message], list[dict]]:
     return messages, tools
 
 
-def tool_conversations(n: int, seed: int = 0) -> list[tuple[list[Message], list[dict]]]:
+def tool_conversations(n: int, seed: int = 0) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
     rng = random.Random(seed)
     return [tool_conversation(rng) for _ in range(n)]
 

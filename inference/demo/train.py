@@ -56,7 +56,9 @@ import json
 import math
 import random
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -143,9 +145,9 @@ def hf_config(config: dict):
 # --- data --------------------------------------------------------------------------------------------
 
 
-def build_tokens(tokenizer: Tokenizer, conversations: list[list[dict]],
-                 tool_chats: list[tuple[list[dict], list[dict]]] = (),
-                 fim: list[tuple[str, str, str]] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+def build_tokens(tokenizer: Tokenizer, conversations: Sequence[Sequence[Mapping[str, Any]]],
+                 tool_chats: Sequence[tuple[Sequence[Mapping[str, Any]], Sequence[Mapping[str, Any]]]] = (),
+                 fim: Sequence[tuple[str, str, str]] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     """All documents packed into one stream, plus the offset at which each starts: chats (plain and
     reasoning) and chats with tools rendered by the checkpoint's own template, and fill-in-the-middle
     documents in DeepSeek's FIM layout, ending with EOS. Shuffled together, so every window mixes them."""
@@ -238,7 +240,7 @@ def save_checkpoint(model, config: dict, out: Path) -> None:
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
 
 
-SAMPLE_SPECIAL = [("What is the weather in Paris?", {"tools": corpus.TOOLS}),
+SAMPLE_SPECIAL: list[tuple[str, dict[str, Any]]] = [("What is the weather in Paris?", {"tools": corpus.TOOLS}),
                   ("What is Levee?", {"thinking": True})]
 
 
@@ -299,6 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"corpus: {len(convs)} chats, {len(reasoning)} reasoning chats, {len(tool_chats)} chats with tools, "
           f"{len(fim)} FIM documents; {len(stream)} tokens, tokenizer vocab {tokenizer.vocab_size}", flush=True)
 
+    model: Any
     if args.init_from is not None:
         model = DeepseekV3ForCausalLM.from_pretrained(str(args.init_from), dtype=torch.float32)
     else:

@@ -7,8 +7,10 @@ the job cancelled when its reader goes away before the end. Each caller is then 
 these typed events:
 
     Keepalive            the job is still queued (say so to the client, so proxies keep the line)
-    Text                 output now certain: answer `content`, `reasoning`, the `raw` text it came from
-    Done                 the job finished (its finish reason); text held back until then comes with it
+    Text                 output now certain: answer `content`, `reasoning`, `tool_calls` deltas (when the
+                         request offered tools), the tokens' `logprobs` (when asked), the `raw` text
+    Done                 the job finished (its finish reason, "tool_calls" when the answer was calls);
+                         text and call pieces held back until then come with it
     Failed               the job ended in an error, or went silent (`synthetic`: the web side decided)
 
 `follow()` reads a live stream (levee.api.jobs.events); `replay()` reads what a stream holds now
@@ -17,7 +19,7 @@ these typed events:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,7 @@ from redis.exceptions import RedisError
 
 from inference import protocol
 from levee.api.think import ThinkSplitter
+from levee.api.tools import Call, CallDelta, ToolCallParser
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ class Text:
     reasoning: str
     raw: str
     usage: dict[str, int]
+    tool_calls: list[CallDelta] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -52,6 +57,7 @@ class Done:
     usage: dict[str, int]
     content: str = ""  # the tail the splitter held back
     reasoning: str = ""
+    tool_calls: list[CallDelta] = field(default_factory=list)
 
 
 @dataclass
@@ -69,14 +75,17 @@ Event = Keepalive | Text | Done | Failed
 class JobReader:
     """One job's events, typed. `reasoner`: split `<think>…</think>`; `thinking_opened`: the prompt
     already opened `<think>` (a reasoning template), so output starts inside the reasoning;
-    `replace_nul`: NUL becomes U+FFFD (PostgreSQL text refuses NUL)."""
+    `replace_nul`: NUL becomes U+FFFD (PostgreSQL text refuses NUL); `tool_parser`: read the
+    answer's tool calls out of it (levee.api.tools)."""
 
     job_id: str
     prompt_tokens: int
     reasoner: bool = False
     thinking_opened: bool = False
     replace_nul: bool = False
+    tool_parser: ToolCallParser | None = None
     usage: dict[str, int] = field(init=False)
+    logprobs: list[dict[str, Any]] = field(init=False, default_factory=list)
     content: list[str] = field(init=False, default_factory=list)
     reasoning: list[str] = field(init=False, default_factory=list)
     end: Done | Failed | None = field(init=False, default=None)
@@ -100,23 +109,35 @@ class JobReader:
     def ended(self) -> bool:
         return self.end is not None
 
-    def _keep(self, reasoning: str, content: str) -> tuple[str, str]:
+    @property
+    def tool_calls(self) -> list[Call]:
+        return self.tool_parser.calls if self.tool_parser is not None else []
+
+    def _keep(self, reasoning: str, content: str, *, final: bool = False) -> tuple[str, str, list[CallDelta]]:
+        deltas: list[CallDelta] = []
+        if self.tool_parser is not None:
+            content, deltas = self.tool_parser.push(content)
+            if final:
+                rest, more = self.tool_parser.flush()
+                content, deltas = content + rest, deltas + more
         self.reasoning.append(reasoning)
         self.content.append(content)
-        return reasoning, content
+        return reasoning, content, deltas
 
-    def _split(self, text: str) -> tuple[str, str]:
+    def _split(self, text: str) -> tuple[str, str, list[CallDelta]]:
         if self._splitter is None:
             return self._keep("", text)
         return self._keep(*self._splitter.push(text))
 
-    def flush(self) -> tuple[str, str]:
-        """What the splitter still holds back (once), kept with the rest; ("", "") after the first call."""
-        if self._flushed or self._splitter is None:
-            self._flushed = True
-            return "", ""
+    def flush(self) -> tuple[str, str, list[CallDelta]]:
+        """What the splitter and the tool parser still hold back (once), kept with the rest;
+        nothing after the first call."""
+        if self._flushed:
+            return "", "", []
         self._flushed = True
-        return self._keep(*self._splitter.flush())
+        if self._splitter is None:
+            return self._keep("", "", final=True)
+        return self._keep(*self._splitter.flush(), final=True)
 
     # --- raw → typed ---
 
@@ -130,13 +151,19 @@ class JobReader:
             raw = event.get("text", "")
             if self.replace_nul:
                 raw = raw.replace("\x00", "\ufffd")
-            reasoning, content = self._split(raw)
-            return Text(content=content, reasoning=reasoning, raw=raw, usage=self.usage)
+            reasoning, content, calls = self._split(raw)
+            logprobs = event.get("logprobs") or []
+            self.logprobs += logprobs
+            return Text(content=content, reasoning=reasoning, raw=raw, usage=self.usage, tool_calls=calls,
+                        logprobs=logprobs)
         if kind == protocol.DONE:
             self.usage = event.get("usage", self.usage)
-            reasoning, content = self.flush()
-            self.end = Done(finish_reason=event.get("finish_reason", "stop"), usage=self.usage,
-                            content=content, reasoning=reasoning)
+            reasoning, content, calls = self.flush()
+            reason = event.get("finish_reason", "stop")
+            if reason == "stop" and self.tool_calls:
+                reason = "tool_calls"
+            self.end = Done(finish_reason=reason, usage=self.usage, content=content, reasoning=reasoning,
+                            tool_calls=calls)
             return self.end
         if kind == protocol.ERROR:
             self.usage = event.get("usage", self.usage)
@@ -148,7 +175,7 @@ class JobReader:
 
     # --- sources ---
 
-    async def follow(self) -> AsyncIterator[Event]:
+    async def follow(self) -> AsyncGenerator[Event, None]:
         """The live stream until Done or Failed. A reader closed before that (the client went away)
         flags the job cancelled: the worker stops and settles what it made. Close it explicitly
         (contextlib.aclosing), so that happens when the client leaves, not when the garbage is collected."""
@@ -189,7 +216,7 @@ class JobReader:
         """Read the job's stream as Redis holds it now (empty if it is gone). Raises RedisError."""
         from levee.core.store import redis_client
 
-        entries = redis_client().xrange(protocol.stream_key(self.job_id)) if self.job_id else []
+        entries: list[Any] = redis_client().xrange(protocol.stream_key(self.job_id)) if self.job_id else []  # type: ignore[assignment]
         for _ in self.replay(entries):
             pass
         return self

@@ -6,20 +6,24 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
 from inference import protocol
-from levee.api import jobs, reader, schema
+from inference.tokenizer import ChatTemplateError
+from levee.api import jobs, plan, reader, schema
 from levee.api.models import LlmModel, aenabled_model
 from levee.api.reader import JobReader
-from levee.api.tokens import opens_thinking
+from levee.api.tools import CallDelta
 from levee.core.asyncdb import db
 from levee.core.errors import error_response
 from levee.core.memo import Memo
@@ -31,14 +35,15 @@ from levee.keys.services import aauthenticate_key
 log = logging.getLogger(__name__)
 
 
-def _api_error(exc: schema.RequestError):
+def _api_error(exc: schema.RequestError) -> JsonResponse:
     return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
 
 
-def key_endpoint(method: str):
+def key_endpoint(method: str, *, token: Callable[[HttpRequest], str | None] = bearer_token) -> Callable[..., Any]:
     """An async API endpoint for one HTTP method, authenticated by an API key: the view is called
-    as view(request, key) only when both hold; otherwise the error leaves in the API's format."""
-    def wrap(view):
+    as view(request, key) only when both hold; otherwise the error leaves in the API's format.
+    `token(request)` finds the key in the request (the Authorization header by default)."""
+    def wrap(view: Callable[..., Any]) -> Callable[..., Any]:
         @sessionless
         @csrf_exempt
         @functools.wraps(view)
@@ -47,7 +52,7 @@ def key_endpoint(method: str):
                 return error_response(405, f"{request.method} is not allowed here")
             request.phases = phases = Phases(request)
             phases.mark("edge")
-            key, failure = await _authenticate(request)
+            key, failure = await _authenticate(request, token)
             if failure:
                 return failure
             phases.mark("auth")
@@ -58,8 +63,8 @@ def key_endpoint(method: str):
     return wrap
 
 
-async def _authenticate(request):
-    token = bearer_token(request)
+async def _authenticate(request, find_token=bearer_token):
+    token = find_token(request)
     if token is None:
         return None, error_response(401, "Authentication Fails (no api key provided)")
     key = await aauthenticate_key(token)
@@ -86,33 +91,51 @@ async def list_models(request, key):
 
 @key_endpoint("POST")
 async def chat_completions(request, key):
+    return await _chat(request, key, beta=False)
+
+
+@key_endpoint("POST")
+async def beta_chat_completions(request, key):
+    """/beta/chat/completions: prefix completion and strict functions (DeepSeek's beta base URL)."""
+    return await _chat(request, key, beta=True)
+
+
+async def _chat(request: Any, key: Any, *, beta: bool) -> HttpResponseBase:
     try:
         chat = schema.parse_chat_request(schema.parse_json(request.body))
-        model = await aenabled_model(chat.model)
-        if model is None:
-            raise schema.RequestError(400, f"Model Not Exist: {chat.model}", param="model", code="model_not_found")
-        if _prompt_chars(chat.messages) <= INLINE_ENCODE_CHARS:  # a thread hop costs more than this
-            prompt_ids = _encode(model, chat.messages)
-        else:  # long prompts are tokenized off the event loop, so other streams keep flowing
-            prompt_ids = await sync_to_async(_encode, thread_sensitive=False)(model, chat.messages)
-        max_tokens = _max_tokens(model, chat, len(prompt_ids))
+        model, work = await plan_request(chat, beta=beta)
+        max_tokens = _max_tokens(model, chat, len(work.prompt_ids))
         request.phases.mark("parse")
     except schema.RequestError as exc:
         return _api_error(exc)
-    return await _run(request, key, model, chat, prompt_ids, max_tokens)
+    return await _run(request, key, model, chat, work, max_tokens)
+
+
+async def plan_request(chat: schema.ChatRequest, *, beta: bool) -> tuple[LlmModel, plan.Plan]:
+    """(model, plan) of a parsed chat request. Raises RequestError."""
+    model = await aenabled_model(chat.model)
+    if model is None:
+        raise schema.RequestError(400, f"Model Not Exist: {chat.model}", param="model", code="model_not_found")
+    if _prompt_chars(chat) <= INLINE_ENCODE_CHARS:  # a thread hop costs more than this
+        return model, _plan(model, chat, beta)
+    # long prompts are tokenized off the event loop, so other streams keep flowing
+    return model, await sync_to_async(_plan, thread_sensitive=False)(model, chat, beta)
 
 
 INLINE_ENCODE_CHARS = 2000
 
 
-def _prompt_chars(messages) -> int:
-    return sum(len(m.get("content") or "") for m in messages if isinstance(m, dict))
+def _prompt_chars(chat: schema.ChatRequest) -> int:
+    chars = sum(len(m.get("content") or "") for m in chat.messages if isinstance(m, dict))
+    return chars + sum(len(json.dumps(t.parameters)) + len(t.description) for t in chat.tools)
 
 
-def _encode(model, messages):
-    from levee.api.tokens import encode_prompt
-
-    return encode_prompt(model, messages)
+def _plan(model: LlmModel, chat: schema.ChatRequest, beta: bool) -> plan.Plan:
+    try:
+        return plan.build(model, chat, beta=beta)
+    except ChatTemplateError as exc:  # e.g. a template that refuses a role order
+        raise schema.RequestError(400, f"The messages cannot be rendered for {model.name}: {exc}",
+                                  param="messages", code="invalid_request_error") from None
 
 
 def _max_tokens(model: LlmModel, chat: schema.ChatRequest, prompt_tokens: int) -> int:
@@ -139,7 +162,7 @@ TIER_MEMO_SECONDS = 10
 _tiers = Memo("api-tiers", TIER_MEMO_SECONDS)
 
 
-def _overloaded(message: str, retry_after: int):
+def _overloaded(message: str, retry_after: int) -> JsonResponse:
     return error_response(503, message, headers={"Retry-After": str(retry_after)})
 
 
@@ -147,7 +170,7 @@ class _Admission:
     """The shield's share of one request: its tokens-per-minute reservation and concurrency lease,
     corrected and given back exactly once however the request ends."""
 
-    def __init__(self, key, model: str, estimated: int, lease):
+    def __init__(self, key: Any, model: str, estimated: int, lease: Any) -> None:
         self.key, self.model, self.estimated, self.lease = key, model, estimated, lease
         self._done = False
 
@@ -162,7 +185,8 @@ class _Admission:
         await shield.arelease_lease(self.lease)
 
 
-async def _run(request, key, model, chat, prompt_ids, max_tokens):
+async def _run(request, key, model, chat, work, max_tokens, formatter=None):
+    """Shed, limit, hold, enqueue, then answer with `formatter` (default: a chat completion)."""
     from levee.shield import api as shield
     from levee.shield.tiers import api_tier
 
@@ -172,6 +196,7 @@ async def _run(request, key, model, chat, prompt_ids, max_tokens):
     if retry_after:
         return _overloaded(f"{model.name} is shedding load; retry shortly.", retry_after)
     request.phases.mark("shed")
+    prompt_ids = work.prompt_ids
     estimated = len(prompt_ids) + max_tokens
     decision = await shield.aadmit_api_request(request, key, model=model.name, estimated_tokens=estimated)
     if not decision.allowed:
@@ -179,7 +204,7 @@ async def _run(request, key, model, chat, prompt_ids, max_tokens):
     request.phases.mark("limits")
     admission = _Admission(key, model.name, estimated, decision.lease)
     try:
-        response = await _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admission)
+        response = await _start(request, key, model, chat, work, max_tokens, job_id, admission, formatter)
     except BaseException:
         await admission.finish(0)
         raise
@@ -188,7 +213,7 @@ async def _run(request, key, model, chat, prompt_ids, max_tokens):
     return response
 
 
-async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admission):
+async def _start(request, key, model, chat, work, max_tokens, job_id, admission, formatter):
     from levee.billing import services as billing
 
     try:
@@ -199,6 +224,7 @@ async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admi
         log.exception("redis unavailable before enqueue")
         return _overloaded("The service is temporarily unavailable; retry shortly.", 5)
     request.phases.mark("capacity")
+    prompt_ids = work.prompt_ids
 
     deadline = time.time() + settings.LEVEE_JOB_QUEUE_TIMEOUT + settings.LEVEE_JOB_MAX_RUNTIME
     try:
@@ -213,10 +239,8 @@ async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admi
 
     message = protocol.JobMessage(
         job_id=job_id, model=model.name, prompt_ids=prompt_ids, user=str(key.user_id), hold_id=str(hold.id),
-        deadline=deadline,
-        sampling=protocol.Sampling(max_tokens=max_tokens, temperature=chat.temperature, top_p=chat.top_p,
-                                   stop=chat.stop, presence_penalty=chat.presence_penalty,
-                                   frequency_penalty=chat.frequency_penalty, seed=chat.seed))
+        deadline=deadline, constraint=work.constraint, logprobs=work.logprobs,
+        sampling=protocol.Sampling(max_tokens=max_tokens, stop=chat.stop, seed=chat.seed, **work.sampling))
     try:
         await jobs.enqueue(message, model.queue_name)
     except Exception:  # the broker refused: nothing was started, so nothing is charged
@@ -225,9 +249,9 @@ async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admi
         return _overloaded("The service is temporarily unavailable; retry shortly.", 5)
     request.phases.mark("enqueue")
 
-    stream = _Completion(job_id=job_id, model=model, hold_id=hold.id, prompt_tokens=len(prompt_ids),
-                         include_usage=chat.include_usage, admission=admission,
-                         thinking_opened=model.reasoner and opens_thinking(model, prompt_ids))
+    stream = (formatter or _Completion)(job_id=job_id, model=model, hold_id=hold.id, prompt_tokens=len(prompt_ids),
+                                        include_usage=chat.include_usage, admission=admission, work=work,
+                                        logprobs=chat.logprobs)
     if chat.stream:
         response = StreamingHttpResponse(stream.sse(), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
@@ -240,14 +264,14 @@ class _Completion:
     """Formats one job's typed events (levee.api.reader) as the API's response, and settles what the
     worker could not."""
 
-    def __init__(self, *, job_id, model, hold_id, prompt_tokens, include_usage, admission,
-                 thinking_opened=False):
+    def __init__(self, *, job_id: str, model: LlmModel, hold_id: Any, prompt_tokens: int, include_usage: bool,
+                 admission: _Admission, work: plan.Plan, logprobs: bool = False) -> None:
         self.job_id, self.model, self.hold_id, self.admission = job_id, model, hold_id, admission
-        self.include_usage = include_usage
+        self.include_usage, self.logprobs, self.thinking = include_usage, logprobs, work.thinking
         self.id = f"chatcmpl-{job_id}"
         self.created = int(time.time())
-        self.reader = JobReader(job_id, prompt_tokens=prompt_tokens, reasoner=model.reasoner,
-                                thinking_opened=thinking_opened)
+        self.reader = JobReader(job_id, prompt_tokens=prompt_tokens, reasoner=work.thinking,
+                                thinking_opened=work.thinking_opened, tool_parser=work.tool_parser(job_id))
         self.started_at = datetime.now(UTC)
         self._t0 = time.monotonic()
         self._first_token_at: float | None = None
@@ -269,25 +293,41 @@ class _Completion:
             if tokens > 1 and now > self._first_token_at:
                 metrics.observe_tokens_per_second(self.model.name, (tokens - 1) / (now - self._first_token_at))
 
-    def _chunk(self, delta: dict, finish_reason=None) -> bytes:
+    def _chunk(self, delta: dict, finish_reason: str | None = None, logprobs: list | None = None) -> bytes:
         body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model.name,
                 "system_fingerprint": None,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+                "choices": [{"index": 0, "delta": delta, "logprobs": {"content": logprobs} if logprobs else None,
+                             "finish_reason": finish_reason}]}
         return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
 
-    def _text_chunks(self, reasoning: str, content: str):
+    def _text_chunks(self, reasoning: str, content: str, calls: Sequence[CallDelta] = (),
+                     logprobs: list | None = None) -> Iterator[bytes]:
         if reasoning:
             yield self._chunk({"reasoning_content": reasoning})
-        if content:
-            yield self._chunk({"content": content})
+        if content or (logprobs and self.logprobs):
+            yield self._chunk({"content": content}, logprobs=logprobs if self.logprobs else None)
+        if calls:
+            yield self._chunk({"tool_calls": [c.as_openai() for c in calls]})
 
     def _usage_body(self) -> dict:
         usage = dict(self.usage)
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         usage["prompt_tokens_details"] = {"cached_tokens": usage["prompt_cache_hit_tokens"]}
+        if self.thinking:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens()}
         return usage
 
-    async def _settle_delivered(self):
+    def reasoning_tokens(self) -> int:
+        """Tokens of the reasoning (counted with the model's tokenizer: the worker counts tokens, not
+        where the thought ended), never more than the completion."""
+        from levee.api.tokens import tokenizer_for
+
+        text = self.reader.reasoning_text
+        if not text:
+            return 0
+        return min(len(tokenizer_for(self.model).encode(text)) + 1, self.usage["completion_tokens"])
+
+    async def _settle_delivered(self) -> None:
         """The worker is gone: charge what the client received, once (settle is idempotent on the hold)."""
         from levee.billing import services as billing
 
@@ -300,7 +340,7 @@ class _Completion:
         except Exception:
             log.exception("settling hold %s after a lost worker failed; the sweep will release it", self.hold_id)
 
-    async def sse(self):
+    async def sse(self) -> AsyncIterator[bytes]:
         try:
             yield self._chunk({"role": "assistant", "content": ""})
             async with aclosing(self.reader.follow()) as events:  # closed early: the job is cancelled
@@ -309,10 +349,11 @@ class _Completion:
                     if isinstance(event, reader.Keepalive):
                         yield b": keep-alive\n\n"
                     elif isinstance(event, reader.Text):
-                        for chunk in self._text_chunks(event.reasoning, event.content):
+                        for chunk in self._text_chunks(event.reasoning, event.content, event.tool_calls,
+                                                       event.logprobs):
                             yield chunk
                     elif isinstance(event, reader.Done):
-                        for chunk in self._text_chunks(event.reasoning, event.content):
+                        for chunk in self._text_chunks(event.reasoning, event.content, event.tool_calls):
                             yield chunk
                         yield self._chunk({}, finish_reason=_public_finish(event.finish_reason))
                         if self.include_usage:
@@ -334,24 +375,28 @@ class _Completion:
     def _total_tokens(self) -> int:
         return self.usage["prompt_tokens"] + self.usage["completion_tokens"]
 
-    async def whole(self):
+    async def whole(self) -> HttpResponseBase:
         try:
             return await self._whole()
         finally:
             await self.admission.finish(self._total_tokens())
 
-    async def _whole(self):
+    async def _whole(self) -> HttpResponseBase:
         async with aclosing(self.reader.follow()) as events:  # closed early: the job is cancelled
             async for event in events:
                 self._observe(event)
                 if isinstance(event, reader.Done):
-                    message = {"role": "assistant", "content": self.reader.text}
-                    if self.model.reasoner:
+                    message: dict[str, Any] = {"role": "assistant", "content": self.reader.text}
+                    if self.thinking:
                         message["reasoning_content"] = self.reader.reasoning_text
+                    if self.reader.tool_calls:
+                        message["content"] = message["content"] or None
+                        message["tool_calls"] = [c.as_openai() for c in self.reader.tool_calls]
+                    logprobs = {"content": self.reader.logprobs} if self.logprobs else None
                     return JsonResponse({
                         "id": self.id, "object": "chat.completion", "created": self.created,
                         "model": self.model.name, "system_fingerprint": None,
-                        "choices": [{"index": 0, "message": message, "logprobs": None,
+                        "choices": [{"index": 0, "message": message, "logprobs": logprobs,
                                      "finish_reason": _public_finish(event.finish_reason)}],
                         "usage": self._usage_body()})
                 if isinstance(event, reader.Failed):

@@ -6,7 +6,7 @@ from levee.core.errors import error_response
 from levee.core.middleware import sessionless
 
 # "/chat/completions" is the bare API; the rest of /chat/ is the web chat, whose /chat/api/ is JSON.
-API_PREFIXES = ("/v1/", "/api/", "/chat/completions", "/chat/api/", "/user/", "/models", "/beta/")
+API_PREFIXES = ("/v1/", "/api/", "/chat/completions", "/chat/api/", "/user/", "/models", "/beta/", "/anthropic/")
 
 
 @sessionless
