@@ -91,16 +91,25 @@ def test_tool_choice_must_name_an_offered_function():
 def test_the_forced_call_grammar_compiles_and_accepts_only_schema_valid_calls():
     from pathlib import Path
 
+    from inference.tokenizer import Tokenizer
+
     ckpt = Path(__file__).resolve().parents[3] / "inference" / "demo" / "checkpoint"
     tok = llguidance.LLTokenizer((ckpt / "tokenizer.json").read_text(), n_vocab=2112, eos_token=1)
-    ids = {name: i for i, name in enumerate([T.CALLS_BEGIN, T.CALLS_END, T.CALL_BEGIN, T.CALL_END, T.SEP], 3000)}
+    ids = {name: Tokenizer.from_dir(ckpt).token_to_id(name)
+           for name in [T.CALLS_BEGIN, T.CALLS_END, T.CALL_BEGIN, T.CALL_END, T.SEP]}
+    assert all(i is not None for i in ids.values())
     grammar = T.call_grammar(T.parse_tools([WEATHER]), family=T.V31, token_ids=ids)
-    for name, token_id in ids.items():
-        grammar = grammar.replace(f"<[{token_id}]>", json.dumps(name))  # as text: checkable with the tokenizer
-    matcher = llguidance.LLMatcher(tok, llguidance.LLMatcher.grammar_from_lark(grammar), log_level=0)
-    assert not matcher.is_error(), matcher.get_error()
-    good = f'{T.CALLS_BEGIN}{T.CALL_BEGIN}get_weather{T.SEP}{{"city":"Paris"}}{T.CALL_END}{T.CALLS_END}'
-    assert matcher.consume_tokens(tok.tokenize_str(good)) and matcher.is_accepting()
-    bad = llguidance.LLMatcher(tok, llguidance.LLMatcher.grammar_from_lark(grammar), log_level=0)
-    wrong = f'{T.CALLS_BEGIN}{T.CALL_BEGIN}get_weather{T.SEP}{{"town":"Paris"}}'
-    assert bad.validate_tokens(tok.tokenize_str(wrong)) < len(tok.tokenize_str(wrong))
+
+    def matcher():
+        m = llguidance.LLMatcher(tok, llguidance.LLMatcher.grammar_from_lark(grammar), log_level=0)
+        assert not m.is_error(), m.get_error()
+        return m
+
+    def encode(args: str) -> list[int]:
+        return [ids[T.CALLS_BEGIN], ids[T.CALL_BEGIN], *tok.tokenize_str("get_weather"), ids[T.SEP],
+                *tok.tokenize_str(args), ids[T.CALL_END], ids[T.CALLS_END]]
+
+    good = matcher()
+    assert good.consume_tokens(encode('{"city":"Paris"}')) and good.is_accepting()
+    wrong = encode('{"town":"Paris"}')
+    assert matcher().validate_tokens(wrong) < len(wrong)
