@@ -25,6 +25,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from inference.attention import PagedAttention, PrefillSpan
+from inference.grammar import BatchMasker, SequenceConstraint
 from inference.kvcache import UNIT_TOKENS, KVCache
 from inference.model import AttentionBackend, Transformer
 from inference.sampler import SamplingRows, row_key, rows_from_tensors, sample
@@ -85,6 +87,7 @@ class Request:
     user: str | None = None  # prefix-cache isolation key; None disables prefix reuse
     deadline: float | None = None  # time.time() after which the request is cancelled
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    constraint: SequenceConstraint | None = None  # a grammar sampling must follow (inference.grammar)
 
 
 @dataclass
@@ -416,6 +419,7 @@ class Engine:
         self._stopping = False
         self.steps = 0
         self.generated_tokens = 0  # sampled tokens since start, every request
+        self._masker: BatchMasker | None = None  # made on the first constrained request
         self._staging = _Staging(self.device)
         self._graphs: _DecodeGraphs | None = None
         self._reserved_blocks = 0
@@ -699,6 +703,7 @@ class Engine:
         (ids_t, pos_t, slots_t, rows_t, ctx_t, table_t, len_t, *s_ints_t), s_floats_t = self._staging.upload(
             [ids, positions, slots, sample_rows, ctx_slots, table, lengths, *s_ints], s_floats)
         table_2d = table_t.view(len(decode), width) if decode else None
+        masks = self._begin_masks(order) if order else None  # computed on llguidance's threads while the forward runs
         logits = None
         bucket = self._graphs.bucket(len(decode)) if self._graphs is not None and not prefill else None
         if bucket is not None and self._graphs is not None and table_2d is not None:
@@ -714,7 +719,8 @@ class Engine:
             s.num_computed += n
         self.steps += 1
         if order:
-            tokens, logprobs, tops = self._sample(order, logits, s_ints_t, s_floats_t)
+            allowed = None if masks is None else self._masker.allowed(masks, len(order), logits.device)  # type: ignore[union-attr]
+            tokens, logprobs, tops = self._sample(order, logits, s_ints_t, s_floats_t, allowed)
             self.generated_tokens += len(tokens)
             for s, tok, lp, top in zip(order, tokens, logprobs, tops, strict=True):
                 self._advance(s, tok, lp, top)
@@ -730,6 +736,14 @@ class Engine:
         logits: torch.Tensor = self.model.lm_head(hidden[0, sample_rows])
         return logits
 
+    def _begin_masks(self, order: list[_Seq]) -> Future[tuple[torch.Tensor, torch.Tensor]] | None:
+        constraints = [s.req.constraint for s in order]
+        if all(c is None for c in constraints):
+            return None
+        if self._masker is None:
+            self._masker = BatchMasker(self.vocab)
+        return self._masker.begin(constraints)
+
     def _sampling_inputs(self, seqs: list[_Seq]) -> tuple[list[list[int]], list[list[float]]]:
         """The sampler's per-row inputs (int and float columns) for the step's staging buffer; empty
         when every row is greedy and unpenalised (the sampler then needs nothing but the logits)."""
@@ -744,7 +758,8 @@ class Engine:
                   [s.params.frequency_penalty for s in seqs]]
         return ints, floats
 
-    def _sample(self, seqs: list[_Seq], logits: torch.Tensor, ints: list[torch.Tensor], floats: list[torch.Tensor]
+    def _sample(self, seqs: list[_Seq], logits: torch.Tensor, ints: list[torch.Tensor], floats: list[torch.Tensor],
+                allowed: torch.Tensor | None = None
                 ) -> tuple[list[int], list[float | None], list[list[tuple[int, float]] | None]]:
         """One batched pass on the device (see sampler.py); rows never interact, so a request's choice
         does not depend on who else is in the batch. Ends in the step's one device→host copy."""
@@ -762,7 +777,7 @@ class Engine:
                 counts = self._counts[count_rows]
         else:
             rows = None
-        out = sample(logits, rows, counts=counts, allowed=None, want_logprobs=want_lp, top_logprobs=n_top)
+        out = sample(logits, rows, counts=counts, allowed=allowed, want_logprobs=want_lp, top_logprobs=n_top)
         if counts is not None:
             assert self._counts is not None
             self._counts.index_put_((count_rows, out.tokens), torch.ones_like(out.tokens, dtype=torch.float32),
@@ -794,6 +809,8 @@ class Engine:
     def _advance(self, s: _Seq, tok: int, lp: float | None, top: list[tuple[int, float]] | None) -> None:
         p = s.params
         s.output.append(tok)
+        if s.req.constraint is not None:
+            s.req.constraint.advance(tok)
         if (tok in self.eos_ids and not p.ignore_eos) or tok in p.stop_token_ids:
             text = s.pending + (s.detok.flush() if s.detok else "")
             s.pending = ""

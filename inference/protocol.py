@@ -22,7 +22,9 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-VERSION = 2
+# 2: the job carries a pickup deadline apart from its run deadline; its last event a signed settlement.
+# 3: the job carries a sampling `constraint` (a grammar) and `logprobs`; delta events may carry `logprobs`.
+VERSION = 3
 GENERATE_TASK = "inference.generate"
 SETTLE_TASK = "levee.billing.settle"
 PLATFORM_QUEUE = "platform"
@@ -81,6 +83,15 @@ class Sampling:
 
 
 @dataclass
+class Constraint:
+    """What sampling must follow: a grammar in llguidance's Lark dialect (JSON schemas embedded with
+    `%json {...}`, tokens by id as `<[id]>`). With `trigger`, the output is free until that token is
+    sampled, and the grammar holds from the token after it (a call begun under tool_choice auto)."""
+    grammar: str
+    trigger: int | None = None
+
+
+@dataclass
 class JobMessage:
     job_id: str
     model: str
@@ -91,6 +102,8 @@ class JobMessage:
     deadline: float  # unix time: the run deadline; a job still running then is cancelled
     pickup_deadline: float  # unix time: a worker does not start a job it picks up after this
     enqueued_at: float = field(default_factory=time.time)
+    constraint: Constraint | None = None
+    logprobs: int | None = None  # None: none; N: each token's logprob and the N most likely (0..20)
     version: int = VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,6 +115,8 @@ class JobMessage:
             raise ProtocolError(f"job message version {data.get('version')!r}; this reader knows {VERSION}")
         data = dict(data)
         data["sampling"] = Sampling(**data["sampling"])
+        if data.get("constraint") is not None:
+            data["constraint"] = Constraint(**data["constraint"])
         return cls(**data)
 
 

@@ -1,9 +1,11 @@
-"""Glue between a job message and the engine: build the engine for a checkpoint, submit a job, and
-turn the engine's events into what the worker streams (text with running usage)."""
+"""Glue between a job message and the engine: build the engine for a checkpoint, submit a job (its
+grammar compiled here, in the caller's thread), and turn the engine's events into what the worker
+streams (text with running usage, and the tokens' logprobs when asked)."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from inference import protocol
@@ -15,6 +17,19 @@ class JobEvent:
     usage: dict
     finish_reason: str | None = None
     error: str | None = None
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Checkpoint:
+    """What submit and job_event need of the engine's checkpoint besides the engine."""
+    tokenizer: Any  # inference.tokenizer.Tokenizer
+    tokenizer_json: str
+    vocab_size: int
+    eos_token_id: int
+
+
+_checkpoints: dict[int, _Checkpoint] = {}  # id(engine) -> its checkpoint
 
 
 def _device_and_dtype():
@@ -49,6 +64,9 @@ def build_engine(checkpoint: str):
     budget = int(os.environ.get("LEVEE_KV_BUDGET_MB", "256")) * 2**20
     engine = Engine(model, kv_budget_bytes=budget, max_batch=max_batch(),
                     detokenizer_factory=lambda: IncrementalDetokenizer(tokenizer))
+    _checkpoints[id(engine)] = _Checkpoint(
+        tokenizer, (Path(checkpoint) / "tokenizer.json").read_text(encoding="utf-8"), model.args.vocab_size,
+        tokenizer.eos_token_id if tokenizer.eos_token_id is not None else model.args.eos_token_ids[0])
     return engine.start()
 
 
@@ -67,15 +85,40 @@ def submit(engine, message: protocol.JobMessage, sink):
     s = message.sampling
     params = SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p or 1e-6,
                             stop=tuple(s.stop), presence_penalty=s.presence_penalty,
-                            frequency_penalty=s.frequency_penalty, seed=s.seed)
+                            frequency_penalty=s.frequency_penalty, seed=s.seed,
+                            logprobs=message.logprobs is not None, top_logprobs=message.logprobs or 0)
+    constraint = None
+    if message.constraint is not None:
+        from inference.grammar import SequenceConstraint, ll_tokenizer
+
+        ck = _checkpoints.get(id(engine))
+        if ck is None:
+            raise ValueError("this engine was not built by serving.build_engine: it cannot compile grammars")
+        tok = ll_tokenizer(ck.tokenizer_json, ck.vocab_size, ck.eos_token_id)
+        constraint = SequenceConstraint.compile(tok, message.constraint.grammar, message.constraint.trigger)
     return engine.submit(Request(prompt_ids=list(message.prompt_ids), params=params, user=message.user,
-                                 deadline=message.deadline, request_id=message.job_id), sink=sink)
+                                 deadline=message.deadline, request_id=message.job_id, constraint=constraint),
+                         sink=sink)
 
 
-def job_event(event) -> JobEvent:
+def job_event(event: Any, engine: Any = None) -> JobEvent:
     """An engine event as the worker streams it: text with the running usage (the engine reports the
-    prompt's cache split from admission on)."""
+    prompt's cache split from admission on), and each sampled token's logprob in OpenAI's shape
+    when the request asked (`engine`: the one that made it, for its tokenizer)."""
     u = event.usage
-    return JobEvent(text=event.text, finish_reason=event.finish_reason, error=event.error,
-                    usage=protocol.usage_dict(u.prompt_cache_hit_tokens, u.prompt_cache_miss_tokens,
-                                              u.completion_tokens))
+    out = JobEvent(text=event.text, finish_reason=event.finish_reason, error=event.error,
+                   usage=protocol.usage_dict(u.prompt_cache_hit_tokens, u.prompt_cache_miss_tokens,
+                                             u.completion_tokens))
+    if event.logprobs and event.token_ids and engine is not None and id(engine) in _checkpoints:
+        tokenizer = _checkpoints[id(engine)].tokenizer
+        tops = event.top_logprobs or [[] for _ in event.token_ids]
+        for token_id, logprob, top in zip(event.token_ids, event.logprobs, tops, strict=False):
+            entry = _logprob_entry(tokenizer, token_id, logprob)
+            entry["top_logprobs"] = [_logprob_entry(tokenizer, t, lp) for t, lp in top]
+            out.logprobs.append(entry)
+    return out
+
+
+def _logprob_entry(tokenizer: Any, token_id: int, logprob: float) -> dict[str, Any]:
+    raw = tokenizer.token_bytes(token_id)
+    return {"token": raw.decode("utf-8", errors="replace"), "logprob": max(logprob, -9999.0), "bytes": list(raw)}

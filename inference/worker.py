@@ -28,6 +28,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import redis
 from celery import Celery, signals
@@ -37,7 +38,11 @@ from inference import protocol, serving
 log = logging.getLogger("inference.worker")
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL_NAME = os.environ.get("LEVEE_MODEL_NAME", "deepseek-chat")
+# One engine may serve several API names of the same checkpoint (deepseek-chat and deepseek-reasoner
+# differ only in the chat template's thinking switch, which the web side renders): comma-separated,
+# each with its own queue; the first is the default.
+MODEL_NAMES = [name.strip() for name in os.environ.get("LEVEE_MODEL_NAME", "deepseek-chat").split(",") if name.strip()]
+MODEL_NAME = MODEL_NAMES[0]
 CHECKPOINT = os.environ.get("LEVEE_CHECKPOINT", str(ROOT / "inference" / "demo" / "checkpoint"))
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6380/0")
 WORKER_SECRET = os.environ.get("LEVEE_WORKER_SECRET", "")
@@ -96,8 +101,9 @@ class Runtime:
     def stop(self) -> None:
         self._stop.set()
         try:
-            self.redis.zrem(protocol.workers_key(MODEL_NAME), self.worker_id)
-            self.redis.hdel(protocol.worker_stats_key(MODEL_NAME), self.worker_id)
+            for name in MODEL_NAMES:
+                self.redis.zrem(protocol.workers_key(name), self.worker_id)
+                self.redis.hdel(protocol.worker_stats_key(name), self.worker_id)
         except redis.RedisError:
             pass
         if self._engine is not None:
@@ -118,13 +124,14 @@ class Runtime:
         now = time.time()
         jobs = list(self.active.items())
         pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(protocol.workers_key(MODEL_NAME), {self.worker_id: now})
-        pipe.zremrangebyscore(protocol.workers_key(MODEL_NAME), "-inf", now - 10 * protocol.WORKER_TTL_S)
         engine = getattr(self, "_engine", None)
-        if engine is not None:  # what the web's /metrics and the admin dashboard show of this worker
-            stats = {"t": now, **engine.stats(), "jobs": len(jobs)}
-            pipe.hset(protocol.worker_stats_key(MODEL_NAME), self.worker_id, json.dumps(stats))
-            pipe.expire(protocol.worker_stats_key(MODEL_NAME), 10 * int(protocol.WORKER_TTL_S))
+        for name in MODEL_NAMES:
+            pipe.zadd(protocol.workers_key(name), {self.worker_id: now})
+            pipe.zremrangebyscore(protocol.workers_key(name), "-inf", now - 10 * protocol.WORKER_TTL_S)
+            if engine is not None:  # what the web's /metrics and the admin dashboard show of this worker
+                stats = {"t": now, **engine.stats(), "jobs": len(jobs)}
+                pipe.hset(protocol.worker_stats_key(name), self.worker_id, json.dumps(stats))
+                pipe.expire(protocol.worker_stats_key(name), 10 * int(protocol.WORKER_TTL_S))
         for job_id, _ in jobs:
             pipe.xadd(protocol.stream_key(job_id), protocol.encode_event(protocol.HEARTBEAT, t=now),
                       maxlen=protocol.STREAM_MAXLEN, approximate=True)
@@ -152,7 +159,7 @@ def _on_ready(**_):
     if not WORKER_SECRET:  # every paid job's settlement would be unsigned, so refused: stop now
         raise SystemExit("LEVEE_WORKER_SECRET is not set: this worker could not sign any settlement")
     get_runtime().start()
-    log.info("serving %s from %s as %s", MODEL_NAME, CHECKPOINT, get_runtime().worker_id)
+    log.info("serving %s from %s as %s", ", ".join(MODEL_NAMES), CHECKPOINT, get_runtime().worker_id)
 
 
 @signals.worker_shutdown.connect
@@ -216,6 +223,7 @@ def run_job(rt: Runtime, data: dict) -> str:
 
     job = rt.forwarder.track(message.job_id, key, message=message, started=now)
     try:
+        job.engine = rt.engine
         job.handle = serving.submit(rt.engine, message, rt.forwarder.inbox)
     except ValueError as exc:  # the engine refuses what it can never run (e.g. more than its KV cache)
         rt.forwarder.drop(message.job_id)
@@ -241,6 +249,8 @@ class _Job:
         self.handle = None
         self.usage = protocol.usage_dict(0, 0, 0)
         self.pending = ""  # text not written yet
+        self.logprobs: list[dict[str, Any]] = []  # logprobs of tokens not written yet (when the job asked)
+        self.engine = None  # the engine running it (for its tokenizer)
         self.flushed_at: float | None = None  # monotonic time of the last delta; None: no text sent yet
         self.finish: str | None = None  # the engine's finish reason, once it came
         self.error: str | None = None
@@ -313,8 +323,9 @@ class Forwarder:
         job = self.jobs.get(job_id)
         if job is None or job.finish is not None:  # dropped after a failed write: its tail is not wanted
             return
-        ev = serving.job_event(event)
+        ev = serving.job_event(event, job.engine)
         job.pending += ev.text
+        job.logprobs += ev.logprobs
         job.usage = ev.usage
         if ev.finish_reason is not None:
             job.finish, job.error = ev.finish_reason, ev.error
@@ -324,11 +335,12 @@ class Forwarder:
         pipe = self.redis.pipeline(transaction=False)
         written, ended = [], []
         for job_id, job in list(self.jobs.items()):
-            if job.pending and (job.finish or job.flushed_at is None or now - job.flushed_at >= DELTA_FLUSH_S):
+            if (job.pending or job.logprobs) and (job.finish or job.flushed_at is None or now - job.flushed_at >= DELTA_FLUSH_S):
+                extra = {"logprobs": job.logprobs} if job.logprobs else {}
                 pipe.xadd(job.key, protocol.encode_event(protocol.DELTA, t=time.time(), text=job.pending,
-                                                         usage=job.usage),
+                                                         usage=job.usage, **extra),
                           maxlen=protocol.STREAM_MAXLEN, approximate=True)
-                job.pending, job.flushed_at = "", now
+                job.pending, job.flushed_at, job.logprobs = "", now, []
                 written.append((job_id, job))
             if job.finish is not None:
                 signed = settlement(job.message, job.usage, job.started, time.time()) if job.message else {}
@@ -338,7 +350,11 @@ class Forwarder:
                                                    message="Generation failed.", usage=job.usage, **signed)
                     job.outcome = "error"
                 else:
-                    fields = protocol.encode_event(protocol.DONE, t=time.time(), finish_reason=job.finish,
+                    reason = job.finish
+                    if reason == "cancelled" and job.error == "engine stopped":
+                        # cut by the worker going away, not by the client: DeepSeek's name for it
+                        reason = "insufficient_system_resource"
+                    fields = protocol.encode_event(protocol.DONE, t=time.time(), finish_reason=reason,
                                                    usage=job.usage, **signed)
                     job.outcome = job.finish
                 _last_event(pipe, job.key, fields)

@@ -101,6 +101,9 @@ def main() -> int:
     try:
         manage = [sys.executable, str(ROOT / "manage.py")]
         subprocess.run([*manage, "migrate", "--noinput"], check=True, env=env, cwd=ROOT)
+        served = env.get("LEVEE_MODEL_NAME", "deepseek-chat,deepseek-reasoner").split(",")
+        # /models, the home page and the price list offer what the worker serves, and nothing else.
+        subprocess.run([*manage, "offer_models", *served], check=True, env=env, cwd=ROOT)
         subprocess.run([*manage, "collectstatic", "--noinput", "-v0"], check=True, env=env, cwd=ROOT)
         celery = [str(BIN / "celery"), "-A", "levee"]
         children.append(subprocess.Popen([*celery, "worker", "-Q", "platform", "-c", "1", "-n", "platform@%h",
@@ -135,14 +138,16 @@ def main() -> int:
 
 def _extra_processes(env: dict) -> list[list[str]]:
     """The inference worker, serving the demo checkpoint unless LEVEE_CHECKPOINT names another."""
-    model = env.setdefault("LEVEE_MODEL_NAME", "deepseek-chat")
+    # The demo checkpoint's template has a thinking switch: one engine serves the chat model and the reasoner.
+    model = env.setdefault("LEVEE_MODEL_NAME", "deepseek-chat,deepseek-reasoner")
     checkpoint = Path(env.setdefault("LEVEE_CHECKPOINT", str(ROOT / "inference" / "demo" / "checkpoint")))
     if not (checkpoint / "config.json").exists():
         print(f"no checkpoint at {checkpoint}: not starting an inference worker", file=sys.stderr)
         return []
     env.setdefault("LEVEE_MAX_BATCH", "16")  # the worker's task slots follow it
     return [[str(BIN / "celery"), "-A", "inference.worker", "worker", "-P", "threads",
-             "-Q", f"inference.{model}", "-n", f"inference-{model}@%h", "--without-mingle", "--without-gossip",
+             "-Q", ",".join(f"inference.{name.strip()}" for name in model.split(",")),
+             "-n", f"inference-{model.split(',')[0]}@%h", "--without-mingle", "--without-gossip",
              "--without-heartbeat", "--loglevel", "INFO"]]
 
 

@@ -5,6 +5,7 @@ from django.views.i18n import JavaScriptCatalog
 
 from levee.accounts import views as accounts
 from levee.accounts.forms import PasswordResetForm
+from levee.api import anthropic, completions
 from levee.api import views as api
 from levee.billing import pages as billing_pages
 from levee.billing import views as billing
@@ -38,8 +39,22 @@ api_patterns = [
     path("user/balance", billing.user_balance, name="api-user-balance"),
 ]
 
+# DeepSeek's beta base URL (prefix completion, strict functions, FIM) and its Anthropic base URL.
+beta_patterns = [
+    path("chat/completions", api.beta_chat_completions, name="api-beta-chat-completions"),
+    path("completions", completions.beta_completions, name="api-beta-completions"),
+    path("models", api.list_models),
+]
+anthropic_patterns = [
+    path("v1/messages", anthropic.messages, name="anthropic-messages"),
+    path("v1/messages/count_tokens", anthropic.count_tokens, name="anthropic-count-tokens"),
+    path("v1/models", api.list_models),
+]
+
 urlpatterns = [
     path("", home.home, name="home"),
+    path("beta/", include(beta_patterns)),
+    path("anthropic/", include(anthropic_patterns)),
     path("healthz", core.healthz, name="healthz"),
     path("", include("levee.core.urls")),  # /readyz, /metrics, /admin/dashboard/
     path("accounts/", include(account_patterns)),

@@ -91,8 +91,9 @@ class Stack:
                                         "--without-mingle", "--loglevel", "INFO"])
 
     def start_inference_worker(self):
+        queues = ",".join(f"inference.{name}" for name in self.env["LEVEE_MODEL_NAME"].split(","))
         return self._spawn("inference", [str(BIN / "celery"), "-A", "inference.worker", "worker", "-Q",
-                                         f"inference.{MODEL}", "-P", "threads",
+                                         queues, "-P", "threads",
                                          "-n", f"inference-{self.port}-{time.time_ns()}@%h", "--without-gossip",
                                          "--without-mingle", "--loglevel", "INFO"])
 

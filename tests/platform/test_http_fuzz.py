@@ -138,3 +138,34 @@ def test_hostile_json_on_every_parser(browser, case):
     assert ApiKey.objects.filter(user=browser.user).count() == 1
     assert Conversation.objects.filter(user=browser.user).count() == 1
     assert not conversation.messages.exists()
+
+
+tools_field = st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
+    {"name": st.sampled_from(["f", "get_weather"]) | json_values,
+     "parameters": st.just({"type": "object"}) | json_values}, optional={"strict": json_values})}), max_size=2)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("path", ["/beta/chat/completions", "/beta/completions", "/anthropic/v1/messages",
+                                  "/anthropic/v1/messages/count_tokens"])
+def test_beta_and_anthropic_bodies(path):
+    """The beta and Anthropic endpoints, with the fields beyond plain chat (tools, tool turns,
+    response_format, prefix, FIM suffix, thinking): validation or 503 (no worker), never a 500."""
+    user = make_user("fuzzbeta@example.com")
+    _, raw = create_api_key(user, name="fuzz")
+    client = Client(headers={"x-api-key": raw} if path.startswith("/anthropic") else {"Authorization": f"Bearer {raw}"})
+    messages = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "tool"]),
+                                               "content": st.text(max_size=10) | json_values},
+                                              optional={"tool_calls": json_values, "tool_call_id": json_values,
+                                                        "prefix": st.booleans()}), min_size=1, max_size=3)
+
+    @FUZZ
+    @given(body=bodies | st.fixed_dictionaries({"model": st.just("deepseek-chat"), "messages": messages}, optional={
+        "tools": tools_field | json_values, "tool_choice": json_values, "response_format": json_values,
+        "max_tokens": st.integers(1, 50) | json_values, "prompt": st.text(max_size=10) | json_values,
+        "suffix": json_values, "echo": json_values, "logprobs": json_values, "thinking": json_values,
+        "system": json_values, "stream": st.booleans()}).map(lambda v: json.dumps(v).encode()))
+    def run(body):
+        _check(client.post(path, body, content_type="application/json"))
+
+    run()

@@ -5,9 +5,11 @@ a feature this deployment does not offer. Pure Python: called from the async vie
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from levee.api.tools import Tool, ToolError, parse_tool_choice, parse_tools
 from levee.core import jsonbody
 
 ROLES = {"system", "user", "assistant", "tool"}
@@ -20,8 +22,12 @@ SEED_RANGE = (-(2**63), 2**63 - 1)
 KNOWN_FIELDS = {
     "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "stop", "stream",
     "stream_options", "presence_penalty", "frequency_penalty", "response_format", "logprobs",
-    "top_logprobs", "seed", "user", "n", "tools", "tool_choice", "parallel_tool_calls",
+    "top_logprobs", "seed", "user", "n", "tools", "tool_choice", "parallel_tool_calls", "thinking",
+    "reasoning_effort",
 }
+MAX_TOP_LOGPROBS = 20
+REASONING_EFFORTS = {"minimal", "low", "medium", "high", "max"}
+MAX_TOOL_CALLS = 64
 
 
 class RequestError(Exception):
@@ -44,6 +50,19 @@ class ChatRequest:
     frequency_penalty: float = 0.0
     seed: int | None = None
     user: str | None = None
+    tools: list[Tool] = field(default_factory=list)
+    tool_choice: str = "none"  # none | auto | required | the name of the function to call
+    parallel_tool_calls: bool = True
+    response_format: str = "text"  # text | json_object
+    logprobs: bool = False
+    top_logprobs: int = 0
+    thinking: bool | None = None  # None: the model's own default
+    reasoning_effort: str | None = None
+    prefix: bool = False  # the last message is an assistant prefix to continue (/beta)
+
+    @property
+    def strict(self) -> bool:
+        return any(t.strict for t in self.tools)
 
 
 def _shape(param: str, message: str) -> RequestError:
@@ -124,9 +143,10 @@ def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
         role = message.get("role")
         if not isinstance(role, str) or role not in ROLES:  # a list or object here is not hashable
             raise _shape(f"messages[{i}].role", f"messages[{i}].role must be one of {sorted(ROLES)}")
-        clean.append({"role": role, "content": _content(message, i)})
-    if clean[-1]["role"] == "assistant" and not clean[-1]["content"]:
+        clean.append(_message(message, role, i, last=i == len(messages) - 1))
+    if clean[-1]["role"] == "assistant" and not clean[-1]["content"] and not clean[-1].get("tool_calls"):
         raise _range("messages", "the last message must not be an empty assistant message")
+    prefix = bool(clean[-1].get("prefix"))
 
     max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
     max_name = "max_tokens" if "max_tokens" in body else "max_completion_tokens"
@@ -161,23 +181,42 @@ def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
         include_usage = _bool(options, "include_usage")
 
     response_format = body.get("response_format")
+    format_type = "text"
     if response_format is not None:
         if not isinstance(response_format, dict) or response_format.get("type") not in {"text", "json_object"}:
             raise _shape("response_format", "response_format.type must be 'text' or 'json_object'")
-        if response_format["type"] == "json_object":
-            raise _range("response_format", "json_object output is not supported by this deployment")
+        format_type = response_format["type"]
 
-    if _bool(body, "logprobs"):
-        raise _range("logprobs", "logprobs are not supported by this deployment")
-    if body.get("top_logprobs") is not None:
-        raise _range("top_logprobs", "top_logprobs requires logprobs, which this deployment does not support")
+    logprobs = _bool(body, "logprobs")
+    top_logprobs = body.get("top_logprobs")
+    if top_logprobs is not None:
+        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int):
+            raise _shape("top_logprobs", "top_logprobs must be an integer")
+        if not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+            raise _range("top_logprobs", f"top_logprobs must be between 0 and {MAX_TOP_LOGPROBS}")
+        if not logprobs:
+            raise _range("top_logprobs", "top_logprobs requires logprobs: true")
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or n != 1):
         raise _range("n", "only n=1 is supported")
-    if body.get("tools"):
-        raise _range("tools", "tool calls are not supported by this deployment")
-    if body.get("tool_choice") not in (None, "none"):
-        raise _range("tool_choice", "tool calls are not supported by this deployment")
+    try:
+        tools = parse_tools(body["tools"]) if body.get("tools") is not None else []
+        tool_choice = parse_tool_choice(body.get("tool_choice"), tools)
+    except ToolError as exc:
+        raise _range("tools" if exc.param.startswith("tools") else exc.param, exc.message) from None
+    parallel = _bool(body, "parallel_tool_calls", True)
+    if format_type == "json_object" and tool_choice not in ("none", "auto"):
+        raise _range("response_format", "json_object output and a forced tool call exclude each other")
+
+    thinking = body.get("thinking")
+    thinking_on: bool | None = None
+    if thinking is not None:
+        if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "disabled"):
+            raise _shape("thinking", "thinking must be {\"type\": \"enabled\"} or {\"type\": \"disabled\"}")
+        thinking_on = thinking["type"] == "enabled"
+    effort = body.get("reasoning_effort")
+    if effort is not None and (not isinstance(effort, str) or effort not in REASONING_EFFORTS):
+        raise _shape("reasoning_effort", f"reasoning_effort must be one of {sorted(REASONING_EFFORTS)}")
 
     seed = body.get("seed")
     if seed is not None:
@@ -196,5 +235,58 @@ def parse_chat_request(body: dict[str, Any]) -> ChatRequest:
         stop=stops, stream=stream, include_usage=include_usage,
         presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
-        seed=seed, user=user,
+        seed=seed, user=user, tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel,
+        response_format=format_type, logprobs=logprobs, top_logprobs=top_logprobs or 0, thinking=thinking_on,
+        reasoning_effort=effort, prefix=prefix,
     )
+
+
+def _tool_calls(message: dict, index: int) -> list[dict]:
+    raw = message.get("tool_calls")
+    param = f"messages[{index}].tool_calls"
+    if not isinstance(raw, list) or len(raw) > MAX_TOOL_CALLS:
+        raise _shape(param, f"{param} must be a list of at most {MAX_TOOL_CALLS} calls")
+    calls = []
+    for j, call in enumerate(raw):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"] \
+                or call.get("type", "function") != "function":
+            raise _shape(f"{param}[{j}]", f"{param}[{j}] must be {{id, type: function, function: {{name, arguments}}}}")
+        arguments = fn.get("arguments", "")
+        if isinstance(arguments, dict):  # some clients send the object itself
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        if not isinstance(arguments, str):
+            raise _shape(f"{param}[{j}].function.arguments", "arguments must be a JSON string")
+        call_id = call.get("id")
+        if call_id is not None and not isinstance(call_id, str):
+            raise _shape(f"{param}[{j}].id", "a tool call id must be a string")
+        calls.append({"id": call_id or f"call_{j}", "type": "function",
+                      "function": {"name": fn["name"][:256], "arguments": arguments}})
+    return calls
+
+
+def _message(message: dict, role: str, index: int, *, last: bool) -> dict:
+    """One message as the template sees it: role and content, an assistant's tool calls, a tool
+    result's call id, and `prefix` on a last assistant message (continued, not closed)."""
+    out: dict[str, Any] = {"role": role, "content": _content(message, index)}
+    if role == "assistant":
+        if message.get("tool_calls") is not None:
+            out["tool_calls"] = _tool_calls(message, index)
+        prefix = message.get("prefix")
+        if prefix is not None:
+            if not isinstance(prefix, bool):
+                raise _shape(f"messages[{index}].prefix", "prefix must be true or false")
+            if prefix and not last:
+                raise _range(f"messages[{index}].prefix", "only the last message may be a prefix")
+            if prefix:
+                out["prefix"] = True
+    elif role == "tool":
+        call_id = message.get("tool_call_id")
+        if not isinstance(call_id, str):
+            raise _shape(f"messages[{index}].tool_call_id", f"messages[{index}].tool_call_id is required")
+        out["tool_call_id"] = call_id
+    name = message.get("name")
+    if name is not None:
+        if not isinstance(name, str) or len(name) > 64:
+            raise _shape(f"messages[{index}].name", "name must be a string of at most 64 characters")
+    return out

@@ -1,7 +1,8 @@
 """Split a reasoner's `<think>…</think>` out of its output as it streams.
 
 Deltas arrive in arbitrary pieces, so a tag may be cut anywhere; text that could still become a tag
-is held back until it cannot.
+is held back until it cannot. A reasoning template opens `<think>` in the prompt itself (`opened`):
+the output then starts inside the reasoning (a repeated `<think>` at its start is dropped).
 """
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ OPEN, CLOSE = "<think>", "</think>"
 
 
 class ThinkSplitter:
-    def __init__(self) -> None:
+    def __init__(self, *, opened: bool = False) -> None:
         self._pending = ""
+        self._opened = opened
         self._state = "start"  # start → (thinking →) answer
         self._strip = False  # drop newlines that directly follow a tag, however they are cut
 
@@ -27,6 +29,9 @@ class ThinkSplitter:
                     continue
                 if OPEN.startswith(stripped):  # could still become <think>
                     return reasoning, content
+                if self._opened:
+                    self._state, self._strip = "thinking", True
+                    continue
                 self._state = "answer"
                 continue
             if self._strip:
@@ -51,7 +56,8 @@ class ThinkSplitter:
 
     def flush(self) -> tuple[str, str]:
         rest, self._pending = self._pending, ""
-        return (rest, "") if self._state == "thinking" else ("", rest)
+        thinking = self._state == "thinking" or (self._state == "start" and self._opened)
+        return (rest, "") if thinking else ("", rest)
 
 
 def _partial_suffix(text: str, tag: str) -> int:

@@ -6,19 +6,25 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from contextlib import aclosing
 from datetime import UTC, datetime
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
 from inference import protocol
-from levee.api import jobs, schema
+from inference.tokenizer import ChatTemplateError
+from levee.api import jobs, plan, reader, schema
 from levee.api.models import LlmModel, aenabled_model
-from levee.api.think import ThinkSplitter
+from levee.api.reader import JobReader
+from levee.api.tools import CallDelta
 from levee.core.asyncdb import db
 from levee.core.errors import error_response
 from levee.core.memo import Memo
@@ -30,14 +36,15 @@ from levee.keys.services import aauthenticate_key
 log = logging.getLogger(__name__)
 
 
-def _api_error(exc: schema.RequestError):
+def _api_error(exc: schema.RequestError) -> JsonResponse:
     return error_response(exc.status, exc.message, param=exc.param, code=exc.code)
 
 
-def key_endpoint(method: str):
+def key_endpoint(method: str, *, token: Callable[[HttpRequest], str | None] = bearer_token) -> Callable[..., Any]:
     """An async API endpoint for one HTTP method, authenticated by an API key: the view is called
-    as view(request, key) only when both hold; otherwise the error leaves in the API's format."""
-    def wrap(view):
+    as view(request, key) only when both hold; otherwise the error leaves in the API's format.
+    `token(request)` finds the key in the request (the Authorization header by default)."""
+    def wrap(view: Callable[..., Any]) -> Callable[..., Any]:
         @sessionless
         @csrf_exempt
         @functools.wraps(view)
@@ -47,7 +54,7 @@ def key_endpoint(method: str):
             request.phases = phases = Phases(request)
             phases.mark("edge")
             try:
-                key, failure = await _authenticate(request)
+                key, failure = await _authenticate(request, token)
                 if failure:
                     return failure
                 phases.mark("auth")
@@ -62,8 +69,8 @@ def key_endpoint(method: str):
     return wrap
 
 
-async def _authenticate(request):
-    token = bearer_token(request)
+async def _authenticate(request, find_token=bearer_token):
+    token = find_token(request)
     if token is None:
         return None, error_response(401, "Authentication Fails (no api key provided)")
     key = await aauthenticate_key(token)
@@ -90,33 +97,51 @@ async def list_models(request, key):
 
 @key_endpoint("POST")
 async def chat_completions(request, key):
+    return await _chat(request, key, beta=False)
+
+
+@key_endpoint("POST")
+async def beta_chat_completions(request, key):
+    """/beta/chat/completions: prefix completion and strict functions (DeepSeek's beta base URL)."""
+    return await _chat(request, key, beta=True)
+
+
+async def _chat(request: Any, key: Any, *, beta: bool) -> HttpResponseBase:
     try:
         chat = schema.parse_chat_request(schema.parse_json(request.body))
-        model = await aenabled_model(chat.model)
-        if model is None:
-            raise schema.RequestError(400, f"Model Not Exist: {chat.model}", param="model", code="model_not_found")
-        if _prompt_chars(chat.messages) <= INLINE_ENCODE_CHARS:  # a thread hop costs more than this
-            prompt_ids = _encode(model, chat.messages)
-        else:  # long prompts are tokenized off the event loop, so other streams keep flowing
-            prompt_ids = await sync_to_async(_encode, thread_sensitive=False)(model, chat.messages)
-        max_tokens = _max_tokens(model, chat, len(prompt_ids))
+        model, work = await plan_request(chat, beta=beta)
+        max_tokens = _max_tokens(model, chat, len(work.prompt_ids))
         request.phases.mark("parse")
     except schema.RequestError as exc:
         return _api_error(exc)
-    return await _run(request, key, model, chat, prompt_ids, max_tokens)
+    return await _run(request, key, model, chat, work, max_tokens)
+
+
+async def plan_request(chat: schema.ChatRequest, *, beta: bool) -> tuple[LlmModel, plan.Plan]:
+    """(model, plan) of a parsed chat request. Raises RequestError."""
+    model = await aenabled_model(chat.model)
+    if model is None:
+        raise schema.RequestError(400, f"Model Not Exist: {chat.model}", param="model", code="model_not_found")
+    if _prompt_chars(chat) <= INLINE_ENCODE_CHARS:  # a thread hop costs more than this
+        return model, _plan(model, chat, beta)
+    # long prompts are tokenized off the event loop, so other streams keep flowing
+    return model, await sync_to_async(_plan, thread_sensitive=False)(model, chat, beta)
 
 
 INLINE_ENCODE_CHARS = 2000
 
 
-def _prompt_chars(messages) -> int:
-    return sum(len(m.get("content") or "") for m in messages if isinstance(m, dict))
+def _prompt_chars(chat: schema.ChatRequest) -> int:
+    chars = sum(len(m.get("content") or "") for m in chat.messages if isinstance(m, dict))
+    return chars + sum(len(json.dumps(t.parameters)) + len(t.description) for t in chat.tools)
 
 
-def _encode(model, messages):
-    from levee.api.tokens import encode_prompt
-
-    return encode_prompt(model, messages)
+def _plan(model: LlmModel, chat: schema.ChatRequest, beta: bool) -> plan.Plan:
+    try:
+        return plan.build(model, chat, beta=beta)
+    except ChatTemplateError as exc:  # e.g. a template that refuses a role order
+        raise schema.RequestError(400, f"The messages cannot be rendered for {model.name}: {exc}",
+                                  param="messages", code="invalid_request_error") from None
 
 
 def _max_tokens(model: LlmModel, chat: schema.ChatRequest, prompt_tokens: int) -> int:
@@ -143,7 +168,7 @@ TIER_MEMO_SECONDS = 10
 _tiers = Memo("api-tiers", TIER_MEMO_SECONDS)
 
 
-def _overloaded(message: str, retry_after: int):
+def _overloaded(message: str, retry_after: int) -> JsonResponse:
     return error_response(503, message, headers={"Retry-After": str(retry_after)})
 
 
@@ -151,7 +176,7 @@ class _Admission:
     """The shield's share of one request: its tokens-per-minute reservation and concurrency lease,
     corrected and given back exactly once however the request ends."""
 
-    def __init__(self, key, model: str, estimated: int, lease):
+    def __init__(self, key: Any, model: str, estimated: int, lease: Any) -> None:
         self.key, self.model, self.estimated, self.lease = key, model, estimated, lease
         self._done = False
 
@@ -166,7 +191,8 @@ class _Admission:
         await shield.arelease_lease(self.lease)
 
 
-async def _run(request, key, model, chat, prompt_ids, max_tokens):
+async def _run(request, key, model, chat, work, max_tokens, formatter=None):
+    """Shed, limit, hold, enqueue, then answer with `formatter` (default: a chat completion)."""
     from levee.shield import api as shield
     from levee.shield.tiers import api_tier
 
@@ -176,6 +202,7 @@ async def _run(request, key, model, chat, prompt_ids, max_tokens):
     if retry_after:
         return _overloaded(f"{model.name} is shedding load; retry shortly.", retry_after)
     request.phases.mark("shed")
+    prompt_ids = work.prompt_ids
     estimated = len(prompt_ids) + max_tokens
     decision = await shield.aadmit_api_request(request, key, model=model.name, estimated_tokens=estimated)
     if not decision.allowed:
@@ -183,7 +210,7 @@ async def _run(request, key, model, chat, prompt_ids, max_tokens):
     request.phases.mark("limits")
     admission = _Admission(key, model.name, estimated, decision.lease)
     try:
-        response = await _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admission)
+        response = await _start(request, key, model, chat, work, max_tokens, job_id, admission, formatter)
     except BaseException:
         await admission.finish(0)
         raise
@@ -192,7 +219,7 @@ async def _run(request, key, model, chat, prompt_ids, max_tokens):
     return response
 
 
-async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admission):
+async def _start(request, key, model, chat, work, max_tokens, job_id, admission, formatter):
     from levee.billing import services as billing
 
     try:
@@ -203,6 +230,7 @@ async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admi
         log.exception("redis unavailable before enqueue")
         return _overloaded("The service is temporarily unavailable; retry shortly.", 5)
     request.phases.mark("capacity")
+    prompt_ids = work.prompt_ids
 
     pickup = time.time() + settings.LEVEE_JOB_QUEUE_TIMEOUT  # no worker starts it after this
     deadline = pickup + settings.LEVEE_JOB_MAX_RUNTIME
@@ -221,10 +249,8 @@ async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admi
 
     message = protocol.JobMessage(
         job_id=job_id, model=model.name, prompt_ids=prompt_ids, user=str(key.user_id), hold_id=str(hold.id),
-        deadline=deadline, pickup_deadline=pickup,
-        sampling=protocol.Sampling(max_tokens=max_tokens, temperature=chat.temperature, top_p=chat.top_p,
-                                   stop=chat.stop, presence_penalty=chat.presence_penalty,
-                                   frequency_penalty=chat.frequency_penalty, seed=chat.seed))
+        deadline=deadline, pickup_deadline=pickup, constraint=work.constraint, logprobs=work.logprobs,
+        sampling=protocol.Sampling(max_tokens=max_tokens, stop=chat.stop, seed=chat.seed, **work.sampling))
     try:
         await jobs.enqueue(message, model.queue_name)
     except Exception:  # the broker refused: nothing was started, so nothing is charged
@@ -233,9 +259,10 @@ async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admi
         return _overloaded("The service is temporarily unavailable; retry shortly.", 5)
     request.phases.mark("enqueue")
 
-    stream = _Completion(job_id=job_id, model=model, hold_id=hold.id, prompt_tokens=len(prompt_ids),
-                         max_tokens=max_tokens, account=str(key.user_id), include_usage=chat.include_usage,
-                         admission=admission)
+    stream = (formatter or _Completion)(job_id=job_id, model=model, hold_id=hold.id, prompt_tokens=len(prompt_ids),
+                                        max_tokens=max_tokens, account=str(key.user_id),
+                                        include_usage=chat.include_usage, admission=admission, work=work,
+                                        logprobs=chat.logprobs)
     if chat.stream:
         response = StreamingHttpResponse(stream.sse(), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
@@ -245,66 +272,80 @@ async def _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admi
 
 
 class _Completion:
-    """Turns one job's events into the API's response, and settles what the worker could not."""
+    """Formats one job's typed events (levee.api.reader) as the API's response, and closes the job's
+    hold the moment the job ends (levee.api.settling): from the worker's signed settlement, else for
+    what the client was sent. Subclasses (the legacy completions, the Anthropic message) format the
+    same events from `follow()`, which applies those money rules for all of them."""
 
-    def __init__(self, *, job_id, model, hold_id, prompt_tokens, max_tokens, account, include_usage, admission):
+    def __init__(self, *, job_id: str, model: LlmModel, hold_id: Any, prompt_tokens: int, max_tokens: int,
+                 account: str, include_usage: bool, admission: _Admission, work: plan.Plan,
+                 logprobs: bool = False) -> None:
         self.job_id, self.model, self.hold_id, self.admission = job_id, model, hold_id, admission
         self.prompt_tokens, self.max_tokens, self.account = prompt_tokens, max_tokens, account
-        self.include_usage = include_usage
+        self.include_usage, self.logprobs, self.thinking = include_usage, logprobs, work.thinking
         self.id = f"chatcmpl-{job_id}"
         self.created = int(time.time())
-        self.splitter = ThinkSplitter() if model.reasoner else None
+        self.reader = JobReader(job_id, prompt_tokens=prompt_tokens, reasoner=work.thinking,
+                                thinking_opened=work.thinking_opened, tool_parser=work.tool_parser(job_id))
         self.usage = protocol.usage_dict(0, 0, 0)  # what the client has been sent: nothing yet
         self.closed = False
         self.started_at = datetime.now(UTC)
         self._t0 = time.monotonic()
         self._first_token_at: float | None = None
 
-    def _observe(self, event: dict) -> None:
+    def _observe(self, event: reader.Event) -> None:
         """Feed the time-to-first-token and tokens/s histograms (levee.core.metrics)."""
         from levee.core import metrics
 
         now = time.monotonic()
-        if event["type"] == protocol.DELTA and self._first_token_at is None and event.get("text"):
+        if isinstance(event, reader.Text) and self._first_token_at is None and event.raw:
             self._first_token_at = now
             metrics.observe_ttft(self.model.name, now - self._t0)
-        elif event["type"] == protocol.DONE and self._first_token_at is not None:
-            tokens = event["usage"]["completion_tokens"]
+        elif isinstance(event, reader.Done) and self._first_token_at is not None:
+            tokens = event.usage["completion_tokens"]
             if tokens > 1 and now > self._first_token_at:
                 metrics.observe_tokens_per_second(self.model.name, (tokens - 1) / (now - self._first_token_at))
 
-    def _events(self):
-        return jobs.events(self.job_id, queue_timeout=settings.LEVEE_JOB_QUEUE_TIMEOUT,
-                           heartbeat_timeout=settings.LEVEE_JOB_HEARTBEAT_TIMEOUT)
-
-    def _split(self, text: str, final: bool = False) -> tuple[str, str]:
-        if self.splitter is None:
-            return "", text
-        reasoning, content = self.splitter.push(text)
-        if final:
-            r2, c2 = self.splitter.flush()
-            reasoning, content = reasoning + r2, content + c2
-        return reasoning, content
-
-    def _chunk(self, delta: dict, finish_reason=None) -> bytes:
+    def _chunk(self, delta: dict, finish_reason: str | None = None, logprobs: list | None = None) -> bytes:
         body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model.name,
                 "system_fingerprint": None,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+                "choices": [{"index": 0, "delta": delta, "logprobs": {"content": logprobs} if logprobs else None,
+                             "finish_reason": finish_reason}]}
         return b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n"
 
+    def _text_chunks(self, reasoning: str, content: str, calls: Sequence[CallDelta] = (),
+                     logprobs: list | None = None) -> Iterator[bytes]:
+        if reasoning:
+            yield self._chunk({"reasoning_content": reasoning})
+        if content or (logprobs and self.logprobs):
+            yield self._chunk({"content": content}, logprobs=logprobs if self.logprobs else None)
+        if calls:
+            yield self._chunk({"tool_calls": [c.as_openai() for c in calls]})
+
     def _usage_body(self) -> dict:
-        usage = dict(self.usage)
+        usage: dict[str, Any] = dict(self.usage)
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         usage["prompt_tokens_details"] = {"cached_tokens": usage["prompt_cache_hit_tokens"]}
+        if self.thinking:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens()}
         return usage
 
-    def _take_usage(self, event: dict) -> None:
-        """The worker's count, held to this job's bounds (it feeds the limits and the client's usage)."""
-        if isinstance(event.get("usage"), dict):
-            self.usage = protocol.clamp_usage(event["usage"], prompt_tokens=self.prompt_tokens,
-                                              max_tokens=self.max_tokens)
+    def reasoning_tokens(self) -> int:
+        """Tokens of the reasoning (counted with the model's tokenizer: the worker counts tokens, not
+        where the thought ended), never more than the completion."""
+        from levee.api.tokens import tokenizer_for
 
-    async def _close(self, final: dict | None) -> None:
+        text = self.reader.reasoning_text
+        if not text:
+            return 0
+        return min(len(tokenizer_for(self.model).encode(text)) + 1, self.usage["completion_tokens"])
+
+    def _take_usage(self, usage: dict[str, int] | None) -> None:
+        """The worker's count, held to this job's bounds (it feeds the limits and the client's usage)."""
+        if isinstance(usage, dict):
+            self.usage = protocol.clamp_usage(usage, prompt_tokens=self.prompt_tokens, max_tokens=self.max_tokens)
+
+    async def _close_hold(self, final: dict | None) -> None:
         """Close the hold once: from the worker's signed settlement in `final` (the job's last
         event), else for what the client was sent (levee.api.settling); any end but the job's own
         also flags the job cancelled, so no worker starts or goes on with it."""
@@ -322,108 +363,100 @@ class _Completion:
                          final=None if final is None or final.get("synthetic") else final,
                          delivered=self.usage, started_at=self.started_at)
 
-    async def sse(self):
+    async def follow(self, *, streamed: bool) -> AsyncGenerator[reader.Event, None]:
+        """The job's typed events, with the money rules applied before a formatter sees the end:
+        a streamed text counts as delivered once the formatter has sent it; the hold closes before
+        the client hears "done" (from the worker's settlement); a failure charges what the client
+        was sent (a whole reply: nothing, so the hold is released); Redis going away ends the
+        stream in a synthetic failure; a reader closed early (the client left) cancels the job and
+        charges what it was sent."""
         finished = False
         try:
-            yield self._chunk({"role": "assistant", "content": ""})
-            async for event in self._events():
-                kind = event["type"]
-                self._observe(event)
-                if event is jobs.KEEPALIVE:
-                    yield b": keep-alive\n\n"
-                elif kind == protocol.DELTA:
-                    reasoning, content = self._split(event.get("text", ""))
-                    if reasoning:
-                        yield self._chunk({"reasoning_content": reasoning})
-                    if content:
-                        yield self._chunk({"content": content})
-                    self._take_usage(event)  # sent: now it is delivered
-                elif kind == protocol.DONE:
-                    self._take_usage(event)
-                    await self._close(event)  # durable before the client hears it is done
-                    reasoning, content = self._split("", final=True)
-                    if reasoning or content:
-                        yield self._chunk({"reasoning_content": reasoning} if reasoning else {"content": content})
-                    yield self._chunk({}, finish_reason=_public_finish(event["finish_reason"]))
-                    if self.include_usage:
-                        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                                "model": self.model.name, "choices": [], "usage": self._usage_body()}
-                        yield b"data: " + json.dumps(body).encode() + b"\n\n"
-                    yield b"data: [DONE]\n\n"
-                    finished = True
-                    return
-                elif kind == protocol.ERROR:
-                    finished = True
-                    if not event.get("synthetic"):
-                        self._take_usage(event)
-                    await self._close(event)
-                    status = 503 if event.get("code") in {"worker_lost", "queue_timeout", "deadline"} else 500
-                    body = {"error": {"message": event.get("message", "generation failed"),
-                                      "type": "server_error", "param": None, "code": event.get("code")}}
-                    yield b"data: " + json.dumps(body).encode() + b"\n\n"
-                    log.warning("job %s ended with %s (status %s)", self.job_id, event.get("code"), status)
-                    return
-        except RedisError:  # the job's stream is gone with Redis: end the client's stream cleanly
-            log.warning("job %s: Redis went away mid-stream", self.job_id)
+            async with aclosing(self.reader.follow()) as events:  # closed early: the job is cancelled
+                async for event in events:
+                    self._observe(event)
+                    if isinstance(event, reader.Done):
+                        self._take_usage(event.usage)
+                        finished = True
+                        await self._close_hold(event.raw)  # durable before the client hears it is done
+                    elif isinstance(event, reader.Failed):
+                        finished = True
+                        if streamed and not event.synthetic:
+                            self._take_usage(event.usage)
+                        await self._close_hold(event.raw if streamed else None)
+                    yield event
+                    if streamed and isinstance(event, reader.Text):
+                        self._take_usage(event.usage)  # sent: now it is delivered
+        except RedisError:  # the job's stream is gone with Redis: end cleanly, charge what was sent
+            log.warning("job %s: Redis went away while following it", self.job_id)
             finished = True
-            await self._close(None)  # charge what the client was sent
-            body = {"error": {"message": "The service is temporarily unavailable; retry shortly.",
-                              "type": "server_error", "param": None, "code": "service_unavailable"}}
-            yield b"data: " + json.dumps(body).encode() + b"\n\n"
+            await self._close_hold(None)
+            yield reader.Failed(code="service_unavailable", synthetic=True, usage=self.usage,
+                                message="The service is temporarily unavailable; retry shortly.")
         finally:
-            if not finished:  # the client went away: stop the job, charge what it was sent
-                await self._close(None)
+            if not finished:  # the client went away (or the formatter failed): stop the job, charge what was sent
+                await self._close_hold(None)
+
+    async def sse(self) -> AsyncIterator[bytes]:
+        try:
+            yield self._chunk({"role": "assistant", "content": ""})
+            async with aclosing(self.follow(streamed=True)) as events:
+                async for event in events:
+                    if isinstance(event, reader.Keepalive):
+                        yield b": keep-alive\n\n"
+                    elif isinstance(event, reader.Text):
+                        for chunk in self._text_chunks(event.reasoning, event.content, event.tool_calls,
+                                                       event.logprobs):
+                            yield chunk
+                    elif isinstance(event, reader.Done):
+                        for chunk in self._text_chunks(event.reasoning, event.content, event.tool_calls):
+                            yield chunk
+                        yield self._chunk({}, finish_reason=_public_finish(event.finish_reason))
+                        if self.include_usage:
+                            body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                                    "model": self.model.name, "choices": [], "usage": self._usage_body()}
+                            yield b"data: " + json.dumps(body).encode() + b"\n\n"
+                        yield b"data: [DONE]\n\n"
+                    elif isinstance(event, reader.Failed):
+                        status = 503 if event.code in {"worker_lost", "queue_timeout", "deadline",
+                                                       "service_unavailable"} else 500
+                        body = {"error": {"message": event.message or "generation failed",
+                                          "type": "server_error", "param": None, "code": event.code}}
+                        yield b"data: " + json.dumps(body).encode() + b"\n\n"
+                        log.warning("job %s ended with %s (status %s)", self.job_id, event.code, status)
+        finally:
             await self.admission.finish(self._total_tokens())
 
     def _total_tokens(self) -> int:
         return self.usage["prompt_tokens"] + self.usage["completion_tokens"]
 
-    async def whole(self):
+    async def whole(self) -> HttpResponseBase:
         try:
             return await self._whole()
         finally:
             await self.admission.finish(self._total_tokens())
 
-    async def _whole(self):
-        content: list[str] = []
-        reasoning: list[str] = []
-        try:
-            async for event in self._events():
-                kind = event["type"]
-                self._observe(event)
-                if kind == protocol.DELTA:
-                    r, c = self._split(event.get("text", ""))
-                    reasoning.append(r)
-                    content.append(c)
-                elif kind == protocol.DONE:
-                    self._take_usage(event)
-                    await self._close(event)
-                    r, c = self._split("", final=True)
-                    reasoning.append(r)
-                    content.append(c)
-                    message = {"role": "assistant", "content": "".join(content)}
-                    if self.model.reasoner:
-                        message["reasoning_content"] = "".join(reasoning)
+    async def _whole(self) -> HttpResponseBase:
+        async with aclosing(self.follow(streamed=False)) as events:
+            async for event in events:
+                if isinstance(event, reader.Done):
+                    message: dict[str, Any] = {"role": "assistant", "content": self.reader.text}
+                    if self.thinking:
+                        message["reasoning_content"] = self.reader.reasoning_text
+                    if self.reader.tool_calls:
+                        message["content"] = message["content"] or None
+                        message["tool_calls"] = [c.as_openai() for c in self.reader.tool_calls]
+                    logprobs = {"content": self.reader.logprobs} if self.logprobs else None
                     return JsonResponse({
                         "id": self.id, "object": "chat.completion", "created": self.created,
                         "model": self.model.name, "system_fingerprint": None,
-                        "choices": [{"index": 0, "message": message, "logprobs": None,
-                                     "finish_reason": _public_finish(event["finish_reason"])}],
+                        "choices": [{"index": 0, "message": message, "logprobs": logprobs,
+                                     "finish_reason": _public_finish(event.finish_reason)}],
                         "usage": self._usage_body()})
-                elif kind == protocol.ERROR:
-                    # Nothing of a non-streamed reply reached the client: nothing is charged.
-                    await self._close(None)
-                    if event.get("synthetic"):
-                        return _overloaded(event["message"], 5)
-                    return error_response(500, event.get("message"), code=event.get("code"))
-        except RedisError:  # the job's stream is gone with Redis: nothing reached the client
-            log.warning("job %s: Redis went away while waiting for it", self.job_id)
-            await self._close(None)
-            return _overloaded("The service is temporarily unavailable; retry shortly.", 5)
-        except BaseException:
-            await self._close(None)
-            raise
-        await self._close(None)
+                if isinstance(event, reader.Failed):
+                    if event.synthetic:
+                        return _overloaded(event.message, 5)
+                    return error_response(500, event.message or None, code=event.code)
         return error_response(500, "the job ended without a result")
 
 

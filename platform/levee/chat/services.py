@@ -295,36 +295,21 @@ class JobOutcome:
 
 
 def read_job_stream(job_id: str, *, prompt_tokens: int, reasoner: bool) -> JobOutcome:
-    """Read a job's whole event stream (empty if it is gone), splitting a reasoner's <think>…</think>
-    out of the answer the way the streaming view does. Raises RedisError."""
-    from levee.api.think import ThinkSplitter
-    from levee.core.store import redis_client
+    """Read a job's whole event stream (empty if it is gone) with the reader the streaming views use
+    (levee.api.reader), so a reasoner's <think>…</think> is split out of the answer the same way.
+    Raises RedisError."""
+    from levee.api.reader import Done, JobReader
 
-    entries = redis_client().xrange(protocol.stream_key(job_id)) if job_id else []
-    splitter = ThinkSplitter() if reasoner else None
-    content, reasoning = [], []
-    outcome = JobOutcome(usage=protocol.usage_dict(0, prompt_tokens, 0))
-    for _id, fields in entries:
-        try:
-            event = protocol.decode_event(fields)
-        except protocol.ProtocolError:
-            continue
-        if event["type"] == protocol.DELTA:
-            text = event.get("text", "").replace("\x00", "\ufffd")
-            r, c = splitter.push(text) if splitter else ("", text)
-            reasoning.append(r)
-            content.append(c)
-        if event["type"] in (protocol.DELTA, protocol.DONE, protocol.ERROR):
-            outcome.usage = event.get("usage", outcome.usage)
-        if event["type"] in (protocol.DONE, protocol.ERROR):
-            outcome.end = event
-            break
-    if splitter:
-        r, c = splitter.flush()
-        reasoning.append(r)
-        content.append(c)
-    outcome.content, outcome.reasoning = "".join(content), "".join(reasoning)
-    return outcome
+    reader = JobReader(job_id, prompt_tokens=prompt_tokens, reasoner=reasoner, thinking_opened=reasoner,
+                       replace_nul=True).replay_stored()
+    end = reader.end
+    if isinstance(end, Done):
+        end_event: dict | None = {"type": protocol.DONE, "finish_reason": end.finish_reason, "usage": end.usage}
+    elif end is not None:
+        end_event = {"type": protocol.ERROR, "code": end.code, "message": end.message, "usage": end.usage}
+    else:
+        end_event = None
+    return JobOutcome(content=reader.text, reasoning=reader.reasoning_text, usage=reader.usage, end=end_event)
 
 
 def sweep_stale_replies(*, now: datetime | None = None, limit: int = 500) -> int:

@@ -10,6 +10,7 @@ import json
 import logging
 import time
 import uuid
+from contextlib import aclosing
 from datetime import UTC, datetime
 
 from asgiref.sync import sync_to_async
@@ -21,9 +22,10 @@ from django.shortcuts import get_object_or_404, render
 from redis.exceptions import RedisError
 
 from inference import protocol
-from levee.api import jobs
+from levee.api import jobs, reader
 from levee.api.models import LlmModel, aenabled_model
-from levee.api.think import ThinkSplitter
+from levee.api.reader import JobReader
+from levee.api.tokens import opens_thinking
 from levee.chat import services
 from levee.chat.models import Conversation, Message, Status
 from levee.core import jsonbody
@@ -274,7 +276,7 @@ async def post_message(request, conversation_id: int):
         except Exception:  # the reply goes on; the old messages stay visible until deleted by hand
             log.exception("dropping the messages replaced by chat job %s failed", job_id)
     reply = _Reply(request=request, conversation=conversation, started=started, job_id=job_id,
-                   reasoner=model.reasoner)
+                   reasoner=model.reasoner, thinking_opened=model.reasoner and opens_thinking(model, prompt_ids))
     response = StreamingHttpResponse(reply.sse(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
@@ -286,46 +288,31 @@ def _sse(event: str, data: dict) -> bytes:
 
 
 class _Reply:
-    """One job's events → the browser, and the reply saved (with its free usage) when it ends."""
+    """Formats one job's typed events (levee.api.reader) for the browser, and saves the reply (with
+    its free usage) when it ends."""
 
     def __init__(self, *, request, conversation, started: services.StartedReply, job_id: str,
-                 reasoner: bool = False):
+                 reasoner: bool = False, thinking_opened: bool = False):
         self.conversation, self.started, self.job_id = conversation, started, job_id
         self.request_id = getattr(request, "request_id", job_id)
         self.started_at = datetime.now(UTC)
-        self.text: list[str] = []
-        self.reasoning: list[str] = []
-        self.splitter = ThinkSplitter() if reasoner else None
-        self.usage = protocol.usage_dict(0, started.reply.prompt_tokens, 0)
+        # A model can emit NUL, which PostgreSQL text refuses: shown and kept as U+FFFD.
+        self.reader = JobReader(job_id, prompt_tokens=started.reply.prompt_tokens, reasoner=reasoner,
+                                thinking_opened=thinking_opened, replace_nul=True)
 
-    def _take(self, text: str, *, final: bool = False) -> tuple[str, str]:
-        """Keep a piece of the model's output; returns its (reasoning, answer) parts now certain. A
-        reasoner's tags may be cut anywhere across deltas: the splitter holds back what could still
-        become one until `final`."""
-        if self.splitter is None:
-            reasoning, content = "", text
-        else:
-            reasoning, content = self.splitter.push(text)
-            if final:
-                r, c = self.splitter.flush()
-                reasoning, content = reasoning + r, content + c
-        self.reasoning.append(reasoning)
-        self.text.append(content)
-        return reasoning, content
-
-    def _events_for(self, text: str, *, final: bool = False):
-        reasoning, content = self._take(text, final=final)
+    @staticmethod
+    def _text(reasoning: str, content: str):
         if reasoning:
             yield _sse("reasoning", {"text": reasoning})
         if content:
             yield _sse("delta", {"text": content})
 
     async def _finish(self, status: str, *, finish_reason: str = "", error: str = "") -> None:
-        self._take("", final=True)  # whatever the splitter still holds back
+        self.reader.flush()  # whatever the splitter still holds back
         try:
             await db(services.finish_reply)(
-                self.started.reply.pk, content="".join(self.text), reasoning="".join(self.reasoning), status=status,
-                usage=self.usage, started_at=self.started_at, request_id=self.request_id,
+                self.started.reply.pk, content=self.reader.text, reasoning=self.reader.reasoning_text,
+                status=status, usage=self.reader.usage, started_at=self.started_at, request_id=self.request_id,
                 finish_reason=finish_reason, error=error)
         except Exception:
             # Never leave the reply "streaming": that would block the account's next message.
@@ -339,42 +326,31 @@ class _Reply:
                                  "question_id": self.started.question.pk, "reply_id": self.started.reply.pk,
                                  "max_tokens": self.started.max_tokens,
                                  "replaced": list(self.started.replaces) if self.started.replaces else None})
-            async for event in jobs.events(self.job_id, queue_timeout=settings.LEVEE_JOB_QUEUE_TIMEOUT,
-                                           heartbeat_timeout=settings.LEVEE_JOB_HEARTBEAT_TIMEOUT):
-                if event is jobs.KEEPALIVE:
-                    yield b": keep-alive\n\n"
-                    continue
-                kind = event["type"]
-                if kind == protocol.DELTA:
-                    self.usage = event.get("usage", self.usage)
-                    # A model can emit NUL, which PostgreSQL text refuses: shown and kept as U+FFFD.
-                    for chunk in self._events_for(event.get("text", "").replace("\x00", "\ufffd")):
-                        yield chunk
-                elif kind == protocol.DONE:
-                    self.usage = event.get("usage", self.usage)
-                    for chunk in self._events_for("", final=True):
-                        yield chunk
-                    reason = event.get("finish_reason", "stop")
-                    status = Status.STOPPED if reason == "cancelled" else Status.COMPLETE
-                    await self._finish(status, finish_reason=reason)
-                    finished = True
-                    yield _sse("done", {"status": status, "finish_reason": reason, "usage": self.usage})
-                    return
-                elif kind == protocol.ERROR:
-                    self.usage = event.get("usage", self.usage)
-                    message = event.get("message") or "The reply could not be completed."
-                    await self._finish(Status.ERROR, finish_reason="error", error=message)
-                    finished = True
-                    yield _sse("error", {"code": event.get("code"), "message": message})
-                    return
+            async with aclosing(self.reader.follow()) as events:  # closed early: the job is cancelled
+                async for event in events:
+                    if isinstance(event, reader.Keepalive):
+                        yield b": keep-alive\n\n"
+                    elif isinstance(event, reader.Text):
+                        for chunk in self._text(event.reasoning, event.content):
+                            yield chunk
+                    elif isinstance(event, reader.Done):
+                        for chunk in self._text(event.reasoning, event.content):
+                            yield chunk
+                        reason = event.finish_reason
+                        status = Status.STOPPED if reason == "cancelled" else Status.COMPLETE
+                        await self._finish(status, finish_reason=reason)
+                        finished = True
+                        yield _sse("done", {"status": status, "finish_reason": reason, "usage": self.reader.usage})
+                    elif isinstance(event, reader.Failed):
+                        message = event.message or "The reply could not be completed."
+                        await self._finish(Status.ERROR, finish_reason="error", error=message)
+                        finished = True
+                        yield _sse("error", {"code": event.code, "message": message})
         finally:
             if not finished:
-                # The browser went away mid-reply: stop the job and keep what was received. The
-                # running usage of the last delta is recorded (the worker may make a few more tokens).
-                try:
-                    await jobs.cancel(self.job_id)
-                except RedisError:
-                    log.warning("could not flag chat job %s cancelled", self.job_id)
+                # The browser went away mid-reply (the reader cancelled the job): keep what was
+                # received. The running usage of the last delta is recorded (the worker may make a
+                # few more tokens).
                 try:
                     await asyncio.shield(self._finish(Status.STOPPED, finish_reason="client_gone"))
                 except Exception:

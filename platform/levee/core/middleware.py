@@ -22,7 +22,7 @@ from levee.core.errors import error_response
 from levee.core.routes import route_name
 
 # Paths that answer JSON (the API, the web chat's endpoints): errors in the API's format, in English.
-API_PREFIXES = ("/v1/", "/api/", "/chat/completions", "/chat/api/", "/user/", "/models", "/beta/")
+API_PREFIXES = ("/v1/", "/api/", "/chat/completions", "/chat/api/", "/user/", "/models", "/beta/", "/anthropic/")
 _INCOMING_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 

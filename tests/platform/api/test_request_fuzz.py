@@ -96,3 +96,67 @@ def test_a_surrogate_pair_is_text():
 def test_the_depth_a_chat_request_needs_is_accepted():
     body = {**BASE, "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
     assert parse_chat_request(parse_json(json.dumps(body).encode())).messages[0]["content"] == "hi"
+
+
+# --- tools, tool messages, response_format, thinking (the dialect beyond plain chat) ---------------
+
+tool = st.fixed_dictionaries({"type": st.just("function") | json_values, "function": st.fixed_dictionaries({
+    "name": st.from_regex(r"[a-z_]{1,8}", fullmatch=True) | json_values,
+    "parameters": st.just({"type": "object", "properties": {"x": {"type": "string"}}}) | json_values,
+    "strict": st.booleans() | json_values}) | json_values})
+tool_call = st.fixed_dictionaries({"id": st.text(max_size=8) | json_values, "type": st.just("function") | json_values,
+                                   "function": st.fixed_dictionaries({"name": st.text(max_size=8) | json_values,
+                                                                      "arguments": st.text(max_size=20) | json_values})})
+turn = st.fixed_dictionaries({"role": st.sampled_from(["assistant", "tool", "user"]),
+                              "content": st.none() | st.text(max_size=20) | json_values},
+                             optional={"tool_calls": st.lists(tool_call, max_size=3) | json_values,
+                                       "tool_call_id": st.text(max_size=8) | json_values,
+                                       "prefix": st.booleans() | json_values, "name": json_values})
+
+
+@FUZZ
+@given(tools=st.lists(tool, max_size=4) | json_values,
+       choice=st.sampled_from(["none", "auto", "required"]) | json_values |
+       st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries({"name": st.text(max_size=8)})}),
+       fmt=st.none() | st.fixed_dictionaries({"type": st.sampled_from(["text", "json_object", "x"])}) | json_values,
+       thinking=st.none() | st.fixed_dictionaries({"type": st.sampled_from(["enabled", "disabled"])}) | json_values)
+def test_any_tools_and_tool_choice(tools, choice, fmt, thinking):
+    body = {**BASE, "tools": tools, "tool_choice": choice}
+    for name, value in (("response_format", fmt), ("thinking", thinking)):
+        if value is not None:
+            body[name] = value
+    _parses_or_names_the_problem(body)
+
+
+@FUZZ
+@given(turns=st.lists(turn, min_size=1, max_size=5))
+def test_any_tool_conversation(turns):
+    _parses_or_names_the_problem({**BASE, "messages": [{"role": "user", "content": "hi"}, *turns]})
+
+
+@FUZZ
+@given(body=st.dictionaries(st.sampled_from(["model", "max_tokens", "system", "messages", "stop_sequences", "stream",
+                                             "temperature", "tools", "tool_choice", "thinking", "metadata"])
+                            | st.text(max_size=8), json_values, max_size=8))
+def test_any_anthropic_body_becomes_a_chat_request_or_a_named_refusal(body):
+    from levee.api.anthropic import _Refused, to_chat_body
+
+    try:
+        chat = to_chat_body(body)
+    except _Refused as exc:
+        assert exc.message
+        return
+    _parses_or_names_the_problem(chat)
+
+
+@FUZZ
+@given(body=st.dictionaries(st.sampled_from(["model", "prompt", "suffix", "max_tokens", "echo", "stop", "stream",
+                                             "logprobs", "temperature", "n"]) | st.text(max_size=8),
+                            json_values, max_size=8))
+def test_any_fim_body(body):
+    from levee.api.completions import parse
+
+    try:
+        parse({"model": "deepseek-chat", "prompt": "x", **body})
+    except RequestError as exc:
+        assert exc.status in (400, 422) and exc.message

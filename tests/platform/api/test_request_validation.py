@@ -53,7 +53,16 @@ def test_text_content_parts_are_joined_and_a_single_stop_becomes_a_list():
     ({"stream": "yes"}, 400, "stream"),
     ({"stream_options": {"include_usage": True}}, 422, "stream_options"),
     ({"response_format": {"type": "xml"}}, 400, "response_format"),
-    ({"logprobs": True}, 422, "logprobs"),
+    ({"top_logprobs": 3}, 422, "top_logprobs"),  # without logprobs: true (logprobs alone are served now)
+    ({"logprobs": True, "top_logprobs": 21}, 422, "top_logprobs"),
+    ({"logprobs": "yes"}, 400, "logprobs"),
+    ({"tool_choice": "required"}, 422, "tool_choice"),
+    ({"thinking": {"type": "maybe"}}, 400, "thinking"),
+    ({"reasoning_effort": "extreme"}, 400, "reasoning_effort"),
+    ({"messages": [{"role": "tool", "content": "42"}]}, 400, "messages[0].tool_call_id"),
+    ({"messages": [{"role": "assistant", "content": "", "tool_calls": "x"}]}, 400, "messages[0].tool_calls"),
+    ({"messages": [{"role": "assistant", "content": "a", "prefix": True}, {"role": "user", "content": "b"}]},
+     422, "messages[0].prefix"),
     ({"n": 2}, 422, "n"),
     ({"tools": [{"type": "function"}]}, 422, "tools"),
     ({"seed": 2**64}, 422, "seed"),
@@ -70,3 +79,25 @@ def test_a_body_that_is_not_a_json_object_is_invalid_format(raw):
     with pytest.raises(RequestError) as info:
         parse_json(raw)
     assert info.value.status == 400 and info.value.code == "invalid_format"
+
+
+def test_a_tool_conversation_is_kept_for_the_template():
+    chat = parse_chat_request({**BASE, "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+        "tool_choice": "auto", "response_format": {"type": "json_object"}, "logprobs": True, "top_logprobs": 2,
+        "thinking": {"type": "disabled"}})
+    assert chat.messages[1]["tool_calls"][0]["function"]["name"] == "get_weather"
+    assert chat.messages[2] == {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}
+    assert (chat.tool_choice, chat.response_format, chat.top_logprobs, chat.thinking) == ("auto", "json_object", 2,
+                                                                                          False)
+    assert [t.name for t in chat.tools] == ["get_weather"]
+
+
+def test_a_last_assistant_message_can_be_a_prefix():
+    chat = parse_chat_request({**BASE, "messages": [{"role": "user", "content": "code"},
+                                                    {"role": "assistant", "content": "```python\n", "prefix": True}]})
+    assert chat.prefix and chat.messages[-1]["prefix"] is True

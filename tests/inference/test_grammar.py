@@ -1,0 +1,118 @@
+"""Constrained sampling (inference.grammar) inside the engine: each constrained sequence of a batch
+follows its own grammar, unconstrained neighbours are untouched, a trigger token switches a grammar
+on, and logprobs come from the same logits in OpenAI's shape."""
+from __future__ import annotations
+
+import json
+import queue
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from inference import protocol, serving
+from inference.tokenizer import Tokenizer
+
+CKPT = Path(__file__).resolve().parents[2] / "inference" / "demo" / "checkpoint"
+# Schemas whose every valid value is short: the grammar alone decides that the output ends.
+FLAG = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}
+CITY = {"type": "object", "properties": {"city": {"enum": ["Paris", "Rome"]}}, "required": ["city"],
+        "additionalProperties": False}
+
+
+def _schema_grammar(schema: dict) -> str:
+    return "start: obj\nobj: %json " + json.dumps({**schema, "x-guidance": {"whitespace_flexible": False}})
+
+
+@pytest.fixture(scope="module")
+def engine():
+    built = serving.build_engine(str(CKPT))
+    yield built
+    built.stop()
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.from_dir(CKPT)
+
+
+def _submit(engine, ids, *, constraint=None, logprobs=None, max_tokens=40, temperature=0.0, sink=None):
+    message = protocol.JobMessage(job_id=uuid.uuid4().hex, model="m", prompt_ids=ids, user="u", hold_id=None,
+                                  deadline=time.time() + 120, pickup_deadline=time.time() + 60,
+                                  constraint=constraint, logprobs=logprobs,
+                                  sampling=protocol.Sampling(max_tokens=max_tokens, temperature=temperature, seed=7))
+    return serving.submit(engine, message, sink)
+
+
+def _collect(engine, sink: queue.SimpleQueue, n: int) -> dict[str, tuple[str, str, list]]:
+    out: dict[str, list] = {}
+    done: dict[str, tuple[str, str, list]] = {}
+    while len(done) < n:
+        handle, event = sink.get(timeout=120)
+        ev = serving.job_event(event, engine)
+        text, lps = out.setdefault(handle.request_id, ["", []]), None
+        text[0] += ev.text
+        text[1] += ev.logprobs
+        if event.finish_reason is not None:
+            done[handle.request_id] = (text[0], event.finish_reason, text[1])
+        del lps
+    return done
+
+
+def test_constrained_and_free_sequences_share_a_batch_and_each_follows_its_own_rule(engine, tok):
+    ids = tok.encode_chat([{"role": "user", "content": "Answer in JSON: is the sky blue?"}])
+    sink: queue.SimpleQueue = queue.SimpleQueue()
+    flag = _submit(engine, ids, constraint=protocol.Constraint(_schema_grammar(FLAG)), sink=sink, temperature=1.0)
+    city = _submit(engine, ids, constraint=protocol.Constraint(_schema_grammar(CITY)), sink=sink, temperature=1.0)
+    free = _submit(engine, ids, sink=sink, max_tokens=12)
+    done = _collect(engine, sink, 3)
+    flag_text, flag_reason, _ = done[flag.request_id]
+    city_text, city_reason, _ = done[city.request_id]
+    assert flag_reason == city_reason == "stop"
+    assert isinstance(json.loads(flag_text)["ok"], bool) and set(json.loads(flag_text)) == {"ok"}
+    assert json.loads(city_text)["city"] in {"Paris", "Rome"}
+    alone = _submit(engine, ids, max_tokens=12).result(120)
+    assert done[free.request_id][0] == alone.text  # the neighbours' grammars left it alone
+
+
+def test_a_trigger_token_switches_the_grammar_on_after_it(tok):
+    import torch
+
+    from inference.grammar import BatchMasker, SequenceConstraint, ll_tokenizer
+
+    ll = ll_tokenizer((CKPT / "tokenizer.json").read_text(encoding="utf-8"), 2112, tok.eos_token_id)
+    close = tok.token_to_id("</think>")
+    constraint = SequenceConstraint.compile(ll, _schema_grammar(FLAG), trigger=close)
+    masker = BatchMasker(2112)
+    word = tok.encode("Hello")[0]
+    assert masker.begin([constraint]) is None  # free before the trigger: no mask at all
+    constraint.advance(word)
+    assert not constraint.masking
+    constraint.advance(close)
+    logits = torch.zeros(2, 2112)
+    masker.apply(masker.begin([None, constraint]), logits)
+    allowed = (logits[1] > float("-inf")).nonzero().flatten().tolist()
+    assert allowed and all(tok.decode([i]).startswith("{") for i in allowed)  # the object must open
+    assert bool((logits[0] == 0).all())  # the free row is untouched
+
+
+def test_logprobs_and_top_logprobs_come_in_openais_shape(engine, tok):
+    ids = tok.encode_chat([{"role": "user", "content": "Hello"}])
+    sink: queue.SimpleQueue = queue.SimpleQueue()
+    handle = _submit(engine, ids, logprobs=3, max_tokens=6, sink=sink)
+    text, _, lps = _collect(engine, sink, 1)[handle.request_id]
+    assert 1 <= len(lps) <= 6
+    for entry in lps:
+        assert set(entry) == {"token", "logprob", "bytes", "top_logprobs"} and entry["logprob"] <= 0
+        assert len(entry["top_logprobs"]) == 3
+        assert entry["top_logprobs"][0]["logprob"] >= entry["logprob"] - 1e-5  # greedy: the top one was chosen
+        assert bytes(entry["bytes"]).decode("utf-8", errors="replace") == entry["token"]
+    assert b"".join(bytes(e["bytes"]) for e in lps).decode("utf-8", errors="replace").startswith(text[:1])
+
+
+def test_a_grammar_that_does_not_compile_is_refused_at_submit(engine, tok):
+    from inference.grammar import GrammarError
+
+    with pytest.raises(GrammarError):
+        _submit(engine, [1, 2, 3], constraint=protocol.Constraint("start: nope nope ("))
