@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from inference import load_model
+from inference.attention import CausalAttention
 from inference.loader import CheckpointError
-from inference.model import CausalAttention
 from inference.mtp import accept
 from tests.inference.checkpoints import DEVICE
 
@@ -106,3 +106,53 @@ def test_greedy_acceptance_keeps_exactly_the_argmax():
     tokens, accepted = accept(p, q, draft, u, v)
     assert tokens.tolist() == target.tolist()
     assert accepted.tolist() == [True, False, True, False]
+
+
+DEMO = __import__("pathlib").Path(__file__).resolve().parents[2] / "inference" / "demo" / "checkpoint"
+
+
+@pytest.fixture(scope="module")
+def demo_with_mtp():
+    if not (DEMO / "mtp.safetensors").is_file():
+        pytest.fail("inference/demo/checkpoint/mtp.safetensors is missing: python -m inference.demo.train_mtp")
+    return load_model(DEMO, dtype=torch.float32, device="cpu", mtp=True)
+
+
+def chat_prompt(text: str) -> list[int]:
+    from inference.tokenizer import Tokenizer
+
+    return Tokenizer.from_dir(DEMO).encode_chat([{"role": "user", "content": text}], add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("text", ["What is Levee?", "Tell me a short story."])
+def test_greedy_speculative_decoding_gives_the_tokens_of_plain_decoding(demo_with_mtp, text):
+    from inference.speculative import generate
+
+    prompt = chat_prompt(text)
+    plain = generate(demo_with_mtp, prompt, 40, speculate=False)
+    fast = generate(demo_with_mtp, prompt, 40, speculate=True)
+    assert fast.tokens == plain.tokens
+    # both branches ran: some drafts kept (two tokens per forward), some replaced
+    assert 0 < fast.accepted < fast.drafted
+    assert fast.forwards < plain.forwards
+
+
+def test_plain_decoding_matches_the_full_recompute(demo_with_mtp):
+    """Guard for the test above: the contiguous-cache loop itself decodes what the model says."""
+    from inference.speculative import generate
+
+    prompt = chat_prompt("Hello")
+    got = generate(demo_with_mtp, prompt, 12, speculate=False).tokens
+    seq = torch.tensor([prompt])
+    for _ in range(12):
+        seq = torch.cat([seq, demo_with_mtp(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert got == seq[0, len(prompt):].tolist()
+
+
+def test_sampled_speculative_decoding_runs_and_is_reproducible(demo_with_mtp):
+    from inference.speculative import generate
+
+    prompt = chat_prompt("Tell me a short story.")
+    a = generate(demo_with_mtp, prompt, 30, speculate=True, temperature=0.8, seed=3)
+    b = generate(demo_with_mtp, prompt, 30, speculate=True, temperature=0.8, seed=3)
+    assert a.tokens == b.tokens and len(a.tokens) == 30 and a.drafted > 0
