@@ -51,18 +51,32 @@ _KEY_PATTERN = re.compile(rb"^sk-[A-Za-z0-9]{48}$")
 # --- pre-built answers ---------------------------------------------------------------------------
 
 _HTML = ("<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
-         "<title>{title} · Levee</title><link rel=stylesheet href='/static/levee/site.css'>"
-         "<main class=container><h1>{title}</h1><p>{message}</p>{extra}</main></html>")
+         "<title>{title} · Levee</title><link rel=stylesheet href='/static/levee/site.css'>{banner}"
+         "<main id=main><h1>{title}</h1><p>{message}</p>{extra}</main></html>")
+# The site's banner (templates/base.html) in the modes that show one.
+_BANNERS = {
+    "under_attack": "We are under heavy load: registration may be busy, please retry later. Registered users can "
+                    "log in normally.",
+    "elevated": "We are seeing unusual traffic: sign-up asks your browser to solve a short check, and free chat "
+                "allowances are smaller for now.",
+}
+
+
+def _banner(mode: str) -> str:
+    text = _BANNERS.get(mode)
+    return f"<div class='banner banner-{mode}' role=status>{text}</div>" if text else ""
 
 
 @lru_cache(maxsize=256)
-def _prebuilt(status: int, api: bool, message: str, code: str | None = None) -> tuple[bytes, bytes]:
+def _prebuilt(status: int, api: bool, message: str, code: str | None = None, title: str | None = None,
+              mode: str = NORMAL) -> tuple[bytes, bytes]:
     """(content type, body) of a refusal, built once per distinct answer."""
     if api:
         return b"application/json", json.dumps(error_body(status, message, code=code)).encode()
-    title = {413: "Too large", 429: "Slow down a little", 503: "We are busy", 401: "Not allowed",
-             400: "Bad request"}.get(status, "Sorry")
-    return b"text/html; charset=utf-8", _HTML.format(title=title, message=message, extra="").encode()
+    title = title or {413: "Too large", 429: "Slow down a little", 503: "We are busy", 401: "Not allowed",
+                      400: "Bad request"}.get(status, "Sorry")
+    return b"text/html; charset=utf-8", _HTML.format(title=title, message=message, extra="",
+                                                     banner=_banner(mode)).encode()
 
 
 async def _answer(send, status: int, content_type: bytes, body: bytes, *, retry_after: int | None = None,
@@ -80,8 +94,8 @@ async def _answer(send, status: int, content_type: bytes, body: bytes, *, retry_
 
 
 async def _refuse(send, status: int, message: str, *, api: bool, retry_after: int | None = None,
-                  code: str | None = None, close: bool = False) -> None:
-    content_type, body = _prebuilt(status, api, message, code)
+                  code: str | None = None, close: bool = False, title: str | None = None) -> None:
+    content_type, body = _prebuilt(status, api, message, code, title, NORMAL if api else state.cached_mode())
     await _answer(send, status, content_type, body, retry_after=retry_after, close=close)
 
 
@@ -337,7 +351,7 @@ _HASHING_DOORS = {"login", "signup", "admin"}  # each admitted attempt hashes a 
 
 
 async def _browser_door(send, door: str, method: str, path: str, cookie: bytes | None, ip: str) -> bool:
-    mode = state.current_mode()
+    mode = state.cached_mode()  # refreshed by the caller when due
     if door == "signup" and mode == UNDER_ATTACK and settings.SHIELD_SIGNUP_TRICKLE_PER_MINUTE == 0:
         await _busy(send)
         return True
@@ -400,7 +414,8 @@ async def _browser_door(send, door: str, method: str, path: str, cookie: bytes |
 async def _busy(send) -> None:
     from levee.shield.signup import BUSY
 
-    await _refuse(send, 503, BUSY, api=False, retry_after=settings.SHIELD_SIGNUP_BUSY_RETRY_AFTER)
+    await _refuse(send, 503, BUSY, api=False, retry_after=settings.SHIELD_SIGNUP_BUSY_RETRY_AFTER,
+                  title="Registration is busy")
 
 
 _INTERSTITIAL_FORM = (
@@ -419,13 +434,14 @@ async def _interstitial(send, target: str, ip: str, *, bits: int | None = None, 
     from html import escape
 
     if bits is None:
-        bits = _difficulty(state.current_mode(), None, 0)
+        bits = _difficulty(state.cached_mode(), None, 0)
     challenge = pow.issue(bits)
     form = _INTERSTITIAL_FORM.format(action=PASS_PATH, bits=bits, challenge=challenge, next=escape(target, quote=True))
     message = "A quick check that you are a browser, not a bot: it takes a moment and happens once per visit."
     if note:
         message = f"{note} {message}"
-    body = _HTML.format(title="Checking your browser", message=escape(message), extra=form).encode()
+    body = _HTML.format(title="Checking your browser", message=escape(message), extra=form,
+                        banner=_banner(state.cached_mode())).encode()
     await _answer(send, status, b"text/html; charset=utf-8", body, retry_after=retry_after)
 
 
