@@ -24,9 +24,12 @@ Redis unreachable, or a Redis Cluster: the doors pass through to Django, whose o
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
+import secrets
+import time
 from functools import lru_cache
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qs
@@ -43,7 +46,7 @@ from levee.shield.subjects import Address, SignupTrickle, Site, Subnet
 log = logging.getLogger(__name__)
 
 PASS_PATH = "/shield/pass"
-REFUSED_EVENT = "refused"
+REFUSED_EVENT, CHALLENGED_EVENT = "refused", "challenged"
 _BODYLESS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 _KEY_PATTERN = re.compile(rb"^sk-[A-Za-z0-9]{48}$")
 
@@ -79,10 +82,41 @@ def _prebuilt(status: int, api: bool, message: str, code: str | None = None, tit
                                                      banner=_banner(mode)).encode()
 
 
+_scope: contextvars.ContextVar[dict | None] = contextvars.ContextVar("levee_admission_scope", default=None)
+access_log = logging.getLogger("levee.access")
+
+
+def _account_for(scope: dict | None, status: int) -> str:
+    """Count and log an answer the layer gave itself, as RequestLogMiddleware does for Django's:
+    the route's name (never the raw path), a request id (returned, for the x-request-id header)."""
+    from levee.core import logging as levee_logging
+    from levee.core import metrics
+
+    request_id = f"req_{secrets.token_hex(12)}"
+    if scope is None:
+        return request_id
+    route = _routes().get(scope["path"], "unmatched")
+    method = scope["method"]
+    seconds = time.perf_counter() - scope.get("levee.admitted", time.perf_counter())
+    try:
+        metrics.count_request(route, method, status, seconds)
+    except Exception:  # a metrics failure must never cost the client its answer
+        access_log.exception("metrics: could not count a request")
+    tokens = levee_logging.bind_request(request_id, route)
+    try:
+        access_log.info("%s %s %s", method, route, status,
+                        extra={"method": method, "status": status, "duration_ms": round(seconds * 1000, 1),
+                               "client_ip": scope.get("levee.client_ip"), "account_id": None, "admission": True})
+    finally:
+        levee_logging.unbind(tokens)
+    return request_id
+
+
 async def _answer(send, status: int, content_type: bytes, body: bytes, *, retry_after: int | None = None,
                   close: bool = False, extra: list | None = None) -> None:
+    request_id = _account_for(_scope.get(), status)
     headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body)),
-               (b"cache-control", b"no-store")]
+               (b"cache-control", b"no-store"), (b"x-request-id", request_id.encode())]
     if retry_after:
         headers.append((b"retry-after", b"%d" % retry_after))
     if close:
@@ -114,6 +148,17 @@ def _doors() -> dict[str, str]:
         route = str(pattern.pattern)
         doors[f"/{route}"] = doors[f"/v1/{route}"] = "api"
     return doors
+
+
+@lru_cache(maxsize=1)
+def _routes() -> dict[str, str]:
+    """The URL names of the paths the layer answers for (its doors and the pass), for logs and metrics."""
+    from django.urls import resolve
+
+    routes = {PASS_PATH: "shield-pass"}
+    for path in _doors():
+        routes[path] = resolve(path).view_name or "unnamed"
+    return routes
 
 
 def _is_api(path: str) -> bool:
@@ -171,6 +216,8 @@ class Admission:
         if kind != "http":
             return await self.app(scope, receive, send)
         escalation.ensure_running()
+        scope["levee.admitted"] = time.perf_counter()
+        _scope.set(scope)
         path, method = scope["path"], scope["method"]
         length = None
         auth = cookie = forwarded = None
@@ -282,10 +329,12 @@ def _cookies(raw: bytes | None) -> dict[str, str]:
     return {name: morsel.value for name, morsel in jar.items()}
 
 
-def _window() -> str:
+def _windows() -> dict[str, str]:
+    """The escalation windows a door's decision counts in: refusals (evidence of an attack) and
+    challenges (a budget spent, or an interstitial instead of the door: pressure)."""
     from levee.shield import stats
 
-    return stats.prefix(REFUSED_EVENT)
+    return {"refused": stats.prefix(REFUSED_EVENT), "challenged": stats.prefix(CHALLENGED_EVENT)}
 
 
 # --- the API's door ------------------------------------------------------------------------------
@@ -311,7 +360,7 @@ async def _api_door(send, path: str, auth: bytes | None, ip: str) -> bool:
     digest = keyfilter.member(token)
     decision, known = await acheck_door([Address("apikey", ip), Subnet("apikey", ip)], {"requests": 1},
                                         member=digest, member_set=keyfilter.SET_KEY, ready_key=keyfilter.READY_KEY,
-                                        window=_window())
+                                        **_windows())
     if not decision.allowed:
         await _refuse(send, 429, f"Rate limit reached for requests from your address. Please retry after "
                       f"{decision.retry_after}s.", api=True, retry_after=decision.retry_after)
@@ -365,7 +414,7 @@ async def _browser_door(send, door: str, method: str, path: str, cookie: bytes |
         subjects = [Subnet("door", ip)]
         if door == "signup" and mode == UNDER_ATTACK:
             subjects.append(SignupTrickle())
-        decision, _ = await acheck_door(subjects, {"requests": 1}, window=_window(), peek=True)
+        decision, _ = await acheck_door(subjects, {"requests": 1}, peek=True, **_windows())
         if not decision.allowed and door == "signup":
             await _busy(send)
             return True
@@ -377,18 +426,18 @@ async def _browser_door(send, door: str, method: str, path: str, cookie: bytes |
         return False
     under_pressure = mode != NORMAL
     subjects = [Address(f"door.{door}", ip), Subnet("door", ip)]
-    if door in _HASHING_DOORS:
-        if credential == "known":
-            subjects.append(Site("hash.known"))
-        elif credential == "pass":
-            subjects.append(Site("hash.pass"))
-        elif not under_pressure:
-            subjects.append(Site("hash.new"))
     if pass_id:
         subjects.append(FixedSubject(f"door.pass:{pass_id}", [Rule("requests", settings.SHIELD_PASS_USES,
                                                                    float(settings.SHIELD_PASS_TTL))]))
+    soft_from = None  # a spent hashing budget is pressure, not evidence of an attack: counted apart
+    if door in _HASHING_DOORS:
+        budget = {"known": "hash.known", "pass": "hash.pass"}.get(credential, None if under_pressure else "hash.new")
+        if budget:
+            soft_from = len(subjects)
+            subjects.append(Site(budget))
     challenge_instead = credential == "new" and under_pressure
-    decision, _ = await acheck_door(subjects, {"requests": 1}, window=_window(), force_count=challenge_instead)
+    decision, _ = await acheck_door(subjects, {"requests": 1}, soft_from=soft_from, force_count=challenge_instead,
+                                    **_windows())
     if not decision.allowed:
         worst = max((o for o in decision.outcomes if not o.allowed), key=lambda o: o.retry_after)
         if worst.subject.key() == "hash.new.global":  # the pressure signal: new browsers earn a pass first

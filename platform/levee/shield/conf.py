@@ -57,9 +57,10 @@ SHIELD_LIMITS = {
     # Password hashes per second, site-wide, by what the browser holds: a known-device cookie, a
     # pass, or nothing (only in calm times: under pressure a bare browser earns a pass first).
     # Separate budgets, so bare browsers and pass holders can never spend the known devices' share.
-    "hash.known.global": {"requests": (env_int("SHIELD_HASH_KNOWN_PER_SECOND", 6, minimum=1), 1.0)},
-    "hash.pass.global": {"requests": (env_int("SHIELD_HASH_PASS_PER_SECOND", 4, minimum=1), 1.0)},
-    "hash.new.global": {"requests": (env_int("SHIELD_HASH_NEW_PER_SECOND", 2, minimum=1), 1.0)},
+    # Argon2 costs 0.1-1 s of a core: the three together stay within about half the web tier's CPU.
+    "hash.known.global": {"requests": (env_int("SHIELD_HASH_KNOWN_PER_SECOND", 4, minimum=1), 1.0)},
+    "hash.pass.global": {"requests": (env_int("SHIELD_HASH_PASS_PER_SECOND", 2, minimum=1), 1.0)},
+    "hash.new.global": {"requests": (env_int("SHIELD_HASH_NEW_PER_SECOND", 1, minimum=1), 1.0)},
     # Bearer requests to the key-authenticated API per address and subnet, before the key is looked at.
     "apikey.address": {"requests": (env_int("SHIELD_APIKEY_ADDRESS_RPM", 1200, minimum=1), _MIN)},
     "apikey.subnet": {"requests": (env_int("SHIELD_APIKEY_SUBNET_RPM", 6000, minimum=1), _MIN)},
@@ -116,10 +117,11 @@ SHIELD_ESCALATION_BASELINE_FACTOR = 5
 SHIELD_ESCALATION_FLOORS = {
     "elevated": {"signup": env_int("SHIELD_AUTO_SIGNUPS_ELEVATED", 100, minimum=1),
                  "failed_login": env_int("SHIELD_AUTO_FAILED_LOGINS_ELEVATED", 50, minimum=1),
-                 "refused": env_int("SHIELD_AUTO_REFUSALS_ELEVATED", 100, minimum=1),
+                 "refused": env_int("SHIELD_AUTO_REFUSALS_ELEVATED", 50, minimum=1),
+                 "challenged": env_int("SHIELD_AUTO_CHALLENGES_ELEVATED", 50, minimum=1),
                  "lag_ms": env_int("SHIELD_AUTO_LAG_MS_ELEVATED", 500, minimum=1)},
     "under_attack": {"failed_login": env_int("SHIELD_AUTO_FAILED_LOGINS_UNDER_ATTACK", 300, minimum=1),
-                     "refused": env_int("SHIELD_AUTO_REFUSALS_UNDER_ATTACK", 400, minimum=1),
+                     "refused": env_int("SHIELD_AUTO_REFUSALS_UNDER_ATTACK", 150, minimum=1),
                      "lag_ms": env_int("SHIELD_AUTO_LAG_MS_UNDER_ATTACK", 2000, minimum=1)},
 }
 SHIELD_AUTO_COOLDOWN = env_int("SHIELD_AUTO_COOLDOWN", 15 * _MIN, minimum=0)

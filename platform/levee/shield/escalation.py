@@ -2,17 +2,20 @@
 every SHIELD_ESCALATION_INTERVAL seconds records its event-loop lag and, if it wins a short Redis
 lease (one process per interval, site-wide), evaluates the mode:
 
-* sliding windows of SHIELD_ESCALATION_WINDOW (10) seconds of sign-up attempts, failed logins and
-  admission refusals (levee.shield.stats, per-second buckets by Redis's clock), plus the worst
+* sliding windows of SHIELD_ESCALATION_WINDOW (10) seconds of sign-up attempts, failed logins,
+  admission refusals (a per-address or per-subnet limit, an unknown API key: evidence of an attack)
+  and admission challenges (a hashing budget spent, a bare browser sent to the interstitial:
+  pressure) (levee.shield.stats, per-second buckets by Redis's clock), plus the worst
   event-loop lag reported by any web process in the last few seconds (CPU pressure: a loop that
   wakes late is a process with no CPU to spare);
 * a signal is hot for a mode when its window reaches that mode's absolute floor
   (SHIELD_ESCALATION_FLOORS) and, when the site is below that mode, also
   SHIELD_ESCALATION_BASELINE_FACTOR times its recent baseline (the mean per window over the
   previous SHIELD_ESCALATION_BASELINE seconds), so a busy-but-normal site needs a real jump;
-* sign-ups alone raise the mode to `elevated` at most — which asks new browsers for a proof of work,
-  never turns anyone away — so a launch-day spike of real sign-ups costs people a second of work,
-  not their registration; `under_attack` needs failed logins, refusals or CPU pressure;
+* sign-ups and challenges raise the mode to `elevated` at most — which asks new browsers for a proof
+  of work, never turns anyone away — so a launch-day spike of real sign-ups (many new browsers at
+  once: sign-ups, a spent new-browser budget) costs people a second of work, not their
+  registration; `under_attack` needs failed logins, refusals or CPU pressure;
 * lowering: one step after SHIELD_AUTO_COOLDOWN seconds without a hot signal;
 * every change goes through services.set_mode (audited); a pinned mode is never moved.
 
@@ -34,7 +37,7 @@ from levee.shield.models import ELEVATED, MODES, NORMAL, UNDER_ATTACK, ModeChang
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("signup", "failed_login", "refused")
+EVENTS = ("signup", "failed_login", "refused", "challenged")
 _LEADER = "levee:shield:{escalation}:leader"
 _LAG = "levee:shield:{escalation}:lag"
 _LAST_HOT = "levee:shield:auto:last-hot"

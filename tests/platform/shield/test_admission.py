@@ -364,15 +364,31 @@ def test_a_known_device_skips_the_interstitial_and_has_its_own_budget(layer, rds
     assert forged.status == 429 and admission.challenge_in(forged.text)
 
 
-def test_under_attack_a_bare_sign_up_post_is_refused_and_counted(layer, rds):
+def test_under_attack_a_bare_sign_up_post_is_refused_and_counted_as_a_challenge(layer, rds):
     from levee.shield import stats
 
     app, inner = layer
     set_mode_mirror(rds, "under_attack")
-    before = stats.windows(["refused"], window=10, baseline=60)["refused"][0]
     answer = call(app, "POST", "/accounts/signup/", body=b"email=x")
     assert answer.status == 429 and admission.challenge_in(answer.text) and inner.calls == 0
-    assert stats.windows(["refused"], window=10, baseline=60)["refused"][0] == before + 1
+    assert stats.windows(["refused", "challenged"], window=10, baseline=60) == {"refused": (0, 0.0),
+                                                                               "challenged": (1, 0.0)}
+
+
+@pytest.mark.django_db
+def test_limits_and_unknown_keys_count_as_refusals_a_spent_budget_as_a_challenge(layer, settings):
+    from levee.shield import stats
+
+    settings.SHIELD_LIMITS = {**settings.SHIELD_LIMITS, "hash.new.global": {"requests": (1, 60.0)},
+                              "door.login.address": {"requests": (1, 60)}}
+    app, _ = layer
+    keyfilter.rebuild()
+    assert call(app, "POST", "/accounts/login/", body=b"u=1", ip="198.51.100.1").status == 200
+    assert call(app, "POST", "/accounts/login/", body=b"u=1", ip="198.51.100.2").status == 429  # budget: challenge
+    assert call(app, "POST", "/accounts/login/", body=b"u=1", ip="198.51.100.1").status == 429  # address: refusal
+    assert call(app, "GET", "/v1/models", headers={"authorization": "Bearer sk-" + "c" * 48}).status == 401
+    counts = stats.windows(["refused", "challenged"], window=10, baseline=60)
+    assert counts == {"refused": (2, 0.0), "challenged": (1, 0.0)}
 
 
 @pytest.mark.django_db(transaction=True)

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def floors(settings):
     settings.SHIELD_ESCALATION_FLOORS = {
-        "elevated": {"signup": 100, "failed_login": 50, "refused": 100, "lag_ms": 500},
+        "elevated": {"signup": 100, "failed_login": 50, "refused": 100, "challenged": 100, "lag_ms": 500},
         "under_attack": {"failed_login": 300, "refused": 400, "lag_ms": 2000}}
     settings.SHIELD_ESCALATION_BASELINE_FACTOR = 5
     settings.SHIELD_ESCALATION_WINDOW = 10
@@ -36,7 +36,8 @@ def test_cpu_pressure_alone_can_raise_the_mode(floors):
 
 
 def test_a_launch_day_spike_of_sign_ups_stops_at_elevated(floors):
-    spike = {"signup": (5000, 1.0), "failed_login": (3, 1.0), "refused": (10, 1.0)}
+    """Many new browsers at once: sign-ups, and the new-browser budget spent (challenges), not refusals."""
+    spike = {"signup": (5000, 1.0), "failed_login": (3, 1.0), "refused": (10, 1.0), "challenged": (20000, 2.0)}
     assert escalation.wanted_mode(escalation.hot_signals(spike, 0, "normal")) == "elevated"
 
 
