@@ -45,6 +45,18 @@ from datetime import UTC, datetime
 
 import httpx
 
+_SSL = None  # one TLS context for every client: making one per client costs milliseconds of CPU
+
+
+def _tls():
+    global _SSL
+    if _SSL is None:
+        import ssl
+
+        _SSL = ssl.create_default_context()
+    return _SSL
+
+
 BOT_KINDS = ("signup", "signup_pow", "spray", "badkey", "hugebody", "hugeprompt")
 _CSRF = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 _CHALLENGE = re.compile(r'name="pow_challenge" value="([^"]*)"')
@@ -131,13 +143,14 @@ class Attack:
         self.in_flight = 0
         self.dropped = 0
         self.bot_requests = 0
+        self.huge_prompt: bytes | None = None
 
     # --- connections -----------------------------------------------------------------------------
     def _client(self, addr: str, **kw) -> httpx.AsyncClient:
         if self.source == "real":
-            transport = httpx.AsyncHTTPTransport(local_address=addr, retries=0)
-            return httpx.AsyncClient(base_url=self.target, transport=transport, timeout=15, **kw)
-        return httpx.AsyncClient(base_url=self.target, timeout=15, headers={"X-Forwarded-For": addr}, **kw)
+            transport = httpx.AsyncHTTPTransport(local_address=addr, retries=0, verify=_tls())
+            return httpx.AsyncClient(base_url=self.target, transport=transport, timeout=15, verify=_tls(), **kw)
+        return httpx.AsyncClient(base_url=self.target, timeout=15, verify=_tls(), headers={"X-Forwarded-For": addr}, **kw)
 
     async def _bot_client(self, addr: str) -> tuple[httpx.AsyncClient, dict]:
         entry = self.clients.get(addr)
@@ -218,9 +231,11 @@ class Attack:
         http, _ = await self._bot_client(addr)
         self.bot_requests += 1
         key = "sk-" + secrets.token_hex(24)
-        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": "a " * 1_950_000}]})
+        if self.huge_prompt is None:
+            self.huge_prompt = json.dumps({"model": self.model, "messages": [
+                {"role": "user", "content": "a " * 1_950_000}]}).encode()
         r = await http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}",
-                                                             "Content-Type": "application/json"}, content=body)
+                                                             "Content-Type": "application/json"}, content=self.huge_prompt)
         return r.status_code
 
     async def bot_hugebody(self, addr: str):
@@ -405,7 +420,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rate", type=float, default=80, help="bot actions per second (open loop)")
     parser.add_argument("--seconds", type=float, default=40, help="flood length")
     parser.add_argument("--quiet", type=float, default=15, help="quiet baseline before the flood")
-    parser.add_argument("--mix", default="signup=2,signup_pow=0.3,spray=3,badkey=3,hugebody=0.3,hugeprompt=0.3")
+    parser.add_argument("--mix", default="signup=3,signup_pow=0.1,spray=3,badkey=3,hugebody=0.3,hugeprompt=0.3")
     parser.add_argument("--source", choices=["real", "xff"], default="real")
     parser.add_argument("--addresses", type=int, default=10_000)
     parser.add_argument("--max-in-flight", type=int, default=1500)

@@ -114,7 +114,10 @@ def _account_for(scope: dict | None, status: int) -> str:
 
 async def _answer(send, status: int, content_type: bytes, body: bytes, *, retry_after: int | None = None,
                   close: bool = False, extra: list | None = None) -> None:
-    request_id = _account_for(_scope.get(), status)
+    scope = _scope.get()
+    request_id = _account_for(scope, status)
+    if scope is not None and scope.get("levee.body_unread"):
+        close = True  # refused before its body was read: do not spend the server on reading it
     headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body)),
                (b"cache-control", b"no-store"), (b"x-request-id", request_id.encode())]
     if retry_after:
@@ -231,6 +234,8 @@ class Admission:
             elif name == b"x-forwarded-for":
                 forwarded = value if forwarded is None else forwarded + b", " + value
         limit = settings.LEVEE_MAX_BODY_BYTES
+        # Whether an answer given here leaves a body unread (then the connection is closed after it).
+        scope["levee.body_unread"] = method not in _BODYLESS
         if length is not None:
             try:
                 declared = int(length)
@@ -239,6 +244,7 @@ class Admission:
             except ValueError:
                 return await _refuse(send, 400, "Invalid Content-Length header", api=_is_api(path),
                                      code="invalid_format", close=True)
+            scope["levee.body_unread"] = declared > 0
             if declared > limit:  # refused unread: receive() is never called
                 return await _refuse(send, 413, f"Request body is larger than {limit} bytes", api=_is_api(path),
                                      close=True)
@@ -284,6 +290,7 @@ class Admission:
         if scope["method"] != "POST":
             return await _refuse(send, 405, "Use POST.", api=False)
         body = b""
+        scope["levee.body_unread"] = False
         while True:
             message = await receive()
             if message["type"] != "http.request":

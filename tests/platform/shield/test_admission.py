@@ -410,3 +410,29 @@ def test_other_paths_pass_straight_through(layer):
     assert call(app, "GET", "/healthz").status == 200
     assert call(app, "POST", "/chat/api/conversations", body=b"{}").status == 200
     assert inner.calls == 2 and inner.body == b"{}"
+
+
+def test_the_layer_speaks_lifespan_for_django(layer):
+    app, inner = layer
+
+    async def run():
+        incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+        sent = []
+
+        async def receive():
+            return incoming.pop(0)
+
+        async def send(message):
+            sent.append(message["type"])
+
+        await app({"type": "lifespan"}, receive, send)
+        return sent
+
+    assert asyncio.run(run()) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert inner.calls == 0
+
+
+def test_the_layers_own_answers_carry_a_request_id(layer):
+    app, _ = layer
+    answer = call(app, "GET", "/v1/models")
+    assert answer.status == 401 and answer.headers["x-request-id"].startswith("req_")
