@@ -41,7 +41,7 @@ for n in range({users}):
     billing.topup(billing.wallet_for(user), 10**10, source="bench", external_id=f"flood-{{n}}-{{timezone.now().timestamp()}}")
     _, raw = create_api_key(user, name="flood")
     out.append(f"{{email}}:{password}:{{raw}}")
-print("SEEDED " + " ".join(out))
+print("SEEDED " + "|".join(out))
 """
 
 
@@ -87,7 +87,7 @@ def main() -> int:
         seeded = subprocess.run([sys.executable, str(ROOT / "manage.py"), "shell", "-c",
                                  _SEED.format(users=args.users, password=PASSWORD)],
                                 env=env, cwd=ROOT, capture_output=True, text=True, check=True)
-        legit = next(line for line in seeded.stdout.splitlines() if line.startswith("SEEDED ")).split()[1:]
+        legit = next(line for line in seeded.stdout.splitlines() if line.startswith("SEEDED "))[len("SEEDED "):].split("|")
         import psutil
 
         gunicorn = [p.pid for p in psutil.Process(stack.pid).children() if "gunicorn" in " ".join(p.cmdline())]
