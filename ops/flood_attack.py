@@ -39,7 +39,7 @@ import re
 import resource
 import secrets
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -60,6 +60,44 @@ def _tls():
 BOT_KINDS = ("signup", "signup_pow", "spray", "badkey", "hugebody", "hugeprompt")
 _CSRF = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 _CHALLENGE = re.compile(r'name="pow_challenge" value="([^"]*)"')
+
+
+class Raw:
+    """A minimal HTTP/1.1 client for bots: one fresh TCP connection per request from the bot's own
+    address (as a botnet's machines connect), `Connection: close`, the answer read to its end.
+    Much cheaper for the generator than an HTTP library, so the generator's CPU goes into sending."""
+
+    def __init__(self, host: str, port: int, source: str):
+        self.host, self.port, self.source = host, port, source
+
+    async def request(self, addr: str, method: str, path: str, *, headers: dict | None = None,
+                      body: bytes = b"", timeout: float = 15) -> tuple[int, dict, bytes]:
+        local = (addr, 0) if self.source == "real" else None
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port, local_addr=local), timeout)
+        try:
+            lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}", "Connection: close"]
+            if self.source != "real":
+                lines.append(f"X-Forwarded-For: {addr}")
+            for name, value in (headers or {}).items():
+                lines.append(f"{name}: {value}")
+            if body or method == "POST":
+                lines.append(f"Content-Length: {len(body)}")
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+            await writer.drain()
+            raw = await asyncio.wait_for(reader.read(), timeout)
+        finally:
+            writer.close()
+        head, _, content = raw.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        if not status_line.startswith("HTTP/"):
+            raise ConnectionError("no HTTP answer")
+        answer_headers: dict[str, str] = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            name = name.strip().lower()
+            answer_headers[name] = (answer_headers[name] + "; " + value.strip()) if name in answer_headers else value.strip()
+        return int(status_line.split()[1]), answer_headers, content
 
 
 def _pct(values: list, p: float):
@@ -136,7 +174,9 @@ class Attack:
         self.rng = random.Random(seed)
         base = int(ipaddress.ip_address("127.16.0.0"))
         self.addresses = [str(ipaddress.ip_address(base + self.rng.randrange(1, 1 << 20))) for _ in range(addresses)]
-        self.clients: OrderedDict[str, tuple[httpx.AsyncClient, str | None]] = OrderedDict()
+        host, port = self.target.split("//", 1)[1].split(":")
+        self.raw = Raw(host, int(port), source)
+        self.memo: dict = {}
         self.phase = "quiet"
         self.legit_stats = {phase: {"login": Kind(), "api": Kind()} for phase in ("quiet", "flood")}
         self.bot_stats = {k: Kind() for k in BOT_KINDS}
@@ -147,39 +187,62 @@ class Attack:
 
     # --- connections -----------------------------------------------------------------------------
     def _client(self, addr: str, **kw) -> httpx.AsyncClient:
+        """A legitimate user's client (an HTTP library, cookies kept, as a browser would)."""
         if self.source == "real":
             transport = httpx.AsyncHTTPTransport(local_address=addr, retries=0, verify=_tls())
-            return httpx.AsyncClient(base_url=self.target, transport=transport, timeout=15, verify=_tls(), **kw)
-        return httpx.AsyncClient(base_url=self.target, timeout=15, verify=_tls(), headers={"X-Forwarded-For": addr}, **kw)
+            return httpx.AsyncClient(base_url=self.target, transport=transport, timeout=30, verify=_tls(), **kw)
+        return httpx.AsyncClient(base_url=self.target, timeout=30, verify=_tls(), headers={"X-Forwarded-For": addr}, **kw)
 
-    async def _bot_client(self, addr: str) -> tuple[httpx.AsyncClient, dict]:
-        entry = self.clients.get(addr)
-        if entry is None:
-            entry = (self._client(addr), {})
-            self.clients[addr] = entry
-            while len(self.clients) > 400:
-                _, (old, _) = self.clients.popitem(last=False)
-                asyncio.ensure_future(old.aclose())
-        else:
-            self.clients.move_to_end(addr)
-        return entry
+    @staticmethod
+    def _cookies(headers: dict, jar: dict) -> None:
+        for part in headers.get("set-cookie", "").split("; "):
+            name, eq, value = part.partition("=")
+            if eq and name in ("csrftoken", "levee_pass", "sessionid"):
+                jar[name] = value
 
-    async def _csrf(self, http: httpx.AsyncClient, memo: dict, path: str, *, solve: bool) -> str:
-        if path in memo:
-            return memo[path]
-        from ops.flood import _PASS_FORM, earn_pass
+    @staticmethod
+    def _cookie_header(jar: dict) -> dict:
+        return {"Cookie": "; ".join(f"{k}={v}" for k, v in jar.items())} if jar else {}
 
-        page = await http.get(path)
+    async def _form(self, addr: str, path: str, *, solve: bool) -> dict:
+        """What a bot needs to post a form from `addr`: cookies and the CSRF token (and, when it is
+        a solving bot, a pass first and the form's own challenge). Remembered per address."""
+        from ops.flood import _PASS_FORM
+
+        memo = self.memo.setdefault((addr, path), {"jar": {}})
+        if "token" in memo:
+            return memo
+        status, headers, body = await self.raw.request(addr, "GET", path, headers=self._cookie_header(memo["jar"]))
         self.bot_requests += 1
-        if solve and _PASS_FORM.search(page.text):
-            await earn_pass(http, page.text, path)
-            page = await http.get(path)
+        page = body.decode("utf-8", "replace")
+        found = _PASS_FORM.search(page)
+        if solve and found:
+            nonce = await asyncio.to_thread(_solve, found.group(1))
+            form = f"pow_challenge={found.group(1)}&pow_nonce={nonce}&next={path}".encode()
+            _, pass_headers, _ = await self.raw.request(addr, "POST", "/shield/pass", body=form, headers={
+                "Content-Type": "application/x-www-form-urlencoded"})
+            self._cookies(pass_headers, memo["jar"])
+            status, headers, body = await self.raw.request(addr, "GET", path, headers=self._cookie_header(memo["jar"]))
             self.bot_requests += 2
-        found = _CSRF.search(page.text)
-        memo[path] = found.group(1) if found else ""
-        challenge = _CHALLENGE.search(page.text)
-        memo[path + "#pow"] = challenge.group(1) if challenge and "/shield/pass" not in page.text else ""
-        return memo[path]
+            page = body.decode("utf-8", "replace")
+        self._cookies(headers, memo["jar"])
+        token = _CSRF.search(page)
+        memo["token"] = token.group(1) if token else ""
+        challenge = _CHALLENGE.search(page)
+        memo["pow"] = challenge.group(1) if challenge and "/shield/pass" not in page else ""
+        if len(self.memo) > 20_000:
+            self.memo.clear()
+        return memo
+
+    async def _post_form(self, addr: str, path: str, memo: dict, fields: dict) -> int:
+        from urllib.parse import urlencode
+
+        self.bot_requests += 1
+        status, headers, _ = await self.raw.request(addr, "POST", path, body=urlencode(
+            {"csrfmiddlewaretoken": memo.get("token", ""), **fields}).encode(), headers={
+            "Content-Type": "application/x-www-form-urlencoded", "Referer": f"{self.target}{path}",
+            **self._cookie_header(memo["jar"])})
+        return status
 
     # --- bots --------------------------------------------------------------------------------------
     async def bot(self, kind: str) -> None:
@@ -188,62 +251,55 @@ class Attack:
         label, good = "?", False
         try:
             label = await getattr(self, f"bot_{kind}")(addr)
-            good = label in (302, 303, "created")
-        except (TimeoutError, httpx.HTTPError, OSError) as exc:
+            good = label in (302, 303)
+        except (TimeoutError, OSError, ValueError, IndexError) as exc:
             label = type(exc).__name__
         finally:
             self.in_flight -= 1
         self.bot_stats[kind].add(good, label, (time.perf_counter() - start) * 1000)
 
     async def bot_signup(self, addr: str, *, solve: bool = False):
-        http, memo = await self._bot_client(addr)
-        token = await self._csrf(http, memo, "/accounts/signup/", solve=solve)
-        nonce, challenge = "0", memo.get("/accounts/signup/#pow", "")
+        memo = await self._form(addr, "/accounts/signup/", solve=solve)
+        nonce, challenge = "0", memo.get("pow", "")
         if solve and challenge:
             nonce = await asyncio.to_thread(_solve, challenge)
-            memo.pop("/accounts/signup/", None)  # single-use: the next attempt fetches a fresh one
-        self.bot_requests += 1
-        r = await http.post("/accounts/signup/", data={
-            "csrfmiddlewaretoken": token, "email": f"bot{secrets.token_hex(5)}@flood.example",
-            "password": "flood-password-1234", "pow_challenge": challenge, "pow_nonce": nonce})
-        return r.status_code
+            memo.pop("token", None)  # challenges are single-use: the next attempt fetches a fresh form
+        return await self._post_form(addr, "/accounts/signup/", memo, {
+            "email": f"bot{secrets.token_hex(5)}@flood.example", "password": "flood-password-1234",
+            "pow_challenge": challenge, "pow_nonce": nonce})
 
     async def bot_signup_pow(self, addr: str):
         return await self.bot_signup(addr, solve=True)
 
     async def bot_spray(self, addr: str):
-        http, memo = await self._bot_client(addr)
-        token = await self._csrf(http, memo, "/accounts/login/", solve=False)
-        self.bot_requests += 1
-        r = await http.post("/accounts/login/", data={"csrfmiddlewaretoken": token, "username": self.victim,
-                                                      "password": f"guess-{secrets.token_hex(4)}"})
-        return r.status_code
+        memo = await self._form(addr, "/accounts/login/", solve=False)
+        return await self._post_form(addr, "/accounts/login/", memo, {
+            "username": self.victim, "password": f"guess-{secrets.token_hex(4)}"})
 
     async def bot_badkey(self, addr: str):
-        http, _ = await self._bot_client(addr)
         self.bot_requests += 1
         key = "sk-" + "".join(self.rng.choice("abcdefghijkmnopqrstuvwxyzABCDEFGH0123456789") for _ in range(48))
-        r = await http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
-                            json={"model": self.model, "messages": [{"role": "user", "content": "hi"}]})
-        return r.status_code
+        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": "hi"}]}).encode()
+        status, _, _ = await self.raw.request(addr, "POST", "/v1/chat/completions", body=body, headers={
+            "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        return status
 
     async def bot_hugeprompt(self, addr: str):
-        http, _ = await self._bot_client(addr)
         self.bot_requests += 1
         key = "sk-" + secrets.token_hex(24)
         if self.huge_prompt is None:
             self.huge_prompt = json.dumps({"model": self.model, "messages": [
                 {"role": "user", "content": "a " * 1_950_000}]}).encode()
-        r = await http.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}",
-                                                             "Content-Type": "application/json"}, content=self.huge_prompt)
-        return r.status_code
+        status, _, _ = await self.raw.request(addr, "POST", "/v1/chat/completions", body=self.huge_prompt, headers={
+            "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        return status
 
     async def bot_hugebody(self, addr: str):
         """A raw socket: a declared 64 MiB body (headers only), or a chunked one streamed until answered."""
         self.bot_requests += 1
-        host, port = self.target.split("//", 1)[1].split(":")
         local = (addr, 0) if self.source == "real" else None
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port), local_addr=local), 10)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(self.raw.host, self.raw.port,
+                                                                        local_addr=local), 10)
         xff = b"" if self.source == "real" else b"X-Forwarded-For: " + addr.encode() + b"\r\n"
         try:
             if self.rng.random() < 0.5:
@@ -256,7 +312,10 @@ class Attack:
                 chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
                 for _ in range(1024):  # up to 64 MiB, stopping when the server has answered
                     writer.write(chunk)
-                    await writer.drain()
+                    try:
+                        await writer.drain()
+                    except ConnectionError:
+                        break
                     try:
                         line = await asyncio.wait_for(reader.readline(), 0.001)
                         return int(line.split()[1]) if line else "closed"
@@ -289,30 +348,40 @@ class Attack:
             await api.aclose()
 
     async def legit_login(self, addr: str, person, phase: str, pass_form) -> None:
+        """A log-in from a brand-new browser, as the browser does it: the interstitial (solved, the
+        pass posted) whenever the site shows it — on the page or as the answer to the form — then the
+        form again. The time spent solving is the browser's CPU, reported apart (solve_ms)."""
         stats = self.legit_stats[phase]["login"]
-        async with self._client(addr) as browser:  # a brand-new browser: no cookies at all
+        async with self._client(addr) as browser:  # no cookies at all
             spent = 0.0
             start = time.perf_counter()
             good, label = False, "?"
             try:
                 page = await browser.get("/accounts/login/")
-                found = pass_form.search(page.text)
-                if found:
-                    t = time.perf_counter()
-                    nonce = await asyncio.to_thread(_solve, found.group(1))
-                    spent = time.perf_counter() - t
-                    stats.solve_ms.append(spent * 1000)
-                    await browser.post("/shield/pass", data={"pow_challenge": found.group(1), "pow_nonce": nonce,
-                                                            "next": "/accounts/login/"})
-                    page = await browser.get("/accounts/login/")
-                token = _CSRF.search(page.text)
-                r = await browser.post("/accounts/login/", data={
-                    "csrfmiddlewaretoken": token.group(1) if token else "", "username": person.email,
-                    "password": person.password})
-                good = r.status_code == 302 and "/accounts/login" not in r.headers.get("location", "")
-                label = r.status_code
+                for _ in range(3):
+                    found = pass_form.search(page.text)
+                    if found:
+                        t = time.perf_counter()
+                        nonce = await asyncio.to_thread(_solve, found.group(1))
+                        spent += time.perf_counter() - t
+                        await browser.post("/shield/pass", data={"pow_challenge": found.group(1), "pow_nonce": nonce,
+                                                                "next": "/accounts/login/"})
+                        page = await browser.get("/accounts/login/")
+                        continue
+                    token = _CSRF.search(page.text)
+                    r = await browser.post("/accounts/login/", data={
+                        "csrfmiddlewaretoken": token.group(1) if token else "", "username": person.email,
+                        "password": person.password})
+                    label = r.status_code
+                    if r.status_code == 429 and pass_form.search(r.text):
+                        page = r  # the form's answer was the interstitial: solve it, then send the form again
+                        continue
+                    good = r.status_code == 302 and "/accounts/login" not in r.headers.get("location", "")
+                    break
             except httpx.HTTPError as exc:
                 label = type(exc).__name__
+            if spent:
+                stats.solve_ms.append(spent * 1000)
             stats.add(good, label, (time.perf_counter() - start - spent) * 1000)
 
     async def legit_call(self, api: httpx.AsyncClient, phase: str) -> None:
@@ -363,15 +432,35 @@ class Attack:
         with psycopg.connect(self.database_url) as conn:
             return conn.execute(sql, args).fetchall()
 
+    async def warm_up(self) -> None:
+        """Before measuring: every user's key answers (the inference worker may still be loading)."""
+        deadline = time.monotonic() + 300
+        for person in self.legit:
+            async with httpx.AsyncClient(base_url=self.target, timeout=60, headers={
+                    "Authorization": f"Bearer {person.api_key}"}) as api:
+                while time.monotonic() < deadline:
+                    scratch = Kind()
+                    self.legit_stats["warm"] = {"api": scratch}
+                    await self.legit_call(api, "warm")
+                    if scratch.ok:
+                        break
+                    await asyncio.sleep(2)
+        self.legit_stats.pop("warm", None)
+
     async def run(self) -> dict:
         import logging
 
         logging.getLogger("httpx").setLevel(logging.WARNING)
+        await self.warm_up()
         bots_before = self._db("SELECT count(*) FROM accounts_user WHERE email LIKE %s", ("%@flood.example",))
         loop = asyncio.get_running_loop()
+        # idle: no traffic, the server's background (its beat, the escalation loop, Celery)
+        idle0 = _cpu_of(self.server_pids)
+        await asyncio.sleep(5)
+        idle_rate = (_cpu_of(self.server_pids) - idle0) / 5
         self.deadline = time.monotonic() + self.quiet + self.seconds
         users = [asyncio.ensure_future(self.user(n, p)) for n, p in enumerate(self.legit)]
-        cpu0, redis0, own0 = _cpu_of(self.server_pids), _cpu_of(self.redis_pids), _own_cpu()
+        cpu0, own0 = _cpu_of(self.server_pids), _own_cpu()
         await asyncio.sleep(self.quiet)
         cpu1, redis1, own1 = _cpu_of(self.server_pids), _cpu_of(self.redis_pids), _own_cpu()
         self.phase = "flood"
@@ -382,29 +471,32 @@ class Attack:
         flood_s = time.monotonic() - flood_t0
         cpu2, redis2, own2 = _cpu_of(self.server_pids), _cpu_of(self.redis_pids), _own_cpu()
         await asyncio.gather(*users)
-        for http, _ in self.clients.values():
-            await http.aclose()
         bots_after = self._db("SELECT count(*) FROM accounts_user WHERE email LIKE %s", ("%@flood.example",))
         changes = self._db("SELECT at, from_mode, to_mode, source FROM shield_modechange WHERE at >= %s ORDER BY at",
                            (flood_wall,)) or []
-        quiet_rate = (cpu1 - cpu0) / self.quiet if self.quiet else 0.0
         bot_total = sum(k.attempts for k in self.bot_stats.values())
-        net = (cpu2 - cpu1) - quiet_rate * flood_s
-        legit_flood_rate = sum(k.attempts for k in self.legit_stats["flood"].values()) / flood_s
+        quiet_actions = sum(k.attempts for k in self.legit_stats["quiet"].values())
+        flood_actions = sum(k.attempts for k in self.legit_stats["flood"].values())
+        # what one legitimate action cost the server in the quiet phase (above the idle background)
+        per_legit = max(0.0, (cpu1 - cpu0) - idle_rate * self.quiet) / max(1, quiet_actions)
+        gross = cpu2 - cpu1
+        net = gross - idle_rate * flood_s - per_legit * flood_actions
         return {
             "source": self.source, "addresses": len(self.addresses), "rate": self.rate, "flood_s": round(flood_s, 1),
             "bot_actions": bot_total, "bot_actions_per_s": round(bot_total / flood_s, 1),
             "bot_requests": self.bot_requests, "dropped_by_cap": self.dropped,
-            "legit_requests_per_s": round(legit_flood_rate, 2),
+            "legit_actions_per_s": round(flood_actions / flood_s, 2),
             "legit": {phase: {k: v.summary() for k, v in kinds.items()} for phase, kinds in self.legit_stats.items()},
             "bots": {k: v.summary() for k, v in self.bot_stats.items() if v.attempts},
             "bot_accounts_created": (bots_after[0][0] - bots_before[0][0]) if bots_after else None,
             "mode_changes": [{"to": to, "from": frm, "source": src,
                               "after_s": round((at - flood_wall).total_seconds(), 1)} for at, frm, to, src in changes],
-            "server_cpu_s": {"quiet": round(cpu1 - cpu0, 2), "flood": round(cpu2 - cpu1, 2)},
-            "server_cpu_ms_per_bot_request": round(net * 1000 / max(1, self.bot_requests), 3),
-            "redis_cpu_ms_per_bot_request": round(((redis2 - redis1) - (redis1 - redis0) / max(self.quiet, 1e-9) * flood_s)
-                                                  * 1000 / max(1, self.bot_requests), 3) if self.redis_pids else None,
+            "server_cpu_s": {"idle_per_s": round(idle_rate, 3), "quiet": round(cpu1 - cpu0, 2), "flood": round(gross, 2),
+                             "per_legit_action_ms": round(per_legit * 1000, 1)},
+            "server_cpu_ms_per_bot_request": {"gross": round(gross * 1000 / max(1, self.bot_requests), 3),
+                                              "net_of_background_and_legit": round(net * 1000 / max(1, self.bot_requests), 3)},
+            "redis_cpu_ms_per_bot_request": round((redis2 - redis1) * 1000 / max(1, self.bot_requests), 3)
+            if self.redis_pids else None,
             "generator_cpu_s": {"quiet": round(own1 - own0, 2), "flood": round(own2 - own1, 2)},
             "load_average_after": os.getloadavg(),
         }

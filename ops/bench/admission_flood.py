@@ -58,7 +58,9 @@ def main() -> int:
     extra = args.attack[1:] if args.attack[:1] == ["--"] else args.attack
 
     db_name = args.database.rsplit("/", 1)[1]
-    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", db_name], capture_output=True)
+    # A fresh database each run: the mode, its audit rows and the bot accounts start from nothing.
+    subprocess.run(["dropdb", "--if-exists", "-h", "127.0.0.1", "-U", "postgres", db_name], capture_output=True)
+    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", db_name], capture_output=True, check=True)
     data = Path(args.data_dir)
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
