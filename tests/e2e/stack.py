@@ -43,6 +43,9 @@ def stack_redis_url(offset: int = 1) -> str:
     return urlunparse(parsed._replace(path=f"/{(db - offset) % 16}"))
 
 
+LIVE: list = []  # stacks started and not yet stopped
+
+
 class Stack:
     def __init__(self, *, heartbeat_timeout: int = 4, extra_env: dict | None = None, redis_offset: int = 1):
         self.port = free_port()
@@ -131,6 +134,7 @@ class Stack:
 
     def start(self):
         self.redis.flushdb()
+        LIVE.append(self)
         self.start_web()
         self.start_platform_worker()
         self.start_inference_worker()
@@ -144,6 +148,8 @@ class Stack:
         proc.wait(timeout=30)
 
     def stop(self):
+        if self in LIVE:
+            LIVE.remove(self)
         for name in list(self.procs):
             proc = self.procs.pop(name)
             if proc.poll() is None:
