@@ -30,8 +30,10 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from http.cookies import SimpleCookie
+from typing import Any
 from urllib.parse import parse_qs
 
 from django.conf import settings
@@ -39,11 +41,17 @@ from django.conf import settings
 from levee.core.errors import error_body
 from levee.core.net import resolve
 from levee.shield import escalation, keyfilter, passes, pow, state, store
-from levee.shield.limiter import FixedSubject, Rule, acheck_door
+from levee.shield.limiter import FixedSubject, Rule, Subject, acheck_door
 from levee.shield.models import NORMAL, UNDER_ATTACK
 from levee.shield.subjects import Address, SignupTrickle, Site, Subnet
 
 log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PASS_PATH = "/shield/pass"
 REFUSED_EVENT, CHALLENGED_EVENT = "refused", "challenged"
@@ -112,7 +120,7 @@ def _account_for(scope: dict | None, status: int) -> str:
     return request_id
 
 
-async def _answer(send, status: int, content_type: bytes, body: bytes, *, retry_after: int | None = None,
+async def _answer(send: Send, status: int, content_type: bytes, body: bytes, *, retry_after: int | None = None,
                   close: bool = False, extra: list | None = None) -> None:
     scope = _scope.get()
     request_id = _account_for(scope, status)
@@ -130,7 +138,7 @@ async def _answer(send, status: int, content_type: bytes, body: bytes, *, retry_
     await send({"type": "http.response.body", "body": body})
 
 
-async def _refuse(send, status: int, message: str, *, api: bool, retry_after: int | None = None,
+async def _refuse(send: Send, status: int, message: str, *, api: bool, retry_after: int | None = None,
                   code: str | None = None, close: bool = False, title: str | None = None) -> None:
     content_type, body = _prebuilt(status, api, message, code, title, NORMAL if api else state.cached_mode())
     await _answer(send, status, content_type, body, retry_after=retry_after, close=close)
@@ -177,7 +185,7 @@ class _BodyLimit:
     past `limit`, answers 413 itself (unless the application has already started its answer), tells
     the application the client went away, and drops whatever the application still sends."""
 
-    def __init__(self, receive, send, limit: int, api: bool):
+    def __init__(self, receive: Receive, send: Send, limit: int, api: bool) -> None:
         self._receive, self._send, self.limit, self.api = receive, send, limit, api
         self.seen = 0
         self.cut = False
@@ -209,10 +217,10 @@ class _BodyLimit:
 # --- the layer -----------------------------------------------------------------------------------
 
 class Admission:
-    def __init__(self, app):
+    def __init__(self, app: App) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "lifespan":
             return await self._lifespan(receive, send)
@@ -262,7 +270,7 @@ class Admission:
                     if door == "api":
                         answered = await _api_door(send, path, auth, ip)
                     else:
-                        answered = await _browser_door(send, door, method, path, cookie, ip)
+                        answered = await _browser_door(send, door or "", method, path, cookie, ip)
                     if answered:
                         return None
             except store.ShieldRedisDown:
@@ -272,7 +280,7 @@ class Admission:
             return await self.app(scope, guard.receive, guard.send)
         return await self.app(scope, receive, send)
 
-    async def _lifespan(self, receive, send) -> None:
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
         """Django speaks no lifespan; the layer does, to start (and stop) the escalation loop."""
         while True:
             message = await receive()
@@ -284,7 +292,7 @@ class Admission:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
-    async def _pass(self, scope, receive, send, ip: str) -> None:
+    async def _pass(self, scope: Scope, receive: Receive, send: Send, ip: str) -> None:
         """POST /shield/pass: challenge + nonce (a form, a few hundred bytes) -> the pass cookie and a
         redirect back to where the browser was going."""
         if scope["method"] != "POST":
@@ -336,12 +344,12 @@ def _cookies(raw: bytes | None) -> dict[str, str]:
     return {name: morsel.value for name, morsel in jar.items()}
 
 
-def _windows() -> dict[str, str]:
+def _windows() -> tuple[str, str]:
     """The escalation windows a door's decision counts in: refusals (evidence of an attack) and
     challenges (a budget spent, or an interstitial instead of the door: pressure)."""
     from levee.shield import stats
 
-    return {"refused": stats.prefix(REFUSED_EVENT), "challenged": stats.prefix(CHALLENGED_EVENT)}
+    return stats.prefix(REFUSED_EVENT), stats.prefix(CHALLENGED_EVENT)
 
 
 # --- the API's door ------------------------------------------------------------------------------
@@ -351,7 +359,7 @@ def _masked(token: bytes) -> str:
     return f"****{tail}"
 
 
-async def _api_door(send, path: str, auth: bytes | None, ip: str) -> bool:
+async def _api_door(send: Send, path: str, auth: bytes | None, ip: str) -> bool:
     """Refuse what cannot be a valid key without Django, and what is not a key in the filter without
     the database; per-address limits first. True when answered here."""
     if auth is None:
@@ -367,7 +375,7 @@ async def _api_door(send, path: str, auth: bytes | None, ip: str) -> bool:
     digest = keyfilter.member(token)
     decision, known = await acheck_door([Address("apikey", ip), Subnet("apikey", ip)], {"requests": 1},
                                         member=digest, member_set=keyfilter.SET_KEY, ready_key=keyfilter.READY_KEY,
-                                        **_windows())
+                                        refused=_windows()[0], challenged=_windows()[1])
     if not decision.allowed:
         await _refuse(send, 429, f"Rate limit reached for requests from your address. Please retry after "
                       f"{decision.retry_after}s.", api=True, retry_after=decision.retry_after)
@@ -406,7 +414,8 @@ def _difficulty(mode: str, subnet_remaining: int | None, subnet_limit: int) -> i
 _HASHING_DOORS = {"login", "signup", "admin"}  # each admitted attempt hashes a password
 
 
-async def _browser_door(send, door: str, method: str, path: str, cookie: bytes | None, ip: str) -> bool:
+async def _browser_door(send: Send, door: str, method: str, path: str, cookie: bytes | None, ip: str) -> bool:
+    subjects: list[Subject]
     mode = state.cached_mode()  # refreshed by the caller when due
     if door == "signup" and mode == UNDER_ATTACK and settings.SHIELD_SIGNUP_TRICKLE_PER_MINUTE == 0:
         await _busy(send)
@@ -421,7 +430,8 @@ async def _browser_door(send, door: str, method: str, path: str, cookie: bytes |
         subjects = [Subnet("door", ip)]
         if door == "signup" and mode == UNDER_ATTACK:
             subjects.append(SignupTrickle())
-        decision, _ = await acheck_door(subjects, {"requests": 1}, peek=True, **_windows())
+        refused, challenged = _windows()
+        decision, _ = await acheck_door(subjects, {"requests": 1}, peek=True, refused=refused, challenged=challenged)
         if not decision.allowed and door == "signup":
             await _busy(send)
             return True
@@ -444,7 +454,7 @@ async def _browser_door(send, door: str, method: str, path: str, cookie: bytes |
             subjects.append(Site(budget))
     challenge_instead = credential == "new" and under_pressure
     decision, _ = await acheck_door(subjects, {"requests": 1}, soft_from=soft_from, force_count=challenge_instead,
-                                    **_windows())
+                                    refused=_windows()[0], challenged=_windows()[1])
     if not decision.allowed:
         worst = max((o for o in decision.outcomes if not o.allowed), key=lambda o: o.retry_after)
         if worst.subject.key() == "hash.new.global":  # the pressure signal: new browsers earn a pass first
@@ -467,7 +477,7 @@ async def _browser_door(send, door: str, method: str, path: str, cookie: bytes |
     return False
 
 
-async def _busy(send) -> None:
+async def _busy(send: Send) -> None:
     from levee.shield.signup import BUSY
 
     await _refuse(send, 503, BUSY, api=False, retry_after=settings.SHIELD_SIGNUP_BUSY_RETRY_AFTER,
@@ -483,7 +493,7 @@ _INTERSTITIAL_FORM = (
     "<button type=submit>Continue</button></form><script src='/static/levee/pow.js' defer></script>")
 
 
-async def _interstitial(send, target: str, ip: str, *, bits: int | None = None, status: int = 200,
+async def _interstitial(send: Send, target: str, ip: str, *, bits: int | None = None, status: int = 200,
                         retry_after: int | None = None, note: str = "") -> None:
     """The proof-of-work page: a signed challenge, the solver (static/levee/pow.js), and a form that
     posts the answer to /shield/pass, which sets the pass and sends the browser back to `target`."""

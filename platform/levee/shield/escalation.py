@@ -29,6 +29,7 @@ import logging
 import os
 import socket
 import time
+from typing import Any
 
 from django.conf import settings
 
@@ -75,7 +76,7 @@ def wanted_mode(hot: dict[str, list[str]]) -> str:
     return NORMAL
 
 
-def _worst_lag(client, now: float) -> float:
+def _worst_lag(client: Any, now: float) -> float:
     worst = 0.0
     for raw in client.hvals(_LAG):
         try:
@@ -118,7 +119,8 @@ def evaluate() -> str | None:
         return None
     if MODES.index(wanted) == current or hot.get(row.mode):
         return None
-    calm_since = max(float(client.get(_LAST_HOT) or 0), row.changed_at.timestamp())
+    last_hot: Any = client.get(_LAST_HOT)
+    calm_since = max(float(last_hot or 0), row.changed_at.timestamp())
     if now - calm_since >= settings.SHIELD_AUTO_COOLDOWN:
         lower = MODES[current - 1]
         if services.set_mode(lower, reason=f"calm for {settings.SHIELD_AUTO_COOLDOWN}s", source=ModeChange.AUTOMATIC):

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import threading
 import time
+from typing import Any
 
 from django.conf import settings
 
@@ -98,7 +99,7 @@ def _rebuild_quietly() -> None:
 def refresh_if_ageing() -> None:
     """Called by the escalation leader about once a minute: rebuild before the marker lapses."""
     try:
-        ttl = store.client().ttl(READY_KEY)
+        ttl: Any = store.client().ttl(READY_KEY)
     except store.ShieldRedisDown:
         return
     if ttl is None or ttl < 120:

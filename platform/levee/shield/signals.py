@@ -2,6 +2,8 @@
 or limit overrides change, and keep the API-key filter (levee.shield.keyfilter) in step with keys."""
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models.signals import post_delete, post_save
@@ -35,7 +37,7 @@ def _config_changed(sender, **kwargs):
 
 
 @receiver(post_save, sender="keys.ApiKey")
-def _key_saved(sender, instance, **kwargs):
+def _key_saved(sender: type, instance: Any, **kwargs: Any) -> None:
     from levee.shield import keyfilter
 
     digest, revoked = instance.digest, instance.revoked_at is not None
@@ -43,7 +45,7 @@ def _key_saved(sender, instance, **kwargs):
 
 
 @receiver(post_delete, sender="keys.ApiKey")
-def _key_deleted(sender, instance, **kwargs):
+def _key_deleted(sender: type, instance: Any, **kwargs: Any) -> None:
     from levee.shield import keyfilter
 
     digest = instance.digest
