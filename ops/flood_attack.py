@@ -36,7 +36,6 @@ import json
 import os
 import random
 import re
-import resource
 import secrets
 import time
 from collections import Counter
@@ -146,14 +145,28 @@ def _cpu_of(pids: list[int]) -> float:
 
 
 def _own_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    """This generator's CPU, its solving processes included."""
+    return _cpu_of([os.getpid()])
 
 
-def _solve(challenge: str) -> str:
+def _solve_here(challenge: str) -> str:
     from ops.flood import solve
 
     return solve(challenge)
+
+
+_POOL = None
+
+
+async def _solve(challenge: str) -> str:
+    """Solve a proof of work in a pool of processes: solving in a thread would hold the GIL and
+    stall this process's event loop, inflating every latency it measures."""
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ProcessPoolExecutor
+
+        _POOL = ProcessPoolExecutor(max_workers=2)
+    return await asyncio.get_running_loop().run_in_executor(_POOL, _solve_here, challenge)
 
 
 class Attack:
@@ -217,7 +230,7 @@ class Attack:
         page = body.decode("utf-8", "replace")
         found = _PASS_FORM.search(page)
         if solve and found:
-            nonce = await asyncio.to_thread(_solve, found.group(1))
+            nonce = await _solve(found.group(1))
             form = f"pow_challenge={found.group(1)}&pow_nonce={nonce}&next={path}".encode()
             _, pass_headers, _ = await self.raw.request(addr, "POST", "/shield/pass", body=form, headers={
                 "Content-Type": "application/x-www-form-urlencoded"})
@@ -262,7 +275,7 @@ class Attack:
         memo = await self._form(addr, "/accounts/signup/", solve=solve)
         nonce, challenge = "0", memo.get("pow", "")
         if solve and challenge:
-            nonce = await asyncio.to_thread(_solve, challenge)
+            nonce = await _solve(challenge)
             memo.pop("token", None)  # challenges are single-use: the next attempt fetches a fresh form
         return await self._post_form(addr, "/accounts/signup/", memo, {
             "email": f"bot{secrets.token_hex(5)}@flood.example", "password": "flood-password-1234",
@@ -350,7 +363,9 @@ class Attack:
     async def legit_login(self, addr: str, person, phase: str, pass_form) -> None:
         """A log-in from a brand-new browser, as the browser does it: the interstitial (solved, the
         pass posted) whenever the site shows it — on the page or as the answer to the form — then the
-        form again. The time spent solving is the browser's CPU, reported apart (solve_ms)."""
+        form again; answered 429/503 with a Retry-After of at most 5 s, it waits and sends the form
+        again (as a person clicks again), the wait counted in its latency. The time spent solving is
+        the browser's CPU, reported apart (solve_ms)."""
         stats = self.legit_stats[phase]["login"]
         async with self._client(addr) as browser:  # no cookies at all
             spent = 0.0
@@ -358,11 +373,11 @@ class Attack:
             good, label = False, "?"
             try:
                 page = await browser.get("/accounts/login/")
-                for _ in range(3):
+                for _ in range(5):
                     found = pass_form.search(page.text)
                     if found:
                         t = time.perf_counter()
-                        nonce = await asyncio.to_thread(_solve, found.group(1))
+                        nonce = await _solve(found.group(1))
                         spent += time.perf_counter() - t
                         await browser.post("/shield/pass", data={"pow_challenge": found.group(1), "pow_nonce": nonce,
                                                                 "next": "/accounts/login/"})
@@ -375,6 +390,11 @@ class Attack:
                     label = r.status_code
                     if r.status_code == 429 and pass_form.search(r.text):
                         page = r  # the form's answer was the interstitial: solve it, then send the form again
+                        continue
+                    wait = float(r.headers.get("retry-after") or 0)
+                    if r.status_code in (429, 503) and 0 < wait <= 5:
+                        await asyncio.sleep(wait)  # a person clicks again after the short wait the page asks for
+                        page = await browser.get("/accounts/login/")
                         continue
                     good = r.status_code == 302 and "/accounts/login" not in r.headers.get("location", "")
                     break

@@ -71,6 +71,9 @@ class Stack:
             "LEVEE_MEMO_SECONDS": "0",
             # The test process, the web, the platform and the inference worker agree on one secret.
             "LEVEE_WORKER_SECRET": settings.LEVEE_WORKER_SECRET,
+            # The stacks share the test database: their web processes must not move its mode on
+            # their own (the escalation loop is tested in tests/platform/shield/test_escalation.py).
+            "SHIELD_ESCALATION_IN_WEB": "0",
             **(extra_env or {}),
         }
         self.procs: dict[str, subprocess.Popen] = {}

@@ -119,10 +119,10 @@ SHIELD_ESCALATION_FLOORS = {
                  "failed_login": env_int("SHIELD_AUTO_FAILED_LOGINS_ELEVATED", 50, minimum=1),
                  "refused": env_int("SHIELD_AUTO_REFUSALS_ELEVATED", 50, minimum=1),
                  "challenged": env_int("SHIELD_AUTO_CHALLENGES_ELEVATED", 50, minimum=1),
-                 "lag_ms": env_int("SHIELD_AUTO_LAG_MS_ELEVATED", 500, minimum=1)},
+                 "lag_ms": env_int("SHIELD_AUTO_LAG_MS_ELEVATED", 1000, minimum=1)},
     "under_attack": {"failed_login": env_int("SHIELD_AUTO_FAILED_LOGINS_UNDER_ATTACK", 300, minimum=1),
                      "refused": env_int("SHIELD_AUTO_REFUSALS_UNDER_ATTACK", 100, minimum=1),
-                     "lag_ms": env_int("SHIELD_AUTO_LAG_MS_UNDER_ATTACK", 2000, minimum=1)},
+                     "lag_ms": env_int("SHIELD_AUTO_LAG_MS_UNDER_ATTACK", 3000, minimum=1)},
 }
 SHIELD_AUTO_COOLDOWN = env_int("SHIELD_AUTO_COOLDOWN", 15 * _MIN, minimum=0)
 

@@ -5,9 +5,9 @@ lease (one process per interval, site-wide), evaluates the mode:
 * sliding windows of SHIELD_ESCALATION_WINDOW (10) seconds of sign-up attempts, failed logins,
   admission refusals (a per-address or per-subnet limit, an unknown API key: evidence of an attack)
   and admission challenges (a hashing budget spent, a bare browser sent to the interstitial:
-  pressure) (levee.shield.stats, per-second buckets by Redis's clock), plus the worst
-  event-loop lag reported by any web process in the last few seconds (CPU pressure: a loop that
-  wakes late is a process with no CPU to spare);
+  pressure) (levee.shield.stats, per-second buckets by Redis's clock), plus the worst sustained
+  event-loop lag (the least of a process's last three beats) reported by any web process in the
+  last few seconds (CPU pressure: a loop that keeps waking late is a process with no CPU to spare);
 * a signal is hot for a mode when its window reaches that mode's absolute floor
   (SHIELD_ESCALATION_FLOORS) and, when the site is below that mode, also
   SHIELD_ESCALATION_BASELINE_FACTOR times its recent baseline (the mean per window over the
@@ -133,14 +133,22 @@ def evaluate() -> str | None:
 _ticks = 0
 
 
+_recent_lags: list[float] = []
+
+
 def tick(lag_ms: float) -> str | None:
-    """One beat of a web process's loop: report its lag; if it holds the lease, evaluate."""
+    """One beat of a web process's loop: report its lag — the least of its last three beats, so one
+    pause (a collection, a slow hop) is not pressure, a loop that keeps waking late is — and, if it
+    holds the lease, evaluate."""
     global _ticks
     interval = settings.SHIELD_ESCALATION_INTERVAL
+    _recent_lags.append(lag_ms)
+    del _recent_lags[:-3]
+    sustained = min(_recent_lags) if len(_recent_lags) == 3 else 0.0
     try:
         client = store.client()
         pipe = client.pipeline(transaction=False)
-        pipe.hset(_LAG, _ME, f"{lag_ms:.1f} {time.time():.3f}")
+        pipe.hset(_LAG, _ME, f"{sustained:.1f} {time.time():.3f}")
         pipe.expire(_LAG, 60)
         pipe.set(_LEADER, _ME, nx=True, px=max(100, int(interval * 900)))
         pipe.get(_LEADER)

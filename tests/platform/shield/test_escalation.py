@@ -66,12 +66,19 @@ def test_only_one_process_per_beat_evaluates(floors, monkeypatch):
     assert calls == [1]
 
 
-def test_the_worst_recent_lag_of_any_process_is_what_counts(floors, monkeypatch):
-    from levee.shield import store
-
-    escalation.tick(900.0)
-    monkeypatch.setattr(escalation, "_ME", "another-host:2")
-    escalation.tick(10.0)
+def test_the_worst_sustained_lag_of_any_process_is_what_counts(floors, monkeypatch):
     import time
 
+    from levee.shield import store
+
+    monkeypatch.setattr(escalation, "_recent_lags", [])
+    escalation.tick(5000.0)  # one pause is not pressure
+    assert escalation._worst_lag(store.client(), time.time()) == 0.0
+    escalation.tick(900.0)
+    escalation.tick(1200.0)
+    assert escalation._worst_lag(store.client(), time.time()) == 900.0
+    monkeypatch.setattr(escalation, "_ME", "another-host:2")
+    monkeypatch.setattr(escalation, "_recent_lags", [])
+    for _ in range(3):
+        escalation.tick(10.0)
     assert escalation._worst_lag(store.client(), time.time()) == 900.0
