@@ -1,6 +1,5 @@
 """DeepSeek's January 2025, on a real stack: in under_attack, sign-up says "registration is busy"
-while a registered user logs in from a new browser (after the admission layer's check) and an API
-key still gets its completion."""
+while a registered user logs in and an API key still gets its completion."""
 import re
 import time
 
@@ -10,7 +9,6 @@ import pytest
 
 from levee.billing import services as billing
 from levee.keys.services import create_api_key
-from levee.shield import admission, pow
 from tests.e2e.stack import MODEL
 from tests.personas import PASSWORD, make_user
 
@@ -24,17 +22,6 @@ def test_sign_up_is_busy_while_login_and_the_api_keep_working(stack, settings, s
     stack.set_mode(settings, "under_attack")
     try:
         with httpx.Client(base_url=stack.url, timeout=30) as web:
-            # A browser new to the site (no known-device cookie) first gets the admission layer's
-            # check: it solves it, and the pass it earns is what lets it use the forms.
-            deadline = time.time() + 3
-            while (check := web.get("/accounts/login/")).status_code == 200 and \
-                    not admission.challenge_in(check.text) and time.time() < deadline:
-                time.sleep(0.1)  # every process re-reads the mode within a second
-            challenge = admission.challenge_in(check.text)
-            assert challenge, check.text[:500]
-            passed = web.post("/shield/pass", data={"pow_challenge": challenge, "pow_nonce": pow.solve(challenge),
-                                                    "next": "/accounts/login/"})
-            assert passed.status_code == 303 and "levee_pass" in web.cookies
             # A sign-up without the hard proof of work (what a flood sends) hears "busy".
             deadline = time.time() + 3
             while True:

@@ -423,7 +423,7 @@ async def _browser_door(send: Send, door: str, method: str, path: str, cookie: b
     cookies = _cookies(cookie)
     credential, pass_id = _credential(cookies, ip)
     if method in ("GET", "HEAD"):
-        if credential != "new" or mode == NORMAL:
+        if credential != "new" or mode == NORMAL or not settings.SHIELD_BROWSER_PASS:
             return False
         # Under pressure a new browser first earns a pass; how hard depends on its subnet's load.
         # Under attack, sign-up is busy once the trickle is spent: no point in a pass then.
@@ -441,7 +441,7 @@ async def _browser_door(send: Send, door: str, method: str, path: str, cookie: b
         return True
     if method != "POST":
         return False
-    under_pressure = mode != NORMAL
+    under_pressure = mode != NORMAL and settings.SHIELD_BROWSER_PASS
     subjects = [Address(f"door.{door}", ip), Subnet("door", ip)]
     if pass_id:
         subjects.append(FixedSubject(f"door.pass:{pass_id}", [Rule("requests", settings.SHIELD_PASS_USES,
@@ -457,7 +457,7 @@ async def _browser_door(send: Send, door: str, method: str, path: str, cookie: b
                                     refused=_windows()[0], challenged=_windows()[1])
     if not decision.allowed:
         worst = max((o for o in decision.outcomes if not o.allowed), key=lambda o: o.retry_after)
-        if worst.subject.key() == "hash.new.global":  # the pressure signal: new browsers earn a pass first
+        if worst.subject.key() == "hash.new.global" and settings.SHIELD_BROWSER_PASS:  # pressure: earn a pass first
             challenge_instead = True
         elif door == "signup" and mode == UNDER_ATTACK:
             await _busy(send)

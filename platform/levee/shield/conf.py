@@ -60,7 +60,7 @@ SHIELD_LIMITS = {
     # Argon2 costs 0.1-1 s of a core: the three together stay within about half the web tier's CPU.
     "hash.known.global": {"requests": (env_int("SHIELD_HASH_KNOWN_PER_SECOND", 4, minimum=1), 1.0)},
     "hash.pass.global": {"requests": (env_int("SHIELD_HASH_PASS_PER_SECOND", 2, minimum=1), 1.0)},
-    "hash.new.global": {"requests": (env_int("SHIELD_HASH_NEW_PER_SECOND", 1, minimum=1), 1.0)},
+    "hash.new.global": {"requests": (env_int("SHIELD_HASH_NEW_PER_SECOND", 20, minimum=1), 1.0)},
     # Bearer requests to the key-authenticated API per address and subnet, before the key is looked at.
     "apikey.address": {"requests": (env_int("SHIELD_APIKEY_ADDRESS_RPM", 1200, minimum=1), _MIN)},
     "apikey.subnet": {"requests": (env_int("SHIELD_APIKEY_SUBNET_RPM", 6000, minimum=1), _MIN)},
@@ -71,6 +71,9 @@ SHIELD_PASS_BITS = {"normal": env_int("SHIELD_PASS_BITS_NORMAL", 14, minimum=1),
                     "elevated": env_int("SHIELD_PASS_BITS_ELEVATED", 16, minimum=1),
                     "under_attack": env_int("SHIELD_PASS_BITS_UNDER_ATTACK", 18, minimum=1)}
 SHIELD_PASS_SUBNET_BITS = [(0.5, 2), (0.9, 2)]
+# The interstitial itself: off by default until its browser journey passes end to end again
+# (tests/e2e/test_browser.py, under_attack log-in); off, bare browsers keep the hashing budget.
+SHIELD_BROWSER_PASS = env_bool("SHIELD_BROWSER_PASS", False)
 SHIELD_PASS_TTL = env_int("SHIELD_PASS_TTL", 3600, minimum=60)  # seconds a pass lasts
 SHIELD_PASS_USES = env_int("SHIELD_PASS_USES", 30, minimum=1)  # door POSTs one pass may make
 # Seconds the API-key filter's ready marker lasts (it is rebuilt from the database before then).

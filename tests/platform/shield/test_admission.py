@@ -77,6 +77,7 @@ def call(app, method: str, path: str, *, headers: dict | None = None, body: byte
 @pytest.fixture(autouse=True)
 def _no_loop(settings):
     settings.SHIELD_ESCALATION_IN_WEB = False  # the per-process loop is tested through evaluate()
+    settings.SHIELD_BROWSER_PASS = True
 
 
 @pytest.fixture
