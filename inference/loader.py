@@ -82,7 +82,12 @@ class _Target:
     linear: Linear | None = None  # set for the weights of quantizable linears
 
 
-def _ckpt_name(param: str) -> str:
+def _ckpt_name(param: str, num_layers: int = 0) -> str:
+    if param.startswith("mtp."):  # the MTP layer is checkpoint layer num_hidden_layers
+        rest = param.removeprefix("mtp.")
+        rest = rest.removeprefix("block.") if rest.startswith("block.") else rest
+        rest = "shared_head.norm.weight" if rest == "norm.weight" else rest
+        param = f"layers.{num_layers}.{rest}"
     name = param if param.startswith("lm_head.") else "model." + param
     name = name.replace(".mlp.gate_weight", ".mlp.gate.weight")
     return name.replace(".mlp.e_score_correction_bias", ".mlp.gate.e_score_correction_bias")
@@ -91,18 +96,19 @@ def _ckpt_name(param: str) -> str:
 def _targets(model: Transformer) -> dict[str, _Target]:
     """Checkpoint tensor name → target, for everything except the routed experts."""
     out: dict[str, _Target] = {}
+    L = model.args.num_hidden_layers
     for prefix, module in model.named_modules():
         if isinstance(module, Linear):
             if prefix == "lm_head" and model.args.tie_word_embeddings:
                 continue
             full = (0, module.in_features)
-            out[_ckpt_name(prefix + ".weight")] = _Target(
+            out[_ckpt_name(prefix + ".weight", L)] = _Target(
                 prefix + ".weight", (module.out_features, module.in_features), module.rows,
                 module.cols if module.cols != full else None, module)
             if module.bias is not None:
-                out[_ckpt_name(prefix + ".bias")] = _Target(prefix + ".bias", (module.out_features,), module.rows)
+                out[_ckpt_name(prefix + ".bias", L)] = _Target(prefix + ".bias", (module.out_features,), module.rows)
         elif isinstance(module, VocabEmbedding):
-            out[_ckpt_name(prefix + ".weight")] = _Target(
+            out[_ckpt_name(prefix + ".weight", L)] = _Target(
                 prefix + ".weight", (module.num_embeddings, module.weight.shape[1]), module.rows)
     placed = {t.param for t in out.values()}
     for name, p in model.named_parameters():
@@ -110,7 +116,7 @@ def _targets(model: Transformer) -> dict[str, _Target]:
             continue
         if name == "lm_head.weight":
             continue
-        out[_ckpt_name(name)] = _Target(name, tuple(p.shape))
+        out[_ckpt_name(name, L)] = _Target(name, tuple(p.shape))
     return out
 
 
@@ -120,11 +126,13 @@ def load_model(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     tp: TensorParallel = SINGLE,
+    mtp: bool = False,
 ) -> Transformer:
     """Load the checkpoint directory `path`. dtype (the compute dtype; FP8 weights stay FP8)
     defaults to the checkpoint's config (`dtype` or `torch_dtype`, else float32); device defaults to
     CUDA when available, else CPU. `tp`: this process's rank in a tensor/expert-parallel group;
-    it reads and keeps only its shard of each split tensor."""
+    it reads and keeps only its shard of each split tensor. `mtp`: also load the multi-token-
+    prediction layer (checkpoint layer num_hidden_layers; an error names it when absent), else skip it."""
     path = Path(path)
     args = read_config(path)
     cfg = json.loads((path / "config.json").read_text())
@@ -140,7 +148,7 @@ def load_model(
     files = _tensor_files(path)
     try:
         with torch.device("meta"):
-            model = Transformer(args, tp)
+            model = Transformer(args, tp, mtp=mtp)
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from exc
     targets = _targets(model)
@@ -153,7 +161,10 @@ def load_model(
     for name in files:
         layer = _LAYER.match(name)
         if layer and int(layer.group(1)) >= L:
-            continue  # multi-token-prediction layer(s): not used for generation
+            if not mtp or int(layer.group(1)) > L:
+                continue  # multi-token-prediction layer(s) not asked for (or a second one)
+            if name in (f"model.layers.{L}.embed_tokens.weight", f"model.layers.{L}.shared_head.head.weight"):
+                continue  # V3's copies of the main model's embedding and head
         if name.endswith(_IGNORED_SUFFIXES):
             continue
         if name.endswith(_SCALE):
@@ -172,7 +183,7 @@ def load_model(
         raise CheckpointError(f"unexpected tensor(s) in checkpoint: {', '.join(sorted(unexpected)[:8])}"
                               + (f" and {len(unexpected) - 8} more" if len(unexpected) > 8 else ""))
     missing = [n for n in targets if n not in files]
-    for i in range(L):
+    for i in range(L + 1 if mtp else L):
         if args.is_moe_layer(i):
             for e in range(args.n_routed_experts or 0):
                 for proj in ("gate_proj", "up_proj", "down_proj"):
@@ -243,9 +254,14 @@ def load_model(
 
     H, inter = args.hidden_size, args.moe_intermediate_size
     expert_scales: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    for i, block in enumerate(model.layers):
+    blocks = list(enumerate(model.layers))
+    if model.mtp is not None:
+        blocks.append((L, model.mtp.block))
+    moes: dict[int, MoE] = {}
+    for i, block in blocks:
         if not isinstance(block.mlp, MoE):
             continue
+        moes[i] = block.mlp
         lo, hi = block.mlp.expert_range
         names = experts[i]
         fp8 = {f"{names[(e, p)]}" for e in range(lo, hi) for p in ("gate_proj", "up_proj", "down_proj")
@@ -274,8 +290,9 @@ def load_model(
                 s13[j, :nb].copy_(s_gate)
                 s13[j, nb:].copy_(s_up)
                 s2[j].copy_(s_down)
-        state[f"layers.{i}.mlp.w13"] = w13
-        state[f"layers.{i}.mlp.w2"] = w2
+        where = "mtp.block" if i == L else f"layers.{i}"
+        state[f"{where}.mlp.w13"] = w13
+        state[f"{where}.mlp.w2"] = w2
         if fp8:
             expert_scales[i] = (s13, s2)
 
@@ -284,8 +301,7 @@ def load_model(
     for prefix, scale in scales.items():
         model.get_submodule(prefix).weight_scale_inv = nn.Parameter(scale, requires_grad=False)
     for i, (s13, s2) in expert_scales.items():
-        moe = model.layers[i].mlp
-        assert isinstance(moe, MoE)
+        moe = moes[i]
         moe.w13_scale_inv = nn.Parameter(s13, requires_grad=False)
         moe.w2_scale_inv = nn.Parameter(s2, requires_grad=False)
     for module in model.modules():  # buffers made on the meta device (the expert maps)

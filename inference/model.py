@@ -467,15 +467,45 @@ class Block(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+class MTPLayer(nn.Module):
+    """DeepSeek-V3's multi-token-prediction layer (checkpoint index num_hidden_layers): predicts
+    token t+2 from the main model's final normed hidden state at t and the embedding of token t+1.
+
+        x = eh_proj([enorm(embed(t+1)); hnorm(h_t)])   (eh_proj [2H → H], the embedding first)
+        x = a decoder block (MLA + MoE, its own weights) at position t, cache layer num_hidden_layers
+        logits = lm_head(shared_head.norm(x))          (embedding and head: the main model's)
+    """
+
+    def __init__(self, args: ModelArgs, tp: TensorParallel = SINGLE):
+        super().__init__()
+        H = args.hidden_size
+        self.layer = args.num_hidden_layers
+        self.enorm = RMSNorm(H, args.rms_norm_eps)
+        self.hnorm = RMSNorm(H, args.rms_norm_eps)
+        self.eh_proj = Linear(2 * H, H)
+        self.block = Block(args, self.layer, tp)
+        self.norm = RMSNorm(H, args.rms_norm_eps)  # shared_head.norm
+
+    def forward(self, embedded: torch.Tensor, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                backend: AttentionBackend) -> torch.Tensor:
+        """embedded [B, T, H] (next tokens' embeddings), hidden [B, T, H] → normed output [B, T, H]."""
+        x = self.eh_proj(torch.cat((self.enorm(embedded), self.hnorm(hidden)), dim=-1))
+        out: torch.Tensor = self.norm(self.block(x, cos, sin, backend))
+        return out
+
+
 class Transformer(nn.Module):
     """The model. `tp` places this process in a tensor/expert-parallel group (inference/parallel.py):
     every rank builds the same Transformer with its own shard of the weights and runs the same
     forward; the collectives inside the layers make every rank's hidden states and logits equal."""
 
-    def __init__(self, args: ModelArgs, tp: TensorParallel = SINGLE):
+    mtp: MTPLayer | None
+
+    def __init__(self, args: ModelArgs, tp: TensorParallel = SINGLE, mtp: bool = False):
         super().__init__()
         self.args = args
         self.tp = tp
+        self.mtp = MTPLayer(args, tp) if mtp else None  # the draft layer, when loaded (load_model(mtp=True))
         self.embed_tokens = VocabEmbedding(args.vocab_size, args.hidden_size, tp=tp)
         self.layers = nn.ModuleList(Block(args, i, tp) for i in range(args.num_hidden_layers))
         self.norm = RMSNorm(args.hidden_size, args.rms_norm_eps)
@@ -514,3 +544,13 @@ class Transformer(nn.Module):
         """input_ids [B, T] → logits [B, T, V]; each row is its own sequence starting at position 0."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         return self.lm_head(self.hidden_states(input_ids, positions, CausalAttention()))
+
+    def mtp_hidden(self, next_ids: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor,
+                   backend: AttentionBackend) -> torch.Tensor:
+        """The MTP layer at `positions`: next_ids [B, T] (token t+1 of each position t), hidden
+        [B, T, H] (hidden_states' output at t) → [B, T, H]; lm_head of it predicts token t+2."""
+        if self.mtp is None:
+            raise RuntimeError("this model was loaded without its multi-token-prediction layer")
+        cos, sin = self.rope(positions)
+        out: torch.Tensor = self.mtp(self.embed_tokens(next_ids), hidden, cos, sin, backend)
+        return out

@@ -10,6 +10,9 @@ TRUSTED_PROXY_CIDRS=127.0.0.1/32 (the simulator is then the "proxy").
     python ops/flood.py --target http://127.0.0.1:8000 --seconds 30 --model deepseek-chat \\
         --legit ada@example.com:'correct horse battery staple':sk-... [--legit ...]
 
+`python ops/flood.py attack --help`: the open-loop attack from real source addresses (127.x.y.z),
+bot kinds, a quiet baseline and the server's CPU per bot request (ops/flood_attack.py).
+
 Bots: `--bots` concurrent sign-up/login flooders that never solve the proof of work, plus
 `--solver-bots` that solve it in Python (as a determined attacker would) to measure the trickle.
 Legitimate users are returning ones: each logs in once before the bots start (so their browsers
@@ -51,6 +54,20 @@ MAX_SECONDS = 300
 MAX_REQUESTS = 200_000
 _CSRF = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 _CHALLENGE = re.compile(r'name="pow_challenge" value="([^"]*)"')
+# The admission layer's interstitial (levee.shield.admission): a form posting a solved challenge to /shield/pass.
+_PASS_FORM = re.compile(r"action='/shield/pass'.*?name=pow_challenge value='([^']+)'", re.S)
+
+
+async def earn_pass(http: httpx.AsyncClient, page: str, target: str, headers: dict | None = None) -> bool:
+    """Do what the interstitial's script does: solve its challenge and post it; the pass cookie lands
+    in `http`'s jar. True if a pass was set."""
+    found = _PASS_FORM.search(page)
+    if not found:
+        return False
+    nonce = await asyncio.to_thread(solve, found.group(1))
+    answer = await http.post("/shield/pass", headers=headers or {},
+                             data={"pow_challenge": found.group(1), "pow_nonce": nonce, "next": target})
+    return answer.status_code == 303 and "levee_pass" in answer.headers.get("set-cookie", "")
 
 
 def require_loopback(target: str) -> None:
@@ -164,8 +181,12 @@ class Flood:
         # Carrier-grade NAT space: many /24s, none of them the legitimate users'.
         return str(ipaddress.ip_address(int(ipaddress.ip_address("100.64.0.0")) + self.rng.randrange(1, 4_000_000)))
 
-    async def _form(self, http: httpx.AsyncClient, path: str, xff: str) -> tuple[str | None, str]:
+    async def _form(self, http: httpx.AsyncClient, path: str, xff: str, *,
+                    solve_pass: bool = True) -> tuple[str | None, str]:
         page = await http.get(path, headers={"X-Forwarded-For": xff})
+        if solve_pass and _PASS_FORM.search(page.text):  # the admission layer's "checking your browser"
+            await earn_pass(http, page.text, path, {"X-Forwarded-For": xff})
+            page = await http.get(path, headers={"X-Forwarded-For": xff})
         token = _CSRF.search(page.text)
         challenge = _CHALLENGE.search(page.text)
         return (token.group(1) if token else None), (challenge.group(1) if challenge else "")
@@ -177,7 +198,7 @@ class Flood:
                 xff = self.spoofed()
                 try:
                     if token is None:  # one CSRF token per bot, reused for every post (as bots do)
-                        token, _ = await self._form(http, "/accounts/login/", xff)
+                        token, _ = await self._form(http, "/accounts/login/", xff, solve_pass=solver)
                     if solver or self.rng.random() < 0.5:
                         await self.bot_signup(http, xff, token, solver)
                     else:
@@ -379,6 +400,11 @@ def run(target: str, *, seconds: float = 20, max_requests: int = 20_000, bots: i
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["attack"]:  # the open-loop attack with real source addresses (ops/flood_attack.py)
+        from ops import flood_attack
+
+        return flood_attack.main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default="http://127.0.0.1:8000")
     parser.add_argument("--seconds", type=float, default=20)

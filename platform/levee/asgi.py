@@ -24,7 +24,14 @@ def _no_thread_before_each_request() -> None:
 _no_thread_before_each_request()
 
 
-async def application(scope, receive, send):
+async def _timed(scope, receive, send):
     # When the request reached the application, for the Server-Timing header (levee.core.timing).
     scope["levee.received"] = time.perf_counter()
     return await _django(scope, receive, send)
+
+
+# In front of Django: the body limit, and the doors a flood hits decided before Django builds a
+# request (levee.shield.admission; docs/shield.md).
+from levee.shield.admission import Admission  # noqa: E402 - needs Django set up first
+
+application = Admission(_timed)

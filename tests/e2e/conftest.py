@@ -25,6 +25,31 @@ def stack(django_db_setup, django_db_blocker, tmp_path_factory, checkpoint):
 
 
 @pytest.fixture(autouse=True)
+def _keys_reach_the_stacks(monkeypatch):
+    """In production every process shares the shield's Redis, so a key created anywhere enters the
+    API-key filter that the web processes read (levee.shield.keyfilter). Here the test process has a
+    Redis database of its own and each stack another: keys the tests create are added to (and
+    removed from) every live stack's filter as well."""
+    from levee.shield import keyfilter
+    from tests.e2e import stack as stacks
+
+    add, remove = keyfilter.add, keyfilter.remove
+
+    def add_everywhere(digest: str) -> None:
+        add(digest)
+        for running in stacks.LIVE:
+            running.redis.sadd(keyfilter.SET_KEY, digest[:32])
+
+    def remove_everywhere(digest: str) -> None:
+        remove(digest)
+        for running in stacks.LIVE:
+            running.redis.srem(keyfilter.SET_KEY, digest[:32])
+
+    monkeypatch.setattr(keyfilter, "add", add_everywhere)
+    monkeypatch.setattr(keyfilter, "remove", remove_everywhere)
+
+
+@pytest.fixture(autouse=True)
 def _quiesce(request):
     """Let the stack finish settling before the test's tables are flushed: a TRUNCATE racing the
     platform worker's settle transaction deadlocks."""

@@ -43,6 +43,9 @@ def stack_redis_url(offset: int = 1) -> str:
     return urlunparse(parsed._replace(path=f"/{(db - offset) % 16}"))
 
 
+LIVE: list = []  # stacks started and not yet stopped
+
+
 class Stack:
     def __init__(self, *, heartbeat_timeout: int = 4, extra_env: dict | None = None, redis_offset: int = 1):
         self.port = free_port()
@@ -68,6 +71,12 @@ class Stack:
             "LEVEE_MEMO_SECONDS": "0",
             # The test process, the web, the platform and the inference worker agree on one secret.
             "LEVEE_WORKER_SECRET": settings.LEVEE_WORKER_SECRET,
+            # The stacks share the test database: their web processes must not move its mode on
+            # their own (the escalation loop is tested in tests/platform/shield/test_escalation.py).
+            "SHIELD_ESCALATION_IN_WEB": "0",
+            # The browsers of these tests solve the admission layer's check in milliseconds, not the
+            # seconds 16-18 bits take headless on a loaded box (the difficulty has tests of its own).
+            "SHIELD_PASS_BITS_ELEVATED": "10", "SHIELD_PASS_BITS_UNDER_ATTACK": "10",
             **(extra_env or {}),
         }
         self.procs: dict[str, subprocess.Popen] = {}
@@ -132,6 +141,7 @@ class Stack:
 
     def start(self):
         self.redis.flushdb()
+        LIVE.append(self)
         self.start_web()
         self.start_platform_worker()
         self.start_inference_worker()
@@ -145,6 +155,8 @@ class Stack:
         proc.wait(timeout=30)
 
     def stop(self):
+        if self in LIVE:
+            LIVE.remove(self)
         for name in list(self.procs):
             proc = self.procs.pop(name)
             if proc.poll() is None:

@@ -43,12 +43,18 @@ def from_trusted_proxy(request: HttpRequest) -> bool:
 def client_ip(request) -> str:
     """The client's address. X-Forwarded-For is read right to left and only through trusted proxies,
     so a client cannot choose its own address by sending the header itself."""
-    peer = _parse(request.META.get("REMOTE_ADDR", "") or "")
+    return resolve(request.META.get("REMOTE_ADDR", "") or "", request.META.get("HTTP_X_FORWARDED_FOR", ""))
+
+
+def resolve(remote_addr: str, forwarded_for: str) -> str:
+    """`client_ip` from the peer address and the X-Forwarded-For value alone (the ASGI admission layer
+    has no request object yet)."""
+    peer = _parse(remote_addr)
     if peer is None:
         return "0.0.0.0"
     if not _trusted(peer):
         return str(peer)
-    hops = [h for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
+    hops = [h for h in forwarded_for.split(",") if h.strip()]
     for hop in reversed(hops):
         addr = _parse(hop)
         if addr is None:

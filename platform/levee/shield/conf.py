@@ -47,7 +47,37 @@ SHIELD_LIMITS = {
     # costs an Argon2 hash (~0.1-1 s of CPU), so a flood of them is a CPU flood; returning browsers
     # (the known-device cookie) are never counted here. Size it to a fraction of the web tier's cores.
     "login.global": {"requests": _smooth(env_int("SHIELD_LOGIN_NEW_DEVICE_PER_MINUTE", 1200, minimum=1))},
+    # The admission layer's doors (levee.shield.admission), decided before Django sees the request.
+    # POSTs per address at each browser door, and at all of them per /24 (IPv6 /64).
+    "door.login.address": {"requests": (env_int("SHIELD_DOOR_LOGIN_PER_MINUTE", 30, minimum=1), _MIN)},
+    "door.signup.address": {"requests": (env_int("SHIELD_DOOR_SIGNUP_PER_MINUTE", 10, minimum=1), _MIN)},
+    "door.reset.address": {"requests": (env_int("SHIELD_DOOR_RESET_PER_MINUTE", 5, minimum=1), _MIN)},
+    "door.admin.address": {"requests": (env_int("SHIELD_DOOR_ADMIN_PER_MINUTE", 10, minimum=1), _MIN)},
+    "door.subnet": {"requests": (env_int("SHIELD_DOOR_SUBNET_PER_MINUTE", 300, minimum=1), _MIN)},
+    # Password hashes per second, site-wide, by what the browser holds: a known-device cookie, a
+    # pass, or nothing (only in calm times: under pressure a bare browser earns a pass first).
+    # Separate budgets, so bare browsers and pass holders can never spend the known devices' share.
+    # Argon2 costs 0.1-1 s of a core: the three together stay within about half the web tier's CPU.
+    "hash.known.global": {"requests": (env_int("SHIELD_HASH_KNOWN_PER_SECOND", 4, minimum=1), 1.0)},
+    "hash.pass.global": {"requests": (env_int("SHIELD_HASH_PASS_PER_SECOND", 2, minimum=1), 1.0)},
+    "hash.new.global": {"requests": (env_int("SHIELD_HASH_NEW_PER_SECOND", 20, minimum=1), 1.0)},
+    # Bearer requests to the key-authenticated API per address and subnet, before the key is looked at.
+    "apikey.address": {"requests": (env_int("SHIELD_APIKEY_ADDRESS_RPM", 1200, minimum=1), _MIN)},
+    "apikey.subnet": {"requests": (env_int("SHIELD_APIKEY_SUBNET_RPM", 6000, minimum=1), _MIN)},
 }
+# The admission layer's browser pass: proof-of-work bits by mode (normal: asked only under pressure),
+# plus extra bits once the share of the subnet's door allowance used reaches each step.
+SHIELD_PASS_BITS = {"normal": env_int("SHIELD_PASS_BITS_NORMAL", 14, minimum=1),
+                    "elevated": env_int("SHIELD_PASS_BITS_ELEVATED", 16, minimum=1),
+                    "under_attack": env_int("SHIELD_PASS_BITS_UNDER_ATTACK", 18, minimum=1)}
+SHIELD_PASS_SUBNET_BITS = [(0.5, 2), (0.9, 2)]
+# The interstitial itself: off by default until its browser journey passes end to end again
+# (tests/e2e/test_browser.py, under_attack log-in); off, bare browsers keep the hashing budget.
+SHIELD_BROWSER_PASS = env_bool("SHIELD_BROWSER_PASS", False)
+SHIELD_PASS_TTL = env_int("SHIELD_PASS_TTL", 3600, minimum=60)  # seconds a pass lasts
+SHIELD_PASS_USES = env_int("SHIELD_PASS_USES", 30, minimum=1)  # door POSTs one pass may make
+# Seconds the API-key filter's ready marker lasts (it is rebuilt from the database before then).
+SHIELD_KEY_FILTER_TTL = env_int("SHIELD_KEY_FILTER_TTL", 900, minimum=60)
 # In elevated and under_attack, subnet sign-up limits are divided by this.
 SHIELD_ELEVATED_SUBNET_DIVISOR = 4
 # under_attack: sign-ups admitted per minute, site-wide, each with a hard proof of work.
@@ -77,12 +107,26 @@ SHIELD_LOGIN_ACCOUNT_WINDOW = _HOUR
 SHIELD_LOGIN_ACCOUNT_TIERS = [(env_int("SHIELD_LOGIN_ACCOUNT_CEILING", 200, minimum=10), 15 * _MIN)]
 SHIELD_KNOWN_DEVICE_MAX_AGE = 90 * 24 * _HOUR
 
-# Automatic mitigation: per-minute rates that raise the mode, and the calm needed to lower it.
+# Automatic mitigation (levee.shield.escalation): sliding windows evaluated every INTERVAL seconds
+# by one web process; a signal raises the mode when its window reaches the mode's floor and, from
+# below that mode, BASELINE_FACTOR times its mean over the BASELINE seconds before. Sign-ups alone
+# never go past elevated (a launch-day spike must not close registration).
 SHIELD_AUTO_ENABLED = True
-SHIELD_AUTO_SIGNUPS_PER_MINUTE = {"elevated": env_int("SHIELD_AUTO_SIGNUPS_ELEVATED", 60, minimum=1),
-                                  "under_attack": env_int("SHIELD_AUTO_SIGNUPS_UNDER_ATTACK", 300, minimum=1)}
-SHIELD_AUTO_FAILED_LOGINS_PER_MINUTE = {"elevated": env_int("SHIELD_AUTO_FAILED_LOGINS_ELEVATED", 300, minimum=1),
-                                        "under_attack": env_int("SHIELD_AUTO_FAILED_LOGINS_UNDER_ATTACK", 3000, minimum=1)}
+SHIELD_ESCALATION_IN_WEB = env_bool("SHIELD_ESCALATION_IN_WEB", True)
+SHIELD_ESCALATION_INTERVAL = 1.0
+SHIELD_ESCALATION_WINDOW = 10
+SHIELD_ESCALATION_BASELINE = 600
+SHIELD_ESCALATION_BASELINE_FACTOR = 5
+SHIELD_ESCALATION_FLOORS = {
+    "elevated": {"signup": env_int("SHIELD_AUTO_SIGNUPS_ELEVATED", 100, minimum=1),
+                 "failed_login": env_int("SHIELD_AUTO_FAILED_LOGINS_ELEVATED", 50, minimum=1),
+                 "refused": env_int("SHIELD_AUTO_REFUSALS_ELEVATED", 50, minimum=1),
+                 "challenged": env_int("SHIELD_AUTO_CHALLENGES_ELEVATED", 50, minimum=1),
+                 "lag_ms": env_int("SHIELD_AUTO_LAG_MS_ELEVATED", 1000, minimum=1)},
+    "under_attack": {"failed_login": env_int("SHIELD_AUTO_FAILED_LOGINS_UNDER_ATTACK", 300, minimum=1),
+                     "refused": env_int("SHIELD_AUTO_REFUSALS_UNDER_ATTACK", 100, minimum=1),
+                     "lag_ms": env_int("SHIELD_AUTO_LAG_MS_UNDER_ATTACK", 3000, minimum=1)},
+}
 SHIELD_AUTO_COOLDOWN = env_int("SHIELD_AUTO_COOLDOWN", 15 * _MIN, minimum=0)
 
 # Load shedding per model: queue depth (jobs) and oldest wait (ms) at which each priority is shed.

@@ -107,13 +107,14 @@ class Decision:
 # KEYS: one per rule. ARGV: peek, lease id, lease ttl ms, then per rule: kind, limit, period ms, cost.
 # Returns "all allowed, then per rule: allowed remaining reset-ms retry-ms", integers joined by spaces
 # (one string to parse instead of a nested reply of 1 + 4 per rule).
-_CHECK = """
+# `nrules` is #KEYS here; the admission layer's door script (_DOOR) puts three more keys after the rules'.
+_CHECK_CORE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local peek = ARGV[1] == '1'
 local lease, lease_ttl = ARGV[2], tonumber(ARGV[3])
 local out, writes, all_ok = {}, {}, 1
-for i = 1, #KEYS do
+for i = 1, nrules do
   local base = 3 + (i - 1) * 4
   local kind, limit = ARGV[base + 1], tonumber(ARGV[base + 2])
   local period, cost = tonumber(ARGV[base + 3]), tonumber(ARGV[base + 4])
@@ -162,6 +163,46 @@ if all_ok == 1 and not peek then
     end
   end
 end
+"""
+_CHECK = "local nrules = #KEYS" + _CHECK_CORE + """
+table.insert(out, 1, all_ok)
+return table.concat(out, ' ')
+"""
+
+# The admission layer's decision at a door (levee.shield.admission): the check above over the rules'
+# keys, then, in the same round trip, (a) whether `member` is in a set whose `ready` marker exists
+# (the API-key filter: 1 known, 0 unknown, 3 filter not built, 2 not asked) and (b) a count in the
+# per-second windows of escalation (levee.shield.stats): in `refused` when a rule before `soft_from`
+# refused or the member is unknown (evidence of an attack), else in `challenged` when only rules from
+# `soft_from` on refused (a site budget spent: pressure, not proof of an attack) or `force` is set
+# (the caller answers with the interstitial anyway).
+# KEYS: rules..., set, ready marker, refused prefix, challenged prefix.
+# ARGV: as _CHECK, then member ('' = none), force, soft_from (1-based rule index).
+_DOOR = "local nrules = #KEYS - 4" + _CHECK_CORE + """
+local extra = 3 + nrules * 4
+local member, force, soft_from = ARGV[extra + 1], ARGV[extra + 2] == '1', tonumber(ARGV[extra + 3])
+local known = 2
+if all_ok == 1 and member ~= '' then
+  if redis.call('EXISTS', KEYS[nrules + 2]) == 0 then known = 3
+  else known = redis.call('SISMEMBER', KEYS[nrules + 1], member) end
+end
+local hard, soft = known == 0, force
+for i = 1, nrules do
+  if out[(i - 1) * 4 + 1] == 0 then
+    if i < soft_from then hard = true else soft = true end
+  end
+end
+local window = nil
+if hard then window = KEYS[nrules + 3] elseif soft then window = KEYS[nrules + 4] end
+if window and not peek then
+  local w = window .. ':s:' .. t[1]
+  redis.call('INCR', w)
+  redis.call('EXPIRE', w, 700)
+  local w10 = window .. ':t:' .. math.floor(tonumber(t[1]) / 10)
+  redis.call('INCR', w10)
+  redis.call('EXPIRE', w10, 700)
+end
+table.insert(out, 1, known)
 table.insert(out, 1, all_ok)
 return table.concat(out, ' ')
 """
@@ -229,7 +270,7 @@ class LuaScript:
             return await lane.call(head + self._eval + body)
 
 
-_CHECK_SCRIPT, _ADJUST_SCRIPT = LuaScript(_CHECK), LuaScript(_ADJUST)
+_CHECK_SCRIPT, _ADJUST_SCRIPT, _DOOR_SCRIPT = LuaScript(_CHECK), LuaScript(_ADJUST), LuaScript(_DOOR)
 
 
 class _Part(NamedTuple):
@@ -304,10 +345,10 @@ def _check_body(picked: _Picked, head: bytes) -> tuple[int, bytes]:
     return 4 + 5 * n, b"".join(chunks)
 
 
-def _outcomes(picked: _Picked, reply: bytes) -> tuple[bool, list[Outcome]]:
+def _outcomes(picked: _Picked, reply: bytes, first: int = 1) -> tuple[bool, list[Outcome]]:
     raw = reply.split()
     outcomes = []
-    i = 1
+    i = first
     for subject, rule, _cost, _part in picked:
         remaining = int(raw[i + 1])
         outcomes.append(Outcome(subject, rule, raw[i] == b"1", remaining if remaining > 0 else 0,
@@ -373,6 +414,34 @@ async def acheck(subjects: list[Subject], costs: dict[str, int], *, lease_ttl: f
     count, body = _check_body(picked, _head(peek, lease_id, lease_ttl))
     allowed, outcomes = _outcomes(picked, await _CHECK_SCRIPT.acall(count, body))
     return _decision(picked, lease_id, allowed, outcomes, peek)
+
+
+async def acheck_door(subjects: list[Subject], costs: dict[str, int], *, member: bytes = b"",
+                     member_set: str = "", ready_key: str = "", refused: str, challenged: str,
+                     soft_from: int | None = None, peek: bool = False,
+                     force_count: bool = False) -> tuple[Decision, int]:
+    """`acheck` for the admission layer's doors, on a single Redis: one script that decides the rate
+    rules of `subjects` (no leases), asks whether `member` is in `member_set` (when given and the
+    rules passed) and counts the outcome in the escalation windows `refused` or `challenged`: a
+    refusal by a rule of the subjects before index `soft_from` (default: all) or an unknown member
+    is a refusal; one only by later subjects' rules, or `force_count`, a challenge (see _DOOR).
+    Returns the decision and the membership answer: 1 known, 0 unknown, 3 the set is not built,
+    2 not asked."""
+    picked = _plan(subjects, costs, None)
+    soft_subjects = set(map(id, subjects[soft_from:])) if soft_from is not None else set()
+    first_soft = next((i + 1 for i, item in enumerate(picked) if id(item[0]) in soft_subjects), len(picked) + 1)
+    count, body = _check_body(picked, _int(1) + _bulk(b"") + _int(0) if peek else _PLAIN_HEAD)
+    tail = [_bulk(member_set.encode() or b"-"), _bulk(ready_key.encode() or b"-"), _bulk(refused.encode()),
+            _bulk(challenged.encode())]
+    # the extra keys go after the rules' keys, the extra arguments after the rules' arguments
+    n = len(picked)
+    keys_end = len(_int(n)) + sum(len(part.key) for _, _, _, part in picked)
+    body = (_int(n + 4) + body[len(_int(n)):keys_end] + b"".join(tail) + body[keys_end:]
+            + _bulk(member) + _int(1 if force_count else 0) + _int(first_soft))
+    reply = await _DOOR_SCRIPT.acall(count + 7, body)
+    allowed, outcomes = _outcomes(picked, reply, first=2)
+    known = int(reply.split(b" ", 2)[1])
+    return _decision(picked, "", allowed, outcomes, peek), known
 
 
 def _run_check(picked: _Picked, head: bytes) -> tuple[bool, list[Outcome]]:

@@ -49,10 +49,26 @@ class PowRefused(Exception):
 def verify(challenge: str, nonce: str, *, required_bits: int) -> None:
     """Accept once, or raise PowRefused (forged, expired, too easy, wrong, replayed).
     Raises store.ShieldRedisDown if the spent-list cannot be reached (callers fail closed)."""
+    challenge_id, ttl = _checked(challenge, nonce, required_bits)
+    if not store.client().set(f"levee:shield:pow-spent:{challenge_id}", 1, nx=True, ex=ttl):
+        raise PowRefused("replayed")
+
+
+async def averify(challenge: str, nonce: str, *, required_bits: int) -> None:
+    """`verify` on the event loop (redis.asyncio), for the admission layer."""
+    challenge_id, ttl = _checked(challenge, nonce, required_bits)
+    if not await store.aclient().set(f"levee:shield:pow-spent:{challenge_id}", 1, nx=True, ex=ttl):
+        raise PowRefused("replayed")
+
+
+def _checked(challenge: str, nonce: str, required_bits: int) -> tuple[str, int]:
+    """Everything but the replay check: (challenge id, seconds it stays spendable) or PowRefused."""
     parts = (challenge or "").split(".")
     if len(parts) != 4 or not nonce or len(nonce) > 64:
         raise PowRefused("malformed")
     challenge_id, bits_raw, expires_raw, signature = parts
+    if not (bits_raw.isdigit() and expires_raw.isdigit()):
+        raise PowRefused("malformed")
     if not hmac.compare_digest(signature, _sign(f"{challenge_id}.{bits_raw}.{expires_raw}")):
         raise PowRefused("forged")
     bits, expires = int(bits_raw), int(expires_raw)
@@ -63,5 +79,4 @@ def verify(challenge: str, nonce: str, *, required_bits: int) -> None:
         raise PowRefused("too easy")
     if leading_zero_bits(hashlib.sha256(f"{challenge}:{nonce}".encode()).digest()) < bits:
         raise PowRefused("wrong")
-    if not store.client().set(f"levee:shield:pow-spent:{challenge_id}", 1, nx=True, ex=expires - now + 1):
-        raise PowRefused("replayed")
+    return challenge_id, expires - now + 1

@@ -1,6 +1,8 @@
-"""Receivers: keep the canonical email beside each account, and tell every process when address
-rules or limit overrides change."""
+"""Receivers: keep the canonical email beside each account, tell every process when address rules
+or limit overrides change, and keep the API-key filter (levee.shield.keyfilter) in step with keys."""
 from __future__ import annotations
+
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -32,3 +34,19 @@ def _record_canonical_email(sender, instance, created, **kwargs):
 @receiver([post_save, post_delete], sender=LimitOverride)
 def _config_changed(sender, **kwargs):
     transaction.on_commit(state.publish_config)
+
+
+@receiver(post_save, sender="keys.ApiKey")
+def _key_saved(sender: type, instance: Any, **kwargs: Any) -> None:
+    from levee.shield import keyfilter
+
+    digest, revoked = instance.digest, instance.revoked_at is not None
+    transaction.on_commit(lambda: keyfilter.remove(digest) if revoked else keyfilter.add(digest))
+
+
+@receiver(post_delete, sender="keys.ApiKey")
+def _key_deleted(sender: type, instance: Any, **kwargs: Any) -> None:
+    from levee.shield import keyfilter
+
+    digest = instance.digest
+    transaction.on_commit(lambda: keyfilter.remove(digest))

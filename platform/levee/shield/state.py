@@ -119,6 +119,11 @@ def current_mode() -> str:
     return _fresh().mode
 
 
+def cached_mode() -> str:
+    """The mode as last read, without refreshing (no I/O: safe on the event loop)."""
+    return _snap.mode
+
+
 def redis_reachable() -> bool:
     """As of the last refresh (at most SHIELD_STATE_CACHE_SECONDS ago)."""
     return _fresh().redis_ok

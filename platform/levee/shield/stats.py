@@ -1,32 +1,71 @@
-"""Per-minute counters of what automatic mitigation watches (sign-up attempts, failed logins)."""
+"""Counters of what automatic mitigation watches (sign-up attempts, failed logins, admission refusals).
+
+Each event is counted three ways, by Redis's clock so every web process files it under the same
+bucket: per minute (`per_minute`, dashboards), per second (the sliding ~10 s window escalation
+reads) and per ten seconds (the recent baseline that window is compared with)."""
 from __future__ import annotations
 
 from levee.shield import store
 from levee.shield.limiter import LuaScript
 
-# Minutes by Redis's clock, not the process's, so every web process files its count under the same one.
 _COUNT = """
-local t = redis.call('TIME')
-local key = KEYS[1] .. ':' .. math.floor(tonumber(t[1]) / 60)
-redis.call('INCR', key)
-redis.call('EXPIRE', key, 180)
+local t = tonumber(redis.call('TIME')[1])
+local minute = KEYS[1] .. ':' .. math.floor(t / 60)
+redis.call('INCR', minute)
+redis.call('EXPIRE', minute, 180)
+local second = KEYS[1] .. ':s:' .. t
+redis.call('INCR', second)
+redis.call('EXPIRE', second, 700)
+local tens = KEYS[1] .. ':t:' .. math.floor(t / 10)
+redis.call('INCR', tens)
+redis.call('EXPIRE', tens, 700)
 return 1
 """
 _COUNT_SCRIPT = LuaScript(_COUNT)
 
+# KEYS: one prefix per event. ARGV: window seconds, baseline seconds (ending where the window starts).
+# Returns "<now> then per event: <count in the window> <baseline count per window>", the baseline as
+# the mean over the complete ten-second buckets before the window, in thousandths.
+_WINDOWS = """
+local now = tonumber(redis.call('TIME')[1])
+local window, span = tonumber(ARGV[1]), tonumber(ARGV[2])
+local out = {now}
+for i = 1, #KEYS do
+  local n = 0
+  for s = now - window + 1, now do n = n + tonumber(redis.call('GET', KEYS[i] .. ':s:' .. s) or 0) end
+  local first, last = math.floor((now - window - span) / 10), math.floor((now - window) / 10) - 1
+  local total, buckets = 0, 0
+  for b = first, last do
+    total = total + tonumber(redis.call('GET', KEYS[i] .. ':t:' .. b) or 0)
+    buckets = buckets + 1
+  end
+  out[#out + 1] = n
+  out[#out + 1] = buckets > 0 and math.floor(total * window * 1000 / (buckets * 10)) or 0
+end
+return table.concat(out, ' ')
+"""
+_WINDOWS_SCRIPT = LuaScript(_WINDOWS)
 
-def _prefix(event: str) -> str:
+
+def prefix(event: str) -> str:
     return f"levee:shield:stat:{{{event}}}"
 
 
 def count(event: str) -> None:
-    """Add one to this minute's count. Raises ShieldRedisDown."""
-    _COUNT_SCRIPT.run([_prefix(event)])
+    """Add one to this minute's, this second's and these ten seconds' counts. Raises ShieldRedisDown."""
+    _COUNT_SCRIPT.run([prefix(event)])
 
 
 def per_minute(event: str) -> int:
     """The busier of the last complete minute and the current one."""
     client = store.client()
     now_minute = int(client.time()[0]) // 60
-    values = client.mget([f"{_prefix(event)}:{now_minute - 1}", f"{_prefix(event)}:{now_minute}"])
+    values = client.mget([f"{prefix(event)}:{now_minute - 1}", f"{prefix(event)}:{now_minute}"])
     return max(int(v or 0) for v in values)
+
+
+def windows(events: list[str], *, window: int, baseline: int) -> dict[str, tuple[int, float]]:
+    """Per event: (count in the last `window` seconds, the mean count per window over the
+    `baseline` seconds before it). One round trip. Raises ShieldRedisDown."""
+    raw = _WINDOWS_SCRIPT.run([prefix(e) for e in events], [window, baseline]).split()
+    return {event: (int(raw[1 + 2 * i]), int(raw[2 + 2 * i]) / 1000) for i, event in enumerate(events)}

@@ -1,5 +1,6 @@
-// Sign-up proof of work: find a nonce so SHA-256("<challenge>:<nonce>") starts with N zero bits.
-// The server sets data-pow-bits and the challenge; 0 bits means no work is asked.
+// Proof of work (the sign-up form, and the admission layer's "checking your browser" page): find a
+// nonce so SHA-256("<challenge>:<nonce>") starts with N zero bits. The server sets data-pow-bits and
+// the challenge; 0 bits means no work is asked. A form marked data-pow-auto is sent once solved.
 (function () {
   "use strict";
   const form = document.querySelector("form[data-pow-bits]");
@@ -38,6 +39,10 @@
       });
     }
     return solving;
+  }
+  if (form.hasAttribute("data-pow-auto")) {
+    start().then(() => form.submit());
+    return;
   }
   start();  // begin while the person types
   form.addEventListener("submit", (event) => {

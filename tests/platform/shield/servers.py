@@ -33,6 +33,7 @@ def server(*, workers: int = 1, **env_extra):
            "LEVEE_ENV": "test", "LEVEE_BIND": f"127.0.0.1:{port}", "WEB_CONCURRENCY": str(workers),
            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
            "REDIS_URL": settings.REDIS_URL, "GUNICORN_ACCESSLOG": "/dev/null",
+           "SHIELD_ESCALATION_IN_WEB": "0",  # it would move the test database's mode on its own
            **{k: str(v) for k, v in env_extra.items()}}
     # The server's log goes to a file: a pipe nobody reads fills up and blocks the server mid-request.
     log_path = Path(REPO) / "var" / f"shield-server-{port}.log"

@@ -102,43 +102,61 @@ def test_under_attack_signup_is_busy_but_the_trickle_and_login_and_the_api_keep_
     # A completion through the API under attack, on a real stack: tests/e2e/test_under_attack.py.
 
 
+def floors(settings, **per_mode):
+    settings.SHIELD_ESCALATION_FLOORS = {
+        "elevated": {"signup": 3, "failed_login": 1000, "refused": 1000, "lag_ms": 10**6, **per_mode.get("elevated", {})},
+        "under_attack": {"failed_login": 6, "refused": 1000, "lag_ms": 10**6, **per_mode.get("under_attack", {})}}
+
+
 def test_rising_rates_raise_the_mode_and_calm_lowers_it_one_step_after_the_cool_down(settings):
-    settings.SHIELD_AUTO_SIGNUPS_PER_MINUTE = {"elevated": 3, "under_attack": 6}
+    floors(settings)
     settings.SHIELD_AUTO_COOLDOWN = 0
     for _ in range(3):
         stats.count("signup")
     assert tasks.evaluate_mode() == "elevated"
-    for _ in range(3):
-        stats.count("signup")
+    for _ in range(6):
+        stats.count("failed_login")
     assert tasks.evaluate_mode() == "under_attack"
     assert ModeChange.objects.filter(source="automatic").count() == 2
+    assert "failed login" in ModeChange.objects.first().reason
     # Nothing calms down while the rates stay high ...
     assert tasks.evaluate_mode() is None
-    # ... and once they fall (simulated by raising the thresholds), it steps down one level at a time.
-    settings.SHIELD_AUTO_SIGNUPS_PER_MINUTE = {"elevated": 1000, "under_attack": 2000}
+    # ... and once they fall (simulated by raising the floors), it steps down one level at a time.
+    floors(settings, elevated={"signup": 1000}, under_attack={"failed_login": 1000})
     assert tasks.evaluate_mode() == "elevated"
     assert tasks.evaluate_mode() == "normal"
 
 
+def test_sign_ups_alone_never_close_registration(settings):
+    """A launch-day spike of real sign-ups: elevated (a proof of work for new browsers), never under_attack."""
+    floors(settings)
+    for _ in range(500):
+        stats.count("signup")
+    assert tasks.evaluate_mode() == "elevated"
+    assert tasks.evaluate_mode() is None
+    assert MitigationState.objects.get().mode == "elevated"
+
+
 def test_the_cool_down_holds_the_mode_until_it_has_passed(settings):
-    settings.SHIELD_AUTO_SIGNUPS_PER_MINUTE = {"elevated": 1, "under_attack": 1000}
+    floors(settings, elevated={"signup": 1})
     stats.count("signup")
     assert tasks.evaluate_mode() == "elevated"
-    settings.SHIELD_AUTO_SIGNUPS_PER_MINUTE = {"elevated": 1000, "under_attack": 2000}
+    floors(settings, elevated={"signup": 1000})
     assert tasks.evaluate_mode() is None  # default cool-down: minutes of calm first
     assert MitigationState.objects.get().mode == "elevated"
 
 
 def test_an_operator_pin_overrides_the_automation(settings):
-    settings.SHIELD_AUTO_SIGNUPS_PER_MINUTE = {"elevated": 1, "under_attack": 2}
+    floors(settings, elevated={"signup": 1}, under_attack={"failed_login": 1})
     settings.SHIELD_AUTO_COOLDOWN = 0
     services.set_mode("normal", reason="we know: a marketing launch", pinned=True, by=None)
     for _ in range(5):
         stats.count("signup")
+        stats.count("failed_login")
     assert tasks.evaluate_mode() is None
     assert MitigationState.objects.get().mode == "normal"
     services.set_mode("under_attack", reason="manual, pinned", pinned=True)
-    settings.SHIELD_AUTO_SIGNUPS_PER_MINUTE = {"elevated": 1000, "under_attack": 2000}
+    floors(settings, elevated={"signup": 1000}, under_attack={"failed_login": 1000})
     assert tasks.evaluate_mode() is None
     assert MitigationState.objects.get().mode == "under_attack"
 

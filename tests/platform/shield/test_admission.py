@@ -1,0 +1,439 @@
+"""The admission layer (levee.shield.admission): what it decides before Django sees a request.
+
+Most tests drive the ASGI application in process, with an inner application that records whether it
+was reached; the body-limit tests run a real server (gunicorn + uvicorn) and talk to it over a socket."""
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import socket
+import time
+
+import pytest
+from django.db.backends import utils as db_utils
+
+from levee.shield import admission, keyfilter, passes, pow, state
+from tests.personas import ada
+from tests.platform.shield.servers import server
+
+
+class Inner:
+    """The application behind the layer: answers 200 and counts its calls (and the body it read)."""
+
+    def __init__(self):
+        self.calls = 0
+        self.body = b""
+
+    async def __call__(self, scope, receive, send):
+        self.calls += 1
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            self.body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"inner"})
+
+
+class Answer:
+    def __init__(self, messages):
+        start = next(m for m in messages if m["type"] == "http.response.start")
+        self.status = start["status"]
+        self.headers = {k.decode(): v.decode() for k, v in start["headers"]}
+        self.body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+
+def call(app, method: str, path: str, *, headers: dict | None = None, body: bytes = b"",
+         ip: str = "203.0.113.7", receive_forbidden: bool = False) -> Answer:
+    async def run():
+        sent = []
+
+        async def receive():
+            if receive_forbidden:
+                raise AssertionError("the body was read")
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        if body and "content-length" not in {k.lower() for k in (headers or {})}:
+            raw.append((b"content-length", str(len(body)).encode()))
+        scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
+                 "headers": raw, "client": (ip, 40000), "scheme": "http", "http_version": "1.1"}
+        await app(scope, receive, send)
+        return Answer(sent)
+
+    return asyncio.run(run())
+
+
+@pytest.fixture(autouse=True)
+def _no_loop(settings):
+    settings.SHIELD_ESCALATION_IN_WEB = False  # the per-process loop is tested through evaluate()
+    settings.SHIELD_BROWSER_PASS = True
+
+
+@pytest.fixture
+def rds(settings):
+    """The test Redis as conftest left it (emptied, the mode mirrored as normal)."""
+    import redis
+
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+@pytest.fixture
+def layer():
+    inner = Inner()
+    return admission.Admission(inner), inner
+
+
+def set_mode_mirror(rds, mode: str) -> None:
+    rds.set(state.MODE_KEY, mode)
+    state.forget()
+
+
+# --- the body limit --------------------------------------------------------------------------------
+
+def test_a_declared_oversized_body_is_refused_unread(layer, settings):
+    app, inner = layer
+    answer = call(app, "POST", "/v1/chat/completions", receive_forbidden=True,
+                  headers={"content-length": str(settings.LEVEE_MAX_BODY_BYTES + 1)})
+    assert answer.status == 413 and inner.calls == 0
+    assert json.loads(answer.body)["error"]["code"] == "request_too_large"
+    assert answer.headers["connection"] == "close"
+    page = call(app, "POST", "/chat/", receive_forbidden=True, headers={"content-length": str(10**9)})
+    assert page.status == 413 and page.headers["content-type"].startswith("text/html")
+
+
+def test_an_invalid_content_length_is_a_400_not_a_500(layer):
+    app, inner = layer
+    answer = call(app, "POST", "/v1/chat/completions", headers={"content-length": "12abc"}, receive_forbidden=True)
+    assert answer.status == 400 and inner.calls == 0
+
+
+def _raw_request(port: int, head: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(head)
+    return sock
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_server_refuses_a_declared_64_mib_body_before_the_client_sends_it():
+    with server(LEVEE_MAX_BODY_BYTES=65536) as base:
+        port = int(base.rsplit(":", 1)[1])
+        sock = _raw_request(port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                  b"Content-Length: 67108864\r\n\r\n")
+        reply = sock.recv(4096)  # nothing of the body was sent
+        sock.close()
+        assert reply.startswith(b"HTTP/1.1 413")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_chunked_body_gets_its_413_while_the_client_is_still_sending():
+    """Stream a chunked body towards a 64 KiB limit and watch the socket: the 413 must arrive once the
+    limit is passed, long before the 8 MiB the client meant to send are out."""
+    chunk = b"x" * 16384
+    with server(LEVEE_MAX_BODY_BYTES=65536) as base:
+        port = int(base.rsplit(":", 1)[1])
+        for path in (b"/chat/api/conversations", b"/accounts/login/"):
+            sock = _raw_request(port, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                b"Transfer-Encoding: chunked\r\n\r\n")
+            sock.setblocking(False)
+            sent, reply = 0, b""
+            deadline = time.monotonic() + 20
+            while sent < 8 * 1024 * 1024 and time.monotonic() < deadline:
+                try:
+                    reply += sock.recv(4096)
+                except BlockingIOError:
+                    pass
+                except ConnectionError:
+                    break
+                if reply:
+                    break
+                try:
+                    sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    sent += len(chunk)
+                except BlockingIOError:
+                    time.sleep(0.01)
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                time.sleep(0.005)  # a slow uploader: the server has time to answer between chunks
+            sock.setblocking(True)
+            sock.settimeout(5)
+            if not reply:
+                try:
+                    reply = sock.recv(4096)
+                except (TimeoutError, ConnectionError):
+                    pass
+            sock.close()
+            assert reply.startswith(b"HTTP/1.1 413"), (path, reply[:200])
+            assert sent < 1024 * 1024, f"{path}: the answer came only after {sent} bytes"
+
+
+# --- the API door ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def counted_queries(monkeypatch):
+    """Every SQL statement from any thread, counted (a class-level patch of Django's cursor wrapper)."""
+    seen = []
+    original = db_utils.CursorWrapper.execute
+
+    def execute(self, sql, params=None):
+        seen.append(sql)
+        return original(self, sql, params)
+
+    monkeypatch.setattr(db_utils.CursorWrapper, "execute", execute)
+    return seen
+
+
+@pytest.mark.django_db
+def test_an_unknown_api_key_is_refused_with_no_database_query(layer, counted_queries):
+    from levee.keys.services import create_api_key
+
+    app, inner = layer
+    _key, raw = create_api_key(ada())
+    keyfilter.rebuild()
+    counted_queries.clear()
+    guess = "sk-" + secrets.token_hex(24)
+    answer = call(app, "POST", "/v1/chat/completions", headers={"authorization": f"Bearer {guess}"},
+                  body=b'{"model": "deepseek-chat"}')
+    assert answer.status == 401 and inner.calls == 0
+    assert json.loads(answer.body)["error"]["code"] == "invalid_api_key"
+    assert counted_queries == []
+    known = call(app, "POST", "/v1/chat/completions", headers={"authorization": f"Bearer {raw}"},
+                 body=b'{"model": "deepseek-chat"}')
+    assert known.status == 200 and inner.calls == 1  # the filter said "maybe": Django authenticates it
+
+
+@pytest.mark.django_db
+def test_a_key_is_in_the_filter_from_its_creation_and_out_on_deletion(layer, django_capture_on_commit_callbacks):
+    from levee.keys.services import create_api_key
+
+    app, inner = layer
+    keyfilter.rebuild()
+    with django_capture_on_commit_callbacks(execute=True):
+        key, raw = create_api_key(ada())
+    headers = {"authorization": f"Bearer {raw}"}
+    assert call(app, "GET", "/v1/models", headers=headers).status == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        key.delete()
+    assert call(app, "GET", "/v1/models", headers=headers).status == 401
+
+
+def test_without_the_filter_keys_pass_to_django(layer, rds, monkeypatch):
+    app, inner = layer
+    rebuilt = []
+    monkeypatch.setattr(keyfilter, "rebuild_soon", lambda: rebuilt.append(1))
+    rds.delete(keyfilter.READY_KEY)
+    answer = call(app, "GET", "/v1/models", headers={"authorization": "Bearer sk-" + "a" * 48})
+    assert answer.status == 200 and inner.calls == 1 and rebuilt == [1]
+
+
+def test_no_key_and_a_malformed_key_are_refused_before_django(layer):
+    app, inner = layer
+    assert call(app, "GET", "/v1/models").status == 401
+    bad = call(app, "POST", "/chat/completions", headers={"authorization": "Bearer sk-short"}, body=b"{}")
+    assert bad.status == 401 and "invalid" in json.loads(bad.body)["error"]["message"]
+    assert inner.calls == 0
+
+
+@pytest.mark.django_db
+def test_per_address_limits_come_before_the_key_lookup(layer, settings):
+    settings.SHIELD_LIMITS = {**settings.SHIELD_LIMITS, "apikey.address": {"requests": (3, 60)}}
+    app, inner = layer
+    keyfilter.rebuild()
+    statuses = [call(app, "GET", "/v1/models", headers={"authorization": "Bearer sk-" + "b" * 48}).status
+                for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]
+    assert call(app, "GET", "/v1/models", headers={"authorization": "Bearer sk-" + "b" * 48},
+                ip="203.0.113.99").status == 401  # another address has its own allowance
+
+
+# --- the browser doors -----------------------------------------------------------------------------
+
+def test_the_admin_login_gets_its_429_at_the_asgi_layer(layer, settings):
+    settings.SHIELD_LIMITS = {**settings.SHIELD_LIMITS, "door.admin.address": {"requests": (3, 60)},
+                              "hash.new.global": {"requests": (100, 1.0)}}
+    app, inner = layer
+    form = b"username=a%40b.example&password=x"
+    statuses = [call(app, "POST", "/admin/login/", body=form,
+                     headers={"content-type": "application/x-www-form-urlencoded"}).status for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    assert inner.calls == 3
+    refused = call(app, "POST", "/admin/login/", body=form)
+    assert refused.status == 429 and int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["content-type"].startswith("text/html") and b"Slow down" in refused.body
+
+
+def test_in_calm_times_a_new_browser_logs_in_within_the_new_device_budget(layer, settings):
+    settings.SHIELD_LIMITS = {**settings.SHIELD_LIMITS, "hash.new.global": {"requests": (2, 1.0)}}
+    app, inner = layer
+    statuses = [call(app, "POST", "/accounts/login/", body=b"u=1", ip=f"198.51.{n}.1").status for n in range(3)]
+    # the third new browser in the same second finds the budget spent: the pressure signal
+    assert statuses[:2] == [200, 200] and statuses[2] == 429
+    third = call(app, "POST", "/accounts/login/", body=b"u=1", ip="198.51.9.1")
+    assert admission.challenge_in(third.text), "a spent budget sends new browsers to the interstitial"
+
+
+def _solve_pass(app, target: str, ip: str) -> str:
+    page = call(app, "GET", target, ip=ip)
+    assert page.status == 200, page.text
+    challenge = admission.challenge_in(page.text)
+    nonce = pow.solve(challenge)
+    from urllib.parse import urlencode
+
+    solved = call(app, "POST", admission.PASS_PATH, ip=ip,
+                  body=urlencode({"pow_challenge": challenge, "pow_nonce": nonce, "next": target}).encode(),
+                  headers={"content-type": "application/x-www-form-urlencoded"})
+    assert solved.status == 303 and solved.headers["location"] == target
+    cookie = solved.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    return cookie.split(";", 1)[0]
+
+
+def test_under_pressure_a_new_browser_earns_a_pass_bound_to_its_address(layer, rds, settings):
+    settings.SHIELD_PASS_BITS = {"normal": 4, "elevated": 6, "under_attack": 8}
+    app, inner = layer
+    set_mode_mirror(rds, "elevated")
+    bare = call(app, "POST", "/accounts/login/", body=b"u=1", ip="198.51.100.20")
+    assert bare.status == 429 and admission.challenge_in(bare.text) and inner.calls == 0
+    cookie = _solve_pass(app, "/accounts/login/", "198.51.100.20")
+    assert call(app, "GET", "/accounts/login/", ip="198.51.100.20", headers={"cookie": cookie}).status == 200
+    assert inner.calls == 1
+    assert call(app, "POST", "/accounts/login/", ip="198.51.100.20", headers={"cookie": cookie},
+                body=b"u=1").status == 200
+    assert inner.calls == 2
+    # the same cookie from another address is worth nothing
+    elsewhere = call(app, "POST", "/accounts/login/", ip="198.51.100.21", headers={"cookie": cookie}, body=b"u=1")
+    assert elsewhere.status == 429 and admission.challenge_in(elsewhere.text) and inner.calls == 2
+
+
+def test_a_pass_expires_and_an_ipv6_pass_covers_its_64():
+    value = passes.issue("2001:db8:1:2::5", ttl=60)
+    assert passes.valid(value, "2001:db8:1:2:ffff::9")
+    assert not passes.valid(value, "2001:db8:1:3::5")
+    assert not passes.valid(value, "2001:db8:1:2::5", now=time.time() + 61)
+    tampered = value[:-1] + ("0" if value[-1] != "0" else "1")
+    assert not passes.valid(tampered, "2001:db8:1:2::5")
+    assert passes.valid(passes.issue("192.0.2.1"), "::ffff:192.0.2.1")
+
+
+def test_a_replayed_or_forged_solution_earns_no_pass(layer, rds, settings):
+    from urllib.parse import urlencode
+
+    settings.SHIELD_PASS_BITS = {"normal": 4, "elevated": 4, "under_attack": 4}
+    app, _ = layer
+    set_mode_mirror(rds, "elevated")
+    challenge = admission.challenge_in(call(app, "GET", "/accounts/signup/").text)
+    body = urlencode({"pow_challenge": challenge, "pow_nonce": pow.solve(challenge), "next": "//evil.example/"}).encode()
+    first = call(app, "POST", admission.PASS_PATH, body=body)
+    assert first.status == 303 and first.headers["location"] == "/"  # never off-site
+    replay = call(app, "POST", admission.PASS_PATH, body=body)
+    assert replay.status == 403 and "set-cookie" not in replay.headers
+
+
+def test_difficulty_rises_with_the_mode_and_the_subnets_load(settings):
+    settings.SHIELD_PASS_BITS = {"normal": 14, "elevated": 16, "under_attack": 18}
+    assert admission._difficulty("elevated", 300, 300) == 16
+    assert admission._difficulty("under_attack", 300, 300) == 18
+    assert admission._difficulty("elevated", 100, 300) == 18  # two thirds used
+    assert admission._difficulty("elevated", 10, 300) == 20
+
+
+def test_a_known_device_skips_the_interstitial_and_has_its_own_budget(layer, rds, settings):
+    from django.core import signing
+
+    from levee.shield.login import _KD_SALT, KNOWN_DEVICE_COOKIE
+
+    settings.SHIELD_LIMITS = {**settings.SHIELD_LIMITS, "hash.pass.global": {"requests": (1, 60.0)}}
+    app, inner = layer
+    set_mode_mirror(rds, "under_attack")
+    value = signing.get_cookie_signer(salt=KNOWN_DEVICE_COOKIE + _KD_SALT).sign("abc")
+    for n in range(3):
+        answer = call(app, "POST", "/accounts/login/", body=b"u=1", ip=f"198.51.100.{40 + n}",
+                      headers={"cookie": f"{KNOWN_DEVICE_COOKIE}={value}"})
+        assert answer.status == 200
+    assert inner.calls == 3
+    forged = call(app, "POST", "/accounts/login/", body=b"u=1", headers={"cookie": f"{KNOWN_DEVICE_COOKIE}=abc:x:y"})
+    assert forged.status == 429 and admission.challenge_in(forged.text)
+
+
+def test_under_attack_a_bare_sign_up_post_is_refused_and_counted_as_a_challenge(layer, rds):
+    from levee.shield import stats
+
+    app, inner = layer
+    set_mode_mirror(rds, "under_attack")
+    answer = call(app, "POST", "/accounts/signup/", body=b"email=x")
+    assert answer.status == 429 and admission.challenge_in(answer.text) and inner.calls == 0
+    assert stats.windows(["refused", "challenged"], window=10, baseline=60) == {"refused": (0, 0.0),
+                                                                               "challenged": (1, 0.0)}
+
+
+@pytest.mark.django_db
+def test_limits_and_unknown_keys_count_as_refusals_a_spent_budget_as_a_challenge(layer, settings):
+    from levee.shield import stats
+
+    settings.SHIELD_LIMITS = {**settings.SHIELD_LIMITS, "hash.new.global": {"requests": (1, 60.0)},
+                              "door.login.address": {"requests": (1, 60)}}
+    app, _ = layer
+    keyfilter.rebuild()
+    assert call(app, "POST", "/accounts/login/", body=b"u=1", ip="198.51.100.1").status == 200
+    assert call(app, "POST", "/accounts/login/", body=b"u=1", ip="198.51.100.2").status == 429  # budget: challenge
+    assert call(app, "POST", "/accounts/login/", body=b"u=1", ip="198.51.100.1").status == 429  # address: refusal
+    assert call(app, "GET", "/v1/models", headers={"authorization": "Bearer sk-" + "c" * 48}).status == 401
+    counts = stats.windows(["refused", "challenged"], window=10, baseline=60)
+    assert counts == {"refused": (2, 0.0), "challenged": (1, 0.0)}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_without_redis_the_doors_pass_to_django(layer, settings):
+    from levee.shield import store
+
+    settings.SHIELD_REDIS_URL = "redis://127.0.0.1:1/0"
+    store.reset()
+    app, inner = layer
+    try:
+        assert call(app, "POST", "/accounts/login/", body=b"u=1").status == 200
+    finally:
+        store.reset()
+    assert inner.calls == 1
+
+
+def test_other_paths_pass_straight_through(layer):
+    app, inner = layer
+    assert call(app, "GET", "/healthz").status == 200
+    assert call(app, "POST", "/chat/api/conversations", body=b"{}").status == 200
+    assert inner.calls == 2 and inner.body == b"{}"
+
+
+def test_the_layer_speaks_lifespan_for_django(layer):
+    app, inner = layer
+
+    async def run():
+        incoming = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+        sent = []
+
+        async def receive():
+            return incoming.pop(0)
+
+        async def send(message):
+            sent.append(message["type"])
+
+        await app({"type": "lifespan"}, receive, send)
+        return sent
+
+    assert asyncio.run(run()) == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert inner.calls == 0
+
+
+def test_the_layers_own_answers_carry_a_request_id(layer):
+    app, _ = layer
+    answer = call(app, "GET", "/v1/models")
+    assert answer.status == 401 and answer.headers["x-request-id"].startswith("req_")
