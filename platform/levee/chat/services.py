@@ -189,6 +189,8 @@ def start_reply(user: User, conversation: Conversation, *, text: str, model: str
     an edit, the first message the new question replaces. Either way the replaced messages stay
     until the job is queued (`drop_replaced`), so a refused enqueue loses nothing."""
     now = timezone.now()
+    if not user.is_verified:  # a session from before verification was required to log in
+        raise ChatRefused(403, "email_not_verified", "Confirm your email address to chat.")
     with transaction.atomic():
         User.objects.select_for_update().filter(pk=user.pk).first()
         busy = Message.objects.filter(conversation__user=user, status=Status.STREAMING,

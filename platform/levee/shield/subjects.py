@@ -92,6 +92,34 @@ class SignupTrickle(Subject):
         return [Rule("requests", max(1, settings.SHIELD_SIGNUP_TRICKLE_PER_MINUTE), 60.0)]  # 0: see signup.gate
 
 
+@dataclass(frozen=True)
+class Recipient(Subject):
+    """Mail to one inbox (its canonical form: `+tags` and Gmail dots fold together)."""
+
+    email: str
+
+    def key(self) -> str:
+        from levee.shield.emails import canonical_email
+
+        return f"mail.recipient:{canonical_email(self.email)}"
+
+    def rules(self) -> list[Rule]:
+        return _rules_from(settings.SHIELD_LIMITS["mail.recipient"])
+
+
+@dataclass(frozen=True)
+class MailDomain(Subject):
+    email: str
+
+    def key(self) -> str:
+        from levee.shield.emails import canonical_email
+
+        return f"mail.domain:{canonical_email(self.email).rpartition('@')[2]}"
+
+    def rules(self) -> list[Rule]:
+        return _rules_from(settings.SHIELD_LIMITS["mail.domain"])
+
+
 def _apply_override(rules: list[Rule], override) -> list[Rule]:
     if override is None:
         return rules
