@@ -95,18 +95,29 @@ async def chat_completions(request, key):
         model = await aenabled_model(chat.model)
         if model is None:
             raise schema.RequestError(400, f"Model Not Exist: {chat.model}", param="model", code="model_not_found")
-        if _prompt_chars(chat.messages) <= INLINE_ENCODE_CHARS:  # a thread hop costs more than this
-            prompt_ids = _encode(model, chat.messages)
-        else:  # long prompts are tokenized off the event loop, so other streams keep flowing
-            prompt_ids = await sync_to_async(_encode, thread_sensitive=False)(model, chat.messages)
-        max_tokens = _max_tokens(model, chat, len(prompt_ids))
+        chars = _prompt_chars(chat.messages)
+        if chars > model.context_length * model.prompt_chars_per_token:  # cannot fit: refused untokenized
+            raise schema.RequestError(400, f"This model's maximum context length is {model.context_length} tokens; "
+                                           f"the messages have {chars} characters, more than any prompt that fits.",
+                                      param="messages", code="context_length_exceeded")
         request.phases.mark("parse")
     except schema.RequestError as exc:
         return _api_error(exc)
-    return await _run(request, key, model, chat, prompt_ids, max_tokens)
+    return await _run(request, key, model, chat, chars)
 
 
 INLINE_ENCODE_CHARS = 2000
+
+
+async def _tokenize(model: LlmModel, chat: schema.ChatRequest, chars: int) -> tuple[list[int], int]:
+    """The prompt ids and the reply's max_tokens. A long prompt is tokenized in a worker thread, and
+    `tokenizers` releases the GIL for the encoding itself (levee.api.tokens), so the event loop keeps
+    serving other requests and streams meanwhile. Raises RequestError."""
+    if chars <= INLINE_ENCODE_CHARS:  # a thread hop costs more than this
+        prompt_ids = _encode(model, chat.messages)
+    else:
+        prompt_ids = await sync_to_async(_encode, thread_sensitive=False)(model, chat.messages)
+    return prompt_ids, _max_tokens(model, chat, len(prompt_ids))
 
 
 def _prompt_chars(messages) -> int:
@@ -155,6 +166,14 @@ class _Admission:
         self.key, self.model, self.estimated, self.lease = key, model, estimated, lease
         self._done = False
 
+    async def correct(self, estimate: int) -> None:
+        """Replace the reservation's estimate by a better one (the prompt's real token count)."""
+        from levee.shield import api as shield
+
+        if estimate != self.estimated:
+            await shield.acorrect_tokens(self.key, estimated=self.estimated, actual=estimate)
+            self.estimated = estimate
+
     async def finish(self, actual_tokens: int) -> None:
         if self._done:
             return
@@ -166,23 +185,33 @@ class _Admission:
         await shield.arelease_lease(self.lease)
 
 
-async def _run(request, key, model, chat, prompt_ids, max_tokens):
+async def _run(request, key, model, chat, chars: int):
     from levee.shield import api as shield
     from levee.shield.tiers import api_tier
 
     job_id = uuid.uuid4().hex
-    # Shedding by priority first (paid API last), then the caller's own limits, then capacity and money.
+    # Shedding by priority first (paid API last), then the caller's own limits, then tokenizing,
+    # capacity and money: a caller over its limits costs no tokenizer time.
     retry_after = await shield.ashed(model.name, await _tiers.aget(key.user_id, lambda: api_tier(key.user, key)))
     if retry_after:
         return _overloaded(f"{model.name} is shedding load; retry shortly.", retry_after)
     request.phases.mark("shed")
-    estimated = len(prompt_ids) + max_tokens
-    decision = await shield.aadmit_api_request(request, key, model=model.name, estimated_tokens=estimated)
+    # Before tokenizing, the prompt's tokens are bounded by its characters (and the context): that
+    # much is reserved, and corrected to the real count the moment it is known.
+    guess = min(chars, model.context_length) + (chat.max_tokens or min(model.default_max_tokens, model.max_output))
+    decision = await shield.aadmit_api_request(request, key, model=model.name, estimated_tokens=guess)
     if not decision.allowed:
         return decision.response()
     request.phases.mark("limits")
-    admission = _Admission(key, model.name, estimated, decision.lease)
+    admission = _Admission(key, model.name, guess, decision.lease)
     try:
+        try:
+            prompt_ids, max_tokens = await _tokenize(model, chat, chars)
+        except schema.RequestError as exc:
+            await admission.finish(0)
+            return _api_error(exc)
+        request.phases.mark("tokenize")
+        await admission.correct(len(prompt_ids) + max_tokens)
         response = await _start(request, key, model, chat, prompt_ids, max_tokens, job_id, admission)
     except BaseException:
         await admission.finish(0)

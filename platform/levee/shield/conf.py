@@ -68,6 +68,8 @@ SHIELD_LIMITS = {
     # The staff door (/admin/login/): the same guard as login, tighter.
     "admin_login.address": {"requests": (env_int("SHIELD_ADMIN_LOGIN_ADDRESS_PER_MINUTE", 10, minimum=1), _MIN)},
     "admin_login.global": {"requests": _smooth(env_int("SHIELD_ADMIN_LOGIN_NEW_DEVICE_PER_MINUTE", 120, minimum=1))},
+    # Web chat messages per account (each is tokenized and queued for the model).
+    "chat.account": {"requests": (env_int("SHIELD_CHAT_MESSAGES_PER_MINUTE", 20, minimum=1), _MIN)},
     # Password reset requests per address (each may queue a mail).
     "reset.address": {"requests": (env_int("SHIELD_RESET_ADDRESS_PER_HOUR", 10, minimum=1), _HOUR)},
     "reset.subnet": {"requests": (env_int("SHIELD_RESET_SUBNET_PER_HOUR", 60, minimum=1), _HOUR)},

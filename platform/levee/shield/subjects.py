@@ -93,6 +93,19 @@ class SignupTrickle(Subject):
 
 
 @dataclass(frozen=True)
+class ChatAccount(Subject):
+    """The web chat's messages, per account."""
+
+    user_id: int
+
+    def key(self) -> str:
+        return f"chat.account:{self.user_id}"
+
+    def rules(self) -> list[Rule]:
+        return _rules_from(settings.SHIELD_LIMITS["chat.account"])
+
+
+@dataclass(frozen=True)
 class Recipient(Subject):
     """Mail to one inbox (its canonical form: `+tags` and Gmail dots fold together)."""
 
