@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import logging
 
-from celery import shared_task
 from django.core.mail import send_mail
+
+# Levee's own app, not celery's "current" one: a process that also made another app (the tests
+# import the inference worker's) must still send these through Levee's broker settings.
+from levee.celery import app
 
 log = logging.getLogger(__name__)
 
 
-@shared_task(name="levee.accounts.send_mail", queue="platform", ignore_result=True,
+@app.task(name="levee.accounts.send_mail", queue="platform", ignore_result=True,
              autoretry_for=(OSError,), retry_backoff=True, max_retries=5)
 def send_account_mail(to: str, subject: str, body: str) -> None:
     send_mail(subject, body, None, [to], fail_silently=False)
 
 
-@shared_task(name="levee.accounts.password_reset", queue="platform", ignore_result=True)
+@app.task(name="levee.accounts.password_reset", queue="platform", ignore_result=True)
 def send_password_reset(email: str, *, domain: str, use_https: bool) -> None:
     """Look the account up and mail its reset link, here rather than in the request: the request
     answers the same, in the same time, whether or not the account exists. Capped per recipient and
