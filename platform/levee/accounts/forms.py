@@ -49,7 +49,7 @@ class EmailLoginForm(AuthenticationForm):
 
     unverified = False
 
-    def confirm_login_allowed(self, user) -> None:
+    def confirm_login_allowed(self, user: User) -> None:  # type: ignore[override]
         """An unverified account is not logged in: whoever signs up with someone else's address
         must gain nothing (no session, no free chat) until the owner of the inbox confirms it."""
         super().confirm_login_allowed(user)

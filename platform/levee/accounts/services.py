@@ -108,8 +108,8 @@ def mail_password_reset(email: str, *, domain: str, use_https: bool) -> int:
     sent = 0
 
     class _Capped(PasswordResetForm):
-        def send_mail(self, subject_template_name, email_template_name, context, from_email, to_email,
-                      html_email_template_name=None):
+        def send_mail(self, subject_template_name: str, email_template_name: str, context: dict, from_email: str | None,
+                      to_email: str, html_email_template_name: str | None = None) -> None:
             nonlocal sent
             if may_mail(to_email):
                 super().send_mail(subject_template_name, email_template_name, context, from_email, to_email,

@@ -1,10 +1,12 @@
+from collections.abc import Callable
+from typing import Any, cast
+
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.forms import AuthenticationForm
-from django.http import HttpRequest, HttpResponse
-from django.contrib import messages
-from django.http import HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.utils import translation
 from django.utils.translation import gettext
@@ -56,7 +58,7 @@ def signup_sent(request):
 
 
 @require_http_methods(["GET", "POST"])
-def verify_email(request, token: str):
+def verify_email(request: HttpRequest, token: str) -> HttpResponse:
     """GET shows a button; only its POST verifies. Mail scanners and link previews follow GET links,
     so a GET that verified would confirm an address nobody read."""
     if request.method == "GET":
@@ -85,11 +87,11 @@ class LoginView(auth_views.LoginView):
             remember_language(response, language)
         return response
 
-    def post(self, request, *args, **kwargs):
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         return _guarded_login(request, "login", lambda: super(LoginView, self).post(request, *args, **kwargs))
 
 
-def _guarded_login(request, door: str, attempt):
+def _guarded_login(request: HttpRequest, door: str, attempt: Callable[[], HttpResponse]) -> HttpResponse:
     """Run a login POST through the shield's guard (usually already checked by its middleware)."""
     from levee.shield import login as shield_login
     from levee.shield import store
@@ -98,7 +100,7 @@ def _guarded_login(request, door: str, attempt):
     if guard is None:
         guard, refusal = shield_login.gate(request, door=door)
         if refusal is not None:
-            return refusal
+            return cast(HttpResponse, refusal)
     response = attempt()
     try:
         if response.status_code in (301, 302, 303) and request.user.is_authenticated:
@@ -110,7 +112,7 @@ def _guarded_login(request, door: str, attempt):
     return response
 
 
-def admin_login(request):
+def admin_login(request: HttpRequest) -> HttpResponse:
     """/admin/login/: Django admin's own login behind the same guard as user login, with the staff
     door's tighter tiers and budgets (levee.shield.login)."""
     from django.contrib import admin
@@ -133,17 +135,17 @@ class PasswordResetView(auth_views.PasswordResetView):
     account lookup and the mail happen in the platform worker, so the answer and its timing are the
     same whether or not the address has an account."""
 
-    def post(self, request, *args, **kwargs):
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         from levee.shield import doors
 
-        refusal = getattr(request, "shield_reset_refusal", False)
-        if refusal is False:
-            refusal = doors.reset_gate(request)
+        # Usually decided by the shield's middleware already.
+        refusal: HttpResponse | None = (request.shield_reset_refusal if hasattr(request, "shield_reset_refusal")
+                                        else doors.reset_gate(request))
         if refusal is not None:
             return refusal
         return super().post(request, *args, **kwargs)
 
-    def form_valid(self, form):
+    def form_valid(self, form: Any) -> HttpResponse:
         from levee.accounts.tasks import send_password_reset
 
         domain, use_https = _site()
@@ -155,7 +157,7 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
     """Setting the new password ends every session of the account and revokes its API keys
     (services.after_password_reset); the completion page says how many keys went."""
 
-    def form_valid(self, form):
+    def form_valid(self, form: Any) -> HttpResponse:
         response = super().form_valid(form)
         revoked = services.after_password_reset(form.user)
         if revoked:

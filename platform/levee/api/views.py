@@ -7,11 +7,13 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 from django.http import JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 from redis.exceptions import RedisError
 
@@ -185,7 +187,7 @@ class _Admission:
         await shield.arelease_lease(self.lease)
 
 
-async def _run(request, key, model, chat, chars: int):
+async def _run(request: Any, key: Any, model: LlmModel, chat: schema.ChatRequest, chars: int) -> HttpResponseBase:
     from levee.shield import api as shield
     from levee.shield.tiers import api_tier
 

@@ -11,6 +11,7 @@ import logging
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -230,7 +231,7 @@ def _count_text(model: LlmModel, text: str) -> int:
     return len(_encode(model, [{"role": "user", "content": text}]))
 
 
-async def _admit_message(user) -> None:
+async def _admit_message(user: Any) -> None:
     """Chat messages per account (SHIELD_LIMITS "chat.account"), before any tokenizing. Raises ChatRefused."""
     from levee.shield import limiter, store
     from levee.shield.subjects import ChatAccount

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -184,7 +185,7 @@ async def aadmit_api_request(request, api_key, *, model: str, estimated_tokens: 
     return decision
 
 
-async def acorrect_tokens(api_key, *, estimated: int, actual: int) -> None:
+async def acorrect_tokens(api_key: Any, *, estimated: int, actual: int) -> None:
     """Replace a reservation's estimate by a better one (a prompt's real token count, once it is
     tokenized), on the event loop when the limit overrides are cached. Never raises for Redis trouble."""
     key_override = state.cached_override("api_key", api_key.pk)

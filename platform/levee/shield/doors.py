@@ -2,12 +2,14 @@
 queued). The reset mail itself is capped per recipient in the worker (levee.shield.mail)."""
 from __future__ import annotations
 
+from django.http import HttpRequest, HttpResponse
+
 from levee.shield import limiter, store
 from levee.shield.responses import refuse
 from levee.shield.subjects import Address, Subnet, counted_address, ip_of
 
 
-def reset_gate(request) -> object | None:
+def reset_gate(request: HttpRequest) -> HttpResponse | None:
     """None to go ahead, or the refusal (429 over the limits; 503 with Redis unreachable: closed)."""
     ip = ip_of(request)
     subjects = [] if getattr(request, "shield_allowlisted", False) else [Address("reset", counted_address(ip)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any, cast
 
 from django.conf import settings
 
@@ -92,6 +93,10 @@ class SignupTrickle(Subject):
         return [Rule("requests", max(1, settings.SHIELD_SIGNUP_TRICKLE_PER_MINUTE), 60.0)]  # 0: see signup.gate
 
 
+def _spec(name: str) -> dict[str, Any]:
+    return cast(dict[str, Any], settings.SHIELD_LIMITS[name])
+
+
 @dataclass(frozen=True)
 class ChatAccount(Subject):
     """The web chat's messages, per account."""
@@ -102,7 +107,7 @@ class ChatAccount(Subject):
         return f"chat.account:{self.user_id}"
 
     def rules(self) -> list[Rule]:
-        return _rules_from(settings.SHIELD_LIMITS["chat.account"])
+        return _rules_from(_spec("chat.account"))
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,7 @@ class Recipient(Subject):
         return f"mail.recipient:{canonical_email(self.email)}"
 
     def rules(self) -> list[Rule]:
-        return _rules_from(settings.SHIELD_LIMITS["mail.recipient"])
+        return _rules_from(_spec("mail.recipient"))
 
 
 @dataclass(frozen=True)
@@ -130,7 +135,7 @@ class MailDomain(Subject):
         return f"mail.domain:{canonical_email(self.email).rpartition('@')[2]}"
 
     def rules(self) -> list[Rule]:
-        return _rules_from(settings.SHIELD_LIMITS["mail.domain"])
+        return _rules_from(_spec("mail.domain"))
 
 
 def _apply_override(rules: list[Rule], override) -> list[Rule]:
