@@ -241,7 +241,8 @@ CONTENT_SECURITY_POLICY = {
         "font-src": ["'self'"],
         "object-src": ["'none'"],
         "base-uri": ["'self'"],
-        "form-action": ["'self'"],
+        # No form-action: browsers apply it to the redirect after a POST too, and a top-up's
+        # redirects to the payment provider's checkout page.
         "frame-ancestors": ["'none'"],
     },
 }
