@@ -16,14 +16,14 @@ def _fast_hashing_and_mail(settings, request):
 
 
 @pytest.fixture(autouse=True)
-def _account_mail_in_process():
-    """Account mail is a Celery task (levee.accounts.tasks); here it runs where it is queued, so
-    django.core.mail.outbox sees it. Tests that check it is queued rather than sent stub `.delay`."""
-    from levee.celery import app
+def _account_mail_in_process(monkeypatch):
+    """Account mail is a Celery task (levee.accounts.tasks); here `.delay` runs it where it is queued,
+    so django.core.mail.outbox sees it. Only these tasks: others keep their real workers (and their
+    countdowns). Tests that check mail is queued rather than sent stub `.delay` themselves."""
+    from levee.accounts import tasks
 
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = False
+    for task in (tasks.send_account_mail, tasks.send_password_reset):
+        monkeypatch.setattr(task, "delay", lambda *args, _task=task, **kwargs: _task.apply(args=args, kwargs=kwargs))
 
 
 @pytest.fixture(autouse=True)
