@@ -62,7 +62,7 @@ async def observe(work: Callable[[], object]) -> dict:
     inside = [t for t in ticks if start <= t <= end]
     marks = [start, *inside, end]
     return {"seconds": round(end - start, 2), "ticks": len(inside),
-            "longest_stall_ms": round(max(b - a for a, b in zip(marks, marks[1:])) * 1000)}
+            "longest_stall_ms": round(max(b - a for a, b in zip(marks, marks[1:], strict=False)) * 1000)}
 
 
 def main(argv: list[str] | None = None) -> int:
