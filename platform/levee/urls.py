@@ -23,7 +23,7 @@ account_patterns = [
     path("login/", accounts.LoginView.as_view(), name="login"),
     path("language/", accounts.set_language, name="set-language"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("password/reset/", accounts.PasswordResetView.as_view(), name="password_reset"),
+    path("password/reset/", accounts.PasswordResetView.as_view(form_class=PasswordResetForm), name="password_reset"),
     path("password/reset/done/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
     path("password/reset/<uidb64>/<token>/", accounts.PasswordResetConfirmView.as_view(),
          name="password_reset_confirm"),
