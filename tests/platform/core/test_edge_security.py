@@ -71,7 +71,7 @@ def test_forwarded_proto_is_believed_only_from_a_configured_proxy(settings):
 def test_production_sends_hsts_and_redirects_to_https(tmp_path):
     env = {"LEVEE_ENV": "production", "PATH": "/usr/bin:/bin", "LEVEE_DATA_DIR": str(tmp_path),
            "PYTHONPATH": "platform", "ALLOWED_HOSTS": "levee.example.com", "SECRET_KEY": "k" * 50,
-           "TRUSTED_PROXY_CIDRS": "10.89.0.10/32"}
+           "TRUSTED_PROXY_CIDRS": "10.89.0.10/32", "LEVEE_WORKER_SECRET": "w" * 50}
     code = ("import django, json, os; os.environ['DJANGO_SETTINGS_MODULE'] = 'levee.settings'; django.setup();"
             "from django.conf import settings as s; print(json.dumps([s.SECURE_SSL_REDIRECT, s.SECURE_HSTS_SECONDS,"
             " s.SECURE_PROXY_SSL_HEADER, s.SECURE_REDIRECT_EXEMPT, s.SESSION_COOKIE_SECURE]))")
