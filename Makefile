@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: install run test lint bench clean browser catalogs
+.PHONY: install run test lint bench clean browser catalogs nginx
 
 install: $(VENV)/.installed
 
@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 run: install catalogs
 	$(BIN)/python ops/run.py
 
-test: install browser catalogs
+test: install browser catalogs nginx
 	DATABASE_URL="$${DATABASE_URL:-$(TEST_DATABASE_URL)}" REDIS_URL="$${REDIS_URL:-$(TEST_REDIS_URL)}" \
 	LEVEE_ENV=test $(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -45,6 +45,18 @@ browser:
 # library (ops/compile_messages.py), so no machine needs GNU gettext. Only stale ones are rewritten.
 catalogs:
 	@$(PYTHON) ops/compile_messages.py
+
+# The proxy configuration (ops/nginx/) is checked by Debian's nginx (tests/ops/test_nginx_config.py):
+# installed when missing if we are root with apt-get; otherwise those tests skip, saying why.
+nginx:
+	@if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then :; \
+	elif [ "$$(id -u)" != "0" ] || ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "nginx: nginx is missing and cannot be installed (needs root and apt-get); the proxy configuration tests will skip"; \
+	else \
+	  echo "nginx: installing Debian's nginx for the proxy configuration tests"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx >/dev/null) \
+	    || echo "nginx: apt-get could not install nginx; the proxy configuration tests will skip"; \
+	fi
 
 # Static checks, also run by CI (.ci/run) and by the pre-commit hook (.pre-commit-config.yaml):
 # ruff; mypy (strict on inference/ and kernels/, every platform function annotated; what predates

@@ -16,6 +16,25 @@ def _fast_hashing_and_mail(settings, request):
 
 
 @pytest.fixture(autouse=True)
+def _account_mail_in_process(monkeypatch):
+    """Account mail is a Celery task (levee.accounts.tasks); here `.delay` runs it where it is queued,
+    so django.core.mail.outbox sees it. Only these tasks: others keep their real workers (and their
+    countdowns). Tests that check mail is queued rather than sent stub `.delay` themselves."""
+    from levee.accounts import tasks
+
+    for task in (tasks.send_account_mail, tasks.send_password_reset):
+        monkeypatch.setattr(task, "delay", lambda *args, _task=task, **kwargs: _task.apply(args=args, kwargs=kwargs))
+
+
+@pytest.fixture(autouse=True)
+def _no_signup_puzzle_in_normal_mode(settings, request):
+    """Production asks a light proof of work of every sign-up (SHIELD_POW_BITS["normal"]); tests
+    about something else post the form without solving one. Tests marked `signup_pow` keep it."""
+    if "signup_pow" not in request.keywords:
+        settings.SHIELD_POW_BITS = {**settings.SHIELD_POW_BITS, "normal": 0}
+
+
+@pytest.fixture(autouse=True)
 def _fresh_shield(settings):
     """Each test starts with empty limiter counters and no cached mitigation state: the test Redis
     database (REDIS_URL, one per test runner) is emptied, and the shield's in-process caches dropped.
@@ -38,6 +57,7 @@ def _fresh_shield(settings):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "real_hasher: keep the production password hashers")
+    config.addinivalue_line("markers", "signup_pow: keep the proof of work that normal mode asks of a sign-up")
 
 
 @pytest.fixture

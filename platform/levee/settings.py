@@ -68,6 +68,7 @@ MIDDLEWARE = [
     # browser ones are skipped on @sessionless routes (the key-authenticated API, probes). In an
     # async stack each plain Django middleware costs a thread hop per hook.
     "levee.core.middleware.SecurityMiddleware",
+    "levee.core.middleware.CSPMiddleware",
     "levee.core.middleware.StaticFilesMiddleware",
     "levee.core.middleware.SessionMiddleware",
     "levee.core.middleware.CommonMiddleware",
@@ -226,10 +227,37 @@ CSRF_COOKIE_SAMESITE = "Lax"
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+# Content-Security-Policy (django-csp), everywhere, so development and the browser tests meet the
+# policy production serves: scripts only from our own static files (no inline script or handler
+# anywhere in the templates; data reaches scripts through json_script blocks and data-attributes).
+# Styles allow inline attributes (Django admin's templates use them; a style cannot run code).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        # No form-action: browsers apply it to the redirect after a POST too, and a top-up's
+        # redirects to the payment provider's checkout page.
+        "frame-ancestors": ["'none'"],
+    },
+}
 if PRODUCTION:
     SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
     CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
+    # Believed only when a configured proxy sent it: RequestIdMiddleware drops the header from any
+    # other peer, so a client cannot claim HTTPS for itself.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    # Probes and scrapes reach the web tier directly over plain HTTP inside the deployment.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 365 * 24 * 3600, minimum=0)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
 
 # Structured logs (levee.core.logging): JSON lines in production, text on a terminal; secrets masked.
 LOG_FORMAT = env_str("LOG_FORMAT") or ("json" if PRODUCTION else "text")

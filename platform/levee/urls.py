@@ -24,9 +24,9 @@ account_patterns = [
     path("login/", accounts.LoginView.as_view(), name="login"),
     path("language/", accounts.set_language, name="set-language"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("password/reset/", auth_views.PasswordResetView.as_view(form_class=PasswordResetForm), name="password_reset"),
+    path("password/reset/", accounts.PasswordResetView.as_view(form_class=PasswordResetForm), name="password_reset"),
     path("password/reset/done/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
-    path("password/reset/<uidb64>/<token>/", auth_views.PasswordResetConfirmView.as_view(),
+    path("password/reset/<uidb64>/<token>/", accounts.PasswordResetConfirmView.as_view(),
          name="password_reset_confirm"),
     path("password/reset/complete/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
 ]
@@ -70,6 +70,7 @@ urlpatterns = [
     path("", include(api_patterns)),
     path("", include("levee.billing.urls")),
     path("chat/", include("levee.chat.urls")),
+    path("admin/login/", accounts.admin_login),  # the shield's login guard in front of the admin's form
     path("admin/", admin.site.urls),
     path("jsi18n/", JavaScriptCatalog.as_view(), name="javascript-catalog"),
 ]

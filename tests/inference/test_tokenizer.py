@@ -347,3 +347,12 @@ def test_importing_and_using_the_tokenizer_does_not_import_torch(checkpoint_dir)
                             timeout=60, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert result.returncode == 0, result.stderr
     assert "HEAVY []" in result.stdout, result.stdout
+
+
+def test_a_long_text_encodes_to_the_same_ids_through_the_gil_releasing_path(tokenizer):
+    """Texts past _RELEASE_GIL_CHARS go through encode_batch (which lets other threads run): same ids."""
+    from inference import tokenizer as module
+
+    text = " ".join(ENGLISH + MIXED) * 3
+    assert len(text) >= module._RELEASE_GIL_CHARS
+    assert tokenizer.encode(text) == tokenizer._tok.encode(text, add_special_tokens=False).ids

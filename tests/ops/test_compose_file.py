@@ -55,7 +55,7 @@ def test_every_dependency_names_a_service_with_a_meaningful_condition(services):
 
 def test_every_levee_process_waits_for_the_one_shot_migration(services):
     for name in services:
-        if name in ONE_SHOT | {"postgres", "redis"} or name.startswith("inference"):
+        if name in ONE_SHOT | {"postgres", "redis", "proxy"} or name.startswith("inference"):
             continue
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert services["migrate"]["command"][-2:] == ["migrate", "--noinput"]
@@ -134,3 +134,38 @@ def test_volumes_and_build_are_declared(compose, services):
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("# syntax=") and "FROM python:3.11-slim" in dockerfile
     assert "ARG TORCH=" in dockerfile
+
+
+def test_only_the_proxy_is_published_and_levee_believes_only_the_proxy(compose, services):
+    import ipaddress
+
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"proxy"}, f"published besides the proxy: {published - {'proxy'}}"
+    proxy = services["proxy"]
+    assert re.fullmatch(r"nginx:[\w.]+-alpine", proxy["image"])  # the official image
+    address = ipaddress.ip_address(proxy["networks"]["edge"]["ipv4_address"])
+    subnet = ipaddress.ip_network(compose["networks"]["edge"]["ipam"]["config"][0]["subnet"])
+    assert address in subnet
+    trusted = [ipaddress.ip_network(c) for c in services["web"]["environment"]["TRUSTED_PROXY_CIDRS"].split(",")]
+    assert trusted == [ipaddress.ip_network(f"{address}/32")]  # the proxy, and no neighbour on the network
+    assert "edge" in services["web"]["networks"] and services["web"]["expose"] == ["8000"]
+
+
+def test_the_proxy_mounts_the_repository_configuration(services):
+    mounts = {target: source for source, target, *_ in
+              (re.sub(r"\$\{[^}]*\}", "VAR", v).split(":") for v in services["proxy"]["volumes"])}
+    assert mounts["/etc/nginx/nginx.conf"] == "./ops/nginx/nginx.conf"
+    assert mounts["/etc/nginx/levee"] == "./ops/nginx"
+    assert mounts["/docker-entrypoint.d/40-levee-tls.sh"] == "./ops/nginx/40-levee-tls.sh"
+    assert "/etc/nginx/certs" in mounts
+    for source in ("./ops/nginx/nginx.conf", "./ops/nginx/proxy.conf", "./ops/nginx/tls.conf"):
+        assert (ROOT / source).is_file()
+    assert (ROOT / "ops/nginx/40-levee-tls.sh").stat().st_mode & 0o111  # the entrypoint runs only executables
+    conf = (ROOT / "ops/nginx/nginx.conf").read_text()
+    assert "server web:8000;" in conf and "include /etc/nginx/levee/proxy.conf;" in conf
+
+
+def test_the_proxy_body_limit_matches_levees(settings):
+    conf = (ROOT / "ops/nginx/nginx.conf").read_text()
+    megabytes = int(re.search(r"client_max_body_size (\d+)m;", conf).group(1))
+    assert megabytes * 1024 * 1024 == settings.LEVEE_MAX_BODY_BYTES

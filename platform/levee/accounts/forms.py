@@ -44,6 +44,18 @@ class EmailLoginForm(AuthenticationForm):
                                widget=forms.EmailInput(attrs={"autofocus": True, "autocomplete": "email"}))
     password = forms.CharField(label=_("Password"), max_length=256, strip=False,
                                widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
+    error_messages = {**AuthenticationForm.error_messages,
+                      "unverified": "Confirm your address first: open the link we mailed you when you signed up."}
+
+    unverified = False
+
+    def confirm_login_allowed(self, user: User) -> None:  # type: ignore[override]
+        """An unverified account is not logged in: whoever signs up with someone else's address
+        must gain nothing (no session, no free chat) until the owner of the inbox confirms it."""
+        super().confirm_login_allowed(user)
+        if not user.is_verified:
+            self.unverified = True
+            raise ValidationError(self.error_messages["unverified"], code="unverified")
 
 
 class PasswordResetForm(auth_forms.PasswordResetForm):

@@ -8,7 +8,6 @@ from django.conf import settings
 from django.contrib.auth.hashers import make_password
 from django.core import signing
 from django.core.exceptions import ValidationError
-from django.core.mail import send_mail
 from django.core.validators import EmailValidator
 from django.db import IntegrityError, transaction
 from django.urls import reverse
@@ -48,8 +47,15 @@ def verification_url(user: User) -> str:
     return settings.SITE_URL + reverse("verify-email", args=[verification_token(user)])
 
 
+class MailCapped(Exception):
+    """The address (or its domain) has had all the mail Levee sends it in a day (levee.shield.mail)."""
+
+
 def _send(to: str, subject: str, body: str) -> None:
-    transaction.on_commit(lambda: send_mail(subject, body, None, [to], fail_silently=False))
+    """Queue a mail for the platform worker once the transaction commits."""
+    from levee.accounts.tasks import send_account_mail
+
+    transaction.on_commit(lambda: send_account_mail.delay(to, subject, body))
 
 
 def sign_up(email: str, password: str, *, language: str = "") -> None:
@@ -57,10 +63,16 @@ def sign_up(email: str, password: str, *, language: str = "") -> None:
 
     Returns nothing, on purpose: whether the address already had an account must not show in the
     response, its status or its timing. An existing owner gets a mail saying someone tried.
+    Raises MailCapped, before anything is written, when the address has had its day's mail: both
+    paths send one, so the cap says nothing about whether an account exists.
+    Raises levee.shield.store.ShieldRedisDown when the cap cannot be checked.
     """
     from levee.shield.emails import find_canonical_twin, holds_canonical_email
+    from levee.shield.mail import may_mail
 
     email = clean_email(email)
+    if not may_mail(email):
+        raise MailCapped(email)
     hashed = make_password(password)  # hashed on both paths so timing does not tell them apart
     existing = find_user(email) or find_canonical_twin(email)  # a.da+x@googlemail.com is ada@gmail.com
     if existing is None:
@@ -87,15 +99,55 @@ def sign_up(email: str, password: str, *, language: str = "") -> None:
                   % {"link": settings.SITE_URL + reverse("password_reset")})
 
 
-def verify_email(token: str) -> User | None:
-    """Mark the account verified if the token is genuine, unexpired and for its current address."""
+def mail_password_reset(email: str, *, domain: str, use_https: bool) -> int:
+    """Mail a reset link to each active account of `email` that may receive mail today; how many
+    were sent. Runs in the platform worker (levee.accounts.tasks.send_password_reset)."""
+    from levee.accounts.forms import PasswordResetForm  # mails each account in its own language
+    from levee.shield.mail import may_mail
+
+    sent = 0
+
+    class _Capped(PasswordResetForm):
+        def send_mail(self, subject_template_name: str, email_template_name: str, context: dict, from_email: str | None,
+                      to_email: str, html_email_template_name: str | None = None) -> None:
+            nonlocal sent
+            if may_mail(to_email):
+                super().send_mail(subject_template_name, email_template_name, context, from_email, to_email,
+                                  html_email_template_name)
+                sent += 1
+
+    form = _Capped({"email": email})
+    if form.is_valid():
+        form.save(domain_override=domain, use_https=use_https)
+    return sent
+
+
+def after_password_reset(user: User) -> int:
+    """What a password reset ends besides the old password. Sessions: each holds a hash of the
+    password it logged in with, which Django's AuthenticationMiddleware checks on every request, so
+    setting the password has already logged every browser out. API keys: all revoked here, since a
+    reset usually follows a lost or stolen password and a key made with it would outlive the reset.
+    Returns how many keys were revoked, which the completion page reports."""
+    from levee.keys.services import active_keys, revoke_api_key
+
+    return sum(revoke_api_key(key, by=None) for key in active_keys(user))
+
+
+def check_verification_token(token: str) -> User | None:
+    """The account a genuine, unexpired token names, if it still has that address; changes nothing."""
     try:
         value = signing.TimestampSigner(salt=_VERIFY_SALT).unsign(token, max_age=settings.EMAIL_VERIFICATION_MAX_AGE)
         pk, email = value.split(":", 1)
         user = User.objects.get(pk=int(pk))
     except (signing.BadSignature, ValueError, User.DoesNotExist):
         return None
-    if user.email.lower() != email or not user.is_active:
+    return user if user.email.lower() == email and user.is_active else None
+
+
+def verify_email(token: str) -> User | None:
+    """Mark the account verified if the token is genuine, unexpired and for its current address."""
+    user = check_verification_token(token)
+    if user is None:
         return None
     with transaction.atomic():
         changed = User.objects.filter(pk=user.pk, email_verified_at__isnull=True).update(email_verified_at=timezone.now())

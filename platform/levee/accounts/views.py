@@ -1,8 +1,12 @@
+from collections.abc import Callable
+from typing import Any, cast
+
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.forms import AuthenticationForm
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.utils import translation
 from django.utils.translation import gettext
@@ -13,6 +17,8 @@ from levee.accounts import services
 from levee.accounts.forms import EmailLoginForm, SignUpForm
 from levee.core.metrics import count_signup
 from levee.shield import signup as shield_signup
+from levee.shield.responses import refuse
+from levee.shield.store import ShieldRedisDown
 
 
 @require_http_methods(["GET", "POST"])
@@ -28,10 +34,18 @@ def signup(request):
         form.is_valid()
         form.add_error(None, gettext("Your browser's check did not complete; please submit the form again."))
     elif request.method == "POST" and form.is_valid():
-        services.sign_up(form.cleaned_data["email"], form.cleaned_data["password"],
-                         language=translation.get_language())
-        count_signup("accepted")
-        return redirect("signup-sent")
+        try:
+            services.sign_up(form.cleaned_data["email"], form.cleaned_data["password"],
+                             language=translation.get_language())
+        except services.MailCapped:
+            count_signup("mail_capped")
+            form.add_error("email", "We have already sent this address as many messages as we send in a day. "
+                                    "Please check its inbox (and spam folder), or try again tomorrow.")
+        except ShieldRedisDown:
+            return refuse(request, 503, shield_signup.UNAVAILABLE, retry_after=30)
+        else:
+            count_signup("accepted")
+            return redirect("signup-sent")
     elif request.method == "POST":
         count_signup("invalid")
     # Each rendering gets a fresh challenge: they are single-use.
@@ -43,7 +57,15 @@ def signup_sent(request):
     return render(request, "accounts/signup_sent.html")
 
 
-def verify_email(request, token: str):
+@require_http_methods(["GET", "POST"])
+def verify_email(request: HttpRequest, token: str) -> HttpResponse:
+    """GET shows a button; only its POST verifies. Mail scanners and link previews follow GET links,
+    so a GET that verified would confirm an address nobody read."""
+    if request.method == "GET":
+        user = services.check_verification_token(token)
+        if user is None:
+            return render(request, "accounts/verify_failed.html", status=400)
+        return render(request, "accounts/verify_confirm.html", {"email": user.email})
     user = services.verify_email(token)
     if user is None:
         return render(request, "accounts/verify_failed.html", status=400)
@@ -65,23 +87,82 @@ class LoginView(auth_views.LoginView):
             remember_language(response, language)
         return response
 
-    def post(self, request, *args, **kwargs):
-        from levee.shield import login as shield_login
-        from levee.shield import store
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return _guarded_login(request, "login", lambda: super(LoginView, self).post(request, *args, **kwargs))
 
-        guard = getattr(request, "shield_login_guard", None)  # checked by the shield's middleware
-        if guard is None:
-            guard, refusal = shield_login.gate(request)
-            if refusal is not None:
-                return refusal
-        response = super().post(request, *args, **kwargs)
-        try:
-            if response.status_code in (301, 302, 303) and request.user.is_authenticated:
-                guard.succeeded(response)
-            else:
-                guard.failed()
-        except store.ShieldRedisDown:
-            pass  # the answer is already decided; the counters just miss one
+
+def _guarded_login(request: HttpRequest, door: str, attempt: Callable[[], HttpResponse]) -> HttpResponse:
+    """Run a login POST through the shield's guard (usually already checked by its middleware)."""
+    from levee.shield import login as shield_login
+    from levee.shield import store
+
+    guard = getattr(request, "shield_login_guard", None)
+    if guard is None:
+        guard, refusal = shield_login.gate(request, door=door)
+        if refusal is not None:
+            return cast(HttpResponse, refusal)
+    response = attempt()
+    try:
+        if response.status_code in (301, 302, 303) and request.user.is_authenticated:
+            guard.succeeded(response)
+        else:
+            guard.failed()
+    except store.ShieldRedisDown:
+        pass  # the answer is already decided; the counters just miss one
+    return response
+
+
+def admin_login(request: HttpRequest) -> HttpResponse:
+    """/admin/login/: Django admin's own login behind the same guard as user login, with the staff
+    door's tighter tiers and budgets (levee.shield.login)."""
+    from django.contrib import admin
+
+    if request.method != "POST":
+        return admin.site.login(request)
+    return _guarded_login(request, "admin_login", lambda: admin.site.login(request))
+
+
+def _site() -> tuple[str, bool]:
+    """The host and scheme for links in mail: SITE_URL's, never the request's Host header."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(settings.SITE_URL)
+    return parts.netloc, parts.scheme == "https"
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    """Limited per address and subnet by the shield (levee.shield.doors, in its middleware); the
+    account lookup and the mail happen in the platform worker, so the answer and its timing are the
+    same whether or not the address has an account."""
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        from levee.shield import doors
+
+        # Usually decided by the shield's middleware already.
+        refusal: HttpResponse | None = (request.shield_reset_refusal if hasattr(request, "shield_reset_refusal")
+                                        else doors.reset_gate(request))
+        if refusal is not None:
+            return refusal
+        return super().post(request, *args, **kwargs)
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        from levee.accounts.tasks import send_password_reset
+
+        domain, use_https = _site()
+        send_password_reset.delay(form.cleaned_data["email"], domain=domain, use_https=use_https)
+        return HttpResponseRedirect(self.get_success_url())
+
+
+class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+    """Setting the new password ends every session of the account and revokes its API keys
+    (services.after_password_reset); the completion page says how many keys went."""
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        response = super().form_valid(form)
+        revoked = services.after_password_reset(form.user)
+        if revoked:
+            messages.warning(self.request, f"{revoked} API key{'s were' if revoked != 1 else ' was'} revoked with "
+                             "the old password. Create new ones after you log in.")
         return response
 
 

@@ -190,12 +190,12 @@ def _parse(request: HttpRequest) -> schema.ChatRequest:
 async def messages(request: Any, key: Any) -> HttpResponseBase:
     try:
         chat = _parse(request)
-        model, work = await chat_api.plan_request(chat, beta=False)
-        max_tokens = chat_api._max_tokens(model, chat, len(work.prompt_ids))
+        model, chars = await chat_api._served_model(chat)
         request.phases.mark("parse")
     except schema.RequestError as exc:
         return chat_api._api_error(exc)
-    return await chat_api._run(request, key, model, chat, work, max_tokens, formatter=_Message)
+    return await chat_api._run(request, key, model, chat, chars, lambda: chat_api.build_plan(model, chat, beta=False),
+                               formatter=_Message)
 
 
 @anthropic_errors

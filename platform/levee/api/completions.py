@@ -106,7 +106,10 @@ async def beta_completions(request: Any, key: Any) -> HttpResponseBase:
     def formatter(**kwargs: Any) -> _TextCompletion:
         return _TextCompletion(echo=prompt if echo else "", **kwargs)
 
-    return await chat_api._run(request, key, model, chat, work, max_tokens, formatter=formatter)
+    async def built() -> tuple[plan.Plan, int]:  # tokenized above: a FIM prompt is bounded by the schema
+        return work, max_tokens
+
+    return await chat_api._run(request, key, model, chat, len(prompt) + len(suffix or ""), built, formatter=formatter)
 
 
 def _legacy_logprobs(entries: list[dict], offset: int) -> dict:

@@ -17,6 +17,11 @@ class LlmModel(models.Model):
     max_output = models.PositiveIntegerField(default=2048, validators=[MinValueValidator(1)],
                                              help_text="largest max_tokens a request may ask for")
     default_max_tokens = models.PositiveIntegerField(default=1024, validators=[MinValueValidator(1)])
+    # A prompt of more than context_length × this many characters cannot fit, whatever its tokens:
+    # it is refused before anything tokenizes it (the tokenizer is the expensive part of a request).
+    prompt_chars_per_token = models.PositiveSmallIntegerField(
+        default=8, validators=[MinValueValidator(1)],
+        help_text="refuse, before tokenizing, a prompt longer than context_length × this many characters")
     max_queue_depth = models.PositiveIntegerField(default=256, help_text="queued jobs above this → 503")
     reasoner = models.BooleanField(default=False, help_text="split <think>…</think> into reasoning_content")
     enabled = models.BooleanField(default=True)

@@ -6,7 +6,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
@@ -109,23 +109,43 @@ async def beta_chat_completions(request, key):
 async def _chat(request: Any, key: Any, *, beta: bool) -> HttpResponseBase:
     try:
         chat = schema.parse_chat_request(schema.parse_json(request.body))
-        model, work = await plan_request(chat, beta=beta)
-        max_tokens = _max_tokens(model, chat, len(work.prompt_ids))
+        model, chars = await _served_model(chat)
         request.phases.mark("parse")
     except schema.RequestError as exc:
         return _api_error(exc)
-    return await _run(request, key, model, chat, work, max_tokens)
+    return await _run(request, key, model, chat, chars, lambda: build_plan(model, chat, beta=beta))
 
 
-async def plan_request(chat: schema.ChatRequest, *, beta: bool) -> tuple[LlmModel, plan.Plan]:
-    """(model, plan) of a parsed chat request. Raises RequestError."""
+async def _served_model(chat: schema.ChatRequest) -> tuple[LlmModel, int]:
+    """The enabled model a request names, and the prompt's characters, refused untokenized when they
+    cannot fit its context (more than context × the model's prompt_chars_per_token). Raises RequestError."""
     model = await aenabled_model(chat.model)
     if model is None:
         raise schema.RequestError(400, f"Model Not Exist: {chat.model}", param="model", code="model_not_found")
+    chars = _prompt_chars(chat)
+    if chars > model.context_length * model.prompt_chars_per_token:  # cannot fit: refused untokenized
+        raise schema.RequestError(400, f"This model's maximum context length is {model.context_length} tokens; "
+                                       f"the messages have {chars} characters, more than any prompt that fits.",
+                                  param="messages", code="context_length_exceeded")
+    return model, chars
+
+
+async def build_plan(model: LlmModel, chat: schema.ChatRequest, *, beta: bool) -> tuple[plan.Plan, int]:
+    """The rendered, tokenized prompt and the reply's max_tokens. A long prompt is tokenized in a
+    worker thread, and `tokenizers` releases the GIL for the encoding itself (inference.tokenizer),
+    so the event loop keeps serving other requests and streams meanwhile. Raises RequestError."""
     if _prompt_chars(chat) <= INLINE_ENCODE_CHARS:  # a thread hop costs more than this
-        return model, _plan(model, chat, beta)
-    # long prompts are tokenized off the event loop, so other streams keep flowing
-    return model, await sync_to_async(_plan, thread_sensitive=False)(model, chat, beta)
+        work = _plan(model, chat, beta)
+    else:
+        work = await sync_to_async(_plan, thread_sensitive=False)(model, chat, beta)
+    return work, _max_tokens(model, chat, len(work.prompt_ids))
+
+
+async def plan_request(chat: schema.ChatRequest, *, beta: bool) -> tuple[LlmModel, plan.Plan]:
+    """(model, plan) of a parsed chat request, tokenized now. Raises RequestError."""
+    model, _chars = await _served_model(chat)
+    work, _max = await build_plan(model, chat, beta=beta)
+    return model, work
 
 
 INLINE_ENCODE_CHARS = 2000
@@ -180,6 +200,14 @@ class _Admission:
         self.key, self.model, self.estimated, self.lease = key, model, estimated, lease
         self._done = False
 
+    async def correct(self, estimate: int) -> None:
+        """Replace the reservation's estimate by a better one (the prompt's real token count)."""
+        from levee.shield import api as shield
+
+        if estimate != self.estimated:
+            await shield.acorrect_tokens(self.key, estimated=self.estimated, actual=estimate)
+            self.estimated = estimate
+
     async def finish(self, actual_tokens: int) -> None:
         if self._done:
             return
@@ -191,25 +219,36 @@ class _Admission:
         await shield.arelease_lease(self.lease)
 
 
-async def _run(request, key, model, chat, work, max_tokens, formatter=None):
-    """Shed, limit, hold, enqueue, then answer with `formatter` (default: a chat completion)."""
+async def _run(request: Any, key: Any, model: LlmModel, chat: schema.ChatRequest, chars: int,
+               build: Callable[[], Awaitable[tuple[plan.Plan, int]]], formatter: Any = None) -> HttpResponseBase:
+    """Shed, limit, then `build` the prompt (tokenize), hold, enqueue, and answer with `formatter`
+    (default: a chat completion)."""
     from levee.shield import api as shield
     from levee.shield.tiers import api_tier
 
     job_id = uuid.uuid4().hex
-    # Shedding by priority first (paid API last), then the caller's own limits, then capacity and money.
+    # Shedding by priority first (paid API last), then the caller's own limits, then tokenizing,
+    # capacity and money: a caller over its limits costs no tokenizer time.
     retry_after = await shield.ashed(model.name, await _tiers.aget(key.user_id, lambda: api_tier(key.user, key)))
     if retry_after:
         return _overloaded(f"{model.name} is shedding load; retry shortly.", retry_after)
     request.phases.mark("shed")
-    prompt_ids = work.prompt_ids
-    estimated = len(prompt_ids) + max_tokens
-    decision = await shield.aadmit_api_request(request, key, model=model.name, estimated_tokens=estimated)
+    # Before tokenizing, the prompt's tokens are bounded by its characters (and the context): that
+    # much is reserved, and corrected to the real count the moment it is known.
+    guess = min(chars, model.context_length) + (chat.max_tokens or min(model.default_max_tokens, model.max_output))
+    decision = await shield.aadmit_api_request(request, key, model=model.name, estimated_tokens=guess)
     if not decision.allowed:
         return decision.response()
     request.phases.mark("limits")
-    admission = _Admission(key, model.name, estimated, decision.lease)
+    admission = _Admission(key, model.name, guess, decision.lease)
     try:
+        try:
+            work, max_tokens = await build()
+        except schema.RequestError as exc:
+            await admission.finish(0)
+            return _api_error(exc)
+        request.phases.mark("tokenize")
+        await admission.correct(len(work.prompt_ids) + max_tokens)
         response = await _start(request, key, model, chat, work, max_tokens, job_id, admission, formatter)
     except BaseException:
         await admission.finish(0)

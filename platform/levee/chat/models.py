@@ -53,6 +53,11 @@ class Message(models.Model):
     error = models.CharField(max_length=300, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    # Tokens of `content` in its model's tokenizer (a question: as a prompt of its own, template
+    # tokens included; a reply: what the worker reported making, more when a reasoner thought first). The web chat trims a long conversation to the
+    # context by adding these up, instead of tokenizing the whole conversation again and again.
+    # 0: not counted (messages from before the count existed); its UTF-8 length bounds it.
+    content_tokens = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
 

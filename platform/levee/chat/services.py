@@ -179,7 +179,7 @@ class StartedReply:
 
 def start_reply(user: User, conversation: Conversation, *, text: str, model: str, prompt_tokens: int,
                 room: int, job_id: str, mode: str | None = None, question: Message | None = None,
-                replace_from: int | None = None) -> StartedReply:
+                replace_from: int | None = None, text_tokens: int = 0) -> StartedReply:
     """Write the owner's message and an empty streaming reply, if the account has quota left today
     and no other reply in progress. The reply may use at most `room` tokens (the model's limits) and
     never more than the quota left, so a day's use stays within the quota. One transaction with the
@@ -189,6 +189,8 @@ def start_reply(user: User, conversation: Conversation, *, text: str, model: str
     an edit, the first message the new question replaces. Either way the replaced messages stay
     until the job is queued (`drop_replaced`), so a refused enqueue loses nothing."""
     now = timezone.now()
+    if not user.is_verified:  # a session from before verification was required to log in
+        raise ChatRefused(403, "email_not_verified", "Confirm your email address to chat.")
     with transaction.atomic():
         User.objects.select_for_update().filter(pk=user.pk).first()
         busy = Message.objects.filter(conversation__user=user, status=Status.STREAMING,
@@ -209,7 +211,8 @@ def start_reply(user: User, conversation: Conversation, *, text: str, model: str
         max_tokens = min(room, left - prompt_tokens)
         reused = question is not None
         if question is None:
-            question = Message.objects.create(conversation=conversation, role=Role.USER, content=text, created_at=now)
+            question = Message.objects.create(conversation=conversation, role=Role.USER, content=text,
+                                              content_tokens=text_tokens, created_at=now)
         reply = Message.objects.create(conversation=conversation, role=Role.ASSISTANT, status=Status.STREAMING,
                                        model=model, job_id=job_id, prompt_tokens=prompt_tokens, created_at=now)
         if reused:
@@ -258,7 +261,7 @@ def finish_reply(reply_id: int, *, content: str, status: str, usage: dict, start
         changed = Message.objects.filter(pk=reply_id, status=Status.STREAMING).update(
             content=content, reasoning=reasoning, status=status, finish_reason=finish_reason[:32], error=error[:300],
             prompt_tokens=prompt or F("prompt_tokens"), completion_tokens=usage.get("completion_tokens", 0),
-            finished_at=now)
+            content_tokens=usage.get("completion_tokens", 0), finished_at=now)
         if not changed:
             return False
         reply = Message.objects.select_related("conversation__user").get(pk=reply_id)

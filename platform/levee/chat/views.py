@@ -12,6 +12,7 @@ import time
 import uuid
 from contextlib import aclosing
 from datetime import UTC, datetime
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -156,20 +157,37 @@ def _encode(model, messages):
     return encode_prompt(model, messages)
 
 
-def _fit_prompt(model: LlmModel, history: list[dict], text: str) -> list[int]:
+# Template tokens around one turn (role markers, end of turn) and around the whole prompt (BOS, the
+# generation prompt): an estimate for the arithmetic; the one real encoding checks it.
+TURN_OVERHEAD_TOKENS = 8
+PROMPT_OVERHEAD_TOKENS = 8
+
+
+def _turn_tokens(turn: dict) -> int:
+    return (turn["tokens"] or len(turn["content"].encode())) + TURN_OVERHEAD_TOKENS  # UTF-8 bytes bound byte-level BPE
+
+
+def _fit_prompt(model: LlmModel, history: list[dict], text: str, text_tokens: int) -> list[int]:
     """The prompt ids for the conversation so far plus `text`, dropping the oldest turns until a
-    reply of at least MIN_REPLY_TOKENS fits in the context."""
+    reply of at least MIN_REPLY_TOKENS fits in the context. Which turns stay is decided by adding up
+    the messages' stored token counts; the prompt is then encoded once (again only if the estimate
+    was short), never once per dropped turn."""
     budget = model.context_length - MIN_REPLY_TOKENS
     turns = list(history)
+    total = PROMPT_OVERHEAD_TOKENS + text_tokens + TURN_OVERHEAD_TOKENS + sum(_turn_tokens(t) for t in turns)
     while True:
-        ids = _encode(model, turns + [{"role": "user", "content": text}])
+        while turns and total > budget:
+            dropped, turns = turns[:2], turns[2:]  # a question and its answer
+            total -= sum(_turn_tokens(t) for t in dropped)
+        ids = _encode(model, [{"role": t["role"], "content": t["content"]} for t in turns]
+                      + [{"role": "user", "content": text}])
         if len(ids) <= budget:
             return ids
         if not turns:
             raise services.ChatRefused(400, "context_length_exceeded",
                                        f"The message is too long for {model.name} ({len(ids)} tokens; "
                                        f"at most {budget}).", param="content")
-        turns = turns[2:] if len(turns) >= 2 else []
+        total = max(total, budget) + 1  # the estimate was short: drop another turn and encode again
 
 
 def _history(conversation: Conversation, before: int | None = None) -> list[dict]:
@@ -180,7 +198,7 @@ def _history(conversation: Conversation, before: int | None = None) -> list[dict
         messages = messages.filter(pk__lt=before)
     # The answer only: a reasoner's reasoning is not fed back to the model (DeepSeek's rule for
     # deepseek-reasoner; multi-turn prompts with it are out of the model's training distribution).
-    return [{"role": m.role, "content": m.content} for m in messages]
+    return [{"role": m.role, "content": m.content, "tokens": m.content_tokens} for m in messages]
 
 
 def _target(conversation: Conversation, body: dict) -> tuple[str, Message | None, int | None]:
@@ -210,6 +228,26 @@ def _target(conversation: Conversation, body: dict) -> tuple[str, Message | None
     return "new", None, None
 
 
+def _count_text(model: LlmModel, text: str) -> int:
+    """A new message's tokens, as a prompt of its own (so with its template tokens: an upper bound)."""
+    return len(_encode(model, [{"role": "user", "content": text}]))
+
+
+async def _admit_message(user: Any) -> None:
+    """Chat messages per account (SHIELD_LIMITS "chat.account"), before any tokenizing. Raises ChatRefused."""
+    from levee.shield import limiter, store
+    from levee.shield.subjects import ChatAccount
+
+    try:
+        decision = await limiter.acheck([ChatAccount(user.pk)], {"requests": 1})
+    except store.ShieldRedisDown:
+        raise services.ChatRefused(503, "server_overloaded", "Chat is briefly unavailable; retry shortly.",
+                                   retry_after=5) from None
+    if not decision.allowed:
+        raise services.ChatRefused(429, "rate_limit_exceeded", "You are sending messages faster than the chat "
+                                   f"allows; wait {decision.retry_after} s.", retry_after=decision.retry_after)
+
+
 async def post_message(request, conversation_id: int):
     """POST /chat/api/conversations/<id>/messages {"content": "...", "model": "..."} → text/event-stream:
     `start` (message ids, title), `reasoning` (a reasoner's thinking, text) and `delta` (the answer,
@@ -225,6 +263,7 @@ async def post_message(request, conversation_id: int):
     if conversation is None:
         return error_response(404, "No such conversation.")
     try:
+        await _admit_message(user)
         body = _json_body(request)
         _kind, question, replace_from = await db(_target)(conversation, body)
         text = question.content if question is not None else body.get("content")
@@ -237,7 +276,8 @@ async def post_message(request, conversation_id: int):
                                        f"characters.", param="content")
         model = await _enabled_model(body.get("model") or conversation.model)
         history = await db(_history)(conversation, question.pk if question is not None else replace_from)
-        prompt_ids = await sync_to_async(_fit_prompt, thread_sensitive=False)(model, history, text)
+        text_tokens = await sync_to_async(_count_text, thread_sensitive=False)(model, text)
+        prompt_ids = await sync_to_async(_fit_prompt, thread_sensitive=False)(model, history, text, text_tokens)
         retry_after = await shield.ashed(model.name, "free_chat")
         if retry_after:
             raise services.ChatRefused(503, "server_overloaded",
@@ -255,7 +295,8 @@ async def post_message(request, conversation_id: int):
         job_id = uuid.uuid4().hex
         started = await db(services.start_reply)(
             user, conversation, text=text, model=model.name, prompt_tokens=len(prompt_ids), room=room,
-            job_id=job_id, mode=await db(_mode)(), question=question, replace_from=replace_from)
+            job_id=job_id, mode=await db(_mode)(), question=question, replace_from=replace_from,
+            text_tokens=text_tokens)
     except services.ChatRefused as exc:
         return _refused(exc)
 

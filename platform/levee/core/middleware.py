@@ -8,6 +8,7 @@ import secrets
 import time
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from csp import middleware as csp_middleware
 from django.conf import settings
 from django.contrib.auth import middleware as auth_middleware
 from django.contrib.messages import middleware as message_middleware
@@ -68,6 +69,8 @@ class RequestIdMiddleware(_Middleware):
         incoming = request.META.get("HTTP_X_REQUEST_ID", "")
         request.client_ip = client_ip(request)
         trusted_peer = from_trusted_proxy(request)
+        if not trusted_peer:  # only a configured proxy may say the client spoke HTTPS (SECURE_PROXY_SSL_HEADER)
+            request.META.pop("HTTP_X_FORWARDED_PROTO", None)
         request.request_id = incoming if (trusted_peer and _INCOMING_ID.match(incoming)) else f"req_{secrets.token_hex(12)}"
         return None
 
@@ -240,6 +243,7 @@ def _wrap(base, inner_class):
 
 
 SecurityMiddleware = _wrap(Inline, security.SecurityMiddleware)
+CSPMiddleware = _wrap(Inline, csp_middleware.CSPMiddleware)
 CommonMiddleware = _wrap(Inline, common.CommonMiddleware)
 XFrameOptionsMiddleware = _wrap(Inline, clickjacking.XFrameOptionsMiddleware)
 SessionMiddleware = _wrap(SiteOnly, session_middleware.SessionMiddleware)

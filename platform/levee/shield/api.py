@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -26,7 +27,7 @@ from levee.shield.tiers import api_tier
 log = logging.getLogger(__name__)
 
 __all__ = ["Decision", "admit_api_request", "settle_tokens", "release_lease", "shed", "current_mode",
-           "aadmit_api_request", "asettle_tokens", "arelease_lease", "ashed", "acurrent_mode", "refusal_response"]
+           "aadmit_api_request", "acorrect_tokens", "asettle_tokens", "arelease_lease", "ashed", "acurrent_mode", "refusal_response"]
 
 
 def current_mode() -> str:
@@ -182,6 +183,23 @@ async def aadmit_api_request(request, api_key, *, model: str, estimated_tokens: 
         decision.headers = {**earlier.headers, **decision.headers}
     http_request.shield_decision = decision
     return decision
+
+
+async def acorrect_tokens(api_key: Any, *, estimated: int, actual: int) -> None:
+    """Replace a reservation's estimate by a better one (a prompt's real token count, once it is
+    tokenized), on the event loop when the limit overrides are cached. Never raises for Redis trouble."""
+    key_override = state.cached_override("api_key", api_key.pk)
+    account_override = state.cached_override("user", api_key.user_id)
+    if key_override is state.MISSING or account_override is state.MISSING:
+        from levee.core.asyncdb import db
+
+        await db(settle_tokens)(api_key.pk, api_key.user_id, model="", estimated=estimated, actual=actual)
+        return
+    try:
+        await limiter.aadjust([Key(api_key.pk, key_override), Account(api_key.user_id, account_override)], "tokens",
+                              estimated=estimated, actual=actual)
+    except store.ShieldRedisDown:
+        log.warning("shield: Redis unreachable; tokens of key %s not corrected", api_key.pk)
 
 
 async def arelease_lease(lease: str | None) -> None:

@@ -7,6 +7,7 @@ from levee.env import env_bool, env_int
 
 _MIN = 60
 _HOUR = 3600
+_DAY = 24 * _HOUR
 
 
 def _smooth(per_minute: int) -> tuple[int, float]:
@@ -64,6 +65,19 @@ SHIELD_LIMITS = {
     # Bearer requests to the key-authenticated API per address and subnet, before the key is looked at.
     "apikey.address": {"requests": (env_int("SHIELD_APIKEY_ADDRESS_RPM", 1200, minimum=1), _MIN)},
     "apikey.subnet": {"requests": (env_int("SHIELD_APIKEY_SUBNET_RPM", 6000, minimum=1), _MIN)},
+    # The staff door (/admin/login/): the same guard as login, tighter.
+    "admin_login.address": {"requests": (env_int("SHIELD_ADMIN_LOGIN_ADDRESS_PER_MINUTE", 10, minimum=1), _MIN)},
+    "admin_login.global": {"requests": _smooth(env_int("SHIELD_ADMIN_LOGIN_NEW_DEVICE_PER_MINUTE", 120, minimum=1))},
+    # Web chat messages per account (each is tokenized and queued for the model).
+    "chat.account": {"requests": (env_int("SHIELD_CHAT_MESSAGES_PER_MINUTE", 20, minimum=1), _MIN)},
+    # Password reset requests per address (each may queue a mail).
+    "reset.address": {"requests": (env_int("SHIELD_RESET_ADDRESS_PER_HOUR", 10, minimum=1), _HOUR)},
+    "reset.subnet": {"requests": (env_int("SHIELD_RESET_SUBNET_PER_HOUR", 60, minimum=1), _HOUR)},
+    # Mail Levee sends on a stranger's say-so (verification, "someone tried to sign up", password
+    # reset), per recipient (its canonical form) and per recipient domain: the sign-up and reset
+    # forms must not be a mail cannon aimed at one inbox or one organisation.
+    "mail.recipient": {"requests": (env_int("SHIELD_MAIL_PER_RECIPIENT_PER_DAY", 5, minimum=1), _DAY)},
+    "mail.domain": {"requests": (env_int("SHIELD_MAIL_PER_DOMAIN_PER_DAY", 2000, minimum=1), _DAY)},
 }
 # The admission layer's browser pass: proof-of-work bits by mode (normal: asked only under pressure),
 # plus extra bits once the share of the subnet's door allowance used reaches each step.
@@ -93,7 +107,10 @@ SHIELD_FALLBACK_REQUESTS_PER_MINUTE = env_int("SHIELD_FALLBACK_REQUESTS_PER_MINU
 SHIELD_API_TIER = "levee.shield.tiers.default_api_tier"
 
 # Proof of work: leading zero bits of SHA-256 asked of a sign-up, per mode (0 = none).
-SHIELD_POW_BITS = {"normal": 0, "elevated": env_int("SHIELD_POW_BITS_ELEVATED", 16, minimum=1),
+# Normal mode asks for a light one too: without it every address of a botnet gets its sign-up
+# allowance for free until the mode rises (a browser solves 12 bits in well under a second).
+SHIELD_POW_BITS = {"normal": env_int("SHIELD_POW_BITS_NORMAL", 12, minimum=0),
+                   "elevated": env_int("SHIELD_POW_BITS_ELEVATED", 16, minimum=1),
                    "under_attack": env_int("SHIELD_POW_BITS_UNDER_ATTACK", 20, minimum=1)}
 SHIELD_POW_TTL = 600  # seconds a challenge stays valid
 
@@ -105,6 +122,10 @@ SHIELD_LOGIN_ADDRESS_TIERS = [(30, 5 * _MIN), (100, _HOUR)]
 # Per account from everywhere: high, and never applied to a browser that has logged in before.
 SHIELD_LOGIN_ACCOUNT_WINDOW = _HOUR
 SHIELD_LOGIN_ACCOUNT_TIERS = [(env_int("SHIELD_LOGIN_ACCOUNT_CEILING", 200, minimum=10), 15 * _MIN)]
+# The staff door counts the same failures (the same account and address) against tighter tiers.
+SHIELD_ADMIN_LOGIN_PAIR_TIERS = [(3, 5 * _MIN), (6, _HOUR), (12, _DAY)]
+SHIELD_ADMIN_LOGIN_ADDRESS_TIERS = [(10, 15 * _MIN), (30, _DAY)]
+SHIELD_ADMIN_LOGIN_ACCOUNT_TIERS = [(50, _HOUR)]
 SHIELD_KNOWN_DEVICE_MAX_AGE = 90 * 24 * _HOUR
 
 # Automatic mitigation (levee.shield.escalation): sliding windows evaluated every INTERVAL seconds

@@ -490,9 +490,7 @@ def _give_back(groups: list[_Picked], *, lease_id: str) -> None:
             _run_adjust(keys, args)
 
 
-def adjust(subjects: list[Subject], name: str, *, estimated: int, actual: int) -> None:
-    """Settle rule `name` on each subject once the real count is known: charge the difference between
-    `actual` and what `check` reserved (the estimate, capped at the rule's limit), or refund it."""
+def _adjust_plan(subjects: list[Subject], name: str, estimated: int, actual: int) -> tuple[list, list]:
     keys, args = [], []
     for subject in subjects:
         for rule in subject.rules():
@@ -501,8 +499,22 @@ def adjust(subjects: list[Subject], name: str, *, estimated: int, actual: int) -
                 if delta:
                     keys.append(_part(subject, rule).key)
                     args.append(_adjust_args(rule, delta))
+    return keys, args
+
+
+def adjust(subjects: list[Subject], name: str, *, estimated: int, actual: int) -> None:
+    """Settle rule `name` on each subject once the real count is known: charge the difference between
+    `actual` and what `check` reserved (the estimate, capped at the rule's limit), or refund it."""
+    keys, args = _adjust_plan(subjects, name, estimated, actual)
     if keys:
         _run_adjust(keys, args)
+
+
+async def aadjust(subjects: list[Subject], name: str, *, estimated: int, actual: int) -> None:
+    """`adjust` on the event loop; the subjects' rules() must not need the database."""
+    keys, args = _adjust_plan(subjects, name, estimated, actual)
+    if keys:
+        await _ADJUST_SCRIPT.acall(1 + 4 * len(keys), b"".join([_int(len(keys)), *keys, *args]))
 
 
 async def arelease(lease: str | None) -> None:

@@ -50,19 +50,33 @@ def _account_tag(email: str) -> str:
     return hashlib.sha256((email or "").strip().lower().encode()).hexdigest()[:24]
 
 
+DOORS = ("login", "admin_login")
+
+
 class LoginGuard:
-    def __init__(self, request, email: str):
-        self.request = request
+    """One login attempt at a door: "login" (/accounts/login/) or "admin_login" (/admin/login/).
+    Both doors count into the same failure counters (guessing at one door cools the other off too);
+    the staff door reads them against tighter tiers (SHIELD_ADMIN_LOGIN_*_TIERS) and has its own,
+    smaller attempt budgets (SHIELD_LIMITS "admin_login.*")."""
+
+    def __init__(self, request, email: str, *, door: str = "login"):
+        if door not in DOORS:
+            raise ValueError(f"unknown login door {door!r}")
+        self.request, self.door = request, door
         self.ip = counted_address(ip_of(request))  # an IPv6 client is counted by its /64
         self.account = _account_tag(email)
         self.known_device = self.account in self._known_accounts()
+        staff = door == "admin_login"
         self.scopes = [
-            (f"login.pair:{self.account}:{self.ip}", settings.SHIELD_LOGIN_PAIR_WINDOW, settings.SHIELD_LOGIN_PAIR_TIERS),
-            (f"login.address:{self.ip}", settings.SHIELD_LOGIN_ADDRESS_WINDOW, settings.SHIELD_LOGIN_ADDRESS_TIERS),
+            (f"login.pair:{self.account}:{self.ip}", settings.SHIELD_LOGIN_PAIR_WINDOW,
+             settings.SHIELD_ADMIN_LOGIN_PAIR_TIERS if staff else settings.SHIELD_LOGIN_PAIR_TIERS),
+            (f"login.address:{self.ip}", settings.SHIELD_LOGIN_ADDRESS_WINDOW,
+             settings.SHIELD_ADMIN_LOGIN_ADDRESS_TIERS if staff else settings.SHIELD_LOGIN_ADDRESS_TIERS),
         ]
         if not self.known_device:
             self.scopes.append((f"login.account:{self.account}", settings.SHIELD_LOGIN_ACCOUNT_WINDOW,
-                                settings.SHIELD_LOGIN_ACCOUNT_TIERS))
+                                settings.SHIELD_ADMIN_LOGIN_ACCOUNT_TIERS if staff
+                                else settings.SHIELD_LOGIN_ACCOUNT_TIERS))
 
     @staticmethod
     def _keys(scope: str) -> tuple[str, str]:
@@ -77,9 +91,9 @@ class LoginGuard:
         waits = [t for t in pipe.execute() if t and t > 0]
         if waits:
             return max(waits)
-        subjects = [] if getattr(self.request, "shield_allowlisted", False) else [Address("login", self.ip)]
+        subjects = [] if getattr(self.request, "shield_allowlisted", False) else [Address(self.door, self.ip)]
         if not self.known_device:
-            subjects.append(Site("login"))  # the site-wide hashing budget of new browsers
+            subjects.append(Site(self.door))  # the site-wide hashing budget of new browsers
         decision = limiter.check(subjects, {"requests": 1})
         return None if decision.allowed else decision.retry_after
 
@@ -107,14 +121,14 @@ class LoginGuard:
         return [a for a in value.split(",") if a]
 
 
-def gate(request) -> tuple[LoginGuard | None, object]:
+def gate(request, *, door: str = "login") -> tuple[LoginGuard | None, object]:
     """Check a login POST before any password is hashed: (guard, None) to go ahead, or
     (guard or None, the refusal to send). Runs in the shield's middleware, so a refused attempt is
     answered on the event loop and never waits for (or occupies) the thread that runs sync views."""
     from levee.shield.responses import refuse
 
     try:
-        guard = LoginGuard(request, request.POST.get("username", ""))
+        guard = LoginGuard(request, request.POST.get("username", ""), door=door)
         wait = guard.cool_off()
     except store.ShieldRedisDown:
         return None, refuse(request, 503, gettext_noop("Log in is briefly unavailable; please retry in a moment."),

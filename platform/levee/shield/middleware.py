@@ -28,7 +28,8 @@ def _unlimited() -> frozenset:
 
 @lru_cache(maxsize=1)
 def _paths() -> dict:
-    return {"signup": reverse("signup"), "login": reverse("login")}
+    return {"signup": reverse("signup"), "login": reverse("login"), "admin_login": reverse("admin:login"),
+            "reset": reverse("password_reset")}
 
 
 _refresh_in_pool = db(state.refresh_if_due)
@@ -51,7 +52,8 @@ class ShieldMiddleware(_Middleware):
     @staticmethod
     def _gated(request) -> bool:
         paths = _paths()
-        return request.path == paths["signup"] or (request.path == paths["login"] and request.method == "POST")
+        return request.path == paths["signup"] or (request.method == "POST" and request.path in (
+            paths["login"], paths["admin_login"], paths["reset"]))
 
     def before(self, request):
         if request.path in _unlimited():  # probes and scrapes: never limited, gated or shed
@@ -68,10 +70,17 @@ class ShieldMiddleware(_Middleware):
             request.shield_signup_gate = signup.gate(request)
             if request.shield_signup_gate.refusal is not None:
                 return request.shield_signup_gate.refusal
-        elif request.path == _paths()["login"] and request.method == "POST":
+        elif request.method == "POST" and request.path in (_paths()["login"], _paths()["admin_login"]):
             from levee.shield import login
 
-            request.shield_login_guard, refusal = login.gate(request)
+            door = "login" if request.path == _paths()["login"] else "admin_login"
+            request.shield_login_guard, refusal = login.gate(request, door=door)
+            if refusal is not None:
+                return refusal
+        elif request.method == "POST" and request.path == _paths()["reset"]:
+            from levee.shield import doors
+
+            refusal = request.shield_reset_refusal = doors.reset_gate(request)
             if refusal is not None:
                 return refusal
         if self._anonymous_page(request):

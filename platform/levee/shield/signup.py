@@ -1,8 +1,12 @@
 """The sign-up gate: what the mode asks of a sign-up before the form is even looked at.
 
-    normal        per-address, per-subnet and site-wide limits
-    elevated      the same with a quarter of the subnet allowance, plus a proof of work
+    normal        a light proof of work, then per-address, per-subnet and site-wide limits
+    elevated      the same with a harder proof of work and a quarter of the subnet allowance
     under_attack  "registration is busy" (503) except a site-wide trickle, each with a hard proof of work
+
+Nothing is written and no mail queued until the proof of work and the limits pass. Only attempts
+that passed the proof of work are counted for automatic mitigation (stats "signup"): a flood of
+unsolved posts costs one hash each and cannot by itself push the mode around.
 
 Redis unreachable: refused with 503 (fail closed; docs/adr/0005).
 """
@@ -69,7 +73,6 @@ def _gate(request) -> Gate:
             g.refusal = refuse(request, 503, BUSY, **busy)
         return g
 
-    stats.count("signup")
     if no_trickle:
         telemetry.signup_refused("busy")
         g.refusal = refuse(request, 503, BUSY, **busy)
@@ -83,7 +86,8 @@ def _gate(request) -> Gate:
             g.pow_error = str(exc)
             if mode == UNDER_ATTACK:
                 g.refusal = refuse(request, 503, BUSY, **busy)
-            return g  # elevated: the form is shown again with a fresh challenge
+            return g  # the form is shown again with a fresh challenge
+    stats.count("signup")  # the escalation's signal: attempts that paid for their proof of work
     decision = limiter.check(_subjects(request, mode), {"requests": 1})
     if not decision.allowed:
         telemetry.signup_refused("busy" if mode == UNDER_ATTACK else "rate_limited")

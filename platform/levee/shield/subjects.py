@@ -4,6 +4,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any, cast
 
 from django.conf import settings
 
@@ -90,6 +91,51 @@ class SignupTrickle(Subject):
 
     def rules(self) -> list[Rule]:
         return [Rule("requests", max(1, settings.SHIELD_SIGNUP_TRICKLE_PER_MINUTE), 60.0)]  # 0: see signup.gate
+
+
+def _spec(name: str) -> dict[str, Any]:
+    return cast(dict[str, Any], settings.SHIELD_LIMITS[name])
+
+
+@dataclass(frozen=True)
+class ChatAccount(Subject):
+    """The web chat's messages, per account."""
+
+    user_id: int
+
+    def key(self) -> str:
+        return f"chat.account:{self.user_id}"
+
+    def rules(self) -> list[Rule]:
+        return _rules_from(_spec("chat.account"))
+
+
+@dataclass(frozen=True)
+class Recipient(Subject):
+    """Mail to one inbox (its canonical form: `+tags` and Gmail dots fold together)."""
+
+    email: str
+
+    def key(self) -> str:
+        from levee.shield.emails import canonical_email
+
+        return f"mail.recipient:{canonical_email(self.email)}"
+
+    def rules(self) -> list[Rule]:
+        return _rules_from(_spec("mail.recipient"))
+
+
+@dataclass(frozen=True)
+class MailDomain(Subject):
+    email: str
+
+    def key(self) -> str:
+        from levee.shield.emails import canonical_email
+
+        return f"mail.domain:{canonical_email(self.email).rpartition('@')[2]}"
+
+    def rules(self) -> list[Rule]:
+        return _rules_from(_spec("mail.domain"))
 
 
 def _apply_override(rules: list[Rule], override) -> list[Rule]:

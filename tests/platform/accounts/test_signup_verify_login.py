@@ -26,9 +26,18 @@ def test_it_signs_up_verifies_and_logs_in(client, django_capture_on_commit_callb
     assert user.email == "New.Person@example.com" and not user.is_verified
     assert len(mail.outbox) == 1 and mail.outbox[0].to == ["New.Person@example.com"]
 
-    # Unverified accounts can log in; they just cannot make keys.
-    response = client.get(_path(_link(mail.outbox[0])))
-    assert response.status_code == 200
+    # An unverified account is not logged in: signing up with someone else's address gains nothing.
+    refused = client.post(reverse("login"), {"username": "new.person@example.com", "password": PASSWORD})
+    assert refused.status_code == 200 and b"Confirm your address first" in refused.content
+    assert "_auth_user_id" not in client.session
+
+    # The mailed link shows a button; a GET (what mail scanners do) verifies nothing.
+    path = _path(_link(mail.outbox[0]))
+    page = client.get(path)
+    assert page.status_code == 200 and b"Confirm my address" in page.content
+    user.refresh_from_db()
+    assert not user.is_verified
+    assert client.post(path).status_code == 200
     user.refresh_from_db()
     assert user.is_verified
 
@@ -60,8 +69,10 @@ def test_a_tampered_or_expired_link_does_not_verify(client, settings, django_cap
         client.post(reverse("signup"), {"email": "eve@example.com", "password": PASSWORD})
     path = _path(_link(mail.outbox[0]))
     assert client.get(path.replace("/verify/", "/verify/x")).status_code == 400
+    assert client.post(path.replace("/verify/", "/verify/x")).status_code == 400
     settings.EMAIL_VERIFICATION_MAX_AGE = -1
     assert client.get(path).status_code == 400
+    assert client.post(path).status_code == 400
     assert not User.objects.get().is_verified
 
 

@@ -106,3 +106,18 @@ def test_creating_a_conversation_needs_an_offered_model(client, chat_model):
     assert bad.status_code == 400 and Conversation.objects.count() == 0
     good = client.post(url, data=json.dumps({"model": "deepseek-chat"}), content_type="application/json")
     assert good.status_code == 201 and good.json()["title"] == "New chat"
+
+
+def test_an_unverified_account_gets_no_free_chat(client, chat_model, worker):
+    """Even with a session (from before verification was required to log in), no reply is started:
+    whoever signs up with someone else's address gets nothing from it."""
+    from levee.chat.services import create_conversation
+    from tests.personas import make_user
+
+    bob = make_user("bob@example.com", verified=False)
+    client.force_login(bob)
+    conversation = create_conversation(bob, model="deepseek-chat")
+    response = client.post(reverse("chat-api-messages", args=[conversation.pk]),
+                           data={"content": "hello", "model": "deepseek-chat"}, content_type="application/json")
+    assert response.status_code == 403 and response.json()["error"]["code"] == "email_not_verified"
+    assert not Message.objects.filter(conversation=conversation).exists() and not worker.jobs
