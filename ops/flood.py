@@ -331,7 +331,7 @@ class Flood:
         for _ in range(20):
             try:
                 token, _ = await self._form(http, "/accounts/login/", person.address)
-                response = await http.post("/accounts/login/", data={
+                response = await http.post("/accounts/login/", headers={"X-Forwarded-For": person.address}, data={
                     "csrfmiddlewaretoken": token or "", "username": person.email, "password": person.password})
             except httpx.HTTPError:
                 await asyncio.sleep(1)
@@ -350,7 +350,7 @@ class Flood:
             token = None
         start = time.perf_counter()
         try:
-            response = await http.post("/accounts/login/", data={
+            response = await http.post("/accounts/login/", headers={"X-Forwarded-For": person.address}, data={
                 "csrfmiddlewaretoken": token or "", "username": person.email, "password": person.password})
             good = response.status_code == 302 and "/accounts/login" not in response.headers.get("location", "")
             label = f"login:{response.status_code}"

@@ -34,8 +34,8 @@ def api_key(seeded_catalogue):
 @pytest.fixture
 def tokenize_calls(monkeypatch):
     calls = []
-    real = views._encode
-    monkeypatch.setattr(views, "_encode", lambda model, messages: calls.append(1) or real(model, messages))
+    real = views._plan  # renders the template and tokenizes the prompt
+    monkeypatch.setattr(views, "_plan", lambda model, chat, beta: calls.append(1) or real(model, chat, beta))
     return calls
 
 
