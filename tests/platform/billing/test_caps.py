@@ -14,41 +14,6 @@ from tests.personas import ada
 from tests.platform.billing.conftest import MODEL, fund, make_prices
 from tests.platform.billing.test_concurrency import _race
 
-
-def _race_connected(count: int, work) -> list:
-    """_race for many threads on a shared PostgreSQL: each thread opens its connection first
-    (waiting while the server is at max_connections), then all start together."""
-    import threading
-    import time as clock
-
-    from django.db import OperationalError, close_old_connections, connection
-
-    barrier = threading.Barrier(count)
-    outcomes: list = [None] * count
-
-    def run(i):
-        try:
-            for attempt in range(240):
-                try:
-                    connection.ensure_connection()
-                    break
-                except OperationalError:
-                    clock.sleep(0.25 + attempt * 0.01)
-            barrier.wait(timeout=120)
-            outcomes[i] = work(i)
-        except Exception as exc:  # noqa: BLE001 - the outcome is what the test inspects
-            outcomes[i] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=240)
-    close_old_connections()
-    return outcomes
-
 USAGE = {"prompt_cache_hit_tokens": 0, "prompt_cache_miss_tokens": 1000, "completion_tokens": 10}
 EACH = 1000 * 280 + 10 * 420  # what USAGE costs at the test prices
 
@@ -73,7 +38,7 @@ def test_sixty_four_parallel_requests_against_a_daily_cap_admit_exactly_what_fit
     key, _ = create_api_key(user, name="capped")
     caps.set_caps(key, daily=20 * one + one // 2, monthly=None, lifetime=None, actor=user, source="test")
 
-    outcomes = _race_connected(64, lambda i: _hold(user, key, i))
+    outcomes = _race(64, lambda i: _hold(user, key, i))
     placed = [o for o in outcomes if isinstance(o, Hold)]
     refused = [o for o in outcomes if isinstance(o, services.SpendCapReached)]
     assert len(placed) == 20 and len(refused) == 44, outcomes

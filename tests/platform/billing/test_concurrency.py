@@ -1,9 +1,10 @@
 """Races on PostgreSQL: real threads, each with its own connection, all released at once."""
 import threading
+import time
 from datetime import timedelta
 
 import pytest
-from django.db import close_old_connections, connection
+from django.db import OperationalError, close_old_connections, connection
 from django.utils import timezone
 
 from levee.billing import services
@@ -15,13 +16,21 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def _race(count: int, work) -> list:
-    """Run work(i) in `count` threads that start together; return each outcome (or exception)."""
+    """Run work(i) in `count` threads that start together; return each outcome (or exception). Each
+    thread opens its own connection before the start (waiting while a shared server is at
+    max_connections), so the race is between the transactions, not the connects."""
     barrier = threading.Barrier(count)
     outcomes: list = [None] * count
 
     def run(i):
         try:
-            barrier.wait(timeout=30)
+            for attempt in range(240):
+                try:
+                    connection.ensure_connection()
+                    break
+                except OperationalError:
+                    time.sleep(0.25 + attempt * 0.01)
+            barrier.wait(timeout=120)
             outcomes[i] = work(i)
         except Exception as exc:  # noqa: BLE001 - the outcome is what the test inspects
             outcomes[i] = exc
@@ -32,7 +41,7 @@ def _race(count: int, work) -> list:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=120)
+        t.join(timeout=240)
     close_old_connections()
     return outcomes
 
