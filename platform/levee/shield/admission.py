@@ -392,9 +392,7 @@ async def _api_door(send: Send, path: str, auth: bytes | None, ip: str) -> bool:
 
 def _credential(cookies: dict[str, str], ip: str) -> tuple[str, str | None]:
     """("known", None), ("pass", pass id) or ("new", None)."""
-    from levee.shield.login import KNOWN_DEVICE_COOKIE
-
-    if passes.known_device(cookies.get(KNOWN_DEVICE_COOKIE)):
+    if passes.known_device(cookies.get(passes.KNOWN_DEVICE_COOKIE)):
         return "known", None
     pass_id = passes.valid(cookies.get(passes.PASS_COOKIE), ip)
     if pass_id:

@@ -23,14 +23,12 @@ from __future__ import annotations
 import hashlib
 
 from django.conf import settings
-from django.core import signing
 from django.utils.translation import gettext_noop
 
-from levee.shield import limiter, stats, store
+from levee.shield import limiter, passes, stats, store
+from levee.shield.passes import KNOWN_DEVICE_COOKIE
 from levee.shield.subjects import Address, Site, counted_address, ip_of
 
-KNOWN_DEVICE_COOKIE = "levee_kd"
-_KD_SALT = "levee.shield.known-device"
 _KD_MAX_ACCOUNTS = 5
 
 # KEYS: failures, lock. ARGV: window seconds, then threshold/cool-off pairs (ascending).
@@ -108,17 +106,12 @@ class LoginGuard:
     def succeeded(self, response) -> None:
         store.client().delete(*self._keys(self.scopes[0][0]))
         accounts = [a for a in self._known_accounts() if a != self.account][: _KD_MAX_ACCOUNTS - 1]
-        response.set_signed_cookie(KNOWN_DEVICE_COOKIE, ",".join([self.account, *accounts]), salt=_KD_SALT,
-                                   max_age=settings.SHIELD_KNOWN_DEVICE_MAX_AGE, httponly=True, samesite="Lax",
-                                   secure=self.request.is_secure())
+        response.set_cookie(KNOWN_DEVICE_COOKIE, passes.known_device_cookie([self.account, *accounts]),
+                            max_age=settings.SHIELD_KNOWN_DEVICE_MAX_AGE, httponly=True, samesite="Lax",
+                            secure=self.request.is_secure())
 
     def _known_accounts(self) -> list[str]:
-        try:
-            value = self.request.get_signed_cookie(KNOWN_DEVICE_COOKIE, salt=_KD_SALT,
-                                                   max_age=settings.SHIELD_KNOWN_DEVICE_MAX_AGE)
-        except (KeyError, signing.BadSignature):
-            return []
-        return [a for a in value.split(",") if a]
+        return passes.known_accounts(self.request.COOKIES.get(KNOWN_DEVICE_COOKIE))
 
 
 def gate(request, *, door: str = "login") -> tuple[LoginGuard | None, object]:

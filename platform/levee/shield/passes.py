@@ -5,7 +5,8 @@ for IPv4, its /64 for IPv6), so a pass solved once cannot be spread over a botne
     levee_pass = "<id>.<expires unix>.<hmac of id, expires and the bound address>"
 
 Checking one is an HMAC in the process: no Redis, no database. The known-device cookie (set at a
-successful log-in, levee.shield.login) is checked here too, for the same reason.
+successful log-in, levee.shield.login) is made and checked here too, for the same reason: the
+admission layer reads it before Django builds a request, with the same signer the log-in used.
 """
 from __future__ import annotations
 
@@ -69,15 +70,34 @@ def valid(value: str | None, ip: str, *, now: float | None = None) -> str | None
     return pass_id
 
 
+KNOWN_DEVICE_COOKIE = "levee_kd"
+_KD_SALT = "levee.shield.known-device"
+_KD_SEPARATOR = "."  # cookie-safe (a comma would make the header quoted); account tags are hex
+
+
+def _kd_signer() -> signing.TimestampSigner:
+    # Signed here, not with Django's set_signed_cookie: the admission layer checks this cookie before
+    # Django builds a request, so both sides must use one scheme (Django 5.2.19 changed the salt its
+    # cookie signer derives, which silently turned every returning user "new" at the door).
+    return signing.TimestampSigner(salt=_KD_SALT)
+
+
+def known_device_cookie(accounts: list[str]) -> str:
+    """The known-device cookie's value for these account tags (levee.shield.login)."""
+    return _kd_signer().sign(_KD_SEPARATOR.join(accounts))
+
+
+def known_accounts(value: str | None) -> list[str]:
+    """The account tags of a genuine, unexpired known-device cookie; [] for anything else."""
+    if not value or len(value) > 1000:
+        return []
+    try:
+        accounts = _kd_signer().unsign(value, max_age=settings.SHIELD_KNOWN_DEVICE_MAX_AGE)
+    except signing.BadSignature:
+        return []
+    return [a for a in accounts.split(_KD_SEPARATOR) if a]
+
+
 def known_device(value: str | None) -> bool:
     """Whether `value` is a genuine, unexpired known-device cookie (any account)."""
-    if not value or len(value) > 1000:
-        return False
-    from levee.shield.login import _KD_SALT, KNOWN_DEVICE_COOKIE
-
-    try:
-        signing.get_cookie_signer(salt=KNOWN_DEVICE_COOKIE + _KD_SALT).unsign(
-            value, max_age=settings.SHIELD_KNOWN_DEVICE_MAX_AGE)
-    except signing.BadSignature:
-        return False
-    return True
+    return bool(known_accounts(value))

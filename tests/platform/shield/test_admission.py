@@ -347,15 +347,25 @@ def test_difficulty_rises_with_the_mode_and_the_subnets_load(settings):
     assert admission._difficulty("elevated", 10, 300) == 20
 
 
-def test_a_known_device_skips_the_interstitial_and_has_its_own_budget(layer, rds, settings):
-    from django.core import signing
+def known_device_cookie_of_a_login() -> str:
+    """The cookie a successful log-in sets (LoginGuard.succeeded), exactly as the browser gets it."""
+    from django.http import HttpResponse
+    from django.test import RequestFactory
 
-    from levee.shield.login import _KD_SALT, KNOWN_DEVICE_COOKIE
+    from levee.shield.login import KNOWN_DEVICE_COOKIE, LoginGuard
+
+    response = HttpResponse()
+    LoginGuard(RequestFactory().post("/accounts/login/"), "ada@example.com").succeeded(response)
+    return response.cookies[KNOWN_DEVICE_COOKIE].OutputString().split(";")[0].split("=", 1)[1]
+
+
+def test_a_known_device_skips_the_interstitial_and_has_its_own_budget(layer, rds, settings):
+    from levee.shield.login import KNOWN_DEVICE_COOKIE
 
     settings.SHIELD_LIMITS = {**settings.SHIELD_LIMITS, "hash.pass.global": {"requests": (1, 60.0)}}
     app, inner = layer
     set_mode_mirror(rds, "under_attack")
-    value = signing.get_cookie_signer(salt=KNOWN_DEVICE_COOKIE + _KD_SALT).sign("abc")
+    value = known_device_cookie_of_a_login()
     for n in range(3):
         answer = call(app, "POST", "/accounts/login/", body=b"u=1", ip=f"198.51.100.{40 + n}",
                       headers={"cookie": f"{KNOWN_DEVICE_COOKIE}={value}"})
