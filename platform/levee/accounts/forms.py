@@ -45,7 +45,7 @@ class EmailLoginForm(AuthenticationForm):
     password = forms.CharField(label=_("Password"), max_length=256, strip=False,
                                widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
     error_messages = {**AuthenticationForm.error_messages,
-                      "unverified": "Confirm your address first: open the link we mailed you when you signed up."}
+                      "unverified": _("Confirm your address first: open the link we mailed you when you signed up.")}
 
     unverified = False
 

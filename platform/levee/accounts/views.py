@@ -9,7 +9,7 @@ from django.contrib.auth.forms import AuthenticationForm
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.utils import translation
-from django.utils.translation import gettext
+from django.utils.translation import gettext, ngettext
 from django.views import i18n
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -39,8 +39,8 @@ def signup(request):
                              language=translation.get_language())
         except services.MailCapped:
             count_signup("mail_capped")
-            form.add_error("email", "We have already sent this address as many messages as we send in a day. "
-                                    "Please check its inbox (and spam folder), or try again tomorrow.")
+            form.add_error("email", gettext("We have already sent this address as many messages as we send in a "
+                                            "day. Please check its inbox (and spam folder), or try again tomorrow."))
         except ShieldRedisDown:
             return refuse(request, 503, shield_signup.UNAVAILABLE, retry_after=30)
         else:
@@ -161,8 +161,10 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
         response = super().form_valid(form)
         revoked = services.after_password_reset(form.user)
         if revoked:
-            messages.warning(self.request, f"{revoked} API key{'s were' if revoked != 1 else ' was'} revoked with "
-                             "the old password. Create new ones after you log in.")
+            messages.warning(self.request, ngettext(
+                "%(count)d API key was revoked with the old password. Create new ones after you log in.",
+                "%(count)d API keys were revoked with the old password. Create new ones after you log in.",
+                revoked) % {"count": revoked})
         return response
 
 

@@ -31,6 +31,7 @@ from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from levee.billing.models import (
     AlertDelivery,
@@ -86,9 +87,9 @@ def configure(user: User, *, low_balance_nano: int | None, daily_spend_nano: int
     if webhook_url:
         parsed = urlparse(webhook_url)
         if parsed.scheme not in ("https", "http") or not parsed.hostname or len(webhook_url) > 500:
-            raise ValueError("the webhook URL must be an http(s) URL")
+            raise ValueError(gettext_noop("the webhook URL must be an http(s) URL"))
         if parsed.scheme == "http" and not settings.LEVEE_ALERT_WEBHOOK_ALLOW_PRIVATE:
-            raise ValueError("the webhook URL must use https")
+            raise ValueError(gettext_noop("the webhook URL must use https"))
     now = timezone.now()
     with transaction.atomic():
         row, _ = AlertSettings.objects.select_for_update().get_or_create(user=user)

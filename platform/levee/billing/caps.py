@@ -67,9 +67,14 @@ class SpendCapReached(Exception):
         return ApiError(402, str(self), code=self.code, param=self.param)
 
 
+def cap_places(nano: int) -> int:
+    """How many decimals a cap is shown with: two when it is whole cents, else six."""
+    return 2 if nano % 10**7 == 0 else 6
+
+
 def cap_text(nano: int) -> str:
-    """A cap as people write it: cents when it is whole cents, else six places."""
-    return format_amount(nano, places=2 if nano % 10**7 == 0 else 6)
+    """A cap as people write it (plain digits, as the API and the form fields take it)."""
+    return format_amount(nano, places=cap_places(nano))
 
 
 def period_starts(at: datetime) -> dict[str, date]:

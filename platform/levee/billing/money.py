@@ -57,6 +57,35 @@ def format_amount(nano: int, *, places: int = 9) -> str:
     return f"{sign}{whole}.{digits}"
 
 
+def localized(amount: int | str, *, places: int = 2) -> str:
+    """An amount as the active language writes numbers: Django's l10n formats (decimal separator,
+    digit grouping, thousands separator) applied to the exact digits — nano-units through
+    format_amount (truncated to `places`), or a decimal string such as per_million's kept as it is.
+    Text only: never parse it back (parse_amount takes plain digits)."""
+    from django.utils import formats, numberformat
+
+    text = format_amount(amount, places=places) if isinstance(amount, int) else str(amount)
+    return numberformat.format(text, formats.get_format("DECIMAL_SEPARATOR"),
+                               grouping=formats.get_format("NUMBER_GROUPING"),
+                               thousand_sep=formats.get_format("THOUSAND_SEPARATOR"), force_grouping=True)
+
+
+class Amount:
+    """An amount inside a message's parameters: `str()` is the API's plain digits, `localized()` the
+    page's (see BillingRefused.page_message)."""
+
+    __slots__ = ("nano", "places")
+
+    def __init__(self, nano: int, places: int = 2):
+        self.nano, self.places = nano, places
+
+    def __str__(self) -> str:
+        return format_amount(self.nano, places=self.places)
+
+    def localized(self) -> str:
+        return localized(self.nano, places=self.places)
+
+
 def per_million(nano_per_token: int) -> str:
     """A per-token price shown the way providers publish it: per million tokens, trailing zeros cut
     to at least two places (280 -> "0.28", 35 -> "0.035")."""

@@ -143,7 +143,7 @@ def topup_start(request: HttpRequest) -> HttpResponse:
             success_url=request.build_absolute_uri(result) + "?session_id={CHECKOUT_SESSION_ID}",
             cancel_url=request.build_absolute_uri(result) + "?cancelled=1")
     except services.BillingRefused as exc:
-        messages.error(request, exc.message)
+        messages.error(request, exc.page_message())
         return redirect("usage-page")
     return HttpResponseRedirect(payment.checkout_url)
 
@@ -174,14 +174,15 @@ def alerts_form(request: HttpRequest) -> HttpResponse:
             raw = request.POST.get(name, "").strip()
             try:
                 thresholds[name] = parse_amount(raw) if raw else None
-            except InvalidAmount as exc:
-                raise ValueError(f"{label}: {exc}") from None
+            except InvalidAmount:
+                raise ValueError(_("%(label)s: enter a positive amount like 12.50 (at most nine decimal places), "
+                                   "or leave the field empty.") % {"label": label}) from None
         alerts.configure(signed_in(request), low_balance_nano=thresholds["low_balance"],
                          daily_spend_nano=thresholds["daily_spend"], daily_digest=request.POST.get("daily_digest") == "on",
                          webhook_url=request.POST.get("webhook_url", ""), rotate_secret=request.POST.get("rotate") == "on",
                          actor=signed_in(request), source="owner")
     except ValueError as exc:
-        messages.error(request, str(exc))
+        messages.error(request, _(str(exc)))  # alerts' own refusals are marked for translation
     else:
         messages.success(request, _("Alerts saved."))
     return redirect(reverse("usage-page") + "#alerts-h")

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from levee.billing import services
 from levee.billing.models import (
@@ -33,7 +34,7 @@ from levee.billing.models import (
     TopupSwitchChange,
     Wallet,
 )
-from levee.billing.money import format_amount, parse_amount
+from levee.billing.money import Amount, format_amount, parse_amount
 from levee.billing.pricing import currency
 
 if TYPE_CHECKING:
@@ -113,17 +114,19 @@ def _maximum() -> int:
 def parse_topup_amount(text: object) -> int:
     """An owner's amount (a decimal string) → nano, inside [min, max] and in whole cents/fen.
     Raises BillingRefused naming the bounds."""
-    low, high = _minimum(), _maximum()
-    bounds = f"between {format_amount(low, places=2)} and {format_amount(high, places=2)} {currency()}"
+    bounds = {"low": Amount(_minimum()), "high": Amount(_maximum()), "currency": currency()}
     try:
         nano = parse_amount(str(text if text is not None else "").strip())
     except ValueError:
-        raise services.BillingRefused("invalid_amount", f"Enter an amount {bounds}, like 20 or 12.50.",
-                                      status=400) from None
+        raise services.BillingRefused("invalid_amount", gettext_noop(
+            "Enter an amount between %(low)s and %(high)s %(currency)s, like 20 or 12.50."), status=400,
+            params=bounds) from None
     if nano % NANO_PER_MINOR:
-        raise services.BillingRefused("invalid_amount", "The amount may have at most two decimal places.", status=400)
-    if not low <= nano <= high:
-        raise services.BillingRefused("amount_out_of_range", f"The amount must be {bounds}.")
+        raise services.BillingRefused("invalid_amount", gettext_noop("The amount may have at most two decimal places."),
+                                      status=400)
+    if not _minimum() <= nano <= _maximum():
+        raise services.BillingRefused("amount_out_of_range", gettext_noop(
+            "The amount must be between %(low)s and %(high)s %(currency)s."), params=bounds)
     return nano
 
 
@@ -142,14 +145,14 @@ def start_checkout(user: User, amount_nano: int, *, success_url: str, cancel_url
     import stripe
 
     if not enabled():
-        raise services.BillingRefused("topups_unavailable", "This deployment does not take card top-ups.", status=503)
+        raise services.BillingRefused("topups_unavailable", gettext_noop("This deployment does not take card top-ups."), status=503)
     message = paused_message()
     if message:
         raise services.BillingRefused("topups_paused", message, status=503)
     if not user.is_verified:
-        raise services.BillingRefused("email_not_verified", "Verify your email address before topping up.", status=403)
+        raise services.BillingRefused("email_not_verified", gettext_noop("Verify your email address before topping up."), status=403)
     if not _minimum() <= amount_nano <= _maximum() or amount_nano % NANO_PER_MINOR:
-        raise services.BillingRefused("amount_out_of_range", "That amount is not offered.")
+        raise services.BillingRefused("amount_out_of_range", gettext_noop("That amount is not offered."))
     cur = currency()
     minor = amount_nano // NANO_PER_MINOR
     payment = Payment(id=uuid.uuid4(), user=user, amount_nano=amount_nano, amount_minor=minor, currency=cur)
@@ -169,7 +172,7 @@ def start_checkout(user: User, amount_nano: int, *, success_url: str, cancel_url
     except stripe.StripeError as exc:
         log.error("Stripe refused a checkout session for payment %s: %s", ref, exc)
         raise services.BillingRefused("payment_provider_error",
-                                      "The payment provider could not start the payment; try again shortly.",
+                                      gettext_noop("The payment provider could not start the payment; try again shortly."),
                                       status=502) from None
     payment.session_id = session.id
     with transaction.atomic():

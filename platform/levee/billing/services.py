@@ -78,13 +78,27 @@ class InsufficientBalance(Exception):
 
 
 class BillingRefused(Exception):
-    """A refused operator or owner action; `code` is stable for clients, nothing was written."""
+    """A refused operator or owner action; `code` is stable for clients, nothing was written.
+    `message` is English (the API's); a message given with `params` is a template marked with
+    gettext_noop, which pages show translated through page_message()."""
 
-    def __init__(self, code: str, message: str, *, status: int = 422):
-        super().__init__(message)
+    def __init__(self, code: str, message: str, *, status: int = 422, params: dict[str, object] | None = None):
+        self.template, self.params = message, params
+        self.message = message % params if params is not None else message
+        super().__init__(self.message)
         self.code = code
-        self.message = message
         self.status = status
+
+    def page_message(self) -> str:
+        """The message in the reader's language, its amounts written as the language writes numbers."""
+        from django.utils.translation import gettext
+
+        from levee.billing.money import Amount
+
+        if self.params is None:
+            return gettext(self.template)
+        return gettext(self.template) % {name: value.localized() if isinstance(value, Amount) else value
+                                         for name, value in self.params.items()}
 
 
 class SettlementRefused(ValueError):

@@ -5,7 +5,7 @@ from django.contrib.auth.decorators import login_required
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils.translation import gettext, gettext_lazy
+from django.utils.translation import gettext, gettext_lazy, pgettext
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, authentication_classes
 from rest_framework.request import Request
@@ -110,16 +110,32 @@ CAP_LABELS = (gettext_lazy("Daily"), gettext_lazy("Monthly"), gettext_lazy("Life
 def _caps_form(request: HttpRequest) -> HttpResponse:
     """The keys page's spend-cap form: one key's three caps (an empty field removes that cap)."""
     key = get_object_or_404(ApiKey, pk=request.POST.get("key_id") or 0, user=signed_in(request), revoked_at__isnull=True)
-    try:
-        wanted = {name: parse_cap(request.POST.get(name, "").strip(), name) for name in CAP_NAMES}
-    except serializers.ValidationError as exc:
-        detail = exc.detail if isinstance(exc.detail, dict) else {}
-        messages.error(request, "; ".join(f"{name.replace('_', ' ')}: {' '.join(map(str, errs if isinstance(errs, list) else [errs]))}"
-                                          for name, errs in detail.items()) or "Invalid cap.")
+    wanted, wrong = {}, []
+    for name, label in zip(CAP_NAMES, CAP_LABELS, strict=True):
+        try:
+            wanted[name] = parse_cap(request.POST.get(name, "").strip(), name)
+        except serializers.ValidationError:
+            wrong.append(str(label))
+    if wrong:
+        messages.error(request, gettext("%(caps)s: enter a positive amount like 5.00 (at most nine decimal places), "
+                                        "or leave the field empty for no cap.")
+                       % {"caps": pgettext("list separator", ", ").join(wrong)})
         return redirect("keys-page")
     _set_caps(key, wanted, actor=signed_in(request))
-    from levee.billing.caps import describe
-
     messages.success(request, gettext("Spend caps of %(key)s saved: %(caps)s.")
-                     % {"key": key.name or key.prefix, "caps": describe(key)})
+                     % {"key": key.name or key.prefix, "caps": describe_caps(key)})
     return redirect("keys-page")
+
+
+def describe_caps(key: ApiKey) -> str:
+    """billing.caps.describe() for the page: in the reader's language, amounts as it writes numbers
+    (the audit log keeps describe()'s English)."""
+    from levee.billing.caps import FIELDS, ORDER, cap_places
+    from levee.billing.money import localized
+
+    parts = []
+    for period, label in zip(ORDER, CAP_LABELS, strict=True):
+        nano = getattr(key, FIELDS[period])
+        amount = localized(nano, places=cap_places(nano)) if nano is not None else gettext("none")
+        parts.append(gettext("%(period)s %(amount)s") % {"period": label, "amount": amount})
+    return pgettext("list separator", ", ").join(parts)

@@ -3,6 +3,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import reverse
+from django.utils.translation import gettext
 
 from levee.accounts.operators import operator
 from levee.core.admin import ReadOnlyAdmin
@@ -46,7 +47,7 @@ class MitigationStateAdmin(admin.ModelAdmin):
         changed = services.set_mode(form.cleaned_data["mode"], pinned=form.cleaned_data["pinned"],
                                     reason=form.cleaned_data["change_reason"], by=request.user)
         if not changed:
-            messages.info(request, "The mode was already set that way; nothing changed.")
+            messages.info(request, gettext("The mode was already set that way; nothing changed."))
         obj.refresh_from_db()
 
 

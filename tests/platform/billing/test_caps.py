@@ -151,6 +151,6 @@ def test_the_keys_page_shows_and_sets_caps(client, prices):
     key.refresh_from_db()
     assert key.daily_cap_nano == 2_500_000_000
     response = client.post(reverse("keys-page"), {"key_id": key.pk, "daily_cap": "lots"}, follow=True)
-    assert "daily cap" in response.content.decode()
+    assert "Daily: enter a positive amount like 5.00" in response.content.decode()
     key.refresh_from_db()
     assert key.daily_cap_nano == 2_500_000_000

@@ -167,6 +167,61 @@ def test_no_english_is_left_on_any_chinese_page(client):
     assert {path: words for path, words in left.items() if words} == {}
 
 
+def test_no_english_is_left_on_the_doors_and_their_messages(client, monkeypatch):
+    """The pages and messages that came with the shield's doors and with top-ups and caps."""
+    from django.contrib.auth.tokens import default_token_generator
+    from django.utils.encoding import force_bytes
+    from django.utils.http import urlsafe_base64_encode
+
+    from levee.accounts.services import verification_token
+    from levee.keys.services import create_api_key
+
+    left = {}
+    newcomer = make_user("new@example.com", verified=False)
+    verify = reverse("verify-email", args=[verification_token(newcomer)])
+    left["verify (GET)"] = english_words(client.get(verify, **ZH).content.decode())
+    left["verify (bad link)"] = english_words(client.get(reverse("verify-email", args=["nonsense"]), **ZH).content.decode())
+    unverified = client.post(reverse("login"), {"username": "new@example.com", "password": PASSWORD}, **ZH)
+    assert "请先确认你的邮箱地址" in unverified.content.decode()
+    left["login (unverified)"] = english_words(unverified.content.decode())
+    left["verify (POST)"] = english_words(client.post(verify, **ZH).content.decode())
+    monkeypatch.setattr("levee.shield.mail.may_mail", lambda email: False)
+    capped = client.post(reverse("signup"), {"email": "li@example.com", "password": PASSWORD}, **ZH)
+    assert "今天发往这个地址的邮件已达上限" in capped.content.decode()
+    left["signup (mail capped)"] = english_words(capped.content.decode())
+
+    user = ada()
+    create_api_key(user, name="旧钥")
+    reset = reverse("password_reset_confirm", args=[urlsafe_base64_encode(force_bytes(user.pk)),
+                                                    default_token_generator.make_token(user)])
+    form = client.get(reset, follow=True, **ZH)
+    left["reset (form)"] = english_words(form.content.decode())
+    done = client.post(form.redirect_chain[-1][0], {"new_password1": "a new Pa55word!", "new_password2": "a new Pa55word!"},
+                       follow=True, **ZH)
+    assert "随旧密码一起吊销了 1 个 API 密钥" in done.content.decode()
+    left["reset (complete)"] = english_words(done.content.decode())
+    left["reset (used link)"] = english_words(client.get(reset, follow=True, **ZH).content.decode())
+
+    user.refresh_from_db()  # the reset changed the password (and so the session's hash)
+    client.force_login(user)
+    key, _ = create_api_key(user, name="台式机")
+    saved = client.post(reverse("keys-page"), {"key_id": key.pk, "daily_cap": "1234.5", "monthly_cap": "", "lifetime_cap": ""},
+                        follow=True, **ZH)
+    assert "台式机 的消费上限已保存：每日 1,234.50，每月 无，累计 无。" in saved.content.decode()
+    left["keys (caps saved)"] = english_words(saved.content.decode())
+    wrong = client.post(reverse("keys-page"), {"key_id": key.pk, "daily_cap": "lots", "monthly_cap": "0"},
+                        follow=True, **ZH)
+    assert "每日，每月：请输入一个正数金额" in wrong.content.decode()
+    left["keys (caps refused)"] = english_words(wrong.content.decode())
+    for amount in ("lots", "3.001", "1000000"):
+        refused = client.post(reverse("topup-start"), {"custom_amount": amount}, follow=True, **ZH)
+        left[f"top-up ({amount})"] = english_words(refused.content.decode())
+    assert "金额必须在" in refused.content.decode()
+    alerts = client.post(reverse("alerts-form"), {"low_balance": "x", "webhook_url": ""}, follow=True, **ZH)
+    left["alerts (refused)"] = english_words(alerts.content.decode())
+    assert {where: words for where, words in left.items() if words} == {}
+
+
 def test_the_catalogs_are_complete_and_compile():
     from pathlib import Path
 
