@@ -114,6 +114,7 @@ class Event:
     logprobs: list[float] | None = None
     error: str | None = None  # why, for cancelled (e.g. "deadline exceeded") and error
     top_logprobs: list[list[tuple[int, float]]] | None = None  # per token: the n most likely (id, logprob)
+    stop_sequence: str | None = None  # the stop string that ended it (finish_reason stop), None for eos/a stop id
 
 
 @dataclass
@@ -125,6 +126,7 @@ class Completion:
     logprobs: list[float] | None = None
     error: str | None = None
     top_logprobs: list[list[tuple[int, float]]] | None = None
+    stop_sequence: str | None = None
 
 
 class Sink(Protocol):
@@ -189,7 +191,8 @@ class RequestHandle:
                 assert ev.usage is not None
                 p = self.request.params
                 return Completion(ids, "".join(text), ev.finish_reason, ev.usage,
-                                  lps if p.logprobs else None, ev.error, tops if p.top_logprobs else None)
+                                  lps if p.logprobs else None, ev.error, tops if p.top_logprobs else None,
+                                  ev.stop_sequence)
 
     def _emit(self, ev: Event) -> None:
         if self._sink is not None:
@@ -820,10 +823,12 @@ class Engine:
         if s.detok is not None:
             s.pending += s.detok.push(tok)
             if p.stop:
-                hit = min((i for i in (s.pending.find(x) for x in p.stop) if i >= 0), default=-1)
-                if hit >= 0:
+                hit, matched = min(((i, x) for x, i in ((x, s.pending.find(x)) for x in p.stop) if i >= 0),
+                                   default=(-1, None))
+                if matched is not None:
                     text, s.pending = s.pending[:hit], ""
-                    self._finish(s, FINISH_STOP, text=text, token_ids=[tok], logprob=lp, top=top)
+                    self._finish(s, FINISH_STOP, text=text, token_ids=[tok], logprob=lp, top=top,
+                                 stop_sequence=matched)
                     return
                 hold = max((k for x in p.stop for k in range(1, len(x)) if s.pending.endswith(x[:k])), default=0)
                 text, s.pending = s.pending[: len(s.pending) - hold], s.pending[len(s.pending) - hold :]
@@ -851,7 +856,7 @@ class Engine:
 
     def _finish(self, s: _Seq, reason: str, *, text: str = "", token_ids: list[int] | None = None,
                 logprob: float | None = None, error: str | None = None,
-                top: list[tuple[int, float]] | None = None) -> None:
+                top: list[tuple[int, float]] | None = None, stop_sequence: str | None = None) -> None:
         if s.finished:
             return
         s.finished = True
@@ -874,4 +879,4 @@ class Engine:
             self._preempted.remove(s)
         s.handle._emit(Event(token_ids or [], text, reason, s.usage(),
                              logprobs=None if logprob is None else [logprob], error=error,
-                             top_logprobs=None if top is None else [top]))
+                             top_logprobs=None if top is None else [top], stop_sequence=stop_sequence))

@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # 2: the job carries a pickup deadline apart from its run deadline; its last event a signed settlement.
-# 3: the job carries a sampling `constraint` (a grammar) and `logprobs`; delta events may carry `logprobs`.
+# 3: the job carries a sampling `constraint` (a grammar) and `logprobs`; delta events may carry `logprobs`;
+#    a done event may carry `stop_sequence`, the stop string that ended the job (optional: a reader that
+#    ignores it reads the same job).
 VERSION = 3
 GENERATE_TASK = "inference.generate"
 SETTLE_TASK = "levee.billing.settle"

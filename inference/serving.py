@@ -18,6 +18,7 @@ class JobEvent:
     finish_reason: str | None = None
     error: str | None = None
     logprobs: list[dict[str, Any]] = field(default_factory=list)
+    stop_sequence: str | None = None  # the stop string that ended the job (finish_reason stop)
 
 
 @dataclass
@@ -107,6 +108,7 @@ def job_event(event: Any, engine: Any = None) -> JobEvent:
     when the request asked (`engine`: the one that made it, for its tokenizer)."""
     u = event.usage
     out = JobEvent(text=event.text, finish_reason=event.finish_reason, error=event.error,
+                   stop_sequence=event.stop_sequence,
                    usage=protocol.usage_dict(u.prompt_cache_hit_tokens, u.prompt_cache_miss_tokens,
                                              u.completion_tokens))
     if event.logprobs and event.token_ids and engine is not None and id(engine) in _checkpoints:

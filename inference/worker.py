@@ -254,6 +254,7 @@ class _Job:
         self.flushed_at: float | None = None  # monotonic time of the last delta; None: no text sent yet
         self.finish: str | None = None  # the engine's finish reason, once it came
         self.error: str | None = None
+        self.stop_sequence: str | None = None  # the stop string that ended it, if one did
         self.outcome = ""
         self.ended_at = 0.0
         self.ended = threading.Event()
@@ -328,7 +329,7 @@ class Forwarder:
         job.logprobs += ev.logprobs
         job.usage = ev.usage
         if ev.finish_reason is not None:
-            job.finish, job.error = ev.finish_reason, ev.error
+            job.finish, job.error, job.stop_sequence = ev.finish_reason, ev.error, ev.stop_sequence
 
     def _flush(self) -> None:
         now = time.monotonic()
@@ -354,8 +355,9 @@ class Forwarder:
                     if reason == "cancelled" and job.error == "engine stopped":
                         # cut by the worker going away, not by the client: DeepSeek's name for it
                         reason = "insufficient_system_resource"
+                    matched = {"stop_sequence": job.stop_sequence} if job.stop_sequence is not None else {}
                     fields = protocol.encode_event(protocol.DONE, t=time.time(), finish_reason=reason,
-                                                   usage=job.usage, **signed)
+                                                   usage=job.usage, **matched, **signed)
                     job.outcome = job.finish
                 _last_event(pipe, job.key, fields)
                 if not written or written[-1][0] != job_id:

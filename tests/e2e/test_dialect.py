@@ -204,6 +204,38 @@ def test_anthropic_messages_whole_and_streamed(demo_stack, key):
     assert counted.input_tokens > 1
 
 
+def test_anthropic_stop_reason_says_what_ended_the_message(demo_stack, key):
+    client = _anthropic(demo_stack, key)
+    hello = {"model": CHAT, "messages": [{"role": "user", "content": "Hello"}], "extra_body": {"temperature": 0}}
+    free = client.messages.create(max_tokens=30, **hello)
+    text = free.content[0].text
+    assert free.usage.output_tokens > 4, text  # long enough to cut
+    stop = text[len(text) // 2: len(text) // 2 + 3]
+    assert text.find(stop) > 0, text
+
+    def check(message, reason, sequence=None):
+        assert (message.stop_reason, message.stop_sequence) == (reason, sequence)
+
+    cut = client.messages.create(max_tokens=30, stop_sequences=["never-said", stop], **hello)
+    check(cut, "stop_sequence", stop)
+    assert cut.content[0].text == text[: text.find(stop)]
+    check(client.messages.create(max_tokens=3, **hello), "max_tokens")
+    with client.messages.stream(max_tokens=30, stop_sequences=[stop], **hello) as stream:
+        streamed = stream.get_final_message()
+    check(streamed, "stop_sequence", stop)
+    assert streamed.content[0].text == text[: text.find(stop)]
+    with client.messages.stream(max_tokens=3, **hello) as stream:
+        check(stream.get_final_message(), "max_tokens")
+    tool = {"name": "get_weather", "description": "Get the current weather in a city.", "input_schema": CITY_SCHEMA}
+    with client.messages.stream(model=CHAT, max_tokens=60, tools=[tool], messages=WEATHER_Q,
+                                tool_choice={"type": "tool", "name": "get_weather"},
+                                extra_body={"temperature": 0}) as stream:
+        called = stream.get_final_message()
+    check(called, "tool_use")
+    jsonschema.validate(next(b for b in called.content if b.type == "tool_use").input, CITY_SCHEMA)
+    check(free, "max_tokens" if free.usage.output_tokens == 30 else "end_turn")
+
+
 def test_anthropic_tool_use_and_thinking(demo_stack, key):
     client = _anthropic(demo_stack, key)
     tool = {"name": "get_weather", "description": "Get the current weather in a city.", "input_schema": CITY_SCHEMA}

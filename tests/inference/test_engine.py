@@ -227,6 +227,17 @@ def test_stop_strings_match_across_token_boundaries(engine):
     assert stopped.text == text[:cut]
     assert stop not in stopped.text
     assert stopped.usage.completion_tokens == (cut + len(stop) + 1) // 2
+    assert stopped.stop_sequence == stop  # which one ended it (the Anthropic API reports it)
+    assert free.stop_sequence is None
+
+
+def test_the_earliest_stop_string_in_the_text_is_the_one_reported(engine):
+    prompt = prompts(1, seed=2)[0]
+    text = run(engine, prompt, max_tokens=12, **GREEDY).text
+    early, late = text[2:4], text[8:10]
+    assert text.find(early) < text.find(late)
+    stopped = run(engine, prompt, max_tokens=12, stop=[late, early], **GREEDY)
+    assert stopped.stop_sequence == early and stopped.text == text[: text.find(early)]
 
 
 def test_text_held_back_for_a_possible_stop_string_is_released_at_the_end(engine):

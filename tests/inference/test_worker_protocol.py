@@ -81,8 +81,8 @@ class ScriptedEngine:
     worker's sink, and a thread emits the script [(seconds to wait, text, finish reason)] through it,
     with running usage, as the scheduler thread would."""
 
-    def __init__(self, script, error=None):
-        self.script, self.error = script, error
+    def __init__(self, script, error=None, stop_sequence=None):
+        self.script, self.error, self.stop_sequence = script, error, stop_sequence
         self.handles = []
 
     def submit(self, request, sink=None):
@@ -98,7 +98,8 @@ class ScriptedEngine:
                 time.sleep(wait)
                 if handle.cancelled:
                     reason = "cancelled"
-                handle._emit(Event([n], text, reason, Usage(3, 1, 2, n), error=self.error if reason else None))
+                handle._emit(Event([n], text, reason, Usage(3, 1, 2, n), error=self.error if reason else None,
+                                   stop_sequence=self.stop_sequence if reason else None))
                 if reason:
                     return
 
@@ -159,6 +160,16 @@ def test_text_is_written_at_least_every_flush_window_while_a_job_runs(rt, monkey
     stamps = [e["t"] for e in _events(rt.redis) if e["type"] == "delta"]
     assert len(stamps) >= 4  # not all at the end
     assert max(b - a for a, b in zip(stamps, stamps[1:], strict=False)) < 0.1
+
+
+def test_the_done_event_names_the_stop_string_that_ended_the_job(rt, monkeypatch):
+    monkeypatch.setattr(worker.Runtime, "engine", ScriptedEngine([(0, "a", None), (0, "b", "stop")],
+                                                                 stop_sequence="END"), raising=False)
+    assert worker.run_job(rt, _message()) == "stop"
+    assert _events(rt.redis)[-1]["stop_sequence"] == "END"
+    monkeypatch.setattr(worker.Runtime, "engine", ScriptedEngine([(0, "a", "stop")]), raising=False)
+    assert worker.run_job(rt, _message(job_id="job2")) == "stop"
+    assert "stop_sequence" not in _events(rt.redis, "job2")[-1]  # the model's own end: nothing named
 
 
 def test_an_engine_error_ends_the_job_with_an_error_event_and_its_usage(rt, monkeypatch):

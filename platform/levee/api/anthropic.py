@@ -239,8 +239,12 @@ class _Message(chat_api._Completion):
         return {"input_tokens": usage["prompt_cache_miss_tokens"], "output_tokens": usage["completion_tokens"],
                 "cache_read_input_tokens": usage["prompt_cache_hit_tokens"], "cache_creation_input_tokens": 0}
 
-    def _stop(self, finish_reason: str) -> str:
-        return STOP_REASONS.get(finish_reason, "end_turn")
+    def _stop(self, done: reader.Done) -> dict:
+        """stop_reason and stop_sequence: the stop sequence that ended the answer, the max_tokens
+        limit, tool use, or the end of the turn."""
+        if done.stop_sequence is not None:
+            return {"stop_reason": "stop_sequence", "stop_sequence": done.stop_sequence}
+        return {"stop_reason": STOP_REASONS.get(done.finish_reason, "end_turn"), "stop_sequence": None}
 
     def _content(self) -> list[dict]:
         blocks: list[dict] = []
@@ -263,8 +267,7 @@ class _Message(chat_api._Completion):
                 if isinstance(event, reader.Done):
                     return JsonResponse({"id": self.id, "type": "message", "role": "assistant",
                                          "model": self.model.name, "content": self._content(),
-                                         "stop_reason": self._stop(event.finish_reason), "stop_sequence": None,
-                                         "usage": self._usage()})
+                                         **self._stop(event), "usage": self._usage()})
                 if isinstance(event, reader.Failed):
                     if event.synthetic:
                         return _error(529 if event.code != "worker_lost" else 500, event.message or "overloaded")
@@ -326,7 +329,7 @@ class _Message(chat_api._Completion):
                             yield piece
                         yield _event("message_delta", {
                             "type": "message_delta",
-                            "delta": {"stop_reason": self._stop(event.finish_reason), "stop_sequence": None},
+                            "delta": self._stop(event),
                             "usage": self._usage()})
                         yield _event("message_stop", {"type": "message_stop"})
                     elif isinstance(event, reader.Failed):

@@ -59,6 +59,7 @@ class Done:
     reasoning: str = ""
     tool_calls: list[CallDelta] = field(default_factory=list)
     raw: dict[str, Any] | None = None  # the job's last event as the worker wrote it (its signed settlement)
+    stop_sequence: str | None = None  # the stop string that ended the answer (finish_reason stop)
 
 
 @dataclass
@@ -164,8 +165,10 @@ class JobReader:
             reason = event.get("finish_reason", "stop")
             if reason == "stop" and self.tool_calls:
                 reason = "tool_calls"
+            matched = event.get("stop_sequence")
             self.end = Done(finish_reason=reason, usage=self.usage, content=content, reasoning=reasoning,
-                            tool_calls=calls, raw=event)
+                            tool_calls=calls, raw=event,
+                            stop_sequence=matched if reason == "stop" and isinstance(matched, str) else None)
             return self.end
         if kind == protocol.ERROR:
             self.usage = event.get("usage", self.usage)

@@ -31,6 +31,15 @@ def test_a_replayed_stream_gives_typed_text_then_done_with_the_usage_of_the_end(
     assert reader.usage == protocol.usage_dict(1, 2, 9)
 
 
+@pytest.mark.parametrize(("reason", "sent", "read"), [("stop", "END", "END"), ("stop", None, None),
+                                                      ("length", "END", None), ("stop", 7, None)])
+def test_done_names_the_stop_string_only_when_one_ended_the_answer(reason, sent, read):
+    fields = {"stop_sequence": sent} if sent is not None else {}
+    end = protocol.encode_event(protocol.DONE, finish_reason=reason, usage={}, **fields)
+    done = list(JobReader("j", prompt_tokens=3).replay(_entries(["a"], end)))[-1]
+    assert isinstance(done, Done) and done.stop_sequence == read
+
+
 def test_an_ordinary_model_keeps_think_tags_as_content():
     reader = JobReader("j", prompt_tokens=3)
     list(reader.replay(_entries(PIECES, protocol.encode_event(protocol.DONE, finish_reason="stop", usage={}))))
