@@ -1,9 +1,16 @@
-"""Writes to the model catalogue."""
+"""The model catalogue: which models are served now, and writes to it."""
 from __future__ import annotations
 
-from django.db import transaction
+import logging
+import time
 
+from django.db import transaction
+from redis.exceptions import RedisError
+
+from inference import protocol
 from levee.api.models import LlmModel
+
+log = logging.getLogger(__name__)
 
 
 class UnknownModels(ValueError):
@@ -25,3 +32,23 @@ def offer_models(names: list[str]) -> tuple[list[str], list[str]]:
         LlmModel.objects.filter(name__in=enabled).update(enabled=True)
         LlmModel.objects.filter(name__in=disabled).update(enabled=False)
     return enabled, disabled
+
+
+def served_models() -> tuple[list[str], bool]:
+    """The enabled models an inference worker is serving now (a heartbeat within WORKER_TTL_S), in
+    name order, and whether that could be checked: with Redis unreachable, every enabled model
+    (a request then answers why it cannot). What the chat's model picker, the home page's price
+    table and the pricing page offer."""
+    from levee.core.store import redis_client
+
+    names = list(LlmModel.objects.filter(enabled=True).values_list("name", flat=True))
+    now = time.time()
+    try:
+        pipe = redis_client().pipeline(transaction=False)
+        for name in names:
+            pipe.zcount(protocol.workers_key(name), now - protocol.WORKER_TTL_S, "+inf")
+        live = pipe.execute()
+    except RedisError:
+        log.warning("Redis unreachable reading live workers; offering every enabled model")
+        return names, False
+    return [name for name, count in zip(names, live, strict=True) if count], True

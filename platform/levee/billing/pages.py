@@ -41,13 +41,16 @@ REFUSALS = {
 
 
 def price_table() -> dict:
-    """The price book as the home page's table: a row of per-million prices per model."""
+    """The price book of the models served now (those the chat offers: levee.api.services.served_models)
+    as the home and pricing pages' table: a row of per-million prices per model."""
+    from levee.api.services import served_models
     from levee.billing.pricing import price_book
 
-    book = price_book()
+    served, _checked = served_models()
+    book = price_book(models=served)
     rows = [(entry["model"], [entry["prices"].get(key, {}).get("per_million_tokens", "—") for key, _ in PRICE_CLASSES])
             for entry in book["models"]]
-    return {"book": book, "rows": rows, "labels": [label for _, label in PRICE_CLASSES]}
+    return {"book": book, "rows": rows, "labels": [label for _, label in PRICE_CLASSES], "served": served}
 LEDGER_PAGE_SIZE = 20
 
 

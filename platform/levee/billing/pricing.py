@@ -7,11 +7,12 @@ the published price, and at most one nano less.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from levee.billing.models import DiscountWindow, Price, TokenClass
@@ -143,35 +144,41 @@ def rates_from_hold(hold) -> Rates:
                  Rate(hold.price_output, hold.percent_off_output))
 
 
-def price_book(at: datetime | None = None) -> dict:
+def price_book(at: datetime | None = None, models: Collection[str] | None = None) -> dict:
     """What the pricing page and /api/pricing show: the list prices in force, the discount windows
-    in force, and the next scheduled change of either."""
+    in force, and the next scheduled change of either; of the `models` named (None: every model
+    with a price)."""
     at = at or timezone.now()
+
+    def only(rows: QuerySet) -> QuerySet:
+        return rows if models is None else rows.filter(model__in=list(models))
+
     current: dict[tuple[str, str], Price] = {}
-    for price in Price.objects.filter(currency=currency(), effective_from__lte=at).order_by("-effective_from"):
+    for price in only(Price.objects.filter(currency=currency(), effective_from__lte=at)).order_by("-effective_from"):
         current.setdefault((price.model, price.token_class), price)
-    models: dict[str, dict] = {}
+    entries: dict[str, dict] = {}
     for (model, cls), price in sorted(current.items()):
-        models.setdefault(model, {"model": model, "prices": {}})["prices"][cls] = {
+        entries.setdefault(model, {"model": model, "prices": {}})["prices"][cls] = {
             "per_million_tokens": per_million(price.nano_per_token), "nano_per_token": price.nano_per_token,
             "effective_from": price.effective_from.isoformat()}
     windows = [{"model": w.model, "token_class": w.token_class, "percent_off": w.percent_off,
                 "start_utc": w.start_time.strftime("%H:%M"), "end_utc": w.end_time.strftime("%H:%M"),
                 "weekdays": [int(d) for d in w.weekdays] or list(range(1, 8)), "days": days_label(w.weekdays),
                 "effective_until": w.effective_until.isoformat() if w.effective_until else None}
-               for w in windows_in_force(at).order_by("model", "token_class")]
-    next_change = _next_change(at)
-    return {"currency": currency(), "at": at.isoformat(), "models": list(models.values()),
+               for w in only(windows_in_force(at)).order_by("model", "token_class")]
+    next_change = _next_change(at, only)
+    return {"currency": currency(), "at": at.isoformat(), "models": list(entries.values()),
             "discount_windows": windows, "next_change": next_change}
 
 
-def _next_change(at: datetime) -> dict | None:
+def _next_change(at: datetime, only: Callable[[QuerySet], QuerySet]) -> dict | None:
     """The soonest instant after `at` at which a price or a discount window starts or stops, with
-    what happens then."""
-    instants = [p.effective_from for p in Price.objects.filter(currency=currency(), effective_from__gt=at)
-                .order_by("effective_from")[:1]]
-    instants += [w.effective_from for w in DiscountWindow.objects.filter(effective_from__gt=at).order_by("effective_from")[:1]]
-    instants += [w.effective_until for w in DiscountWindow.objects.filter(effective_until__gt=at).order_by("effective_until")[:1]]
+    what happens then (of the rows `only` keeps)."""
+    prices = only(Price.objects.filter(currency=currency()))
+    windows = only(DiscountWindow.objects.all())
+    instants = [p.effective_from for p in prices.filter(effective_from__gt=at).order_by("effective_from")[:1]]
+    instants += [w.effective_from for w in windows.filter(effective_from__gt=at).order_by("effective_from")[:1]]
+    instants += [w.effective_until for w in windows.filter(effective_until__gt=at).order_by("effective_until")[:1]]
     if not instants:
         return None
     when = min(instants)
@@ -179,11 +186,11 @@ def _next_change(at: datetime) -> dict | None:
         "at": when.isoformat(),
         "prices": [{"model": p.model, "token_class": p.token_class, "per_million_tokens": per_million(p.nano_per_token),
                     "nano_per_token": p.nano_per_token}
-                   for p in Price.objects.filter(currency=currency(), effective_from=when).order_by("model", "token_class")],
+                   for p in prices.filter(effective_from=when).order_by("model", "token_class")],
         "discount_windows_starting": [{"model": w.model, "token_class": w.token_class, "percent_off": w.percent_off}
-                                      for w in DiscountWindow.objects.filter(effective_from=when)],
+                                      for w in windows.filter(effective_from=when)],
         "discount_windows_ending": [{"model": w.model, "token_class": w.token_class, "percent_off": w.percent_off}
-                                    for w in DiscountWindow.objects.filter(effective_until=when)],
+                                    for w in windows.filter(effective_until=when)],
     }
 
 

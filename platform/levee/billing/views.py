@@ -25,7 +25,7 @@ from levee.accounts.operators import signed_in
 from levee.billing import exports, services
 from levee.billing.models import DailyUsage
 from levee.billing.money import format_amount
-from levee.billing.pricing import currency, price_book
+from levee.billing.pricing import currency
 from levee.core.errors import ApiError, error_response
 from levee.core.middleware import sessionless
 from levee.keys.authentication import ApiKeyAuthentication
@@ -148,22 +148,17 @@ def redeem_voucher(request):
 @authentication_classes([])
 @permission_classes([AllowAny])
 def pricing_json(request):
-    """GET /api/pricing: the prices and discount windows in force and the next scheduled change."""
-    return Response(price_book())
+    """GET /api/pricing: the prices and discount windows in force and the next scheduled change, of
+    the models served now."""
+    from levee.billing.pages import price_table
 
-
-def _class_labels() -> list[tuple[str, Any]]:
-    from levee.billing.pages import PRICE_CLASSES  # the page's (translated) names of the price classes
-
-    return PRICE_CLASSES
+    return Response(price_table()["book"])
 
 
 def pricing_page(request):
-    book = price_book()
-    rows = [(entry["model"], [entry["prices"].get(key, {}).get("per_million_tokens", "—") for key, _ in _class_labels()])
-            for entry in book["models"]]
-    return render(request, "billing/pricing.html", {"book": book, "rows": rows,
-                                                    "labels": [label for _, label in _class_labels()]})
+    from levee.billing.pages import price_table
+
+    return render(request, "billing/pricing.html", price_table())
 
 
 @csrf_exempt

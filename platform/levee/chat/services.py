@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -86,7 +85,6 @@ def delete_conversation(conversation: Conversation) -> None:
     streaming first (`jobs.cancel`, async). Such a reply is finished before it goes, from what its
     job wrote to Redis, so the tokens it used still count against the day's free allowance, once
     (finish_reply's compare-and-set: the web process streaming it may get there first)."""
-    from redis.exceptions import RedisError
 
     streaming = list(conversation.messages.filter(status=Status.STREAMING)
                      .values_list("pk", "job_id", "prompt_tokens", "model", "created_at"))
@@ -105,26 +103,6 @@ def delete_conversation(conversation: Conversation) -> None:
                          usage=outcome.usage, started_at=created_at, request_id=f"delete-{job_id or reply_id}",
                          finish_reason="deleted")
         conversation.delete()
-
-
-def served_models() -> tuple[list[str], bool]:
-    """The enabled models an inference worker is serving now (a heartbeat within WORKER_TTL_S), in
-    name order, and whether that could be checked: with Redis unreachable, every enabled model
-    (sending then answers why it cannot)."""
-    from levee.api.models import LlmModel
-    from levee.core.store import redis_client
-
-    names = list(LlmModel.objects.filter(enabled=True).values_list("name", flat=True))
-    now = time.time()
-    try:
-        pipe = redis_client().pipeline(transaction=False)
-        for name in names:
-            pipe.zcount(protocol.workers_key(name), now - protocol.WORKER_TTL_S, "+inf")
-        live = pipe.execute()
-    except RedisError:
-        log.warning("chat page: Redis unreachable reading live workers; offering every enabled model")
-        return names, False
-    return [name for name, count in zip(names, live, strict=True) if count], True
 
 
 def current_mode() -> str | None:
@@ -320,7 +298,6 @@ def sweep_stale_replies(*, now: datetime | None = None, limit: int = 500) -> int
     deadline): what the job wrote to its event stream, if that is still in Redis (an hour), becomes
     the reply (a reasoner's reasoning apart from its answer) and its tokens count against the day's
     free allowance; otherwise the reply is marked interrupted. Returns how many replies were finished."""
-    from redis.exceptions import RedisError
 
     now = now or timezone.now()
     stale = list(Message.objects.filter(status=Status.STREAMING, created_at__lt=_in_flight_cutoff(now))

@@ -26,6 +26,7 @@ from inference import protocol
 from levee.api import jobs, reader
 from levee.api.models import LlmModel, aenabled_model
 from levee.api.reader import JobReader
+from levee.api.services import served_models
 from levee.api.tokens import opens_thinking
 from levee.chat import services
 from levee.chat.models import Conversation, Message, Status
@@ -57,7 +58,7 @@ def chat_page(request, conversation_id: int | None = None):
     if conversation_id is not None:
         conversation = get_object_or_404(Conversation, pk=conversation_id, user=request.user)
         messages = [_message_row(m) for m in conversation.messages.all()]
-    models, _checked = services.served_models()
+    models, _checked = served_models()
     return render(request, "chat/chat.html", {
         # A conversation gets its title with its first message; one left empty (its first message was
         # refused) is not worth a place in the list.

@@ -1,7 +1,11 @@
+import time
 from datetime import UTC, datetime
 
 import pytest
+from django.urls import reverse
 
+from inference import protocol
+from levee.api.models import LlmModel
 from levee.billing.models import DiscountWindow, Price
 from levee.billing.pricing import price_book, rates_at, seed_published_prices
 
@@ -49,12 +53,50 @@ def test_the_price_book_shows_current_prices_and_the_next_change(client, setting
     assert len(early["next_change"]["discount_windows_ending"]) == 6
 
 
-def test_the_pricing_page_and_json_are_public(client, settings):
+def _serve(redis_client, *names, at=None):
+    """A live worker heartbeat for each model named (as an inference worker's would be)."""
+    for name in names:
+        redis_client.zadd(protocol.workers_key(name), {f"w-{name}": time.time() if at is None else at})
+
+
+def test_the_pricing_page_and_json_are_public(client, settings, redis_client):
     seed_published_prices()
     settings.LEVEE_CURRENCY = "USD"
+    LlmModel.objects.filter(name="deepseek-reasoner").update(enabled=True)
+    _serve(redis_client, "deepseek-chat", "deepseek-reasoner")
     page = client.get("/pricing")
     assert page.status_code == 200 and b"deepseek-reasoner" in page.content and b"0.42" in page.content
     data = client.get("/api/pricing").json()
     assert data["currency"] == "USD" and {m["model"] for m in data["models"]} >= {"deepseek-chat", "deepseek-reasoner"}
     assert data["next_change"] is None or "at" in data["next_change"]
     assert Price.objects.filter(currency="CNY").exists() and DiscountWindow.objects.count() == 6
+
+
+def test_the_price_lists_show_only_the_enabled_models_a_worker_serves(client, settings, redis_client):
+    seed_published_prices()
+    settings.LEVEE_CURRENCY = "USD"
+    LlmModel.objects.filter(name="deepseek-reasoner").update(enabled=False)
+    _serve(redis_client, "deepseek-chat", "deepseek-reasoner")  # a worker for a disabled model: not offered
+
+    def listed():
+        pages = {path: client.get(path).content.decode() for path in ("/", "/pricing")}
+        book = client.get("/api/pricing").json()
+        assert {w["model"] for w in book["discount_windows"]} <= {m["model"] for m in book["models"]}
+        if book["next_change"]:
+            assert {p["model"] for p in book["next_change"]["prices"]} <= {m["model"] for m in book["models"]}
+        names = [m["model"] for m in book["models"]]
+        for page in pages.values():
+            assert [n for n in ("deepseek-chat", "deepseek-reasoner") if f"<code>{n}</code>" in page] == names
+        return names, pages
+
+    assert listed()[0] == ["deepseek-chat"]
+    LlmModel.objects.filter(name="deepseek-reasoner").update(enabled=True)
+    assert listed()[0] == ["deepseek-chat", "deepseek-reasoner"]
+    redis_client.delete(protocol.workers_key("deepseek-chat"))
+    _serve(redis_client, "deepseek-chat", at=time.time() - protocol.WORKER_TTL_S - 5)  # its heartbeat lapsed
+    assert listed()[0] == ["deepseek-reasoner"]
+    redis_client.delete(protocol.workers_key("deepseek-reasoner"))
+    names, pages = listed()
+    assert names == [] and all("No model is being served right now." in page for page in pages.values())
+    assert "目前没有正在提供服务的模型" in client.get(reverse("pricing"), HTTP_ACCEPT_LANGUAGE="zh-CN,zh;q=0.9").content.decode()
+

@@ -1,4 +1,5 @@
 """The server-rendered pages: home with prices, usage and billing, our own auth and error pages."""
+import time
 from datetime import timedelta
 
 import pytest
@@ -15,7 +16,10 @@ pytestmark = pytest.mark.django_db
 DOLLAR = 10**9
 
 
-def test_home_lists_the_prices_in_force(client):
+def test_home_lists_the_prices_in_force(client, redis_client):
+    from inference import protocol
+
+    redis_client.zadd(protocol.workers_key("deepseek-chat"), {"w1": time.time()})  # served now
     page = client.get(reverse("home")).content.decode()
     assert 'id="price-list"' in page and "deepseek-chat" in page and "0.42" in page
 
