@@ -84,21 +84,15 @@ def prompt_ids(model: LlmModel, prompt: str, suffix: str | None) -> list[int]:
 
 @chat_api.key_endpoint("POST")
 async def beta_completions(request: Any, key: Any) -> HttpResponseBase:
+    """The chat door's path (levee.api.views): the model and the characters untokenized, then shed
+    and limits, then the prompt tokenized (off the event loop when long)."""
     try:
         chat, prompt, suffix, echo = parse(schema.parse_json(request.body))
-        model = await chat_api.aenabled_model(chat.model)
-        if model is None:
-            raise schema.RequestError(400, f"Model Not Exist: {chat.model}", param="model", code="model_not_found")
+        model, chars = await chat_api._served_model(chat, len(prompt) + len(suffix or ""), param="prompt",
+                                                    what="prompt and suffix")
         if model.reasoner:
             raise schema.RequestError(422, f"{model.name} does not support FIM completion", param="model",
                                       code="invalid_parameter")
-        ids = prompt_ids(model, prompt, suffix)
-        work = plan.Plan(prompt_ids=ids, thinking=False, thinking_opened=False,
-                         sampling={"temperature": chat.temperature, "top_p": chat.top_p,
-                                   "presence_penalty": chat.presence_penalty,
-                                   "frequency_penalty": chat.frequency_penalty},
-                         logprobs=chat.top_logprobs if chat.logprobs else None)
-        max_tokens = chat_api._max_tokens(model, chat, len(ids))
         request.phases.mark("parse")
     except schema.RequestError as exc:
         return chat_api._api_error(exc)
@@ -106,10 +100,17 @@ async def beta_completions(request: Any, key: Any) -> HttpResponseBase:
     def formatter(**kwargs: Any) -> _TextCompletion:
         return _TextCompletion(echo=prompt if echo else "", **kwargs)
 
-    async def built() -> tuple[plan.Plan, int]:  # tokenized above: a FIM prompt is bounded by the schema
-        return work, max_tokens
+    def build() -> tuple[plan.Plan, int]:
+        ids = prompt_ids(model, prompt, suffix)
+        work = plan.Plan(prompt_ids=ids, thinking=False, thinking_opened=False,
+                         sampling={"temperature": chat.temperature, "top_p": chat.top_p,
+                                   "presence_penalty": chat.presence_penalty,
+                                   "frequency_penalty": chat.frequency_penalty},
+                         logprobs=chat.top_logprobs if chat.logprobs else None)
+        return work, chat_api._max_tokens(model, chat, len(ids))
 
-    return await chat_api._run(request, key, model, chat, len(prompt) + len(suffix or ""), built, formatter=formatter)
+    return await chat_api._run(request, key, model, chat, chars, lambda: chat_api.off_loop(chars, build),
+                               formatter=formatter)
 
 
 def _legacy_logprobs(entries: list[dict], offset: int) -> dict:

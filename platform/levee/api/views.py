@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -34,6 +34,7 @@ from levee.keys.authentication import bearer_token, masked
 from levee.keys.services import aauthenticate_key
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _api_error(exc: schema.RequestError) -> JsonResponse:
@@ -116,28 +117,35 @@ async def _chat(request: Any, key: Any, *, beta: bool) -> HttpResponseBase:
     return await _run(request, key, model, chat, chars, lambda: build_plan(model, chat, beta=beta))
 
 
-async def _served_model(chat: schema.ChatRequest) -> tuple[LlmModel, int]:
-    """The enabled model a request names, and the prompt's characters, refused untokenized when they
-    cannot fit its context (more than context × the model's prompt_chars_per_token). Raises RequestError."""
+async def _served_model(chat: schema.ChatRequest, chars: int | None = None, *, param: str = "messages",
+                        what: str = "messages") -> tuple[LlmModel, int]:
+    """The enabled model a request names, and the prompt's characters (`chars`, by default those of
+    the chat's messages and tools), refused untokenized when they cannot fit its context (more than
+    context × the model's prompt_chars_per_token). Every API door starts with this. Raises RequestError."""
     model = await aenabled_model(chat.model)
     if model is None:
         raise schema.RequestError(400, f"Model Not Exist: {chat.model}", param="model", code="model_not_found")
-    chars = _prompt_chars(chat)
+    chars = _prompt_chars(chat) if chars is None else chars
     if chars > model.context_length * model.prompt_chars_per_token:  # cannot fit: refused untokenized
         raise schema.RequestError(400, f"This model's maximum context length is {model.context_length} tokens; "
-                                       f"the messages have {chars} characters, more than any prompt that fits.",
-                                  param="messages", code="context_length_exceeded")
+                                       f"the {what} have {chars} characters, more than any prompt that fits.",
+                                  param=param, code="context_length_exceeded")
     return model, chars
 
 
+async def off_loop(chars: int, work: Callable[[], T]) -> T:
+    """`work()` (tokenizing a prompt of `chars` characters): inline when short (a thread hop costs
+    more), else in a worker thread; `tokenizers` releases the GIL for the encoding itself
+    (inference.tokenizer), so the event loop keeps serving other requests and streams meanwhile."""
+    if chars <= INLINE_ENCODE_CHARS:
+        return work()
+    return await sync_to_async(work, thread_sensitive=False)()
+
+
 async def build_plan(model: LlmModel, chat: schema.ChatRequest, *, beta: bool) -> tuple[plan.Plan, int]:
-    """The rendered, tokenized prompt and the reply's max_tokens. A long prompt is tokenized in a
-    worker thread, and `tokenizers` releases the GIL for the encoding itself (inference.tokenizer),
-    so the event loop keeps serving other requests and streams meanwhile. Raises RequestError."""
-    if _prompt_chars(chat) <= INLINE_ENCODE_CHARS:  # a thread hop costs more than this
-        work = _plan(model, chat, beta)
-    else:
-        work = await sync_to_async(_plan, thread_sensitive=False)(model, chat, beta)
+    """The rendered, tokenized prompt (off the event loop when long) and the reply's max_tokens.
+    Raises RequestError."""
+    work = await off_loop(_prompt_chars(chat), lambda: _plan(model, chat, beta))
     return work, _max_tokens(model, chat, len(work.prompt_ids))
 
 

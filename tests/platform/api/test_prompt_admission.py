@@ -39,11 +39,54 @@ def tokenize_calls(monkeypatch):
     return calls
 
 
-def _post(raw, body):
+def _post(raw, body, path="/v1/chat/completions"):
     from django.test import Client
 
-    return Client().post("/v1/chat/completions", json.dumps(body), content_type="application/json",
+    return Client().post(path, json.dumps(body), content_type="application/json",
                          headers={"Authorization": f"Bearer {raw}"})
+
+
+@pytest.fixture
+def encoded(monkeypatch):
+    """The lengths of the texts the tokenizer encoded (every door's prompt goes through encode)."""
+    lengths = []
+    real = Tokenizer.encode
+    monkeypatch.setattr(Tokenizer, "encode", lambda self, text, **kw: lengths.append(len(text)) or real(self, text, **kw))
+    return lengths
+
+
+# Every API door, with a prompt of `text`: chat, FIM (prompt and suffix), Anthropic's messages and count_tokens.
+DOORS = {
+    "chat": ("/v1/chat/completions", lambda text: {"model": "deepseek-chat", "max_tokens": 5,
+                                                   "messages": [{"role": "user", "content": text}]}),
+    "fim": ("/beta/completions", lambda text: {"model": "deepseek-chat", "max_tokens": 5,
+                                               "prompt": text[: len(text) // 2], "suffix": text[len(text) // 2:]}),
+    "anthropic": ("/anthropic/v1/messages", lambda text: {"model": "deepseek-chat", "max_tokens": 5,
+                                                          "messages": [{"role": "user", "content": text}]}),
+    "count_tokens": ("/anthropic/v1/messages/count_tokens",
+                     lambda text: {"model": "deepseek-chat", "messages": [{"role": "user", "content": text}]}),
+}
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_every_door_refuses_a_prompt_that_cannot_fit_before_tokenizing_it(api_key, encoded, door):
+    path, body = DOORS[door]
+    model = LlmModel.objects.get(name="deepseek-chat")
+    response = _post(api_key, body("x" * (model.context_length * model.prompt_chars_per_token + 1)), path)
+    assert response.status_code == 400, response.content[:300]
+    assert "maximum context length" in response.content.decode()
+    assert not [n for n in encoded if n > 1000]
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_every_door_refuses_a_caller_over_its_limits_before_tokenizing(api_key, encoded, settings, door):
+    settings.SHIELD_LIMITS = {**settings.SHIELD_LIMITS,
+                              "api.key": {**settings.SHIELD_LIMITS["api.key"], "requests": (1, 60)}}
+    path, body = DOORS[door]
+    first = _post(api_key, body("hello " * 1000), path)
+    assert first.status_code != 429 and len([n for n in encoded if n > 1000]) == 1, first.content[:300]
+    second = _post(api_key, body("hello " * 1000), path)
+    assert second.status_code == 429 and len([n for n in encoded if n > 1000]) == 1
 
 
 def test_a_prompt_that_cannot_fit_is_refused_before_it_is_tokenized(api_key, tokenize_calls):
