@@ -314,7 +314,8 @@ class Admission:
         if not target.startswith("/") or target.startswith("//") or "\\" in target or len(target) > 500:
             target = "/"
         try:
-            await pow.averify(challenge, nonce, required_bits=settings.SHIELD_PASS_BITS[NORMAL])
+            # The challenge carries its bits (signed); any the layer may have asked in some mode will do.
+            await pow.averify(challenge, nonce, required_bits=min(settings.SHIELD_PASS_BITS.values()))
         except pow.PowRefused:
             return await _interstitial(send, target, ip, status=403, note="That check did not complete; trying again.")
         value = passes.issue(ip)

@@ -85,9 +85,9 @@ SHIELD_PASS_BITS = {"normal": env_int("SHIELD_PASS_BITS_NORMAL", 14, minimum=1),
                     "elevated": env_int("SHIELD_PASS_BITS_ELEVATED", 16, minimum=1),
                     "under_attack": env_int("SHIELD_PASS_BITS_UNDER_ATTACK", 18, minimum=1)}
 SHIELD_PASS_SUBNET_BITS = [(0.5, 2), (0.9, 2)]
-# The interstitial itself: off by default until its browser journey passes end to end again
-# (tests/e2e/test_browser.py, under_attack log-in); off, bare browsers keep the hashing budget.
-SHIELD_BROWSER_PASS = env_bool("SHIELD_BROWSER_PASS", False)
+# The interstitial itself (tests/e2e/test_browser.py logs in through it under_attack); off, bare
+# browsers are counted against the new-browser hashing budget in every mode and never see it.
+SHIELD_BROWSER_PASS = env_bool("SHIELD_BROWSER_PASS", True)
 SHIELD_PASS_TTL = env_int("SHIELD_PASS_TTL", 3600, minimum=60)  # seconds a pass lasts
 SHIELD_PASS_USES = env_int("SHIELD_PASS_USES", 30, minimum=1)  # door POSTs one pass may make
 # Seconds the API-key filter's ready marker lasts (it is rebuilt from the database before then).

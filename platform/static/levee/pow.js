@@ -11,6 +11,9 @@
   const nonceField = form.querySelector("input[name=pow_nonce]");
   const status = form.querySelector(".pow-status");
   const encoder = new TextEncoder();
+  // The admission layer's interstitial is a pre-built page without Django's JavaScript catalog:
+  // there gettext does not exist, and the status line keeps the page's own words.
+  const t = (text) => (typeof window.gettext === "function" ? window.gettext(text) : text);
 
   function zeroBits(bytes) {
     let n = 0;
@@ -31,10 +34,10 @@
   let solving = null;
   function start() {
     if (!solving) {
-      if (status) status.textContent = gettext("Checking your browser…");
+      if (status) status.textContent = t("Checking your browser…");
       solving = solve().then((nonce) => {
         nonceField.value = nonce;
-        if (status) status.textContent = gettext("Ready.");
+        if (status) status.textContent = t("Ready.");
         return nonce;
       });
     }

@@ -447,3 +447,18 @@ def test_the_layers_own_answers_carry_a_request_id(layer):
     app, _ = layer
     answer = call(app, "GET", "/v1/models")
     assert answer.status == 401 and answer.headers["x-request-id"].startswith("req_")
+
+
+def test_the_pass_accepts_what_the_layer_asked_in_any_mode_and_nothing_easier(layer, rds, settings):
+    from urllib.parse import urlencode
+
+    # An operator may ask less under attack than in calm times (a slow-browser audience): the pass
+    # must take the interstitial's own challenge, not hold it to the normal mode's bits.
+    settings.SHIELD_PASS_BITS = {"normal": 9, "elevated": 5, "under_attack": 5}
+    app, _ = layer
+    set_mode_mirror(rds, "under_attack")
+    assert _solve_pass(app, "/accounts/login/", "198.51.100.30").startswith(passes.PASS_COOKIE)
+    easy = pow.issue(3)  # signed by us, but easier than any mode asks
+    body = urlencode({"pow_challenge": easy, "pow_nonce": pow.solve(easy), "next": "/"}).encode()
+    refused = call(app, "POST", admission.PASS_PATH, body=body, ip="198.51.100.30")
+    assert refused.status == 403 and "set-cookie" not in refused.headers
