@@ -30,8 +30,8 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Sum
-from django.utils import timezone
-from django.utils.translation import gettext_noop
+from django.utils import formats, timezone, translation
+from django.utils.translation import gettext, gettext_noop, ngettext
 
 from levee.billing.models import (
     AlertDelivery,
@@ -42,7 +42,7 @@ from levee.billing.models import (
     LedgerKind,
     Wallet,
 )
-from levee.billing.money import MAX_OPERATION_NANO, format_amount
+from levee.billing.money import MAX_OPERATION_NANO, format_amount, localized
 from levee.billing.pricing import currency
 from levee.core.memo import Memo
 
@@ -148,13 +148,17 @@ def _check(user_id: int) -> list[str]:
         low = wallet.available_nano < row.low_balance_nano
         if low and AlertSettings.objects.filter(pk=row.pk, low_balance_alerted=False).update(low_balance_alerted=True):
             fired.append("balance.low")
+            with _in_language_of(row):
+                words = {"available": localized(wallet.available_nano), "threshold": localized(row.low_balance_nano),
+                         "currency": currency()}
+                subject = gettext("Levee: your balance is below %(threshold)s %(currency)s") % words
+                text = gettext("Your available balance is %(available)s %(currency)s, below the %(threshold)s "
+                               "%(currency)s you asked to be told about. Top up on the Usage page to keep your API "
+                               "keys working.") % words
             _fire(row, "balance.low", {
                 "available": format_amount(wallet.available_nano, places=2), "available_nano": wallet.available_nano,
                 "threshold": format_amount(row.low_balance_nano, places=2), "threshold_nano": row.low_balance_nano},
-                subject=f"Levee: your balance is below {format_amount(row.low_balance_nano, places=2)} {currency()}",
-                text=(f"Your available balance is {format_amount(wallet.available_nano, places=2)} {currency()}, "
-                      f"below the {format_amount(row.low_balance_nano, places=2)} {currency()} you asked to be told "
-                      "about. Top up on the Usage page to keep your API keys working."))
+                subject=subject, text=text)
         elif not low and row.low_balance_alerted:
             AlertSettings.objects.filter(pk=row.pk).update(low_balance_alerted=False)  # re-armed
     if row.daily_spend_nano is not None:
@@ -163,12 +167,16 @@ def _check(user_id: int) -> list[str]:
         if spent >= row.daily_spend_nano and AlertSettings.objects.filter(pk=row.pk).exclude(
                 spend_alerted_on=today).update(spend_alerted_on=today):
             fired.append("spend.threshold")
+            with _in_language_of(row):
+                words = {"spent": localized(spent, places=6), "spent_short": localized(spent),
+                         "threshold": localized(row.daily_spend_nano), "currency": currency()}
+                subject = gettext("Levee: you have spent %(spent_short)s %(currency)s today") % words
+                text = gettext("Your spend today (UTC) reached %(spent)s %(currency)s, past the %(threshold)s "
+                               "%(currency)s you asked to be told about.") % words
             _fire(row, "spend.threshold", {
                 "date": today.isoformat(), "spent": format_amount(spent, places=6), "spent_nano": spent,
                 "threshold": format_amount(row.daily_spend_nano, places=2), "threshold_nano": row.daily_spend_nano},
-                subject=f"Levee: you have spent {format_amount(spent, places=2)} {currency()} today",
-                text=(f"Your spend today (UTC) reached {format_amount(spent, places=6)} {currency()}, past the "
-                      f"{format_amount(row.daily_spend_nano, places=2)} {currency()} you asked to be told about."))
+                subject=subject, text=text)
     return fired
 
 
@@ -181,8 +189,10 @@ def send_digests(*, now: datetime | None = None) -> int:
     for row in AlertSettings.objects.filter(daily_digest=True).exclude(digest_sent_on=today).select_related("user"):
         if not AlertSettings.objects.filter(pk=row.pk).exclude(digest_sent_on=today).update(digest_sent_on=today):
             continue  # another beat run took it
-        _fire(row, "spend.daily_digest", digest_of(row.user, yesterday),
-              subject=f"Levee: your usage on {yesterday.isoformat()}", text=_digest_text(row.user, yesterday))
+        with _in_language_of(row):
+            subject = gettext("Levee: your usage on %(day)s") % {"day": formats.date_format(yesterday, "SHORT_DATE_FORMAT")}
+            text = _digest_text(row.user, yesterday)
+        _fire(row, "spend.daily_digest", digest_of(row.user, yesterday), subject=subject, text=text)
         sent += 1
     return sent
 
@@ -199,12 +209,30 @@ def digest_of(user: User, day: date) -> dict[str, Any]:
             "available": format_amount(wallet.available_nano if wallet else 0, places=2)}
 
 
+def _in_language_of(row: AlertSettings) -> Any:
+    """Mail in the account's language (its preference, else the site's)."""
+    return translation.override(row.user.language or settings.LANGUAGE_CODE)
+
+
 def _digest_text(user: User, day: date) -> str:
+    """The digest mail's text, in the active language, amounts and counts as it writes numbers."""
     d = digest_of(user, day)
-    lines = [f"Your Levee usage on {d['date']} (UTC):", ""]
-    lines += [f"  {m['model']}: {m['requests']} requests, {m['total_tokens']} tokens, {m['cost']} {currency()}"
-              for m in d["models"]] or ["  no requests"]
-    lines += ["", f"Total: {d['cost']} {currency()}. Available balance: {d['available']} {currency()}."]
+    cur = currency()
+
+    def count(n: int) -> str:
+        return formats.number_format(n, force_grouping=True)
+
+    lines = [gettext("Your Levee usage on %(day)s (UTC):") % {"day": formats.date_format(day, "SHORT_DATE_FORMAT")}, ""]
+    lines += ["  " + ngettext("%(model)s: %(requests)s request, %(tokens)s tokens, %(cost)s %(currency)s",
+                              "%(model)s: %(requests)s requests, %(tokens)s tokens, %(cost)s %(currency)s",
+                              m["requests"])
+              % {"model": m["model"], "requests": count(m["requests"]), "tokens": count(m["total_tokens"]),
+                 "cost": localized(m["cost_nano"], places=6), "currency": cur}
+              for m in d["models"]] or ["  " + gettext("no requests")]
+    wallet = Wallet.objects.filter(user=user).first()
+    lines += ["", gettext("Total: %(cost)s %(currency)s. Available balance: %(available)s %(currency)s.")
+              % {"cost": localized(d["cost_nano"], places=6), "currency": cur,
+                 "available": localized(wallet.available_nano if wallet else 0)}]
     return "\n".join(lines) + "\n"
 
 

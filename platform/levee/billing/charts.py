@@ -3,8 +3,10 @@ escaped (model names are data)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from datetime import date
 
+from django.utils import formats
 from django.utils.html import escape
 from django.utils.safestring import mark_safe
 
@@ -23,9 +25,12 @@ def _nice_ceiling(value: float) -> float:
     return 10 * magnitude
 
 
-def stacked_bars(*, days: list[date], series: dict[str, list[float]], title: str, chart_id: str,
-                 fmt=lambda v: f"{v:,.0f}", empty: str = "No usage in this period.") -> str:
-    """A stacked bar per day, one colour per model, with a legend and a <title> on every bar."""
+def stacked_bars(*, days: list[date], series: Mapping[str, Sequence[float]], title: str, chart_id: str,
+                 fmt=None, empty: str = "No usage in this period.") -> str:
+    """A stacked bar per day, one colour per model, with a legend and a <title> on every bar. Values
+    are written by `fmt` (by default whole numbers, grouped as the reader's language groups them)
+    and days in its short date format."""
+    fmt = fmt or (lambda v: formats.number_format(round(v), force_grouping=True))
     width, height, left, right, top, bottom = 720, 240, 64, 12, 16, 36
     plot_w, plot_h = width - left - right, height - top - bottom
     totals = [sum(values[i] for values in series.values()) for i in range(len(days))]
@@ -49,7 +54,7 @@ def stacked_bars(*, days: list[date], series: dict[str, list[float]], title: str
             h = plot_h * value / ceiling
             y -= h
             parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
-                         f'fill="{PALETTE[s % len(PALETTE)]}" class="s{s % len(PALETTE)}"><title>{escape(day.isoformat())} · {escape(model)}: '
+                         f'fill="{PALETTE[s % len(PALETTE)]}" class="s{s % len(PALETTE)}"><title>{escape(formats.date_format(day, "SHORT_DATE_FORMAT"))} · {escape(model)}: '
                          f'{escape(fmt(value))}</title></rect>')
         if len(days) <= 14 or d % max(1, len(days) // 10) == 0 or d == len(days) - 1:
             parts.append(f'<text x="{x + bar_w / 2:.1f}" y="{top + plot_h + 16}" text-anchor="middle" '

@@ -11,7 +11,7 @@ from django.db.models import Sum
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils import timezone
+from django.utils import formats, timezone
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy, gettext_noop
 from django.views.decorators.http import require_POST
@@ -20,7 +20,7 @@ from levee.accounts.operators import signed_in
 from levee.billing import services
 from levee.billing.charts import stacked_bars
 from levee.billing.models import DailyUsage, LedgerEntry
-from levee.billing.money import NANO_PER_UNIT, format_amount
+from levee.billing.money import localized
 from levee.billing.pricing import currency
 
 PERIODS = (7, 30, 90)
@@ -64,13 +64,13 @@ def _usage(user, days: int):
     day_list = [start + timedelta(days=i) for i in range(days)]
     index = {day: i for i, day in enumerate(day_list)}
     tokens: dict[str, list[float]] = {}
-    cost: dict[str, list[float]] = {}
+    cost: dict[str, list[int]] = {}  # nano-units: the bars' titles show exact amounts
     table = []
     for row in rows:
         total = row["hit"] + row["miss"] + row["out"]
         tokens.setdefault(row["model"], [0] * days)[index[row["day"]]] += total
-        cost.setdefault(row["model"], [0] * days)[index[row["day"]]] += row["cost"] / NANO_PER_UNIT
-        table.append({**row, "tokens": total, "cost_display": format_amount(row["cost"], places=6),
+        cost.setdefault(row["model"], [0] * days)[index[row["day"]]] += row["cost"]
+        table.append({**row, "tokens": total, "cost_display": localized(row["cost"], places=6),
                       "source_label": _("web chat (free)") if row["source"] == "web" else _("API")})
     cur = currency()
     return {
@@ -82,11 +82,21 @@ def _usage(user, days: int):
                                    chart_id="cost-chart", title=_("Cost per day and model in %(currency)s, last %(days)d days")
                                    % {"currency": cur, "days": days},
                                    empty=_("No charges in this period (free web chat costs nothing)."),
-                                   fmt=lambda v: f"{v:,.4f}".rstrip("0").rstrip(".") if v else "0"),
+                                   fmt=_chart_amount),
         "usage_rows": list(reversed(table)),
         "total_tokens": sum(r["tokens"] for r in table),
-        "total_cost": format_amount(sum(r["cost"] for r in table), places=6),
+        "total_cost": localized(sum(r["cost"] for r in table), places=6),
     }
+
+
+def _chart_amount(nano: float) -> str:
+    """A cost on the chart (nano-units; a grid line's value may be a fraction of one): four places
+    at most, trailing zeros cut, as the reader's language writes numbers."""
+    if not nano:
+        return "0"
+    text = localized(int(nano), places=4)
+    decimal = formats.get_format("DECIMAL_SEPARATOR")
+    return text.rstrip("0").removesuffix(decimal) if decimal in text else text
 
 
 @login_required
@@ -104,14 +114,14 @@ def usage_page(request):
     wallet = services.wallet_for(request.user)
     ledger = Paginator(LedgerEntry.objects.filter(wallet=wallet).order_by("-id"), LEDGER_PAGE_SIZE)
     page = ledger.get_page(request.GET.get("page"))
-    entries = [{"entry": e, "amount": format_amount(e.balance_delta, places=6),
-                "held": format_amount(e.held_delta, places=6) if e.held_delta else ""} for e in page]
+    entries = [{"entry": e, "amount": localized(e.balance_delta, places=6),
+                "held": localized(e.held_delta, places=6) if e.held_delta else ""} for e in page]
     from levee.billing import alerts, payments
 
     return render(request, "billing/usage.html", {
         "alerts": alerts.view(request.user),
         "balance": services.balance_view(request.user), "currency": currency(), "topup": payments.options(),
-        "held": format_amount(wallet.held_nano, places=2), "days": days, "periods": PERIODS,
+        "held": localized(wallet.held_nano, places=2), "days": days, "periods": PERIODS,
         "page": page, "entries": entries,
         "chat_used": tokens_used_today(request.user),  # chat_quota: levee.chat.context
         **_usage(request.user, days),
@@ -125,7 +135,7 @@ def _redeem(request):
     except services.BillingRefused as exc:
         messages.error(request, REFUSALS.get(exc.code, exc.message))
     else:
-        amount = format_amount(redemption.entry.topped_up_delta, places=2)
+        amount = localized(redemption.entry.topped_up_delta, places=2)
         messages.success(request, _("Voucher redeemed: %(amount)s %(currency)s added to your balance.")
                          % {"amount": amount, "currency": currency()})
     return redirect("usage-page")
@@ -159,7 +169,7 @@ def topup_result(request: HttpRequest, payment_id: uuid.UUID) -> HttpResponse:
 
     payment = get_object_or_404(Payment, pk=payment_id, user=signed_in(request))
     return render(request, "billing/topup_result.html", {
-        "payment": payment, "amount": format_amount(payment.amount_nano, places=2),
+        "payment": payment, "amount": localized(payment.amount_nano, places=2),
         "cancelled": request.GET.get("cancelled") == "1" and payment.status != "credited",
         "balance": services.balance_view(signed_in(request))["balance_infos"][0]})
 

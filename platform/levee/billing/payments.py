@@ -34,7 +34,7 @@ from levee.billing.models import (
     TopupSwitchChange,
     Wallet,
 )
-from levee.billing.money import Amount, format_amount, parse_amount
+from levee.billing.money import Amount, format_amount, localized, parse_amount
 from levee.billing.pricing import currency
 
 if TYPE_CHECKING:
@@ -387,12 +387,19 @@ _HANDLERS = {
 
 
 def _send_receipt(payment: Payment) -> None:
-    amount = f"{format_amount(payment.amount_nano, places=2)} {payment.currency}"
-    body = (f"Thank you. We received your payment of {amount} and added it to your Levee balance.\n\n"
-            f"Payment: {payment.payment_intent or payment.session_id}\n"
-            f"Date: {payment.credited_at:%Y-%m-%d %H:%M} UTC\nAmount: {amount}\n\n"
-            "Your usage and ledger are on the Usage page.\n")
+    """The receipt, in the account's language (amount and date as it writes them)."""
+    from django.utils import formats, translation
+    from django.utils.translation import gettext
+
+    with translation.override(payment.user.language or settings.LANGUAGE_CODE):
+        words = {"amount": localized(payment.amount_nano), "currency": payment.currency,
+                 "payment": payment.payment_intent or payment.session_id,
+                 "date": formats.date_format(payment.credited_at or timezone.now(), "SHORT_DATETIME_FORMAT")}
+        subject = gettext("Levee receipt: top-up of %(amount)s %(currency)s") % words
+        body = gettext("Thank you. We received your payment of %(amount)s %(currency)s and added it to your Levee "
+                       "balance.\n\nPayment: %(payment)s\nDate: %(date)s UTC\nAmount: %(amount)s %(currency)s\n\n"
+                       "Your usage and ledger are on the Usage page.\n") % words
     try:
-        send_mail(f"Levee receipt: top-up of {amount}", body, None, [payment.user.email], fail_silently=False)
+        send_mail(subject, body, None, [payment.user.email], fail_silently=False)
     except Exception:  # the credit stands; a lost receipt is logged, not retried forever
         log.exception("could not send the receipt of payment %s", payment.pk)

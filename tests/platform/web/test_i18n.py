@@ -110,6 +110,62 @@ def test_numbers_and_dates_follow_the_language(client):
     assert f"{now.year}年" in zh and f"{now:%Y-%m-%d}" in en
 
 
+def test_money_keeps_its_exact_digits_and_takes_the_languages_separators():
+    from django.utils import translation
+
+    from levee.billing.money import localized
+
+    big = 1_234_567_891_234_567  # 1,234,567.891234567 units: past a float's 15–16 significant digits
+    for language in ("en", "zh-hans"):
+        with translation.override(language):
+            assert localized(big, places=9) == "1,234,567.891234567"
+            assert localized(1_999_999_999) == "1.99"  # truncated, as format_amount: never more than there is
+            assert localized(-1_234_500_000_000) == "-1,234.50" and localized(0) == "0.00"
+            assert localized("0.035") == "0.035" and localized("1234.5") == "1,234.5"
+    with translation.override("de"):  # the formats come from Django's l10n, not from this code
+        assert localized(big, places=9) == "1.234.567,891234567"
+
+
+def test_money_and_dates_on_the_pages_and_in_mail_follow_the_language(client, redis_client,
+                                                                      django_capture_on_commit_callbacks):
+    import time
+    from datetime import UTC, timedelta
+
+    from inference import protocol
+
+    from levee.billing import alerts
+    from levee.billing import services as billing
+    from levee.billing.models import LedgerEntry
+    from tests.platform.billing.conftest import make_prices
+
+    make_prices("deepseek-chat", hit=1_234_500, miss=28, out=420, at=timezone.now() - timedelta(minutes=1))
+    redis_client.zadd(protocol.workers_key("deepseek-chat"), {"w1": time.time()})  # served: the price list shows it
+    user = ada()
+    client.force_login(user)
+    billing.topup(billing.wallet_for(user), 10**15, source="test", external_id="big")  # one operation's most
+    billing.topup(billing.wallet_for(user), 234_567_500_000_000, source="test", external_id="rest")
+    at = LedgerEntry.objects.filter(wallet__user=user).latest("id").created_at.astimezone(UTC)
+    zh = client.get(reverse("usage-page"), **ZH).content.decode()
+    en = client.get(reverse("usage-page")).content.decode()
+    for page in (zh, en):
+        assert '<p class="card-value" id="balance-total">1,234,567.50 USD</p>' in page
+        assert "<td>234,567.500000</td>" in page  # the ledger's six places
+    assert f"<td>{at.year}年{at.month}月{at.day}日 {at:%H:%M}</td>" in zh and f"<td>{at:%Y-%m-%d %H:%M:%S}</td>" in en
+    for page in (client.get(reverse("home"), **ZH).content.decode(), client.get(reverse("pricing")).content.decode()):
+        assert "<td>1,234.50</td>" in page
+
+    # Mail goes out in the account's language, amounts grouped the same way.
+    User.objects.filter(pk=user.pk).update(language="zh-hans")
+    user.refresh_from_db()
+    alerts.configure(user, low_balance_nano=10**15, daily_spend_nano=None, daily_digest=False,
+                     webhook_url="", actor=user, source="test")
+    with django_capture_on_commit_callbacks(execute=True):
+        billing.adjust(billing.wallet_for(user), -234_567_500_000_001, actor=None, reason="spent", source="test")
+    sent = [m for m in mail.outbox if "余额" in m.subject]
+    assert sent and sent[0].subject == "Levee：你的余额已低于 1,000,000.00 USD"
+    assert "你的可用余额为 999,999.99 USD" in sent[0].body
+
+
 # --- completeness: no English left on a Chinese page ---------------------------------------------
 
 # Words that stay as they are in Chinese text: names, formats, keys, units.
