@@ -132,7 +132,6 @@ def test_money_and_dates_on_the_pages_and_in_mail_follow_the_language(client, re
     from datetime import UTC, timedelta
 
     from inference import protocol
-
     from levee.billing import alerts
     from levee.billing import services as billing
     from levee.billing.models import LedgerEntry
