@@ -229,6 +229,8 @@ class _Seq:
         self.counts_row: int | None = None  # this sequence's row of the engine's token-count table
         # Host facts the sampler decides its stages on: (greedy, top_p, top_k, min_p, penalised).
         self.host_row = (self.greedy, float(p.top_p), int(p.top_k), float(p.min_p), self.penalised)
+        self.spec = False  # the engine speculates for this sequence (set at admission; see Engine._speculates)
+        self.draft: int | None = None  # the MTP layer's proposal for the token after output[-1]
 
     def tokens(self) -> list[int]:
         return self.prompt + self.output
@@ -366,6 +368,62 @@ class _DecodeGraphs:
         return out[:n]
 
 
+class _MTPInputs:
+    """A step's inputs to the MTP layer, built on the host beside the main model's (see Engine._draft).
+
+    Its rows are the main step's rows of speculating sequences, prefill spans first, in order: `src`
+    (main row of each), `next` (token t+1 where the host knows it, else 0 and filled on the device
+    from `fill_from`, the sampled row's index, at `fill_at`), `dec` (decode-row index into the main
+    block table), and per drafting sequence two candidate rows `c0`, `c1` and its previous draft
+    `prev`: the draft is read at c1 when the token sampled at c0's row equals prev, else at c0."""
+
+    def __init__(self) -> None:
+        self.src: list[int] = []
+        self.next: list[int] = []
+        self.fill_at: list[int] = []
+        self.fill_from: list[int] = []
+        self.dec: list[int] = []
+        self.c0: list[int] = []
+        self.c1: list[int] = []
+        self.prev: list[int] = []
+        self.spans: list[tuple[int, int, int, int, int]] = []  # MTP rows a, b, start, ctx offset, ctx length
+        self.drafting: list[int] = []  # id() of each drafting sequence, in c0/c1 order
+        self.decode_start = 0
+
+    def prefill_span(self, seq: object, rows: range, next_ids: list[int], start: int, ctx_offset: int,
+                     ctx_len: int, sampled: int | None) -> None:
+        a = len(self.src)
+        self.src += rows
+        self.next += next_ids
+        if sampled is not None:  # the prompt's last row: its next token is the one sampled there
+            self.next.append(0)
+            self.fill_at.append(len(self.src) - 1)
+            self.fill_from.append(sampled)
+            self.add_candidates(seq, len(self.src) - 1, len(self.src) - 1, -1)
+        self.spans.append((a, len(self.src), start, ctx_offset, ctx_len))
+
+    def decode_rows(self, seq: object, row: int, dec_row: int, sampled: int, two: bool, prev: int) -> None:
+        base = len(self.src)
+        for k in range(1 + two):
+            self.src.append(row + k)
+            self.next.append(0)
+            self.fill_at.append(base + k)
+            self.fill_from.append(sampled + k)
+            self.dec.append(dec_row + k)
+        self.add_candidates(seq, base, base + two, prev)
+
+    def add_candidates(self, seq: object, c0: int, c1: int, prev: int) -> None:
+        self.drafting.append(id(seq))
+        self.c0.append(c0)
+        self.c1.append(c1)
+        self.prev.append(prev)
+
+    def columns(self) -> list[list[int]]:
+        if not self.src:
+            return []
+        return [self.src, self.next, self.fill_at, self.fill_from, self.dec, self.c0, self.c1, self.prev]
+
+
 class Engine:
     def __init__(
         self,
@@ -380,6 +438,7 @@ class Engine:
         prefill_query_chunk: int = 1024,
         reserve_fraction: float = 1.0,
         cuda_graphs: bool = True,
+        speculative: bool | None = None,
     ):
         """kv_budget_bytes: memory for the latent cache; block_size: tokens per block (divides 64);
         max_batch: most sequences running at once; detokenizer_factory: makes one incremental
@@ -390,7 +449,9 @@ class Engine:
         memory); reserve_fraction: the share of each request's max_tokens that admission holds cache
         room for (1.0: a running sequence never runs short; less admits more sequences and preempts
         the newest when the cache fills); cuda_graphs: replay decode-only steps from CUDA graphs
-        captured per bucketed batch size (CUDA only)."""
+        captured per bucketed batch size (CUDA only); speculative: draft one token per step with the
+        model's multi-token-prediction layer and verify it in the next step (default: when the model
+        was loaded with it, `load_model(..., mtp=True)`; greedy, unpenalised, unconstrained requests)."""
         self.model = model
         args = model.args
         self.device = model.device
@@ -405,12 +466,18 @@ class Engine:
             raise ValueError("reserve_fraction must be in [0, 1]")
         self.reserve_fraction = reserve_fraction
         self.eos_ids = set(args.eos_token_ids)
-        per_token = KVCache.bytes_per_token(args.num_hidden_layers, args.latent_dim, model.dtype)
+        has_mtp = getattr(model, "mtp", None) is not None
+        if speculative and not has_mtp:
+            raise ValueError("speculative decoding needs the model's MTP layer: load_model(..., mtp=True)")
+        self.speculative = has_mtp if speculative is None else speculative
+        # The MTP block has its own attention: its latents are one cache layer more (num_hidden_layers).
+        cache_layers = args.num_hidden_layers + (1 if self.speculative else 0)
+        per_token = KVCache.bytes_per_token(cache_layers, args.latent_dim, model.dtype)
         num_blocks = kv_budget_bytes // (per_token * block_size)
         if num_blocks < 1:
             raise ValueError(f"kv_budget_bytes {kv_budget_bytes} holds no block of {block_size} tokens "
                              f"({per_token} bytes per token)")
-        self.cache = KVCache(num_layers=args.num_hidden_layers, num_blocks=num_blocks, block_size=block_size,
+        self.cache = KVCache(num_layers=cache_layers, num_blocks=num_blocks, block_size=block_size,
                              latent_dim=args.latent_dim, dtype=model.dtype, device=self.device)
         self._lock = threading.Condition()
         self._incoming: deque[RequestHandle] = deque()
@@ -422,6 +489,8 @@ class Engine:
         self._stopping = False
         self.steps = 0
         self.generated_tokens = 0  # sampled tokens since start, every request
+        self.spec_drafted = 0  # MTP drafts verified since start
+        self.spec_accepted = 0  # of which kept (each gave one token more than its step would have)
         self._masker: BatchMasker | None = None  # made on the first constrained request
         self._staging = _Staging(self.device)
         self._graphs: _DecodeGraphs | None = None
@@ -477,13 +546,15 @@ class Engine:
 
     def stats(self) -> dict:
         """A snapshot for monitoring (any thread): sequences running and waiting, the batch limit, KV
-        blocks (free, evictable prefix-cache blocks, total), steps and tokens sampled since start."""
+        blocks (free, evictable prefix-cache blocks, total), steps and tokens sampled since start, and
+        MTP drafts verified and accepted since start (acceptance = spec_accepted / spec_drafted)."""
         return {"running": len(self._running),
                 "waiting": len(self._waiting) + len(self._incoming) + len(self._preempted),
                 "max_batch": self.max_batch, "free_blocks": len(self.cache.free),
                 "evictable_blocks": self.cache.evictable_blocks, "num_blocks": self.cache.num_blocks,
                 "cached_prefix_units": self.cache.cached_units(), "steps": self.steps,
-                "generated_tokens": self.generated_tokens, "preemptions": self.preemptions}
+                "generated_tokens": self.generated_tokens, "preemptions": self.preemptions,
+                "spec_drafted": self.spec_drafted, "spec_accepted": self.spec_accepted}
 
     # -- scheduler -------------------------------------------------------------------------------
 
@@ -582,6 +653,7 @@ class Engine:
             seq.blocks = list(hit_blocks) + seq.private
             seq.unit_keys = list(hits)
             seq.num_computed = len(hits) * UNIT_TOKENS
+            seq.spec = self._speculates(seq)
             self._take_counts_row(seq)
             self._running.append(seq)
 
@@ -620,6 +692,7 @@ class Engine:
         self.cache.release_blocks(seq.private)
         seq.unit_keys, seq.private, seq.blocks = [], [], []
         seq.num_computed = 0
+        seq.draft = None  # the recompute's prefill drafts again
         self._release_counts_row(seq)
         self._running.remove(seq)
         self._preempted.appendleft(seq)
@@ -657,11 +730,23 @@ class Engine:
             n = 1 if left == 1 else min(left, max(budget, 0))
             if n == 0:
                 continue
-            if not self._grow(seq, seq.num_computed + n):
+            verify = int(n == 1 and bool(seq.output) and self._verifies(seq))  # the draft's position too
+            if not self._grow(seq, seq.num_computed + n + verify):
                 continue
-            budget -= n
+            budget -= n + verify
             plan.append((seq, n))
         return [(s, n) for s, n in plan if s in self._running]
+
+    def _speculates(self, seq: _Seq) -> bool:
+        """Whether the engine drafts for this sequence: greedy, unpenalised, unconstrained requests of a
+        speculative engine (a sampled request would need the drafter's distribution and the
+        rejection rule on the device; see inference/mtp.py)."""
+        return self.speculative and seq.greedy and not seq.penalised and seq.req.constraint is None
+
+    @staticmethod
+    def _verifies(seq: _Seq) -> bool:
+        """This decode step feeds seq's draft after its last token (and so may yield two tokens)."""
+        return seq.draft is not None and len(seq.output) + 2 <= seq.max_tokens
 
     def _step(self) -> None:
         plan = self._schedule()
@@ -676,7 +761,9 @@ class Engine:
         ctx_slots: list[int] = []
         spans: list[tuple[int, int, int, int, int]] = []  # rows a, b, start, ctx offset, ctx length
         sample_rows: list[int] = []
-        order: list[_Seq] = []
+        row_seqs: list[_Seq] = []  # the sequence of every sampled row (a verifying one has two)
+        entries: list[tuple[_Seq, int]] = []  # (sequence, its sampled rows), in sample-row order
+        mtp = _MTPInputs()
         for s, n in prefill:
             start, end = s.num_computed, s.num_computed + n
             tokens = s.tokens()
@@ -686,47 +773,90 @@ class Engine:
             slots += [self._slot(s, p) for p in range(start, end)]
             spans.append((a, len(ids), start, len(ctx_slots), end))
             ctx_slots += [self._slot(s, p) for p in range(end)]
-            if end == len(tokens):
+            final = end == len(tokens)
+            if final:
                 sample_rows.append(len(ids) - 1)
-                order.append(s)
+                row_seqs.append(s)
+                entries.append((s, 1))
+            if s.spec:
+                mtp.prefill_span(s, range(a, len(ids)), tokens[start + 1 : end + 1], start, spans[-1][3], end,
+                                 len(sample_rows) - 1 if final else None)
+        mtp.decode_start = len(mtp.src)
         decode_start = len(ids)
         per_split = KV_SPLIT // bs
-        width = max((-(-(s.num_computed + 1) // KV_SPLIT) * per_split for s in decode), default=0)
+        verifying = [self._verifies(s) for s in decode]
+        width = max((-(-(s.num_computed + 1 + v) // KV_SPLIT) * per_split for s, v in zip(decode, verifying, strict=True)),
+                    default=0)
         table: list[int] = []
         lengths: list[int] = []
-        for s in decode:
-            ids.append(s.output[-1])
-            positions.append(s.num_computed)
-            slots.append(self._slot(s, s.num_computed))
-            table += s.blocks[:width] + [0] * (width - min(width, len(s.blocks)))  # padding is masked
-            lengths.append(s.num_computed + 1)
-            sample_rows.append(len(ids) - 1)
-            order.append(s)
-        s_ints, s_floats = self._sampling_inputs(order) if order else ([], [])
-        (ids_t, pos_t, slots_t, rows_t, ctx_t, table_t, len_t, *s_ints_t), s_floats_t = self._staging.upload(
-            [ids, positions, slots, sample_rows, ctx_slots, table, lengths, *s_ints], s_floats)
-        table_2d = table_t.view(len(decode), width) if decode else None
-        masks = self._begin_masks(order) if order else None  # computed on llguidance's threads while the forward runs
+        for s, two in zip(decode, verifying, strict=True):
+            first = len(ids)
+            row_blocks = s.blocks[:width] + [0] * (width - min(width, len(s.blocks)))  # padding is masked
+            for k, tok in enumerate([s.output[-1], s.draft] if two else [s.output[-1]]):
+                assert tok is not None
+                ids.append(tok)
+                positions.append(s.num_computed + k)
+                slots.append(self._slot(s, s.num_computed + k))
+                table += row_blocks
+                lengths.append(s.num_computed + k + 1)
+                sample_rows.append(len(ids) - 1)
+                row_seqs.append(s)
+            entries.append((s, 1 + two))
+            if s.spec:
+                mtp.decode_rows(s, first, first - decode_start, len(sample_rows) - 1 - two, two, s.draft if two else -1)
+        s_ints, s_floats = self._sampling_inputs(row_seqs) if row_seqs else ([], [])
+        (ids_t, pos_t, slots_t, rows_t, ctx_t, table_t, len_t, *rest), s_floats_t = self._staging.upload(
+            [ids, positions, slots, sample_rows, ctx_slots, table, lengths, *mtp.columns(), *s_ints], s_floats)
+        mtp_t, s_ints_t = (rest[: len(rest) - len(s_ints)], rest[len(rest) - len(s_ints) :])
+        n_decode_rows = len(ids) - decode_start
+        table_2d = table_t.view(n_decode_rows, width) if decode else None
+        masks = self._begin_masks(row_seqs) if row_seqs else None  # computed on llguidance's threads while the forward runs
         logits = None
-        bucket = self._graphs.bucket(len(decode)) if self._graphs is not None and not prefill else None
+        hidden = None
+        bucket = (self._graphs.bucket(n_decode_rows) if self._graphs is not None and not prefill and not mtp.src
+                  else None)
         if bucket is not None and self._graphs is not None and table_2d is not None:
-            logits = self._graphs.run(bucket, len(decode), ids_t, pos_t, slots_t, table_2d, len_t)
+            logits = self._graphs.run(bucket, n_decode_rows, ids_t, pos_t, slots_t, table_2d, len_t)
         if logits is None:
             backend = PagedAttention(
                 self.cache, slots_t,
                 [PrefillSpan((a, b), start, ctx_t[c0 : c0 + n]) for a, b, start, c0, n in spans],
                 decode_start=decode_start, block_table=table_2d, lengths=len_t if decode else None,
                 query_chunk=self.prefill_query_chunk)
-            logits = self._forward(ids_t, pos_t, rows_t, backend)
+            hidden, logits = self._forward_hidden(ids_t, pos_t, rows_t, backend)
         for s, n in plan:
             s.num_computed += n
         self.steps += 1
-        if order:
-            allowed = None if masks is None else self._masker.allowed(masks, len(order), logits.device)  # type: ignore[union-attr]
-            tokens, logprobs, tops = self._sample(order, logits, s_ints_t, s_floats_t, allowed)
-            self.generated_tokens += len(tokens)
-            for s, tok, lp, top in zip(order, tokens, logprobs, tops, strict=True):
-                self._advance(s, tok, lp, top)
+        draft_fn = None
+        if mtp.src:
+            assert hidden is not None
+
+            def draft_fn(sampled: torch.Tensor) -> torch.Tensor:
+                return self._draft(mtp, mtp_t, hidden, sampled, pos_t, slots_t, ctx_t, table_2d, len_t)
+
+            if not entries:  # a prompt chunk that samples nothing still fills the MTP layer's cache
+                draft_fn(torch.empty(0, dtype=torch.int64, device=self.device))
+        if entries:
+
+            allowed = None if masks is None else self._masker.allowed(masks, len(row_seqs), logits.device)  # type: ignore[union-attr]
+            tokens, logprobs, tops, drafts = self._sample(row_seqs, logits, s_ints_t, s_floats_t, allowed, draft_fn)
+            new_drafts = dict(zip(mtp.drafting, drafts, strict=True))
+            i = 0
+            for s, k in entries:
+                first_ok = True
+                if k == 2:
+                    first_ok = tokens[i] == s.draft
+                    self.spec_drafted += 1
+                    self.spec_accepted += first_ok
+                if s.spec:
+                    s.draft = new_drafts.get(id(s))
+                self.generated_tokens += 1
+                self._advance(s, tokens[i], logprobs[i], tops[i])
+                if k == 2 and first_ok and not s.finished:  # the draft was the model's token: the next is free
+                    s.num_computed += 1
+                    self.generated_tokens += 1
+                    self._advance(s, tokens[i + 1], logprobs[i + 1], tops[i + 1])
+                i += k
         for s, _ in prefill:
             if not s.finished:
                 self._publish(s, s.all_prompt_keys)
@@ -735,9 +865,38 @@ class Engine:
                  backend: AttentionBackend) -> torch.Tensor:
         """The one place a step runs the model: packed ids and positions [N] → logits [n, V] of the
         rows that sample (a parallel runner wraps this call)."""
-        hidden = self.model.hidden_states(ids[None], positions, backend)
-        logits: torch.Tensor = self.model.lm_head(hidden[0, sample_rows])
-        return logits
+        return self._forward_hidden(ids, positions, sample_rows, backend)[1]
+
+    def _forward_hidden(self, ids: torch.Tensor, positions: torch.Tensor, sample_rows: torch.Tensor,
+                        backend: AttentionBackend) -> tuple[torch.Tensor, torch.Tensor]:
+        """_forward, also returning the final-normed hidden states [N, H] (the MTP layer's input)."""
+        hidden = self.model.hidden_states(ids[None], positions, backend)[0]
+        logits: torch.Tensor = self.model.lm_head(hidden[sample_rows])
+        return hidden, logits
+
+    def _draft(self, mtp: _MTPInputs, cols: list[torch.Tensor], hidden: torch.Tensor, sampled: torch.Tensor,
+               pos_t: torch.Tensor, slots_t: torch.Tensor, ctx_t: torch.Tensor, table_2d: torch.Tensor | None,
+               len_t: torch.Tensor) -> torch.Tensor:
+        """The MTP layer over the step's rows of speculating sequences, on the device, before the
+        step's one device→host copy: row t gets the main model's hidden state at t and token t+1 (the
+        prompt's, or the token just sampled there), writes its latent into the MTP cache layer and
+        predicts token t+2. A verifying sequence's draft comes from its draft's row when the draft
+        was kept, else from its last token's row. Returns the greedy drafts, one per drafting sequence."""
+        src, nxt, fill_at, fill_from, dec, c0, c1, prev = cols
+        nxt = nxt.clone()
+        nxt[fill_at] = sampled[fill_from]
+        decode = bool(mtp.dec)
+        backend = PagedAttention(
+            self.cache, slots_t[src],
+            [PrefillSpan((a, b), start, ctx_t[o : o + n]) for a, b, start, o, n in mtp.spans],
+            decode_start=mtp.decode_start, block_table=table_2d[dec] if decode and table_2d is not None else None,
+            lengths=len_t[dec] if decode else None, query_chunk=self.prefill_query_chunk)
+        h = self.model.mtp_hidden(nxt[None], hidden[src][None], pos_t[src], backend)[0]
+        if not mtp.drafting:
+            return torch.empty(0, dtype=torch.int64, device=h.device)
+        pick = torch.where(nxt[c0] == prev, c1, c0)
+        drafts: torch.Tensor = self.model.lm_head(h[pick]).argmax(-1)
+        return drafts
 
     def _begin_masks(self, order: list[_Seq]) -> Future[tuple[torch.Tensor, torch.Tensor]] | None:
         constraints = [s.req.constraint for s in order]
@@ -762,10 +921,12 @@ class Engine:
         return ints, floats
 
     def _sample(self, seqs: list[_Seq], logits: torch.Tensor, ints: list[torch.Tensor], floats: list[torch.Tensor],
-                allowed: torch.Tensor | None = None
-                ) -> tuple[list[int], list[float | None], list[list[tuple[int, float]] | None]]:
+                allowed: torch.Tensor | None = None, then: Callable[[torch.Tensor], torch.Tensor] | None = None
+                ) -> tuple[list[int], list[float | None], list[list[tuple[int, float]] | None], list[int]]:
         """One batched pass on the device (see sampler.py); rows never interact, so a request's choice
-        does not depend on who else is in the batch. Ends in the step's one device→host copy."""
+        does not depend on who else is in the batch. `then(sampled ids)` runs more device work on the
+        sampled ids (the MTP drafts) whose int results join the step's one device→host copy, at its end.
+        Returns tokens, logprobs, top logprobs per row and `then`'s results."""
         want_lp = any(s.params.logprobs for s in seqs)
         n_top = max(s.params.top_logprobs for s in seqs)
         counts = None
@@ -787,16 +948,22 @@ class Engine:
                                     accumulate=True)
             self._counts[self.max_batch].zero_()
         B = len(seqs)
+        extra = then(out.tokens) if then is not None else None
         parts = [out.tokens.to(torch.float64)]
+        if extra is not None:
+            parts.append(extra.to(torch.float64))
         if out.logprobs is not None:
             parts.append(out.logprobs.to(torch.float64))
         if out.top_ids is not None and out.top_logprobs is not None:
             parts += [out.top_ids.to(torch.float64).flatten(), out.top_logprobs.to(torch.float64).flatten()]
         host = (torch.cat(parts) if len(parts) > 1 else parts[0]).tolist()  # the step's one device→host copy
         tokens = [int(t) for t in host[:B]]
+        off = B
+        n_extra = 0 if extra is None else extra.numel()
+        extras = [int(t) for t in host[off : off + n_extra]]
+        off += n_extra
         lps: list[float | None] = [None] * B
         tops: list[list[tuple[int, float]] | None] = [None] * B
-        off = B
         if out.logprobs is not None:
             lps = [lp if s.params.logprobs else None for s, lp in zip(seqs, host[off : off + B], strict=True)]
             off += B
@@ -807,7 +974,7 @@ class Engine:
                 k = s.params.top_logprobs
                 if k:
                     tops[i] = [(int(top_ids[i * n + j]), top_lps[i * n + j]) for j in range(k)]
-        return tokens, lps, tops
+        return tokens, lps, tops, extras
 
     def _advance(self, s: _Seq, tok: int, lp: float | None, top: list[tuple[int, float]] | None) -> None:
         p = s.params
