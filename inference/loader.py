@@ -51,6 +51,13 @@ def read_config(path: str | Path) -> ModelArgs:
         raise CheckpointError(str(exc)) from exc
 
 
+def has_mtp_layer(path: str | Path) -> bool:
+    """Whether the checkpoint carries a multi-token-prediction layer (layer num_hidden_layers's
+    eh_proj: V3 as published, or the demo checkpoint's mtp.safetensors)."""
+    path = Path(path)
+    return f"model.layers.{read_config(path).num_hidden_layers}.eh_proj.weight" in _tensor_files(path)
+
+
 def _tensor_files(path: Path) -> dict[str, Path]:
     """Map every tensor name to the safetensors file that holds it."""
     index = path / "model.safetensors.index.json"

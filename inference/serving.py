@@ -49,18 +49,35 @@ def max_batch() -> int:
     return int(os.environ.get("LEVEE_MAX_BATCH", "32"))
 
 
+def mtp_mode() -> str:
+    """$LEVEE_MTP: `auto` (default: speculate with the checkpoint's MTP layer when it has one), `on`
+    (it must have one) or `off`."""
+    mode = os.environ.get("LEVEE_MTP", "auto").strip().lower() or "auto"
+    aliases = {"1": "on", "true": "on", "yes": "on", "0": "off", "false": "off", "no": "off"}
+    mode = aliases.get(mode, mode)
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"LEVEE_MTP={mode!r}: expected auto, on or off")
+    return mode
+
+
 def build_engine(checkpoint: str):
-    """The engine for `checkpoint`; with $LEVEE_TP_SIZE > 1 over that many ranks (inference/parallel.py)."""
+    """The engine for `checkpoint`; with $LEVEE_TP_SIZE > 1 over that many ranks (inference/parallel.py).
+    With the checkpoint's MTP layer ($LEVEE_MTP) the engine speculates for greedy requests."""
     from inference import load_model, parallel
     from inference.engine import Engine
+    from inference.loader import has_mtp_layer
     from inference.tokenizer import IncrementalDetokenizer, Tokenizer
 
     device, dtype = _device_and_dtype()
+    mode = mtp_mode()
     model: Any  # a Transformer, or rank 0's ParallelRunner (which the engine drives the same way)
     if parallel.tp_size() > 1:  # rank 0 here; ranks 1.. spawned, each loading its shard
+        if mode == "on":
+            raise ValueError("LEVEE_MTP=on: speculation is not built for LEVEE_TP_SIZE > 1 yet")
         model, _ = parallel.load_parallel(checkpoint, dtype=dtype, device=device)
     else:
-        model = load_model(checkpoint, dtype=dtype, device=device)
+        mtp = mode == "on" or (mode == "auto" and has_mtp_layer(checkpoint))
+        model = load_model(checkpoint, dtype=dtype, device=device, mtp=mtp)
     tokenizer = Tokenizer.from_dir(checkpoint)
     budget = int(os.environ.get("LEVEE_KV_BUDGET_MB", "256")) * 2**20
     engine = Engine(model, kv_budget_bytes=budget, max_batch=max_batch(),

@@ -113,3 +113,24 @@ def test_speculation_needs_the_mtp_layer(checkpoint):
     with pytest.raises(ValueError, match="MTP layer"):
         Engine(model, kv_budget_bytes=1 << 20, speculative=True)
     assert not Engine(model, kv_budget_bytes=1 << 20).speculative
+
+
+def test_the_worker_speculates_with_the_checkpoints_mtp_layer_unless_told_not_to(checkpoint, monkeypatch):
+    from inference import serving
+    from inference.loader import CheckpointError, has_mtp_layer
+
+    path, _ = checkpoint("v3_grouped_yarn")
+    assert has_mtp_layer(DEMO) and not has_mtp_layer(path)
+    for value, speculates in (("", True), ("auto", True), ("off", False), ("on", True)):
+        monkeypatch.setenv("LEVEE_MTP", value)
+        engine = serving.build_engine(str(DEMO))
+        try:
+            assert engine.speculative is speculates, value
+        finally:
+            serving.shutdown(engine)
+    monkeypatch.setenv("LEVEE_MTP", "on")
+    with pytest.raises(CheckpointError, match=r"model\.layers\.3\.eh_proj"):
+        serving.build_engine(str(path))
+    monkeypatch.setenv("LEVEE_MTP", "maybe")
+    with pytest.raises(ValueError, match="LEVEE_MTP"):
+        serving.build_engine(str(DEMO))

@@ -18,6 +18,7 @@ from levee.core.store import redis_client
 log = logging.getLogger("levee.core.metrics")  # one logger for everything a scrape reports
 ENGINE_FIELDS = ("running", "waiting", "max_batch", "free_blocks", "evictable_blocks", "num_blocks", "steps",
                  "generated_tokens")
+SPEC_FIELDS = ("spec_drafted", "spec_accepted")  # MTP speculation; absent from engines that predate it
 
 
 def enabled_models() -> list[tuple[str, str]]:
@@ -48,15 +49,20 @@ def model_state(models: list[tuple[str, str]], *, now: float | None = None) -> d
 
 def _engine_stats(raw: dict[bytes, bytes]) -> dict[str, dict[str, Any]]:
     """worker id -> the engine numbers its heartbeat wrote, with `kv_free` (the share of KV blocks
-    free or evictable; None without blocks). Entries that do not parse are skipped."""
+    free or evictable; None without blocks) and `spec_acceptance` (MTP drafts kept / verified since
+    the worker started; None before any draft or from an engine without the counts). Entries that
+    do not parse are skipped."""
     engines = {}
     for worker, value in raw.items():
         try:
             stats = json.loads(value)
             e: dict[str, Any] = {key: float(stats[key]) for key in ENGINE_FIELDS}
+            e.update({key: float(stats[key]) for key in SPEC_FIELDS if key in stats})
         except (ValueError, KeyError, TypeError):
             continue
         e["kv_free"] = (e["free_blocks"] + e["evictable_blocks"]) / e["num_blocks"] if e["num_blocks"] else None
+        drafted = e.get("spec_drafted")
+        e["spec_acceptance"] = e["spec_accepted"] / drafted if drafted and "spec_accepted" in e else None
         engines[worker.decode()] = e
     return engines
 
@@ -76,6 +82,13 @@ def _engine_families() -> dict[str, GaugeMetricFamily | CounterMetricFamily]:
                                      labels=labels),
         "tokens": CounterMetricFamily("levee_engine_generated_tokens", "Tokens sampled since the worker started, "
                                       "all jobs.", labels=labels),
+        "spec_drafted": CounterMetricFamily("levee_engine_spec_drafted_tokens", "MTP draft tokens the engine "
+                                            "verified since the worker started.", labels=labels),
+        "spec_accepted": CounterMetricFamily("levee_engine_spec_accepted_tokens", "MTP draft tokens kept (each "
+                                             "one token more from its step) since the worker started.",
+                                             labels=labels),
+        "spec_acceptance": GaugeMetricFamily("levee_engine_spec_acceptance_ratio", "Share of the MTP drafts "
+                                             "verified since the worker started that were kept.", labels=labels),
     }
 
 
@@ -119,6 +132,11 @@ def metric_families() -> Iterator[Metric]:
                 engine["kv_free"].add_metric(labels, e["kv_free"])
             engine["steps"].add_metric(labels, e["steps"])
             engine["tokens"].add_metric(labels, e["generated_tokens"])
+            for key in SPEC_FIELDS:
+                if key in e:
+                    engine[key].add_metric(labels, e[key])
+            if e["spec_acceptance"] is not None:
+                engine["spec_acceptance"].add_metric(labels, e["spec_acceptance"])
     yield from (redis_up, depth, wait, live, beat, *engine.values())
 
 
@@ -140,4 +158,5 @@ def dashboard_panel() -> dict[str, Any]:
 
 def _engine_row(e: dict[str, Any]) -> dict[str, Any]:
     return {"running": int(e["running"]), "max_batch": int(e["max_batch"]), "waiting": int(e["waiting"]),
-            "kv_free": None if e["kv_free"] is None else round(e["kv_free"], 3)}
+            "kv_free": None if e["kv_free"] is None else round(e["kv_free"], 3),
+            "spec_acceptance": None if e["spec_acceptance"] is None else round(e["spec_acceptance"], 3)}

@@ -55,7 +55,8 @@ def test_the_snapshot_counts_what_an_operator_watches_during_an_attack(client, r
     assert rates["blocked"][-1] == 1 and rates["shed"][-1] == 2
     model = data["models"]["deepseek-chat"]
     assert model["depth"] == 3 and model["live_workers"] == 1 and list(model["workers"]) == ["gpu-1:7"]
-    assert model["engines"]["gpu-1:7"] == {"running": 5, "max_batch": 32, "waiting": 0, "kv_free": 0.5}
+    assert model["engines"]["gpu-1:7"] == {"running": 5, "max_batch": 32, "waiting": 0, "kv_free": 0.5,
+                                          "spec_acceptance": None}
     assert data["mode"]["mode"] == "normal"
     assert data["billing"] == {"open_holds": 0}
 

@@ -112,6 +112,26 @@ def test_each_live_workers_engine_numbers_are_read_at_scrape_time(client, redis_
     assert value(samples, "levee_engine_generated_tokens_total", **labels) == 90000
     engines = {dict(lab).get("worker") for name, lab in samples if name == "levee_engine_running_sequences"}
     assert engines == {"gpu-1:7"}  # gpu-2's heartbeat is stale; gpu-3 wrote nothing readable
+    key = tuple(sorted(labels.items()))
+    assert ("levee_engine_spec_drafted_tokens_total", key) not in samples  # an engine without MTP counts
+    assert ("levee_engine_spec_acceptance_ratio", key) not in samples
+
+
+def test_mtp_speculation_counts_and_acceptance_are_exported(client, redis_client):
+    now = time.time()
+    redis_client.zadd(protocol.workers_key("deepseek-chat"), {"gpu-1:7": now, "gpu-2:8": now})
+    engine = {"t": now, "running": 1, "waiting": 0, "max_batch": 32, "free_blocks": 600, "evictable_blocks": 0,
+              "num_blocks": 1000, "steps": 40, "generated_tokens": 70, "spec_drafted": 40, "spec_accepted": 30}
+    redis_client.hset(protocol.worker_stats_key("deepseek-chat"), mapping={
+        "gpu-1:7": json.dumps(engine), "gpu-2:8": json.dumps({**engine, "spec_drafted": 0, "spec_accepted": 0})})
+    samples = scrape(client)
+    labels = {"model": "deepseek-chat", "worker": "gpu-1:7"}
+    assert value(samples, "levee_engine_spec_drafted_tokens_total", **labels) == 40
+    assert value(samples, "levee_engine_spec_accepted_tokens_total", **labels) == 30
+    assert value(samples, "levee_engine_spec_acceptance_ratio", **labels) == pytest.approx(0.75)
+    idle = tuple(sorted({"model": "deepseek-chat", "worker": "gpu-2:8"}.items()))
+    assert samples[("levee_engine_spec_drafted_tokens_total", idle)] == 0
+    assert ("levee_engine_spec_acceptance_ratio", idle) not in samples  # no draft yet: no ratio
 
 
 def test_a_scrape_survives_redis_being_down(client, settings):
