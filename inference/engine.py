@@ -26,7 +26,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -218,8 +218,8 @@ class _Seq:
         self.all_prompt_keys: list[bytes] = []  # keys of every full unit of the prompt
         self.hit_tokens = 0
         self.num_computed = 0  # tokens whose latent is in the cache
-        self.detok = detok
-        self.pending = ""  # decoded text held back because it may begin a stop string
+        # The request's text is made on the engine's text thread (_TextThread), not here.
+        self.stream = None if detok is None else _TextStream(detok, req.params.stop)
         self.finished = False
         p = self.params
         self.greedy = p.temperature <= 1e-5
@@ -238,6 +238,89 @@ class _Seq:
     def usage(self) -> Usage:
         n = len(self.prompt)
         return Usage(n, self.hit_tokens, n - self.hit_tokens, len(self.output))
+
+
+class _TextStream:
+    """One request's text state. Only the text thread touches `detok` and `pending`; `stopped` is set
+    there when a stop string ends the request and read by the scheduler, which then frees it."""
+
+    def __init__(self, detok: Detokenizer, stop: Sequence[str]) -> None:
+        self.detok = detok
+        self.stop = tuple(stop)
+        self.pending = ""  # decoded text held back because it may begin a stop string
+        self.done = False  # the final event was emitted; later ones (tokens past a stop string) are dropped
+        self.stopped = False
+
+
+class _TextThread:
+    """Incremental detokenization and stop strings, off the scheduler thread.
+
+    The scheduler hands every event of a request that has text (a detokenizer) here, in order,
+    without text; this thread decodes its tokens, matches the stop strings across token boundaries,
+    holds back text that may begin one, and emits the event with its text to the request's handle
+    or sink. When a stop string matches, the event that completes it becomes the request's last
+    (text up to the match, finish_reason "stop", the usage of that token) and the scheduler is told
+    to free the sequence at its next step; tokens it generated meanwhile are dropped here, so what
+    a client sees and is billed for is what it was before this thread existed."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[_TextStream, RequestHandle, Event] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="levee-text", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Emit everything queued so far, then end the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def put(self, stream: _TextStream, handle: RequestHandle, ev: Event) -> None:
+        self._queue.put((stream, handle, ev))
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            stream, handle, ev = item
+            try:
+                out = self.text(stream, ev)
+            except Exception as exc:  # a detokenizer failure ends this request, not the thread
+                log.exception("detokenizing request %s failed", handle.request_id)
+                stream.done = stream.stopped = True
+                out = Event([], "", FINISH_ERROR, ev.usage, error=f"{type(exc).__name__}: {exc}")
+            if out is not None:
+                handle._emit(out)
+
+    @staticmethod
+    def text(stream: _TextStream, ev: Event) -> Event | None:
+        """`ev` with its text, or None once the request's final event went out."""
+        if stream.done:
+            return None
+        reason = ev.finish_reason
+        text = ""
+        if ev.token_ids and reason in (None, FINISH_LENGTH):  # a shown token (not eos or a stop id)
+            stream.pending += stream.detok.push(ev.token_ids[-1])
+            if stream.stop:
+                pending = stream.pending
+                hit, matched = min(((i, x) for x, i in ((x, pending.find(x)) for x in stream.stop) if i >= 0),
+                                   default=(-1, None))
+                if matched is not None:
+                    stream.pending = ""
+                    stream.done = stream.stopped = True
+                    return replace(ev, text=pending[:hit], finish_reason=FINISH_STOP, stop_sequence=matched)
+                hold = max((k for x in stream.stop for k in range(1, len(x)) if pending.endswith(x[:k])), default=0)
+                text, stream.pending = pending[: len(pending) - hold], pending[len(pending) - hold :]
+            else:
+                text, stream.pending = stream.pending, ""
+        if reason in (FINISH_STOP, FINISH_LENGTH):
+            text += stream.pending + stream.detok.flush()
+            stream.pending = ""
+        if reason is not None:
+            stream.done = True
+        return replace(ev, text=text)
 
 
 class _Staging:
@@ -492,6 +575,7 @@ class Engine:
         self.spec_drafted = 0  # MTP drafts verified since start
         self.spec_accepted = 0  # of which kept (each gave one token more than its step would have)
         self._masker: BatchMasker | None = None  # made on the first constrained request
+        self._text = _TextThread()  # detokenization and stop strings, for requests with a detokenizer
         self._staging = _Staging(self.device)
         self._graphs: _DecodeGraphs | None = None
         self._reserved_blocks = 0
@@ -508,6 +592,7 @@ class Engine:
     def start(self) -> Engine:
         if self._thread is None:
             self._stopping = False
+            self._text.start()
             self._thread = threading.Thread(target=self._loop, name="levee-engine", daemon=True)
             self._thread.start()
         return self
@@ -520,6 +605,7 @@ class Engine:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        self._text.stop()  # after the scheduler's last events: they are all emitted when stop returns
 
     def submit(self, request: Request, sink: Sink | None = None) -> RequestHandle:
         """Queue a request. Its events go to the returned handle, or with `sink` to sink.put((handle, event))
@@ -601,7 +687,9 @@ class Engine:
     def _reap(self) -> None:
         now = time.time()
         for seq in list(self._running) + list(self._preempted):
-            if seq.handle.cancelled:
+            if seq.stream is not None and seq.stream.stopped:  # a stop string matched on the text thread
+                self._finish(seq, FINISH_STOP)  # (its event is dropped there: the request already ended)
+            elif seq.handle.cancelled:
                 self._finish(seq, FINISH_CANCELLED)
             elif seq.req.deadline is not None and now > seq.req.deadline:
                 self._finish(seq, FINISH_CANCELLED, error="deadline exceeded")
@@ -803,7 +891,8 @@ class Engine:
                 row_seqs.append(s)
             entries.append((s, 1 + two))
             if s.spec:
-                mtp.decode_rows(s, first, first - decode_start, len(sample_rows) - 1 - two, two, s.draft if two else -1)
+                prev = s.draft if two and s.draft is not None else -1
+                mtp.decode_rows(s, first, first - decode_start, len(sample_rows) - 1 - two, two, prev)
         s_ints, s_floats = self._sampling_inputs(row_seqs) if row_seqs else ([], [])
         (ids_t, pos_t, slots_t, rows_t, ctx_t, table_t, len_t, *rest), s_floats_t = self._staging.upload(
             [ids, positions, slots, sample_rows, ctx_slots, table, lengths, *mtp.columns(), *s_ints], s_floats)
@@ -977,37 +1066,26 @@ class Engine:
         return tokens, lps, tops, extras
 
     def _advance(self, s: _Seq, tok: int, lp: float | None, top: list[tuple[int, float]] | None) -> None:
+        """Record a sampled token and emit its event; token-level ends (eos, a stop id, max_tokens) are
+        decided here, text and stop strings on the text thread (_TextThread)."""
         p = s.params
         s.output.append(tok)
         if s.req.constraint is not None:
             s.req.constraint.advance(tok)
         if (tok in self.eos_ids and not p.ignore_eos) or tok in p.stop_token_ids:
-            text = s.pending + (s.detok.flush() if s.detok else "")
-            s.pending = ""
-            self._finish(s, FINISH_STOP, text=text, logprob=lp, top=top)
+            self._finish(s, FINISH_STOP, logprob=lp, top=top)
             return
-        text = ""
-        if s.detok is not None:
-            s.pending += s.detok.push(tok)
-            if p.stop:
-                hit, matched = min(((i, x) for x, i in ((x, s.pending.find(x)) for x in p.stop) if i >= 0),
-                                   default=(-1, None))
-                if matched is not None:
-                    text, s.pending = s.pending[:hit], ""
-                    self._finish(s, FINISH_STOP, text=text, token_ids=[tok], logprob=lp, top=top,
-                                 stop_sequence=matched)
-                    return
-                hold = max((k for x in p.stop for k in range(1, len(x)) if s.pending.endswith(x[:k])), default=0)
-                text, s.pending = s.pending[: len(s.pending) - hold], s.pending[len(s.pending) - hold :]
-            else:
-                text, s.pending = s.pending, ""
         if len(s.output) >= s.max_tokens:
-            text += s.pending + (s.detok.flush() if s.detok else "")
-            s.pending = ""
-            self._finish(s, FINISH_LENGTH, text=text, token_ids=[tok], logprob=lp, top=top)
+            self._finish(s, FINISH_LENGTH, token_ids=[tok], logprob=lp, top=top)
             return
-        s.handle._emit(Event([tok], text, usage=s.usage(), logprobs=None if lp is None else [lp],
-                             top_logprobs=None if top is None else [top]))
+        self._emit(s, Event([tok], "", usage=s.usage(), logprobs=None if lp is None else [lp],
+                            top_logprobs=None if top is None else [top]))
+
+    def _emit(self, s: _Seq, ev: Event) -> None:
+        if s.stream is None:
+            s.handle._emit(ev)
+        else:
+            self._text.put(s.stream, s.handle, ev)
 
     def _publish(self, s: _Seq, keys: list[bytes]) -> None:
         """Publish this sequence's computed full units so later requests of the same user reuse them."""
@@ -1021,9 +1099,9 @@ class Engine:
             s.unit_keys.append(keys[j])
             s.private = [b for b in s.private if b not in blocks]
 
-    def _finish(self, s: _Seq, reason: str, *, text: str = "", token_ids: list[int] | None = None,
+    def _finish(self, s: _Seq, reason: str, *, token_ids: list[int] | None = None,
                 logprob: float | None = None, error: str | None = None,
-                top: list[tuple[int, float]] | None = None, stop_sequence: str | None = None) -> None:
+                top: list[tuple[int, float]] | None = None) -> None:
         if s.finished:
             return
         s.finished = True
@@ -1044,6 +1122,5 @@ class Engine:
             self._running.remove(s)
         if s in self._preempted:
             self._preempted.remove(s)
-        s.handle._emit(Event(token_ids or [], text, reason, s.usage(),
-                             logprobs=None if logprob is None else [logprob], error=error,
-                             top_logprobs=None if top is None else [top], stop_sequence=stop_sequence))
+        self._emit(s, Event(token_ids or [], "", reason, s.usage(), logprobs=None if logprob is None else [logprob],
+                            error=error, top_logprobs=None if top is None else [top]))

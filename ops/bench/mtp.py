@@ -2,6 +2,13 @@
 
     .venv/bin/python ops/bench/mtp.py                     # the demo checkpoint and its MTP head
     .venv/bin/python ops/bench/mtp.py --checkpoint DIR --tokens 64 --temperature 0.8 --json out.json
+    .venv/bin/python ops/bench/mtp.py --engine --batch 1 4 16   # through the batching engine
+
+--engine: the batching engine (inference.engine.Engine) with and without speculation, each batch
+size once per round (which goes first alternates), `--rounds` rounds: B greedy requests submitted
+at once (the prompts below, cycled), `--tokens` each (eos ignored), timed from the first submit to
+the last completion. Reports tokens/s of each, their ratio, the acceptance and steps, and whether
+the tokens were identical.
 
 Each prompt is a chat turn rendered by the checkpoint's template; every prompt is decoded once
 without and once with speculation (inference.speculative.generate: batch 1, the same contiguous
@@ -15,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -22,11 +30,62 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from inference import load_model  # noqa: E402
+from inference.engine import Engine, Request, SamplingParams  # noqa: E402
 from inference.speculative import generate  # noqa: E402
 from inference.tokenizer import Tokenizer  # noqa: E402
 
 PROMPTS = ["What is Levee?", "Tell me a short story.", "Hello", "What color is the sky?", "What is 3 plus 4?",
            "Tell me about black holes.", "Who are you?", "Tell me a joke."]
+
+
+def engine_run(model, prompts: list[list[int]], batch: int, tokens: int, speculative: bool) -> dict:
+    eng = Engine(model, kv_budget_bytes=256 << 20, max_batch=max(batch, 1), speculative=speculative).start()
+    try:
+        eng.submit(Request(prompts[0], SamplingParams(max_tokens=4, temperature=0))).result(60)  # warm up
+        before = eng.stats()
+        started = time.perf_counter()
+        handles = [eng.submit(Request(prompts[i % len(prompts)], SamplingParams(max_tokens=tokens, temperature=0,
+                                                                               ignore_eos=True)))
+                   for i in range(batch)]
+        done = [h.result(600) for h in handles]
+        seconds = time.perf_counter() - started
+        after = eng.stats()
+    finally:
+        eng.stop()
+    return {"seconds": seconds, "tokens": sum(c.usage.completion_tokens for c in done),
+            "ids": [c.token_ids for c in done], "steps": after["steps"] - before["steps"],
+            "drafted": after["spec_drafted"] - before["spec_drafted"],
+            "accepted": after["spec_accepted"] - before["spec_accepted"]}
+
+
+def engine_bench(model, tok, args) -> None:
+    prompts = [tok.encode_chat([{"role": "user", "content": t}], add_generation_prompt=True) for t in PROMPTS]
+    rows = []
+    print(f"engine, {args.tokens} greedy tokens per request, {args.rounds} round(s), {args.threads} thread(s)")
+    print("| batch | tokens/s plain | tokens/s MTP | ratio | acceptance | steps plain → MTP | identical |")
+    print("|---|---|---|---|---|---|---|")
+    for batch in args.batch:
+        tot = {False: {"seconds": 0.0, "tokens": 0, "steps": 0}, True: {"seconds": 0.0, "tokens": 0, "steps": 0}}
+        drafted = accepted = 0
+        identical = True
+        for r in range(args.rounds):
+            runs = {}
+            for spec in ((False, True) if r % 2 == 0 else (True, False)):
+                runs[spec] = engine_run(model, prompts, batch, args.tokens, spec)
+                for k in ("seconds", "tokens", "steps"):
+                    tot[spec][k] += runs[spec][k]
+            drafted += runs[True]["drafted"]
+            accepted += runs[True]["accepted"]
+            identical = identical and runs[True]["ids"] == runs[False]["ids"]
+        plain = tot[False]["tokens"] / tot[False]["seconds"]
+        spec = tot[True]["tokens"] / tot[True]["seconds"]
+        acc = accepted / max(1, drafted)
+        print(f"| {batch} | {plain:.1f} | {spec:.1f} | {spec / plain:.2f}x | {acc:.1%} | "
+              f"{tot[False]['steps']} → {tot[True]['steps']} | {'yes' if identical else 'NO'} |")
+        rows.append({"batch": batch, "plain_tps": plain, "spec_tps": spec, "ratio": spec / plain, "acceptance": acc,
+                     "steps_plain": tot[False]["steps"], "steps_spec": tot[True]["steps"], "identical": identical})
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
 
 
 def main() -> None:
@@ -36,10 +95,16 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json")
+    ap.add_argument("--engine", action="store_true", help="measure the batching engine instead")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.checkpoint, dtype=torch.float32, device="cpu", mtp=True)
     tok = Tokenizer.from_dir(args.checkpoint)
+    if args.engine:
+        engine_bench(model, tok, args)
+        return
     totals = {"plain_s": 0.0, "spec_s": 0.0, "tokens": 0, "drafted": 0, "accepted": 0,
               "plain_forwards": 0, "spec_forwards": 0, "identical": True}
     generate(model, tok.encode_chat([{"role": "user", "content": "warm up"}], add_generation_prompt=True), 8)

@@ -249,6 +249,48 @@ def test_text_held_back_for_a_possible_stop_string_is_released_at_the_end(engine
     assert got.finish_reason == "length" and got.text == text
 
 
+def test_text_and_stop_strings_are_made_off_the_scheduler_thread(model):
+    """The scheduler's step never decodes: it queues token events for the text thread, which
+    detokenizes, matches stop strings and emits; a match there ends the request and the scheduler
+    frees its sequence at its next step."""
+    calls: list[str] = []
+
+    class Recording(Letters):
+        def push(self, token_id: int) -> str:
+            calls.append(threading.current_thread().name)
+            return super().push(token_id)
+
+    eng = Engine(model, kv_budget_bytes=8 << 20, detokenizer_factory=Recording)
+    prompt = prompts(1, seed=2)[0]
+    handle = eng.submit(Request(prompt, SamplingParams(max_tokens=12, **GREEDY)))
+    with torch.inference_mode():  # drive the scheduler by hand, on this thread, text thread not started
+        eng._waiting.extend(eng._incoming)
+        eng._incoming.clear()
+        eng._admit()
+        for _ in range(12):
+            eng._step()
+    assert calls == [] and handle.get(timeout=0) is None  # 12 tokens sampled, nothing decoded or emitted
+    eng._text.start()
+    eng._text.stop()  # emits what was queued, then ends
+    done = handle.result(timeout=5)
+    assert done.text == "".join(piece(t) for t in done.token_ids) and done.finish_reason == "length"
+    assert calls and set(calls) == {"levee-text"}
+
+    calls.clear()
+    eng = Engine(model, kv_budget_bytes=8 << 20, detokenizer_factory=Recording).start()
+    try:
+        stopped = run(eng, prompt, max_tokens=40, stop=[done.text[7:9]], **GREEDY)
+        assert stopped.finish_reason == "stop" and stopped.text == done.text[:done.text.find(done.text[7:9])]
+        deadline = time.monotonic() + 5
+        while eng.stats()["running"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert eng.stats()["running"] == 0 and eng.stats()["free_blocks"] == eng.cache.num_blocks
+        assert eng.stats()["generated_tokens"] < 40  # freed soon after the match, not run to max_tokens
+    finally:
+        eng.stop()
+    assert set(calls) == {"levee-text"}
+
+
 def test_a_stop_token_ends_generation_and_is_counted_but_not_shown(engine):
     prompt = prompts(1, seed=3)[0]
     free = run(engine, prompt, max_tokens=12, **GREEDY)
