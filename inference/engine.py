@@ -2,14 +2,19 @@
 
 Every step the scheduler drops finished and cancelled sequences, admits waiting requests (FIFO)
 while the batch has room and the KV cache can hold them, then runs ONE packed forward over all
-running sequences: a newly admitted sequence contributes the uncached part of its prompt (prefill),
-the others their last sampled token (decode). Attention is per sequence over its own cache blocks:
-prefill expands the latent into per-head keys and values, decode attends against the latent with
-kv_b_proj absorbed into the query and output. Decode sequences are batched with others that span
-the same number of blocks, so a sequence's attention shape never depends on its neighbours.
+running sequences: a prompt chunk of each prefilling sequence (under a per-step token budget), the
+last sampled token of each decoding one. Prefill attends in the expanded form, decode against the
+latent itself with kv_b_proj absorbed, every decoding sequence in one call per layer over fixed
+64-token splits (inference/attention.py), so a sequence's arithmetic never depends on its batch mates.
 
-A sequence reserves blocks for prompt + max_tokens at admission, so a running sequence never waits
-for memory and nothing is ever preempted; a request that does not fit waits at the head of the queue.
+Cache blocks are allocated as sequences grow; admission keeps room for a share of each running
+sequence's max_tokens (`reserve_fraction`) and, when the cache runs short, the newest sequence is
+preempted and later recomputed.
+
+With the model's multi-token-prediction layer (`speculative`), a greedy sequence also feeds the
+MTP layer's draft of its next token, verified in the same step; the MTP layer then runs over the
+step's rows of those sequences and drafts again (`_MTPInputs`, `Engine._draft`). Text (incremental
+detokenization, stop strings) is made on a second thread (`_TextThread`), never in the step.
 
 Public API: `Engine`, `Request`, `SamplingParams`, `RequestHandle`, `Event`, `Usage`, `Completion`.
 """

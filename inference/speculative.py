@@ -11,7 +11,8 @@ The cache is one contiguous latent buffer per sequence ([layers + 1, max_len, C 
 layer is the MTP block's). A rejected draft's latent stays in the main layers at its position and
 is overwritten by the next step, which writes that position again.
 
-This is what the CPU benchmark (ops/bench/mtp.py) measures; the engine does not use it yet.
+The batching engine does the same inside its step (inference/engine.py, `speculative`); this
+single-sequence form is its reference in the tests and what `ops/bench/mtp.py` measures without --engine.
 """
 
 from __future__ import annotations
