@@ -21,6 +21,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -45,18 +48,28 @@ print("SEEDED " + "|".join(out))
 """
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def stack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=6412)
     parser.add_argument("--redis-port", type=int, default=6411)
     parser.add_argument("--database", default="postgres://postgres@127.0.0.1:5432/levee_flood")
     parser.add_argument("--data-dir", default="/tmp/levee-flood-var")
     parser.add_argument("--users", type=int, default=4)
     parser.add_argument("--trickle", type=int, default=5, help="SHIELD_SIGNUP_TRICKLE_PER_MINUTE")
-    parser.add_argument("attack", nargs=argparse.REMAINDER, help="-- then ops/flood.py attack arguments")
-    args = parser.parse_args()
-    extra = args.attack[1:] if args.attack[:1] == ["--"] else args.attack
 
+
+@dataclass
+class Running:
+    base: str
+    env: dict
+    web_pids: list[int]
+    redis_pid: int
+    legit: list[str]  # "email:password:key"
+
+
+@contextmanager
+def running_stack(args: argparse.Namespace) -> Iterator[Running]:
+    """`make run`'s stack on a fresh database, Redis and data folder of its own, the users seeded;
+    everything it started is stopped on the way out."""
     db_name = args.database.rsplit("/", 1)[1]
     # A fresh database each run: the mode, its audit rows and the bot accounts start from nothing.
     subprocess.run(["dropdb", "--if-exists", "-h", "127.0.0.1", "-U", "postgres", db_name], capture_output=True)
@@ -84,7 +97,7 @@ def main() -> int:
                 pass
             if stack.poll() is not None or time.monotonic() > deadline:
                 print((data / "stack.log").read_text(errors="replace")[-3000:], file=sys.stderr)
-                return 1
+                raise SystemExit(1)
             time.sleep(0.5)
         seeded = subprocess.run([sys.executable, str(ROOT / "manage.py"), "shell", "-c",
                                  _SEED.format(users=args.users, password=PASSWORD)],
@@ -94,9 +107,29 @@ def main() -> int:
 
         gunicorn = [p.pid for p in psutil.Process(stack.pid).children() if "gunicorn" in " ".join(p.cmdline())]
         time.sleep(5)  # the workers settle (the inference worker loads its checkpoint)
-        cmd = [sys.executable, str(ROOT / "ops" / "flood.py"), "attack", "--target", base,
-               "--database-url", args.database, "--redis-pid", str(redis.pid),
-               *[f"--server-pid={pid}" for pid in gunicorn], *[f"--legit={item}" for item in legit], *extra]
+        yield Running(base, env, gunicorn, redis.pid, legit)
+    finally:
+        os.killpg(stack.pid, signal.SIGTERM)
+        try:
+            stack.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(stack.pid, signal.SIGKILL)
+        redis.terminate()
+        redis.wait(timeout=10)
+        log.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    stack_arguments(parser)
+    parser.add_argument("attack", nargs=argparse.REMAINDER, help="-- then ops/flood.py attack arguments")
+    args = parser.parse_args()
+    extra = args.attack[1:] if args.attack[:1] == ["--"] else args.attack
+    with running_stack(args) as stack:
+        cmd = [sys.executable, str(ROOT / "ops" / "flood.py"), "attack", "--target", stack.base,
+               "--database-url", args.database, "--redis-pid", str(stack.redis_pid),
+               *[f"--server-pid={pid}" for pid in stack.web_pids], *[f"--legit={item}" for item in stack.legit],
+               *extra]
         started = time.time()
         load_before = os.getloadavg()
         result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -109,15 +142,6 @@ def main() -> int:
         report["wall_s"] = round(time.time() - started, 1)
         print(json.dumps(report, indent=2))
         return 0
-    finally:
-        os.killpg(stack.pid, signal.SIGTERM)
-        try:
-            stack.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(stack.pid, signal.SIGKILL)
-        redis.terminate()
-        redis.wait(timeout=10)
-        log.close()
 
 
 if __name__ == "__main__":

@@ -110,6 +110,8 @@ def _account_for(scope: dict | None, status: int) -> str:
         metrics.count_request(route, method, status, seconds)
     except Exception:  # a metrics failure must never cost the client its answer
         access_log.exception("metrics: could not count a request")
+    if not _log_budget.take():
+        return request_id
     tokens = levee_logging.bind_request(request_id, route)
     try:
         access_log.info("%s %s %s", method, route, status,
@@ -118,6 +120,32 @@ def _account_for(scope: dict | None, status: int) -> str:
     finally:
         levee_logging.unbind(tokens)
     return request_id
+
+
+class _LogBudget:
+    """At most SHIELD_ADMISSION_LOG_PER_SECOND access-log lines a second for the layer's own answers
+    (one event loop per process: no lock). What a second did not log is said in one line the next."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.second, self.used, self.skipped = 0, 0, 0
+
+    def take(self) -> bool:
+        second = int(self.clock())
+        if second != self.second:
+            if self.skipped:
+                access_log.info("admission: %d answers of one second not logged (over %d lines/s; all are "
+                                "counted in /metrics)", self.skipped, settings.SHIELD_ADMISSION_LOG_PER_SECOND,
+                                extra={"admission": True, "unlogged": self.skipped})
+            self.second, self.used, self.skipped = second, 0, 0
+        if self.used < settings.SHIELD_ADMISSION_LOG_PER_SECOND:
+            self.used += 1
+            return True
+        self.skipped += 1
+        return False
+
+
+_log_budget = _LogBudget()
 
 
 async def _answer(send: Send, status: int, content_type: bytes, body: bytes, *, retry_after: int | None = None,

@@ -90,6 +90,10 @@ SHIELD_PASS_SUBNET_BITS = [(0.5, 2), (0.9, 2)]
 SHIELD_BROWSER_PASS = env_bool("SHIELD_BROWSER_PASS", True)
 SHIELD_PASS_TTL = env_int("SHIELD_PASS_TTL", 3600, minimum=60)  # seconds a pass lasts
 SHIELD_PASS_USES = env_int("SHIELD_PASS_USES", 30, minimum=1)  # door POSTs one pass may make
+# Access-log lines per second (per web process) for the answers the admission layer gives itself; past
+# it, answers are still counted in /metrics and one line a second says how many went unlogged, so a
+# flood costs neither a log line per bot request nor the disk it would fill.
+SHIELD_ADMISSION_LOG_PER_SECOND = env_int("SHIELD_ADMISSION_LOG_PER_SECOND", 20, minimum=0)
 # Seconds the API-key filter's ready marker lasts (it is rebuilt from the database before then).
 SHIELD_KEY_FILTER_TTL = env_int("SHIELD_KEY_FILTER_TTL", 900, minimum=60)
 # In elevated and under_attack, subnet sign-up limits are divided by this.

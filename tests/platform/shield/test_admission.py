@@ -462,3 +462,25 @@ def test_the_pass_accepts_what_the_layer_asked_in_any_mode_and_nothing_easier(la
     body = urlencode({"pow_challenge": easy, "pow_nonce": pow.solve(easy), "next": "/"}).encode()
     refused = call(app, "POST", admission.PASS_PATH, body=body, ip="198.51.100.30")
     assert refused.status == 403 and "set-cookie" not in refused.headers
+
+
+def test_a_flood_of_refusals_is_logged_within_a_budget_and_says_what_it_left_out(layer, settings, caplog):
+    import logging
+
+    settings.SHIELD_ADMISSION_LOG_PER_SECOND = 2
+    app, _ = layer
+    now = [1000.25]
+    admission._log_budget.__init__(clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="levee.access"):
+        answers = [call(app, "POST", "/v1/chat/completions", body=b"{}") for _ in range(5)]  # no key: 401
+    assert [a.status for a in answers] == [401] * 5
+    assert all(a.headers["x-request-id"].startswith("req_") for a in answers)  # every answer keeps its id
+    lines = [r for r in caplog.records if r.name == "levee.access"]
+    assert len(lines) == 2 and all(r.status == 401 for r in lines)
+    caplog.clear()
+    now[0] += 1
+    with caplog.at_level(logging.INFO, logger="levee.access"):
+        assert admission._log_budget.take()  # the next second: its own budget again
+    summary = [r for r in caplog.records if getattr(r, "unlogged", None)]
+    assert len(summary) == 1 and summary[0].unlogged == 3
+    admission._log_budget.__init__()
