@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.utils.translation import gettext_lazy as _
 
 from levee.accounts.models import User
 
@@ -13,12 +14,12 @@ class UserAdmin(BaseUserAdmin):
     readonly_fields = ("date_joined", "last_login")
     fieldsets = (
         (None, {"fields": ("email", "password")}),
-        ("Status", {"fields": ("email_verified_at", "is_active", "is_staff", "is_superuser")}),
-        ("Permissions", {"fields": ("groups", "user_permissions")}),
-        ("Dates", {"fields": ("date_joined", "last_login")}),
+        (_("Status"), {"fields": ("email_verified_at", "is_active", "is_staff", "is_superuser")}),
+        (_("Permissions"), {"fields": ("groups", "user_permissions")}),
+        (_("Dates"), {"fields": ("date_joined", "last_login")}),
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
 
-    @admin.display(boolean=True, description="verified")
+    @admin.display(boolean=True, description=_("verified"))
     def is_verified(self, obj):
         return obj.is_verified

@@ -6,6 +6,7 @@ from django.contrib.auth.models import PermissionsMixin
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 EMAIL_MAX_LENGTH = 254
 
@@ -39,14 +40,15 @@ class UserManager(BaseUserManager):
 class User(AbstractBaseUser, PermissionsMixin):
     """An account. The email is the login and is unique regardless of case."""
 
-    email = models.EmailField(max_length=EMAIL_MAX_LENGTH)
-    email_verified_at = models.DateTimeField(null=True, blank=True)
-    is_active = models.BooleanField(default=True)
-    is_staff = models.BooleanField(default=False)
-    date_joined = models.DateTimeField(default=timezone.now)
+    email = models.EmailField(max_length=EMAIL_MAX_LENGTH, verbose_name=_("email"))
+    email_verified_at = models.DateTimeField(null=True, blank=True, verbose_name=_("email verified at"))
+    is_active = models.BooleanField(default=True, verbose_name=_("is active"))
+    is_staff = models.BooleanField(default=False, verbose_name=_("is staff"))
+    date_joined = models.DateTimeField(default=timezone.now, verbose_name=_("date joined"))
     # The owner's page and email language ("" = follow the browser): set by the language switch and at
     # sign-up; copied into the language cookie at log-in, so it follows the account to a new device.
-    language = models.CharField(max_length=16, blank=True, choices=settings.LANGUAGES)
+    language = models.CharField(max_length=16, blank=True, choices=settings.LANGUAGES,
+                                verbose_name=_("language"))
 
     objects = UserManager()
 
@@ -55,6 +57,8 @@ class User(AbstractBaseUser, PermissionsMixin):
     REQUIRED_FIELDS: list[str] = []
 
     class Meta:
+        verbose_name = _("user")
+        verbose_name_plural = _("users")
         constraints = [models.UniqueConstraint(Lower("email"), name="accounts_user_email_ci_unique")]
 
     def __str__(self) -> str:

@@ -1,6 +1,7 @@
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.utils.translation import gettext_lazy as _
 
 from levee.core.memo import Memo
 
@@ -8,29 +9,38 @@ from levee.core.memo import Memo
 class LlmModel(models.Model):
     """A model the API offers. Prices live in billing's price book, keyed by `name`."""
 
-    name = models.CharField(max_length=64, unique=True, help_text="the `model` field clients send")
-    queue = models.CharField(max_length=128, blank=True, help_text="Celery queue; empty means inference.<name>")
+    name = models.CharField(max_length=64, unique=True, help_text=_("the `model` field clients send"),
+                            verbose_name=_("name"))
+    queue = models.CharField(max_length=128, blank=True, help_text=_("Celery queue; empty means inference.<name>"),
+                             verbose_name=_("queue"))
     tokenizer_dir = models.CharField(max_length=512, default="inference/demo/checkpoint",
-                                     help_text="directory with tokenizer.json and tokenizer_config.json; "
-                                               "relative paths start at the project root")
-    context_length = models.PositiveIntegerField(default=4096, validators=[MinValueValidator(16)])
+                                     help_text=_("directory with tokenizer.json and tokenizer_config.json; relative paths start at the project root"),
+                                     verbose_name=_("tokenizer dir"))
+    context_length = models.PositiveIntegerField(default=4096, validators=[MinValueValidator(16)],
+                                                 verbose_name=_("context length"))
     max_output = models.PositiveIntegerField(default=2048, validators=[MinValueValidator(1)],
-                                             help_text="largest max_tokens a request may ask for")
-    default_max_tokens = models.PositiveIntegerField(default=1024, validators=[MinValueValidator(1)])
+                                             help_text=_("largest max_tokens a request may ask for"),
+                                             verbose_name=_("max output"))
+    default_max_tokens = models.PositiveIntegerField(default=1024, validators=[MinValueValidator(1)],
+                                                     verbose_name=_("default max tokens"))
     # A prompt of more than context_length × this many characters cannot fit, whatever its tokens:
     # it is refused before anything tokenizes it (the tokenizer is the expensive part of a request).
     prompt_chars_per_token = models.PositiveSmallIntegerField(
         default=8, validators=[MinValueValidator(1)],
-        help_text="refuse, before tokenizing, a prompt longer than context_length × this many characters")
-    max_queue_depth = models.PositiveIntegerField(default=256, help_text="queued jobs above this → 503")
-    reasoner = models.BooleanField(default=False, help_text="split <think>…</think> into reasoning_content")
-    enabled = models.BooleanField(default=True)
-    owned_by = models.CharField(max_length=64, default="levee")
-    created_at = models.DateTimeField(auto_now_add=True)
+        help_text=_("refuse, before tokenizing, a prompt longer than context_length × this many characters"),
+        verbose_name=_("prompt chars per token"))
+    max_queue_depth = models.PositiveIntegerField(default=256, help_text=_("queued jobs above this → 503"),
+                                                  verbose_name=_("max queue depth"))
+    reasoner = models.BooleanField(default=False, help_text=_("split <think>…</think> into reasoning_content"),
+                                   verbose_name=_("reasoner"))
+    enabled = models.BooleanField(default=True, verbose_name=_("enabled"))
+    owned_by = models.CharField(max_length=64, default="levee", verbose_name=_("owned by"))
+    created_at = models.DateTimeField(auto_now_add=True, verbose_name=_("created at"))
 
     class Meta:
+        verbose_name = _("model")
+        verbose_name_plural = _("models")
         ordering = ["name"]
-        verbose_name = "model"
 
     def __str__(self) -> str:
         return self.name

@@ -11,6 +11,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext_lazy as _
 
 from levee.accounts.operators import operator
 from levee.billing import payments, services
@@ -70,19 +72,19 @@ class WalletAdmin(ReadOnlyAdmin):
     def has_change_permission(self, request, obj=None):
         return obj is None and request.user.has_perm("billing.change_wallet")  # the action, never the form
 
-    @admin.display(description="granted")
+    @admin.display(description=_("granted"))
     def granted(self, wallet):
         return format_amount(wallet.granted_nano)
 
-    @admin.display(description="topped up")
+    @admin.display(description=_("topped up"))
     def topped_up(self, wallet):
         return format_amount(wallet.topped_up_nano)
 
-    @admin.display(description="held")
+    @admin.display(description=_("held"))
     def held(self, wallet):
         return format_amount(wallet.held_nano)
 
-    @admin.action(description="Credit or debit selected wallets…", permissions=["change"])
+    @admin.action(description=_("Credit or debit selected wallets…"), permissions=["change"])
     def credit_or_debit(self, request, queryset):
         form = AdjustForm(request.POST if "apply" in request.POST else None)
         if "apply" in request.POST and form.is_valid():
@@ -95,11 +97,12 @@ class WalletAdmin(ReadOnlyAdmin):
                 except services.BillingRefused as exc:
                     self.message_user(request, f"{wallet.user}: {exc.message}", messages.ERROR)
             if done:
-                self.message_user(request, f"Adjusted {done} wallet(s) by {format_amount(form.cleaned_data['amount'])}.",
-                                  messages.SUCCESS)
+                self.message_user(request, ngettext("Adjusted %(count)d wallet by %(amount)s.",
+                                                    "Adjusted %(count)d wallets by %(amount)s.", done)
+                                  % {"count": done, "amount": format_amount(form.cleaned_data["amount"])}, messages.SUCCESS)
             return None
         return TemplateResponse(request, "billing/admin/adjust.html", {
-            **self.admin_site.each_context(request), "title": "Credit or debit wallets", "form": form,
+            **self.admin_site.each_context(request), "title": gettext("Credit or debit wallets"), "form": form,
             "wallets": queryset, "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME, "opts": self.model._meta})
 
 
@@ -152,7 +155,7 @@ class VoucherAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return super().has_delete_permission(request, obj) and (obj is None or obj.redeemed_count == 0)
 
-    @admin.display(description="amount")
+    @admin.display(description=_("amount"))
     def amount(self, voucher):
         return format_amount(voucher.amount_nano, places=2)
 
@@ -169,7 +172,8 @@ class VoucherAdmin(admin.ModelAdmin):
 
 class TopupSwitchForm(forms.ModelForm):
     change_reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=True,
-                                    help_text="Required: why you are pausing or resuming top-ups (kept in the audit log).")
+                                    help_text=_("Required: why you are pausing or resuming top-ups (kept in the audit log)."),
+                                    label=_("Reason for the change"))
 
     class Meta:
         model = TopupSwitch
@@ -202,7 +206,7 @@ class TopupSwitchAdmin(admin.ModelAdmin):
         changed = payments.set_topups_paused(form.cleaned_data["paused"], message=form.cleaned_data["message"],
                                              reason=form.cleaned_data["change_reason"], by=operator(request))
         if not changed:
-            messages.info(request, "The switch was already set that way; nothing changed.")
+            messages.info(request, gettext("The switch was already set that way; nothing changed."))
         obj.refresh_from_db()
 
 
@@ -219,7 +223,7 @@ class PaymentAdmin(ReadOnlyAdmin):
     list_filter = ("status", "provider")
     search_fields = ("user__email", "session_id", "payment_intent")
 
-    @admin.display(description="amount")
+    @admin.display(description=_("amount"))
     def amount(self, payment: Payment) -> str:
         return format_amount(payment.amount_nano, places=2)
 
@@ -250,9 +254,10 @@ class AlertDeliveryAdmin(ReadOnlyAdmin):
     search_fields = ("user__email", "url")
     actions = ["deliver_again"]
 
-    @admin.action(description="Deliver the selected failed deliveries again")
+    @admin.action(description=_("Deliver the selected failed deliveries again"))
     def deliver_again(self, request: HttpRequest, queryset: QuerySet[AlertDelivery]) -> None:
         from levee.billing import alerts
 
         count = sum(alerts.redeliver(delivery, actor=operator(request)) for delivery in queryset)
-        messages.info(request, f"{count} delivery(ies) queued again.")
+        messages.info(request, ngettext("%(count)d delivery queued again.", "%(count)d deliveries queued again.", count)
+                      % {"count": count})

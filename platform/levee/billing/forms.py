@@ -4,6 +4,7 @@ import secrets
 
 from django import forms
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from levee.billing.models import Voucher
 from levee.billing.money import InvalidAmount, format_amount, parse_amount
@@ -28,24 +29,26 @@ class AmountField(forms.CharField):
         value = super().clean(value)
         try:
             return parse_amount(value, allow_negative=self.allow_negative)
-        except InvalidAmount as exc:
-            raise forms.ValidationError(str(exc).capitalize() + ".") from None
+        except InvalidAmount:
+            raise forms.ValidationError(_("Enter a decimal amount like 12.50 (at most nine decimal places, not zero)."),
+                                        code="invalid") from None
 
 
 class AdjustForm(forms.Form):
-    amount = AmountField(allow_negative=True, help_text="In the deployment's currency; negative to debit, e.g. -5.00")
-    reason = forms.CharField(max_length=200, help_text="Required: shown in the ledger and the audit log")
+    amount = AmountField(allow_negative=True, label=_("Amount"),
+                         help_text=_("In the deployment's currency; negative to debit, e.g. -5.00"))
+    reason = forms.CharField(max_length=200, label=_("Reason"), help_text=_("Required: shown in the ledger and the audit log"))
 
     def clean_reason(self):
         reason = self.cleaned_data["reason"].strip()
         if not reason:
-            raise forms.ValidationError("A reason is required.")
+            raise forms.ValidationError(_("A reason is required."))
         return reason
 
 
 class VoucherForm(forms.ModelForm):
-    amount = AmountField(help_text="In the deployment's currency, e.g. 10.00")
-    code = forms.CharField(max_length=64, required=False, help_text="Leave empty to generate one")
+    amount = AmountField(label=_("Amount"), help_text=_("In the deployment's currency, e.g. 10.00"))
+    code = forms.CharField(max_length=64, required=False, label=_("Code"), help_text=_("Leave empty to generate one"))
 
     class Meta:
         model = Voucher
@@ -62,13 +65,13 @@ class VoucherForm(forms.ModelForm):
             return new_voucher_code()
         code = normalize_code(raw)
         if code is None:
-            raise forms.ValidationError("Use letters, digits and dashes only (at most 64).")
+            raise forms.ValidationError(_("Use letters, digits and dashes only (at most 64)."))
         return code
 
     def clean_expires_at(self):
         expires_at = self.cleaned_data["expires_at"]
         if expires_at <= timezone.now():
-            raise forms.ValidationError("The expiry must be in the future.")
+            raise forms.ValidationError(_("The expiry must be in the future."))
         return expires_at
 
     def save(self, commit=True):

@@ -13,7 +13,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import formats, timezone
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy, gettext_noop
+from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from levee.accounts.operators import signed_in
@@ -26,10 +26,6 @@ from levee.billing.pricing import currency
 PERIODS = (7, 30, 90)
 PRICE_CLASSES = [("input_cache_hit", gettext_lazy("Input (cache hit)")),
                  ("input_cache_miss", gettext_lazy("Input (cache miss)")), ("output", gettext_lazy("Output"))]
-# The ledger's kinds as the page names them ({% translate %} of LedgerKind's labels).
-LEDGER_KINDS = [gettext_noop("grant"), gettext_noop("top-up"), gettext_noop("voucher"), gettext_noop("hold"),
-                gettext_noop("charge"), gettext_noop("release"), gettext_noop("refund"), gettext_noop("adjustment"),
-                gettext_noop("expiry")]
 # The page's words for billing's refusals (the API keeps billing's English messages).
 REFUSALS = {
     "voucher_not_found": gettext_lazy("No such voucher code."),

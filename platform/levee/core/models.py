@@ -9,18 +9,25 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 
 class AuditLog(models.Model):
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                              related_name="+", help_text="Who did it; empty for the system and commands.")
-    action = models.CharField(max_length=48, help_text="e.g. address_rule.created, api_key.revoked")
-    target = models.CharField(max_length=200, help_text="What was changed, as the operator would name it.")
-    detail = models.JSONField(default=dict, blank=True)
-    source = models.CharField(max_length=16, default="admin", help_text="admin, command, api, …")
-    at = models.DateTimeField(default=timezone.now, db_index=True)
+                              related_name="+", help_text=_("Who did it; empty for the system and commands."),
+                              verbose_name=_("actor"))
+    action = models.CharField(max_length=48, help_text=_("e.g. address_rule.created, api_key.revoked"),
+                              verbose_name=_("action"))
+    target = models.CharField(max_length=200, help_text=_("What was changed, as the operator would name it."),
+                              verbose_name=_("target"))
+    detail = models.JSONField(default=dict, blank=True, verbose_name=_("detail"))
+    source = models.CharField(max_length=16, default="admin", help_text=_("admin, command, api, …"),
+                              verbose_name=_("source"))
+    at = models.DateTimeField(default=timezone.now, db_index=True, verbose_name=_("at"))
 
     class Meta:
+        verbose_name = _("audit log")
+        verbose_name_plural = _("audit logs")
         ordering = ["-id"]
 
     def __str__(self) -> str:

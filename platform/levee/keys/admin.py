@@ -1,4 +1,6 @@
 from django.contrib import admin, messages
+from django.utils.translation import gettext_lazy as _
+from django.utils.translation import ngettext
 
 from levee.keys.models import ApiKey
 from levee.keys.services import revoke_api_key
@@ -20,7 +22,8 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False  # keys are made by their owner (or create_api_key), so the secret is shown once to them
 
-    @admin.action(description="Revoke selected keys")
+    @admin.action(description=_("Revoke selected keys"))
     def revoke(self, request, queryset):
         count = sum(revoke_api_key(key, by=request.user, source="admin") for key in queryset)
-        self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
+        self.message_user(request, ngettext("Revoked %(count)d key.", "Revoked %(count)d keys.", count) % {"count": count},
+                          messages.SUCCESS)

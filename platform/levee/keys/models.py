@@ -4,30 +4,34 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 
 class ApiKey(models.Model):
     """An API key. Only a SHA-256 digest of the secret is stored; `prefix` (the first characters,
     e.g. `sk-AbCd1234`) finds candidate rows and is what owners and admins see."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
-    name = models.CharField(max_length=64, blank=True)
-    prefix = models.CharField(max_length=16, db_index=True)
-    digest = models.CharField(max_length=64, unique=True)
-    created_at = models.DateTimeField(default=timezone.now)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-    expires_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys",
+                             verbose_name=_("user"))
+    name = models.CharField(max_length=64, blank=True, verbose_name=_("name"))
+    prefix = models.CharField(max_length=16, db_index=True, verbose_name=_("prefix"))
+    digest = models.CharField(max_length=64, unique=True, verbose_name=_("digest"))
+    created_at = models.DateTimeField(default=timezone.now, verbose_name=_("created at"))
+    last_used_at = models.DateTimeField(null=True, blank=True, verbose_name=_("last used at"))
+    expires_at = models.DateTimeField(null=True, blank=True, verbose_name=_("expires at"))
+    revoked_at = models.DateTimeField(null=True, blank=True, verbose_name=_("revoked at"))
     revoked_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+                                   related_name="+", verbose_name=_("revoked by"))
     # Spend caps in nano-units of LEVEE_CURRENCY (NULL = none), enforced when a hold is placed
     # (levee.billing.caps): what the key's requests reserve or were charged in the UTC day, the
     # UTC month, or ever. Set through levee.billing.caps.set_caps, which seeds the counters.
-    daily_cap_nano = models.BigIntegerField(null=True, blank=True)
-    monthly_cap_nano = models.BigIntegerField(null=True, blank=True)
-    lifetime_cap_nano = models.BigIntegerField(null=True, blank=True)
+    daily_cap_nano = models.BigIntegerField(null=True, blank=True, verbose_name=_("daily cap nano"))
+    monthly_cap_nano = models.BigIntegerField(null=True, blank=True, verbose_name=_("monthly cap nano"))
+    lifetime_cap_nano = models.BigIntegerField(null=True, blank=True, verbose_name=_("lifetime cap nano"))
 
     class Meta:
+        verbose_name = _("API key")
+        verbose_name_plural = _("API keys")
         ordering = ["-created_at"]
         indexes = [models.Index(fields=["user", "revoked_at"])]
         constraints = [

@@ -4,6 +4,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from levee.accounts.operators import operator
 from levee.core.admin import ReadOnlyAdmin
@@ -13,7 +14,8 @@ from levee.shield.models import AddressRule, LimitOverride, MitigationState, Mod
 
 class MitigationStateForm(forms.ModelForm):
     change_reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=True,
-                                    help_text="Required: why you are changing the mode (kept in the audit log).")
+                                    help_text=_("Required: why you are changing the mode (kept in the audit log)."),
+                                    label=_("Reason for the change"))
 
     class Meta:
         model = MitigationState

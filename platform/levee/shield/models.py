@@ -7,26 +7,28 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 NORMAL, ELEVATED, UNDER_ATTACK = "normal", "elevated", "under_attack"
 MODES = [NORMAL, ELEVATED, UNDER_ATTACK]
-MODE_CHOICES = [(NORMAL, "normal"), (ELEVATED, "elevated"), (UNDER_ATTACK, "under attack")]
+MODE_CHOICES = [(NORMAL, _("normal")), (ELEVATED, _("elevated")), (UNDER_ATTACK, _("under attack"))]
 
 
 class MitigationState(models.Model):
     """The one row that says how defensive the site is. Written only through
     `levee.shield.services.set_mode`, which audits the change and mirrors it to Redis."""
 
-    mode = models.CharField(max_length=16, choices=MODE_CHOICES, default=NORMAL)
-    pinned = models.BooleanField(default=False, help_text="Pinned: automatic escalation and de-escalation leave the mode alone.")
-    reason = models.TextField(blank=True)
-    changed_at = models.DateTimeField(default=timezone.now)
+    mode = models.CharField(max_length=16, choices=MODE_CHOICES, default=NORMAL, verbose_name=_("mode"))
+    pinned = models.BooleanField(default=False, help_text=_("Pinned: automatic escalation and de-escalation leave the mode alone."),
+                                 verbose_name=_("pinned"))
+    reason = models.TextField(blank=True, verbose_name=_("reason"))
+    changed_at = models.DateTimeField(default=timezone.now, verbose_name=_("changed at"))
     changed_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+                                   related_name="+", verbose_name=_("changed by"))
 
     class Meta:
-        verbose_name = "mitigation mode"
-        verbose_name_plural = "mitigation mode"
+        verbose_name = _("mitigation mode")
+        verbose_name_plural = _("mitigation mode")
         constraints = [models.CheckConstraint(condition=Q(pk=1), name="shield_mitigationstate_singleton"),
                        models.CheckConstraint(condition=Q(mode__in=MODES), name="shield_mitigationstate_mode_valid")]
 
@@ -39,15 +41,19 @@ class ModeChange(models.Model):
 
     OPERATOR, AUTOMATIC = "operator", "automatic"
 
-    at = models.DateTimeField(default=timezone.now, db_index=True)
-    by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    source = models.CharField(max_length=16, choices=[(OPERATOR, "operator"), (AUTOMATIC, "automatic")])
-    from_mode = models.CharField(max_length=16, choices=MODE_CHOICES)
-    to_mode = models.CharField(max_length=16, choices=MODE_CHOICES)
-    pinned = models.BooleanField(default=False)
-    reason = models.TextField()
+    at = models.DateTimeField(default=timezone.now, db_index=True, verbose_name=_("at"))
+    by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+                           verbose_name=_("by"))
+    source = models.CharField(max_length=16, choices=[(OPERATOR, _("operator")), (AUTOMATIC, _("automatic"))],
+                              verbose_name=_("source"))
+    from_mode = models.CharField(max_length=16, choices=MODE_CHOICES, verbose_name=_("from mode"))
+    to_mode = models.CharField(max_length=16, choices=MODE_CHOICES, verbose_name=_("to mode"))
+    pinned = models.BooleanField(default=False, verbose_name=_("pinned"))
+    reason = models.TextField(verbose_name=_("reason"))
 
     class Meta:
+        verbose_name = _("mode change")
+        verbose_name_plural = _("mode changes")
         ordering = ["-at", "-pk"]
 
     def __str__(self) -> str:
@@ -58,7 +64,7 @@ def validate_network(value: str) -> None:
     try:
         ipaddress.ip_network(value, strict=False)
     except ValueError:
-        raise ValidationError(f"{value!r} is not an IP address or network (CIDR).") from None
+        raise ValidationError(_("%(value)s is not an IP address or network (CIDR)."), params={"value": repr(value)}) from None
 
 
 class AddressRule(models.Model):
@@ -67,15 +73,20 @@ class AddressRule(models.Model):
 
     ALLOW, DENY = "allow", "deny"
 
-    network = models.CharField(max_length=64, validators=[validate_network], help_text="e.g. 203.0.113.0/24 or 2001:db8::/48")
-    action = models.CharField(max_length=8, choices=[(DENY, "deny"), (ALLOW, "allow")])
-    reason = models.CharField(max_length=200)
-    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: until removed.")
-    created_at = models.DateTimeField(default=timezone.now)
+    network = models.CharField(max_length=64, validators=[validate_network], help_text=_("e.g. 203.0.113.0/24 or 2001:db8::/48"),
+                               verbose_name=_("network"))
+    action = models.CharField(max_length=8, choices=[(DENY, _("deny")), (ALLOW, _("allow"))],
+                              verbose_name=_("action"))
+    reason = models.CharField(max_length=200, verbose_name=_("reason"))
+    expires_at = models.DateTimeField(null=True, blank=True, help_text=_("Empty: until removed."),
+                                      verbose_name=_("expires at"))
+    created_at = models.DateTimeField(default=timezone.now, verbose_name=_("created at"))
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                   related_name="+")
+                                   related_name="+", verbose_name=_("created by"))
 
     class Meta:
+        verbose_name = _("address rule")
+        verbose_name_plural = _("address rules")
         ordering = ["-created_at"]
 
     def __str__(self) -> str:
@@ -90,16 +101,20 @@ class LimitOverride(models.Model):
     """Per-account or per-key limits that replace the defaults (empty fields keep the default)."""
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
-                                related_name="limit_override")
+                                related_name="limit_override", verbose_name=_("user"))
     api_key = models.OneToOneField("keys.ApiKey", null=True, blank=True, on_delete=models.CASCADE,
-                                   related_name="limit_override")
-    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
-    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True)
-    concurrent_jobs = models.PositiveIntegerField(null=True, blank=True)
-    note = models.CharField(max_length=200, blank=True)
-    updated_at = models.DateTimeField(auto_now=True)
+                                   related_name="limit_override", verbose_name=_("api key"))
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True,
+                                                      verbose_name=_("requests per minute"))
+    tokens_per_minute = models.PositiveIntegerField(null=True, blank=True,
+                                                    verbose_name=_("tokens per minute"))
+    concurrent_jobs = models.PositiveIntegerField(null=True, blank=True, verbose_name=_("concurrent jobs"))
+    note = models.CharField(max_length=200, blank=True, verbose_name=_("note"))
+    updated_at = models.DateTimeField(auto_now=True, verbose_name=_("updated at"))
 
     class Meta:
+        verbose_name = _("limit override")
+        verbose_name_plural = _("limit overrides")
         constraints = [models.CheckConstraint(
             condition=(Q(user__isnull=False) & Q(api_key__isnull=True)) | (Q(user__isnull=True) & Q(api_key__isnull=False)),
             name="shield_limitoverride_one_subject")]
@@ -109,15 +124,20 @@ class LimitOverride(models.Model):
 
     def clean(self):
         if bool(self.user_id) == bool(self.api_key_id):
-            raise ValidationError("Choose either an account or an API key.")
+            raise ValidationError(_("Choose either an account or an API key."))
 
 
 class SignupIdentity(models.Model):
     """The canonical form of an account's address (case, Gmail dots and +tags folded), so
     `A.da+x@googlemail.com` is recognised as `ada@gmail.com` at sign-up."""
 
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="signup_identity")
-    canonical_email = models.CharField(max_length=254, unique=True)
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="signup_identity",
+                                verbose_name=_("user"))
+    canonical_email = models.CharField(max_length=254, unique=True, verbose_name=_("canonical email"))
+
+    class Meta:
+        verbose_name = _("sign-up identity")
+        verbose_name_plural = _("sign-up identities")
 
     def __str__(self) -> str:
         return self.canonical_email

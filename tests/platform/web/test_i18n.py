@@ -296,3 +296,26 @@ def test_the_admin_speaks_chinese_too(client):
     page = client.get("/admin/", **ZH).content.decode()
     assert '<html lang="zh-hans"' in page and "运维" in page and "实时仪表盘" in page  # ours
     assert "最近动作" in page or "修改" in page  # Django's own labels, from its zh_Hans catalog
+
+
+def test_the_admins_own_labels_are_chinese(client):
+    """Our models' names, their fields' names, choices, actions and filters, not only Django's words."""
+    from levee.billing import services as billing
+    from levee.keys.services import create_api_key
+    from tests.personas import root
+
+    owner = ada()
+    create_api_key(owner, name="笔记本")
+    billing.topup(billing.wallet_for(owner), 10**9, source="test", external_id="admin-zh")
+    client.force_login(root())
+    index = client.get("/admin/", **ZH).content.decode()
+    assert "API 密钥" in index and "账目明细" in index and "防护模式" in index and "用量记录" in index
+    keys = client.get("/admin/keys/apikey/", **ZH).content.decode()
+    assert "最近使用时间" in keys and "吊销时间" in keys  # column headers: the fields' verbose names
+    assert "吊销所选密钥" in keys  # the action
+    ledger = client.get("/admin/billing/ledgerentry/", **ZH).content.decode()
+    assert "赠送余额变动" in ledger and "类型" in ledger
+    wallets = client.get("/admin/billing/wallet/", **ZH).content.decode()
+    assert "为所选钱包加款或扣款" in wallets and "充值余额" in wallets
+    english = client.get("/admin/keys/apikey/").content.decode()
+    assert "Last used at" in english and "Revoke selected keys" in english  # English stays as it was
