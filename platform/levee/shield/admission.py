@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from django.conf import settings
+from django.utils.translation import gettext_noop
 
 from levee.core.errors import error_body
 from levee.core.net import resolve
@@ -61,33 +62,102 @@ _KEY_PATTERN = re.compile(rb"^sk-[A-Za-z0-9]{48}$")
 
 # --- pre-built answers ---------------------------------------------------------------------------
 
-_HTML = ("<!doctype html><html lang=en><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+# Pages are in the reader's language (the language cookie, else Accept-Language: what Django's
+# LocaleMiddleware would choose, decided from the two headers alone and cached), built once per
+# language and kept; API answers are English. Every text below is a msgid of the site's catalog.
+_HTML = ("<!doctype html><html lang={lang}><meta charset=utf-8><meta name=viewport content='width=device-width'>"
          "<title>{title} · Levee</title><link rel=stylesheet href='/static/levee/site.css'>{banner}"
          "<main id=main><h1>{title}</h1><p>{message}</p>{extra}</main></html>")
 # The site's banner (templates/base.html) in the modes that show one.
 _BANNERS = {
-    "under_attack": "We are under heavy load: registration may be busy, please retry later. Registered users can "
-                    "log in normally.",
-    "elevated": "We are seeing unusual traffic: sign-up asks your browser to solve a short check, and free chat "
-                "allowances are smaller for now.",
+    "under_attack": gettext_noop("We are under heavy load: registration may be busy, please retry later. Registered "
+                                 "users can log in normally."),
+    "elevated": gettext_noop("We are seeing unusual traffic: sign-up asks your browser to solve a short check, and "
+                             "free chat allowances are smaller for now."),
 }
+_TITLES = {413: gettext_noop("Too large"), 429: gettext_noop("Slow down a little"), 503: gettext_noop("We are busy"),
+           401: gettext_noop("Not allowed"), 400: gettext_noop("Bad request")}
+# Words the layer's pages use that are given by the door code (marked here for the catalog).
+_PAGE_WORDS = (gettext_noop("Sorry"), gettext_noop("Use POST."), gettext_noop("Invalid Content-Length header"),
+               gettext_noop("Too many attempts. Please wait a little and try again."),
+               gettext_noop("Request body is larger than %(limit)s bytes"),
+               gettext_noop("That check did not complete; trying again."),
+               gettext_noop("Your browser needs a quick check before this form can be sent; please send it again "
+                            "afterwards."))
+_TOO_LARGE = _PAGE_WORDS[4]
 
 
 def _banner(mode: str) -> str:
+    """In the active language (callers build pages under translation.override)."""
+    from django.utils.html import escape
+    from django.utils.translation import gettext
+
     text = _BANNERS.get(mode)
-    return f"<div class='banner banner-{mode}' role=status>{text}</div>" if text else ""
+    return f"<div class='banner banner-{mode}' role=status>{escape(gettext(text))}</div>" if text else ""
 
 
 @lru_cache(maxsize=256)
 def _prebuilt(status: int, api: bool, message: str, code: str | None = None, title: str | None = None,
-              mode: str = NORMAL) -> tuple[bytes, bytes]:
-    """(content type, body) of a refusal, built once per distinct answer."""
+              mode: str = NORMAL, language: str = "en", params: tuple[tuple[str, object], ...] = ()
+              ) -> tuple[bytes, bytes]:
+    """(content type, body) of a refusal, built once per distinct answer and language. `message` and
+    `title` are msgids, `params` what their %(name)s placeholders stand for."""
+    values = dict(params)
     if api:
-        return b"application/json", json.dumps(error_body(status, message, code=code)).encode()
-    title = title or {413: "Too large", 429: "Slow down a little", 503: "We are busy", 401: "Not allowed",
-                      400: "Bad request"}.get(status, "Sorry")
-    return b"text/html; charset=utf-8", _HTML.format(title=title, message=message, extra="",
-                                                     banner=_banner(mode)).encode()
+        text = message % values if values else message
+        return b"application/json", json.dumps(error_body(status, text, code=code)).encode()
+    from django.utils import translation
+    from django.utils.html import escape
+
+    with translation.override(language):
+        text = translation.gettext(message)
+        text = text % values if values else text
+        heading = translation.gettext(title or _TITLES.get(status, "Sorry"))
+        page = _HTML.format(lang=language, title=escape(heading), message=escape(text), extra="", banner=_banner(mode))
+    return b"text/html; charset=utf-8", page.encode()
+
+
+@lru_cache(maxsize=1)
+def _language_cookie() -> re.Pattern[bytes]:
+    return re.compile(rb"(?:^|;)\s*" + re.escape(settings.LANGUAGE_COOKIE_NAME.encode()) + rb'="?([A-Za-z0-9-]{1,16})')
+
+
+@lru_cache(maxsize=512)
+def _language_of(cookie: str, accept: str) -> str:
+    """What translation.get_language_from_request decides, from the cookie's value and the
+    Accept-Language header (no request object, no database)."""
+    from django.utils.translation import trans_real
+
+    if cookie:
+        try:
+            return trans_real.get_supported_language_variant(cookie)
+        except LookupError:
+            pass
+    for code, _quality in trans_real.parse_accept_lang_header(accept):
+        if code == "*":
+            break
+        if not trans_real.language_code_re.search(code):
+            continue
+        try:
+            return trans_real.get_supported_language_variant(code)
+        except LookupError:
+            continue
+    return settings.LANGUAGE_CODE
+
+
+def _page_language() -> str:
+    """The language of a page answered for the request being admitted."""
+    scope = _scope.get()
+    if scope is None:
+        return settings.LANGUAGE_CODE
+    cookie, accept = b"", b""
+    for name, value in scope["headers"]:
+        if name == b"cookie":
+            cookie += b";" + value
+        elif name == b"accept-language":
+            accept = value
+    found = _language_cookie().search(cookie) if cookie else None
+    return _language_of(found.group(1).decode() if found else "", accept[:256].decode("latin-1"))
 
 
 _scope: contextvars.ContextVar[dict | None] = contextvars.ContextVar("levee_admission_scope", default=None)
@@ -167,8 +237,13 @@ async def _answer(send: Send, status: int, content_type: bytes, body: bytes, *, 
 
 
 async def _refuse(send: Send, status: int, message: str, *, api: bool, retry_after: int | None = None,
-                  code: str | None = None, close: bool = False, title: str | None = None) -> None:
-    content_type, body = _prebuilt(status, api, message, code, title, NORMAL if api else state.cached_mode())
+                  code: str | None = None, close: bool = False, title: str | None = None,
+                  params: tuple[tuple[str, object], ...] = ()) -> None:
+    if api:
+        content_type, body = _prebuilt(status, True, message, code, title, NORMAL, "en", params)
+    else:
+        content_type, body = _prebuilt(status, False, message, code, title, state.cached_mode(), _page_language(),
+                                       params)
     await _answer(send, status, content_type, body, retry_after=retry_after, close=close)
 
 
@@ -229,8 +304,8 @@ class _BodyLimit:
                 self.cut = True
                 if not self.started:
                     self.started = True
-                    await _refuse(self._send, 413, f"Request body is larger than {self.limit} bytes",
-                                  api=self.api, close=True)
+                    await _refuse(self._send, 413, _TOO_LARGE, api=self.api, close=True,
+                                  params=(("limit", self.limit),))
                 return {"type": "http.disconnect"}
         return message
 
@@ -282,8 +357,8 @@ class Admission:
                                      code="invalid_format", close=True)
             scope["levee.body_unread"] = declared > 0
             if declared > limit:  # refused unread: receive() is never called
-                return await _refuse(send, 413, f"Request body is larger than {limit} bytes", api=_is_api(path),
-                                     close=True)
+                return await _refuse(send, 413, _TOO_LARGE, api=_is_api(path), close=True,
+                                     params=(("limit", limit),))
         door = _doors().get(path)
         if door is not None or path == PASS_PATH:
             peer = scope.get("client")
@@ -333,7 +408,7 @@ class Admission:
                 return None
             body += message.get("body", b"")
             if len(body) > 4096:
-                return await _refuse(send, 413, "Request body is larger than 4096 bytes", api=False, close=True)
+                return await _refuse(send, 413, _TOO_LARGE, api=False, close=True, params=(("limit", 4096),))
             if not message.get("more_body"):
                 break
         form = parse_qs(body.decode("latin-1"), max_num_fields=8)
@@ -508,16 +583,40 @@ async def _busy(send: Send) -> None:
     from levee.shield.signup import BUSY
 
     await _refuse(send, 503, BUSY, api=False, retry_after=settings.SHIELD_SIGNUP_BUSY_RETRY_AFTER,
-                  title="Registration is busy")
+                  title=gettext_noop("Registration is busy"))
 
 
+# The form's words travel in data attributes too: pow.js shows them (the page has no JavaScript catalog).
 _INTERSTITIAL_FORM = (
-    "<form method=post action='{action}' data-pow-bits='{bits}' data-pow-auto>"
+    "<form method=post action='{action}' data-pow-bits='{bits}' data-pow-auto data-pow-working='{working}' "
+    "data-pow-ready='{ready}'>"
     "<input type=hidden name=pow_challenge value='{challenge}'><input type=hidden name=pow_nonce value=''>"
     "<input type=hidden name=next value='{next}'>"
-    "<p class=pow-status aria-live=polite>Checking your browser…</p>"
-    "<noscript><p>This check needs JavaScript.</p></noscript>"
-    "<button type=submit>Continue</button></form><script src='/static/levee/pow.js' defer></script>")
+    "<p class=pow-status aria-live=polite>{working}</p>"
+    "<noscript><p>{noscript}</p></noscript>"
+    "<button type=submit>{button}</button></form><script src='/static/levee/pow.js' defer></script>")
+_INTERSTITIAL_WORDS = {"title": gettext_noop("Checking your browser"), "working": gettext_noop("Checking your browser…"),
+                       "ready": gettext_noop("Ready."), "noscript": gettext_noop("This check needs JavaScript."),
+                       "button": gettext_noop("Continue"),
+                       "message": gettext_noop("A quick check that you are a browser, not a bot: it takes a moment "
+                                               "and happens once per visit.")}
+
+
+@lru_cache(maxsize=64)
+def _interstitial_page(language: str, mode: str, note: str) -> str:
+    """The interstitial in `language`, with {action}, {bits}, {challenge} and {next} left to fill in."""
+    from django.utils import translation
+    from django.utils.html import escape
+
+    with translation.override(language):
+        words = {name: str(escape(translation.gettext(text))) for name, text in _INTERSTITIAL_WORDS.items()}
+        message: str = words["message"]
+        if note:
+            message = f"{escape(translation.gettext(note))} {message}"
+        form = _INTERSTITIAL_FORM.replace("{working}", words["working"]).replace("{ready}", words["ready"]) \
+            .replace("{noscript}", words["noscript"]).replace("{button}", words["button"])
+        page = _HTML.format(lang=language, title=words["title"], message=message, extra="{extra}", banner=_banner(mode))
+    return page.replace("{", "{{").replace("}", "}}").replace("{{extra}}", form)
 
 
 async def _interstitial(send: Send, target: str, ip: str, *, bits: int | None = None, status: int = 200,
@@ -529,12 +628,8 @@ async def _interstitial(send: Send, target: str, ip: str, *, bits: int | None = 
     if bits is None:
         bits = _difficulty(state.cached_mode(), None, 0)
     challenge = pow.issue(bits)
-    form = _INTERSTITIAL_FORM.format(action=PASS_PATH, bits=bits, challenge=challenge, next=escape(target, quote=True))
-    message = "A quick check that you are a browser, not a bot: it takes a moment and happens once per visit."
-    if note:
-        message = f"{note} {message}"
-    body = _HTML.format(title="Checking your browser", message=escape(message), extra=form,
-                        banner=_banner(state.cached_mode())).encode()
+    page = _interstitial_page(_page_language(), state.cached_mode(), note)
+    body = page.format(action=PASS_PATH, bits=bits, challenge=challenge, next=escape(target, quote=True)).encode()
     await _answer(send, status, b"text/html; charset=utf-8", body, retry_after=retry_after)
 
 

@@ -11,9 +11,10 @@
   const nonceField = form.querySelector("input[name=pow_nonce]");
   const status = form.querySelector(".pow-status");
   const encoder = new TextEncoder();
-  // The admission layer's interstitial is a pre-built page without Django's JavaScript catalog:
-  // there gettext does not exist, and the status line keeps the page's own words.
-  const t = (text) => (typeof window.gettext === "function" ? window.gettext(text) : text);
+  // The admission layer's interstitial is a pre-built page without Django's JavaScript catalog: there
+  // gettext does not exist, and the form carries the words, in the page's language (data-pow-working,
+  // data-pow-ready).
+  const t = (text, key) => form.dataset[key] || (typeof window.gettext === "function" ? window.gettext(text) : text);
 
   function zeroBits(bytes) {
     let n = 0;
@@ -34,10 +35,10 @@
   let solving = null;
   function start() {
     if (!solving) {
-      if (status) status.textContent = t("Checking your browser…");
+      if (status) status.textContent = t("Checking your browser…", "powWorking");
       solving = solve().then((nonce) => {
         nonceField.value = nonce;
-        if (status) status.textContent = t("Ready.");
+        if (status) status.textContent = t("Ready.", "powReady");
         return nonce;
       });
     }

@@ -484,3 +484,57 @@ def test_a_flood_of_refusals_is_logged_within_a_budget_and_says_what_it_left_out
     summary = [r for r in caplog.records if getattr(r, "unlogged", None)]
     assert len(summary) == 1 and summary[0].unlogged == 3
     admission._log_budget.__init__()
+
+
+# --- the layer's pages in the reader's language ---------------------------------------------------
+
+ZH_BROWSER = {"accept-language": "zh-CN,zh;q=0.9,en;q=0.5"}
+
+
+def test_the_layers_pages_follow_the_language_cookie_and_accept_language(layer, rds, settings):
+    app, inner = layer
+    too_big = {"content-length": str(settings.LEVEE_MAX_BODY_BYTES + 1)}
+    zh = call(app, "POST", "/chat/", headers={**too_big, **ZH_BROWSER}, receive_forbidden=True)
+    assert zh.status == 413 and "<html lang=zh-hans>" in zh.text
+    assert f"请求体超过了 {settings.LEVEE_MAX_BODY_BYTES} 字节" in zh.text and "内容过大" in zh.text
+    en = call(app, "POST", "/chat/", headers=too_big, receive_forbidden=True)
+    assert "<html lang=en>" in en.text and f"Request body is larger than {settings.LEVEE_MAX_BODY_BYTES} bytes" in en.text
+    # The switch's cookie beats the browser's header, either way; a language we lack is English.
+    chosen = call(app, "POST", "/chat/", receive_forbidden=True,
+                  headers={**too_big, **ZH_BROWSER, "cookie": "csrftoken=x; levee_language=en"})
+    assert "<html lang=en>" in chosen.text
+    chosen = call(app, "POST", "/chat/", receive_forbidden=True, headers={**too_big, "cookie": "levee_language=zh-hans"})
+    assert "<html lang=zh-hans>" in chosen.text
+    assert "<html lang=en>" in call(app, "POST", "/chat/", receive_forbidden=True,
+                                    headers={**too_big, "accept-language": "fr-FR,de;q=0.5"}).text
+    # The API answers in English whatever the browser says.
+    api = call(app, "POST", "/v1/chat/completions", headers={**too_big, **ZH_BROWSER}, receive_forbidden=True)
+    assert json.loads(api.body)["error"]["message"] == f"Request body is larger than {settings.LEVEE_MAX_BODY_BYTES} bytes"
+    assert inner.calls == 0
+
+    # The interstitial and the busy page, with the banner of the mode.
+    set_mode_mirror(rds, "under_attack")
+    page = call(app, "POST", "/accounts/signup/", body=b"email=x", headers=ZH_BROWSER)
+    assert page.status == 429 and admission.challenge_in(page.text)
+    assert "正在校验你的浏览器" in page.text and "data-pow-working='正在校验你的浏览器…'" in page.text
+    assert "发送这个表单之前需要先快速校验你的浏览器" in page.text and "服务负载很高" in page.text
+    assert "Checking" not in page.text and "browser" not in page.text
+    settings.SHIELD_SIGNUP_TRICKLE_PER_MINUTE = 0
+    busy = call(app, "GET", "/accounts/signup/", headers=ZH_BROWSER)
+    assert busy.status == 503 and "注册繁忙" in busy.text and "<html lang=zh-hans>" in busy.text
+    assert "Registration is busy" in call(app, "GET", "/accounts/signup/").text
+
+
+def test_the_layers_pages_are_built_once_per_language(layer, settings, monkeypatch):
+    """A flood door: a refusal's page comes from the cache, the language from two headers."""
+    from django.utils import translation
+
+    app, _ = layer
+    too_big = {"content-length": str(settings.LEVEE_MAX_BODY_BYTES + 1), **ZH_BROWSER}
+    call(app, "POST", "/chat/", headers=too_big, receive_forbidden=True)  # built and cached
+    built = []
+    real = translation.override
+    monkeypatch.setattr(translation, "override", lambda *a, **k: built.append(a) or real(*a, **k))
+    for _ in range(50):
+        assert call(app, "POST", "/chat/", headers=too_big, receive_forbidden=True).status == 413
+    assert built == []
