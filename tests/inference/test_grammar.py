@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import torch
 
 from inference import protocol, serving
 from inference.tokenizer import Tokenizer
@@ -116,3 +117,53 @@ def test_a_grammar_that_does_not_compile_is_refused_at_submit(engine, tok):
 
     with pytest.raises(GrammarError):
         _submit(engine, [1, 2, 3], constraint=protocol.Constraint("start: nope nope ("))
+
+
+# -- preemption: a resumed sequence keeps its grammar state ---------------------------------------
+
+CITIES = {"type": "object", "properties": {"cities": {"type": "array", "items": {"enum": ["Paris", "Rome", "Oslo"]},
+                                                      "minItems": 10, "maxItems": 10}},
+          "required": ["cities"], "additionalProperties": False}
+
+
+def _run_constrained(model, tok, prompts, *, kv_tokens, seeded):
+    """Each prompt under the CITIES grammar on its own engine of `kv_tokens` KV slots (reserve 0:
+    admitted on their prompts, preempted by recompute as the outputs grow). (results, preemptions)."""
+    from inference.engine import Engine, Request, SamplingParams
+    from inference.grammar import SequenceConstraint, ll_tokenizer
+    from inference.tokenizer import IncrementalDetokenizer
+    from tests.inference.test_engine import KV_BYTES_PER_TOKEN
+
+    ll = ll_tokenizer((CKPT / "tokenizer.json").read_text(encoding="utf-8"), model.args.vocab_size,
+                      tok.eos_token_id)
+    eng = Engine(model, kv_budget_bytes=kv_tokens * KV_BYTES_PER_TOKEN(model), block_size=16, reserve_fraction=0.0,
+                 detokenizer_factory=lambda: IncrementalDetokenizer(tok)).start()
+    try:
+        handles = [eng.submit(Request(list(p), SamplingParams(max_tokens=120, temperature=1.0 if seeded else 0.0,
+                                                              seed=i if seeded else None),
+                                      constraint=SequenceConstraint.compile(ll, _schema_grammar(CITIES))))
+                   for i, p in enumerate(prompts)]
+        done = [h.result(300) for h in handles]
+        return done, eng.stats()["preemptions"]
+    finally:
+        eng.stop()
+
+
+@pytest.mark.parametrize("seeded", [False, True], ids=["greedy", "seeded"])
+def test_a_preempted_constrained_sequence_resumes_its_grammar_where_it_was(tok, seeded):
+    """Preemption frees a sequence's KV cache and recomputes its context later; its matcher is the
+    request's, kept through it (not replayed, not restarted), so the resumed sequence's masks follow
+    on from the tokens it had sampled: the same output as on an engine with room, valid to the end."""
+    from inference import load_model
+
+    model = load_model(str(CKPT), dtype=torch.float32, device="cpu")
+    questions = ["List ten cities.", "Name some cities in JSON.", "Cities, please.", "Where could I travel?"]
+    prompts = [tok.encode_chat([{"role": "user", "content": q}]) for q in questions]
+    roomy, none = _run_constrained(model, tok, prompts, kv_tokens=4096, seeded=seeded)
+    tight, preempted = _run_constrained(model, tok, prompts, kv_tokens=16 * 16, seeded=seeded)
+    assert none == 0 and preempted > 0
+    assert [d.token_ids for d in tight] == [d.token_ids for d in roomy]
+    for d in tight:
+        assert d.finish_reason == "stop", d.text
+        value = json.loads(d.text)
+        assert len(value["cities"]) == 10 and set(value["cities"]) <= {"Paris", "Rome", "Oslo"}
