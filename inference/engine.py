@@ -998,7 +998,7 @@ class Engine:
             return None
         if self._masker is None:
             self._masker = BatchMasker(self.vocab)
-        return self._masker.begin(constraints)
+        return self._masker.begin(constraints, [s.max_tokens - len(s.output) for s in order])
 
     def _sampling_inputs(self, seqs: list[_Seq]) -> tuple[list[list[int]], list[list[float]]]:
         """The sampler's per-row inputs (int and float columns) for the step's staging buffer; empty
@@ -1074,9 +1074,12 @@ class Engine:
         """Record a sampled token and emit its event; token-level ends (eos, a stop id, max_tokens) are
         decided here, text and stop strings on the text thread (_TextThread)."""
         p = s.params
-        s.output.append(tok)
         if s.req.constraint is not None:
+            chosen = s.req.constraint.guard(tok, s.max_tokens - len(s.output) - 1)
+            if chosen != tok:  # the JSON value must close in the tokens left: its completion goes first
+                tok, lp, top = chosen, None if lp is None else 0.0, None if top is None else [(chosen, 0.0)]
             s.req.constraint.advance(tok)
+        s.output.append(tok)
         if (tok in self.eos_ids and not p.ignore_eos) or tok in p.stop_token_ids:
             self._finish(s, FINISH_STOP, logprob=lp, top=top)
             return

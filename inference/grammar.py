@@ -14,6 +14,13 @@ forward starts: that is what keeps the grammar off the critical path.
 
 With a `trigger` token the sequence is free until it samples that token (e.g. `</think>` before a
 JSON answer, or the calls-begin token under tool_choice auto); the grammar holds from the next one.
+
+A constraint whose output is one JSON value (`json_value`: response_format json_object) is also
+closed within the sequence's max_tokens: `JsonTail` follows the text and knows the shortest
+completion; when that completion needs as many tokens as are left, the mask forces its tokens one
+by one, and a sampled token after which the completion would no longer fit is replaced by the
+completion's first token (`guard`). The answer then ends in a whole JSON value even when max_tokens
+cuts it (finish_reason stays "length": it was cut).
 """
 from __future__ import annotations
 
@@ -51,31 +58,217 @@ def ll_tokenizer(tokenizer_json: str, vocab_size: int, eos_token_id: int) -> llg
         return tok
 
 
+class JsonTail:
+    """Where a prefix of one compact JSON value stands (fed as it is written) and the shortest text
+    that completes it. Bytes are read as latin-1: everything structural in JSON is ASCII, and any
+    other byte can only be inside a string. The top value is an object (what json_object asks for)."""
+
+    # value: a value is due; open: after `[` (a value or `]`); first: after `{` (a key or `}`);
+    # key: after `,` in an object; colon: after a key; after: after a value; string, number, literal.
+    def __init__(self) -> None:
+        self.stack: list[str] = []  # "o" | "a", innermost last
+        self.state = "value"
+        self.is_key = False
+        self.escape = 0  # 1: after a backslash; 2..5: hex digits of \u still due + 1
+        self.number_done = True
+        self.rest = ""  # what a literal (true, false, null) still needs
+        self.lost = False  # the text left JSON (cannot happen under the grammar): no completion
+
+    def copy(self) -> JsonTail:
+        other = JsonTail.__new__(JsonTail)
+        other.__dict__.update(self.__dict__, stack=list(self.stack))
+        return other
+
+    def feed(self, text: str) -> None:
+        for ch in text:
+            if self.lost:
+                return
+            self._char(ch)
+
+    def _char(self, ch: str) -> None:
+        state = self.state
+        if state == "string":
+            if self.escape == 1:
+                self.escape = 5 if ch == "u" else 0
+            elif self.escape > 1:
+                self.escape = 0 if self.escape == 2 else self.escape - 1
+            elif ch == "\\":
+                self.escape = 1
+            elif ch == '"':
+                self.state = "colon" if self.is_key else "after"
+            return
+        if state == "number":
+            if ch.isdigit():
+                self.number_done = True
+                return
+            if ch in ".eE+-":
+                self.number_done = False
+                return
+            self.state = "after"  # the number ended at this character: read it as what follows
+            state = "after"
+        if state == "literal":
+            if self.rest and ch == self.rest[0]:
+                self.rest = self.rest[1:]
+                if not self.rest:
+                    self.state = "after"
+            else:
+                self.lost = True
+            return
+        if ch in " \t\r\n":
+            return
+        if state in ("value", "open"):
+            if state == "open" and ch == "]":
+                self._close()
+            elif ch == "{":
+                self.stack.append("o")
+                self.state = "first"
+            elif ch == "[":
+                self.stack.append("a")
+                self.state = "open"
+            elif ch == '"':
+                self.state, self.is_key, self.escape = "string", False, 0
+            elif ch == "-" or ch.isdigit():
+                self.state, self.number_done = "number", ch != "-"
+            elif ch in "tfn":
+                self.state, self.rest = "literal", {"t": "rue", "f": "alse", "n": "ull"}[ch]
+            else:
+                self.lost = True
+        elif state in ("first", "key"):
+            if ch == '"':
+                self.state, self.is_key, self.escape = "string", True, 0
+            elif state == "first" and ch == "}":
+                self._close()
+            else:
+                self.lost = True
+        elif state == "colon":
+            if ch == ":":
+                self.state = "value"
+            else:
+                self.lost = True
+        elif state == "after":
+            top = self.stack[-1] if self.stack else None
+            if ch == "," and top is not None:
+                self.state = "key" if top == "o" else "value"
+            elif (ch, top) in (("}", "o"), ("]", "a")):
+                self._close()
+            else:
+                self.lost = True
+
+    def _close(self) -> None:
+        self.stack.pop()
+        self.state = "after"
+
+    def completion(self) -> str | None:
+        """The shortest text after which the value is whole ("" when it is); None if lost."""
+        if self.lost:
+            return None
+        state = self.state
+        if state == "string":
+            head = ("n" if self.escape == 1 else "0" * (self.escape - 1) if self.escape else "") + '"'
+            head += ":0" if self.is_key else ""
+        elif state == "number":
+            head = "" if self.number_done else "0"
+        elif state == "literal":
+            head = self.rest
+        elif state == "value":
+            head = "0" if self.stack else "{}"
+        elif state == "key":
+            head = '"":0'
+        elif state == "colon":
+            head = ":0"
+        else:  # open, first, after
+            head = ""
+        return head + "".join("}" if kind == "o" else "]" for kind in reversed(self.stack))
+
+
 @dataclass
 class SequenceConstraint:
-    """One sequence's grammar state."""
+    """One sequence's grammar state; with `tokenizer` and `json_value`, also how its JSON value is
+    closed before max_tokens (JsonTail)."""
 
     matcher: llguidance.LLMatcher
     trigger: int | None = None
+    tokenizer: llguidance.LLTokenizer | None = None
+    json_value: bool = False
     active: bool = field(init=False)
     failed: bool = field(init=False, default=False)
+    tail: JsonTail | None = field(init=False, default=None)
+    forcing: list[int] = field(init=False, default_factory=list)  # the completion's tokens still to force
+    forced_tokens: int = field(init=False, default=0)  # tokens the closing chose instead of the model
 
     def __post_init__(self) -> None:
         self.active = self.trigger is None
+        if self.json_value and self.tokenizer is not None:
+            self.tail = JsonTail()
 
     @classmethod
-    def compile(cls, tokenizer: llguidance.LLTokenizer, grammar: str, trigger: int | None = None
-                ) -> SequenceConstraint:
+    def compile(cls, tokenizer: llguidance.LLTokenizer, grammar: str, trigger: int | None = None,
+                *, json_value: bool = False) -> SequenceConstraint:
         import llguidance
 
         matcher = llguidance.LLMatcher(tokenizer, llguidance.LLMatcher.grammar_from_lark(grammar), log_level=0)
         if matcher.is_error():
             raise GrammarError(matcher.get_error())
-        return cls(matcher, trigger)
+        return cls(matcher, trigger, tokenizer, json_value)
 
     @property
     def masking(self) -> bool:
         return self.active and not self.failed
+
+    @property
+    def closing(self) -> bool:
+        return self.tail is not None and self.masking
+
+    def _text(self, token: int) -> str:
+        assert self.tokenizer is not None
+        return self.tokenizer.decode_bytes([token]).decode("latin-1")
+
+    def _completion(self, tail: JsonTail) -> list[int] | None:
+        """The tokens of `tail`'s completion, or None when there is none the grammar takes."""
+        text = tail.completion()
+        if text is None or self.tokenizer is None:
+            return None
+        tokens: list[int] = self.tokenizer.tokenize_str(text) if text else []
+        if tail is self.tail and self.matcher.validate_tokens(tokens) != len(tokens):
+            log.warning("the JSON completion %r is not in the grammar; the value is not closed early", text)
+            self.tail = None
+            return None
+        return tokens
+
+    def forced(self, left: int) -> int | None:
+        """The token the mask must force when `left` tokens remain to this sequence (counting the
+        one about to be sampled), or None: sampling is free within the grammar."""
+        if not self.closing:
+            return None
+        if self.forcing:
+            return self.forcing[0]
+        assert self.tail is not None
+        tokens = self._completion(self.tail)
+        if tokens and len(tokens) >= left:
+            self.forcing = tokens
+            return tokens[0]
+        return None
+
+    def guard(self, token: int, left_after: int) -> int:
+        """`token` if the value can still be closed in the `left_after` tokens that remain after it,
+        else the first token of the completion (which then fits: it fitted before this step)."""
+        if not self.closing or self.forcing:
+            return token
+        assert self.tail is not None
+        now = self.tail.completion()
+        text = self._text(token)
+        if now is None or len(now) + 4 * len(text) <= left_after:  # no character adds more than 4 to it
+            return token
+        after = self.tail.copy()
+        after.feed(text)
+        tokens = self._completion(after)
+        if tokens is not None and len(tokens) <= left_after:
+            return token
+        current = self._completion(self.tail)
+        if not current:
+            return token
+        self.forcing = current
+        return current[0]
 
     def advance(self, token: int) -> None:
         """The sequence sampled `token`."""
@@ -89,6 +282,12 @@ class SequenceConstraint:
             log.warning("grammar refused token %s (%s); the sequence is unconstrained from here",
                         token, self.matcher.get_error())
             self.failed = True
+            return
+        if self.forcing and token == self.forcing[0]:
+            self.forcing.pop(0)
+            self.forced_tokens += 1
+        if self.tail is not None:
+            self.tail.feed(self._text(token))
 
 
 class BatchMasker:
@@ -104,19 +303,28 @@ class BatchMasker:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="levee-grammar")
         self._bits = torch.arange(32, dtype=torch.int32)
 
-    def begin(self, constraints: list[SequenceConstraint | None]) -> Future[tuple[torch.Tensor, torch.Tensor]] | None:
-        """Start computing the masks of a step's rows (None: an unconstrained row). None if no row
-        is constrained this step."""
+    def begin(self, constraints: list[SequenceConstraint | None], left: list[int] | None = None
+              ) -> Future[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Start computing the masks of a step's rows (None: an unconstrained row); `left`: the
+        tokens each row may still generate, this one included (a JSON value is closed within
+        them). None if no row is constrained this step."""
         rows = [(i, c) for i, c in enumerate(constraints) if c is not None and c.masking]
         if not rows:
             return None
-        return self._pool.submit(self._compute, rows, len(constraints))
+        forced = {i: c.forced(left[i]) for i, c in rows if left is not None and c.closing}
+        return self._pool.submit(self._compute, rows, {i: t for i, t in forced.items() if t is not None})
 
-    def _compute(self, rows: list[tuple[int, SequenceConstraint]], batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _compute(self, rows: list[tuple[int, SequenceConstraint]], forced: dict[int, int]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         bitmask = torch.full((len(rows), self.words), -1, dtype=torch.int32)
-        self.executor.unsafe_compute_mask_ptr([(c.matcher, k) for k, (_, c) in enumerate(rows)],
-                                              bitmask.data_ptr(), self.words * 4, len(rows))
+        grammar = [(c.matcher, k) for k, (i, c) in enumerate(rows) if i not in forced]
+        if grammar:
+            self.executor.unsafe_compute_mask_ptr(grammar, bitmask.data_ptr(), self.words * 4, len(rows))
         allowed = ((bitmask.unsqueeze(-1) >> self._bits) & 1).bool().reshape(len(rows), -1)[:, : self.vocab_size]
+        for k, (i, _) in enumerate(rows):
+            if i in forced:  # closing a JSON value: only its next token
+                allowed[k] = False
+                allowed[k, forced[i]] = True
         return torch.tensor([i for i, _ in rows]), allowed
 
     def allowed(self, pending: Future[tuple[torch.Tensor, torch.Tensor]], batch: int, device: torch.device

@@ -26,7 +26,8 @@ from typing import Any
 # 3: the job carries a sampling `constraint` (a grammar) and `logprobs`; delta events may carry `logprobs`;
 #    a done event may carry `stop_sequence`, the stop string that ended the job (optional: a reader that
 #    ignores it reads the same job).
-VERSION = 3
+# 4: a constraint may say `json_value` (a worker of version 3 could not read the message).
+VERSION = 4
 GENERATE_TASK = "inference.generate"
 SETTLE_TASK = "levee.billing.settle"
 PLATFORM_QUEUE = "platform"
@@ -91,6 +92,7 @@ class Constraint:
     sampled, and the grammar holds from the token after it (a call begun under tool_choice auto)."""
     grammar: str
     trigger: int | None = None
+    json_value: bool = False  # the grammar's output is one JSON value: the engine closes it within max_tokens
 
 
 @dataclass

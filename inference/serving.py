@@ -113,7 +113,8 @@ def submit(engine, message: protocol.JobMessage, sink):
         if ck is None:
             raise ValueError("this engine was not built by serving.build_engine: it cannot compile grammars")
         tok = ll_tokenizer(ck.tokenizer_json, ck.vocab_size, ck.eos_token_id)
-        constraint = SequenceConstraint.compile(tok, message.constraint.grammar, message.constraint.trigger)
+        constraint = SequenceConstraint.compile(tok, message.constraint.grammar, message.constraint.trigger,
+                                                json_value=message.constraint.json_value)
     return engine.submit(Request(prompt_ids=list(message.prompt_ids), params=params, user=message.user,
                                  deadline=message.deadline, request_id=message.job_id, constraint=constraint),
                          sink=sink)

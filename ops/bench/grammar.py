@@ -39,10 +39,10 @@ def run(engine, tok, batch: int, steps: int, constrained: bool) -> dict[str, flo
     spent = {"compute": 0.0, "wait": 0.0}
     real_compute, real_allowed = masker._compute, masker.allowed
 
-    def compute(rows, n):
+    def compute(rows, forced):
         t0 = time.perf_counter()
         try:
-            return real_compute(rows, n)
+            return real_compute(rows, forced)
         finally:
             spent["compute"] += time.perf_counter() - t0
 

@@ -79,7 +79,7 @@ def build(model: LlmModel, chat: ChatRequest, *, beta: bool = False) -> Plan:
     constraint = None
     parse_calls = bool(offered) and chat.tool_choice != "none" and family is not None
     if chat.response_format == "json_object":
-        constraint = protocol.Constraint(grammar=toolkit.json_object_grammar())
+        constraint = protocol.Constraint(grammar=toolkit.json_object_grammar(), json_value=True)
     elif parse_calls and family is not None and chat.tool_choice != "auto":
         forced = offered if chat.tool_choice == "required" else [t for t in offered if t.name == chat.tool_choice]
         ids = _token_ids(tokenizer, [toolkit.CALLS_BEGIN, toolkit.CALLS_END, toolkit.CALL_BEGIN, toolkit.CALL_END,
@@ -98,7 +98,7 @@ def build(model: LlmModel, chat: ChatRequest, *, beta: bool = False) -> Plan:
         close = tokenizer.token_to_id(THINK_CLOSE)
         if close is None:
             raise _refuse("thinking", "this model cannot constrain an answer after its reasoning")
-        constraint = protocol.Constraint(grammar=constraint.grammar, trigger=close)
+        constraint = protocol.Constraint(grammar=constraint.grammar, trigger=close, json_value=constraint.json_value)
 
     if model.reasoner:
         # DeepSeek's reasoner accepts these knobs and leaves them without effect.
