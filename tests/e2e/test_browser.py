@@ -359,7 +359,7 @@ def test_under_attack_sign_up_is_busy_while_login_still_works(stack, context, se
 
     make_user("steady@example.com")
     settings.SHIELD_REDIS_URL = stack.redis_url  # the mode's mirror and the limits are the stack's
-    store._client = None
+    store.reset()
     trickle = SignupTrickle()
     set_mode("under_attack", reason="browser test", pinned=True)
     try:
@@ -385,4 +385,4 @@ def test_under_attack_sign_up_is_busy_while_login_still_works(stack, context, se
     finally:
         set_mode("normal", reason="browser test done", pinned=False)
         store.client().delete(*[trickle.redis_key(rule) for rule in trickle.rules()])
-        store._client = None
+        store.reset()

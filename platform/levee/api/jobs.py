@@ -19,23 +19,11 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from inference import protocol
+from levee.core.store import aredis_client as redis_client  # the one Redis module's, per event loop
 
 log = logging.getLogger(__name__)
 KEEPALIVE = {"type": "keepalive"}
-_clients: dict[tuple[int, str], tuple[asyncio.AbstractEventLoop, aioredis.Redis]] = {}
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"  # who published, in the message's headers (as Celery)
-
-
-def redis_client(url: str | None = None) -> aioredis.Redis:
-    """One client (and pool) per event loop and URL (REDIS_URL by default): asyncio connections
-    cannot cross loops."""
-    loop = asyncio.get_running_loop()
-    url = url or settings.REDIS_URL
-    held = _clients.get((id(loop), url))
-    if held is None or held[0] is not loop:  # none yet, or a dead loop's whose id was reused
-        client = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=None, health_check_interval=30)
-        held = _clients[(id(loop), url)] = (loop, client)
-    return held[1]
 
 
 @dataclass

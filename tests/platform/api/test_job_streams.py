@@ -9,6 +9,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from inference import protocol
 from levee.api import jobs
+from levee.core import store
 
 
 def _event(kind, **fields):
@@ -76,13 +77,12 @@ def test_a_queued_job_gets_keepalives_and_then_a_queue_timeout(redis_client):
 def test_redis_going_away_reaches_the_follower(redis_client, settings, monkeypatch):
     async def main():
         jobs._hubs.clear()
-        jobs._clients.clear()
         settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
         try:
             await _collect(uuid.uuid4().hex)
         finally:
             jobs._hubs.clear()
-            jobs._clients.clear()
+            store.reset()
 
     with pytest.raises(RedisConnectionError):
         asyncio.run(main())

@@ -1,4 +1,4 @@
-"""The limiter's own connections (`store.Lane`): scripts by digest with a fallback, the 0.25 s
+"""The limiter's own connections (`levee.core.store.Lane`): scripts by digest with a fallback, the 0.25 s
 timeout, idle connections the server closed, and the cap on connections."""
 import secrets
 import socket
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from levee.shield import store
+from levee.core import store
 from levee.shield.limiter import LuaScript
 
 OPTIONS = {"socket_timeout": 0.25, "socket_connect_timeout": 1.0, "health_check_interval": 30}
@@ -71,7 +71,7 @@ def test_a_redis_that_does_not_answer_is_given_up_on_after_the_timeout(silent_se
     lane = store.Lane(silent_server, OPTIONS, max_connections=4)
     for _ in range(2):  # a fresh connection, then the same one reused
         started = time.monotonic()
-        with pytest.raises(store.ShieldRedisDown):
+        with pytest.raises(store.RedisDown):
             lane.call(command("EVALSHA", "0" * 40, "0"))
         assert time.monotonic() - started < 0.6
 
@@ -115,7 +115,7 @@ def test_callers_beyond_the_cap_wait_for_a_connection_then_give_up(settings):
             assert which.call(command("PING")) == b"PONG"  # waited for the holder, then used its connection
             assert 0.15 < time.monotonic() - started < 1.0
         else:
-            with pytest.raises(store.ShieldRedisDown):
+            with pytest.raises(store.RedisDown):
                 which.call(command("PING"))
             assert time.monotonic() - started < 0.3
         holder.join()
