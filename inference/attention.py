@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from kernels import rows
 from kernels.mla import decode_plan, mla_backend_for, mla_decode
 
 if TYPE_CHECKING:
@@ -63,11 +64,11 @@ def absorbed_decode(attn: MLA, q_nope: torch.Tensor, q_pe: torch.Tensor, cache: 
     """One new query per sequence against its cached latent: q_nope [B, nH, dn], q_pe [B, nH, dr],
     cache [slots, D], block_table [B, nb], lengths [B] (tokens cached, the new one included) → [B, nH, dv]."""
     w_uk, w_uv = attn.absorbed_weights(q_nope.dtype)  # [nH, dn, C], [nH, dv, C]
-    q_lat = torch.bmm(q_nope.transpose(0, 1), w_uk).transpose(0, 1)  # [B, nH, C]
+    q_lat = rows.bmm(q_nope.transpose(0, 1), w_uk).transpose(0, 1)  # [B, nH, C] (B rows: floored, kernels/rows.py)
     q = torch.cat([q_lat, q_pe], dim=-1)  # [B, nH, D]
     o_lat = mla_decode(q, cache, block_table, lengths, scale=attn.softmax_scale, block_size=block_size,
                        latent_rank=w_uk.shape[-1], max_splits=max_splits, plan=plan)
-    return torch.bmm(o_lat.transpose(0, 1), w_uv.transpose(1, 2)).transpose(0, 1)  # [B, nH, dv]
+    return rows.bmm(o_lat.transpose(0, 1), w_uv.transpose(1, 2)).transpose(0, 1)  # [B, nH, dv]
 
 
 class CausalAttention:

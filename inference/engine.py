@@ -547,6 +547,8 @@ class Engine:
         self.block_size = block_size
         self.max_batch = max_batch
         self.max_model_len = max_model_len or args.max_position_embeddings
+        if self.max_model_len > args.max_position_embeddings and hasattr(model, "init_rope"):
+            model.init_rope(self.device, self.max_model_len)  # the rotary table covers every position
         self.detokenizer_factory = detokenizer_factory
         self.max_step_tokens = max_step_tokens
         self.prefill_query_chunk = prefill_query_chunk

@@ -25,6 +25,7 @@ from torch import nn
 from inference.attention import CausalAttention
 from inference.linear import SINGLE, Linear, TensorParallel, VocabEmbedding
 from inference.moe import routed_experts
+from kernels import rows
 
 SCORING_FUNCS = ("sigmoid", "softmax")
 TOPK_METHODS = ("noaux_tc", "greedy", "group_limited_greedy")
@@ -375,7 +376,9 @@ def route(
     group scores its max.
     """
     T, E = logits.shape
-    scores = logits.sigmoid() if scoring_func == "sigmoid" else logits.softmax(dim=-1)
+    # The sigmoid in float64, rounded back: vectorised and scalar fp32 sigmoids round differently, and
+    # which of a [T, E] tensor's elements take which depends on T (see Transformer.init_rope).
+    scores = logits.double().sigmoid().float() if scoring_func == "sigmoid" else logits.softmax(dim=-1)
     choice = scores + bias if (topk_method == "noaux_tc" and bias is not None) else scores
     if topk_method in ("noaux_tc", "group_limited_greedy") and n_group > 1:
         grouped = choice.view(T, n_group, E // n_group)
@@ -434,7 +437,7 @@ class MoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # [T, H]
         a = self.args
-        logits = F.linear(x.float(), self.gate_weight.float())  # [T, E] routed in fp32
+        logits = rows.linear(x.float(), self.gate_weight.float())  # [T, E] routed in fp32
         weights, ids = route(
             logits,
             self.e_score_correction_bias,
@@ -512,9 +515,19 @@ class Transformer(nn.Module):
         self.lm_head = Linear(args.hidden_size, args.vocab_size, tp=tp, split="column", gather=True)
         self.inv_freq: torch.Tensor | None = None  # set by init_rope once the device is known
         self.rope_scale = 1.0
+        self._rope_table: torch.Tensor | None = None  # [positions, 2, dr/2] cos, sin (scaled), fp32
 
-    def init_rope(self, device: torch.device | str) -> None:
+    def init_rope(self, device: torch.device | str, positions: int | None = None) -> None:
+        """Build the rotary table on `device` for `positions` positions (default: at least
+        max_position_embeddings). A step looks its positions up in it rather than computing cos and
+        sin of just its own: CPU kernels round a vectorised cos differently from a scalar one, and
+        which elements of a step's tensor land in the scalar tail depends on how many tokens the
+        step has, so computed per step a token's rotation would depend on its batch mates."""
         self.inv_freq, self.rope_scale = rope_inv_freq(self.args, device)
+        n = max(positions or 0, self.args.max_position_embeddings, 64)
+        n = 1 << (n - 1).bit_length()  # a power of two: every table entry computed in full vectors
+        angles = torch.arange(n, device=device, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
+        self._rope_table = torch.stack((angles.cos() * self.rope_scale, angles.sin() * self.rope_scale), dim=1)
 
     @property
     def device(self) -> torch.device:
@@ -525,11 +538,15 @@ class Transformer(nn.Module):
         return self.embed_tokens.weight.dtype
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [T, dr/2] (fp32) for integer positions [T]."""
-        if self.inv_freq is None or self.inv_freq.device != positions.device:
+        """cos, sin [T, dr/2] (fp32) for integer positions [T] (below the table's length: see init_rope;
+        the engine's max_model_len is covered when it builds)."""
+        table = self._rope_table
+        if table is None or table.device != positions.device:
             self.init_rope(positions.device)
-        angles = positions.float()[:, None] * self.inv_freq[None, :]
-        return angles.cos() * self.rope_scale, angles.sin() * self.rope_scale
+            table = self._rope_table
+        assert table is not None
+        rows = table[positions]
+        return rows[:, 0], rows[:, 1]
 
     def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor, backend: AttentionBackend) -> torch.Tensor:
         """input_ids [B, T], positions [T] → final-normed hidden states [B, T, H]."""
@@ -543,6 +560,9 @@ class Transformer(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [B, T] → logits [B, T, V]; each row is its own sequence starting at position 0."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        table = self._rope_table
+        if table is None or table.device != input_ids.device or table.shape[0] < input_ids.shape[1]:
+            self.init_rope(input_ids.device, input_ids.shape[1])
         return self.lm_head(self.hidden_states(input_ids, positions, CausalAttention()))
 
     def mtp_hidden(self, next_ids: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor,

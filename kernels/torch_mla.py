@@ -97,6 +97,8 @@ def mla_decode_torch(q: torch.Tensor, cache: torch.Tensor, block_table: torch.Te
         out = o / den
     else:  # --- combine the splits in order
         m = m.view(B, n_split, nH, 1)
-        w = (m - m.amax(1, keepdim=True)).exp()
+        # exp in float64, rounded back: a [B, n_split, nH, 1] tensor's elements take the vectorised
+        # or the scalar fp32 exp (they round differently) by their place, which depends on B.
+        w = (m - m.amax(1, keepdim=True)).double().exp().float()
         out = (o.view(B, n_split, nH, C) * w).sum(1) / (den.view(B, n_split, nH, 1) * w).sum(1)
     return out if out.dtype == q.dtype else out.to(q.dtype)

@@ -139,7 +139,22 @@ def gemm_for(hidden: torch.Tensor) -> str:
 
 
 PREPACK_ENV = "LEVEE_MOE_CPU_PREPACK"
-PREPACK_MIN_ROWS = 2  # one-row experts read the plain weight faster (docs/kernels.md)
+PREPACK_MIN_ROWS_ENV = "LEVEE_MOE_CPU_PREPACK_MIN_ROWS"
+
+
+def prepack_min_rows() -> int:
+    """Experts with at least this many rows run on packed weights ($LEVEE_MOE_CPU_PREPACK_MIN_ROWS,
+    read per call; default 1). At 1 every expert takes the packed kernel, whose rows come out the
+    same whatever the expert's row count, so a token's result does not depend on which other tokens
+    chose its experts (batch invariance, docs/inference.md). 2 gives one-row experts (decode) the
+    plain weight again, which reads large experts about 20% faster at one row (docs/kernels.md) but
+    rounds differently from the packed kernel."""
+    raw = os.environ.get(PREPACK_MIN_ROWS_ENV, "").strip()
+    if not raw:
+        return 1
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"${PREPACK_MIN_ROWS_ENV} must be a whole number ≥ 1, got {raw!r}")
+    return int(raw)
 
 
 @functools.cache
@@ -361,6 +376,7 @@ def moe_torch(
     linear: Linear = onednn_linear if onednn else matmul_linear
     prepack = onednn and expert_weights is None and prepack_for(hidden, w13, w2)
     layer = packed_layer(w13, w2) if prepack else None  # None: off, or over the memory budget
+    min_rows = prepack_min_rows()
     packed13, packed2 = layer if layer is not None else (None, None)
     half = hidden.dtype in (torch.float16, torch.bfloat16)
     acc_dtype = torch.float32 if half else hidden.dtype
@@ -386,7 +402,7 @@ def moe_torch(
     def run_expert(expert: int) -> None:
         rows = slice(starts[expert], starts[expert + 1])
         w13_e, w2_e = expert_weights(expert) if expert_weights is not None else (w13[expert], w2[expert])
-        if packed13 is not None and counts[expert] >= PREPACK_MIN_ROWS:
+        if packed13 is not None and counts[expert] >= min_rows:
             gate_up = onednn_linear(x_sorted[rows], packed13.expert(w13, expert))  # [n, 2I]
             if half:
                 gate_up = gate_up.float()

@@ -68,6 +68,18 @@ CASES: dict[str, dict] = {
         family="v3", q_lora_rank=24, n_routed_experts=5, n_shared_experts=1, num_experts_per_tok=2,
         n_group=1, topk_group=1, first_k_dense_replace=1, norm_topk_prob=True, routed_scaling_factor=2.5,
     ),
+    # Batch invariance: v3_grouped_yarn and v2_grouped with MLP widths a multiple of 32 (as every
+    # DeepSeek model's are), so no dense silu runs partly in a scalar tail (docs/inference.md).
+    "v3_aligned": dict(
+        family="v3", q_lora_rank=24, n_routed_experts=16, n_shared_experts=1, num_experts_per_tok=4,
+        n_group=4, topk_group=2, first_k_dense_replace=1, norm_topk_prob=True, routed_scaling_factor=2.5,
+        rope_parameters=YARN, intermediate_size=96, moe_intermediate_size=32,
+    ),
+    "v2_aligned": dict(
+        family="v2", q_lora_rank=24, n_routed_experts=16, n_shared_experts=1, num_experts_per_tok=3,
+        n_group=4, topk_group=2, first_k_dense_replace=1, topk_method="group_limited_greedy",
+        norm_topk_prob=False, routed_scaling_factor=2.0, intermediate_size=96, moe_intermediate_size=32,
+    ),
     # FP8 parity: every quantized linear has a dimension past one 128-block (partial edge blocks):
     # hidden 160, q_lora 136, kv_lora 144, expert width 136, dense width 200.
     "v3_fp8_edges": dict(

@@ -121,6 +121,35 @@ def test_batching_is_invisible(engine):
     assert engine.steps - steps_alone < sum(lengths) / 3, "requests did not actually share steps"
 
 
+@pytest.mark.parametrize("case", ["v3_aligned", "v2_aligned"])
+def test_a_sequence_computes_bit_for_bit_the_same_alone_and_among_batch_mates(checkpoint, case):
+    """fp32 on CPU: the same logprobs to the last bit whether a greedy request runs alone or beside
+    18 others of mixed lengths (1 to 400 prompt tokens: more decode splits than its own, a batch
+    over 16 rows, mates joining and leaving); see "Batch invariance" in docs/inference.md."""
+    path, _ = checkpoint(case)
+    model = load_model(path, dtype=torch.float32, device=DEVICE)
+    if DEVICE != "cpu":
+        pytest.skip("bit-for-bit batch invariance is a CPU property (docs/inference.md)")
+    lengths = (20, 300, 7, 150, 45, 400, 3, 90, 12, 33, 250, 5, 8, 70, 1, 2, 19, 64, 129)
+    g = torch.Generator().manual_seed(4)
+    ps = [torch.randint(2, 97, (n,), generator=g).tolist() for n in lengths]
+    eng = Engine(model, kv_budget_bytes=16 << 20, max_batch=32).start()
+    try:
+        for target in (0, 5, 14):
+            params = SamplingParams(max_tokens=60, logprobs=True, **GREEDY)
+            alone = eng.submit(Request(ps[target], params)).result(60)
+            handles = [eng.submit(Request(p, params if i == target else SamplingParams(max_tokens=5 + 4 * i, **GREEDY)))
+                       for i, p in enumerate(ps)]
+            among = handles[target].result(120)
+            for i, h in enumerate(handles):
+                if i != target:
+                    h.result(120)
+            assert among.token_ids == alone.token_ids, target
+            assert among.logprobs == alone.logprobs, target  # exactly, not approximately
+    finally:
+        eng.stop()
+
+
 # -- prefix cache ------------------------------------------------------------------------------
 
 

@@ -56,7 +56,7 @@ def test_greedy_output_is_the_same_with_and_without_speculation_in_a_batch(demo)
     assert [c.token_ids for c in fast] == [c.token_ids for c in plain]
     assert [c.finish_reason for c in fast] == ["length"] * len(QUESTIONS)
     for f, p in zip(fast, plain, strict=True):
-        assert f.logprobs == pytest.approx(p.logprobs, abs=1e-4)
+        assert f.logprobs == p.logprobs  # bit for bit: a row's arithmetic never depends on its mates
         assert f.usage.completion_tokens == p.usage.completion_tokens
     # both branches ran: drafts kept (two tokens in a step) and drafts replaced
     assert 0 < stats["spec_accepted"] < stats["spec_drafted"]

@@ -8,6 +8,7 @@ explain, not a number to bump.
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import pytest
 import torch
@@ -79,9 +80,16 @@ def test_a_decode_step_costs_the_same_host_work_at_any_batch_size(dense_model, k
     # Contexts of 70-100 tokens: two 64-token KV splits for the longest, alone or not (one split
     # takes a shorter path, a constant, not per-sequence work).
     one = decode_step(dense_model, 1, base=70, spread=2, **params)
+    four = decode_step(dense_model, 4, base=70, spread=2, **params)
     many = decode_step(dense_model, 16, base=70, spread=2, **params)
-    assert one.by_name == many.by_name  # no per-sequence or per-length-group work on the host
-    assert one.syncs == many.syncs == 1
+    assert four.by_name == many.by_name  # no per-sequence or per-length-group work on the host
+    assert one.syncs == four.syncs == many.syncs == 1
+    # Below 4 rows each row-count-dependent product is padded to 4 (kernels/rows.py): a constant
+    # pad, a reshape and a slice per product, nothing else (17 products for this model).
+    extra = one.by_name - four.by_name
+    assert set(extra) <= {"aten.pad.default", "aten.constant_pad_nd.default", "aten.reshape.default", "aten.slice.Tensor",
+                          "aten.view.default"}, extra
+    assert four.by_name - one.by_name == Counter(), four.by_name - one.by_name
 
 
 def test_the_decode_step_makes_no_host_sync_on_cuda(dense_model):

@@ -19,7 +19,7 @@ from kernels.torch_moe import (
     GEMM_ENV,
     PARALLEL_ENV,
     PREPACK_ENV,
-    PREPACK_MIN_ROWS,
+    PREPACK_MIN_ROWS_ENV,
     _expert_pool,
     _packed,
     clear_packed_weights,
@@ -303,12 +303,25 @@ def test_the_packed_path_matches_the_reference_and_packs_only_used_experts(num_t
     out = moe_torch(*problem.args())
     assert_moe_close(out, moe_reference(*problem.args()), "float32" if dtype == torch.float32 else "bfloat16")
     counts = torch.bincount(problem.topk_ids.reshape(-1).long(), minlength=64).tolist()
-    packed = [i for i, c in enumerate(counts) if c >= PREPACK_MIN_ROWS]
+    packed = [i for i, c in enumerate(counts) if c >= 1]  # every expert used, one-row ones too (the default)
     for weight in (problem.w13, problem.w2):
         entry = _packed[id(weight)]
         assert [i for i, p in enumerate(entry.experts) if p is not None] == packed
-    if num_tokens == 1:
-        assert not packed  # one row per expert: the plain weights, nothing packed
+
+
+def test_a_tokens_result_does_not_depend_on_how_many_rows_share_its_experts(packing, monkeypatch):
+    """Packed for every row count (the default), token 0 comes out bit for bit the same alone as
+    beside 63 others; with one-row experts on the plain weight ($LEVEE_MOE_CPU_PREPACK_MIN_ROWS=2)
+    it need not, which is why that is not the default."""
+    problem = random_problem(64, 64, 48, 8, 2, seed=3)
+    args = problem.args()
+    alone = (args[0][:1], args[1], args[2], args[3][:1], args[4][:1])
+    assert torch.equal(moe_torch(*alone)[0], moe_torch(*args)[0])
+    monkeypatch.setenv(PREPACK_MIN_ROWS_ENV, "2")
+    torch.testing.assert_close(moe_torch(*alone)[0], moe_torch(*args)[0])  # close, not necessarily equal
+    monkeypatch.setenv(PREPACK_MIN_ROWS_ENV, "0")
+    with pytest.raises(ValueError, match=PREPACK_MIN_ROWS_ENV):
+        moe_torch(*args)
 
 
 def test_steady_state_calls_hit_the_cache(monkeypatch, packing):
