@@ -50,6 +50,35 @@ def price_table() -> dict:
 LEDGER_PAGE_SIZE = 20
 
 
+def in_words(book: dict) -> dict:
+    """The price book as the pricing page shows it: token classes by their (translated) names and a
+    window's days in the reader's language, "" for every day (the JSON keeps codes and English)."""
+    from django.utils.dates import WEEKDAYS_ABBR
+    from django.utils.translation import pgettext
+
+    from levee.billing.models import TokenClass
+
+    def named(row: dict) -> dict:
+        return {**row, "token_class": TokenClass(row["token_class"]).label}
+
+    def days(weekdays: list[int]) -> str:
+        wanted = sorted(set(weekdays))
+        if len(wanted) == 7:
+            return ""
+        names = [str(WEEKDAYS_ABBR[d - 1]) for d in wanted]
+        if len(wanted) > 1 and wanted == list(range(wanted[0], wanted[-1] + 1)):
+            return _("%(first)s–%(last)s") % {"first": names[0], "last": names[-1]}
+        return pgettext("list separator", ", ").join(names)
+
+    words = {**book, "discount_windows": [{**named(w), "days": days(w["weekdays"])} for w in book["discount_windows"]]}
+    change = book.get("next_change")
+    if change:
+        words["next_change"] = {**change, "prices": [named(p) for p in change["prices"]],
+                                "discount_windows_starting": [named(w) for w in change["discount_windows_starting"]],
+                                "discount_windows_ending": [named(w) for w in change["discount_windows_ending"]]}
+    return words
+
+
 def _usage(user, days: int):
     today = timezone.now().astimezone(timezone.get_fixed_timezone(0)).date()
     start = today - timedelta(days=days - 1)

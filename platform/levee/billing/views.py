@@ -156,9 +156,10 @@ def pricing_json(request):
 
 
 def pricing_page(request):
-    from levee.billing.pages import price_table
+    from levee.billing.pages import in_words, price_table
 
-    return render(request, "billing/pricing.html", price_table())
+    table = price_table()
+    return render(request, "billing/pricing.html", {**table, "book": in_words(table["book"])})
 
 
 @csrf_exempt

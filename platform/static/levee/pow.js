@@ -4,9 +4,11 @@
 (function () {
   "use strict";
   const form = document.querySelector("form[data-pow-bits]");
-  if (!form || !window.crypto || !crypto.subtle) return;
+  // A button marked data-pow-wait stays disabled until the submit handler below is in place.
+  const ready = () => form && form.querySelectorAll("[data-pow-wait]").forEach((b) => { b.disabled = false; });
+  if (!form || !window.crypto || !crypto.subtle) { ready(); return; }
   const bits = parseInt(form.dataset.powBits, 10) || 0;
-  if (bits <= 0) return;
+  if (bits <= 0) { ready(); return; }
   const challenge = form.querySelector("input[name=pow_challenge]").value;
   const nonceField = form.querySelector("input[name=pow_nonce]");
   const status = form.querySelector(".pow-status");
@@ -54,4 +56,5 @@
     event.preventDefault();
     start().then(() => form.submit());
   });
+  ready();
 })();

@@ -277,6 +277,29 @@ def test_no_english_is_left_on_the_doors_and_their_messages(client, monkeypatch)
     assert {where: words for where, words in left.items() if words} == {}
 
 
+def test_the_pricing_pages_discounts_and_next_change_are_in_chinese(client, redis_client):
+    import time
+    from datetime import time as clock
+    from datetime import timedelta
+
+    from inference import protocol
+    from levee.billing.models import DiscountWindow, TokenClass
+    from tests.platform.billing.conftest import make_prices
+
+    now = timezone.now()
+    redis_client.zadd(protocol.workers_key("deepseek-chat"), {"w1": time.time()})
+    make_prices("deepseek-chat", at=now + timedelta(days=3))  # the next change
+    DiscountWindow.objects.create(model="deepseek-chat", token_class=TokenClass.INPUT_CACHE_MISS, percent_off=50,
+                                  start_time=clock(16, 30), end_time=clock(0, 30), weekdays="12345",
+                                  effective_from=now - timedelta(days=1), effective_until=now + timedelta(days=30))
+    zh = client.get(reverse("pricing"), **ZH).content.decode()
+    assert "输入（缓存未命中）" in zh and "星期一至星期五" in zh and f"{now.year}年" in zh
+    assert english_words(zh) == set()
+    en = client.get(reverse("pricing")).content.decode()
+    assert "input, cache miss" in en and "on Mon–Fri" in en
+    assert client.get("/api/pricing", **ZH).json()["discount_windows"][0]["days"] == "Mon–Fri"  # the API: English
+
+
 def test_the_catalogs_are_complete_and_compile():
     from pathlib import Path
 
