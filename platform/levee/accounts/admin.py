@@ -1,5 +1,8 @@
+from typing import Any
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 
 from levee.accounts.models import User
@@ -19,6 +22,15 @@ class UserAdmin(BaseUserAdmin):
         (_("Dates"), {"fields": ("date_joined", "last_login")}),
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
+
+    def save_model(self, request: HttpRequest, obj: User, form: Any, change: bool) -> None:
+        """The admin's add and change forms save the user themselves: the canonical email follows
+        here, as it does where the manager makes an account."""
+        from levee.shield.emails import record_canonical_email
+
+        super().save_model(request, obj, form, change)
+        if not change or "email" in form.changed_data:
+            record_canonical_email(obj)
 
     @admin.display(boolean=True, description=_("verified"))
     def is_verified(self, obj):

@@ -18,16 +18,27 @@ def normalize_email(email: str) -> str:
     return f"{local}@{domain.lower()}" if sep else email
 
 
-class UserManager(BaseUserManager):
+class UserManager(BaseUserManager["User"]):
     use_in_migrations = True
 
     def get_by_natural_key(self, email):
         return self.get(email__iexact=email)
 
-    def create_user(self, email, password=None, **extra):
+    def create_user(self, email: str, password: str | None = None, *, password_hash: str | None = None,
+                    **extra: object) -> User:
+        """Every account is made here (sign-up, the operators' command, createsuperuser): saved, and
+        its canonical email recorded for the sign-up defences (levee.shield.emails; a look-alike
+        may already hold it: `holds_canonical_email` says). `password_hash`: already hashed (sign-up
+        hashes before it knows which path it takes)."""
+        from levee.shield.emails import record_canonical_email
+
         user = self.model(email=normalize_email(email), **extra)
-        user.set_password(password)
+        if password_hash is not None:
+            user.password = password_hash
+        else:
+            user.set_password(password)
         user.save(using=self._db)
+        record_canonical_email(user)
         return user
 
     def create_superuser(self, email, password=None, **extra):

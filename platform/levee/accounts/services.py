@@ -78,8 +78,8 @@ def sign_up(email: str, password: str, *, language: str = "") -> None:
     if existing is None:
         try:
             with transaction.atomic():
-                user = User.objects.create(email=email, password=hashed,
-                                           language=language if language in dict(settings.LANGUAGES) else "")
+                user = User.objects.create_user(email, password_hash=hashed,
+                                                language=language if language in dict(settings.LANGUAGES) else "")
                 if not holds_canonical_email(user):  # a concurrent twin (a.da@ vs ad.a@) got there first
                     raise IntegrityError("canonical email taken")
         except IntegrityError:  # a concurrent sign-up with the same address won the race
@@ -164,12 +164,10 @@ def create_user(email: str, password: str | None, *, verified: bool = False, sta
     email = clean_email(email)
     if find_user(email):
         raise ValidationError(f"An account with the address {email} already exists.", code="exists")
-    user = User(email=email, is_staff=staff, is_superuser=staff)
     if password is not None:
-        validate_password(password, user)
+        validate_password(password, User(email=email, is_staff=staff, is_superuser=staff))
     with transaction.atomic():
-        user.set_password(password)
-        user.save()
+        user = User.objects.create_user(email, password, is_staff=staff, is_superuser=staff)
         if verified:
             User.objects.filter(pk=user.pk).update(email_verified_at=timezone.now())
             user.refresh_from_db()

@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from levee.accounts.models import User
 
 # Providers that ignore dots in the local part, and their aliases.
 _DOTLESS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
@@ -44,9 +48,30 @@ def find_canonical_twin(email: str):
     return twin.user if twin else None
 
 
-def holds_canonical_email(user) -> bool:
-    """Whether `user` got its canonical form (recorded on save; a concurrent twin's committed row
-    makes that insert a no-op, which is how a race between two look-alike sign-ups is detected)."""
+def record_canonical_email(user: User) -> bool:
+    """Record (or, after an address change, move) `user`'s canonical form, and say whether the user
+    holds it. A canonical form belongs to one account: when a look-alike already holds it (an
+    operator may create one on purpose; a concurrent twin's sign-up may have committed first), the
+    row is left alone and this returns False — how sign-up detects that race. Called by
+    levee.accounts wherever an account is created or its address changed."""
+    from django.db import IntegrityError, transaction
+
     from levee.shield.models import SignupIdentity
 
-    return SignupIdentity.objects.filter(user=user).exists()
+    canonical = canonical_email(user.email)
+    try:
+        with transaction.atomic():
+            moved = SignupIdentity.objects.filter(user=user).update(canonical_email=canonical)
+            if not moved:
+                SignupIdentity.objects.bulk_create([SignupIdentity(user=user, canonical_email=canonical)],
+                                                   ignore_conflicts=True)
+    except IntegrityError:  # another account already holds the new form: keep the old one
+        return False
+    return holds_canonical_email(user)
+
+
+def holds_canonical_email(user: User) -> bool:
+    """Whether `user` holds the canonical form of its current address."""
+    from levee.shield.models import SignupIdentity
+
+    return SignupIdentity.objects.filter(user=user, canonical_email=canonical_email(user.email)).exists()

@@ -54,6 +54,30 @@ def test_a_gmail_variant_of_an_existing_account_looks_like_any_sign_up_but_creat
     assert SignupIdentity.objects.filter(canonical_email="grace@example.com").exists()
 
 
+def test_every_way_an_account_is_made_or_readdressed_records_its_canonical_form(admin_client):
+    from django.core.management import call_command
+
+    from levee.accounts.services import create_user
+
+    create_user("Op.Made+x@example.com", None)
+    call_command("createsuperuser", email="root@example.com", interactive=False, verbosity=0)
+    added = admin_client.post(reverse("admin:accounts_user_add"), {
+        "email": "A.Dded@GMail.com", "password1": PASSWORD, "password2": PASSWORD})
+    assert added.status_code == 302, added.content[:500]
+    holders = dict(SignupIdentity.objects.values_list("canonical_email", "user__email"))
+    assert holders["op.made@example.com"] == "Op.Made+x@example.com"
+    assert holders["root@example.com"] == "root@example.com"
+    assert holders["added@gmail.com"].lower() == "a.dded@gmail.com"
+    # An operator changes an address in the admin: the canonical form moves with it, so the old
+    # address's look-alikes may sign up again and the new one's may not.
+    user = User.objects.get(email__iexact="a.dded@gmail.com")
+    changed = admin_client.post(reverse("admin:accounts_user_change", args=[user.pk]), {
+        "email": "moved@example.com", "is_active": "on", "date_joined_0": "2026-01-01",
+        "date_joined_1": "00:00:00", "initial-date_joined_0": "2026-01-01", "initial-date_joined_1": "00:00:00"})
+    assert changed.status_code == 302, changed.content[:800]
+    assert SignupIdentity.objects.get(user=user).canonical_email == "moved@example.com"
+
+
 def test_the_honeypot_answers_like_success_and_creates_nothing(client):
     response = sign_up(client, "bot@example.com", website="http://spam.example")
     assert response.status_code == 302 and response["Location"] == reverse("signup-sent")
