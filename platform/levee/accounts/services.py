@@ -28,9 +28,9 @@ def clean_email(raw: str) -> str:
     zero-width look-alikes) outright rather than trying to repair them."""
     email = normalize_email(raw)
     if not email or len(email) > EMAIL_MAX_LENGTH:
-        raise ValidationError("Enter a valid email address.", code="invalid")
+        raise ValidationError(_validate_email.message, code="invalid")
     if any(unicodedata.category(ch).startswith(("C", "Z")) and ch != " " for ch in email) or " " in email:
-        raise ValidationError("Enter a valid email address.", code="invalid")
+        raise ValidationError(_validate_email.message, code="invalid")
     _validate_email(email)
     return email
 

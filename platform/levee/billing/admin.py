@@ -95,7 +95,7 @@ class WalletAdmin(ReadOnlyAdmin):
                                     reason=form.cleaned_data["reason"], source="admin")
                     done += 1
                 except services.BillingRefused as exc:
-                    self.message_user(request, f"{wallet.user}: {exc.message}", messages.ERROR)
+                    self.message_user(request, f"{wallet.user}: {exc.page_message()}", messages.ERROR)
             if done:
                 self.message_user(request, ngettext("Adjusted %(count)d wallet by %(amount)s.",
                                                     "Adjusted %(count)d wallets by %(amount)s.", done)

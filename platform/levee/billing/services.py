@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Sum, Value
 from django.utils import timezone
+from django.utils.translation import gettext_noop
 
 from levee.accounts.models import User
 from levee.billing import caps
@@ -41,7 +42,7 @@ from levee.billing.models import (
     VoucherRedemption,
     Wallet,
 )
-from levee.billing.money import MAX_OPERATION_NANO, format_amount
+from levee.billing.money import MAX_OPERATION_NANO, Amount, format_amount
 from levee.billing.pricing import PriceNotFound, currency, rates_at, rates_from_hold
 
 if TYPE_CHECKING:
@@ -565,15 +566,14 @@ def adjust(wallet: Wallet, amount: int, *, actor, reason: str, source: str) -> L
     _check_amount(amount, signed=True)
     reason = (reason or "").strip()
     if not reason:
-        raise BillingRefused("reason_required", "A reason is required.", status=400)
+        raise BillingRefused("reason_required", gettext_noop("A reason is required."), status=400)
     now = _now()
     with transaction.atomic():
         wallet = _lock_wallet(wallet.pk)
         if amount < 0 and -amount > min(wallet.topped_up_nano, wallet.available_nano):
-            raise BillingRefused("insufficient_balance",
-                                 f"Cannot debit {format_amount(-amount)}: only "
-                                 f"{format_amount(min(wallet.topped_up_nano, wallet.available_nano))} of topped-up "
-                                 "balance is free of holds.")
+            raise BillingRefused("insufficient_balance", gettext_noop(
+                "Cannot debit %(amount)s: only %(free)s of topped-up balance is free of holds."),
+                params={"amount": Amount(-amount, 9), "free": Amount(min(wallet.topped_up_nano, wallet.available_nano), 9)})
         _move(wallet, topped_up=amount, at=now)
         entry = LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.TOPUP if amount > 0 else LedgerKind.ADJUSTMENT,
                                            topped_up_delta=amount, actor=actor, reason=reason[:200], created_at=now)
@@ -586,14 +586,14 @@ def refund_usage(usage: UsageRecord, *, actor, reason: str) -> LedgerEntry:
     """Give a request's charge back, to the topped-up balance (a grant may have expired since).
     Once per usage record."""
     if usage.cost_nano <= 0:
-        raise BillingRefused("nothing_to_refund", "This request cost nothing.")
+        raise BillingRefused("nothing_to_refund", gettext_noop("This request cost nothing."))
     ref = f"refund:{usage.pk}"
     wallet = wallet_for(usage.user)
     now = _now()
     with transaction.atomic():
         wallet = _lock_wallet(wallet.pk)
         if LedgerEntry.objects.filter(external_id=ref).exists():
-            raise BillingRefused("already_refunded", "This request was already refunded.", status=409)
+            raise BillingRefused("already_refunded", gettext_noop("This request was already refunded."), status=409)
         _move(wallet, topped_up=usage.cost_nano, at=now)
         entry = LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.REFUND, topped_up_delta=usage.cost_nano,
                                            actor=actor, reason=reason[:200], external_id=ref, created_at=now)
@@ -667,29 +667,29 @@ def redeem_voucher(user, code) -> VoucherRedemption:
     normalized = normalize_code(code)
     voucher = Voucher.objects.filter(code=normalized).first() if normalized else None
     if voucher is None:
-        raise BillingRefused("voucher_not_found", "No such voucher code.", status=404)
+        raise BillingRefused("voucher_not_found", gettext_noop("No such voucher code."), status=404)
     if not user.is_verified:
-        raise BillingRefused("email_not_verified", "Verify your email address before redeeming vouchers.", status=403)
+        raise BillingRefused("email_not_verified", gettext_noop("Verify your email address before redeeming vouchers."), status=403)
     now = _now()
     if voucher.expires_at <= now:
-        raise BillingRefused("voucher_expired", "This voucher has expired.")
+        raise BillingRefused("voucher_expired", gettext_noop("This voucher has expired."))
     wallet = wallet_for(user)
     try:
         with transaction.atomic():
             wallet = _lock_wallet(wallet.pk)
             if VoucherRedemption.objects.filter(voucher=voucher, wallet=wallet).exists():
-                raise BillingRefused("voucher_already_redeemed", "You have already redeemed this voucher.", status=409)
+                raise BillingRefused("voucher_already_redeemed", gettext_noop("You have already redeemed this voucher."), status=409)
             # Compare-and-set on the count: the database admits exactly max_redemptions of these.
             if not Voucher.objects.filter(pk=voucher.pk, redeemed_count__lt=F("max_redemptions"),
                                           expires_at__gt=now).update(redeemed_count=F("redeemed_count") + 1):
-                raise BillingRefused("voucher_exhausted", "This voucher has been fully redeemed.")
+                raise BillingRefused("voucher_exhausted", gettext_noop("This voucher has been fully redeemed."))
             _move(wallet, topped_up=voucher.amount_nano, at=now)
             entry = LedgerEntry.objects.create(wallet=wallet, kind=LedgerKind.VOUCHER,
                                                topped_up_delta=voucher.amount_nano, actor=user,
                                                reason=f"voucher {voucher.code}", created_at=now)
             return VoucherRedemption.objects.create(voucher=voucher, wallet=wallet, entry=entry, created_at=now)
     except IntegrityError:  # the per-account unique constraint caught a concurrent double redemption
-        raise BillingRefused("voucher_already_redeemed", "You have already redeemed this voucher.", status=409) from None
+        raise BillingRefused("voucher_already_redeemed", gettext_noop("You have already redeemed this voucher."), status=409) from None
 
 
 # --- reconciliation -----------------------------------------------------------------------------------
