@@ -146,7 +146,6 @@ CELERY_DB_REUSE_MAX = 1000
 from levee.shield.conf import *  # noqa: E402,F403
 
 SHIELD_REDIS_URL = env_str("SHIELD_REDIS_URL") or REDIS_URL
-SHIELD_API_TIER = "levee.billing.tiers.api_tier"  # topped-up money = paid API, shed last
 CELERY_BEAT_SCHEDULE["shield-evaluate-mode"] = {"task": "levee.shield.evaluate_mode", "schedule": 10.0,
                                                 "options": {"queue": "platform", "expires": 10}}
 

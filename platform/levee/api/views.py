@@ -27,7 +27,6 @@ from levee.api.reader import JobReader
 from levee.api.tools import CallDelta
 from levee.core.asyncdb import db
 from levee.core.errors import error_response
-from levee.core.memo import Memo
 from levee.core.middleware import sessionless
 from levee.core.timing import Phases
 from levee.keys.authentication import bearer_token, masked
@@ -190,41 +189,8 @@ def _max_tokens(model: LlmModel, chat: schema.ChatRequest, prompt_tokens: int) -
     return chat.max_tokens
 
 
-# The caller's shedding tier (paid API is shed last): memoized per account; a top-up moves an
-# account to the paid tier within TIER_MEMO_SECONDS.
-TIER_MEMO_SECONDS = 10
-_tiers = Memo("api-tiers", TIER_MEMO_SECONDS)
-
-
 def _overloaded(message: str, retry_after: int) -> JsonResponse:
     return error_response(503, message, headers={"Retry-After": str(retry_after)})
-
-
-class _Admission:
-    """The shield's share of one request: its tokens-per-minute reservation and concurrency lease,
-    corrected and given back exactly once however the request ends."""
-
-    def __init__(self, key: Any, model: str, estimated: int, lease: Any) -> None:
-        self.key, self.model, self.estimated, self.lease = key, model, estimated, lease
-        self._done = False
-
-    async def correct(self, estimate: int) -> None:
-        """Replace the reservation's estimate by a better one (the prompt's real token count)."""
-        from levee.shield import api as shield
-
-        if estimate != self.estimated:
-            await shield.acorrect_tokens(self.key, estimated=self.estimated, actual=estimate)
-            self.estimated = estimate
-
-    async def finish(self, actual_tokens: int) -> None:
-        if self._done:
-            return
-        self._done = True
-        from levee.shield import api as shield
-
-        await shield.asettle_tokens(self.key.pk, self.key.user_id, model=self.model, estimated=self.estimated,
-                                    actual=actual_tokens)
-        await shield.arelease_lease(self.lease)
 
 
 async def _run(request: Any, key: Any, model: LlmModel, chat: schema.ChatRequest, chars: int,
@@ -232,23 +198,16 @@ async def _run(request: Any, key: Any, model: LlmModel, chat: schema.ChatRequest
     """Shed, limit, then `build` the prompt (tokenize), hold, enqueue, and answer with `formatter`
     (default: a chat completion)."""
     from levee.shield import api as shield
-    from levee.shield.tiers import api_tier
 
     job_id = uuid.uuid4().hex
-    # Shedding by priority first (paid API last), then the caller's own limits, then tokenizing,
-    # capacity and money: a caller over its limits costs no tokenizer time.
-    retry_after = await shield.ashed(model.name, await _tiers.aget(key.user_id, lambda: api_tier(key.user, key)))
-    if retry_after:
-        return _overloaded(f"{model.name} is shedding load; retry shortly.", retry_after)
-    request.phases.mark("shed")
-    # Before tokenizing, the prompt's tokens are bounded by its characters (and the context): that
-    # much is reserved, and corrected to the real count the moment it is known.
+    # The shield first (shedding by priority, paid API last; then the caller's own limits), then
+    # tokenizing, capacity and money: a caller over its limits costs no tokenizer time. Before
+    # tokenizing, the prompt's tokens are bounded by its characters (and the context): that much
+    # is reserved, and corrected to the real count the moment it is known.
     guess = min(chars, model.context_length) + (chat.max_tokens or min(model.default_max_tokens, model.max_output))
-    decision = await shield.aadmit_api_request(request, key, model=model.name, estimated_tokens=guess)
-    if not decision.allowed:
-        return decision.response()
-    request.phases.mark("limits")
-    admission = _Admission(key, model.name, guess, decision.lease)
+    admission = await shield.admit(request, key, model=model.name, estimated_tokens=guess)
+    if admission.refusal is not None:
+        return admission.refusal
     try:
         try:
             work, max_tokens = await build()
@@ -325,7 +284,7 @@ class _Completion:
     same events from `follow()`, which applies those money rules for all of them."""
 
     def __init__(self, *, job_id: str, model: LlmModel, hold_id: Any, prompt_tokens: int, max_tokens: int,
-                 account: str, include_usage: bool, admission: _Admission, work: plan.Plan,
+                 account: str, include_usage: bool, admission: Any, work: plan.Plan,
                  logprobs: bool = False) -> None:
         self.job_id, self.model, self.hold_id, self.admission = job_id, model, hold_id, admission
         self.prompt_tokens, self.max_tokens, self.account = prompt_tokens, max_tokens, account

@@ -1,4 +1,4 @@
-"""Who pays, for the shield's shedding order (SHIELD_API_TIER): an account with topped-up money is
+"""Who pays, for the shield's shedding order (levee.shield.api asks): an account with topped-up money is
 paid API traffic, shed last; one living on granted (free) credit is free-tier API traffic."""
 from levee.billing.models import Wallet
 

@@ -18,15 +18,17 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
+from levee.billing.tiers import api_tier
+from levee.core.errors import error_response
+from levee.core.memo import Memo
 from levee.shield import limiter, state, store
 from levee.shield.limiter import Decision
 from levee.shield.shedding import shed
 from levee.shield.subjects import Account, Key, api_subjects, ip_of
-from levee.shield.tiers import api_tier
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Decision", "admit_api_request", "settle_tokens", "release_lease", "shed", "current_mode",
+__all__ = ["ApiAdmission", "Decision", "admit", "admit_api_request", "settle_tokens", "release_lease", "shed", "current_mode",
            "aadmit_api_request", "acorrect_tokens", "asettle_tokens", "arelease_lease", "ashed", "acurrent_mode", "refusal_response"]
 
 
@@ -229,3 +231,56 @@ async def ashed(model: str, priority: str) -> int | None:
     if metrics_fresh(model):
         return shed(model, priority)
     return await _shed_in_thread(model, priority)
+
+
+# --- one generation request's admission ---------------------------------------------------------
+
+# The caller's shedding priority (paid API is shed last; billing says who pays): memoized per
+# account, so a top-up moves an account to the paid tier within TIER_MEMO_SECONDS.
+TIER_MEMO_SECONDS = 10
+_tiers = Memo("api-tiers", TIER_MEMO_SECONDS)
+
+
+class ApiAdmission:
+    """The shield's share of one generation request, from `admit`: its refusal (an error response)
+    or its tokens-per-minute reservation and concurrency lease, corrected and given back exactly
+    once however the request ends."""
+
+    def __init__(self, key: Any, model: str, estimated: int, lease: Any, refusal: Any = None) -> None:
+        self.key, self.model, self.estimated, self.lease, self.refusal = key, model, estimated, lease, refusal
+        self._done = refusal is not None  # a refused request holds nothing
+
+    async def correct(self, estimate: int) -> None:
+        """Replace the reservation's estimate by a better one (the prompt's real token count)."""
+        if estimate != self.estimated and not self._done:
+            await acorrect_tokens(self.key, estimated=self.estimated, actual=estimate)
+            self.estimated = estimate
+
+    async def finish(self, actual_tokens: int) -> None:
+        """The request is over: its tokens settled at `actual_tokens`, its lease returned. Idempotent."""
+        if self._done:
+            return
+        self._done = True
+        await asettle_tokens(self.key.pk, self.key.user_id, model=self.model, estimated=self.estimated,
+                             actual=actual_tokens)
+        await arelease_lease(self.lease)
+
+
+async def admit(request: Any, api_key: Any, *, model: str, estimated_tokens: int) -> ApiAdmission:
+    """Everything the shield decides for a generation request, in order: shedding by the caller's
+    priority, then its limits (reserving `estimated_tokens` and a concurrency lease). A caller
+    refused here has cost no tokenizer time. Marks the request's `shed` and `limits` phases."""
+    priority = await _tiers.aget(api_key.user_id, lambda: api_tier(api_key.user, api_key))
+    retry_after = await ashed(model, priority)
+    if retry_after:
+        return ApiAdmission(api_key, model, 0, None, refusal=error_response(
+            503, f"{model} is shedding load; retry shortly.", headers={"Retry-After": str(retry_after)}))
+    phases = getattr(request, "phases", None)
+    if phases is not None:
+        phases.mark("shed")
+    decision = await aadmit_api_request(request, api_key, model=model, estimated_tokens=estimated_tokens)
+    if not decision.allowed:
+        return ApiAdmission(api_key, model, 0, None, refusal=decision.response())
+    if phases is not None:
+        phases.mark("limits")
+    return ApiAdmission(api_key, model, estimated_tokens, decision.lease)

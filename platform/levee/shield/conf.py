@@ -107,8 +107,6 @@ SHIELD_SIGNUP_BUSY_RETRY_AFTER = 60
 SHIELD_LEASE_TTL = env_int("SHIELD_LEASE_TTL", 20 * _MIN, minimum=10)
 # Redis unreachable: the paid API falls back to this per-process limit per key (requests/minute).
 SHIELD_FALLBACK_REQUESTS_PER_MINUTE = env_int("SHIELD_FALLBACK_REQUESTS_PER_MINUTE", 30, minimum=1)
-# Dotted path of f(user, api_key) -> "paid_api" | "free_api". Billing can plug in its own.
-SHIELD_API_TIER = "levee.shield.tiers.default_api_tier"
 
 # Proof of work: leading zero bits of SHA-256 asked of a sign-up, per mode (0 = none).
 # Normal mode asks for a light one too: without it every address of a botnet gets its sign-up

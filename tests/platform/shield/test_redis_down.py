@@ -54,8 +54,8 @@ def test_the_paid_api_fails_open_to_a_per_process_limit_and_logs_it(client, redi
     assert any("fails open" in r.getMessage() for r in caplog.records)
 
 
-def test_the_free_api_fails_closed(client, redis_down, settings):
-    settings.SHIELD_API_TIER = f"{__name__}.free_tier"
+def test_the_free_api_fails_closed(client, redis_down, monkeypatch):
+    monkeypatch.setattr("levee.shield.api.api_tier", free_tier)
     _, raw = create_api_key(ada(), name="free")
     response = client.get("/v1/me", HTTP_AUTHORIZATION=f"Bearer {raw}")
     assert response.status_code == 503 and response.json()["error"]["code"] == "server_overloaded"
