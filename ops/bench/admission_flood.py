@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,10 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from ops.procs import stop_group  # noqa: E402
+
 PASSWORD = "correct horse battery staple"
 
 _SEED = """
@@ -109,11 +112,7 @@ def running_stack(args: argparse.Namespace) -> Iterator[Running]:
         time.sleep(5)  # the workers settle (the inference worker loads its checkpoint)
         yield Running(base, env, gunicorn, redis.pid, legit)
     finally:
-        os.killpg(stack.pid, signal.SIGTERM)
-        try:
-            stack.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(stack.pid, signal.SIGKILL)
+        stop_group(stack, timeout=20)
         redis.terminate()
         redis.wait(timeout=10)
         log.close()

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from inference import protocol  # noqa: E402  (torch-free)
+from ops.procs import stop_group  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MODEL = "deepseek-chat"
@@ -64,12 +64,7 @@ class Procs:
                                             stderr=subprocess.STDOUT, start_new_session=True)
 
     def stop(self, name):
-        proc = self.procs.pop(name)
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(self.procs.pop(name), timeout=20)
 
     def stop_all(self):
         for name in list(self.procs):

@@ -16,6 +16,8 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from ops.procs import stop_group
+
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -57,10 +59,5 @@ def server(*, workers: int = 1, **env_extra):
     try:
         yield base
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, timeout=15)
         log.close()
