@@ -51,11 +51,20 @@ def _account_tag(email: str) -> str:
 DOORS = ("login", "admin_login")
 
 
+def _is_staff_account(email: str) -> bool:
+    """Whether `email` names a staff account (one indexed query, before any password is hashed)."""
+    from levee.accounts.services import find_user
+
+    user = find_user(email) if email else None
+    return bool(user is not None and user.is_staff)
+
+
 class LoginGuard:
     """One login attempt at a door: "login" (/accounts/login/) or "admin_login" (/admin/login/).
     Both doors count into the same failure counters (guessing at one door cools the other off too);
-    the staff door reads them against tighter tiers (SHIELD_ADMIN_LOGIN_*_TIERS) and has its own,
-    smaller attempt budgets (SHIELD_LIMITS "admin_login.*")."""
+    the staff door, and a staff account at either door, read them against tighter tiers
+    (SHIELD_ADMIN_LOGIN_*_TIERS); the staff door has its own, smaller attempt budgets (SHIELD_LIMITS
+    "admin_login.*")."""
 
     def __init__(self, request, email: str, *, door: str = "login"):
         if door not in DOORS:
@@ -64,7 +73,9 @@ class LoginGuard:
         self.ip = counted_address(ip_of(request))  # an IPv6 client is counted by its /64
         self.account = _account_tag(email)
         self.known_device = self.account in self._known_accounts()
-        staff = door == "admin_login"
+        # A staff account is guarded by the staff door's tiers at either door: the user door's
+        # session is as good as the admin's for an account that is staff.
+        staff = door == "admin_login" or _is_staff_account(email)
         self.scopes = [
             (f"login.pair:{self.account}:{self.ip}", settings.SHIELD_LOGIN_PAIR_WINDOW,
              settings.SHIELD_ADMIN_LOGIN_PAIR_TIERS if staff else settings.SHIELD_LOGIN_PAIR_TIERS),

@@ -112,6 +112,23 @@ def test_the_admin_login_has_the_login_guard_and_tighter_tiers(client, settings)
     assert owner.get("/admin/").status_code == 200
 
 
+def test_a_staff_account_gets_the_staff_tiers_at_the_user_door_too(client, settings):
+    """Its session from /accounts/login/ opens the admin as well: guessing there must not be
+    cheaper than at /admin/login/. Other accounts keep the user door's tiers."""
+    settings.SHIELD_LOGIN_PAIR_TIERS = [(5, 60)]
+    settings.SHIELD_ADMIN_LOGIN_PAIR_TIERS = [(3, 300)]
+    make_user("root@example.com", staff=True)
+    make_user("plain@example.com")
+    attacker = "203.0.113.52"
+
+    def guesses(email):
+        return [client.post(reverse("login"), {"username": email, "password": "wrong-password"},
+                            REMOTE_ADDR=attacker).status_code for _ in range(4)]
+
+    assert guesses("root@example.com") == [200, 200, 200, 429]
+    assert guesses("plain@example.com") == [200, 200, 200, 200]
+
+
 def test_the_admin_login_has_its_own_smaller_attempt_budget(client, settings):
     settings.SHIELD_LIMITS = {**settings.SHIELD_LIMITS, "admin_login.address": {"requests": (2, 60)}}
     settings.SHIELD_ADMIN_LOGIN_PAIR_TIERS = [(100, 60)]
