@@ -525,7 +525,7 @@ class Transformer(nn.Module):
         step has, so computed per step a token's rotation would depend on its batch mates."""
         self.inv_freq, self.rope_scale = rope_inv_freq(self.args, device)
         n = max(positions or 0, self.args.max_position_embeddings, 64)
-        n = 1 << (n - 1).bit_length()  # a power of two: every table entry computed in full vectors
+        n = -(-n // 64) * 64  # whole vectors: no entry computed in a scalar tail (n × dr/2 a multiple of 32)
         angles = torch.arange(n, device=device, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
         self._rope_table = torch.stack((angles.cos() * self.rope_scale, angles.sin() * self.rope_scale), dim=1)
 

@@ -7,8 +7,9 @@
 --engine: the batching engine (inference.engine.Engine) with and without speculation, each batch
 size once per round (which goes first alternates), `--rounds` rounds: B greedy requests submitted
 at once (the prompts below, cycled), `--tokens` each (eos ignored), timed from the first submit to
-the last completion. Reports tokens/s of each, their ratio, the acceptance and steps, and whether
-the tokens were identical.
+the last completion, in wall time and in the process's CPU time (the engine thread's work; steadier
+than wall time on a shared machine). Reports tokens/s of each, their ratio, the acceptance and
+steps, and whether the tokens were identical.
 
 Each prompt is a chat turn rendered by the checkpoint's template; every prompt is decoded once
 without and once with speculation (inference.speculative.generate: batch 1, the same contiguous
@@ -43,16 +44,16 @@ def engine_run(model, prompts: list[list[int]], batch: int, tokens: int, specula
     try:
         eng.submit(Request(prompts[0], SamplingParams(max_tokens=4, temperature=0))).result(60)  # warm up
         before = eng.stats()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         handles = [eng.submit(Request(prompts[i % len(prompts)], SamplingParams(max_tokens=tokens, temperature=0,
                                                                                ignore_eos=True)))
                    for i in range(batch)]
         done = [h.result(600) for h in handles]
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         after = eng.stats()
     finally:
         eng.stop()
-    return {"seconds": seconds, "tokens": sum(c.usage.completion_tokens for c in done),
+    return {"seconds": seconds, "cpu": cpu, "tokens": sum(c.usage.completion_tokens for c in done),
             "ids": [c.token_ids for c in done], "steps": after["steps"] - before["steps"],
             "drafted": after["spec_drafted"] - before["spec_drafted"],
             "accepted": after["spec_accepted"] - before["spec_accepted"]}
@@ -62,17 +63,18 @@ def engine_bench(model, tok, args) -> None:
     prompts = [tok.encode_chat([{"role": "user", "content": t}], add_generation_prompt=True) for t in PROMPTS]
     rows = []
     print(f"engine, {args.tokens} greedy tokens per request, {args.rounds} round(s), {args.threads} thread(s)")
-    print("| batch | tokens/s plain | tokens/s MTP | ratio | acceptance | steps plain → MTP | identical |")
-    print("|---|---|---|---|---|---|---|")
+    print("| batch | tokens/s plain | tokens/s MTP | ratio | per CPU-second plain | MTP | ratio | acceptance "
+          "| steps plain → MTP | identical |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for batch in args.batch:
-        tot = {False: {"seconds": 0.0, "tokens": 0, "steps": 0}, True: {"seconds": 0.0, "tokens": 0, "steps": 0}}
+        tot = {k: {"seconds": 0.0, "cpu": 0.0, "tokens": 0, "steps": 0} for k in (False, True)}
         drafted = accepted = 0
         identical = True
         for r in range(args.rounds):
             runs = {}
             for spec in ((False, True) if r % 2 == 0 else (True, False)):
                 runs[spec] = engine_run(model, prompts, batch, args.tokens, spec)
-                for k in ("seconds", "tokens", "steps"):
+                for k in ("seconds", "cpu", "tokens", "steps"):
                     tot[spec][k] += runs[spec][k]
             drafted += runs[True]["drafted"]
             accepted += runs[True]["accepted"]
@@ -80,9 +82,13 @@ def engine_bench(model, tok, args) -> None:
         plain = tot[False]["tokens"] / tot[False]["seconds"]
         spec = tot[True]["tokens"] / tot[True]["seconds"]
         acc = accepted / max(1, drafted)
-        print(f"| {batch} | {plain:.1f} | {spec:.1f} | {spec / plain:.2f}x | {acc:.1%} | "
+        plain_cpu = tot[False]["tokens"] / tot[False]["cpu"]
+        spec_cpu = tot[True]["tokens"] / tot[True]["cpu"]
+        print(f"| {batch} | {plain:.1f} | {spec:.1f} | {spec / plain:.2f}x | {plain_cpu:.1f} | {spec_cpu:.1f} | "
+              f"{spec_cpu / plain_cpu:.2f}x | {acc:.1%} | "
               f"{tot[False]['steps']} → {tot[True]['steps']} | {'yes' if identical else 'NO'} |")
-        rows.append({"batch": batch, "plain_tps": plain, "spec_tps": spec, "ratio": spec / plain, "acceptance": acc,
+        rows.append({"batch": batch, "plain_tps": plain, "spec_tps": spec, "ratio": spec / plain,
+                     "plain_tps_cpu": plain_cpu, "spec_tps_cpu": spec_cpu, "acceptance": acc,
                      "steps_plain": tot[False]["steps"], "steps_spec": tot[True]["steps"], "identical": identical})
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
