@@ -10,6 +10,8 @@ other side could misread bumps VERSION; readers refuse versions they do not know
 
 Version 2: JobMessage.pickup_deadline (a worker does not start a job after it), the signed
 settlement in the last event instead of a settle task sent by the worker.
+Version 5: JobMessage.reader: the web process that follows the job keeps reader_key(reader) alive;
+a worker does not start, and cancels, a job whose reader's lease lapsed (that process died).
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ from typing import Any
 #    a done event may carry `stop_sequence`, the stop string that ended the job (optional: a reader that
 #    ignores it reads the same job).
 # 4: a constraint may say `json_value` (a worker of version 3 could not read the message).
-VERSION = 4
+# 5: the job may name its `reader` (reader_key: the web process following it).
+VERSION = 5
 GENERATE_TASK = "inference.generate"
 SETTLE_TASK = "levee.billing.settle"
 PLATFORM_QUEUE = "platform"
@@ -48,6 +51,20 @@ def stream_key(job_id: str) -> str:
 
 def cancel_key(job_id: str) -> str:
     return f"levee:job:{job_id}:cancel"
+
+
+def reader_key(reader: str) -> str:
+    """A reader's lease (JobMessage.reader): one per web process (per event loop), set when it
+    enqueues a job and kept alive (a short TTL, refreshed) while it follows job streams. Gone: that
+    process died, so nobody reads its jobs and nobody is left to cancel them."""
+    return f"levee:reader:{reader}"
+
+
+def sent_key(job_id: str) -> str:
+    """The completion tokens the web has passed on to the job's client so far (written with the
+    lease, kept an hour). Web and platform only (a worker's Redis user can neither read nor write
+    it): the sweep bills a job whose web process died no more than this."""
+    return f"levee:job:{job_id}:sent"
 
 
 def started_key(job_id: str) -> str:
@@ -108,6 +125,9 @@ class JobMessage:
     enqueued_at: float = field(default_factory=time.time)
     constraint: Constraint | None = None
     logprobs: int | None = None  # None: none; N: each token's logprob and the N most likely (0..20)
+    # The web process that follows the job keeps reader_key(reader) alive: a worker does not start,
+    # and cancels, a job whose reader's lease is gone (that process died; nobody can cancel it).
+    reader: str | None = None
     version: int = VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -13,7 +13,8 @@ Each Celery task thread submits its job to the shared engine, which batches all 
 continuously, and sleeps until the job ends; one forwarder thread copies every job's events to its
 Redis Stream (a step's writes for all jobs in one round trip); a job's last event carries its signed
 settlement (the worker has no way to the billing itself). A heartbeat thread marks the worker live,
-beats for every running job, forwards cancel flags and cancels jobs past their run deadline. A
+beats for every running job, forwards cancel flags and cancels jobs past their run deadline or
+whose reader's lease lapsed (protocol.reader_key: the web process following the job died). A
 job runs at most once once started: the first runner sets the job's started-marker, and a
 redelivered copy that finds it stops.
 """
@@ -135,12 +136,23 @@ class Runtime:
         for job_id, _ in jobs:
             pipe.xadd(protocol.stream_key(job_id), protocol.encode_event(protocol.HEARTBEAT, t=now),
                       maxlen=protocol.STREAM_MAXLEN, approximate=True)
+        # Each job's cancel flag, and the lease of each web process reading these jobs, in one MGET.
+        reader_of = {job_id: job.message.reader for job_id, _ in jobs
+                     if (job := self.forwarder.jobs.get(job_id)) is not None and job.message is not None
+                     and job.message.reader}
+        readers = sorted(set(reader_of.values()))
         if jobs:
-            pipe.mget([protocol.cancel_key(job_id) for job_id, _ in jobs])
+            pipe.mget([protocol.cancel_key(job_id) for job_id, _ in jobs] + [protocol.reader_key(r) for r in readers])
         replies = pipe.execute()
         if jobs:
-            for (job_id, handle), flag in zip(jobs, replies[-1], strict=True):
-                if flag or now > self.deadlines.get(job_id, float("inf")):
+            flags, leases = replies[-1][:len(jobs)], replies[-1][len(jobs):]
+            # the web process following these is gone: nobody reads them, and nobody is left to cancel them
+            lapsed = {reader for reader, lease in zip(readers, leases, strict=True) if lease is None}
+            gone = {job_id for job_id, reader in reader_of.items() if reader in lapsed}
+            for (job_id, handle), flag in zip(jobs, flags, strict=True):
+                if job_id in gone and not getattr(handle, "cancelled", False):
+                    log.warning("job %s: its reader's lease lapsed; cancelling it", job_id)
+                if flag or job_id in gone or now > self.deadlines.get(job_id, float("inf")):
                     handle.cancel()
 
 
@@ -217,7 +229,13 @@ def run_job(rt: Runtime, data: dict) -> str:
               maxlen=protocol.STREAM_MAXLEN, approximate=True)
     pipe.expire(key, protocol.STREAM_TTL_S)  # until the last event refreshes it: deltas are one XADD each
     pipe.exists(protocol.cancel_key(message.job_id))
-    if pipe.execute()[-1]:
+    if message.reader:
+        pipe.exists(protocol.reader_key(message.reader))
+    replies = pipe.execute()
+    if message.reader and not replies[-1]:  # the web process that would read it is gone
+        end(protocol.DONE, finish_reason="cancelled", usage=zero)  # nothing to settle: its hold is released
+        return "reader_gone"
+    if replies[3]:
         end(protocol.DONE, finish_reason="cancelled", usage=zero, **settlement(message, zero, now, time.time()))
         return "cancelled"
 

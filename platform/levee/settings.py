@@ -274,6 +274,10 @@ SILENCED_SYSTEM_CHECKS = ["auth.E003", "security.W001", "security.W002", "securi
 LEVEE_JOB_QUEUE_TIMEOUT = env_int("LEVEE_JOB_QUEUE_TIMEOUT", 600, minimum=1)  # DeepSeek closes after 10 min
 LEVEE_JOB_MAX_RUNTIME = env_int("LEVEE_JOB_MAX_RUNTIME", 600, minimum=1)
 LEVEE_JOB_HEARTBEAT_TIMEOUT = env_int("LEVEE_JOB_HEARTBEAT_TIMEOUT", 10, minimum=1)
+# The reader's lease on a job it follows (levee.api.jobs.Lease): a worker cancels a job nobody has
+# refreshed the lease of for this long (its web process died), and bills at most what it last said
+# was delivered. Longer than any pause of a web process's event loop, or a live stream is cut.
+LEVEE_READER_LEASE_SECONDS = env_int("LEVEE_READER_LEASE_SECONDS", 10, minimum=1)
 # A Server-Timing header on API answers: where the time went before the response started.
 LEVEE_SERVER_TIMING = env_bool("LEVEE_SERVER_TIMING", True)
 # Per-process memos of hot rows (levee.core.memo): unset = each memo's own bound; 0 = off.

@@ -251,3 +251,62 @@ def test_the_worker_has_more_task_slots_than_the_engine_has_batch_places():
     from inference import serving
 
     assert worker.app.conf.worker_concurrency >= serving.max_batch() + 2
+
+
+def test_a_leased_job_whose_reader_is_gone_before_it_starts_does_not_start_and_settles_nothing(rt):
+    """Its web process died while it queued: nothing reads it and nobody would cancel it."""
+    assert worker.run_job(rt, _message(reader="web-1", hold_id="h1")) == "reader_gone"
+    events = _events(rt.redis)
+    assert [e["type"] for e in events] == ["started", "done"]
+    assert events[-1]["finish_reason"] == "cancelled" and "settlement" not in events[-1]  # its hold is released
+
+
+def test_a_leased_job_with_its_reader_alive_runs(rt, monkeypatch):
+    monkeypatch.setattr(worker, "WORKER_SECRET", "s")
+    rt.redis.set(protocol.reader_key("web-1"), 0, px=5000)
+    monkeypatch.setattr(worker.Runtime, "engine", ScriptedEngine([(0, "a", None), (0, "b", "stop")]), raising=False)
+    assert worker.run_job(rt, _message(reader="web-1", hold_id="h1")) == "stop"
+    assert _events(rt.redis)[-1]["settlement"]["completion_tokens"] == 2
+
+
+def test_the_heartbeat_cancels_a_job_whose_readers_lease_lapsed(rt, monkeypatch):
+    """The web process following it was SIGKILLed: nobody is left to set its cancel flag, but its
+    lease lapses. The job ends cancelled, signed for what it made (the platform's sweep charges no
+    more than the web had sent: levee.billing.tasks.sent_to_client)."""
+    import threading
+
+    monkeypatch.setattr(worker, "WORKER_SECRET", "s")
+    rt.redis.set(protocol.reader_key("web-1"), 1, px=60_000)
+    engine = ScriptedEngine([(0.05, "x", None)] * 400 + [(0, "", "stop")])
+    monkeypatch.setattr(worker.Runtime, "engine", engine, raising=False)
+    outcome = []
+    runner = threading.Thread(target=lambda: outcome.append(worker.run_job(rt, _message(reader="web-1",
+                                                                                      hold_id="h1"))))
+    runner.start()
+    time.sleep(0.3)
+    rt.beat_once()
+    assert not engine.handles[0].cancelled  # the reader is alive
+    rt.redis.delete(protocol.reader_key("web-1"))  # the lease lapses
+    rt.beat_once()
+    runner.join(timeout=10)
+    assert outcome == ["cancelled"]
+    last = _events(rt.redis)[-1]
+    assert last["type"] == "done" and last["finish_reason"] == "cancelled"
+    assert 0 < last["usage"]["completion_tokens"] < 400
+    assert last["settlement"]["completion_tokens"] == last["usage"]["completion_tokens"]
+    assert protocol.settlement_signed("s", last["settlement"])
+
+
+def test_the_heartbeat_leaves_jobs_without_a_lease_alone(rt, monkeypatch):
+    """A job whose message asks for no lease (an older web, a tool) is never cancelled for lacking one."""
+    import threading
+
+    engine = ScriptedEngine([(0.05, "x", None)] * 6 + [(0, "", "stop")])
+    monkeypatch.setattr(worker.Runtime, "engine", engine, raising=False)
+    runner = threading.Thread(target=worker.run_job, args=(rt, _message()))
+    runner.start()
+    time.sleep(0.1)
+    rt.beat_once()
+    runner.join(timeout=10)
+    assert not engine.handles[0].cancelled
+    assert _events(rt.redis)[-1]["finish_reason"] == "stop"

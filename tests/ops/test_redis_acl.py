@@ -86,6 +86,9 @@ def test_a_worker_credential_does_its_job_and_nothing_else(acl_redis):
     worker.xadd(protocol.stream_key(job), protocol.encode_event(protocol.DELTA, text="hi", usage={}))
     worker.expire(protocol.stream_key(job), 60)
     assert worker.mget([protocol.cancel_key(job)]) == [None]
+    admin.set(protocol.reader_key("web-1"), 1)
+    assert worker.mget([protocol.cancel_key(job), protocol.reader_key("web-1")]) == [None, b"1"]  # the heartbeat's
+    assert worker.exists(protocol.reader_key("web-1")) == 1
     # Nothing else.
     refused = [
         lambda: worker.lpush(protocol.PLATFORM_QUEUE, b"settle"),                  # enqueue a platform task
@@ -96,6 +99,9 @@ def test_a_worker_credential_does_its_job_and_nothing_else(acl_redis):
         lambda: worker.xread({protocol.stream_key(job): "0"}),
         lambda: worker.set(protocol.stream_key(job), "x"),                         # overwrite a stream
         lambda: worker.set(protocol.cancel_key(job), 1),                           # cancel someone's job
+        lambda: worker.set(protocol.reader_key("web-1"), 1),                       # keep a dead reader's jobs alive
+        lambda: worker.set(protocol.sent_key(job), 10**6),                         # vouch for its own billing
+        lambda: worker.get(protocol.sent_key(job)),
         lambda: worker.hset("unacked", "tag", "x"),                                # kombu's shared unacked hash
         lambda: worker.keys("*"),
         lambda: worker.flushdb(),
@@ -159,7 +165,8 @@ def test_a_real_inference_worker_serves_a_job_with_only_the_worker_credential(ac
         job = uuid.uuid4().hex
         message = protocol.JobMessage(job_id=job, model=MODEL, prompt_ids=[1, 2, 3], user="7", hold_id="h-1",
                                       deadline=time.time() + 60, pickup_deadline=time.time() + 60,
-                                      sampling=protocol.Sampling(max_tokens=4, seed=1))
+                                      sampling=protocol.Sampling(max_tokens=4, seed=1), reader="web-1")
+        admin.set(protocol.reader_key("web-1"), 1, ex=60)  # as the web does: the worker reads the lease
         admin.lpush(protocol.queue_name(MODEL), protocol.celery_redis_message(
             protocol.GENERATE_TASK, [message.to_dict()], task_id=job, queue=protocol.queue_name(MODEL), origin="t"))
         while True:

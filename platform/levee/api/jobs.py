@@ -66,13 +66,47 @@ def _redis_broker() -> str | None:
     return None
 
 
+def lease_ms() -> int:
+    """A reader's lease (protocol.reader_key) lasts this long unless refreshed."""
+    return int(settings.LEVEE_READER_LEASE_SECONDS * 1000)
+
+
+def reader_id() -> str:
+    """This process's (this event loop's) reader id, for JobMessage.reader: the jobs it enqueues
+    are the ones it follows."""
+    return _hub().reader_id
+
+
+def _lease_writes(pipe: aioredis.client.Pipeline, message: protocol.JobMessage) -> None:
+    assert message.reader is not None
+    pipe.set(protocol.reader_key(message.reader), 1, px=lease_ms())
+    if message.hold_id:  # nothing sent yet: what the sweep charges if this process dies now
+        pipe.set(protocol.sent_key(message.job_id), 0, ex=protocol.STREAM_TTL_S)
+
+
 async def enqueue(message: protocol.JobMessage, queue: str) -> None:
+    """Publish the job. A job naming its `reader` has that reader's lease written first (in the same
+    round trip when the broker is the Redis of REDIS_URL), so no worker finds it missing before the
+    hub refreshes it, and the hub keeps refreshing it until the job is followed."""
     broker = _redis_broker()
+    leased = message.reader is not None
+    if leased:
+        _hub().keep_alive()
+    if leased and broker != settings.REDIS_URL:
+        async with redis_client().pipeline(transaction=False) as pipe:
+            _lease_writes(pipe, message)
+            await pipe.execute()
     if broker is None:
         await sync_to_async(_publish, thread_sensitive=False)(message.to_dict(), queue)
         return
     payload = protocol.celery_redis_message(protocol.GENERATE_TASK, [message.to_dict()], task_id=message.job_id,
                                             queue=queue, origin=_ORIGIN)
+    if leased and broker == settings.REDIS_URL:
+        async with redis_client(broker).pipeline(transaction=False) as pipe:
+            _lease_writes(pipe, message)
+            pipe.lpush(queue, payload)
+            await pipe.execute()
+        return
     await redis_client(broker).lpush(queue, payload)
 
 
@@ -80,12 +114,29 @@ async def cancel(job_id: str) -> None:
     await redis_client().set(protocol.cancel_key(job_id), 1, ex=protocol.STREAM_TTL_S)
 
 
+@dataclass
+class Lease:
+    """A job followed under this process's reader lease. `delivered`: the completion tokens the
+    reader has passed on to its client (its formatter says so; 0 for a whole reply until it is
+    sent), mirrored to protocol.sent_key, which bounds what the sweep charges if this process dies."""
+    job_id: str
+    delivered: int = 0
+    written: int | None = 0  # the value sent_key was last given (enqueue wrote 0; None: unknown)
+
+
 class _StreamHub:
     """One reader per event loop for every job stream the process is following: a single blocking
     XREAD over all of them, its entries handed to each follower's queue. Thirty-two generating
     streams cost one round trip per engine step instead of thirty-two; a thousand waiting ones,
     one blocked connection instead of a thousand. A follower that joins while the XREAD is blocked
-    wakes it through the hub's own small stream, so nobody waits out the block."""
+    wakes it through the hub's own small stream, so nobody waits out the block.
+
+    The hub also holds the process's reader lease (protocol.reader_key(reader_id), named by every
+    job it enqueues): while it follows jobs, or has just enqueued one, a task of its own refreshes
+    it every LEVEE_READER_LEASE_SECONDS / 5 (at most every second), one SET whatever the number of
+    streams, and in the same pipeline writes protocol.sent_key for each job whose delivered count
+    moved. When the process dies the lease lapses and the workers cancel its jobs
+    (inference.worker); the sweep charges each no more than its sent_key (levee.billing.tasks)."""
 
     BLOCK_MS = 5000
 
@@ -93,9 +144,49 @@ class _StreamHub:
         self.client, self.loop = client, loop
         self.followers: dict[bytes, asyncio.Queue] = {}
         self.last_ids: dict[bytes, bytes | str] = {}
-        self.wake_key = f"levee:hub:{uuid.uuid4().hex}".encode()
+        self.reader_id = uuid.uuid4().hex
+        self.wake_key = f"levee:hub:{self.reader_id}".encode()
         self.task: asyncio.Task | None = None
         self.reading: set[bytes] = set()  # the keys the XREAD in flight covers
+        self.leases: dict[str, Lease] = {}  # the jobs followed, by id
+        self.lease_until = 0.0  # monotonic: keep the lease alive until then even with no job followed
+        self.lease_task: asyncio.Task | None = None
+
+    def keep_alive(self) -> None:
+        """A job naming this reader was just enqueued: keep the lease alive until it is followed."""
+        self.lease_until = time.monotonic() + lease_ms() / 1000
+        self._keep()
+
+    def hold_lease(self, lease: Lease) -> None:
+        self.leases[lease.job_id] = lease
+        self._keep()
+
+    def drop_lease(self, lease: Lease) -> None:
+        if self.leases.get(lease.job_id) is lease:
+            del self.leases[lease.job_id]
+
+    def _keep(self) -> None:
+        if self.lease_task is None:
+            self.lease_task = self.loop.create_task(self._keep_leases())
+
+    async def _keep_leases(self) -> None:
+        every = min(1.0, lease_ms() / 5000)
+        try:
+            while self.leases or time.monotonic() < self.lease_until:
+                moved = [(lease, lease.delivered) for lease in self.leases.values() if lease.written != lease.delivered]
+                try:
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        pipe.set(protocol.reader_key(self.reader_id), 1, px=lease_ms())
+                        for lease, delivered in moved:
+                            pipe.set(protocol.sent_key(lease.job_id), delivered, ex=protocol.STREAM_TTL_S)
+                        await pipe.execute()
+                    for lease, delivered in moved:
+                        lease.written = delivered
+                except Exception as exc:  # Redis away: the streams' reader tells the followers
+                    log.warning("could not refresh the reader lease (%d jobs): %r", len(self.leases), exc)
+                await asyncio.sleep(every)
+        finally:
+            self.lease_task = None  # no await since the last look at the leases: a new one starts a new task
 
     async def follow(self, key: str) -> asyncio.Queue:
         key_b = key.encode()
@@ -155,11 +246,15 @@ def _hub() -> _StreamHub:
 
 
 async def events(job_id: str, *, queue_timeout: float, heartbeat_timeout: float,
-                 keepalive_every: float = 5.0) -> AsyncIterator[dict]:
+                 keepalive_every: float = 5.0, lease: Lease | None = None) -> AsyncIterator[dict]:
     """The job's events from the first; KEEPALIVE while it waits; a synthetic error event when it
-    does not start within queue_timeout or a started job goes silent for heartbeat_timeout."""
+    does not start within queue_timeout or a started job goes silent for heartbeat_timeout. With a
+    `lease`, this process's reader lease is kept alive meanwhile, and what it says was delivered
+    written for the sweep (protocol.sent_key)."""
     hub = _hub()
     key = protocol.stream_key(job_id)
+    if lease is not None:
+        hub.hold_lease(lease)
     queue = await hub.follow(key)
     started = False
     since_news = time.monotonic()
@@ -199,3 +294,5 @@ async def events(job_id: str, *, queue_timeout: float, heartbeat_timeout: float,
                 yield KEEPALIVE
     finally:
         hub.unfollow(key)
+        if lease is not None:
+            hub.drop_lease(lease)

@@ -92,8 +92,12 @@ class JobReader:
     content: list[str] = field(init=False, default_factory=list)
     reasoning: list[str] = field(init=False, default_factory=list)
     end: Done | Failed | None = field(init=False, default=None)
+    lease: Any = field(init=False)  # levee.api.jobs.Lease: what the formatter has passed on, for the workers
 
     def __post_init__(self) -> None:
+        from levee.api.jobs import Lease
+
+        self.lease = Lease(self.job_id)
         self.usage = protocol.usage_dict(0, self.prompt_tokens, 0)
         self._splitter = ThinkSplitter(opened=self.thinking_opened) if self.reasoner else None
         self._flushed = False
@@ -183,12 +187,14 @@ class JobReader:
     async def follow(self) -> AsyncGenerator[Event, None]:
         """The live stream until Done or Failed. A reader closed before that (the client went away)
         flags the job cancelled: the worker stops and settles what it made. Close it explicitly
-        (contextlib.aclosing), so that happens when the client leaves, not when the garbage is collected."""
+        (contextlib.aclosing), so that happens when the client leaves, not when the garbage is collected.
+        Meanwhile the job's reader lease is kept alive (`lease.delivered`: set by the formatter):
+        if this process dies, the worker cancels the job (protocol.reader_key)."""
         from levee.api import jobs
 
         try:
             async for raw in jobs.events(self.job_id, queue_timeout=settings.LEVEE_JOB_QUEUE_TIMEOUT,
-                                         heartbeat_timeout=settings.LEVEE_JOB_HEARTBEAT_TIMEOUT):
+                                         heartbeat_timeout=settings.LEVEE_JOB_HEARTBEAT_TIMEOUT, lease=self.lease):
                 typed = self.feed(raw)
                 if typed is not None:
                     yield typed

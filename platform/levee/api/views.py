@@ -256,6 +256,7 @@ async def _start(request, key, model, chat, work, max_tokens, job_id, admission,
     message = protocol.JobMessage(
         job_id=job_id, model=model.name, prompt_ids=prompt_ids, user=str(key.user_id), hold_id=str(hold.id),
         deadline=deadline, pickup_deadline=pickup, constraint=work.constraint, logprobs=work.logprobs,
+        reader=jobs.reader_id(),  # this process follows it: if it dies, the worker stops the job
         sampling=protocol.Sampling(max_tokens=max_tokens, stop=chat.stop, seed=chat.seed, **work.sampling))
     try:
         await jobs.enqueue(message, model.queue_name)
@@ -393,6 +394,7 @@ class _Completion:
                     yield event
                     if streamed and isinstance(event, reader.Text):
                         self._take_usage(event.usage)  # sent: now it is delivered
+                        self.reader.lease.delivered = self.usage["completion_tokens"]  # what a worker may bill
         except RedisError:  # the job's stream is gone with Redis: end cleanly, charge what was sent
             log.warning("job %s: Redis went away while following it", self.job_id)
             finished = True

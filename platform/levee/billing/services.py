@@ -412,10 +412,11 @@ def _clamped(tokens: dict, hold: Hold) -> dict:
     return {**tokens, "prompt_cache_hit_tokens": hit, "prompt_cache_miss_tokens": miss, "completion_tokens": out}
 
 
-def settle_signed(data) -> UsageRecord:
+def settle_signed(data, *, completion_at_most: int | None = None) -> UsageRecord:
     """Settle from a signed settlement (an inference worker's, in its job's last event, or the web's
     own for what it delivered): refuses (SettlementRefused, nothing charged) one the worker secret
-    did not sign, or whose hold, job or account do not match. Then settle_hold (clamped, idempotent)."""
+    did not sign, or whose hold, job or account do not match. Then settle_hold (clamped, idempotent).
+    `completion_at_most`: charge no more completion tokens than this (what the client was sent)."""
     from inference.protocol import settlement_signed
 
     if not settlement_signed(settings.LEVEE_WORKER_SECRET, data):
@@ -433,9 +434,12 @@ def settle_signed(data) -> UsageRecord:
         if moment is None or moment.tzinfo is None:
             raise SettlementRefused(f"{name} must be an ISO-8601 instant with a UTC offset, not {value!r}")
         moments[name] = moment
+    completion = data["completion_tokens"]
+    if completion_at_most is not None and isinstance(completion, int):
+        completion = min(completion, max(0, completion_at_most))
     return settle_hold(hold.pk, prompt_cache_hit_tokens=data["prompt_cache_hit_tokens"],
                        prompt_cache_miss_tokens=data["prompt_cache_miss_tokens"],
-                       completion_tokens=data["completion_tokens"], **moments)
+                       completion_tokens=completion, **moments)
 
 
 def _charge_entries(wallet_id, hold, charge, from_granted, from_topped_up, held_back, late, now) -> None:
@@ -471,11 +475,14 @@ def release_hold(hold_id, *, reason: str) -> bool:
 
 
 def sweep_holds(*, now: datetime | None = None, grace: timedelta | None = None, limit: int = 1000,
-                settlement_of: Callable[[str], dict | None] | None = None) -> int:
+                settlement_of: Callable[[str], dict | None] | None = None,
+                sent_of: Callable[[str], int | None] | None = None) -> int:
     """Close open holds whose deadline passed more than `grace` ago. `settlement_of(job_id)` gives
     the signed settlement the job's last event carries, if any (the job finished but no web process
-    settled it: the one following it died): such a hold is settled from it. The others are released
-    (their job is dead or lost). Returns how many this call closed."""
+    settled it: the one following it died): such a hold is settled from it, for no more completion
+    tokens than `sent_of(job_id)` says the web had passed on to the client (None: unknown), and is
+    released when that is none. The others are released (their job is dead or lost). Returns how
+    many this call closed."""
     now = now or _now()
     grace = grace if grace is not None else timedelta(seconds=settings.LEVEE_HOLD_SWEEP_GRACE_SECONDS)
     stale = list(Hold.objects.filter(status=HoldStatus.OPEN, deadline__lt=now - grace)
@@ -483,9 +490,13 @@ def sweep_holds(*, now: datetime | None = None, grace: timedelta | None = None, 
     closed = 0
     for pk, job_id in stale:
         data = settlement_of(job_id) if settlement_of is not None and job_id else None
+        sent = sent_of(job_id) if sent_of is not None and job_id and data is not None else None
+        if data is not None and sent == 0:
+            closed += release_hold(pk, reason="its web process died before the client was sent anything")
+            continue
         if data is not None:
             try:
-                settle_signed(data)
+                settle_signed(data, completion_at_most=sent)
                 closed += 1
                 continue
             except SettlementRefused as exc:

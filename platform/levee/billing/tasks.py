@@ -71,9 +71,26 @@ def settlement_in_stream(job_id: str) -> dict | None:
     return None
 
 
+def sent_to_client(job_id: str) -> int | None:
+    """The completion tokens the web had passed on to the job's client, as it last wrote them
+    (protocol.sent_key; None when Redis cannot say: the job's settlement then stands as signed)."""
+    from inference import protocol
+    from levee.core.store import redis_client
+
+    try:
+        value = redis_client().get(protocol.sent_key(job_id))
+    except RedisError:
+        log.warning("sweep: could not read what job %s's client was sent", job_id)
+        return None
+    try:
+        return max(0, int(value)) if value is not None else None  # type: ignore[arg-type]
+    except ValueError:
+        return None
+
+
 @shared_task(name="levee.billing.sweep_holds", queue="platform", soft_time_limit=50, time_limit=60)
 def sweep_holds() -> int:
-    closed = services.sweep_holds(settlement_of=settlement_in_stream)
+    closed = services.sweep_holds(settlement_of=settlement_in_stream, sent_of=sent_to_client)
     if closed:
         log.info("closed %d stale hold(s)", closed)
     return closed

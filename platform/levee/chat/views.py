@@ -304,7 +304,7 @@ async def post_message(request, conversation_id: int):
     pickup = time.time() + settings.LEVEE_JOB_QUEUE_TIMEOUT
     message = protocol.JobMessage(job_id=job_id, model=model.name, prompt_ids=prompt_ids, user=str(user.pk),
                                   hold_id=None, deadline=pickup + settings.LEVEE_JOB_MAX_RUNTIME, pickup_deadline=pickup,
-                                  sampling=protocol.Sampling(max_tokens=started.max_tokens))
+                                  reader=jobs.reader_id(), sampling=protocol.Sampling(max_tokens=started.max_tokens))
     try:
         await jobs.enqueue(message, model.queue_name)
     except Exception:  # the broker refused: nothing started, so the messages go too

@@ -135,6 +135,31 @@ def test_the_sweep_settles_a_finished_job_from_its_stream_and_releases_one_that_
     assert Wallet.objects.get(user=user).held_nano == 0 and services.reconcile() == []
 
 
+def test_the_sweep_charges_a_job_whose_web_process_died_no_more_than_its_client_was_sent(prices, redis_client):
+    """The web writes what it has passed on to the client (protocol.sent_key) as it reads; the job
+    ran on (it ended before its reader's lease lapsed, or was cancelled when it did) and signed all
+    it made. The sweep charges the prompt and the completion tokens sent; none sent: released;
+    unknown (the key is gone): the signed settlement stands."""
+    user = ada()
+    fund(user, 10**9)
+    past = timezone.now() - timedelta(hours=1)
+    holds = {name: _hold(user, job_id=f"job-{name}", deadline=past) for name in ("part", "none", "unknown")}
+    for hold in holds.values():
+        redis_client.xadd(protocol.stream_key(hold.job_id), protocol.encode_event(
+            protocol.DONE, finish_reason="stop", usage=protocol.usage_dict(0, 100, 40),
+            settlement=_signed(hold, out=40)))
+    redis_client.set(protocol.sent_key("job-part"), 7)
+    redis_client.set(protocol.sent_key("job-none"), 0)
+    assert tasks.sweep_holds.apply().get() == 3
+    for hold in holds.values():
+        hold.refresh_from_db()
+    assert holds["part"].status == HoldStatus.SETTLED and holds["part"].usage.completion_tokens == 7
+    assert holds["part"].usage.prompt_cache_miss_tokens == 100
+    assert holds["none"].status == HoldStatus.RELEASED and not UsageRecord.objects.filter(hold=holds["none"]).exists()
+    assert holds["unknown"].status == HoldStatus.SETTLED and holds["unknown"].usage.completion_tokens == 40
+    assert Wallet.objects.get(user=user).held_nano == 0 and services.reconcile() == []
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_web_releases_a_job_that_delivered_nothing_and_charges_one_what_it_delivered(settings):
     """levee.api.settling.close_hold, the web side: a job that never started (or sent nothing) is
