@@ -135,7 +135,7 @@ def test_the_reader_keeps_one_lease_for_all_its_jobs_with_what_each_delivered_an
     leases = [jobs.Lease(job_id) for job_id in ids]
 
     async def main():
-        followers = [asyncio.create_task(_collect(job_id, lease=lease)) for job_id, lease in zip(ids, leases)]
+        followers = [asyncio.create_task(_collect(job_id, lease=lease)) for job_id, lease in zip(ids, leases, strict=True)]
         reader = jobs.reader_id()
         seen = []
         for delivered in (0, 3, 9):
