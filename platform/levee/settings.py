@@ -76,6 +76,7 @@ MIDDLEWARE = [
     "levee.core.middleware.AuthenticationMiddleware",
     "levee.core.middleware.MessageMiddleware",
     "levee.core.middleware.XFrameOptionsMiddleware",
+    "levee.core.middleware.DatabaseUnavailableMiddleware",  # innermost: a view's DatabaseError is a 503
 ]
 
 ROOT_URLCONF = "levee.urls"

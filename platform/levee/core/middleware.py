@@ -60,6 +60,23 @@ class _Middleware:
         return response
 
 
+class DatabaseUnavailableMiddleware(_Middleware):
+    """Innermost: a view that meets the database away (DatabaseError: a PostgreSQL restart or
+    failover) answers 503 with Retry-After, in the API's format on JSON paths — the key-authenticated
+    API does the same in its endpoint wrapper; this covers every other view (the web chat, pages).
+    Costs nothing until a view raises."""
+
+    def process_exception(self, request, exception):
+        from django.db import DatabaseError
+
+        if not isinstance(exception, DatabaseError):
+            return None
+        from levee.core.views import database_unavailable
+
+        logging.getLogger(__name__).warning("database unavailable for %s: %r", request.path, exception)
+        return database_unavailable(request)
+
+
 class RequestIdMiddleware(_Middleware):
     """Every response carries x-request-id. A well-formed id from a trusted proxy is kept so logs join up."""
 

@@ -33,6 +33,22 @@ def server_error(request):
         return HttpResponse("<h1>Server error</h1><p>Something went wrong on our side.</p>", status=500)
 
 
+def database_unavailable(request):
+    """PostgreSQL is away (a restart, a failover) mid-request: a 503 with Retry-After, never a 500
+    (levee.core.middleware.DatabaseUnavailableMiddleware). The page is rendered without the request:
+    its session or user would ask the database again."""
+    message = "The service is temporarily unavailable; retry shortly."
+    if _wants_json(request):
+        return error_response(503, message, headers={"Retry-After": "5"})
+    try:
+        body = loader.get_template("503.html").render({"message": message, "retry_after": 5})
+    except Exception:
+        body = f"<h1>Service unavailable</h1><p>{message}</p>"
+    response = HttpResponse(body, status=503)
+    response["Retry-After"] = "5"
+    return response
+
+
 def friendly_error(request, status: int, message: str | None = None, *, retry_after: int | None = None,
                    title: str | None = None):
     """A 429 or 503 as the caller expects it: the API's error body for API paths and JSON clients,

@@ -121,3 +121,30 @@ def test_an_unverified_account_gets_no_free_chat(client, chat_model, worker):
                            data={"content": "hello", "model": "deepseek-chat"}, content_type="application/json")
     assert response.status_code == 403 and response.json()["error"]["code"] == "email_not_verified"
     assert not Message.objects.filter(conversation=conversation).exists() and not worker.jobs
+
+
+def test_the_database_going_away_is_a_503_for_the_chat_and_its_page_not_a_500(client, chat_model, worker,
+                                                                                monkeypatch):
+    """Seen in the chaos run (ops/chaos.py) once web chats joined it: a PostgreSQL restart while a
+    message was being posted, or the page loaded, left as a 500."""
+    from django.db import OperationalError
+
+    from levee.chat import services, views
+
+    user = ada()
+    client.force_login(user)
+    conversation = Conversation.objects.create(user=user, model=chat_model.name)
+
+    def shutting_down(*args, **kwargs):
+        raise OperationalError("terminating connection due to administrator command")
+
+    monkeypatch.setattr(views, "_history", shutting_down)
+    monkeypatch.setattr(services, "served_models", shutting_down)
+    response = client.post(reverse("chat-api-messages", args=[conversation.pk]),
+                           data=json.dumps({"content": "hi"}), content_type="application/json")
+    assert response.status_code == 503 and response["Retry-After"] == "5"
+    assert "temporarily unavailable" in response.json()["error"]["message"]
+    assert Message.objects.count() == 0 and worker.jobs == []  # nothing half-written, nothing queued
+    page = client.get(reverse("chat"))
+    assert page.status_code == 503 and page["Retry-After"] == "5"
+    assert "temporarily unavailable" in page.content.decode()
