@@ -227,6 +227,14 @@ def browser_session(user) -> str:
     return session.session_key
 
 
+class Refused(Exception):
+    """The chat page or the conversation's creation answered an error a browser shows (429, 503)."""
+
+    def __init__(self, what: str, status: int):
+        super().__init__(f"{status} {what}")
+        self.status = status
+
+
 class ChatTab:
     """The chat page open in a browser: its cookies, CSRF token and conversation."""
 
@@ -240,6 +248,8 @@ class ChatTab:
     def ready(self) -> dict:
         if self.csrf is None:
             page = self.http.get("/chat/")
+            if page.status_code in (429, 503) and page.headers.get("retry-after"):
+                raise Refused("the chat page", page.status_code)
             token = _CSRF.search(page.text) if page.status_code == 200 else None
             if token is None:
                 raise RuntimeError(f"chat page answered {page.status_code} without a CSRF token")
@@ -247,6 +257,8 @@ class ChatTab:
         headers = {"X-CSRFToken": self.csrf, "Accept": "application/json"}
         if self.conversation is None:
             created = self.http.post("/chat/api/conversations", json={"model": MODEL}, headers=headers)
+            if created.status_code in (429, 503) and "error" in created.json():
+                raise Refused("creating a conversation", created.status_code)
             if created.status_code != 201:
                 raise RuntimeError(f"creating a conversation answered {created.status_code}")
             self.conversation = created.json()["id"]
@@ -289,7 +301,11 @@ def chat_call(tab: ChatTab, kind: str, rng: random.Random) -> Call:
                         call.outcome, call.detail = "error", f"stream {data.get('code')}"
                         return call
             call.outcome, call.detail = "torn", "the reply ended without done or error"
-    except httpx.RemoteProtocolError as exc:  # torn mid-stream: its web process was killed
+    except Refused as exc:  # a clean refusal, as the browser shows it
+        call.outcome, call.detail = "error", str(exc)
+    except httpx.TimeoutException as exc:  # a hang: the one end no fault excuses
+        call.outcome, call.detail = "unclean", f"{type(exc).__name__}: {str(exc)[:80]}"
+    except httpx.TransportError as exc:  # the connection was torn: its web process was killed
         call.outcome, call.detail = "torn", f"{type(exc).__name__}: {str(exc)[:80]}"
     except (httpx.HTTPError, OSError, RuntimeError, ValueError) as exc:
         call.outcome, call.detail = "unclean", f"{type(exc).__name__}: {str(exc)[:80]}"

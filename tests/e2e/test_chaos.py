@@ -43,7 +43,7 @@ def _web_worker(stack) -> int:
 
 
 def test_a_killed_web_process_mid_stream_stops_its_job_and_bills_no_more_than_the_client_received(
-        chaos_stack, seeded_catalogue):
+        chaos_stack, seeded_catalogue, capsys):
     """SIGKILL the web process holding a stream: nobody is left to cancel the job, but its reader's
     lease lapses, so the worker cancels it within the lease and signs only what the lease last said
     the client was sent; the sweep settles that."""
@@ -79,6 +79,8 @@ def test_a_killed_web_process_mid_stream_stops_its_job_and_bills_no_more_than_th
     record = UsageRecord.objects.get(hold=hold)
     received = chaos._received_tokens(chaos_stack.redis, hold.job_id, text)
     assert received is not None, "the client's text is not the start of the job's stream"
+    with capsys.disabled():
+        print(f"\nkilled web: generated {generated}, client received {received}, billed {record.completion_tokens}")
     assert 0 < record.completion_tokens <= received < generated
     run = chaos.Run(calls=[chaos.Call("stream", request_id=request_id, outcome="torn", text=text,
                                       text_chunks=1)])
