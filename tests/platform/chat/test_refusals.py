@@ -129,7 +129,7 @@ def test_the_database_going_away_is_a_503_for_the_chat_and_its_page_not_a_500(cl
     message was being posted, or the page loaded, left as a 500."""
     from django.db import OperationalError
 
-    from levee.chat import services, views
+    from levee.chat import views
 
     user = ada()
     client.force_login(user)
@@ -139,7 +139,7 @@ def test_the_database_going_away_is_a_503_for_the_chat_and_its_page_not_a_500(cl
         raise OperationalError("terminating connection due to administrator command")
 
     monkeypatch.setattr(views, "_history", shutting_down)
-    monkeypatch.setattr(services, "served_models", shutting_down)
+    monkeypatch.setattr(views, "served_models", shutting_down)
     response = client.post(reverse("chat-api-messages", args=[conversation.pk]),
                            data=json.dumps({"content": "hi"}), content_type="application/json")
     assert response.status_code == 503 and response["Retry-After"] == "5"
