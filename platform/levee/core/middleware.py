@@ -66,7 +66,7 @@ class DatabaseUnavailableMiddleware(_Middleware):
     API does the same in its endpoint wrapper; this covers every other view (the web chat, pages).
     Costs nothing until a view raises."""
 
-    def process_exception(self, request, exception):
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         from django.db import DatabaseError
 
         if not isinstance(exception, DatabaseError):

@@ -1,4 +1,4 @@
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.template import loader
 
@@ -33,7 +33,7 @@ def server_error(request):
         return HttpResponse("<h1>Server error</h1><p>Something went wrong on our side.</p>", status=500)
 
 
-def database_unavailable(request):
+def database_unavailable(request: HttpRequest) -> HttpResponse:
     """PostgreSQL is away (a restart, a failover) mid-request: a 503 with Retry-After, never a 500
     (levee.core.middleware.DatabaseUnavailableMiddleware). The page is rendered without the request:
     its session or user would ask the database again."""
