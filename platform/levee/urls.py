@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.utils.translation import gettext_lazy as _
 from django.views.i18n import JavaScriptCatalog
 
 from levee.accounts import views as accounts
@@ -12,6 +13,11 @@ from levee.billing import views as billing
 from levee.core import views as core
 from levee.home import views as home
 from levee.keys import views as keys
+
+# The admin's own header and titles (Django's default says "Django administration"), in both languages.
+admin.site.site_header = _("Levee administration")
+admin.site.site_title = _("Levee admin")
+admin.site.index_title = _("Operations")
 
 handler404 = "levee.core.views.not_found"
 handler500 = "levee.core.views.server_error"

@@ -319,6 +319,8 @@ def test_the_admin_speaks_chinese_too(client):
     page = client.get("/admin/", **ZH).content.decode()
     assert '<html lang="zh-hans"' in page and "运维" in page and "实时仪表盘" in page  # ours
     assert "最近动作" in page or "修改" in page  # Django's own labels, from its zh_Hans catalog
+    assert "Levee 管理后台" in page and "Django" not in page.split("<body", 1)[1].split("</header>", 1)[0]
+    assert "Levee administration" in client.get("/admin/").content.decode()  # and in English
 
 
 def test_the_admins_own_labels_are_chinese(client):
