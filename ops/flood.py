@@ -46,6 +46,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
@@ -402,6 +403,9 @@ def run(target: str, *, seconds: float = 20, max_requests: int = 20_000, bots: i
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["attack"]:  # the open-loop attack with real source addresses (ops/flood_attack.py)
+        root = str(Path(__file__).resolve().parents[1])
+        if root not in sys.path:  # run as a script: the project's root is not on the path
+            sys.path.insert(0, root)
         from ops import flood_attack
 
         return flood_attack.main(argv[1:])
