@@ -2,7 +2,8 @@
 # FP8, several GPUs and MTP on CUDA: the checks of issue 18 that need a GPU, as one short run.
 # PREPARED, NOT YET RUN (no GPU was lent to the session that wrote it).
 #   OUT=/some/dir bash ops/bench/fp8_gpu_checks.sh
-# 1. the FP8 parity tests and the rest of tests/inference on CUDA (LEVEE_TEST_DEVICE=cuda, fp32);
+# 1. the FP8 parity tests, the logits parity tests and MTP speculation in the engine on CUDA
+#    (LEVEE_TEST_DEVICE=cuda, fp32; greedy identity with and without drafts);
 # 2. the compiled FP8 kernels vs the bf16 kernel: numerics and bandwidth at V2-Lite and V3 shapes,
 #    and the dense block-FP8 GEMM (ops/bench/fp8_moe_gpu.py);
 # 3. when the machine has 2+ GPUs: the 2-rank parity tests over NCCL (LEVEE_TEST_DEVICE=cuda).
@@ -21,7 +22,12 @@ PY=${PY:-python3}
 
 echo "== inference tests on CUDA (FP8 parity included)"
 LEVEE_TEST_DEVICE=cuda timeout "${TEST_LIMIT:-240}" $PY -m pytest -p no:django -p no:cacheprovider -q -x \
-  tests/inference/test_fp8.py tests/inference/test_parity_with_transformers.py 2>&1 | tail -20 | tee "$OUT/tests_cuda.log"
+  tests/inference/test_fp8.py tests/inference/test_parity_with_transformers.py tests/inference/test_engine_mtp.py \
+  2>&1 | tail -20 | tee "$OUT/tests_cuda.log"
+
+echo "== MTP speculation in the engine on CUDA: acceptance and tokens/s with and without"
+timeout "${MTP_LIMIT:-120}" $PY ops/bench/mtp.py --engine --device cuda --tokens 64 --batch 1 8 32 --rounds 2 \
+  --json "$OUT/mtp_cuda.json" 2>&1 | tee "$OUT/mtp_cuda.log"
 
 echo "== FP8 fused MoE and dense GEMM vs bf16"
 timeout "${BENCH_LIMIT:-300}" $PY ops/bench/fp8_moe_gpu.py --json "$OUT/fp8_moe_gpu.json" 2>&1 | tee "$OUT/fp8_moe_gpu.log"

@@ -11,6 +11,7 @@ import torch
 from inference import load_model
 from inference.engine import Engine, Request, SamplingParams
 from inference.tokenizer import Tokenizer
+from tests.inference.checkpoints import DEVICE
 
 DEMO = Path(__file__).resolve().parents[2] / "inference" / "demo" / "checkpoint"
 QUESTIONS = ["What is Levee?", "Tell me a short story.", "Hello", "What color is the sky?", "Tell me a joke.",
@@ -22,7 +23,7 @@ def demo():
     if not (DEMO / "mtp.safetensors").is_file():
         pytest.fail("inference/demo/checkpoint/mtp.safetensors is missing: python -m inference.demo.train_mtp")
     torch.set_num_threads(1)
-    return load_model(DEMO, dtype=torch.float32, device="cpu", mtp=True)
+    return load_model(DEMO, dtype=torch.float32, device=DEVICE, mtp=True)
 
 
 def chat(text: str) -> list[int]:
@@ -56,7 +57,10 @@ def test_greedy_output_is_the_same_with_and_without_speculation_in_a_batch(demo)
     assert [c.token_ids for c in fast] == [c.token_ids for c in plain]
     assert [c.finish_reason for c in fast] == ["length"] * len(QUESTIONS)
     for f, p in zip(fast, plain, strict=True):
-        assert f.logprobs == p.logprobs  # bit for bit: a row's arithmetic never depends on its mates
+        if DEVICE == "cpu":  # bit for bit: a row's arithmetic never depends on its mates (docs/inference.md)
+            assert f.logprobs == p.logprobs
+        else:  # cuBLAS picks kernels by row count
+            assert f.logprobs == pytest.approx(p.logprobs, abs=1e-4)
         assert f.usage.completion_tokens == p.usage.completion_tokens
     # both branches ran: drafts kept (two tokens in a step) and drafts replaced
     assert 0 < stats["spec_accepted"] < stats["spec_drafted"]
@@ -109,7 +113,7 @@ def test_stop_strings_and_max_tokens_end_a_speculating_request_where_they_would_
 
 def test_speculation_needs_the_mtp_layer(checkpoint):
     path, _ = checkpoint("v3_grouped_yarn")
-    model = load_model(path, dtype=torch.float32, device="cpu")
+    model = load_model(path, dtype=torch.float32, device=DEVICE)
     with pytest.raises(ValueError, match="MTP layer"):
         Engine(model, kv_budget_bytes=1 << 20, speculative=True)
     assert not Engine(model, kv_budget_bytes=1 << 20).speculative
