@@ -297,7 +297,10 @@ class _TextThread:
                 stream.done = stream.stopped = True
                 out = Event([], "", FINISH_ERROR, ev.usage, error=f"{type(exc).__name__}: {exc}")
             if out is not None:
-                handle._emit(out)
+                try:
+                    handle._emit(out)
+                except Exception:  # a failing sink loses its own events, never the other requests'
+                    log.exception("emitting an event of request %s failed", handle.request_id)
 
     @staticmethod
     def text(stream: _TextStream, ev: Event) -> Event | None:
