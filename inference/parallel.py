@@ -123,6 +123,7 @@ class ParallelRunner:
         self.args = model.args
         self.broken: str | None = None
         self.followers: list[Any] = []  # the follower processes, when this process spawned them
+        self.mtp = model.mtp  # the engine speculates when every rank loaded the MTP layer (load_parallel(mtp=True))
 
     @property
     def device(self) -> torch.device:
@@ -149,6 +150,10 @@ class ParallelRunner:
 
     def lm_head(self, x: torch.Tensor) -> torch.Tensor:
         return self._call("lm_head", x)  # type: ignore[no-any-return]
+
+    def mtp_hidden(self, next_ids: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor,
+                   backend: Any) -> torch.Tensor:
+        return self._call("mtp_hidden", next_ids, hidden, positions, backend)  # type: ignore[no-any-return]
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self._call("forward", input_ids)  # type: ignore[no-any-return]
@@ -204,12 +209,12 @@ def follow(model: Transformer, tp: TensorParallel) -> int:
 
 
 def _follower_main(rank: int, world: int, port: int, checkpoint: str, dtype: torch.dtype, device: str,
-                   timeout: float) -> None:
+                   timeout: float, mtp: bool = False) -> None:
     from inference.loader import load_model
 
     torch.set_num_threads(max(1, torch.get_num_threads() // world))
     tp = init(rank, world, port=port, device=device, timeout=timeout)
-    model = load_model(checkpoint, dtype=dtype, device=rank_device(device, rank), tp=tp)
+    model = load_model(checkpoint, dtype=dtype, device=rank_device(device, rank), tp=tp, mtp=mtp)
     try:
         follow(model, tp)
     except Exception as exc:  # noqa: BLE001 - rank 0 is gone: nothing to follow
@@ -219,29 +224,32 @@ def _follower_main(rank: int, world: int, port: int, checkpoint: str, dtype: tor
 
 
 def start_followers(world: int, checkpoint: str, *, dtype: torch.dtype, device: str, port: int | None = None,
-                    timeout: float | None = None) -> list[Any]:
-    """Spawn ranks 1..world-1 (each loads its shard, then follows); rank 0 calls `init` next."""
+                    timeout: float | None = None, mtp: bool = False) -> list[Any]:
+    """Spawn ranks 1..world-1 (each loads its shard, with the MTP layer's when `mtp`, then follows);
+    rank 0 calls `init` next."""
     port = port or int(os.environ.get(PORT_ENV, "29510"))
     ctx = mp.get_context("spawn")
     procs = []
     for rank in range(1, world):
         p = ctx.Process(target=_follower_main, name=f"levee-tp-rank{rank}",
-                        args=(rank, world, port, checkpoint, dtype, device, timeout or timeout_s()), daemon=True)
+                        args=(rank, world, port, checkpoint, dtype, device, timeout or timeout_s(), mtp), daemon=True)
         p.start()
         procs.append(p)
     return procs
 
 
 def load_parallel(checkpoint: str, *, dtype: torch.dtype, device: str, world: int | None = None,
-                  port: int | None = None, timeout: float | None = None) -> tuple[ParallelRunner, list[Any]]:
+                  port: int | None = None, timeout: float | None = None,
+                  mtp: bool = False) -> tuple[ParallelRunner, list[Any]]:
     """Rank 0's side of a single-node launch: spawn the followers, join the group, load rank 0's
-    shard. Returns the runner to hand to the Engine and the follower processes."""
+    shard (every rank with its share of the MTP layer when `mtp`). Returns the runner to hand to
+    the Engine and the follower processes."""
     world = world or tp_size()
-    procs = start_followers(world, checkpoint, dtype=dtype, device=device, port=port, timeout=timeout)
+    procs = start_followers(world, checkpoint, dtype=dtype, device=device, port=port, timeout=timeout, mtp=mtp)
     from inference.loader import load_model
 
     tp = init(0, world, port=port, device=device, timeout=timeout)
-    model = load_model(checkpoint, dtype=dtype, device=rank_device(device, 0), tp=tp)
+    model = load_model(checkpoint, dtype=dtype, device=rank_device(device, 0), tp=tp, mtp=mtp)
     runner = ParallelRunner(model, tp)
     runner.followers = procs
     return runner, procs

@@ -71,12 +71,10 @@ def build_engine(checkpoint: str):
     device, dtype = _device_and_dtype()
     mode = mtp_mode()
     model: Any  # a Transformer, or rank 0's ParallelRunner (which the engine drives the same way)
+    mtp = mode == "on" or (mode == "auto" and has_mtp_layer(checkpoint))
     if parallel.tp_size() > 1:  # rank 0 here; ranks 1.. spawned, each loading its shard
-        if mode == "on":
-            raise ValueError("LEVEE_MTP=on: speculation is not built for LEVEE_TP_SIZE > 1 yet")
-        model, _ = parallel.load_parallel(checkpoint, dtype=dtype, device=device)
+        model, _ = parallel.load_parallel(checkpoint, dtype=dtype, device=device, mtp=mtp)
     else:
-        mtp = mode == "on" or (mode == "auto" and has_mtp_layer(checkpoint))
         model = load_model(checkpoint, dtype=dtype, device=device, mtp=mtp)
     tokenizer = Tokenizer.from_dir(checkpoint)
     budget = int(os.environ.get("LEVEE_KV_BUDGET_MB", "256")) * 2**20

@@ -38,7 +38,7 @@ def _rank_main(rank: int, world: int, port: int, checkpoint: str, out: str, mode
 
     torch.set_num_threads(1)
     tp = parallel.init(rank, world, port=port, timeout=60)
-    model = load_model(checkpoint, dtype=torch.float32, device="cpu", tp=tp)
+    model = load_model(checkpoint, dtype=torch.float32, device="cpu", tp=tp, mtp=mode == "engine_mtp")
     vocab = model.args.vocab_size
     if mode == "logits":
         results = [model(torch.tensor([p])) for p in prompts(vocab)]
@@ -48,7 +48,8 @@ def _rank_main(rank: int, world: int, port: int, checkpoint: str, out: str, mode
         runner = parallel.ParallelRunner(model, tp)
         engine = Engine(runner, kv_budget_bytes=4 << 20, block_size=16).start()
         handles = [engine.submit(Request(p, SamplingParams(max_tokens=20, **GREEDY))) for p in prompts(vocab)]
-        torch.save([h.result(timeout=120).token_ids for h in handles], out)
+        done = [h.result(timeout=120).token_ids for h in handles]
+        torch.save(done if mode == "engine" else (done, engine.speculative, engine.stats()), out)
         engine.stop()
         runner.stop()
     else:
@@ -88,6 +89,22 @@ def test_greedy_generation_through_the_engine_is_identical_on_two_ranks(which, c
         engine.stop()
     assert all(len(t) == 20 for t in expected) and len({t for ts in expected for t in ts}) > 5
     assert run_two_ranks(path, tmp_path, "engine") == expected
+
+
+def test_speculation_on_two_ranks_gives_the_tokens_of_one_process_without_it(tmp_path):
+    """The demo checkpoint with its MTP layer split over 2 gloo ranks: the engine drafts (the MTP
+    layer's steps broadcast like the main model's) and still decodes exactly what one process
+    decodes without drafts."""
+    single = load_model(DEMO, dtype=torch.float32, device="cpu")
+    engine = Engine(single, kv_budget_bytes=4 << 20, block_size=16).start()
+    try:
+        expected = [engine.submit(Request(p, SamplingParams(max_tokens=20, **GREEDY))).result(timeout=120).token_ids
+                    for p in prompts(single.args.vocab_size)]
+    finally:
+        engine.stop()
+    got, speculative, stats = run_two_ranks(DEMO, tmp_path, "engine_mtp")
+    assert speculative and got == expected
+    assert 0 < stats["spec_accepted"] <= stats["spec_drafted"]
 
 
 def test_a_dead_rank_fails_the_job_with_a_clear_error_instead_of_hanging(monkeypatch):
