@@ -1,5 +1,5 @@
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
@@ -22,7 +22,7 @@ from levee.shield.store import ShieldRedisDown
 
 
 @require_http_methods(["GET", "POST"])
-def signup(request):
+def signup(request: HttpRequest) -> HttpResponse:
     # Mode, limits, proof of work (levee.shield.signup); usually already decided by the middleware.
     gate = getattr(request, "shield_signup_gate", None) or shield_signup.gate(request)
     if gate.refusal is not None:
@@ -53,7 +53,7 @@ def signup(request):
     return render(request, "accounts/signup.html", context, status=400 if form.errors else 200)
 
 
-def signup_sent(request):
+def signup_sent(request: HttpRequest) -> HttpResponse:
     return render(request, "accounts/signup_sent.html")
 
 
@@ -100,7 +100,8 @@ def _guarded_login(request: HttpRequest, door: str, attempt: Callable[[], HttpRe
     if guard is None:
         guard, refusal = shield_login.gate(request, door=door)
         if refusal is not None:
-            return cast(HttpResponse, refusal)
+            return refusal
+    assert guard is not None  # gate() hands back a guard whenever it lets the attempt through
     response = attempt()
     try:
         if response.status_code in (301, 302, 303) and request.user.is_authenticated:

@@ -5,5 +5,5 @@ class CoreConfig(AppConfig):
     name = "levee.core"
     label = "core"
 
-    def ready(self):
+    def ready(self) -> None:
         from levee.core import signals  # noqa: F401  (connects the receivers)

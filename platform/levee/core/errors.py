@@ -7,6 +7,8 @@ Everything that answers an API client with an error goes through `error_response
 """
 from __future__ import annotations
 
+from typing import Any
+
 from django.http import JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
@@ -35,7 +37,8 @@ def error_body(status: int, message: str | None = None, *, type: str | None = No
                       "param": param, "code": code or default_code}}
 
 
-def error_response(status: int, message: str | None = None, *, headers: dict | None = None, **kwargs) -> JsonResponse:
+def error_response(status: int, message: str | None = None, *, headers: dict | None = None,
+                   **kwargs: str | None) -> JsonResponse:
     response = JsonResponse(error_body(status, message, **kwargs), status=status)
     for name, value in (headers or {}).items():
         response[name] = value
@@ -58,7 +61,7 @@ _RANGE_CODES = {"max_value", "min_value", "max_length", "min_length", "invalid_c
                 "max_decimal_places", "max_whole_digits", "empty", "out_of_range"}
 
 
-def _first_validation_error(detail, path: str = "") -> tuple[str | None, str, str]:
+def _first_validation_error(detail: object, path: str = "") -> tuple[str | None, str, str]:
     if isinstance(detail, dict):
         for key, value in detail.items():
             name = key if key != "non_field_errors" else ""
@@ -69,7 +72,7 @@ def _first_validation_error(detail, path: str = "") -> tuple[str | None, str, st
     return (path or None), str(detail), code
 
 
-def api_exception_handler(exc, context):
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's exception handler, speaking the API's error format for every DRF view."""
     if isinstance(exc, ApiError):
         return Response(exc.body, status=exc.status_code, headers=exc.headers)
@@ -85,7 +88,8 @@ def api_exception_handler(exc, context):
         return Response(error_body(401, message), status=401,
                         headers={"WWW-Authenticate": 'Bearer realm="api"'})
     if isinstance(exc, drf.Throttled):
-        headers = {"Retry-After": str(int(exc.wait or 1))}
+        # DRF sets `wait` in Throttled.__init__; its stubs leave the attribute out.
+        headers = {"Retry-After": str(int(getattr(exc, "wait", None) or 1))}
         return Response(error_body(429), status=429, headers=headers)
     if isinstance(exc, drf.APIException):
         return Response(error_body(exc.status_code, str(exc.detail)), status=exc.status_code)

@@ -24,24 +24,30 @@ import logging
 import re
 import time
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("levee_request_id", default=None)
 account_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("levee_account_id", default=None)
 route_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("levee_route", default=None)
+# What `bind_request` hands back for `unbind`: each variable it set, with the token that restores it.
+LogTokens = list[tuple[contextvars.ContextVar[str | None], contextvars.Token[str | None]]]
 
 
-def bind_account(account_id) -> None:
+def bind_account(account_id: int | str | None) -> None:
     """Say which account the current request acts for; later log lines of the request carry it."""
     account_id_var.set(None if account_id is None else str(account_id))
 
 
-def bind_request(request_id: str | None, route: str | None = None) -> list[tuple[contextvars.ContextVar, contextvars.Token]]:
+def bind_request(request_id: str | None, route: str | None = None) -> LogTokens:
     """Start a request's logging context; returns tokens for `unbind`."""
     return [(request_id_var, request_id_var.set(request_id)), (route_var, route_var.set(route)),
             (account_id_var, account_id_var.set(None))]
 
 
-def unbind(tokens) -> None:
+def unbind(tokens: LogTokens) -> None:
     for var, token in reversed(tokens):
         try:
             var.reset(token)
@@ -75,7 +81,7 @@ def redact(text: str) -> str:
     return text
 
 
-def _redact_value(value):
+def _redact_value(value: object) -> object:
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
@@ -88,7 +94,7 @@ def _redact_value(value):
 _SENSITIVE_NAME = re.compile(r"(?i)(password|passwd|secret|authorization|api_?key|cookie|token|sessionid)(?![a-z])")
 
 
-def _sensitive_key(key) -> bool:
+def _sensitive_key(key: object) -> bool:
     return bool(_SENSITIVE_NAME.search(str(key)))
 
 
@@ -111,7 +117,7 @@ class RedactFilter(logging.Filter):
             # Django's own records (django.request, django.security) carry the request and quote its
             # raw path, which can hold a verification or reset token: name the route instead.
             message = _without_path(message, request)
-            del record.request
+            vars(record).pop("request", None)
         record.msg, record.args = redact(message), ()
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
@@ -126,7 +132,7 @@ class RedactFilter(logging.Filter):
         return True
 
 
-def _without_path(message: str, request) -> str:
+def _without_path(message: str, request: HttpRequest) -> str:
     try:
         from levee.core.routes import route_name
 
@@ -183,10 +189,9 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     """Human-readable, for a terminal: time, level, logger, request id, message, then key=value extras."""
 
-    converter = time.gmtime
-
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+        self.converter = time.gmtime  # times in UTC, as the trailing Z says
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
@@ -205,7 +210,7 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def logging_config(fmt: str, level: str = "INFO") -> dict:
+def logging_config(fmt: str, level: str = "INFO") -> dict[str, Any]:
     """The dictConfig for Django's LOGGING (and gunicorn's logconfig_dict): one console handler,
     context and redaction filters on it, JSON or text."""
     if fmt not in {"json", "text"}:

@@ -10,7 +10,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from django.db.models import Model
 
 _memos: list[Memo] = []
 MISSING = object()
@@ -57,16 +60,16 @@ class Memo:
 
         return await db(self.get)(key, compute)
 
-    def clear(self, *_args, **_kwargs) -> None:
+    def clear(self, *_args: object, **_kwargs: object) -> None:
         with self._lock:
             self._values.clear()
 
-    def clear_on_change(self, *models) -> None:
+    def clear_on_change(self, *models: type[Model]) -> None:
         """Clear when a row of any of `models` is saved or deleted in this process, and at its commit."""
         from django.db import transaction
         from django.db.models.signals import post_delete, post_save
 
-        def changed(*_args, **_kwargs):
+        def changed(*_args: object, **_kwargs: object) -> None:
             self.clear()
             transaction.on_commit(self.clear)
 

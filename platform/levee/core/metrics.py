@@ -59,7 +59,7 @@ TOKENS_PER_SECOND = Histogram("levee_tokens_per_second", "Decode speed of a fini
 KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
-def count_request(route: str, method: str, status: int, seconds: float) -> None:
+def count_request(route: str, method: str | None, status: int, seconds: float) -> None:
     REQUESTS.labels(route, method if method in KNOWN_METHODS else "other", str(status)).inc()
     REQUEST_SECONDS.labels(route).observe(seconds)
 

@@ -6,6 +6,8 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from csp import middleware as csp_middleware
@@ -14,7 +16,8 @@ from django.contrib.auth import middleware as auth_middleware
 from django.contrib.messages import middleware as message_middleware
 from django.contrib.sessions import middleware as session_middleware
 from django.core.exceptions import ImproperlyConfigured
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 from django.middleware import clickjacking, common, csrf, security
 from django.utils import translation
 from django.utils.cache import patch_vary_headers
@@ -26,6 +29,10 @@ from levee.core.routes import route_name
 API_PREFIXES = ("/v1/", "/api/", "/chat/completions", "/chat/api/", "/user/", "/models", "/beta/", "/anthropic/")
 _INCOMING_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
+# The next handler of a middleware: a response in a sync stack, an awaitable of one in an async stack.
+GetResponse = Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseBase]]
+_View = TypeVar("_View", bound=Callable[..., Any])
+
 
 class _Middleware:
     """Runs `before(request)` (which may answer early) and `after(request, response)` around the
@@ -34,29 +41,30 @@ class _Middleware:
     sync_capable = True
     async_capable = True
 
-    def __init__(self, get_response):
+    def __init__(self, get_response: GetResponse) -> None:
         self.get_response = get_response
         if iscoroutinefunction(get_response):
             markcoroutinefunction(self)
 
-    def __call__(self, request):
-        if iscoroutinefunction(self):
+    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
+        is_async = iscoroutinefunction(self)  # (in a variable: as a condition it would narrow `self`)
+        if is_async:
             return self._acall(request)
         response = self.before(request)
         if response is None:
-            response = self.get_response(request)
+            response = cast(HttpResponseBase, self.get_response(request))  # a sync stack: the response itself
         return self.after(request, response)
 
-    async def _acall(self, request):
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         response = self.before(request)
         if response is None:
-            response = await self.get_response(request)
+            response = await cast(Awaitable[HttpResponseBase], self.get_response(request))
         return self.after(request, response)
 
-    def before(self, request):
+    def before(self, request: HttpRequest) -> HttpResponseBase | None:
         return None
 
-    def after(self, request, response):
+    def after(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
         return response
 
 
@@ -66,7 +74,7 @@ class DatabaseUnavailableMiddleware(_Middleware):
     API does the same in its endpoint wrapper; this covers every other view (the web chat, pages).
     Costs nothing until a view raises."""
 
-    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponseBase | None:
         from django.db import DatabaseError
 
         if not isinstance(exception, DatabaseError):
@@ -78,28 +86,32 @@ class DatabaseUnavailableMiddleware(_Middleware):
 
 
 class RequestIdMiddleware(_Middleware):
-    """Every response carries x-request-id. A well-formed id from a trusted proxy is kept so logs join up."""
+    """Every response carries x-request-id. A well-formed id from a trusted proxy is kept so logs join up.
 
-    def before(self, request):
+    Levee's own request attributes (client_ip, request_id, the request log's start time) are set on
+    Django's request object; its stubs cannot declare them, hence the attr-defined ignores."""
+
+    def before(self, request: HttpRequest) -> None:
         from levee.core.net import client_ip, from_trusted_proxy
 
         incoming = request.META.get("HTTP_X_REQUEST_ID", "")
-        request.client_ip = client_ip(request)
+        request.client_ip = client_ip(request)  # type: ignore[attr-defined]  # Levee's own request attribute
         trusted_peer = from_trusted_proxy(request)
         if not trusted_peer:  # only a configured proxy may say the client spoke HTTPS (SECURE_PROXY_SSL_HEADER)
             request.META.pop("HTTP_X_FORWARDED_PROTO", None)
-        request.request_id = incoming if (trusted_peer and _INCOMING_ID.match(incoming)) else f"req_{secrets.token_hex(12)}"
+        request_id = incoming if (trusted_peer and _INCOMING_ID.match(incoming)) else f"req_{secrets.token_hex(12)}"
+        request.request_id = request_id  # type: ignore[attr-defined]  # Levee's own request attribute
         return None
 
-    def after(self, request, response):
-        response["x-request-id"] = request.request_id
+    def after(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        response["x-request-id"] = request.request_id  # type: ignore[attr-defined]  # Levee's own request attribute
         return response
 
 
 class BodySizeLimitMiddleware(_Middleware):
     """Refuse a declared body above the limit before anything reads it."""
 
-    def before(self, request):
+    def before(self, request: HttpRequest) -> HttpResponseBase | None:
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
@@ -121,14 +133,14 @@ class RequestLogMiddleware(_Middleware):
     client mint unbounded metric series.
     """
 
-    def before(self, request):
+    def before(self, request: HttpRequest) -> None:
         from levee.core import logging as levee_logging
 
-        request._levee_started = time.perf_counter()
-        request._levee_log_tokens = levee_logging.bind_request(getattr(request, "request_id", None))
+        request._levee_started = time.perf_counter()  # type: ignore[attr-defined]  # Levee's own request attribute
+        request._levee_log_tokens = levee_logging.bind_request(getattr(request, "request_id", None))  # type: ignore[attr-defined]  # Levee's own request attribute
         return None
 
-    def after(self, request, response):
+    def after(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
         from levee.core import logging as levee_logging
         from levee.core import metrics
 
@@ -155,7 +167,7 @@ class RequestLogMiddleware(_Middleware):
 access_log = logging.getLogger("levee.access")
 
 
-def _account_id(request) -> str | None:
+def _account_id(request: HttpRequest) -> str | None:
     """The account a finished request acted for, if anything already looked it up (no query here)."""
     key = getattr(request, "api_key", None)
     if key is not None:
@@ -174,10 +186,10 @@ def _account_id(request) -> str | None:
 # those that serve browsers (sessions, CSRF, login, messages, static files) are skipped on routes
 # whose views are marked @sessionless (key-authenticated API endpoints and probes).
 
-def sessionless(view):
+def sessionless(view: _View) -> _View:
     """Mark a view that never uses the browser session: the session, CSRF, authentication and
     messages middleware (levee.core.middleware.SiteOnly) pass its requests straight through."""
-    view.sessionless = True
+    view.sessionless = True  # type: ignore[attr-defined]  # a mark on the function, read back by getattr
     return view
 
 
@@ -191,7 +203,7 @@ def _sessionless_path(path_info: str) -> bool:
         return False
 
 
-def is_sessionless(request) -> bool:
+def is_sessionless(request: HttpRequest) -> bool:
     return _sessionless_path(request.path_info)
 
 
@@ -201,16 +213,18 @@ class Inline(_Middleware):
 
     inner_class: type
 
-    def __init__(self, get_response):
+    def __init__(self, get_response: GetResponse) -> None:
         super().__init__(get_response)
         inner = self.inner_class(get_response)
-        self._request_hook = getattr(inner, "process_request", None)
-        self._response_hook = getattr(inner, "process_response", None)
+        self._request_hook: Callable[[HttpRequest], HttpResponseBase | None] | None = getattr(
+            inner, "process_request", None)
+        self._response_hook: Callable[[HttpRequest, HttpResponseBase], HttpResponseBase] | None = getattr(
+            inner, "process_response", None)
 
-    def before(self, request):
+    def before(self, request: HttpRequest) -> HttpResponseBase | None:
         return self._request_hook(request) if self._request_hook else None
 
-    def after(self, request, response):
+    def after(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
         return self._response_hook(request, response) if self._response_hook else response
 
 
@@ -221,7 +235,7 @@ class SiteOnly:
     async_capable = True
     inner_class: type
 
-    def __init__(self, get_response):
+    def __init__(self, get_response: GetResponse) -> None:
         self.get_response = get_response
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
@@ -233,26 +247,28 @@ class SiteOnly:
         if hasattr(self.inner, "process_view"):
             self.process_view = self._aprocess_view if self.is_async else self._process_view
 
-    def __call__(self, request):
+    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
         if self.is_async:
             return self._acall(request)
         return self.get_response(request) if is_sessionless(request) else self.inner(request)
 
-    async def _acall(self, request):
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         if is_sessionless(request):
-            return await self.get_response(request)
+            return await cast(Awaitable[HttpResponseBase], self.get_response(request))
         return await self.inner(request)
 
-    def _process_view(self, request, view, args, kwargs):
+    def _process_view(self, request: HttpRequest, view: Callable[..., Any], args: tuple[Any, ...],
+                      kwargs: dict[str, Any]) -> HttpResponseBase | None:
         return None if is_sessionless(request) else self.inner.process_view(request, view, args, kwargs)
 
-    async def _aprocess_view(self, request, view, args, kwargs):
+    async def _aprocess_view(self, request: HttpRequest, view: Callable[..., Any], args: tuple[Any, ...],
+                             kwargs: dict[str, Any]) -> HttpResponseBase | None:
         if is_sessionless(request):
             return None
         return await sync_to_async(self.inner.process_view, thread_sensitive=True)(request, view, args, kwargs)
 
 
-def _wrap(base, inner_class):
+def _wrap(base: type, inner_class: type) -> type:
     # A subclass of the original too, so checks that look for it (admin's E408-E410) still find it.
     return type(inner_class.__name__, (base, inner_class), {"inner_class": inner_class, "__module__": __name__,
                                                 "__doc__": f"{inner_class.__module__}.{inner_class.__name__}, "
@@ -284,7 +300,7 @@ class LocaleMiddleware(_Middleware):
         request.LANGUAGE_CODE = translation.get_language()
         return None
 
-    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    def after(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
         if not (request.path.startswith(API_PREFIXES) or is_sessionless(request)):
             patch_vary_headers(response, ("Accept-Language", "Cookie"))
         response.headers.setdefault("Content-Language", getattr(request, "LANGUAGE_CODE", settings.LANGUAGE_CODE))
@@ -295,19 +311,19 @@ class StaticFilesMiddleware(_Middleware):
     """WhiteNoise, consulted only for paths under STATIC_URL (it is sync-only: elsewhere it would put
     every request of an async stack through a thread)."""
 
-    def __init__(self, get_response):
+    def __init__(self, get_response: GetResponse) -> None:
         super().__init__(get_response)
         from whitenoise.middleware import WhiteNoiseMiddleware
 
         self.whitenoise = WhiteNoiseMiddleware(lambda request: None)
         self.prefix = settings.STATIC_URL if settings.STATIC_URL.startswith("/") else "/" + settings.STATIC_URL
 
-    def before(self, request):
+    def before(self, request: HttpRequest) -> HttpResponseBase | None:
         return self.whitenoise(request) if request.path_info.startswith(self.prefix) else None
 
-    async def _acall(self, request):
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         if request.path_info.startswith(self.prefix):
             response = await sync_to_async(self.whitenoise, thread_sensitive=False)(request)
             if response is not None:
                 return response
-        return await self.get_response(request)
+        return await cast(Awaitable[HttpResponseBase], self.get_response(request))

@@ -30,7 +30,7 @@ def parse_ip(value: str) -> str | None:
     return None if addr is None else str(addr)
 
 
-def _trusted(addr) -> bool:
+def _trusted(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return any(addr in net for net in settings.TRUSTED_PROXY_CIDRS)
 
 
@@ -40,7 +40,7 @@ def from_trusted_proxy(request: HttpRequest) -> bool:
     return peer is not None and _trusted(peer)
 
 
-def client_ip(request) -> str:
+def client_ip(request: HttpRequest) -> str:
     """The client's address. X-Forwarded-For is read right to left and only through trusted proxies,
     so a client cannot choose its own address by sending the header itself."""
     return resolve(request.META.get("REMOTE_ADDR", "") or "", request.META.get("HTTP_X_FORWARDED_FOR", ""))

@@ -8,10 +8,12 @@ from __future__ import annotations
 import time
 
 from django.conf import settings
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
 
 
 class Phases:
-    def __init__(self, request):
+    def __init__(self, request: HttpRequest) -> None:
         self.parts: list[tuple[str, float]] = []
         self.last = getattr(request, "_levee_started", None) or time.perf_counter()
         received = getattr(request, "scope", {}).get("levee.received")
@@ -23,7 +25,7 @@ class Phases:
         self.parts.append((name, now - self.last))
         self.last = now
 
-    def apply(self, response):
+    def apply(self, response: HttpResponseBase) -> HttpResponseBase:
         if settings.LEVEE_SERVER_TIMING and self.parts:
             response["Server-Timing"] = ", ".join(f"{name};dur={seconds * 1000:.2f}" for name, seconds in self.parts)
         return response

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.template import loader
@@ -9,22 +11,22 @@ from levee.core.middleware import API_PREFIXES, sessionless  # noqa: F401 (API_P
 
 
 @sessionless
-def healthz(request):
+def healthz(request: HttpRequest) -> HttpResponse:
     """Liveness: the process answers. Touches neither the database nor Redis."""
     return HttpResponse("ok\n", content_type="text/plain")
 
 
-def _wants_json(request) -> bool:
+def _wants_json(request: HttpRequest) -> bool:
     return request.path.startswith(API_PREFIXES) or "application/json" in request.META.get("HTTP_ACCEPT", "")
 
 
-def not_found(request, exception=None):
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _wants_json(request):
         return error_response(404, f"No route for {request.method} {request.path}")
     return render(request, "404.html", status=404)
 
 
-def server_error(request):
+def server_error(request: HttpRequest) -> HttpResponse:
     if _wants_json(request):
         return error_response(500)
     try:  # without the request: its session or user may be what failed
@@ -49,8 +51,8 @@ def database_unavailable(request: HttpRequest) -> HttpResponse:
     return response
 
 
-def friendly_error(request, status: int, message: str | None = None, *, retry_after: int | None = None,
-                   title: str | None = None):
+def friendly_error(request: HttpRequest, status: int, message: str | None = None, *, retry_after: int | None = None,
+                   title: str | None = None) -> HttpResponse:
     """A 429 or 503 as the caller expects it: the API's error body for API paths and JSON clients,
     a page (429.html / 503.html) with the same Retry-After for browsers."""
     headers = {"Retry-After": str(retry_after)} if retry_after else {}
@@ -63,18 +65,18 @@ def friendly_error(request, status: int, message: str | None = None, *, retry_af
     return response
 
 
-def bad_request(request, exception=None):
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if _wants_json(request):
         return error_response(400, "Bad request")
     return HttpResponse("<h1>Bad request</h1>", status=400)
 
 
-def json_ok(data, status=200):
+def json_ok(data: Any, status: int = 200) -> JsonResponse:
     return JsonResponse(data, status=status)
 
 
 @sessionless
-def readyz(request):
+def readyz(request: HttpRequest) -> JsonResponse:
     """Readiness: the database, Redis and a live worker per enabled model. 200 or 503, JSON."""
     from levee.core.health import readiness
 
@@ -83,12 +85,12 @@ def readyz(request):
     response["Cache-Control"] = "no-store"
     # A red probe is the answer, not a server error: without this Django logs every 503 at ERROR,
     # once per probe per balancer, through the whole outage.
-    response._has_been_logged = True
+    response._has_been_logged = True  # type: ignore[attr-defined]  # Django's own flag (django.utils.log), not in the stubs
     return response
 
 
 @sessionless
-def metrics(request):
+def metrics(request: HttpRequest) -> HttpResponse:
     """Prometheus exposition, for the allowed networks or the bearer token only; 404 for everyone
     else, so the endpoint does not even admit to existing."""
     from prometheus_client import CONTENT_TYPE_LATEST
@@ -100,7 +102,7 @@ def metrics(request):
     return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)
 
 
-def metrics_allowed(request) -> bool:
+def metrics_allowed(request: HttpRequest) -> bool:
     import hmac
     import ipaddress
 

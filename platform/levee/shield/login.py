@@ -23,11 +23,13 @@ from __future__ import annotations
 import hashlib
 
 from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
 from django.utils.translation import gettext_noop
 
 from levee.shield import limiter, passes, stats, store
 from levee.shield.passes import KNOWN_DEVICE_COOKIE
-from levee.shield.subjects import Address, Site, counted_address, ip_of
+from levee.shield.subjects import Address, Site, Subject, counted_address, ip_of
 
 _KD_MAX_ACCOUNTS = 5
 
@@ -66,7 +68,7 @@ class LoginGuard:
     (SHIELD_ADMIN_LOGIN_*_TIERS); the staff door has its own, smaller attempt budgets (SHIELD_LIMITS
     "admin_login.*")."""
 
-    def __init__(self, request, email: str, *, door: str = "login"):
+    def __init__(self, request: HttpRequest, email: str, *, door: str = "login") -> None:
         if door not in DOORS:
             raise ValueError(f"unknown login door {door!r}")
         self.request, self.door = request, door
@@ -100,7 +102,7 @@ class LoginGuard:
         waits = [t for t in pipe.execute() if t and t > 0]
         if waits:
             return max(waits)
-        subjects = [] if getattr(self.request, "shield_allowlisted", False) else [Address(self.door, self.ip)]
+        subjects: list[Subject] = [] if getattr(self.request, "shield_allowlisted", False) else [Address(self.door, self.ip)]
         if not self.known_device:
             subjects.append(Site(self.door))  # the site-wide hashing budget of new browsers
         decision = limiter.check(subjects, {"requests": 1})
@@ -114,7 +116,7 @@ class LoginGuard:
             script(keys=list(self._keys(scope)), args=args)
         stats.count("failed_login")
 
-    def succeeded(self, response) -> None:
+    def succeeded(self, response: HttpResponseBase) -> None:
         store.client().delete(*self._keys(self.scopes[0][0]))
         accounts = [a for a in self._known_accounts() if a != self.account][: _KD_MAX_ACCOUNTS - 1]
         response.set_cookie(KNOWN_DEVICE_COOKIE, passes.known_device_cookie([self.account, *accounts]),
@@ -125,7 +127,7 @@ class LoginGuard:
         return passes.known_accounts(self.request.COOKIES.get(KNOWN_DEVICE_COOKIE))
 
 
-def gate(request, *, door: str = "login") -> tuple[LoginGuard | None, object]:
+def gate(request: HttpRequest, *, door: str = "login") -> tuple[LoginGuard | None, HttpResponse | None]:
     """Check a login POST before any password is hashed: (guard, None) to go ahead, or
     (guard or None, the refusal to send). Runs in the shield's middleware, so a refused attempt is
     answered on the event loop and never waits for (or occupies) the thread that runs sync views."""

@@ -1,6 +1,7 @@
 """How the shield says no: the API's error format for API clients, a friendly page for browsers."""
 from __future__ import annotations
 
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils.translation import gettext as _
 from django.utils.translation import gettext_noop
@@ -9,8 +10,8 @@ from levee.core.errors import error_response
 from levee.core.views import _wants_json
 
 
-def refuse(request, status: int, message: str, *, retry_after: int | None = None, title: str | None = None,
-           code: str | None = None, template: str = "shield/refused.html"):
+def refuse(request: HttpRequest, status: int, message: str, *, retry_after: int | None = None, title: str | None = None,
+           code: str | None = None, template: str = "shield/refused.html") -> HttpResponse:
     headers = {"Retry-After": str(retry_after)} if retry_after else {}
     if _wants_json(request):
         return error_response(status, message, code=code, headers=headers)
