@@ -99,7 +99,7 @@ def generate(model: Transformer, prompt: list[int], max_tokens: int, *, speculat
         draft, q = draft_from(prompt[1:] + [tok], hidden, 0)
     p_len = n  # position of `tok`
     while len(out) < max_tokens:
-        if not speculate:
+        if not speculate or len(out) + 2 > max_tokens:  # a draft only while both its tokens fit, as the engine
             h = model.hidden_states(torch.tensor([[tok]], device=dev), torch.tensor([p_len], device=dev),
                                     _Contiguous(cache, p_len, 1))
             tok = int(_draw(_probs(model.lm_head(h[0]), temperature), gen))
