@@ -20,7 +20,10 @@ closed within the sequence's max_tokens: `JsonTail` follows the text and knows t
 completion; when that completion needs as many tokens as are left, the mask forces its tokens one
 by one, and a sampled token after which the completion would no longer fit is replaced by the
 completion's first token (`guard`). The answer then ends in a whole JSON value even when max_tokens
-cuts it (finish_reason stays "length": it was cut).
+cuts it (finish_reason stays "length": it was cut). A grammar of one or more tool calls (`calls`)
+ends the calls block instead of starting another call when one as long as the longest so far, the
+block's end and eos would no longer fit (a model that keeps calling then still answers with whole
+calls, finish_reason "tool_calls").
 """
 from __future__ import annotations
 
@@ -190,11 +193,15 @@ class SequenceConstraint:
     trigger: int | None = None
     tokenizer: llguidance.LLTokenizer | None = None
     json_value: bool = False
+    calls: tuple[int, int, int] | None = None  # (call begin, call end, calls end) of a grammar of several calls
     active: bool = field(init=False)
     failed: bool = field(init=False, default=False)
     tail: JsonTail | None = field(init=False, default=None)
     forcing: list[int] = field(init=False, default_factory=list)  # the completion's tokens still to force
     forced_tokens: int = field(init=False, default=0)  # tokens the closing chose instead of the model
+    _call: int | None = field(init=False, default=None)  # tokens of the call being written
+    _longest_call: int = field(init=False, default=0)
+    _between_calls: bool = field(init=False, default=False)  # a call just ended: another, or the end
 
     def __post_init__(self) -> None:
         self.active = self.trigger is None
@@ -203,13 +210,13 @@ class SequenceConstraint:
 
     @classmethod
     def compile(cls, tokenizer: llguidance.LLTokenizer, grammar: str, trigger: int | None = None,
-                *, json_value: bool = False) -> SequenceConstraint:
+                *, json_value: bool = False, calls: tuple[int, int, int] | None = None) -> SequenceConstraint:
         import llguidance
 
         matcher = llguidance.LLMatcher(tokenizer, llguidance.LLMatcher.grammar_from_lark(grammar), log_level=0)
         if matcher.is_error():
             raise GrammarError(matcher.get_error())
-        return cls(matcher, trigger, tokenizer, json_value)
+        return cls(matcher, trigger, tokenizer, json_value, calls)
 
     @property
     def masking(self) -> bool:
@@ -217,7 +224,8 @@ class SequenceConstraint:
 
     @property
     def closing(self) -> bool:
-        return self.tail is not None and self.masking
+        """Whether the budget left can decide a token (a JSON value to close, calls to end)."""
+        return self.masking and (self.tail is not None or self.calls is not None)
 
     def _text(self, token: int) -> str:
         assert self.tokenizer is not None
@@ -240,9 +248,13 @@ class SequenceConstraint:
         one about to be sampled), or None: sampling is free within the grammar."""
         if not self.closing:
             return None
+        if self.calls is not None and self._between_calls and left < self._longest_call + 2:
+            # another call as long as the longest so far, then the end and eos, would not fit: end here
+            return self.calls[2]
         if self.forcing:
             return self.forcing[0]
-        assert self.tail is not None
+        if self.tail is None:
+            return None
         tokens = self._completion(self.tail)
         if tokens and len(tokens) >= left:
             self.forcing = tokens
@@ -252,9 +264,8 @@ class SequenceConstraint:
     def guard(self, token: int, left_after: int) -> int:
         """`token` if the value can still be closed in the `left_after` tokens that remain after it,
         else the first token of the completion (which then fits: it fitted before this step)."""
-        if not self.closing or self.forcing:
+        if not self.closing or self.forcing or self.tail is None:
             return token
-        assert self.tail is not None
         now = self.tail.completion()
         text = self._text(token)
         if now is None or len(now) + 4 * len(text) <= left_after:  # no character adds more than 4 to it
@@ -288,6 +299,19 @@ class SequenceConstraint:
             self.forced_tokens += 1
         if self.tail is not None:
             self.tail.feed(self._text(token))
+        if self.calls is not None:
+            self._count_call(token)
+
+    def _count_call(self, token: int) -> None:
+        begin, end, _calls_end = self.calls or (None, None, None)
+        self._between_calls = False
+        if token == begin:
+            self._call = 0
+        if self._call is not None:
+            self._call += 1
+            if token == end:
+                self._longest_call, self._call = max(self._longest_call, self._call), None
+                self._between_calls = True
 
 
 class BatchMasker:

@@ -30,7 +30,8 @@ from typing import Any
 #    ignores it reads the same job).
 # 4: a constraint may say `json_value` (a worker of version 3 could not read the message).
 # 5: the job may name its `reader` (reader_key: the web process following it).
-VERSION = 5
+# 6: a constraint may say `calls` (the ids that end a block of several calls in time).
+VERSION = 6
 GENERATE_TASK = "inference.generate"
 SETTLE_TASK = "levee.billing.settle"
 PLATFORM_QUEUE = "platform"
@@ -110,6 +111,7 @@ class Constraint:
     grammar: str
     trigger: int | None = None
     json_value: bool = False  # the grammar's output is one JSON value: the engine closes it within max_tokens
+    calls: list[int] | None = None  # [call begin, call end, calls end] ids of a several-calls grammar: ended in time
 
 
 @dataclass

@@ -112,10 +112,20 @@ def submit(engine, message: protocol.JobMessage, sink):
             raise ValueError("this engine was not built by serving.build_engine: it cannot compile grammars")
         tok = ll_tokenizer(ck.tokenizer_json, ck.vocab_size, ck.eos_token_id)
         constraint = SequenceConstraint.compile(tok, message.constraint.grammar, message.constraint.trigger,
-                                                json_value=message.constraint.json_value)
+                                                json_value=message.constraint.json_value,
+                                                calls=_calls(message.constraint.calls))
     return engine.submit(Request(prompt_ids=list(message.prompt_ids), params=params, user=message.user,
                                  deadline=message.deadline, request_id=message.job_id, constraint=constraint),
                          sink=sink)
+
+
+def _calls(ids: list[int] | None) -> tuple[int, int, int] | None:
+    """A constraint's [call begin, call end, calls end] ids, checked (None: not a several-calls grammar)."""
+    if not ids:
+        return None
+    if len(ids) != 3:
+        raise ValueError(f"constraint.calls needs 3 token ids, not {len(ids)}")
+    return ids[0], ids[1], ids[2]
 
 
 def job_event(event: Any, engine: Any = None) -> JobEvent:

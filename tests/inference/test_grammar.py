@@ -242,3 +242,45 @@ def test_a_json_object_answer_is_closed_within_max_tokens(engine, tok):
         if not closed:
             unclosed_valid.append(True)
     assert not all(unclosed_valid)  # without it, some answers are cut open: the closing is what holds
+
+
+def _calls_setup(tok):
+    from levee.api import tools as toolkit
+
+    ids = {n: tok.token_to_id(n) for n in (toolkit.CALLS_BEGIN, toolkit.CALLS_END, toolkit.CALL_BEGIN,
+                                           toolkit.CALL_END, toolkit.SEP)}
+    city = toolkit.Tool("get_weather", "Get the current weather in a city.", CITY)
+    flag = toolkit.Tool("check", "Check a flag.", FLAG)
+    grammar = toolkit.call_grammar([city, flag], family=toolkit.family_of(tok.chat_template), token_ids=ids)
+    prompt = tok.encode_chat([{"role": "user", "content": "What is the weather in Paris and in Rome?"}],
+                             tools=[city.as_openai(), flag.as_openai()])
+    return ids, grammar, prompt, [ids[toolkit.CALL_BEGIN], ids[toolkit.CALL_END], ids[toolkit.CALLS_END]]
+
+
+def test_several_calls_end_before_a_call_that_would_not_fit(tok):
+    from inference.grammar import SequenceConstraint, ll_tokenizer
+
+    ids, grammar, _prompt, calls = _calls_setup(tok)
+    ll = ll_tokenizer((CKPT / "tokenizer.json").read_text(encoding="utf-8"), 2112, tok.eos_token_id)
+    constraint = SequenceConstraint.compile(ll, grammar, calls=tuple(calls))
+    call = [calls[0], *ll.tokenize_str("get_weather"), tok.token_to_id("<｜tool▁sep｜>"),
+            *ll.tokenize_str('{"city":"Rome"}'), calls[1]]
+    assert constraint.matcher.validate_tokens([tok.token_to_id("<｜tool▁calls▁begin｜>"), *call]) == len(call) + 1
+    for t in [tok.token_to_id("<｜tool▁calls▁begin｜>"), *call]:
+        assert constraint.forced(100) is None  # room: the model chooses
+        constraint.advance(t)
+    assert constraint.forced(len(call) + 2) is None  # another call like it, the end and eos still fit
+    assert constraint.forced(len(call) + 1) == calls[2]  # they would not: the block ends now
+
+
+def test_a_model_that_keeps_calling_still_ends_its_calls_within_max_tokens(engine, tok):
+    _ids, grammar, prompt, calls = _calls_setup(tok)
+    sink: queue.SimpleQueue = queue.SimpleQueue()
+    runs = {}
+    for max_tokens in (30, 45, 60, 80):
+        for temperature in (0.0, 1.0):
+            handle = _submit(engine, prompt, max_tokens=max_tokens, temperature=temperature, sink=sink,
+                             constraint=protocol.Constraint(grammar, calls=calls))
+            runs[handle.request_id] = max_tokens
+    for job, (text, reason, _) in _collect(engine, sink, len(runs)).items():
+        assert reason == "stop" and text.endswith("<｜tool▁calls▁end｜>"), (runs[job], reason, text)

@@ -54,6 +54,11 @@ def _token_ids(tokenizer: Tokenizer, names: list[str]) -> dict[str, int]:
     return ids
 
 
+def _calls_ids(ids: dict[str, int]) -> list[int]:
+    """What the engine needs to end a block of several calls in time (protocol.Constraint.calls)."""
+    return [ids[toolkit.CALL_BEGIN], ids[toolkit.CALL_END], ids[toolkit.CALLS_END]]
+
+
 def build(model: LlmModel, chat: ChatRequest, *, beta: bool = False) -> Plan:
     """The plan of one chat request for `model`. Raises RequestError naming the parameter."""
     tokenizer = tokenizer_for(model)
@@ -84,21 +89,23 @@ def build(model: LlmModel, chat: ChatRequest, *, beta: bool = False) -> Plan:
         forced = offered if chat.tool_choice == "required" else [t for t in offered if t.name == chat.tool_choice]
         ids = _token_ids(tokenizer, [toolkit.CALLS_BEGIN, toolkit.CALLS_END, toolkit.CALL_BEGIN, toolkit.CALL_END,
                                      toolkit.SEP])
-        grammar = toolkit.call_grammar(forced, family=family, token_ids=ids,
-                                       parallel=chat.parallel_tool_calls and chat.tool_choice == "required")
-        constraint = protocol.Constraint(grammar=grammar)
+        parallel = chat.parallel_tool_calls and chat.tool_choice == "required"
+        grammar = toolkit.call_grammar(forced, family=family, token_ids=ids, parallel=parallel)
+        constraint = protocol.Constraint(grammar=grammar, calls=_calls_ids(ids) if parallel else None)
     elif parse_calls and family is not None and beta and chat.strict:
         # tool_choice auto: free text until the model begins a call, then the call follows the schemas
         ids = _token_ids(tokenizer, [toolkit.CALLS_BEGIN, toolkit.CALLS_END, toolkit.CALL_BEGIN, toolkit.CALL_END,
                                      toolkit.SEP])
         grammar = toolkit.call_grammar(offered, family=family, token_ids=ids, parallel=chat.parallel_tool_calls,
                                        after_begin=True)
-        constraint = protocol.Constraint(grammar=grammar, trigger=ids[toolkit.CALLS_BEGIN])
+        constraint = protocol.Constraint(grammar=grammar, trigger=ids[toolkit.CALLS_BEGIN],
+                                         calls=_calls_ids(ids) if chat.parallel_tool_calls else None)
     if constraint is not None and thinking and constraint.trigger is None:
         close = tokenizer.token_to_id(THINK_CLOSE)
         if close is None:
             raise _refuse("thinking", "this model cannot constrain an answer after its reasoning")
-        constraint = protocol.Constraint(grammar=constraint.grammar, trigger=close, json_value=constraint.json_value)
+        constraint = protocol.Constraint(grammar=constraint.grammar, trigger=close, json_value=constraint.json_value,
+                                         calls=constraint.calls)
 
     if model.reasoner:
         # DeepSeek's reasoner accepts these knobs and leaves them without effect.
