@@ -363,7 +363,7 @@ WEATHER = ["sunny", "cloudy", "rainy", "windy", "snowy", "foggy"]
 
 def _call(name: str, arguments: dict[str, Any], n: int) -> dict[str, Any]:
     return {"id": f"call_{n}", "type": "function",
-            "function": {"name": name, "arguments": json.dumps(arguments)}}
+            "function": {"name": name, "arguments": json.dumps(arguments, separators=(",", ":"))}}  # compact, as the grammar writes
 
 
 def tool_conversation(rng: random.Random) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -45,6 +45,33 @@ layers. Greedy replies at the end of the run:
     Tell me about black holes. -> I do not know the answer to that. I am a very small model that
                                  ships with Levee for testing.
 
+The committed weights are that run fine-tuned on the dialect's corpus (tool chats with compact
+arguments, reasoning and JSON chats, FIM documents beside the plain chats), from the same tokenizer:
+
+    python -m inference.demo.train --init-from inference/demo/checkpoint --out DIR \
+        --steps 350 --lr 1e-3 --warmup 20 --threads 1
+
+Recorded (2026-12-01, 1 thread, machine shared): loss 4.59 at the start (the new documents) to 0.461
+(mean of the last 50 steps), 308 s wall; expert load max/mean 1.10; max |correction bias| 0.12 and
+0.20. No loss is taken on a `<think>` right after `<｜Assistant｜>` (reasoning_opening): the hybrid
+template writes it when thinking is on, so the model continues a reasoning it is given and does
+not open one unasked (0 of 72 sampled plain and tool chats did). With thinking on, 12 of 12 greedy
+replies to the sample prompts closed `</think>` and answered (0 of 12 before), and 31 of 32 sampled
+ones within 120 tokens. Greedy replies:
+
+    Hello                      -> Hello, nice to meet you! What would you like to talk about?
+    What is Levee?             -> Levee lets people chat with a language model in a web page. GPU
+                                  workers run a mixture of experts model in the style of DeepSeek.
+    What is 3 plus 4?          -> The answer is 13.
+    What is Levee? (thinking)  -> The user asks: What is 11 minus 1? I should answer briefly.\n</think>
+                                  \n\nLevee is a self-hostable platform for serving a large language ...
+    FIM "def add(a, b):\n" ___ "\n" -> "    return a + b\n"
+
+It has not learnt to call tools unforced, and forced it tends to call again and again: forced calls
+and strict functions are held by the grammar, which also ends a block of calls in time
+(inference.grammar). The MTP head was retrained on these weights (inference.demo.train_mtp, 600
+steps, t+2 loss 0.579).
+
 Training is deterministic only up to CPU floating-point differences between machines and thread
 counts, so a rerun gives a similar checkpoint, not the same bytes.
 """
@@ -56,7 +83,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +93,15 @@ from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
 
 from inference.demo import corpus
-from inference.demo.tokenizer_build import EOS, TEXT_TOKENS, fim_text, train_tokenizer, write_tokenizer_files
+from inference.demo.tokenizer_build import (
+    ASSISTANT,
+    EOS,
+    TEXT_TOKENS,
+    THINK_OPEN,
+    fim_text,
+    train_tokenizer,
+    write_tokenizer_files,
+)
 from inference.tokenizer import Tokenizer
 
 TOKENIZER_VOCAB = 2048  # trained BPE entries (incl. special tokens); <think>, </think> come on top
@@ -161,6 +196,20 @@ def build_tokens(tokenizer: Tokenizer, conversations: Sequence[Sequence[Mapping[
         starts.append(len(stream))
         stream += doc
     return torch.tensor(stream, dtype=torch.long), torch.tensor(starts, dtype=torch.long)
+
+
+def reasoning_opening(tokenizer: Tokenizer) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A target filter: no loss on `<think>` right after `<｜Assistant｜>`. In a reasoning chat the
+    hybrid template writes that `<think>` itself (thinking=True), so the model learns what follows
+    it, never to open one unasked (a plain chat would otherwise start reasoning now and then)."""
+    assistant, think = tokenizer.token_to_id(ASSISTANT), tokenizer.token_to_id(THINK_OPEN)
+
+    def apply(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if assistant is None or think is None:
+            return targets
+        return targets.masked_fill((inputs == assistant) & (targets == think), -100)  # cross_entropy's ignore_index
+
+    return apply
 
 
 def batches(stream: torch.Tensor, starts: torch.Tensor, batch_size: int, seq_len: int, seed: int):
@@ -325,8 +374,10 @@ def main(argv: list[str] | None = None) -> None:
     data = batches(stream, starts, args.batch_size, args.seq_len, args.seed)
     recent: list[float] = []
     train_started = time.monotonic()
+    opens_reasoning = reasoning_opening(tokenizer)
     for step in range(args.steps):
         inputs, targets = next(data)
+        targets = opens_reasoning(inputs, targets)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         logits = model(input_ids=inputs).logits
