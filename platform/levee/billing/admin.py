@@ -34,8 +34,19 @@ from levee.billing.models import (
     Voucher,
     Wallet,
 )
-from levee.billing.money import format_amount
+from levee.billing.money import localized
 from levee.core.admin import ReadOnlyAdmin
+
+
+def _money(model: type, field: str, *, places: int = 9) -> Any:
+    """A list column for a nano-unit field, written as the reader's language writes money (all nine
+    places by default: operators see the exact amount), sorted by the field."""
+    def column(obj: Any) -> str:
+        value = getattr(obj, field)
+        return "" if value is None else localized(value, places=places)
+
+    column.__name__ = field
+    return admin.display(description=model._meta.get_field(field).verbose_name, ordering=field)(column)
 
 
 class FutureOnlyAdmin(admin.ModelAdmin):
@@ -64,25 +75,14 @@ class DiscountWindowAdmin(FutureOnlyAdmin):
 
 @admin.register(Wallet)
 class WalletAdmin(ReadOnlyAdmin):
-    list_display = ("user", "granted", "topped_up", "held", "updated_at")
+    list_display = ("user", _money(Wallet, "granted_nano"), _money(Wallet, "topped_up_nano"), _money(Wallet, "held_nano"),
+                    "updated_at")
     search_fields = ("user__email",)
     list_select_related = ("user",)
     actions = ["credit_or_debit"]
 
     def has_change_permission(self, request, obj=None):
         return obj is None and request.user.has_perm("billing.change_wallet")  # the action, never the form
-
-    @admin.display(description=_("granted"))
-    def granted(self, wallet):
-        return format_amount(wallet.granted_nano)
-
-    @admin.display(description=_("topped up"))
-    def topped_up(self, wallet):
-        return format_amount(wallet.topped_up_nano)
-
-    @admin.display(description=_("held"))
-    def held(self, wallet):
-        return format_amount(wallet.held_nano)
 
     @admin.action(description=_("Credit or debit selected wallets…"), permissions=["change"])
     def credit_or_debit(self, request, queryset):
@@ -99,7 +99,7 @@ class WalletAdmin(ReadOnlyAdmin):
             if done:
                 self.message_user(request, ngettext("Adjusted %(count)d wallet by %(amount)s.",
                                                     "Adjusted %(count)d wallets by %(amount)s.", done)
-                                  % {"count": done, "amount": format_amount(form.cleaned_data["amount"])}, messages.SUCCESS)
+                                  % {"count": done, "amount": localized(form.cleaned_data["amount"], places=9)}, messages.SUCCESS)
             return None
         return TemplateResponse(request, "billing/admin/adjust.html", {
             **self.admin_site.each_context(request), "title": gettext("Credit or debit wallets"), "form": form,
@@ -108,7 +108,8 @@ class WalletAdmin(ReadOnlyAdmin):
 
 @admin.register(LedgerEntry)
 class LedgerEntryAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "wallet", "kind", "granted_delta", "topped_up_delta", "held_delta", "actor", "reason")
+    list_display = ("created_at", "wallet", "kind", _money(LedgerEntry, "granted_delta"),
+                    _money(LedgerEntry, "topped_up_delta"), _money(LedgerEntry, "held_delta"), "actor", "reason")
     list_filter = ("kind",)
     search_fields = ("wallet__user__email", "external_id", "reason")
     list_select_related = ("wallet__user", "actor")
@@ -116,13 +117,14 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
 
 @admin.register(Grant)
 class GrantAdmin(ReadOnlyAdmin):
-    list_display = ("wallet", "amount_nano", "remaining_nano", "expires_at", "reason", "created_at")
+    list_display = ("wallet", _money(Grant, "amount_nano"), _money(Grant, "remaining_nano"), "expires_at", "reason",
+                    "created_at")
     search_fields = ("wallet__user__email",)
 
 
 @admin.register(Hold)
 class HoldAdmin(ReadOnlyAdmin):
-    list_display = ("id", "wallet", "model", "amount_nano", "status", "deadline", "created_at")
+    list_display = ("id", "wallet", "model", _money(Hold, "amount_nano"), "status", "deadline", "created_at")
     list_filter = ("status",)
     search_fields = ("request_id", "wallet__user__email")
 
@@ -130,14 +132,14 @@ class HoldAdmin(ReadOnlyAdmin):
 @admin.register(UsageRecord)
 class UsageRecordAdmin(ReadOnlyAdmin):
     list_display = ("started_at", "user", "model", "source", "prompt_cache_hit_tokens", "prompt_cache_miss_tokens",
-                    "completion_tokens", "cost_nano")
+                    "completion_tokens", _money(UsageRecord, "cost_nano"))
     list_filter = ("source", "model")
     search_fields = ("request_id", "user__email")
 
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyAdmin):
-    list_display = ("created_at", "actor", "action", "source", "wallet", "amount_nano", "reason")
+    list_display = ("created_at", "actor", "action", "source", "wallet", _money(AuditEvent, "amount_nano"), "reason")
     list_filter = ("action", "source")
 
 
@@ -157,7 +159,7 @@ class VoucherAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("amount"))
     def amount(self, voucher):
-        return format_amount(voucher.amount_nano, places=2)
+        return localized(voucher.amount_nano, places=2)
 
     def save_model(self, request: HttpRequest, obj: Voucher, form: forms.ModelForm, change: bool) -> None:
         services.save_voucher(obj, by=operator(request))
@@ -219,13 +221,13 @@ class TopupSwitchChangeAdmin(ReadOnlyAdmin):
 @admin.register(Payment)
 class PaymentAdmin(ReadOnlyAdmin):
     list_display = ("created_at", "user", "amount", "currency", "status", "refunded_minor", "disputed_minor",
-                    "unrecovered_nano", "session_id", "payment_intent")
+                    _money(Payment, "unrecovered_nano"), "session_id", "payment_intent")
     list_filter = ("status", "provider")
     search_fields = ("user__email", "session_id", "payment_intent")
 
     @admin.display(description=_("amount"))
     def amount(self, payment: Payment) -> str:
-        return format_amount(payment.amount_nano, places=2)
+        return localized(payment.amount_nano, places=2)
 
 
 @admin.register(ProviderEvent)
@@ -239,7 +241,8 @@ class ProviderEventAdmin(ReadOnlyAdmin):
 class AlertSettingsAdmin(ReadOnlyAdmin):
     """Owners set their alerts on the usage page (levee.billing.alerts.configure, audited)."""
 
-    list_display = ("user", "low_balance_nano", "daily_spend_nano", "daily_digest", "webhook_url", "updated_at")
+    list_display = ("user", _money(AlertSettings, "low_balance_nano"), _money(AlertSettings, "daily_spend_nano"),
+                    "daily_digest", "webhook_url", "updated_at")
     search_fields = ("user__email", "webhook_url")
     exclude = ("webhook_secret",)
 

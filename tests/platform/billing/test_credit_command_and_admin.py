@@ -103,3 +103,22 @@ def test_a_price_that_has_been_in_force_cannot_be_edited_in_admin(client, prices
     past.refresh_from_db()
     assert past.nano_per_token == 420
     assert client.post(f"/admin/billing/price/{past.pk}/delete/", {"post": "yes"}).status_code == 403
+
+
+def test_the_admins_money_columns_are_exact_and_written_as_the_language_writes_numbers(client, settings):
+    from django.utils import translation
+
+    from levee.billing import services
+
+    user = ada()
+    services.topup(wallet_for(user), 1_234_567_891_234, source="test", external_id="admin-money")  # 1234.567891234
+    client.force_login(root())
+    english = client.get("/admin/billing/wallet/").content.decode()
+    assert "1,234.567891234" in english  # every nano-unit, grouped
+    ledger = client.get("/admin/billing/ledgerentry/").content.decode()
+    assert "1,234.567891234" in ledger
+    with translation.override("de"):  # a language whose separators differ shows they come from Django
+        settings.LANGUAGES = [*settings.LANGUAGES, ("de", "Deutsch")]
+        german = client.get("/admin/billing/wallet/", HTTP_ACCEPT_LANGUAGE="de").content.decode()
+    assert "1.234,567891234" in german
+    assert client.get("/admin/billing/wallet/?o=2").status_code == 200  # the column sorts by its field
