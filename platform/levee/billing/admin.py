@@ -6,7 +6,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -38,7 +38,7 @@ from levee.billing.money import localized
 from levee.core.admin import ReadOnlyAdmin
 
 
-def _money(model: type, field: str, *, places: int = 9) -> Any:
+def _money(model: type[Model], field: str, *, places: int = 9) -> Any:
     """A list column for a nano-unit field, written as the reader's language writes money (all nine
     places by default: operators see the exact amount), sorted by the field."""
     def column(obj: Any) -> str:
