@@ -6,7 +6,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Model, QuerySet
+from django.db.models import Field, Model, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -46,7 +46,9 @@ def _money(model: type[Model], field: str, *, places: int = 9) -> Any:
         return "" if value is None else localized(value, places=places)
 
     column.__name__ = field
-    return admin.display(description=model._meta.get_field(field).verbose_name, ordering=field)(column)
+    model_field = model._meta.get_field(field)
+    assert isinstance(model_field, Field), field
+    return admin.display(description=model_field.verbose_name, ordering=field)(column)
 
 
 class FutureOnlyAdmin(admin.ModelAdmin):
