@@ -22,7 +22,7 @@ if LEVEE_ENV not in {"development", "production", "test"}:
 PRODUCTION = LEVEE_ENV == "production"
 
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = env_secret("SECRET_KEY")
+SECRET_KEY = env_secret("SECRET_KEY") or ""  # a str for every reader: unset is handled just below
 if not SECRET_KEY:
     if PRODUCTION:
         raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) is required when LEVEE_ENV=production")

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -31,23 +33,23 @@ class MitigationStateAdmin(admin.ModelAdmin):
     list_display = ("mode", "pinned", "reason", "changed_by", "changed_at")
     readonly_fields = ("reason", "changed_by", "changed_at")
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: MitigationState | None = None) -> bool:
         return False
 
-    def get_object(self, request, object_id, from_field=None):
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> MitigationState | None:
         services.get_state()  # the row always exists, even on a database emptied by hand
         return super().get_object(request, object_id, from_field)
 
-    def changelist_view(self, request, extra_context=None):
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponseRedirect:
         row = services.get_state()
         return HttpResponseRedirect(reverse("admin:shield_mitigationstate_change", args=[row.pk]))
 
-    def save_model(self, request, obj, form, change):
+    def save_model(self, request: HttpRequest, obj: MitigationState, form: forms.ModelForm, change: bool) -> None:
         changed = services.set_mode(form.cleaned_data["mode"], pinned=form.cleaned_data["pinned"],
-                                    reason=form.cleaned_data["change_reason"], by=request.user)
+                                    reason=form.cleaned_data["change_reason"], by=operator(request))
         if not changed:
             messages.info(request, gettext("The mode was already set that way; nothing changed."))
         obj.refresh_from_db()

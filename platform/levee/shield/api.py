@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from rest_framework.request import Request
 
 from levee.billing.tiers import api_tier
 from levee.core.errors import error_response
@@ -25,6 +27,10 @@ from levee.shield import limiter, state, store
 from levee.shield.limiter import Decision
 from levee.shield.shedding import shed
 from levee.shield.subjects import Account, Key, api_subjects, ip_of
+
+if TYPE_CHECKING:
+    from levee.keys.models import ApiKey
+    from levee.shield.models import LimitOverride
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +43,18 @@ def current_mode() -> str:
     return state.current_mode()
 
 
-def admit_api_request(request, api_key, *, model: str, estimated_tokens: int) -> Decision:
+def _http_request(request: HttpRequest | Request) -> HttpRequest:
+    """The Django request under a DRF one: the shield's marks (its decision, the allowlisting) live there."""
+    return request._request if isinstance(request, Request) else request
+
+
+def admit_api_request(request: HttpRequest | Request, api_key: ApiKey, *, model: str, estimated_tokens: int) -> Decision:
     """Requests per minute, tokens per minute (reserving `estimated_tokens`) and one concurrency lease,
     for the key, its account, the client's address and subnet, all or nothing, in one round trip.
     The decision is also remembered on the request, so the shield's middleware puts its
     x-ratelimit-* headers on the response. If the DRF throttle already counted this request, only
     tokens and the lease are taken here."""
-    http_request = getattr(request, "_request", request)
+    http_request = _http_request(request)
     earlier = getattr(http_request, "shield_decision", None)
     costs = {"tokens": max(0, int(estimated_tokens))}
     if earlier is None or not earlier.allowed:
@@ -51,19 +62,19 @@ def admit_api_request(request, api_key, *, model: str, estimated_tokens: int) ->
     decision = _decide(http_request, api_key, costs, lease=True)
     if earlier is not None and decision.allowed:
         decision.headers = {**earlier.headers, **decision.headers}
-    http_request.shield_decision = decision
+    http_request.shield_decision = decision  # type: ignore[attr-defined]  # read back by the shield's middleware
     return decision
 
 
-def admit_plain_request(request, api_key) -> Decision:
+def admit_plain_request(request: HttpRequest | Request, api_key: ApiKey) -> Decision:
     """Requests per minute only: every key-authenticated endpoint that is not a generation."""
-    http_request = getattr(request, "_request", request)
+    http_request = _http_request(request)
     decision = _decide(http_request, api_key, {"requests": 1}, lease=False)
-    http_request.shield_decision = decision
+    http_request.shield_decision = decision  # type: ignore[attr-defined]  # read back by the shield's middleware
     return decision
 
 
-def _decide(http_request, api_key, costs: dict, *, lease: bool) -> Decision:
+def _decide(http_request: HttpRequest, api_key: ApiKey, costs: dict[str, int], *, lease: bool) -> Decision:
     subjects = api_subjects(key_id=api_key.pk, user_id=api_key.user_id,
                             ip=ip_of(http_request),
                             allowlisted=getattr(http_request, "shield_allowlisted", False))
@@ -94,7 +105,7 @@ _fallback_lock = threading.Lock()
 _last_warning = 0.0
 
 
-def _without_redis(api_key) -> Decision:
+def _without_redis(api_key: ApiKey) -> Decision:
     global _last_warning
     tier = api_tier(api_key.user, api_key)
     now = time.monotonic()
@@ -126,7 +137,7 @@ def _without_redis(api_key) -> Decision:
     return decision
 
 
-def refusal_response(decision: Decision):
+def refusal_response(decision: Decision) -> JsonResponse:
     """The API's error response for a refused decision (429 rate limit or 503 overloaded)."""
     return decision.response()
 
@@ -156,13 +167,14 @@ def release_lease(lease: str | None) -> None:
 # login flood). Only a limit override not yet cached is read from the database, in that thread.
 
 
-def _overrides(key_id: int, user_id: int):
+def _overrides(key_id: int, user_id: int) -> tuple[LimitOverride | None, LimitOverride | None]:
     return state.override_for("api_key", key_id), state.override_for("user", user_id)
 
 
-async def aadmit_api_request(request, api_key, *, model: str, estimated_tokens: int) -> Decision:
+async def aadmit_api_request(request: HttpRequest | Request, api_key: ApiKey, *, model: str,
+                             estimated_tokens: int) -> Decision:
     """`admit_api_request` for async views."""
-    http_request = getattr(request, "_request", request)
+    http_request = _http_request(request)
     key_override = state.cached_override("api_key", api_key.pk)
     account_override = state.cached_override("user", api_key.user_id)
     if key_override is state.MISSING or account_override is state.MISSING:
@@ -183,7 +195,7 @@ async def aadmit_api_request(request, api_key, *, model: str, estimated_tokens: 
             decision.status, decision.message = 429, _refusal_message(decision)
     if earlier is not None and decision.allowed:
         decision.headers = {**earlier.headers, **decision.headers}
-    http_request.shield_decision = decision
+    http_request.shield_decision = decision  # type: ignore[attr-defined]  # read back by the shield's middleware
     return decision
 
 

@@ -6,7 +6,7 @@ class ShieldConfig(AppConfig):
     label = "shield"
     verbose_name = "Shield"
 
-    def ready(self):
+    def ready(self) -> None:
         from levee.core import dashboard, metrics
         from levee.shield import monitoring, signals  # noqa: F401  (signals connects receivers)
 

@@ -40,7 +40,7 @@ def is_disposable(email: str) -> bool:
     return any(".".join(labels[i:]) in blocked for i in range(len(labels) - 1))
 
 
-def find_canonical_twin(email: str):
+def find_canonical_twin(email: str) -> User | None:
     """The account whose address folds to the same canonical form, if any."""
     from levee.shield.models import SignupIdentity
 

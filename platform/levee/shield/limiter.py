@@ -23,13 +23,17 @@ from __future__ import annotations
 import hashlib
 import math
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.conf import settings
 from redis import exceptions as redis_exceptions
 
 from levee.shield import store, telemetry
+
+if TYPE_CHECKING:
+    from django.http import JsonResponse
 
 RATE, CONCURRENT = "rate", "concurrent"
 
@@ -95,7 +99,7 @@ class Decision:
     status: int = 429  # when refused: 429 rate limited, 503 overloaded / limiter unavailable
     message: str | None = None
 
-    def response(self):
+    def response(self) -> JsonResponse:
         """The API's error response for a refused decision, with Retry-After and x-ratelimit-*."""
         from levee.core.errors import error_response
 
@@ -247,12 +251,12 @@ class LuaScript:
         self._evalsha = b"$7\r\nEVALSHA\r\n" + _bulk(self.sha.encode())
         self._eval = b"$4\r\nEVAL\r\n" + _bulk(source.encode())
 
-    def run(self, keys: list[str], args: list = ()):
+    def run(self, keys: list[str], args: Sequence[object] = ()) -> Any:
         """Call it with `keys` and `args` (str() of each)."""
         items = [_int(len(keys)), *(_bulk(k.encode()) for k in keys), *(_bulk(str(a).encode()) for a in args)]
         return self.call(len(items), b"".join(items))
 
-    def call(self, count: int, body: bytes):
+    def call(self, count: int, body: bytes) -> Any:
         """`body`: the packed numkeys, keys and arguments, `count` elements."""
         head = b"*%d\r\n" % (count + 2)
         lane = store.lane()
@@ -261,7 +265,7 @@ class LuaScript:
         except redis_exceptions.NoScriptError:
             return lane.call(head + self._eval + body)
 
-    async def acall(self, count: int, body: bytes):
+    async def acall(self, count: int, body: bytes) -> Any:
         head = b"*%d\r\n" % (count + 2)
         lane = store.alane()
         try:
@@ -316,10 +320,10 @@ def _plan(subjects: list[Subject], costs: dict[str, int], lease_ttl: float | Non
                     continue
                 cost = 1
             else:
-                cost = costs.get(rule.name)
-                if cost is None:
+                given = costs.get(rule.name)
+                if given is None:
                     continue
-                cost = max(0, int(cost))
+                cost = max(0, int(given))
             picked.append((subject, rule, cost, _part(subject, rule)))
     return picked
 

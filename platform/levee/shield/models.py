@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -92,7 +93,7 @@ class AddressRule(models.Model):
     def __str__(self) -> str:
         return f"{self.action} {self.network}"
 
-    def save(self, *args, **kwargs):
+    def save(self, *args: Any, **kwargs: Any) -> None:
         self.network = str(ipaddress.ip_network(self.network, strict=False))
         super().save(*args, **kwargs)
 
@@ -122,7 +123,7 @@ class LimitOverride(models.Model):
     def __str__(self) -> str:
         return f"limits for {self.user or self.api_key}"
 
-    def clean(self):
+    def clean(self) -> None:
         if bool(self.user_id) == bool(self.api_key_id):
             raise ValidationError(_("Choose either an account or an API key."))
 

@@ -17,7 +17,7 @@ def get_state() -> MitigationState:
     return state_row
 
 
-def set_mode(mode: str, *, reason: str, by=None, pinned: bool | None = None,
+def set_mode(mode: str, *, reason: str, by: User | None = None, pinned: bool | None = None,
              source: str = ModeChange.OPERATOR) -> bool:
     """Move the site to `mode` (and set or clear the operator pin). Returns True if anything changed.
     The change is mirrored to Redis on commit, so every process follows within a second."""

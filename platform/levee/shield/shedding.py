@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from typing import cast
 
 from django.conf import settings
 
@@ -56,7 +57,7 @@ def queue_metrics(model: str) -> tuple[int, int]:
     pipe = store.broker().pipeline(transaction=False)
     pipe.llen(queue_name(model))
     depth = pipe.execute()[0]
-    wait_raw = store.client().get(wait_key(model))
+    wait_raw = cast(bytes | None, store.client().get(wait_key(model)))
     try:
         wait_ms = int(float(wait_raw)) if wait_raw is not None else 0
     except ValueError:

@@ -15,7 +15,7 @@ from levee.shield.models import AddressRule, LimitOverride
 
 @receiver([post_save, post_delete], sender=AddressRule)
 @receiver([post_save, post_delete], sender=LimitOverride)
-def _config_changed(sender, **kwargs):
+def _config_changed(sender: type, **kwargs: Any) -> None:
     transaction.on_commit(state.publish_config)
 
 

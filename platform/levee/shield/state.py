@@ -11,12 +11,19 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
 from django.conf import settings
 from django.utils import timezone
 
 from levee.shield import store
 from levee.shield.models import MODES, NORMAL
+
+if TYPE_CHECKING:
+    from levee.shield.models import LimitOverride
+
+# An address rule as each process holds it: the network, and when the rule lapses (epoch seconds) or None.
+_Rule = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, float | None]
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +41,9 @@ class _Snapshot:
     rules_raw: bytes | None = None
     redis_ok: bool = True
     rules_loaded: float = -1e9
-    deny: list = field(default_factory=list)
-    allow: list = field(default_factory=list)
-    overrides: dict = field(default_factory=dict)
+    deny: list[_Rule] = field(default_factory=list)
+    allow: list[_Rule] = field(default_factory=list)
+    overrides: dict[tuple[str, int], LimitOverride | None] = field(default_factory=dict)
 
 
 _snap = _Snapshot()
@@ -62,8 +69,11 @@ def _rules_from_db() -> bytes:
 
 def _refresh(now: float) -> None:
     """One MGET; the database only when Redis has lost its mirror (restart) or is unreachable."""
+    mode: str | bytes | None
+    rules_raw: bytes | None
+    version: bytes | None
     try:
-        mode, rules_raw, version = store.client().mget([MODE_KEY, RULES_KEY, VERSION_KEY])
+        mode, rules_raw, version = cast(list[bytes | None], store.client().mget([MODE_KEY, RULES_KEY, VERSION_KEY]))
         redis_ok = True
     except store.ShieldRedisDown:
         mode = rules_raw = version = None
@@ -91,7 +101,7 @@ def _refresh(now: float) -> None:
         _snap.version = version
 
 
-def _set_quietly(key: str, value: bytes, **kwargs) -> None:
+def _set_quietly(key: str, value: bytes, **kwargs: Any) -> None:
     try:
         store.client().set(key, value, **kwargs)
     except store.ShieldRedisDown:
@@ -99,7 +109,8 @@ def _set_quietly(key: str, value: bytes, **kwargs) -> None:
 
 
 def _parse_rules(raw: bytes) -> None:
-    deny, allow = [], []
+    deny: list[_Rule] = []
+    allow: list[_Rule] = []
     for row in json.loads(raw or b"[]"):
         entry = (ipaddress.ip_network(row["network"]), row["expires"])
         (deny if row["action"] == "deny" else allow).append(entry)
@@ -146,7 +157,7 @@ def address_verdict(ip: str) -> str | None:
     return None
 
 
-def override_for(kind: str, pk: int):
+def override_for(kind: str, pk: int) -> LimitOverride | None:
     """The LimitOverride of a user or key (or None), cached until the config version moves."""
     snap = _fresh()
     cache_key = (kind, pk)
@@ -164,7 +175,7 @@ def override_for(kind: str, pk: int):
 _MISSING = object()
 
 
-def cached_override(kind: str, pk: int):
+def cached_override(kind: str, pk: int) -> object:
     """The cached override (or None), or `state.MISSING` when a database read is needed first.
     Never refreshes and never touches the database: safe on the event loop."""
     if due():

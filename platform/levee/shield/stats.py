@@ -5,6 +5,8 @@ bucket: per minute (`per_minute`, dashboards), per second (the sliding ~10 s win
 reads) and per ten seconds (the recent baseline that window is compared with)."""
 from __future__ import annotations
 
+from typing import cast
+
 from levee.shield import store
 from levee.shield.limiter import LuaScript
 
@@ -59,8 +61,8 @@ def count(event: str) -> None:
 def per_minute(event: str) -> int:
     """The busier of the last complete minute and the current one."""
     client = store.client()
-    now_minute = int(client.time()[0]) // 60
-    values = client.mget([f"{prefix(event)}:{now_minute - 1}", f"{prefix(event)}:{now_minute}"])
+    now_minute = int(cast(tuple[int, int], client.time())[0]) // 60
+    values = cast(list[bytes | None], client.mget([f"{prefix(event)}:{now_minute - 1}", f"{prefix(event)}:{now_minute}"]))
     return max(int(v or 0) for v in values)
 
 

@@ -7,13 +7,14 @@ from functools import lru_cache
 from typing import Any, cast
 
 from django.conf import settings
+from django.http import HttpRequest
 
 from levee.shield import state
 from levee.shield.limiter import CONCURRENT, RATE, Rule, Subject
-from levee.shield.models import NORMAL
+from levee.shield.models import NORMAL, LimitOverride
 
 
-def _rules_from(spec: dict) -> list[Rule]:
+def _rules_from(spec: dict[str, Any]) -> list[Rule]:
     rules = []
     for name, value in spec.items():
         if name == "jobs":
@@ -49,7 +50,7 @@ class Address(Subject):
         return f"{self.action}.address:{self.ip}"
 
     def rules(self) -> list[Rule]:
-        return _rules_from(settings.SHIELD_LIMITS.get(f"{self.action}.address", {}))
+        return _rules_from(_spec_or_none(f"{self.action}.address"))
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class Subnet(Subject):
         return f"{self.action}.subnet:{subnet_of(self.ip)}"
 
     def rules(self) -> list[Rule]:
-        rules = _rules_from(settings.SHIELD_LIMITS.get(f"{self.action}.subnet", {}))
+        rules = _rules_from(_spec_or_none(f"{self.action}.subnet"))
         if self.action == "signup" and self.mode != NORMAL:
             div = settings.SHIELD_ELEVATED_SUBNET_DIVISOR
             rules = [Rule(r.name, max(1, r.limit // div), r.period, r.kind) for r in rules]
@@ -79,7 +80,7 @@ class Site(Subject):
         return f"{self.action}.global"
 
     def rules(self) -> list[Rule]:
-        return _rules_from(settings.SHIELD_LIMITS.get(f"{self.action}.global", {}))
+        return _rules_from(_spec_or_none(f"{self.action}.global"))
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,11 @@ class SignupTrickle(Subject):
 
 def _spec(name: str) -> dict[str, Any]:
     return cast(dict[str, Any], settings.SHIELD_LIMITS[name])
+
+
+def _spec_or_none(name: str) -> dict[str, Any]:
+    """The rules of `name`, or none when SHIELD_LIMITS has no entry for it."""
+    return cast(dict[str, Any], settings.SHIELD_LIMITS.get(name, {}))
 
 
 @dataclass(frozen=True)
@@ -138,12 +144,12 @@ class MailDomain(Subject):
         return _rules_from(_spec("mail.domain"))
 
 
-def _apply_override(rules: list[Rule], override) -> list[Rule]:
+def _apply_override(rules: list[Rule], override: LimitOverride | None) -> list[Rule]:
     if override is None:
         return rules
     fields = {"requests": override.requests_per_minute, "tokens": override.tokens_per_minute,
               "jobs": override.concurrent_jobs}
-    return [Rule(r.name, fields[r.name] if fields.get(r.name) else r.limit, r.period, r.kind) for r in rules]
+    return [Rule(r.name, fields.get(r.name) or r.limit, r.period, r.kind) for r in rules]
 
 
 @dataclass(frozen=True)
@@ -156,8 +162,9 @@ class Account(Subject):
         return f"api.account:{self.user_id}"
 
     def rules(self) -> list[Rule]:
-        override = state.override_for("user", self.user_id) if self.override is state.MISSING else self.override
-        return _apply_override(_rules_from(settings.SHIELD_LIMITS["api.account"]), override)
+        override = (state.override_for("user", self.user_id) if self.override is state.MISSING
+                    else cast("LimitOverride | None", self.override))
+        return _apply_override(_rules_from(_spec("api.account")), override)
 
 
 @dataclass(frozen=True)
@@ -169,23 +176,24 @@ class Key(Subject):
         return f"api.key:{self.key_id}"
 
     def rules(self) -> list[Rule]:
-        override = state.override_for("api_key", self.key_id) if self.override is state.MISSING else self.override
-        return _apply_override(_rules_from(settings.SHIELD_LIMITS["api.key"]), override)
+        override = (state.override_for("api_key", self.key_id) if self.override is state.MISSING
+                    else cast("LimitOverride | None", self.override))
+        return _apply_override(_rules_from(_spec("api.key")), override)
 
 
 def api_subjects(*, key_id: int, user_id: int, ip: str | None, allowlisted: bool = False,
-                 key_override=state.MISSING, account_override=state.MISSING) -> list[Subject]:
+                 key_override: object = state.MISSING, account_override: object = state.MISSING) -> list[Subject]:
     subjects: list[Subject] = [Key(key_id, key_override), Account(user_id, account_override)]
     if ip and not allowlisted:
         subjects += [Address("api", ip), Subnet("api", ip)]
     return subjects
 
 
-def ip_of(request) -> str:
+def ip_of(request: HttpRequest) -> str:
     """The client address RequestIdMiddleware resolved, or resolve it (code paths without the middleware)."""
     ip = getattr(request, "client_ip", None)
     if ip is None:
         from levee.core.net import client_ip
 
-        ip = request.client_ip = client_ip(request)
+        ip = request.client_ip = client_ip(request)  # type: ignore[attr-defined]  # as RequestIdMiddleware sets it
     return ip

@@ -15,5 +15,5 @@ def evaluate_mode() -> str | None:
 
 @shared_task(name="levee.shield.evaluate_mode", queue="platform", ignore_result=True,
              soft_time_limit=5, time_limit=10)
-def evaluate_mode_task():
+def evaluate_mode_task() -> str | None:
     return evaluate_mode()

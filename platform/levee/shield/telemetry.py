@@ -3,6 +3,14 @@
 Label values come from small fixed sets (rule names like `api.key.requests`, outcomes)."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from levee.shield.limiter import Outcome
+
+_count_decision: Callable[[str, str], None] | None
+_count_signup: Callable[[str], None] | None
 try:
     from levee.core.metrics import count_limiter_decision as _count_decision
     from levee.core.metrics import count_signup as _count_signup
@@ -18,7 +26,7 @@ def rule_decided(label: str, allowed: bool) -> None:
         _count_decision(label, "allowed" if allowed else "limited")
 
 
-def limiter_outcomes(outcomes) -> None:
+def limiter_outcomes(outcomes: Iterable[Outcome]) -> None:
     for o in outcomes:
         rule_decided(f"{o.subject.key().split(':', 1)[0]}.{o.rule.name}", o.allowed)
 

@@ -1,8 +1,10 @@
 """Create the mitigation-state row and record the canonical address of every existing account."""
+from django.apps.registry import Apps
 from django.db import migrations
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 
 
-def forwards(apps, schema_editor):
+def forwards(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     from levee.shield.emails import canonical_email
 
     apps.get_model("shield", "MitigationState").objects.get_or_create(pk=1)
