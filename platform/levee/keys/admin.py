@@ -1,7 +1,10 @@
 from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from levee.accounts.operators import operator
 from levee.keys.models import ApiKey
 from levee.keys.services import revoke_api_key
 
@@ -19,11 +22,12 @@ class ApiKeyAdmin(admin.ModelAdmin):
     actions = ["revoke"]
     list_select_related = ("user",)
 
-    def has_add_permission(self, request):
+    def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # keys are made by their owner (or create_api_key), so the secret is shown once to them
 
     @admin.action(description=_("Revoke selected keys"))
-    def revoke(self, request, queryset):
-        count = sum(revoke_api_key(key, by=request.user, source="admin") for key in queryset)
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        by = operator(request)
+        count = sum(revoke_api_key(key, by=by, source="admin") for key in queryset)
         self.message_user(request, ngettext("Revoked %(count)d key.", "Revoked %(count)d keys.", count) % {"count": count},
                           messages.SUCCESS)

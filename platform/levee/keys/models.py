@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -52,6 +54,6 @@ class ApiKey(models.Model):
         pairs = (("day", self.daily_cap_nano), ("month", self.monthly_cap_nano), ("lifetime", self.lifetime_cap_nano))
         return {period: cap for period, cap in pairs if cap is not None}
 
-    def is_usable(self, now=None) -> bool:
+    def is_usable(self, now: datetime | None = None) -> bool:
         now = now or timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

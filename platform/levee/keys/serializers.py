@@ -16,7 +16,7 @@ class ApiKeySerializer(serializers.ModelSerializer):
         fields = ["id", "name", "prefix", "created_at", "last_used_at", "expires_at", "revoked", "revoked_at",
                   "spend_caps"]
 
-    def get_revoked(self, obj) -> bool:
+    def get_revoked(self, obj: ApiKey) -> bool:
         return obj.revoked_at is not None
 
     def get_spend_caps(self, obj: ApiKey) -> dict[str, Any]:

@@ -6,10 +6,11 @@ import hmac
 import re
 import secrets
 import string
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from levee.accounts.models import User
@@ -38,12 +39,12 @@ def digest_of(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def active_keys(user: User):
+def active_keys(user: User) -> QuerySet[ApiKey]:
     now = timezone.now()
     return ApiKey.objects.filter(user=user, revoked_at__isnull=True).exclude(expires_at__lte=now)
 
 
-def create_api_key(user: User, *, name: str = "", expires_at=None) -> tuple[ApiKey, str]:
+def create_api_key(user: User, *, name: str = "", expires_at: datetime | None = None) -> tuple[ApiKey, str]:
     """Make a key for a verified account under its cap. Returns (row, the secret shown once)."""
     if not user.is_verified:
         raise KeyRefused("email_not_verified", "Verify your email address before creating API keys.")
@@ -78,7 +79,7 @@ def _lookup(raw: str, wanted: str) -> ApiKey | None:
     return None
 
 
-def _admit(key: ApiKey | None, now) -> ApiKey | None:
+def _admit(key: ApiKey | None, now: datetime) -> ApiKey | None:
     if key is None or not key.is_usable(now) or not key.user.is_active:
         return None
     bind_account(key.user_id)  # log lines of this request carry the account from here on
@@ -110,12 +111,12 @@ async def aauthenticate_key(raw: str) -> ApiKey | None:
     return await db(authenticate_key)(raw)
 
 
-def _touch_due(key: ApiKey, now) -> bool:
+def _touch_due(key: ApiKey, now: datetime) -> bool:
     window = timedelta(seconds=settings.LEVEE_KEY_LAST_USED_RESOLUTION)
     return key.last_used_at is None or now - key.last_used_at >= window
 
 
-def _touch(key: ApiKey, now) -> None:
+def _touch(key: ApiKey, now: datetime) -> None:
     """Record use at most once per resolution window, so a busy key does not write on every request."""
     ApiKey.objects.filter(pk=key.pk).update(last_used_at=now)
     key.last_used_at = now

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import cast
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.db import transaction
@@ -28,10 +30,10 @@ from levee.keys.serializers import (
 
 
 @api_view(["GET", "POST"])
-def keys_collection(request):
+def keys_collection(request: Request) -> Response:
     """The owner's keys (session-authenticated, CSRF-checked). POST returns the secret once."""
     if request.method == "GET":
-        keys = ApiKey.objects.filter(user=request.user)
+        keys = ApiKey.objects.filter(user=signed_in(request))
         return Response({"object": "list", "data": ApiKeySerializer(keys, many=True).data})
     form = CreateApiKeySerializer(data=request.data)
     form.is_valid(raise_exception=True)
@@ -39,9 +41,9 @@ def keys_collection(request):
     wanted_caps = {name: fields.pop(name) for name in CAP_NAMES if name in fields}
     try:
         with transaction.atomic():
-            key, raw = services.create_api_key(request.user, **fields)
+            key, raw = services.create_api_key(signed_in(request), **fields)
             if any(value is not None for value in wanted_caps.values()):
-                _set_caps(key, wanted_caps, actor=request.user)
+                _set_caps(key, wanted_caps, actor=signed_in(request))
     except services.KeyRefused as exc:
         raise ApiError(403 if exc.code in {"email_not_verified", "account_inactive"} else 422,
                        exc.message, code=exc.code) from None
@@ -73,19 +75,19 @@ def key_detail(request: Request, key_id: int) -> Response:
 
 
 @api_view(["POST"])
-def revoke_key(request, key_id: int):
-    key = get_object_or_404(ApiKey, pk=key_id, user=request.user)
-    services.revoke_api_key(key, by=request.user)
+def revoke_key(request: Request, key_id: int) -> Response:
+    key = get_object_or_404(ApiKey, pk=key_id, user=signed_in(request))
+    services.revoke_api_key(key, by=signed_in(request))
     return Response(ApiKeySerializer(key).data)
 
 
 @sessionless
 @api_view(["GET"])
 @authentication_classes([ApiKeyAuthentication])
-def whoami(request):
+def whoami(request: Request) -> Response:
     """The smallest key-authenticated endpoint: who does this key belong to."""
-    key = request.auth
-    return Response({"object": "account", "email": request.user.email,
+    key = cast(ApiKey, request.auth)  # what ApiKeyAuthentication authenticates with
+    return Response({"object": "account", "email": signed_in(request).email,
                      "key": {"prefix": key.prefix, "name": key.name}})
 
 
