@@ -33,5 +33,5 @@ class UserAdmin(BaseUserAdmin):
             record_canonical_email(obj)
 
     @admin.display(boolean=True, description=_("verified"))
-    def is_verified(self, obj):
+    def is_verified(self, obj: User) -> bool:
         return obj.is_verified

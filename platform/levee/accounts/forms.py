@@ -1,3 +1,5 @@
+from typing import Any
+
 from django import forms
 from django.contrib.auth import forms as auth_forms
 from django.contrib.auth import password_validation
@@ -18,7 +20,7 @@ class SignUpForm(forms.Form):
     pow_challenge = forms.CharField(required=False, max_length=200, widget=forms.HiddenInput)
     pow_nonce = forms.CharField(required=False, max_length=64, widget=forms.HiddenInput)
 
-    def clean_email(self):
+    def clean_email(self) -> str:
         from levee.shield.emails import is_disposable
 
         email = clean_email(self.cleaned_data["email"])
@@ -27,8 +29,9 @@ class SignUpForm(forms.Form):
                                   code="disposable")
         return email
 
-    def clean(self):
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data  # what Form.clean returns
         if "email" in data and "password" in data:
             try:
                 password_validation.validate_password(data["password"], User(email=data["email"]))

@@ -5,7 +5,9 @@ validators as a sign-up; with --verified the account counts as verified (and get
 brings, such as the sign-up credit). The password comes from a prompt or --password-file, never argv.
 """
 import getpass
+from argparse import ArgumentParser
 from pathlib import Path
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
@@ -16,14 +18,16 @@ from levee.accounts.services import create_user
 class Command(BaseCommand):
     help = "Create a user: create_user EMAIL [--verified] [--staff] [--password-file PATH]"
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("email")
         parser.add_argument("--verified", action="store_true", help="mark the email as verified")
         parser.add_argument("--staff", action="store_true", help="give admin access (staff and superuser)")
         parser.add_argument("--password-file", help="read the password from this file's first line")
         parser.add_argument("--no-password", action="store_true", help="create without a usable password")
 
-    def handle(self, email, verified, staff, password_file, no_password, **_):
+    def handle(self, email: str, verified: bool, staff: bool, password_file: str | None, no_password: bool,
+               **options: Any) -> None:
+        password: str | None
         if no_password:
             password = None
         elif password_file:
