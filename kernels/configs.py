@@ -89,8 +89,9 @@ DEFAULT_SHARED_MEMORY = 227 * 1024  # what a Hopper block may have; the launcher
 def shared_memory_needed(cfg: Config, element_size: int, b_tiles: int) -> int:
     """Bytes of pipelined tiles: stages × (A tile + b_tiles × B tile). GEMM 1 has two B tiles (gate
     and up). Matches what Triton 3.6 asked for on an H200 for the configs it refused."""
-    tile = cfg["BLOCK_M"] * cfg["BLOCK_K"] + b_tiles * cfg["BLOCK_N"] * cfg["BLOCK_K"]
-    return cfg["num_stages"] * tile * element_size
+    tile: int = cfg["BLOCK_M"] * cfg["BLOCK_K"] + b_tiles * cfg["BLOCK_N"] * cfg["BLOCK_K"]
+    stages: int = cfg["num_stages"]
+    return stages * tile * element_size
 
 
 def fit_shared_memory(cfg: Config, element_size: int, b_tiles: int,

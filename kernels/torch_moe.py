@@ -51,6 +51,7 @@ import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -66,10 +67,11 @@ def matmul_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 @functools.cache
-def _onednn_op():
+def _onednn_op() -> Callable[..., torch.Tensor] | None:
     """torch.ops.mkldnn._linear_pointwise, or None where this torch lacks it (no mkldnn build)."""
     try:
-        if not torch.backends.mkldnn.is_available():
+        mkldnn_available = cast(Callable[[], bool], torch.backends.mkldnn.is_available)  # unannotated in torch
+        if not mkldnn_available():
             return None
         return torch.ops.mkldnn._linear_pointwise.default
     except (AttributeError, RuntimeError):
@@ -103,9 +105,16 @@ def _onednn_preferred() -> bool:
     return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
 
 
+def _linear_pointwise() -> Callable[..., torch.Tensor]:
+    op = _onednn_op()
+    if op is None:
+        raise RuntimeError("this torch has no oneDNN inner product (torch.ops.mkldnn._linear_pointwise)")
+    return op
+
+
 def onednn_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x @ w.t() through oneDNN's inner product; w read in place (no reorder, no copy)."""
-    return _onednn_op()(x, w, None, "none", [], "")
+    return _linear_pointwise()(x, w, None, "none", [], "")
 
 
 def onednn_linear_t(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -113,7 +122,7 @@ def onednn_linear_t(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     straight into the kernel instead of being transposed into blocks first, and x's few rows sit in
     one vector. That costs the same per weight byte up to 16 rows (one AVX-512 vector of fp32),
     where the usual orientation has slowed down (docs/kernels.md)."""
-    return _onednn_op()(w, x, None, "none", [], "")
+    return _linear_pointwise()(w, x, None, "none", [], "")
 
 
 TRANSPOSED_ROWS = (8, 16)  # fp32 rows per expert for which onednn_linear_t is used (measured band)
@@ -158,7 +167,7 @@ def prepack_min_rows() -> int:
 
 
 @functools.cache
-def _reorder_op():
+def _reorder_op() -> Callable[[torch.Tensor], torch.Tensor] | None:
     """torch.ops.mkldnn._reorder_linear_weight, or None where this torch lacks it."""
     if not onednn_available():
         return None
@@ -200,8 +209,11 @@ class _PackedWeights:
         expert in one call; two concurrent calls might, harmlessly, both pack it)."""
         packed = self.experts[index]
         if packed is None:
+            reorder = _reorder_op()
+            if reorder is None:
+                raise RuntimeError("this torch has no oneDNN weight reorder (torch.ops.mkldnn._reorder_linear_weight)")
             with torch.no_grad():
-                packed = _reorder_op()(weight[index].contiguous())
+                packed = reorder(weight[index].contiguous())
             self.experts[index] = packed
         return packed
 
@@ -210,8 +222,8 @@ _packed: dict[int, _PackedWeights] = {}  # id(weight tensor) -> its packed exper
 _packed_lock = threading.RLock()  # reentrant: a weakref callback may run inside a locked section
 
 
-def _forget_packed(key: int) -> Callable[[weakref.ref], None]:
-    def forget(ref: weakref.ref) -> None:
+def _forget_packed(key: int) -> Callable[[weakref.ref[torch.Tensor]], None]:
+    def forget(ref: weakref.ref[torch.Tensor]) -> None:
         with _packed_lock:
             entry = _packed.get(key)
             if entry is not None and entry.ref is ref:
@@ -237,17 +249,20 @@ def packed_layer(w13: torch.Tensor, w2: torch.Tensor) -> tuple[_PackedWeights, _
     keys = (id(w13), id(w2))
     with _packed_lock:
         entries = [_packed.get(key) for key in keys]
-        if all(e is not None and e.valid_for(w) for e, w in zip(entries, (w13, w2), strict=True)):
-            return entries[0], entries[1]
+        e13, e2 = entries
+        if e13 is not None and e13.valid_for(w13) and e2 is not None and e2.valid_for(w2):
+            return e13, e2
         others = sum(e.nbytes for k, e in _packed.items() if k not in keys)
         if others + w13.nbytes + w2.nbytes > _prepack_budget():
             for key in keys:
                 _packed.pop(key, None)
             return None
-        for i, (key, weight) in enumerate(zip(keys, (w13, w2), strict=True)):
-            if entries[i] is None or not entries[i].valid_for(weight):
-                entries[i] = _packed[key] = _PackedWeights(weight)
-        return entries[0], entries[1]
+        fresh: list[_PackedWeights] = []
+        for entry, key, weight in zip(entries, keys, (w13, w2), strict=True):
+            if entry is None or not entry.valid_for(weight):
+                entry = _packed[key] = _PackedWeights(weight)
+            fresh.append(entry)
+        return fresh[0], fresh[1]
 
 
 def clear_packed_weights() -> None:
@@ -377,7 +392,6 @@ def moe_torch(
     prepack = onednn and expert_weights is None and prepack_for(hidden, w13, w2)
     layer = packed_layer(w13, w2) if prepack else None  # None: off, or over the memory budget
     min_rows = prepack_min_rows()
-    packed13, packed2 = layer if layer is not None else (None, None)
     half = hidden.dtype in (torch.float16, torch.bfloat16)
     acc_dtype = torch.float32 if half else hidden.dtype
 
@@ -402,7 +416,8 @@ def moe_torch(
     def run_expert(expert: int) -> None:
         rows = slice(starts[expert], starts[expert + 1])
         w13_e, w2_e = expert_weights(expert) if expert_weights is not None else (w13[expert], w2[expert])
-        if packed13 is not None and counts[expert] >= min_rows:
+        if layer is not None and counts[expert] >= min_rows:
+            packed13, packed2 = layer
             gate_up = onednn_linear(x_sorted[rows], packed13.expert(w13, expert))  # [n, 2I]
             if half:
                 gate_up = gate_up.float()

@@ -45,7 +45,7 @@ def interpreter_enabled() -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _moe_count_kernel(topk_ids_ptr, chunk_counts_ptr, num_pairs, num_experts,
+def _moe_count_kernel(topk_ids_ptr, chunk_counts_ptr, num_pairs, num_experts,  # type: ignore[no-untyped-def]  # Triton reads parameter annotations
                       E_PAD: tl.constexpr, CHUNK: tl.constexpr):
     """chunk_counts[c, e] = how many of the pairs in chunk c go to expert e."""
     pid = tl.program_id(0)
@@ -57,7 +57,7 @@ def _moe_count_kernel(topk_ids_ptr, chunk_counts_ptr, num_pairs, num_experts,
     tl.store(chunk_counts_ptr + pid * E_PAD + experts, tl.reduce(hit, 0, _ADD))
 
 
-def _moe_align_kernel(topk_ids_ptr, chunk_counts_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr,
+def _moe_align_kernel(topk_ids_ptr, chunk_counts_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr,  # type: ignore[no-untyped-def]  # Triton reads parameter annotations
                       num_pairs, num_experts, num_chunks, num_m_blocks,
                       BLOCK_M: tl.constexpr, E_PAD: tl.constexpr, CHUNK: tl.constexpr,
                       ROWS: tl.constexpr, SINGLE: tl.constexpr):
@@ -119,7 +119,7 @@ def _moe_align_kernel(topk_ids_ptr, chunk_counts_ptr, sorted_ids_ptr, expert_ids
         tl.store(num_post_pad_ptr, total)
 
 
-def _moe_gemm1_kernel(a_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr,
+def _moe_gemm1_kernel(a_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, num_post_pad_ptr,  # type: ignore[no-untyped-def]  # Triton reads parameter annotations
                       num_pairs, top_k, N, K, num_m_blocks,
                       stride_am, stride_ak, stride_we, stride_wn, stride_wk, stride_om, stride_on,
                       s_ptr, stride_se, stride_sn, stride_sk,
@@ -186,7 +186,7 @@ def _moe_gemm1_kernel(a_ptr, w_ptr, out_ptr, sorted_ids_ptr, expert_ids_ptr, num
     tl.store(out_ptrs, act.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < N))
 
 
-def _moe_gemm2_kernel(a_ptr, w_ptr, out_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr,
+def _moe_gemm2_kernel(a_ptr, w_ptr, out_ptr, topk_weights_ptr, sorted_ids_ptr, expert_ids_ptr,  # type: ignore[no-untyped-def]  # Triton reads parameter annotations
                       num_post_pad_ptr, num_pairs, N, K, num_m_blocks,
                       stride_am, stride_ak, stride_we, stride_wn, stride_wk, stride_om, stride_on,
                       s_ptr, stride_se, stride_sn, stride_sk,
@@ -243,7 +243,7 @@ def _moe_gemm2_kernel(a_ptr, w_ptr, out_ptr, topk_weights_ptr, sorted_ids_ptr, e
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & (offs_n[None, :] < N))
 
 
-def _moe_gemv1_kernel(x_ptr, w_ptr, out_ptr, topk_ids_ptr, N, K, top_k,
+def _moe_gemv1_kernel(x_ptr, w_ptr, out_ptr, topk_ids_ptr, N, K, top_k,  # type: ignore[no-untyped-def]  # Triton reads parameter annotations
                       stride_xm, stride_we, stride_wn, stride_om,
                       s_ptr, stride_se, stride_sn, stride_sk,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
@@ -293,7 +293,7 @@ def _moe_gemv1_kernel(x_ptr, w_ptr, out_ptr, topk_ids_ptr, N, K, top_k,
     tl.store(out_ptr + pair * stride_om + offs_n, act.to(out_ptr.dtype.element_ty), mask=offs_n < N)
 
 
-def _moe_gemv2_kernel(a_ptr, w_ptr, out_ptr, topk_ids_ptr, topk_weights_ptr, N, K, top_k,
+def _moe_gemv2_kernel(a_ptr, w_ptr, out_ptr, topk_ids_ptr, topk_weights_ptr, N, K, top_k,  # type: ignore[no-untyped-def]  # Triton reads parameter annotations
                       stride_am, stride_we, stride_wn, stride_om,
                       s_ptr, stride_se, stride_sn, stride_sk,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
@@ -335,7 +335,7 @@ def _moe_gemv2_kernel(a_ptr, w_ptr, out_ptr, topk_ids_ptr, topk_weights_ptr, N, 
     tl.store(out_ptr + token * stride_om + offs_n, total.to(out_ptr.dtype.element_ty), mask=offs_n < N)
 
 
-def _moe_gemv2_pairs_kernel(a_ptr, w_ptr, out_ptr, topk_ids_ptr, topk_weights_ptr, N, K,
+def _moe_gemv2_pairs_kernel(a_ptr, w_ptr, out_ptr, topk_ids_ptr, topk_weights_ptr, N, K,  # type: ignore[no-untyped-def]  # Triton reads parameter annotations
                             stride_am, stride_we, stride_wn, stride_om,
                             BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
     """Decode GEMM 2 split over the k experts: one program per (pair, column block), k times the
@@ -367,7 +367,7 @@ def _moe_gemv2_pairs_kernel(a_ptr, w_ptr, out_ptr, topk_ids_ptr, topk_weights_pt
     tl.store(out_ptr + pair * stride_om + offs_n, row.to(out_ptr.dtype.element_ty), mask=offs_n < N)
 
 
-def _moe_sum_kernel(x_ptr, out_ptr, H, stride_xm, stride_om,
+def _moe_sum_kernel(x_ptr, out_ptr, H, stride_xm, stride_om,  # type: ignore[no-untyped-def]  # Triton reads parameter annotations
                     TOP_K: tl.constexpr, BLOCK_H: tl.constexpr):
     """out[t] = Σ_j x[t·k + j], accumulated in fp32."""
     token = tl.program_id(0).to(tl.int64)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -64,8 +65,9 @@ def _config(block_m: int, cand: tuple[int, int, int, int, int]) -> Config:
 
 
 def tune_shape(hidden: int, inter: int, num_experts: int, top_k: int, tokens: list[int], *,
-               deadline: float, dtype: torch.dtype = torch.bfloat16, log=print,
-               device: str | torch.device = "cuda", bench=None) -> dict[int, Config]:
+               deadline: float, dtype: torch.dtype = torch.bfloat16, log: Callable[[str], object] = print,
+               device: str | torch.device = "cuda",
+               bench: Callable[[Callable[[], object]], float] | None = None) -> dict[int, Config]:
     """{token count: best config} for one layer shape; `bench(fn) -> ms` defaults to do_bench."""
     from kernels.testing import random_problem, random_routing
     from kernels.triton_moe import moe_align, moe_gemm1, moe_gemm2
@@ -73,8 +75,9 @@ def tune_shape(hidden: int, inter: int, num_experts: int, top_k: int, tokens: li
     if bench is None:
         import triton.testing
 
-        def bench(fn) -> float:
-            return triton.testing.do_bench(fn, warmup=5, rep=25, return_mode="median")
+        def bench(fn: Callable[[], object]) -> float:
+            ms: float = triton.testing.do_bench(fn, warmup=5, rep=25, return_mode="median")
+            return ms
 
     device_is_cuda = torch.device(device).type == "cuda"
     smem = 0
@@ -97,7 +100,8 @@ def tune_shape(hidden: int, inter: int, num_experts: int, top_k: int, tokens: li
             align_ms = bench(partial(moe_align, ids, num_experts, block_m))
             first = _config(block_m, CANDIDATES[block_m][0])
             act = moe_gemm1(x, w13, sorted_ids, expert_ids, num_post_pad, top_k, first)
-            best1, best2 = (float("inf"), None), (float("inf"), None)
+            best1: tuple[float, Config | None] = (float("inf"), None)
+            best2: tuple[float, Config | None] = (float("inf"), None)
             for cand in CANDIDATES[block_m]:
                 if time.monotonic() > deadline:
                     break
