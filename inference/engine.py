@@ -640,7 +640,7 @@ class Engine:
             self._lock.notify_all()
         return handle
 
-    def stats(self) -> dict:
+    def stats(self) -> dict[str, int]:
         """A snapshot for monitoring (any thread): sequences running and waiting, the batch limit, KV
         blocks (free, evictable prefix-cache blocks, total), steps and tokens sampled since start, and
         MTP drafts verified and accepted since start (acceptance = spec_accepted / spec_drafted)."""

@@ -21,7 +21,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol, cast
 
 import torch
 from safetensors import safe_open
@@ -35,6 +35,22 @@ _EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 _SCALE = ".weight_scale_inv"  # written by some old exporters; recomputed here
+
+
+class SafeTensors(Protocol):
+    """An open safetensors file, as the loader uses it."""
+
+    def __enter__(self) -> SafeTensors: ...
+    def __exit__(self, *exc: object) -> None: ...
+    def keys(self) -> list[str]: ...
+    def get_tensor(self, name: str) -> torch.Tensor: ...
+
+
+class _SafeOpen(Protocol):
+    def __call__(self, filename: str, *, framework: str, device: str = "cpu") -> SafeTensors: ...
+
+
+_safe_open = cast(_SafeOpen, safe_open)  # safetensors' own signature is unannotated
 
 
 class CheckpointError(ValueError):
@@ -72,7 +88,7 @@ def _tensor_files(path: Path) -> dict[str, Path]:
         raise CheckpointError(f"no model.safetensors or model.safetensors.index.json in {path}")
     out: dict[str, Path] = {}
     for f in files:
-        with safe_open(str(f), framework="pt") as st:
+        with _safe_open(str(f), framework="pt") as st:
             for name in st.keys():
                 out[name] = f
     return out
@@ -200,12 +216,12 @@ def load_model(
         raise CheckpointError(f"missing tensor(s) in checkpoint: {', '.join(missing[:8])}"
                               + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
 
-    handles: dict[Path, Any] = {}
+    handles: dict[Path, SafeTensors] = {}
 
     def read(name: str, shape: tuple[int, ...] | None = None) -> torch.Tensor:
         f = files[name]
         if f not in handles:
-            handles[f] = safe_open(str(f), framework="pt", device="cpu")
+            handles[f] = _safe_open(str(f), framework="pt", device="cpu")
         t: torch.Tensor = handles[f].get_tensor(name)  # a view of the memory map, not a copy
         if shape is not None and tuple(t.shape) != shape:
             raise CheckpointError(f"tensor {name} has shape {tuple(t.shape)}, expected {shape}")

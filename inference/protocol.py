@@ -21,8 +21,12 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
 
 # 2: the job carries a pickup deadline apart from its run deadline; its last event a signed settlement.
 # 3: the job carries a sampling `constraint` (a grammar) and `logprobs`; delta events may carry `logprobs`;
@@ -146,14 +150,14 @@ class JobMessage:
         return cls(**data)
 
 
-def celery_redis_message(task: str, args: list, *, task_id: str, queue: str, origin: str) -> bytes:
+def celery_redis_message(task: str, args: list[Any], *, task_id: str, queue: str, origin: str) -> bytes:
     """What `send_task(task, args, queue=queue, task_id=task_id)` of Celery 5 pushes onto the Redis list
     named `queue` (no priority, no ETA, the default exchange): Celery's task message protocol 2 in
     kombu's Redis envelope (base64 body, JSON). The web side pushes it itself from the event loop
     (levee.api.jobs): Celery's own publish is blocking and costs a thread hop and ~1 ms of kombu per
     request. A test keeps it field for field equal to what Celery writes."""
     body = json.dumps([args, {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
-    headers = {
+    headers: dict[str, Any] = {
         "lang": "py", "task": task, "id": task_id, "shadow": None, "eta": None, "expires": None, "group": None,
         "group_index": None, "retries": 0, "timelimit": [None, None], "root_id": task_id, "parent_id": None,
         "argsrepr": f"<{task} {task_id}>", "kwargsrepr": "{}", "origin": origin, "ignore_result": True,
@@ -225,16 +229,20 @@ def settlement_signed(secret: str, data: Any) -> bool:
     return hmac.compare_digest(_settlement_mac(secret, data), data["signature"])
 
 
-def encode_event(kind: str, **payload: Any) -> dict[str, str]:
-    """The field map of one stream entry."""
+def encode_event(kind: str, **payload: Any) -> dict[FieldT, EncodableT]:
+    """The field map of one stream entry (one field, "e": the event as JSON), as XADD takes it."""
     return {"e": json.dumps({"v": VERSION, "type": kind, **payload}, separators=(",", ":"))}
 
 
-def decode_event(fields: dict) -> dict[str, Any]:
+def decode_event(fields: Mapping[bytes | str, bytes | str]) -> dict[str, Any]:
+    """One stream entry's event, from its fields as Redis returns them (bytes, or str when the client
+    decodes responses)."""
     raw = fields.get(b"e", fields.get("e"))
     if raw is None:
         raise ProtocolError("stream entry without an 'e' field")
     event = json.loads(raw)
+    if not isinstance(event, dict):
+        raise ProtocolError(f"stream entry whose event is not a JSON object: {raw!r}"[:200])
     if event.get("v") != VERSION:
         raise ProtocolError(f"event version {event.get('v')!r}; this reader knows {VERSION}")
     return event

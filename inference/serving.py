@@ -6,15 +6,20 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inference import protocol
+
+if TYPE_CHECKING:  # the engine and torch load only where an engine is built
+    import torch
+
+    from inference.engine import Engine, RequestHandle, Sink
 
 
 @dataclass
 class JobEvent:
     text: str
-    usage: dict
+    usage: dict[str, int]
     finish_reason: str | None = None
     error: str | None = None
     logprobs: list[dict[str, Any]] = field(default_factory=list)
@@ -33,7 +38,7 @@ class _Checkpoint:
 _checkpoints: dict[int, _Checkpoint] = {}  # id(engine) -> its checkpoint
 
 
-def _device_and_dtype():
+def _device_and_dtype() -> tuple[str, torch.dtype]:
     import torch
 
     device = os.environ.get("LEVEE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -60,7 +65,7 @@ def mtp_mode() -> str:
     return mode
 
 
-def build_engine(checkpoint: str):
+def build_engine(checkpoint: str) -> Engine:
     """The engine for `checkpoint`; with $LEVEE_TP_SIZE > 1 over that many ranks (inference/parallel.py).
     With the checkpoint's MTP layer ($LEVEE_MTP) the engine speculates for greedy requests."""
     from inference import load_model, parallel
@@ -94,7 +99,7 @@ def shutdown(engine: Any) -> None:
         stop()
 
 
-def submit(engine, message: protocol.JobMessage, sink):
+def submit(engine: Engine, message: protocol.JobMessage, sink: Sink) -> RequestHandle:
     """Queue the job on the engine; its events go to sink.put((handle, event)) (see job_event)."""
     from inference.engine import Request, SamplingParams
 

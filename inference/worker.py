@@ -29,12 +29,17 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery, signals
 
 from inference import protocol, serving
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
+
+    from inference.engine import Engine, Event, RequestHandle
 
 log = logging.getLogger("inference.worker")
 
@@ -80,16 +85,16 @@ class Runtime:
     def __init__(self) -> None:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.redis = redis.Redis.from_url(REDIS_URL, socket_timeout=10, health_check_interval=30)
-        self._engine = None
+        self._engine: Engine | None = None
         self._lock = threading.Lock()
-        self.active: dict[str, object] = {}  # job id -> engine handle
+        self.active: dict[str, RequestHandle] = {}  # job id -> engine handle
         self.deadlines: dict[str, float] = {}  # job id -> run deadline (unix time)
         self.forwarder = Forwarder(self.redis)
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, name="levee-heartbeat", daemon=True)
 
     @property
-    def engine(self):
+    def engine(self) -> Engine:
         with self._lock:
             if self._engine is None:
                 self._engine = serving.build_engine(CHECKPOINT)
@@ -167,7 +172,7 @@ def get_runtime() -> Runtime:
 
 
 @signals.worker_ready.connect
-def _on_ready(**_):
+def _on_ready(**_: object) -> None:
     if not WORKER_SECRET:  # every paid job's settlement would be unsigned, so refused: stop now
         raise SystemExit("LEVEE_WORKER_SECRET is not set: this worker could not sign any settlement")
     get_runtime().start()
@@ -175,7 +180,7 @@ def _on_ready(**_):
 
 
 @signals.worker_shutdown.connect
-def _on_shutdown(**_):
+def _on_shutdown(**_: object) -> None:
     if runtime is not None:
         runtime.stop()
 
@@ -184,7 +189,8 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=UTC).isoformat()
 
 
-def settlement(message: protocol.JobMessage, usage: dict, started: float, finished: float) -> dict:
+def settlement(message: protocol.JobMessage, usage: dict[str, int], started: float,
+               finished: float) -> dict[str, dict[str, Any]]:
     """The last event's `settlement` field: the usage, signed for the job's hold ({} without one:
     free web chat, which the web records itself)."""
     if not message.hold_id:
@@ -194,21 +200,21 @@ def settlement(message: protocol.JobMessage, usage: dict, started: float, finish
         started_at=_iso(started), finished_at=_iso(finished))}
 
 
-def _last_event(pipe, key: str, fields: dict) -> None:
+def _last_event(pipe: redis.client.Pipeline, key: str, fields: dict[FieldT, EncodableT]) -> None:
     """Queue a job's last event on `pipe`: readers get an hour from here (deltas leave the expiry
     set when the job started alone)."""
     pipe.xadd(key, fields, maxlen=protocol.STREAM_MAXLEN, approximate=True)
     pipe.expire(key, protocol.STREAM_TTL_S)
 
 
-def run_job(rt: Runtime, data: dict) -> str:
+def run_job(rt: Runtime, data: dict[str, Any]) -> str:
     """Run one job to its end; returns how it ended (for logs and tests). The calling task thread
     sleeps while the job runs: the process's Forwarder copies the engine's output to the stream."""
     message = protocol.JobMessage.from_dict(data)
     key = protocol.stream_key(message.job_id)
     r = rt.redis
 
-    def end(kind: str, **payload) -> None:
+    def end(kind: str, **payload: Any) -> None:
         pipe = r.pipeline(transaction=False)
         _last_event(pipe, key, protocol.encode_event(kind, t=time.time(), **payload))
         pipe.execute()
@@ -264,11 +270,11 @@ class _Job:
     def __init__(self, key: str, message: protocol.JobMessage | None = None, started: float = 0.0):
         self.key = key
         self.message, self.started = message, started
-        self.handle = None
+        self.handle: RequestHandle | None = None
         self.usage = protocol.usage_dict(0, 0, 0)
         self.pending = ""  # text not written yet
         self.logprobs: list[dict[str, Any]] = []  # logprobs of tokens not written yet (when the job asked)
-        self.engine = None  # the engine running it (for its tokenizer)
+        self.engine: Engine | None = None  # the engine running it (for its tokenizer)
         self.flushed_at: float | None = None  # monotonic time of the last delta; None: no text sent yet
         self.finish: str | None = None  # the engine's finish reason, once it came
         self.error: str | None = None
@@ -290,7 +296,8 @@ class Forwarder:
 
     def __init__(self, client: redis.Redis):
         self.redis = client
-        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        # the engine's (handle, event) pairs; None: stop
+        self.inbox: queue.SimpleQueue[tuple[RequestHandle, Event] | None] = queue.SimpleQueue()
         self.jobs: dict[str, _Job] = {}
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -313,7 +320,7 @@ class Forwarder:
 
     def _run(self) -> None:
         while True:
-            items = []
+            items: list[tuple[RequestHandle, Event] | None] = []
             try:
                 items.append(self.inbox.get(timeout=self._due_in()))
                 while True:
@@ -323,7 +330,7 @@ class Forwarder:
             if None in items:
                 return
             try:
-                for handle, event in items:
+                for handle, event in (item for item in items if item is not None):  # none is, here
                     self._take(handle.request_id, event)
                 self._flush()
             except Exception:  # never let the one forwarder die: its jobs would hang
@@ -338,7 +345,7 @@ class Forwarder:
                 due = left if due is None else min(due, left)
         return None if due is None else max(due, 0.0)
 
-    def _take(self, job_id: str, event) -> None:
+    def _take(self, job_id: str, event: Event) -> None:
         job = self.jobs.get(job_id)
         if job is None or job.finish is not None:  # dropped after a failed write: its tail is not wanted
             return
@@ -399,5 +406,5 @@ class Forwarder:
 
 
 @app.task(name=protocol.GENERATE_TASK, ignore_result=True)
-def generate(message: dict) -> str:
+def generate(message: dict[str, Any]) -> str:
     return run_job(get_runtime(), message)
