@@ -32,7 +32,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jinja2
 import jinja2.ext
@@ -134,8 +134,9 @@ def _token_content(value: Any) -> str | None:
         return None
     if isinstance(value, str):
         return value
-    if isinstance(value, Mapping) and isinstance(value.get("content"), str):
-        return value["content"]
+    content = value.get("content") if isinstance(value, Mapping) else None
+    if isinstance(content, str):
+        return content
     raise TokenizerLoadError(f"unrecognised special token entry: {value!r}")
 
 
@@ -191,11 +192,28 @@ _cache_lock = threading.Lock()
 # --- the tokenizer -------------------------------------------------------------------------------
 
 
+class _Encoding(Protocol):
+    @property
+    def ids(self) -> list[int]: ...
+
+
+class HFTokenizer(Protocol):
+    """What Tokenizer uses of a `tokenizers.Tokenizer` (that library ships no type information)."""
+
+    def encode(self, sequence: str, *, add_special_tokens: bool = True) -> _Encoding: ...
+    def encode_batch(self, inputs: list[str], *, add_special_tokens: bool = True) -> list[_Encoding]: ...
+    def decode(self, ids: list[int], *, skip_special_tokens: bool = True) -> str: ...
+    def token_to_id(self, token: str) -> int | None: ...
+    def id_to_token(self, id: int) -> str | None: ...
+    def get_vocab_size(self, *, with_added_tokens: bool = True) -> int: ...
+    def get_added_tokens_decoder(self) -> dict[int, Any]: ...
+
+
 class Tokenizer:
     """Encode, decode and render chats for one checkpoint. Nothing changes after construction
     except the lazily compiled template, so one instance is shared by all requests and threads."""
 
-    def __init__(self, hf_tokenizer: _HFTokenizer, config: Mapping[str, Any],
+    def __init__(self, hf_tokenizer: HFTokenizer, config: Mapping[str, Any],
                  chat_template: str | None = None, *, model_config: Mapping[str, Any] | None = None,
                  source: str = "<memory>") -> None:
         self._tok = hf_tokenizer

@@ -319,7 +319,8 @@ TOPICS: list[tuple[Callable[[random.Random], Turn], int]] = [
 
 
 def _turn(rng: random.Random) -> Turn:
-    funcs, weights = zip(*TOPICS, strict=True)
+    funcs = [func for func, _ in TOPICS]
+    weights = [weight for _, weight in TOPICS]
     return rng.choices(funcs, weights=weights)[0](rng)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -133,8 +134,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int,
     return tok
 
 
-def tokenizer_config(model_max_length: int) -> dict:
-    def special(content: str) -> dict:
+def tokenizer_config(model_max_length: int) -> dict[str, Any]:
+    def special(content: str) -> dict[str, str | bool]:
         # The AddedToken-style form DeepSeek's own tokenizer_config.json uses.
         return {"__type": "AddedToken", "content": content, "lstrip": False, "normalized": False,
                 "rstrip": False, "single_word": False}
