@@ -99,7 +99,7 @@ class ModelArgs:
 
     @property
     def softmax_scale(self) -> float:
-        scale = self.qk_head_dim**-0.5
+        scale: float = self.qk_head_dim**-0.5
         if self.rope_type == "yarn" and self.mscale_all_dim:
             m = yarn_mscale(self.rope_factor, self.mscale_all_dim)
             scale = scale * m * m
@@ -232,7 +232,7 @@ def rope_inv_freq(args: ModelArgs, device: torch.device | str | None = None) -> 
         return dim * math.log(args.original_max_position_embeddings / (rotations * 2 * math.pi)) / (2 * math.log(base))
 
     low = max(math.floor(correction_dim(args.beta_fast)), 0)
-    high = min(math.ceil(correction_dim(args.beta_slow)), dim - 1)
+    high: float = min(math.ceil(correction_dim(args.beta_slow)), dim - 1)
     if low == high:
         high += 0.001  # avoid dividing by zero in the ramp
     ramp = ((torch.arange(dim // 2, dtype=torch.float32, device=device) - low) / (high - low)).clamp(0, 1)
@@ -332,7 +332,8 @@ class MLA(nn.Module):
         c_kv = self.kv_a_layernorm(c_kv)
         k_pe = apply_rope(k_pe.unsqueeze(-2), cos, sin, self.rope_interleave).squeeze(-2)
         out = backend(self.layer, self, q_nope, q_pe, c_kv, k_pe)  # [B, T, nH, dv]
-        return self.o_proj(out.reshape(B, T, self.n_heads * self.dv))
+        y: torch.Tensor = self.o_proj(out.reshape(B, T, self.n_heads * self.dv))
+        return y
 
     def absorbed_weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """W_UK [nH, dn, C] and W_UV [nH, dv, C] in `dtype`: kv_b_proj (dequantized when FP8) split per
@@ -353,7 +354,8 @@ class MLP(nn.Module):
         self.down_proj = Linear(inter, dim, tp=tp, split="row", reduce=reduce)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        y: torch.Tensor = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return y
 
 
 def route(
@@ -414,6 +416,7 @@ class MoE(nn.Module):
         self.args = args
         self.tp = tp
         self.gate_weight = nn.Parameter(torch.empty(E, H))  # router [E, H]
+        self.e_score_correction_bias: nn.Parameter | None
         if args.topk_method == "noaux_tc":
             self.e_score_correction_bias = nn.Parameter(torch.zeros(E, dtype=torch.float32))
         else:
@@ -467,7 +470,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: AttentionBackend) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, backend)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        y: torch.Tensor = x + self.mlp(self.post_attention_layernorm(x))
+        return y
 
 
 class MTPLayer(nn.Module):
@@ -554,7 +558,8 @@ class Transformer(nn.Module):
         x = self.embed_tokens(input_ids)
         for block in self.layers:
             x = block(x, cos, sin, backend)
-        return self.norm(x)
+        h: torch.Tensor = self.norm(x)
+        return h
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -563,7 +568,8 @@ class Transformer(nn.Module):
         table = self._rope_table
         if table is None or table.device != input_ids.device or table.shape[0] < input_ids.shape[1]:
             self.init_rope(input_ids.device, input_ids.shape[1])
-        return self.lm_head(self.hidden_states(input_ids, positions, CausalAttention()))
+        logits: torch.Tensor = self.lm_head(self.hidden_states(input_ids, positions, CausalAttention()))
+        return logits
 
     def mtp_hidden(self, next_ids: torch.Tensor, hidden: torch.Tensor, positions: torch.Tensor,
                    backend: AttentionBackend) -> torch.Tensor:
