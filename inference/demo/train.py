@@ -83,14 +83,15 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save_file
 from tokenizers import AddedToken
 from tokenizers import Tokenizer as HFTokenizer
+from torch import nn
 
 from inference.demo import corpus
 from inference.demo.tokenizer_build import (
@@ -104,11 +105,14 @@ from inference.demo.tokenizer_build import (
 )
 from inference.tokenizer import Tokenizer
 
+if TYPE_CHECKING:
+    from transformers import DeepseekV3Config
+
 TOKENIZER_VOCAB = 2048  # trained BPE entries (incl. special tokens); <think>, </think> come on top
 CONFIG_VOCAB = 2112     # embeddings padded to a multiple of 64, as real checkpoints pad theirs
 
 # config.json exactly as a DeepSeek checkpoint would write it (their key names, old-style rope keys).
-DEMO_CONFIG: dict = {
+DEMO_CONFIG: dict[str, Any] = {
     "architectures": ["DeepseekV3ForCausalLM"],
     "model_type": "deepseek_v3",
     "vocab_size": CONFIG_VOCAB,
@@ -163,7 +167,7 @@ SAMPLE_PROMPTS = ["Hello", "What is Levee?", "What is 3 plus 4?", "Tell me a sho
                   "What color is the sky?", "Tell me about black holes."]
 
 
-def hf_config(config: dict):
+def hf_config(config: Mapping[str, Any]) -> DeepseekV3Config:
     from transformers import DeepseekV3Config
 
     hf = dict(config)
@@ -212,7 +216,8 @@ def reasoning_opening(tokenizer: Tokenizer) -> Callable[[torch.Tensor, torch.Ten
     return apply
 
 
-def batches(stream: torch.Tensor, starts: torch.Tensor, batch_size: int, seq_len: int, seed: int):
+def batches(stream: torch.Tensor, starts: torch.Tensor, batch_size: int, seq_len: int,
+            seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     usable = starts[starts + seq_len + 1 <= len(stream)]
     offsets = torch.arange(seq_len + 1)
@@ -229,14 +234,18 @@ class BiasBalancer:
     """Counts expert picks per MoE layer during the forward pass and nudges each layer's
     `e_score_correction_bias` towards equal load after the optimizer step (DeepSeek-V3's method)."""
 
-    def __init__(self, model, rate: float) -> None:
+    # model: a transformers DeepseekV3ForCausalLM; its MoE layers are found (and patched) by attribute
+    def __init__(self, model: Any, rate: float) -> None:
         self.rate = rate
         self.moes = [layer.mlp for layer in model.model.layers if hasattr(layer.mlp, "gate")]
         self.counts = [torch.zeros(m.n_routed_experts) for m in self.moes]
         for moe, counts in zip(self.moes, self.counts, strict=True):
             original = moe.route_tokens_to_experts
 
-            def counting(router_logits, original=original, counts=counts, n=moe.n_routed_experts):
+            def counting(router_logits: torch.Tensor,
+                         original: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] = original,
+                         counts: torch.Tensor = counts, n: int = moe.n_routed_experts
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
                 indices, weights = original(router_logits)
                 counts += torch.bincount(indices.flatten(), minlength=n).to(counts.dtype)
                 return indices, weights
@@ -258,7 +267,7 @@ class BiasBalancer:
 # --- export ------------------------------------------------------------------------------------------------
 
 
-def deepseek_state_dict(model, config: dict) -> dict[str, torch.Tensor]:
+def deepseek_state_dict(model: nn.Module, config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """transformers stacks each layer's experts into `experts.gate_up_proj` [E, 2I, H] (gate rows
     first) and `experts.down_proj` [E, H, I]; DeepSeek's checkpoints hold one tensor per expert and
     projection. Write DeepSeek's names."""
@@ -280,7 +289,7 @@ def deepseek_state_dict(model, config: dict) -> dict[str, torch.Tensor]:
     return dict(sorted(out.items()))
 
 
-def save_checkpoint(model, config: dict, out: Path) -> None:
+def save_checkpoint(model: nn.Module, config: Mapping[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_file(deepseek_state_dict(model, config), str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -294,7 +303,8 @@ SAMPLE_SPECIAL: list[tuple[str, dict[str, Any]]] = [("What is the weather in Par
 
 
 @torch.no_grad()
-def greedy_reply(model, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 48, **render) -> str:
+def greedy_reply(model: Any, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 48, **render: Any) -> str:
+    """`model`: a transformers causal LM (its generate() returns the prompt and the new ids)."""
     ids = torch.tensor([tokenizer.encode_chat([{"role": "user", "content": prompt}], **render)])
     out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
@@ -354,7 +364,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.init_from is not None:
         model = DeepseekV3ForCausalLM.from_pretrained(str(args.init_from), dtype=torch.float32)
     else:
-        model = DeepseekV3ForCausalLM(hf_config(DEMO_CONFIG)).float()
+        causal_lm: Callable[[DeepseekV3Config], nn.Module] = DeepseekV3ForCausalLM  # an unannotated __init__
+        model = causal_lm(hf_config(DEMO_CONFIG)).float()
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters", flush=True)
@@ -365,11 +376,15 @@ def main(argv: list[str] | None = None) -> None:
                                    {"params": no_decay, "weight_decay": 0.0}],
                                   lr=args.lr, betas=(0.9, 0.95))
 
+    peak_lr: float = args.lr
+    warmup: int = args.warmup
+    steps: int = args.steps
+
     def lr_at(step: int) -> float:
-        if step < args.warmup:
-            return args.lr * (step + 1) / args.warmup
-        progress = (step - args.warmup) / max(1, args.steps - args.warmup)
-        return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        if step < warmup:
+            return peak_lr * (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return peak_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     data = batches(stream, starts, args.batch_size, args.seq_len, args.seed)
     recent: list[float] = []
@@ -383,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
         logits = model(input_ids=inputs).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)  # loss.backward(), whose signature torch leaves unannotated
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         imbalance = balancer.step()
