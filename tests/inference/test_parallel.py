@@ -77,16 +77,21 @@ def test_two_ranks_give_the_logits_of_one_process(which, checkpoint, tmp_path):
         assert (g - e).abs().max().item() <= 1e-5
 
 
-@pytest.mark.parametrize("which", ["demo", "v3_uneven"])
-def test_greedy_generation_through_the_engine_is_identical_on_two_ranks(which, checkpoint, tmp_path):
-    path = DEMO if which == "demo" else checkpoint("v3_uneven")[0]
+def one_process_greedy(path) -> list:
+    """20 greedy tokens per test prompt from one process's engine (the ranks' reference)."""
     single = load_model(path, dtype=torch.float32, device="cpu")
     engine = Engine(single, kv_budget_bytes=4 << 20, block_size=16).start()
     try:
-        expected = [engine.submit(Request(p, SamplingParams(max_tokens=20, **GREEDY))).result(timeout=120).token_ids
-                    for p in prompts(single.args.vocab_size)]
+        return [engine.submit(Request(p, SamplingParams(max_tokens=20, **GREEDY))).result(timeout=120).token_ids
+                for p in prompts(single.args.vocab_size)]
     finally:
         engine.stop()
+
+
+@pytest.mark.parametrize("which", ["demo", "v3_uneven"])
+def test_greedy_generation_through_the_engine_is_identical_on_two_ranks(which, checkpoint, tmp_path):
+    path = DEMO if which == "demo" else checkpoint("v3_uneven")[0]
+    expected = one_process_greedy(path)
     assert all(len(t) == 20 for t in expected) and len({t for ts in expected for t in ts}) > 5
     assert run_two_ranks(path, tmp_path, "engine") == expected
 
@@ -95,13 +100,7 @@ def test_speculation_on_two_ranks_gives_the_tokens_of_one_process_without_it(tmp
     """The demo checkpoint with its MTP layer split over 2 gloo ranks: the engine drafts (the MTP
     layer's steps broadcast like the main model's) and still decodes exactly what one process
     decodes without drafts."""
-    single = load_model(DEMO, dtype=torch.float32, device="cpu")
-    engine = Engine(single, kv_budget_bytes=4 << 20, block_size=16).start()
-    try:
-        expected = [engine.submit(Request(p, SamplingParams(max_tokens=20, **GREEDY))).result(timeout=120).token_ids
-                    for p in prompts(single.args.vocab_size)]
-    finally:
-        engine.stop()
+    expected = one_process_greedy(DEMO)
     got, speculative, stats = run_two_ranks(DEMO, tmp_path, "engine_mtp")
     assert speculative and got == expected
     assert 0 < stats["spec_accepted"] <= stats["spec_drafted"]
