@@ -90,6 +90,7 @@ def start_embedded_redis(url: str) -> subprocess.Popen | None:
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, _terminated)
     env = _env()
     os.environ.update(env)
     reset_metrics_dir(Path(env["PROMETHEUS_MULTIPROC_DIR"]))
@@ -118,6 +119,23 @@ def main() -> int:
         print(f"\n  Levee is starting at http://{bind}/\n"
               f"  Create an admin:  {BIN / 'python'} manage.py create_user you@example.com --verified --staff\n"
               f"  Mail (verification links) is written to {VAR / 'mail'}\n  Ctrl-C stops everything.\n", flush=True)
+    except KeyboardInterrupt:
+        stop(children)
+        return 0
+    except BaseException:
+        stop(children)
+        raise
+    return supervise(children)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM (docker stop, systemd, kill) stops everything, as Ctrl-C does
+
+
+def supervise(children: list[subprocess.Popen]) -> int:
+    """Wait until Ctrl-C or SIGTERM (0) or until a child exits (1); either way stop the rest."""
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
         while all(child.poll() is None for child in children):
             time.sleep(0.5)
         print("a process exited; stopping the rest", file=sys.stderr)
@@ -125,15 +143,20 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.time() + 10
-        for child in children:
-            try:
-                child.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop(children)
+
+
+def stop(children: list[subprocess.Popen]) -> None:
+    """SIGTERM every child still running (last started first), SIGKILL what is left after 10 s."""
+    for child in reversed(children):
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.time() + 10
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            child.kill()
 
 
 def _extra_processes(env: dict) -> list[list[str]]:

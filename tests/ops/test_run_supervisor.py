@@ -20,3 +20,34 @@ def test_resetting_removes_only_the_value_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README"]
     run.reset_metrics_dir(tmp_path / "new")
     assert (tmp_path / "new").is_dir()
+
+
+def _gone(pid: int) -> bool:
+    """Exited (no process, or a zombie nobody has reaped yet)."""
+    from pathlib import Path
+
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        return True
+    return any(line.startswith("State:") and "Z" in line.split(":", 1)[1] for line in status.read_text().splitlines())
+
+
+def test_sigterm_stops_every_child_as_ctrl_c_does():
+    """docker stop, systemd and kill send SIGTERM: the supervisor must not die leaving its children."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(run.__file__).resolve().parents[1]
+    script = (f"import subprocess, sys; sys.path.insert(0, {str(root)!r}); from ops import run; "
+              "children = [subprocess.Popen(['sleep', '60']) for _ in range(2)]; "
+              "print(' '.join(str(c.pid) for c in children), flush=True); sys.exit(run.supervise(children))")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2 and not any(_gone(p) for p in pids)
+    time.sleep(0.3)  # inside supervise's loop
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    assert all(_gone(p) for p in pids)
