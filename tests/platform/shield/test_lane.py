@@ -47,6 +47,8 @@ def silent_server():
                     data = conn.recv(65536)
                 except TimeoutError:
                     continue
+                except OSError:  # the client dropped the connection (a timed-out round trip)
+                    return
                 if not data:
                     return
                 if b"EVAL" not in data:  # CLIENT SETINFO and the like: +OK per command
@@ -59,6 +61,8 @@ def silent_server():
                 conn, _ = listener.accept()
             except TimeoutError:
                 continue
+            except OSError:  # the listener was closed at teardown
+                return
             threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
@@ -121,3 +125,29 @@ def test_callers_beyond_the_cap_wait_for_a_connection_then_give_up(settings):
         holder.join()
         assert results[which] is None  # BLPOP timed out empty-handed
         assert which._made == 1
+
+
+def test_the_event_loops_lane_gives_up_on_a_silent_redis_after_its_timeout_too(silent_server):
+    import asyncio
+
+    async def main():
+        lane = store.AsyncLane(silent_server, OPTIONS, max_connections=4)
+        for _ in range(2):  # a fresh connection, then a reconnect (the timed-out one was dropped)
+            started = time.monotonic()
+            with pytest.raises(store.RedisDown):
+                await lane.call(command("EVALSHA", "0" * 40, "0"))
+            assert time.monotonic() - started < 0.6
+
+    asyncio.run(main())
+
+
+def test_the_event_loops_lane_answers_and_reuses_its_connection(settings):
+    import asyncio
+
+    async def main():
+        lane = store.AsyncLane(settings.SHIELD_REDIS_URL, OPTIONS, max_connections=4)
+        first = await lane.call(command("CLIENT", "ID"))
+        assert await lane.call(command("CLIENT", "ID")) == first  # kept, not re-made
+        assert await lane.call(command("PING")) == b"PONG"
+
+    asyncio.run(main())
