@@ -54,7 +54,7 @@ DOORS = ("login", "admin_login")
 
 
 def _is_staff_account(email: str) -> bool:
-    """Whether `email` names a staff account (one indexed query, before any password is hashed)."""
+    """Whether `email` names a staff account (one indexed query, made only for a failure)."""
     from levee.accounts.services import find_user
 
     user = find_user(email) if email else None
@@ -74,20 +74,19 @@ class LoginGuard:
         self.request, self.door = request, door
         self.ip = counted_address(ip_of(request))  # an IPv6 client is counted by its /64
         self.account = _account_tag(email)
+        self.email = email
         self.known_device = self.account in self._known_accounts()
-        # A staff account is guarded by the staff door's tiers at either door: the user door's
-        # session is as good as the admin's for an account that is staff.
-        staff = door == "admin_login" or _is_staff_account(email)
+        # (scope, window, the user door's tiers, the staff door's): the tiers only matter when a
+        # failure is counted, so nothing is looked up for an attempt refused before its hash.
         self.scopes = [
             (f"login.pair:{self.account}:{self.ip}", settings.SHIELD_LOGIN_PAIR_WINDOW,
-             settings.SHIELD_ADMIN_LOGIN_PAIR_TIERS if staff else settings.SHIELD_LOGIN_PAIR_TIERS),
+             settings.SHIELD_LOGIN_PAIR_TIERS, settings.SHIELD_ADMIN_LOGIN_PAIR_TIERS),
             (f"login.address:{self.ip}", settings.SHIELD_LOGIN_ADDRESS_WINDOW,
-             settings.SHIELD_ADMIN_LOGIN_ADDRESS_TIERS if staff else settings.SHIELD_LOGIN_ADDRESS_TIERS),
+             settings.SHIELD_LOGIN_ADDRESS_TIERS, settings.SHIELD_ADMIN_LOGIN_ADDRESS_TIERS),
         ]
         if not self.known_device:
             self.scopes.append((f"login.account:{self.account}", settings.SHIELD_LOGIN_ACCOUNT_WINDOW,
-                                settings.SHIELD_ADMIN_LOGIN_ACCOUNT_TIERS if staff
-                                else settings.SHIELD_LOGIN_ACCOUNT_TIERS))
+                                settings.SHIELD_LOGIN_ACCOUNT_TIERS, settings.SHIELD_ADMIN_LOGIN_ACCOUNT_TIERS))
 
     @staticmethod
     def _keys(scope: str) -> tuple[str, str]:
@@ -97,7 +96,7 @@ class LoginGuard:
         """Seconds this attempt must wait, or None to go ahead. Raises ShieldRedisDown."""
         client = store.client()
         pipe = client.pipeline(transaction=False)
-        for scope, _, _ in self.scopes:
+        for scope, *_ in self.scopes:
             pipe.ttl(self._keys(scope)[1])
         waits = [t for t in pipe.execute() if t and t > 0]
         if waits:
@@ -111,7 +110,11 @@ class LoginGuard:
     def failed(self) -> None:
         client = store.client()
         script = client.register_script(_FAIL)
-        for scope, window, tiers in self.scopes:
+        # A staff account is read against the staff door's tiers at either door: the user door's
+        # session is as good as the admin's for an account that is staff.
+        staff = self.door == "admin_login" or _is_staff_account(self.email)
+        for scope, window, user_tiers, staff_tiers in self.scopes:
+            tiers = staff_tiers if staff else user_tiers
             args = [window] + [x for tier in tiers for x in tier]
             script(keys=list(self._keys(scope)), args=args)
         stats.count("failed_login")

@@ -359,7 +359,6 @@ def known_device_cookie_of_a_login() -> str:
     return response.cookies[KNOWN_DEVICE_COOKIE].OutputString().split(";")[0].split("=", 1)[1]
 
 
-@pytest.mark.django_db  # the cookie comes from a real log-in's guard, which looks the account up
 def test_a_known_device_skips_the_interstitial_and_has_its_own_budget(layer, rds, settings):
     from levee.shield.login import KNOWN_DEVICE_COOKIE
 
