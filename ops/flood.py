@@ -384,11 +384,17 @@ class _Failed(Exception):
 
 
 def solve(challenge: str) -> str:
+    """The nonce whose SHA-256 of "challenge:nonce" starts with the challenge's bits of zeros, as
+    pow.js finds it. The prefix is hashed once and copied per try (about twice as fast as hashing
+    the whole string each time): the browsers' CPU is on this box too when a bench runs here."""
     bits = int(challenge.split(".")[1])
+    below = 1 << (256 - bits)
+    prefix = hashlib.sha256(f"{challenge}:".encode())
     nonce = 0
     while True:
-        digest = hashlib.sha256(f"{challenge}:{nonce}".encode()).digest()
-        if len(digest) * 8 - int.from_bytes(digest, "big").bit_length() >= bits:
+        h = prefix.copy()
+        h.update(str(nonce).encode())
+        if int.from_bytes(h.digest(), "big") < below:
             return str(nonce)
         nonce += 1
 

@@ -25,8 +25,15 @@ form and the POST; success = redirected away from the log-in page), and `api` (P
 Measured per phase (quiet, flood): each kind's count, success rate, p50/p99; bot outcomes by
 status; bot accounts created (counted in the database, --database-url); the mode changes and their
 time from the flood's start (ModeChange rows); the server's CPU (user + system of --server-pid and
-its children, and of --redis-pid) per bot request, net of the quiet phase's rate; this generator's
-own CPU.
+its children, and of --redis-pid) per bot request, net of the quiet phase's rate; the generator's
+own CPU; and each legitimate kind's slowest actions with when they started (seconds into the
+flood) and, for log-ins, every step's status and time, so a tail can be read.
+
+Processes: the users run (and are timed) in this process; the bots run in a forked one, so a bot
+connection never delays the loop that times a user. The bots' process and every proof-of-work
+solver (a browser's CPU, or a bot's) run at `--generator-nice` (19 by default): on one box they
+then take only the CPU the server leaves, as machines elsewhere would; the report's bot rate says
+whether they still sent at the asked rate (0 puts them on equal terms with the server).
 """
 from __future__ import annotations
 
@@ -111,18 +118,23 @@ class Kind:
     ms: list = field(default_factory=list)
     statuses: Counter = field(default_factory=Counter)
     solve_ms: list = field(default_factory=list)
+    when: list = field(default_factory=list)  # (seconds into the flood, ms, label) of each action
 
-    def add(self, good: bool, label, ms: float) -> None:
+    def add(self, good: bool, label, ms: float, at: float | None = None, trace: str = "") -> None:
         self.attempts += 1
         self.ok += good
         self.ms.append(ms)
         self.statuses[str(label)] += 1
+        if at is not None:
+            self.when.append((round(at, 1), round(ms), str(label), *([trace] if trace else [])))
 
     def summary(self) -> dict:
         out = {"attempts": self.attempts, "success_rate": round(self.ok / self.attempts, 4) if self.attempts else None,
                "p50_ms": _pct(self.ms, 0.5), "p99_ms": _pct(self.ms, 0.99), "statuses": dict(self.statuses)}
         if self.solve_ms:
             out["solve_p50_ms"], out["solve_p99_ms"] = _pct(self.solve_ms, 0.5), _pct(self.solve_ms, 0.99)
+        if self.when:  # where the tail is: the slowest actions, by when they started
+            out["slowest"] = sorted(self.when, key=lambda w: -w[1])[:4]
         return out
 
 
@@ -144,9 +156,16 @@ def _cpu_of(pids: list[int]) -> float:
     return total
 
 
-def _own_cpu() -> float:
-    """This generator's CPU, its solving processes included."""
-    return _cpu_of([os.getpid()])
+def _own_cpu(leave_out: int | None = None) -> float:
+    """This process's CPU, its solving processes included (and its other children, but
+    `leave_out`'s: the bots' process reports its own)."""
+    import psutil
+
+    total = 0.0
+    for p in [psutil.Process(), *psutil.Process().children()]:
+        if p.pid != leave_out:
+            total += _cpu_of([p.pid]) if p.pid != os.getpid() else sum(p.cpu_times()[:2])
+    return total
 
 
 def _solve_here(challenge: str) -> str:
@@ -156,16 +175,23 @@ def _solve_here(challenge: str) -> str:
 
 
 _POOL = None
+_NICE = 19  # the niceness of the bots' process and of every solving process (--generator-nice)
+
+
+def _lower_priority() -> None:
+    if _NICE:
+        os.nice(_NICE)
 
 
 async def _solve(challenge: str) -> str:
     """Solve a proof of work in a pool of processes: solving in a thread would hold the GIL and
-    stall this process's event loop, inflating every latency it measures."""
+    stall this process's event loop, inflating every latency it measures. The pool runs at the
+    generator's niceness: the solving is a browser's (or a bot's) CPU, which is not the server's."""
     global _POOL
     if _POOL is None:
         from concurrent.futures import ProcessPoolExecutor
 
-        _POOL = ProcessPoolExecutor(max_workers=2)
+        _POOL = ProcessPoolExecutor(max_workers=2, initializer=_lower_priority)
     return await asyncio.get_running_loop().run_in_executor(_POOL, _solve_here, challenge)
 
 
@@ -197,6 +223,10 @@ class Attack:
         self.dropped = 0
         self.bot_requests = 0
         self.huge_prompt: bytes | None = None
+        self.flood_perf: float | None = None  # when the flood started (perf_counter)
+
+    def _since_flood(self, start: float) -> float | None:
+        return start - self.flood_perf if self.flood_perf is not None else None
 
     # --- connections -----------------------------------------------------------------------------
     def _client(self, addr: str, **kw) -> httpx.AsyncClient:
@@ -343,7 +373,9 @@ class Attack:
     async def user(self, n: int, person) -> None:
         from ops.flood import _PASS_FORM
 
-        addr = f"127.200.0.{10 + n}" if self.source == "real" else f"192.0.2.{10 + n}"
+        # One /24 per user (people log in from different networks; four on one /24 would share its
+        # door allowance like an office behind one NAT)
+        addr = f"127.{200 + n % 50}.{n // 50}.10" if self.source == "real" else f"198.18.{n}.10"
         api = self._client(addr, headers={"Authorization": f"Bearer {person.api_key}"}) if self.source == "real" \
             else httpx.AsyncClient(base_url=self.target, timeout=15,
                                    headers={"X-Forwarded-For": addr, "Authorization": f"Bearer {person.api_key}"})
@@ -367,24 +399,33 @@ class Attack:
         again (as a person clicks again), the wait counted in its latency. The time spent solving is
         the browser's CPU, reported apart (solve_ms)."""
         stats = self.legit_stats[phase]["login"]
+        trace: list[str] = []  # each step and its time, for the report's slowest actions
         async with self._client(addr) as browser:  # no cookies at all
             spent = 0.0
             start = time.perf_counter()
             good, label = False, "?"
+
+            async def hop(method: str, path: str, **kw) -> httpx.Response:
+                t = time.perf_counter()
+                r = await browser.request(method, path, **kw)
+                trace.append(f"{method} {path} {r.status_code} {(time.perf_counter() - t) * 1000:.0f}")
+                return r
+
             try:
-                page = await browser.get("/accounts/login/")
+                page = await hop("GET", "/accounts/login/")
                 for _ in range(5):
                     found = pass_form.search(page.text)
                     if found:
                         t = time.perf_counter()
                         nonce = await _solve(found.group(1))
                         spent += time.perf_counter() - t
-                        await browser.post("/shield/pass", data={"pow_challenge": found.group(1), "pow_nonce": nonce,
-                                                                "next": "/accounts/login/"})
-                        page = await browser.get("/accounts/login/")
+                        trace.append(f"solve {(time.perf_counter() - t) * 1000:.0f}")
+                        await hop("POST", "/shield/pass", data={"pow_challenge": found.group(1), "pow_nonce": nonce,
+                                                               "next": "/accounts/login/"})
+                        page = await hop("GET", "/accounts/login/")
                         continue
                     token = _CSRF.search(page.text)
-                    r = await browser.post("/accounts/login/", data={
+                    r = await hop("POST", "/accounts/login/", data={
                         "csrfmiddlewaretoken": token.group(1) if token else "", "username": person.email,
                         "password": person.password})
                     label = r.status_code
@@ -393,8 +434,9 @@ class Attack:
                         continue
                     wait = float(r.headers.get("retry-after") or 0)
                     if r.status_code in (429, 503) and 0 < wait <= 5:
+                        trace.append(f"wait {wait:.0f}s")
                         await asyncio.sleep(wait)  # a person clicks again after the short wait the page asks for
-                        page = await browser.get("/accounts/login/")
+                        page = await hop("GET", "/accounts/login/")
                         continue
                     good = r.status_code == 302 and "/accounts/login" not in r.headers.get("location", "")
                     break
@@ -402,7 +444,8 @@ class Attack:
                 label = type(exc).__name__
             if spent:
                 stats.solve_ms.append(spent * 1000)
-            stats.add(good, label, (time.perf_counter() - start - spent) * 1000)
+            stats.add(good, label, (time.perf_counter() - start - spent) * 1000, self._since_flood(start),
+                      trace=" | ".join(trace))
 
     async def legit_call(self, api: httpx.AsyncClient, phase: str) -> None:
         stats = self.legit_stats[phase]["api"]
@@ -419,13 +462,41 @@ class Attack:
             label = r.status_code
         except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
             good, label = False, type(exc).__name__
-        stats.add(good, label, (time.perf_counter() - start) * 1000)
+        stats.add(good, label, (time.perf_counter() - start) * 1000, self._since_flood(start))
 
     # --- the run ---------------------------------------------------------------------------------
+    def start_bots(self):
+        """The bots' process, forked before this one starts its event loop: it waits for the flood's
+        start, sends for `seconds`, then puts its report (stats, requests, its CPU) on the queue.
+        Bots and users in one event loop would make the users' latencies the generator's: every bot
+        connection would delay the loop that times them. The bots' process (and its solvers) runs at
+        the generator's niceness: on one box it then takes only the CPU the server leaves, as a
+        botnet's machines would take none of the server's."""
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        go, results = ctx.Event(), ctx.Queue()
+
+        def run() -> None:
+            _lower_priority()
+            go.wait()
+            asyncio.run(self.bots())
+            global _POOL
+            cpu = _own_cpu()
+            if _POOL is not None:
+                _POOL.shutdown()
+            results.put({"stats": self.bot_stats, "requests": self.bot_requests, "dropped": self.dropped,
+                         "cpu_s": cpu, "nice": os.nice(0)})
+
+        child = ctx.Process(target=run, daemon=True)
+        child.start()
+        return child, go, results
+
     async def bots(self) -> None:
         kinds, weights = list(self.mix), list(self.mix.values())
         loop = asyncio.get_running_loop()
         start = loop.time()
+        self.flood_end = start + self.seconds
         n = 0
         tasks = set()
         while loop.time() < self.flood_end:
@@ -467,7 +538,8 @@ class Attack:
                     await asyncio.sleep(2)
         self.legit_stats.pop("warm", None)
 
-    async def run(self) -> dict:
+    async def run(self, bots_process) -> dict:
+        """The quiet baseline, then the flood (the bots' process from `start_bots`, told to go)."""
         import logging
 
         logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -480,16 +552,20 @@ class Attack:
         idle_rate = (_cpu_of(self.server_pids) - idle0) / 5
         self.deadline = time.monotonic() + self.quiet + self.seconds
         users = [asyncio.ensure_future(self.user(n, p)) for n, p in enumerate(self.legit)]
-        cpu0, own0 = _cpu_of(self.server_pids), _own_cpu()
+        child, go, results = bots_process
+        cpu0, own0 = _cpu_of(self.server_pids), _own_cpu(child.pid)
         await asyncio.sleep(self.quiet)
-        cpu1, redis1, own1 = _cpu_of(self.server_pids), _cpu_of(self.redis_pids), _own_cpu()
+        cpu1, redis1, own1 = _cpu_of(self.server_pids), _cpu_of(self.redis_pids), _own_cpu(child.pid)
         self.phase = "flood"
         flood_wall = datetime.now(UTC)
         flood_t0 = time.monotonic()
-        self.flood_end = loop.time() + self.seconds
-        await self.bots()
+        self.flood_perf = time.perf_counter()
+        go.set()
+        bots = await loop.run_in_executor(None, results.get, True, self.seconds + 120)
+        child.join(10)
+        self.bot_stats, self.bot_requests, self.dropped = bots["stats"], bots["requests"], bots["dropped"]
         flood_s = time.monotonic() - flood_t0
-        cpu2, redis2, own2 = _cpu_of(self.server_pids), _cpu_of(self.redis_pids), _own_cpu()
+        cpu2, redis2, own2 = _cpu_of(self.server_pids), _cpu_of(self.redis_pids), _own_cpu(child.pid)
         await asyncio.gather(*users)
         bots_after = self._db("SELECT count(*) FROM accounts_user WHERE email LIKE %s", ("%@flood.example",))
         changes = self._db("SELECT at, from_mode, to_mode, source FROM shield_modechange WHERE at >= %s ORDER BY at",
@@ -517,7 +593,8 @@ class Attack:
                                               "net_of_background_and_legit": round(net * 1000 / max(1, self.bot_requests), 3)},
             "redis_cpu_ms_per_bot_request": round((redis2 - redis1) * 1000 / max(1, self.bot_requests), 3)
             if self.redis_pids else None,
-            "generator_cpu_s": {"quiet": round(own1 - own0, 2), "flood": round(own2 - own1, 2)},
+            "generator_cpu_s": {"quiet": round(own1 - own0, 2), "flood_users": round(own2 - own1, 2),
+                                "flood_bots": round(bots["cpu_s"], 2), "nice": _NICE},
             "load_average_after": os.getloadavg(),
         }
 
@@ -545,6 +622,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument("--model", default="deepseek-chat")
     parser.add_argument("--max-tokens", type=int, default=4)
+    parser.add_argument("--generator-nice", type=int, default=19,
+                        help="niceness of the bots' process and of every proof-of-work solver (0: none)")
     args = parser.parse_args(argv)
     legit = []
     for item in args.legit:
@@ -560,5 +639,8 @@ def main(argv: list[str]) -> int:
                     max_in_flight=args.max_in_flight, server_pids=args.server_pid, redis_pids=args.redis_pid,
                     database_url=args.database_url, legit_api=args.legit_api, model=args.model,
                     max_tokens=args.max_tokens, victim=args.victim or (legit[0].email if legit else "ada@example.com"))
-    print(json.dumps(asyncio.run(attack.run()), indent=2, default=str))
+    global _NICE
+    _NICE = args.generator_nice
+    bots = attack.start_bots()  # before this process's event loop: a fork must not inherit a running one
+    print(json.dumps(asyncio.run(attack.run(bots)), indent=2, default=str))
     return 0

@@ -525,8 +525,19 @@ async def _browser_door(send: Send, door: str, method: str, path: str, cookie: b
     cookies = _cookies(cookie)
     credential, pass_id = _credential(cookies, ip)
     if method in ("GET", "HEAD"):
-        if credential != "new" or mode == NORMAL or not settings.SHIELD_BROWSER_PASS:
+        if credential != "new" or not settings.SHIELD_BROWSER_PASS:
             return False
+        if mode == NORMAL:
+            # Calm: a bare browser's door page is Django's to render (a template, a CSRF token, ~15 ms
+            # of a core), within the site's per-second budget of such pages. Past it — a flood's
+            # first seconds, before the mode rises: every bot from a fresh address fetches the form
+            # first — the page is the interstitial, and the spent budget counts as pressure.
+            decision, _ = await acheck_door([Site("page.new")], {"requests": 1}, soft_from=0,
+                                            refused=_windows()[0], challenged=_windows()[1])
+            if decision.allowed:
+                return False
+            await _interstitial(send, path, ip, bits=_difficulty(mode, None, 0))
+            return True
         # Under pressure a new browser first earns a pass; how hard depends on its subnet's load.
         # Under attack, sign-up is busy once the trickle is spent: no point in a pass then.
         subjects = [Subnet("door", ip)]

@@ -64,6 +64,11 @@ SHIELD_LIMITS = {
     "hash.known.global": {"requests": (env_int("SHIELD_HASH_KNOWN_PER_SECOND", 4, minimum=1), 1.0)},
     "hash.pass.global": {"requests": (env_int("SHIELD_HASH_PASS_PER_SECOND", 2, minimum=1), 1.0)},
     "hash.new.global": {"requests": (env_int("SHIELD_HASH_NEW_PER_SECOND", 4, minimum=1), 1.0)},
+    # Door pages (log-in, sign-up, reset, the admin's) Django renders per second, site-wide, for
+    # browsers with neither a known-device cookie nor a pass, in calm times (in any other mode those
+    # browsers see the interstitial first). Past it a bare browser is shown the interstitial
+    # instead: a render costs ~15 ms of a core, so 10/s is about a sixth of one. Size it to the tier.
+    "page.new.global": {"requests": (env_int("SHIELD_PAGE_NEW_PER_SECOND", 10, minimum=1), 1.0)},
     # Bearer requests to the key-authenticated API per address and subnet, before the key is looked at.
     "apikey.address": {"requests": (env_int("SHIELD_APIKEY_ADDRESS_RPM", 1200, minimum=1), _MIN)},
     "apikey.subnet": {"requests": (env_int("SHIELD_APIKEY_SUBNET_RPM", 6000, minimum=1), _MIN)},

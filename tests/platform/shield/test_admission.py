@@ -282,6 +282,25 @@ def test_in_calm_times_a_new_browser_logs_in_within_the_new_device_budget(layer,
     assert admission.challenge_in(third.text), "a spent budget sends new browsers to the interstitial"
 
 
+@pytest.mark.django_db
+def test_in_calm_times_bare_browsers_door_pages_are_djangos_within_the_page_budget(layer, settings):
+    from levee.shield import stats
+
+    settings.SHIELD_LIMITS = {**settings.SHIELD_LIMITS, "page.new.global": {"requests": (2, 60.0)}}
+    app, inner = layer
+    pages = [call(app, "GET", "/accounts/signup/", ip=f"198.51.{n}.1") for n in range(3)]
+    assert [p.status for p in pages] == [200, 200, 200]
+    assert inner.calls == 2, "past the budget the page is not Django's to render"
+    assert admission.challenge_in(pages[2].text) and not admission.challenge_in(pages[1].text)
+    # a spent page budget is pressure (a challenge), not evidence of an attack (a refusal)
+    assert stats.windows(["refused", "challenged"], window=10, baseline=60) == {"refused": (0, 0.0),
+                                                                               "challenged": (1, 0.0)}
+    # a browser that holds a pass, or a known device, is not counted against it
+    cookie = _solve_pass(app, "/accounts/login/", "198.51.7.1")
+    assert call(app, "GET", "/accounts/login/", ip="198.51.7.1", headers={"cookie": cookie}).status == 200
+    assert inner.calls == 3
+
+
 def _solve_pass(app, target: str, ip: str) -> str:
     page = call(app, "GET", target, ip=ip)
     assert page.status == 200, page.text
