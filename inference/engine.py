@@ -11,9 +11,10 @@ Cache blocks are allocated as sequences grow; admission keeps room for a share o
 sequence's max_tokens (`reserve_fraction`) and, when the cache runs short, the newest sequence is
 preempted and later recomputed.
 
-With the model's multi-token-prediction layer (`speculative`), a greedy sequence also feeds the
-MTP layer's draft of its next token, verified in the same step; the MTP layer then runs over the
-step's rows of those sequences and drafts again (`_MTPInputs`, `Engine._draft`). Text (incremental
+With the model's multi-token-prediction layer (`speculative`), an unpenalised, unconstrained sequence
+also feeds the MTP layer's draft of its next token, verified in the same step (a sampled one by
+exact rejection sampling, inference/mtp.py); the MTP layer then runs over the step's rows of those
+sequences and drafts again (`_MTPInputs`, `Engine._draft`). Text (incremental
 detokenization, stop strings) is made on a second thread (`_TextThread`), never in the step.
 
 Public API: `Engine`, `Request`, `SamplingParams`, `RequestHandle`, `Event`, `Usage`, `Completion`.
@@ -41,7 +42,8 @@ from inference.attention import PagedAttention, PrefillSpan
 from inference.grammar import BatchMasker, SequenceConstraint
 from inference.kvcache import UNIT_TOKENS, KVCache
 from inference.model import AttentionBackend, Transformer
-from inference.sampler import SamplingRows, row_key, rows_from_tensors, sample
+from inference.mtp import ACCEPT_STREAM, DRAFT_STREAM, verify
+from inference.sampler import SamplingRows, draw, filtered_probs, row_key, rows_from_tensors, sample
 from kernels.torch_mla import KV_SPLIT
 
 log = logging.getLogger(__name__)
@@ -236,6 +238,7 @@ class _Seq:
         self.host_row = (self.greedy, float(p.top_p), int(p.top_k), float(p.min_p), self.penalised)
         self.spec = False  # the engine speculates for this sequence (set at admission; see Engine._speculates)
         self.draft: int | None = None  # the MTP layer's proposal for the token after output[-1]
+        self.q_row: int | None = None  # a sampled speculating sequence's row of the engine's draft distributions
 
     def tokens(self) -> list[int]:
         return self.prompt + self.output
@@ -466,7 +469,9 @@ class _MTPInputs:
     (main row of each), `next` (token t+1 where the host knows it, else 0 and filled on the device
     from `fill_from`, the sampled row's index, at `fill_at`), `dec` (decode-row index into the main
     block table), and per drafting sequence two candidate rows `c0`, `c1` and its previous draft
-    `prev`: the draft is read at c1 when the token sampled at c0's row equals prev, else at c0."""
+    `prev`: the draft is read at c1 when the token sampled at c0's row equals prev, else at c0.
+    Drafting from c0 proposes the sequence's token n+1 (n = tokens it generated before the step),
+    from c1 token n+2 (the bonus token was n+1); a prefill span's c0 = c1 proposes n+1."""
 
     def __init__(self) -> None:
         self.src: list[int] = []
@@ -478,10 +483,10 @@ class _MTPInputs:
         self.c1: list[int] = []
         self.prev: list[int] = []
         self.spans: list[tuple[int, int, int, int, int]] = []  # MTP rows a, b, start, ctx offset, ctx length
-        self.drafting: list[int] = []  # id() of each drafting sequence, in c0/c1 order
+        self.drafting: list[_Seq] = []  # each drafting sequence, in c0/c1 order
         self.decode_start = 0
 
-    def prefill_span(self, seq: object, rows: range, next_ids: list[int], start: int, ctx_offset: int,
+    def prefill_span(self, seq: _Seq, rows: range, next_ids: list[int], start: int, ctx_offset: int,
                      ctx_len: int, sampled: int | None) -> None:
         a = len(self.src)
         self.src += rows
@@ -493,7 +498,7 @@ class _MTPInputs:
             self.add_candidates(seq, len(self.src) - 1, len(self.src) - 1, -1)
         self.spans.append((a, len(self.src), start, ctx_offset, ctx_len))
 
-    def decode_rows(self, seq: object, row: int, dec_row: int, sampled: int, two: bool, prev: int) -> None:
+    def decode_rows(self, seq: _Seq, row: int, dec_row: int, sampled: int, two: bool, prev: int) -> None:
         base = len(self.src)
         for k in range(1 + two):
             self.src.append(row + k)
@@ -503,8 +508,8 @@ class _MTPInputs:
             self.dec.append(dec_row + k)
         self.add_candidates(seq, base, base + two, prev)
 
-    def add_candidates(self, seq: object, c0: int, c1: int, prev: int) -> None:
-        self.drafting.append(id(seq))
+    def add_candidates(self, seq: _Seq, c0: int, c1: int, prev: int) -> None:
+        self.drafting.append(seq)
         self.c0.append(c0)
         self.c1.append(c1)
         self.prev.append(prev)
@@ -513,6 +518,43 @@ class _MTPInputs:
         if not self.src:
             return []
         return [self.src, self.next, self.fill_at, self.fill_from, self.dec, self.c0, self.c1, self.prev]
+
+    def sampled_columns(self) -> tuple[list[list[int]], list[list[float]]]:
+        """The drafter's sampling inputs of the drafting sequences that sample (none: empty): their
+        index among the drafts, q row, draft keys for a draft from c0 and from c1, top_k; temperature,
+        top_p, min_p."""
+        sampled = [(j, s) for j, s in enumerate(self.drafting) if not s.greedy]
+        if not sampled:
+            return [], []
+        q_rows = []
+        for _, s in sampled:
+            assert s.q_row is not None  # taken at admission (Engine._take_q_row)
+            q_rows.append(s.q_row)
+        ints = [[j for j, _ in sampled], q_rows,
+                *([row_key(s.seed, len(s.output) + k, DRAFT_STREAM) for _, s in sampled] for k in (1, 2)),
+                [s.params.top_k for _, s in sampled]]
+        floats = [[s.params.temperature for _, s in sampled], [s.params.top_p for _, s in sampled],
+                  [s.params.min_p for _, s in sampled]]
+        return ints, floats
+
+
+def _split(cols: list[torch.Tensor], sizes: list[int]) -> list[list[torch.Tensor]]:
+    """cols cut into consecutive groups of the given sizes."""
+    out, at = [], 0
+    for n in sizes:
+        out.append(cols[at : at + n])
+        at += n
+    return out
+
+
+def _row_offsets(seqs: list[_Seq]) -> list[int]:
+    """Per sampled row, how many earlier rows of the step belong to the same sequence."""
+    seen: dict[int, int] = {}
+    out = []
+    for s in seqs:
+        out.append(seen.get(id(s), 0))
+        seen[id(s)] = out[-1] + 1
+    return out
 
 
 class Engine:
@@ -542,7 +584,7 @@ class Engine:
         the newest when the cache fills); cuda_graphs: replay decode-only steps from CUDA graphs
         captured per bucketed batch size (CUDA only); speculative: draft one token per step with the
         model's multi-token-prediction layer and verify it in the next step (default: when the model
-        was loaded with it, `load_model(..., mtp=True)`; greedy, unpenalised, unconstrained requests)."""
+        was loaded with it, `load_model(..., mtp=True)`; unpenalised, unconstrained requests)."""
         self.model = model
         args = model.args
         self.device = model.device
@@ -596,6 +638,12 @@ class Engine:
         # made at the first request with a penalty.
         self._counts: torch.Tensor | None = None
         self._free_counts_rows = list(range(max_batch - 1, -1, -1))
+        # The drafter's filtered distribution q of each sampled speculating sequence's pending draft,
+        # [max_batch, V] float32, made at the first such request. Kept from the step that drafts to the
+        # step that verifies rather than recomputed: recomputing needs the MTP layer's hidden state
+        # kept instead and a second pass through the vocabulary-wide head for every verifying row.
+        self._q: torch.Tensor | None = None
+        self._free_q_rows = list(range(max_batch - 1, -1, -1))
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -753,6 +801,7 @@ class Engine:
             seq.num_computed = len(hits) * UNIT_TOKENS
             seq.spec = self._speculates(seq)
             self._take_counts_row(seq)
+            self._take_q_row(seq)
             self._running.append(seq)
 
     def _blocks_for(self, tokens: int) -> int:
@@ -792,6 +841,7 @@ class Engine:
         seq.num_computed = 0
         seq.draft = None  # the recompute's prefill drafts again
         self._release_counts_row(seq)
+        self._release_q_row(seq)
         self._running.remove(seq)
         self._preempted.appendleft(seq)
         self.preemptions += 1
@@ -812,6 +862,18 @@ class Engine:
         if seq.counts_row is not None:
             self._free_counts_rows.append(seq.counts_row)
             seq.counts_row = None
+
+    def _take_q_row(self, seq: _Seq) -> None:
+        if not seq.spec or seq.greedy:
+            return
+        if self._q is None:
+            self._q = torch.zeros(self.max_batch, self.vocab, dtype=torch.float32, device=self.device)
+        seq.q_row = self._free_q_rows.pop()
+
+    def _release_q_row(self, seq: _Seq) -> None:
+        if seq.q_row is not None:
+            self._free_q_rows.append(seq.q_row)
+            seq.q_row = None
 
     def _slot(self, seq: _Seq, pos: int) -> int:
         return seq.blocks[pos // self.block_size] * self.block_size + pos % self.block_size
@@ -836,10 +898,13 @@ class Engine:
         return [(s, n) for s, n in plan if s in self._running]
 
     def _speculates(self, seq: _Seq) -> bool:
-        """Whether the engine drafts for this sequence: greedy, unpenalised, unconstrained requests of a
-        speculative engine (a sampled request would need the drafter's distribution and the
-        rejection rule on the device; see inference/mtp.py)."""
-        return self.speculative and seq.greedy and not seq.penalised and seq.req.constraint is None
+        """Whether the engine drafts for this sequence: unpenalised, unconstrained requests of a
+        speculative engine, greedy or sampled. A penalised or grammar-constrained request decodes
+        without drafts: the token after a draft is drawn from a distribution that depends on the draft
+        (its penalty counts, its grammar state), which the step would have to build on the device
+        before the draft is verified (counts plus the draft; the matcher advanced by a token it may
+        reject), and the drafter's q would need the same filters to keep the rule exact."""
+        return self.speculative and not seq.penalised and seq.req.constraint is None
 
     @staticmethod
     def _verifies(seq: _Seq) -> bool:
@@ -887,8 +952,14 @@ class Engine:
                     default=0)
         table: list[int] = []
         lengths: list[int] = []
+        checks: list[list[int]] = [[], [], [], []]  # sampled drafts verified: sampled row, q row, draft, accept key
         for s, two in zip(decode, verifying, strict=True):
             first = len(ids)
+            if two and not s.greedy:
+                for col, v in zip(checks, (len(sample_rows), s.q_row, s.draft,
+                                           row_key(s.seed, len(s.output), ACCEPT_STREAM)), strict=True):
+                    assert v is not None
+                    col.append(v)
             row_blocks = s.blocks[:width] + [0] * (width - min(width, len(s.blocks)))  # padding is masked
             for k, tok in enumerate([s.output[-1], s.draft] if two else [s.output[-1]]):
                 assert tok is not None
@@ -904,9 +975,13 @@ class Engine:
                 prev = s.draft if two and s.draft is not None else -1
                 mtp.decode_rows(s, first, first - decode_start, len(sample_rows) - 1 - two, two, prev)
         s_ints, s_floats = self._sampling_inputs(row_seqs) if row_seqs else ([], [])
-        (ids_t, pos_t, slots_t, rows_t, ctx_t, table_t, len_t, *rest), s_floats_t = self._staging.upload(
-            [ids, positions, slots, sample_rows, ctx_slots, table, lengths, *mtp.columns(), *s_ints], s_floats)
-        mtp_t, s_ints_t = (rest[: len(rest) - len(s_ints)], rest[len(rest) - len(s_ints) :])
+        checks = checks if checks[0] else []
+        d_ints, d_floats = mtp.sampled_columns()
+        groups = [[ids, positions, slots, sample_rows, ctx_slots, table, lengths], mtp.columns(), s_ints, checks, d_ints]
+        ints_t, floats_t = self._staging.upload([col for g in groups for col in g], s_floats + d_floats)
+        (ids_t, pos_t, slots_t, rows_t, ctx_t, table_t, len_t), mtp_t, s_ints_t, checks_t, d_ints_t = _split(
+            ints_t, [len(g) for g in groups])
+        s_floats_t, d_floats_t = floats_t[: len(s_floats)], floats_t[len(s_floats) :]
         n_decode_rows = len(ids) - decode_start
         table_2d = table_t.view(n_decode_rows, width) if decode else None
         masks = self._begin_masks(row_seqs) if row_seqs else None  # computed on llguidance's threads while the forward runs
@@ -931,15 +1006,17 @@ class Engine:
             assert hidden is not None
 
             def draft_fn(sampled: torch.Tensor) -> torch.Tensor:
-                return self._draft(mtp, mtp_t, hidden, sampled, pos_t, slots_t, ctx_t, table_2d, len_t)
+                return self._draft(mtp, mtp_t, hidden, sampled, pos_t, slots_t, ctx_t, table_2d, len_t,
+                                   d_ints_t + d_floats_t)
 
             if not entries:  # a prompt chunk that samples nothing still fills the MTP layer's cache
                 draft_fn(torch.empty(0, dtype=torch.int64, device=self.device))
         if entries:
 
             allowed = None if masks is None else self._masker.allowed(masks, len(row_seqs), logits.device)  # type: ignore[union-attr]
-            tokens, logprobs, tops, drafts = self._sample(row_seqs, logits, s_ints_t, s_floats_t, allowed, draft_fn)
-            new_drafts = dict(zip(mtp.drafting, drafts, strict=True))
+            tokens, logprobs, tops, drafts = self._sample(row_seqs, logits, s_ints_t, s_floats_t, allowed, draft_fn,
+                                                          checks_t)
+            new_drafts = {id(d): t for d, t in zip(mtp.drafting, drafts, strict=True)}
             i = 0
             for s, k in entries:
                 first_ok = True
@@ -975,12 +1052,15 @@ class Engine:
 
     def _draft(self, mtp: _MTPInputs, cols: list[torch.Tensor], hidden: torch.Tensor, sampled: torch.Tensor,
                pos_t: torch.Tensor, slots_t: torch.Tensor, ctx_t: torch.Tensor, table_2d: torch.Tensor | None,
-               len_t: torch.Tensor) -> torch.Tensor:
+               len_t: torch.Tensor, sampled_cols: list[torch.Tensor]) -> torch.Tensor:
         """The MTP layer over the step's rows of speculating sequences, on the device, before the
         step's one device→host copy: row t gets the main model's hidden state at t and token t+1 (the
         prompt's, or the token just sampled there), writes its latent into the MTP cache layer and
         predicts token t+2. A verifying sequence's draft comes from its draft's row when the draft
-        was kept, else from its last token's row. Returns the greedy drafts, one per drafting sequence."""
+        was kept, else from its last token's row. A greedy sequence's draft is the head's argmax; a
+        sampled one's is drawn from q, the head's distribution through the request's own filters
+        (`sampled_cols`, see `_MTPInputs.sampled_columns`), with its draft key, and q is kept in its row
+        of `_q` for the next step's verification. Returns the drafts, one per drafting sequence."""
         src, nxt, fill_at, fill_from, dec, c0, c1, prev = cols
         nxt = nxt.clone()
         nxt[fill_at] = sampled[fill_from]
@@ -993,8 +1073,20 @@ class Engine:
         h = self.model.mtp_hidden(nxt[None], hidden[src][None], pos_t[src], backend)[0]
         if not mtp.drafting:
             return torch.empty(0, dtype=torch.int64, device=h.device)
-        pick = torch.where(nxt[c0] == prev, c1, c0)
-        drafts: torch.Tensor = self.model.lm_head(h[pick]).argmax(-1)
+        kept = nxt[c0] == prev
+        logits = self.model.lm_head(h[torch.where(kept, c1, c0)])
+        drafts: torch.Tensor = logits.argmax(-1)
+        if sampled_cols:
+            at, q_rows, key0, key1, top_k, temperature, top_p, min_p = sampled_cols
+            zero = torch.zeros_like(temperature)
+            rows = rows_from_tensors(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, presence=zero,
+                                     frequency=zero, keys=torch.where(kept[at], key1, key0),
+                                     greedy=torch.zeros_like(at, dtype=torch.bool),
+                                     host=[s.host_row for s in mtp.drafting if not s.greedy])
+            q = filtered_probs(logits[at].float(), rows, self.vocab)
+            drafts = drafts.index_put((at,), draw(q, rows.keys))
+            assert self._q is not None
+            self._q[q_rows] = q
         return drafts
 
     def _begin_masks(self, order: list[_Seq]) -> Future[tuple[torch.Tensor, torch.Tensor]] | None:
@@ -1007,11 +1099,13 @@ class Engine:
 
     def _sampling_inputs(self, seqs: list[_Seq]) -> tuple[list[list[int]], list[list[float]]]:
         """The sampler's per-row inputs (int and float columns) for the step's staging buffer; empty
-        when every row is greedy and unpenalised (the sampler then needs nothing but the logits)."""
+        when every row is greedy and unpenalised (the sampler then needs nothing but the logits). A
+        verifying sequence's second row samples its token after the draft: its key is one step on."""
         if all(s.greedy and not s.penalised for s in seqs):
             return [], []
         zero_row = self.max_batch  # the count table's row that stays zero, for unpenalised rows
-        ints = [[row_key(s.seed, len(s.output)) for s in seqs], [s.params.top_k for s in seqs],
+        ints = [[row_key(s.seed, len(s.output) + k) for s, k in zip(seqs, _row_offsets(seqs), strict=True)],
+                [s.params.top_k for s in seqs],
                 [int(s.greedy) for s in seqs],
                 [zero_row if s.counts_row is None else s.counts_row for s in seqs]]
         floats = [[1.0 if s.greedy else s.params.temperature for s in seqs], [s.params.top_p for s in seqs],
@@ -1020,12 +1114,15 @@ class Engine:
         return ints, floats
 
     def _sample(self, seqs: list[_Seq], logits: torch.Tensor, ints: list[torch.Tensor], floats: list[torch.Tensor],
-                allowed: torch.Tensor | None = None, then: Callable[[torch.Tensor], torch.Tensor] | None = None
+                allowed: torch.Tensor | None = None, then: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                checks: Sequence[torch.Tensor] = ()
                 ) -> tuple[list[int], list[float | None], list[list[tuple[int, float]] | None], list[int]]:
         """One batched pass on the device (see sampler.py); rows never interact, so a request's choice
         does not depend on who else is in the batch. `then(sampled ids)` runs more device work on the
         sampled ids (the MTP drafts) whose int results join the step's one device→host copy, at its end.
-        Returns tokens, logprobs, top logprobs per row and `then`'s results."""
+        `checks` (sampled row, q row, draft, accept key per sampled draft verified this step): at
+        those rows the rejection rule (`inference.mtp.verify`) against the q kept when the draft was
+        drawn replaces the sample. Returns tokens, logprobs, top logprobs per row and `then`'s results."""
         want_lp = any(s.params.logprobs for s in seqs)
         n_top = max(s.params.top_logprobs for s in seqs)
         counts = None
@@ -1040,7 +1137,17 @@ class Engine:
                 counts = self._counts[count_rows]
         else:
             rows = None
-        out = sample(logits, rows, counts=counts, allowed=allowed, want_logprobs=want_lp, top_logprobs=n_top)
+        check = None
+        if checks:
+            at, q_rows, drafts, keys = checks
+            q = self._q
+
+            def check(tokens: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+                assert q is not None
+                return tokens.index_put((at,), verify(probs[at], q[q_rows], drafts, keys))
+
+        out = sample(logits, rows, counts=counts, allowed=allowed, want_logprobs=want_lp, top_logprobs=n_top,
+                     verify=check)
         if counts is not None:
             assert self._counts is not None
             self._counts.index_put_((count_rows, out.tokens), torch.ones_like(out.tokens, dtype=torch.float32),
@@ -1131,6 +1238,7 @@ class Engine:
         self.cache.release_blocks(s.private)
         s.unit_keys, s.private, s.blocks = [], [], []
         self._release_counts_row(s)
+        self._release_q_row(s)
         if s in self._running:
             self._running.remove(s)
         if s in self._preempted:

@@ -17,11 +17,12 @@ temperature, top-k, top-p (the smallest prefix of the sorted distribution whose 
 tokens tied with its last member are kept too), min-p (tokens below min_p · max p are dropped).
 Logprobs are of the raw model distribution (log_softmax of the unmodified logits).
 
-Public API: `SamplingRows`, `SampleOutput`, `sample`, `row_key`, `uniform`.
+Public API: `SamplingRows`, `SampleOutput`, `sample`, `row_key`, `uniform`, `draw`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -50,11 +51,14 @@ def _mix32_t(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def row_key(seed: int, step: int) -> int:
-    """The 32-bit key of a request's `step`-th sample (step = tokens generated before it)."""
+def row_key(seed: int, step: int, stream: int = 0) -> int:
+    """The 32-bit key of a request's `step`-th sample (step = tokens generated before it). `stream`
+    > 0 names another use of randomness at the same step (MTP's draft and its acceptance test,
+    inference/mtp.py), whose uniforms are independent of the sample's."""
     h = _mix32(seed & _M32)
     h = _mix32(h ^ ((seed >> 32) & _M32))
-    return _mix32(h ^ (step & _M32) ^ 0x9E3779B9)
+    key = _mix32(h ^ (step & _M32) ^ 0x9E3779B9)
+    return key if stream == 0 else _mix32(key ^ _mix32(stream * 0x85EBCA6B))
 
 
 def uniform(keys: torch.Tensor, vocab: int) -> torch.Tensor:
@@ -63,6 +67,12 @@ def uniform(keys: torch.Tensor, vocab: int) -> torch.Tensor:
     h = _mix32_t((v[None, :] * 0x9E3779B1 + keys[:, None]) & _M32)
     h = _mix32_t(h ^ keys[:, None])
     return ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+def draw(probs: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """One token per row of probs [B, V] (rows sum to 1 or hold zeros where filtered out), drawn
+    with the rows' keys: the exponential race argmax(p_v / E_v), E_v = -log u_v."""
+    return (probs / -uniform(keys, probs.shape[-1]).log()).argmax(-1)
 
 
 @dataclass
@@ -167,8 +177,8 @@ def filtered_probs(logits: torch.Tensor, rows: SamplingRows, vocab: int) -> torc
 
 
 def sample(logits: torch.Tensor, rows: SamplingRows | None, *, counts: torch.Tensor | None = None,
-           allowed: torch.Tensor | None = None, want_logprobs: bool = False,
-           top_logprobs: int = 0) -> SampleOutput:
+           allowed: torch.Tensor | None = None, want_logprobs: bool = False, top_logprobs: int = 0,
+           verify: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> SampleOutput:
     """logits [B, V] (any float dtype) → SampleOutput, all on the device, no host sync.
 
     rows: None when every row is greedy and unpenalised (nothing but the logits is needed);
@@ -176,7 +186,9 @@ def sample(logits: torch.Tensor, rows: SamplingRows | None, *, counts: torch.Ten
     allowed: optional [B, V] bool, False = the token may not be chosen (a grammar's mask; a row
     with nothing allowed falls back to its unmasked choice rather than an arbitrary token);
     want_logprobs / top_logprobs: the chosen tokens' logprobs and the n most likely (ids, logprobs)
-    per row, of the raw model distribution."""
+    per row, of the raw model distribution; verify: when rows sample, called with (tokens [B], the
+    filtered distributions [B, V]) and returns the tokens to emit (the engine's MTP verification puts
+    the rejection rule's choice on a verifying row); logprobs are of what it returns."""
     raw = logits.float()
     x = raw
     if rows is not None and rows.any_penalty:
@@ -189,9 +201,10 @@ def sample(logits: torch.Tensor, rows: SamplingRows | None, *, counts: torch.Ten
     greedy_tok = x.argmax(-1)
     if rows is not None and rows.any_sampled:
         probs = filtered_probs(x, rows, V)
-        race = probs / -uniform(rows.keys, V).log()
-        sampled_tok = race.argmax(-1)
+        sampled_tok = draw(probs, rows.keys)
         tok = sampled_tok if rows.all_sampled else torch.where(rows.greedy, greedy_tok, sampled_tok)
+        if verify is not None:
+            tok = verify(tok, probs)
     else:
         tok = greedy_tok
     lp = ids = tlp = None
