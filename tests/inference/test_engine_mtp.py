@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from inference import load_model
 from inference import engine as engine_module
+from inference import load_model
 from inference.engine import Engine, Request, SamplingParams
 from inference.sampler import build_rows, filtered_probs
 from inference.tokenizer import Tokenizer

@@ -86,6 +86,22 @@ def test_speculative_acceptance_emits_tokens_distributed_as_the_main_model():
     assert abs(accepted.float().mean().item() - torch.minimum(p, q).sum().item()) < 0.005
 
 
+def test_verify_draws_from_unnormalised_filtered_rows_exactly_with_keyed_uniforms():
+    """The engine's form of the rule: p and q as the sampler's filters leave them (zeros where cut,
+    not renormalised, with different kept masses) and both uniforms from a per-row key."""
+    from inference.mtp import ACCEPT_STREAM, DRAFT_STREAM, verify
+    from inference.sampler import draw, row_key
+
+    p = torch.tensor([0.30, 0.0, 0.15, 0.05, 0.0])  # kept mass 0.5
+    q = torch.tensor([0.05, 0.45, 0.20, 0.0, 0.20])  # kept mass 0.9
+    n = 100_000
+    keys = torch.tensor([row_key(s, 1, ACCEPT_STREAM) for s in range(n)])
+    draft = draw(q.expand(n, -1), torch.tensor([row_key(s, 1, DRAFT_STREAM) for s in range(n)]))
+    tokens = verify(p.expand(n, -1), q.expand(n, -1), draft, keys)
+    freq = torch.bincount(tokens, minlength=5).float() / n
+    assert (freq - p / p.sum()).abs().max().item() < 0.007  # ~5 standard errors at n = 100k
+
+
 def test_a_good_drafter_is_accepted_more_and_a_perfect_one_always():
     p = torch.tensor([0.6, 0.3, 0.1])
     n = 50_000
