@@ -14,8 +14,8 @@ preempted and later recomputed.
 With the model's multi-token-prediction layer (`speculative`), an unpenalised, unconstrained sequence
 also feeds the MTP layer's draft of its next token, verified in the same step (a sampled one by
 exact rejection sampling, inference/mtp.py); the MTP layer then runs over the step's rows of those
-sequences and drafts again (`_MTPInputs`, `Engine._draft`). Text (incremental
-detokenization, stop strings) is made on a second thread (`_TextThread`), never in the step.
+sequences and drafts again (`_MTPInputs`, `Engine._draft`). Text (incremental detokenization, stop
+strings) is made on a second thread (`_TextThread`), never in the step.
 
 Public API: `Engine`, `Request`, `SamplingParams`, `RequestHandle`, `Event`, `Usage`, `Completion`.
 """
@@ -901,9 +901,9 @@ class Engine:
         """Whether the engine drafts for this sequence: unpenalised, unconstrained requests of a
         speculative engine, greedy or sampled. A penalised or grammar-constrained request decodes
         without drafts: the token after a draft is drawn from a distribution that depends on the draft
-        (its penalty counts, its grammar state), which the step would have to build on the device
-        before the draft is verified (counts plus the draft; the matcher advanced by a token it may
-        reject), and the drafter's q would need the same filters to keep the rule exact."""
+        (its penalty counts, its grammar state), which the step would have to build before the draft
+        is verified (the counts plus the draft on the device; the grammar matcher advanced on the host
+        by a token it may then reject)."""
         return self.speculative and not seq.penalised and seq.req.constraint is None
 
     @staticmethod

@@ -3,13 +3,16 @@
     .venv/bin/python ops/bench/mtp.py                     # the demo checkpoint and its MTP head
     .venv/bin/python ops/bench/mtp.py --checkpoint DIR --tokens 64 --temperature 0.8 --json out.json
     .venv/bin/python ops/bench/mtp.py --engine --batch 1 4 16   # through the batching engine
+    .venv/bin/python ops/bench/mtp.py --engine --temperature 0.7   # sampled requests (seeded) too
 
 --engine: the batching engine (inference.engine.Engine) with and without speculation, each batch
-size once per round (which goes first alternates), `--rounds` rounds: B greedy requests submitted
-at once (the prompts below, cycled), `--tokens` each (eos ignored), timed from the first submit to
-the last completion, in wall time and in the process's CPU time (the engine thread's work; steadier
-than wall time on a shared machine). Reports tokens/s of each, their ratio, the acceptance and
-steps, and whether the tokens were identical.
+size once per round (which goes first alternates), `--rounds` rounds: B requests submitted at once
+(the prompts below, cycled), `--tokens` each (eos ignored), timed from the first submit to the last
+completion, in wall time and in the process's CPU time (the engine thread's work; steadier than wall
+time on a shared machine). Greedy requests, and with `--temperature T` > 0 a second table of
+sampled ones (request i seeded with i). Reports tokens/s of each, their ratio, the acceptance and
+steps, and whether the tokens were identical (for sampled requests they are not expected to be:
+speculation keeps their distribution, not their draws).
 
 Each prompt is a chat turn rendered by the checkpoint's template; every prompt is decoded once
 without and once with speculation (inference.speculative.generate: batch 1, the same contiguous
@@ -39,14 +42,16 @@ PROMPTS = ["What is Levee?", "Tell me a short story.", "Hello", "What color is t
            "Tell me about black holes.", "Who are you?", "Tell me a joke."]
 
 
-def engine_run(model, prompts: list[list[int]], batch: int, tokens: int, speculative: bool) -> dict:
+def engine_run(model, prompts: list[list[int]], batch: int, tokens: int, speculative: bool,
+               temperature: float = 0.0) -> dict:
     eng = Engine(model, kv_budget_bytes=256 << 20, max_batch=max(batch, 1), speculative=speculative).start()
     try:
         eng.submit(Request(prompts[0], SamplingParams(max_tokens=4, temperature=0))).result(60)  # warm up
         before = eng.stats()
         started, cpu_started = time.perf_counter(), time.process_time()
-        handles = [eng.submit(Request(prompts[i % len(prompts)], SamplingParams(max_tokens=tokens, temperature=0,
-                                                                               ignore_eos=True)))
+        handles = [eng.submit(Request(prompts[i % len(prompts)],
+                                      SamplingParams(max_tokens=tokens, temperature=temperature, seed=i,
+                                                     ignore_eos=True)))
                    for i in range(batch)]
         done = [h.result(600) for h in handles]
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
@@ -61,8 +66,17 @@ def engine_run(model, prompts: list[list[int]], batch: int, tokens: int, specula
 
 def engine_bench(model, tok, args) -> None:
     prompts = [tok.encode_chat([{"role": "user", "content": t}], add_generation_prompt=True) for t in PROMPTS]
+    rows = [row | {"temperature": 0.0} for row in engine_table(model, prompts, args, 0.0)]
+    if args.temperature > 0:
+        rows += [row | {"temperature": args.temperature} for row in engine_table(model, prompts, args, args.temperature)]
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+def engine_table(model, prompts: list[list[int]], args, temperature: float) -> list[dict]:
     rows = []
-    print(f"engine, {args.tokens} greedy tokens per request, {args.rounds} round(s), {args.threads} thread(s)")
+    kind = f"sampled (temperature {temperature})" if temperature > 0 else "greedy"
+    print(f"engine, {args.tokens} {kind} tokens per request, {args.rounds} round(s), {args.threads} thread(s)")
     print("| batch | tokens/s plain | tokens/s MTP | ratio | per CPU-second plain | MTP | ratio | acceptance "
           "| steps plain → MTP | identical |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -73,7 +87,7 @@ def engine_bench(model, tok, args) -> None:
         for r in range(args.rounds):
             runs = {}
             for spec in ((False, True) if r % 2 == 0 else (True, False)):
-                runs[spec] = engine_run(model, prompts, batch, args.tokens, spec)
+                runs[spec] = engine_run(model, prompts, batch, args.tokens, spec, temperature)
                 for k in ("seconds", "cpu", "tokens", "steps"):
                     tot[spec][k] += runs[spec][k]
             drafted += runs[True]["drafted"]
@@ -86,12 +100,11 @@ def engine_bench(model, tok, args) -> None:
         spec_cpu = tot[True]["tokens"] / tot[True]["cpu"]
         print(f"| {batch} | {plain:.1f} | {spec:.1f} | {spec / plain:.2f}x | {plain_cpu:.1f} | {spec_cpu:.1f} | "
               f"{spec_cpu / plain_cpu:.2f}x | {acc:.1%} | "
-              f"{tot[False]['steps']} → {tot[True]['steps']} | {'yes' if identical else 'NO'} |")
+              f"{tot[False]['steps']} → {tot[True]['steps']} | {'yes' if identical else 'no' if temperature else 'NO'} |")
         rows.append({"batch": batch, "plain_tps": plain, "spec_tps": spec, "ratio": spec / plain,
                      "plain_tps_cpu": plain_cpu, "spec_tps_cpu": spec_cpu, "acceptance": acc,
                      "steps_plain": tot[False]["steps"], "steps_spec": tot[True]["steps"], "identical": identical})
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return rows
 
 
 def main() -> None:
