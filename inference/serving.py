@@ -67,7 +67,7 @@ def mtp_mode() -> str:
 
 def build_engine(checkpoint: str) -> Engine:
     """The engine for `checkpoint`; with $LEVEE_TP_SIZE > 1 over that many ranks (inference/parallel.py).
-    With the checkpoint's MTP layer ($LEVEE_MTP) the engine speculates for greedy requests."""
+    With the checkpoint's MTP layer ($LEVEE_MTP) the engine speculates for unpenalised, unconstrained requests."""
     from inference import load_model, parallel
     from inference.engine import Engine
     from inference.loader import has_mtp_layer
