@@ -5,21 +5,27 @@ bucket: per minute (`per_minute`, dashboards), per second (the sliding ~10 s win
 reads) and per ten seconds (the recent baseline that window is compared with)."""
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import cast
 
-from levee.shield import store
-from levee.shield.limiter import LuaScript
+from redis.exceptions import RedisError
 
+from levee.shield import store
+from levee.shield.limiter import LuaScript, _bulk, _int
+
+# KEYS: the event's prefix. ARGV: how many (default 1).
 _COUNT = """
 local t = tonumber(redis.call('TIME')[1])
+local n = tonumber(ARGV[1] or 1)
 local minute = KEYS[1] .. ':' .. math.floor(t / 60)
-redis.call('INCR', minute)
+redis.call('INCRBY', minute, n)
 redis.call('EXPIRE', minute, 180)
 local second = KEYS[1] .. ':s:' .. t
-redis.call('INCR', second)
+redis.call('INCRBY', second, n)
 redis.call('EXPIRE', second, 700)
 local tens = KEYS[1] .. ':t:' .. math.floor(t / 10)
-redis.call('INCR', tens)
+redis.call('INCRBY', tens, n)
 redis.call('EXPIRE', tens, 700)
 return 1
 """
@@ -53,9 +59,39 @@ def prefix(event: str) -> str:
     return f"levee:shield:stat:{{{event}}}"
 
 
-def count(event: str) -> None:
-    """Add one to this minute's, this second's and these ten seconds' counts. Raises ShieldRedisDown."""
-    _COUNT_SCRIPT.run([prefix(event)])
+def count(event: str, n: int = 1) -> None:
+    """Add `n` to this minute's, this second's and these ten seconds' counts. Raises ShieldRedisDown."""
+    _COUNT_SCRIPT.run([prefix(event)], [n])
+
+
+class Batched:
+    """Events of one kind counted in this process and filed in Redis in batches: by the first count
+    a second after the last filing (one round trip a second per process instead of one per event),
+    or by `aflush()`. For events decided without Redis (the admission layer's answers to bare
+    browsers under pressure), so counting them does not cost the round trip their answer saved.
+    A batch lands in the second it is filed, at most a second late: the escalation windows are ten
+    seconds long. One event loop per process counts and files (no lock)."""
+
+    def __init__(self, event: str, every: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.event, self.every, self.clock = event, every, clock
+        self.pending = 0
+        self.filed_at = clock()
+
+    async def add(self) -> None:
+        self.pending += 1
+        if self.clock() - self.filed_at >= self.every:
+            await self.aflush()
+
+    async def aflush(self) -> None:
+        """File what is pending; Redis unreachable, it stays pending for the next try."""
+        n, self.pending, self.filed_at = self.pending, 0, self.clock()
+        if not n:
+            return
+        body = b"".join([_int(1), _bulk(prefix(self.event).encode()), _bulk(b"%d" % n)])
+        try:
+            await _COUNT_SCRIPT.acall(3, body)
+        except RedisError:  # unreachable (or a script error): kept for the next try, never raised
+            self.pending += n
 
 
 def per_minute(event: str) -> int:

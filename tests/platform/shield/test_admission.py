@@ -75,8 +75,11 @@ def call(app, method: str, path: str, *, headers: dict | None = None, body: byte
 
 
 @pytest.fixture(autouse=True)
-def _no_loop(settings):
+def _no_loop(settings, monkeypatch):
     settings.SHIELD_ESCALATION_IN_WEB = False  # the per-process loop is tested through evaluate()
+    # what the layer counts in the process starts from nothing in each test
+    monkeypatch.setattr(admission, "_subnet_load", admission._SubnetLoad())
+    monkeypatch.setattr(admission, "_challenges", admission.stats.Batched(admission.CHALLENGED_EVENT))
     settings.SHIELD_BROWSER_PASS = True
 
 
@@ -401,8 +404,61 @@ def test_under_attack_a_bare_sign_up_post_is_refused_and_counted_as_a_challenge(
     set_mode_mirror(rds, "under_attack")
     answer = call(app, "POST", "/accounts/signup/", body=b"email=x")
     assert answer.status == 429 and admission.challenge_in(answer.text) and inner.calls == 0
+    asyncio.run(admission._challenges.aflush())  # filed in a batch, at most a second later
     assert stats.windows(["refused", "challenged"], window=10, baseline=60) == {"refused": (0, 0.0),
                                                                                "challenged": (1, 0.0)}
+
+
+def test_under_pressure_a_bare_browsers_post_is_answered_without_a_round_trip(layer, rds, monkeypatch, settings):
+    """Its answer is the interstitial whatever the counters say; its subnet's load (this process's
+    count) still raises the difficulty."""
+    from levee.shield import limiter
+
+    app, inner = layer
+    set_mode_mirror(rds, "elevated")
+    settings.SHIELD_PASS_BITS = {"normal": 4, "elevated": 6, "under_attack": 8}
+    settings.SHIELD_LIMITS = {**settings.SHIELD_LIMITS, "door.subnet": {"requests": (4, 60)}}
+
+    async def no_redis(*args, **kwargs):
+        raise AssertionError("a round trip for an answer that cannot change")
+
+    monkeypatch.setattr(limiter.LuaScript, "acall", no_redis)
+    monkeypatch.setattr(admission._challenges, "filed_at", time.monotonic())  # not due: nothing is filed
+    bits = []
+    for _ in range(4):
+        answer = call(app, "POST", "/accounts/login/", body=b"u=1", ip="198.51.100.9")
+        assert answer.status == 429 and inner.calls == 0
+        bits.append(int(admission.challenge_in(answer.text).split(".")[1]))
+    assert bits == [6, 8, 8, 10]  # half of the subnet's door allowance used (this one counted): +2; 90 %: +2 more
+    assert admission._challenges.pending == 4
+
+
+def test_batched_events_are_filed_once_a_second_and_kept_while_redis_is_away(rds, settings):
+    from levee.shield import stats, store
+
+    now = [100.0]
+    batch = stats.Batched("challenged", clock=lambda: now[0])
+
+    async def add(n):
+        for _ in range(n):
+            await batch.add()
+
+    asyncio.run(add(3))
+    assert batch.pending == 3 and stats.windows(["challenged"], window=10, baseline=60)["challenged"][0] == 0
+    now[0] += 1.0
+    asyncio.run(add(1))  # a second after the last filing: this count files the batch
+    assert batch.pending == 0 and stats.windows(["challenged"], window=10, baseline=60)["challenged"][0] == 4
+    reachable, settings.SHIELD_REDIS_URL = settings.SHIELD_REDIS_URL, "redis://127.0.0.1:1/0"
+    store.reset()
+    try:
+        now[0] += 1.0
+        asyncio.run(add(2))  # Redis away: nothing raised, nothing lost
+        assert batch.pending == 2
+    finally:
+        settings.SHIELD_REDIS_URL = reachable
+        store.reset()
+    asyncio.run(batch.aflush())
+    assert batch.pending == 0 and stats.windows(["challenged"], window=10, baseline=60)["challenged"][0] == 6
 
 
 @pytest.mark.django_db
