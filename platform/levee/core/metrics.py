@@ -59,9 +59,17 @@ TOKENS_PER_SECOND = Histogram("levee_tokens_per_second", "Decode speed of a fini
 KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
+_request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 def count_request(route: str, method: str | None, status: int, seconds: float) -> None:
-    REQUESTS.labels(route, method if method in KNOWN_METHODS else "other", str(status)).inc()
-    REQUEST_SECONDS.labels(route).observe(seconds)
+    key = (route, method if method in KNOWN_METHODS else "other", status)  # a client's method names are not keys
+    children = _request_children.get(key)
+    if children is None:  # labels() takes a lock and builds the series' key: once per label set
+        children = _request_children[key] = (REQUESTS.labels(key[0], key[1], str(status)),
+                                              REQUEST_SECONDS.labels(route))
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def count_signup(outcome: str) -> None:

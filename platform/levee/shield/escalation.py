@@ -33,6 +33,7 @@ from typing import Any
 
 from django.conf import settings
 
+from levee.core import rates
 from levee.shield import stats, store
 from levee.shield.models import ELEVATED, MODES, NORMAL, UNDER_ATTACK, ModeChange
 
@@ -139,8 +140,9 @@ _recent_lags: list[float] = []
 def tick(lag_ms: float) -> str | None:
     """One beat of a web process's loop: report its lag — the least of its last three beats, so one
     pause (a collection, a slow hop) is not pressure, a loop that keeps waking late is — and, if it
-    holds the lease, evaluate."""
+    holds the lease, evaluate. It also files the dashboard's counts this process has kept."""
     global _ticks
+    rates.flush()
     interval = settings.SHIELD_ESCALATION_INTERVAL
     _recent_lags.append(lag_ms)
     del _recent_lags[:-3]
