@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 from django.conf import settings
 from django.http import HttpRequest
@@ -15,6 +16,10 @@ def _parse(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         value = value[1 : value.index("]")]
     elif value.count(":") == 1:  # v4:port
         value = value.split(":", 1)[0]
+    try:  # the common case, checked in C (inet_pton takes canonical dotted quads only, as ipaddress does)
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, value))
+    except OSError:
+        pass
     try:
         addr = ipaddress.ip_address(value)
     except ValueError:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, cast
@@ -25,9 +26,21 @@ def _rules_from(spec: dict[str, Any]) -> list[Rule]:
     return rules
 
 
+def _is_ipv4(ip: str) -> bool:
+    """A canonical dotted quad (checked in C: parsing with ipaddress costs more than the rest of a
+    door's decision, and a flood's addresses are mostly new to the caches below)."""
+    try:
+        socket.inet_pton(socket.AF_INET, ip)
+    except OSError:
+        return False
+    return True
+
+
 @lru_cache(maxsize=16384)  # parsing an address costs more than the rest of a decision's Python
 def subnet_of(ip: str) -> str:
     """The /24 of an IPv4 address, the /64 of an IPv6 one (what one customer usually holds)."""
+    if _is_ipv4(ip):
+        return ip.rsplit(".", 1)[0] + ".0/24"
     addr = ipaddress.ip_address(ip)
     prefix = 24 if addr.version == 4 else 64
     return str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False))
@@ -37,6 +50,8 @@ def subnet_of(ip: str) -> str:
 def counted_address(ip: str) -> str:
     """What counts as one address: an IPv4 address itself, the /64 of an IPv6 one (a single host is
     routinely handed a whole /64, so counting per /128 would give one attacker 2**64 allowances)."""
+    if _is_ipv4(ip):
+        return ip
     addr = ipaddress.ip_address(ip)
     return ip if addr.version == 4 else str(ipaddress.ip_network(f"{addr}/64", strict=False))
 
