@@ -460,9 +460,10 @@ class Attack:
                     "messages": [{"role": "user", "content": "Say something short."}]})
                 good = r.status_code == 200 and bool(r.json()["choices"][0].get("finish_reason"))
             label = r.status_code
+            timing = r.headers.get("server-timing", "")  # where the server's time went (levee.core.timing)
         except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
-            good, label = False, type(exc).__name__
-        stats.add(good, label, (time.perf_counter() - start) * 1000, self._since_flood(start))
+            good, label, timing = False, type(exc).__name__, ""
+        stats.add(good, label, (time.perf_counter() - start) * 1000, self._since_flood(start), trace=timing)
 
     # --- the run ---------------------------------------------------------------------------------
     def start_bots(self):

@@ -58,12 +58,14 @@ SHIELD_LIMITS = {
     # Password hashes per second, site-wide, by what the browser holds: a known-device cookie, a
     # pass, or nothing (only in calm times: under pressure a bare browser earns a pass first).
     # Separate budgets, so bare browsers and pass holders can never spend the known devices' share.
-    # Argon2 costs about 0.1-0.15 s of a core here (the 2-worker tier of `make run`): 4 + 2 + 4 a
-    # second is at most about 1.5 cores. A spike of real new browsers beyond 4/s is shown the
-    # interstitial (a second of its own CPU), not refused. Size them to the tier's cores.
+    # Argon2 costs about 0.1-0.15 s of a core here (the 2-worker tier of `make run`): 4 + 2 + 2 a
+    # second is at most about 1.2 cores. Bare browsers get the least: in calm times bots that fetched
+    # the form (and its CSRF token) spend it, in the seconds before the mode rises. A spike of real
+    # new browsers beyond 2/s is shown the interstitial (a second of its own CPU), not refused.
+    # Size them to the tier's cores.
     "hash.known.global": {"requests": (env_int("SHIELD_HASH_KNOWN_PER_SECOND", 4, minimum=1), 1.0)},
     "hash.pass.global": {"requests": (env_int("SHIELD_HASH_PASS_PER_SECOND", 2, minimum=1), 1.0)},
-    "hash.new.global": {"requests": (env_int("SHIELD_HASH_NEW_PER_SECOND", 4, minimum=1), 1.0)},
+    "hash.new.global": {"requests": (env_int("SHIELD_HASH_NEW_PER_SECOND", 2, minimum=1), 1.0)},
     # Door pages (log-in, sign-up, reset, the admin's) Django renders per second, site-wide, for
     # browsers with neither a known-device cookie nor a pass, in calm times (in any other mode those
     # browsers see the interstitial first). Past it a bare browser is shown the interstitial
