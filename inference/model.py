@@ -250,7 +250,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave
 
     DeepSeek rotates interleaved pairs (x0, x1), (x2, x3)…; the older layout rotates halves.
     """
-    xf = x.float()
+    xf = x if x.dtype == torch.float32 else x.float()
     cos, sin = cos[:, None, :], sin[:, None, :]  # [T, 1, dr/2] broadcast over heads
     if interleave:
         x1, x2 = xf[..., 0::2], xf[..., 1::2]
@@ -259,7 +259,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleave
         half = xf.shape[-1] // 2
         x1, x2 = xf[..., :half], xf[..., half:]
         out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return out.to(x.dtype)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,6 +273,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            # The same arithmetic, bit for bit (F.rms_norm's composite), in 5 ops instead of 8.
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
@@ -326,11 +329,13 @@ class MLA(nn.Module):
             q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
         q = q.view(B, T, self.n_heads, self.dn + self.dr)
         q_nope, q_pe = q.split([self.dn, self.dr], dim=-1)
-        q_pe = apply_rope(q_pe, cos, sin, self.rope_interleave)
         kv = self.kv_a_proj_with_mqa(x)  # [B, T, C + dr]
         c_kv, k_pe = kv.split([self.kv_lora_rank, self.dr], dim=-1)
         c_kv = self.kv_a_layernorm(c_kv)
-        k_pe = apply_rope(k_pe.unsqueeze(-2), cos, sin, self.rope_interleave).squeeze(-2)
+        # The rotary key rides along as one more head: one rotation for queries and key (element-wise,
+        # so each value is what rotating it alone gives).
+        pe = apply_rope(torch.cat((q_pe, k_pe.unsqueeze(-2)), dim=-2), cos, sin, self.rope_interleave)
+        q_pe, k_pe = pe[..., :-1, :], pe[..., -1, :]  # [B, T, nH, dr], [B, T, dr]
         out = backend(self.layer, self, q_nope, q_pe, c_kv, k_pe)  # [B, T, nH, dv]
         y: torch.Tensor = self.o_proj(out.reshape(B, T, self.n_heads * self.dv))
         return y
@@ -440,7 +445,9 @@ class MoE(nn.Module):
         shape = x.shape
         x = x.reshape(-1, shape[-1])  # [T, H]
         a = self.args
-        logits = rows.linear(x.float(), self.gate_weight.float())  # [T, E] routed in fp32
+        w = self.gate_weight
+        xf = x if x.dtype == torch.float32 else x.float()
+        logits = rows.linear(xf, w if w.dtype == torch.float32 else w.float())  # [T, E] routed in fp32
         weights, ids = route(
             logits,
             self.e_score_correction_bias,

@@ -1,27 +1,55 @@
-"""Row-count floors that keep a row's result independent of how many rows a CPU product has.
+"""Products whose rows come out the same whatever the row count: a sequence's result must not depend
+on how many sequences share its step.
 
 On CPU, MKL's sgemm (behind `F.linear`, `@` and `torch.bmm` in fp32) takes another code path for
 fewer than 4 rows than for 4 or more, and rounds differently there; from 4 rows on, a row's result
 is bit for bit the same whatever the row count and its place in the batch (measured on AVX-512 for
 every width the models use). The engine's decode products have one row per sequence, so without a
-floor a sequence's logits would depend on how many sequences share its step. `linear` and `bmm`
-pad such products to `MIN_ROWS` rows with zeros and drop the padding after: the extra rows cost
-about nothing (the product is bound by reading the weight). CUDA tensors are left alone (cuBLAS
-picks kernels by shape in ways no floor fixes; see docs/inference.md).
+floor a sequence's logits would depend on how many sequences share its step.
+
+`linear` runs a weight that lives across calls (an `nn.Parameter` that needs no grad, fp32 and the
+other dtypes oneDNN has an inner product for on this CPU) on a copy packed once into oneDNN's blocked
+layout: that kernel's rows come out the same at every row count, one row included (the MoE's experts
+rely on the same property, kernels/torch_moe.py), and at one row it reads the weight 2-3x faster
+than MKL's sgemm does at the 4-row floor (docs/benchmarks.md, "Engine host path"), with no pad or
+slice around it. Other weights, and `bmm`, pad such products to `MIN_ROWS` rows with zeros and drop
+the padding after. CUDA tensors are left alone (cuBLAS picks kernels by shape in ways no floor
+fixes; see docs/inference.md).
+
+The packed copies (a second copy of each dense weight) are cached per weight tensor like the
+experts' (keyed on a weakref, checked against data_ptr() and _version; dropped when the tensor
+dies), within `$LEVEE_CPU_LINEAR_PREPACK_MAX_MB` (2048 by default). A weight's path is decided when
+it is first seen and kept while it lives, so its rounding never changes mid-run: one past the budget,
+or first seen with `$LEVEE_CPU_LINEAR_PREPACK=0`, runs padded from then on.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import weakref
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
+from kernels.torch_moe import _linear_pointwise, _reorder_op, gemm_for
+
 MIN_ROWS = 4
+PREPACK_ENV = "LEVEE_CPU_LINEAR_PREPACK"
+PREPACK_BUDGET_ENV = "LEVEE_CPU_LINEAR_PREPACK_MAX_MB"
+PREPACK_BUDGET_MB = 2048
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear(x, weight, bias), x [..., K], with at least MIN_ROWS rows on CPU."""
+    """F.linear(x, weight, bias), x [..., K]; on CPU a row's result does not depend on the row count."""
     rows = x.numel() // max(x.shape[-1], 1)
-    if x.device.type != "cpu" or rows >= MIN_ROWS or rows == 0:
+    if x.device.type != "cpu" or rows == 0 or (x.requires_grad and torch.is_grad_enabled()):
+        return F.linear(x, weight, bias)  # (training has no use for the floor; oneDNN's op has no backward)
+    packed = _packed_for(x, weight)
+    if packed is not None:
+        return _linear_pointwise()(x, packed, bias, "none", [], "")
+    if rows >= MIN_ROWS:
         return F.linear(x, weight, bias)
     padded = F.pad(x.reshape(rows, x.shape[-1]), (0, 0, 0, MIN_ROWS - rows))
     return F.linear(padded, weight, bias)[:rows].view(*x.shape[:-1], weight.shape[0])
@@ -33,3 +61,70 @@ def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.device.type != "cpu" or rows >= MIN_ROWS or rows == 0:
         return torch.bmm(a, b)
     return torch.bmm(F.pad(a, (0, 0, 0, MIN_ROWS - rows)), b)[:, :rows]
+
+
+class _Entry:
+    """One weight tensor's path: its packed copy, or None for the padded path, while it lives unchanged."""
+
+    def __init__(self, weight: torch.Tensor, packed: torch.Tensor | None):
+        self.ref = weakref.ref(weight, _forget(id(weight)))
+        self.data_ptr = weight.data_ptr()
+        self.version = weight._version
+        self.packed = packed
+        self.nbytes = weight.nbytes if packed is not None else 0
+
+    def valid_for(self, weight: torch.Tensor) -> bool:
+        return self.ref() is weight and self.data_ptr == weight.data_ptr() and self.version == weight._version
+
+
+_entries: dict[int, _Entry] = {}  # id(weight) -> its entry
+_lock = threading.RLock()  # reentrant: a weakref callback may run inside a locked section
+
+
+def _forget(key: int) -> Callable[[weakref.ref[torch.Tensor]], None]:
+    def forget(ref: weakref.ref[torch.Tensor]) -> None:
+        with _lock:
+            entry = _entries.get(key)
+            if entry is not None and entry.ref is ref:
+                del _entries[key]
+
+    return forget
+
+
+def _packed_for(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """The packed copy `linear` runs `weight` on, or None (padded path); decided at first sight of a
+    parameter (any other weight is a per-call conversion, e.g. the router's fp32 copy: padded)."""
+    if not isinstance(weight, torch.nn.Parameter) or weight.is_inference():
+        return None
+    entry = _entries.get(id(weight))
+    if entry is not None and entry.valid_for(weight):
+        return entry.packed
+    with _lock:
+        entry = _entries.get(id(weight))
+        if entry is not None and entry.valid_for(weight):
+            return entry.packed
+        packed = None
+        if _packable(x, weight):
+            budget = int(os.environ.get(PREPACK_BUDGET_ENV, "").strip() or PREPACK_BUDGET_MB) * 2**20
+            if sum(e.nbytes for e in _entries.values()) + weight.nbytes <= budget:
+                reorder = _reorder_op()
+                assert reorder is not None  # _packable checked
+                with torch.no_grad():
+                    packed = reorder(weight)
+        _entries[id(weight)] = _Entry(weight, packed)
+        return packed
+
+
+def _packable(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """A weight oneDNN can pack for this input, with packing not turned off."""
+    if os.environ.get(PREPACK_ENV, "").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    return (not weight.requires_grad and weight.dim() == 2
+            and weight.is_contiguous() and weight.dtype == x.dtype and weight.device.type == "cpu"
+            and gemm_for(x) == "onednn" and _reorder_op() is not None)
+
+
+def clear_packed_linears() -> None:
+    """Drop every packed dense weight and every decision: weights seen next are decided afresh."""
+    with _lock:
+        _entries.clear()

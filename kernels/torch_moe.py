@@ -400,7 +400,7 @@ def moe_torch(
     counts = torch.bincount(flat_ids, minlength=num_experts + 1).tolist()  # the one host sync
     foreign = counts.pop(num_experts) if len(counts) > num_experts else 0  # pairs of no local expert
     token_of_pair = order // top_k  # [P]
-    weight_of_pair = topk_weights.reshape(-1)[order].to(acc_dtype)  # [P]
+    weight_of_pair = topk_weights.reshape(-1)[order].to(acc_dtype)[:, None]  # [P, 1]
     x_sorted = hidden.index_select(0, token_of_pair)  # [P, H], each expert's rows one slice
 
     # Each expert's rows land in one slice of a buffer in sorted order; one permutation puts them
@@ -415,25 +415,26 @@ def moe_torch(
 
     def run_expert(expert: int) -> None:
         rows = slice(starts[expert], starts[expert + 1])
-        w13_e, w2_e = expert_weights(expert) if expert_weights is not None else (w13[expert], w2[expert])
         if layer is not None and counts[expert] >= min_rows:
             packed13, packed2 = layer
             gate_up = onednn_linear(x_sorted[rows], packed13.expert(w13, expert))  # [n, 2I]
             if half:
                 gate_up = gate_up.float()
             act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]  # [n, I]
-            y = onednn_linear(act.to(hidden.dtype), packed2.expert(w2, expert))  # [n, H]
-        elif onednn and onednn_transposed(counts[expert], hidden.dtype):  # fp32: nothing to round
-            gate_up_t = onednn_linear_t(x_sorted[rows], w13_e)  # [2I, n]
-            act_t = F.silu(gate_up_t[:inter]) * gate_up_t[inter:]  # [I, n]
-            y = onednn_linear_t(act_t.t().contiguous(), w2_e).t()  # [n, H] (a view)
+            y = onednn_linear(act.to(hidden.dtype) if half else act, packed2.expert(w2, expert))  # [n, H]
         else:
-            gate_up = linear(x_sorted[rows], w13_e)  # [n, 2I]
-            if half:
-                gate_up = gate_up.float()
-            act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]  # [n, I]
-            y = linear(act.to(hidden.dtype), w2_e)  # [n, H]
-        torch.mul(y, weight_of_pair[rows, None], out=sorted_out[rows])
+            w13_e, w2_e = expert_weights(expert) if expert_weights is not None else (w13[expert], w2[expert])
+            if onednn and onednn_transposed(counts[expert], hidden.dtype):  # fp32: nothing to round
+                gate_up_t = onednn_linear_t(x_sorted[rows], w13_e)  # [2I, n]
+                act_t = F.silu(gate_up_t[:inter]) * gate_up_t[inter:]  # [I, n]
+                y = onednn_linear_t(act_t.t().contiguous(), w2_e).t()  # [n, H] (a view)
+            else:
+                gate_up = linear(x_sorted[rows], w13_e)  # [n, 2I]
+                if half:
+                    gate_up = gate_up.float()
+                act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]  # [n, I]
+                y = linear(act.to(hidden.dtype) if half else act, w2_e)  # [n, H]
+        torch.mul(y, weight_of_pair[rows], out=sorted_out[rows])
 
     active = [expert for expert, count in enumerate(counts) if count]
     if parallel_for(hidden, counts) == "experts":
