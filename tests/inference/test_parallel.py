@@ -74,7 +74,9 @@ def test_two_ranks_give_the_logits_of_one_process(which, checkpoint, tmp_path):
     got = run_two_ranks(path, tmp_path, "logits")
     for e, g in zip(expected, got, strict=True):
         assert g.shape == e.shape
-        assert (g - e).abs().max().item() <= 1e-5
+        # A row-parallel product sums two ranks' halves of K where one process sums all of K in one
+        # kernel (oneDNN's packed inner product on CPU): ~1e-6 relative apart, logits here are ≤ 15.
+        assert (g - e).abs().max().item() <= 3e-5
 
 
 def one_process_greedy(path) -> list:
