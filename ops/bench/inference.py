@@ -1,15 +1,16 @@
 """Inference engine benchmark: batched vs one-at-a-time decode, vs transformers, cache memory.
 
     .venv/bin/python ops/bench/inference.py                       # CPU, builds a random checkpoint
-    .venv/bin/python ops/bench/inference.py --threads 1 --ops      # + ATen ops per decode step, before/after
+    .venv/bin/python ops/bench/inference.py --threads 1 --ops [REV]  # + ATen ops per decode step, REV vs now
     .venv/bin/python ops/bench/inference.py --threads 1 --long-prefill 32768   # peak memory of one prefill
     python3 ops/bench/inference.py --device cuda --dtype bfloat16  # on a GPU box
     python3 ops/bench/inference.py --checkpoint $LEVEE_CHECKPOINT --device cuda --dtype bfloat16
 
 Everything is measured in one run on one checkpoint: the same R prompts, each generating N tokens
 greedily with eos ignored, (a) submitted together, (b) one after another through the same engine,
-(c) through transformers' generate() at batch 1 (a peer, test-only dependency). Reported tokens/s are
-generated tokens over wall time, prefill included.
+(c) through transformers' generate() at batch 1 (a peer, test-only dependency), (b) and (c) alternately
+in rounds on the same prompts. Reported tokens/s are generated tokens over wall time, prefill
+included; the batch-1 ratio is also given per round and in CPU time.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import argparse
 import importlib
 import io
 import json
+import re
 import resource
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -56,18 +59,22 @@ BEFORE_REV = "6f7e8e7"  # main before the batched sampler and attention landed
 
 
 def import_engine_at(rev: str, into: Path) -> Any:
-    """The `inference` package as it was at git revision `rev`, importable as `inference_<rev>`
-    (its absolute imports rewritten), so one process can count both engines' ops."""
-    name = f"inference_{rev}"
-    blob = subprocess.run(["git", "archive", rev, "inference"], cwd=ROOT, check=True, capture_output=True).stdout
+    """The `inference` and `kernels` packages as they were at git revision `rev`, importable as
+    `inference_<rev>` and `kernels_<rev>` (their absolute imports rewritten), so one process can count
+    both engines' ops."""
+    name, kname = f"inference_{rev}", f"kernels_{rev}"
+    blob = subprocess.run(["git", "archive", rev, "inference", "kernels"], cwd=ROOT, check=True,
+                          capture_output=True).stdout
     with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
         for member in tar.getmembers():
             if member.isfile() and member.name.endswith(".py"):
                 data = tar.extractfile(member).read().decode()  # type: ignore[union-attr]
-                target = into / member.name.replace("inference", name, 1)
+                for pkg, new in (("inference", name), ("kernels", kname)):
+                    data = re.sub(rf"^(\s*)(from|import) {pkg}([. ])", rf"\1\2 {new}\3", data, flags=re.M)
+                top, rest = member.name.split("/", 1)
+                target = into / (name if top == "inference" else kname) / rest
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(data.replace("from inference.", f"from {name}.").replace("from inference import",
-                                                                                          f"from {name} import"))
+                target.write_text(data)
     sys.path.insert(0, str(into))
     return importlib.import_module(name)
 
@@ -91,11 +98,11 @@ def decode_step_ops(engine_mod: Any, model: Any, n: int) -> Any:
     return ops
 
 
-def ops_report(path: str, dtype: torch.dtype, device: str) -> dict:
+def ops_report(path: str, dtype: torch.dtype, device: str, rev: str) -> dict:
     from inference import engine as engine_now
 
     with tempfile.TemporaryDirectory() as tmp:
-        before = import_engine_at(BEFORE_REV, Path(tmp))
+        before = import_engine_at(rev, Path(tmp))
         old_model = before.load_model(path, dtype=dtype, device=device)
         new_model = load_model(path, dtype=dtype, device=device)
         old_engine = importlib.import_module(f"{before.__name__}.engine")
@@ -130,6 +137,14 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+def timed_cpu(fn):
+    """fn's result, wall seconds and CPU seconds of the whole process (every thread: the engine's
+    scheduler and text threads too) — on a shared machine the CPU time moves less with the load."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -143,11 +158,14 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--hf-requests", type=int, default=4, help="transformers runs (batch 1) to average")
+    ap.add_argument("--hf-requests", type=int, default=4,
+                    help="prompts per round: each round runs them one after another through the engine, then "
+                         "through transformers' generate() at batch 1 (or the other way round), on every prompt")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", help="also write the results here")
-    ap.add_argument("--ops", action="store_true", help=f"also count ATen ops per decode step, engine at "
-                                                       f"{BEFORE_REV} vs now (needs git)")
+    ap.add_argument("--ops", nargs="?", const=BEFORE_REV, metavar="REV",
+                    help=f"also count ATen ops per decode step, the engine at git revision REV (default "
+                         f"{BEFORE_REV}) vs now (needs git)")
     ap.add_argument("--long-prefill", type=int, default=0, metavar="TOKENS",
                     help="only prefill one prompt this long and report peak memory")
     a = ap.parse_args()
@@ -168,7 +186,7 @@ def main() -> None:
         if a.json:
             Path(a.json).write_text(json.dumps(r, indent=2))
         return
-    ops = ops_report(path, dtype, a.device) if a.ops else None
+    ops = ops_report(path, dtype, a.device, a.ops) if a.ops else None
     model = load_model(path, dtype=dtype, device=a.device)
     device = model.device
     args = model.args
@@ -184,33 +202,54 @@ def main() -> None:
         hs = [engine.submit(Request(p, params)) for p in prompts]
         return [h.result() for h in hs]
 
-    def one_by_one():
-        return [engine.submit(Request(p, params)).result() for p in prompts]
-
     batched, t_batch = timed(concurrent)
-    serial, t_serial = timed(one_by_one)
-    assert [c.token_ids for c in batched] == [c.token_ids for c in serial], "batching changed an output"
-    engine.stop()
 
-    hf_tps = None
+    ref = None
     try:
         from transformers import AutoModelForCausalLM
 
         ref = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         ref.generation_config.eos_token_id = None
         ref.generation_config.pad_token_id = 0
-        n = min(a.hf_requests, a.requests)
         with torch.no_grad():
             ref.generate(torch.tensor([prompts[0]], device=device), max_new_tokens=8, do_sample=False)
-            sync(device)
-            start = time.perf_counter()
-            for p in prompts[:n]:
-                ref.generate(torch.tensor([p], device=device), max_new_tokens=a.max_tokens, do_sample=False)
-            sync(device)
-            t_hf = time.perf_counter() - start
-        hf_tps = n * a.max_tokens / t_hf
     except Exception as exc:  # the peer is optional on a serving box
         print(f"transformers comparison skipped: {exc}", file=sys.stderr)
+
+    def hf(batch):
+        with torch.no_grad():
+            for p in batch:
+                ref.generate(torch.tensor([p], device=device), max_new_tokens=a.max_tokens, do_sample=False)
+        sync(device)
+
+    # One after another through the engine, and through transformers, alternately in rounds of
+    # --hf-requests prompts (who goes first alternates too), so both see the same machine load.
+    serial = []
+    t_serial = cpu_serial = 0.0
+    rounds = []
+    n = max(1, min(a.hf_requests, a.requests))
+    for r, lo in enumerate(range(0, a.requests, n)):
+        batch = prompts[lo : lo + n]
+        runs = [("engine", lambda b=batch: [engine.submit(Request(p, params)).result() for p in b])]
+        if ref is not None:
+            runs.append(("hf", lambda b=batch: hf(b)))
+        times = {}
+        for name, fn in runs[:: 1 if r % 2 == 0 else -1]:
+            out, wall, cpu = timed_cpu(fn)
+            times[name] = (wall, cpu)
+            if name == "engine":
+                serial += out
+        t_serial += times["engine"][0]
+        cpu_serial += times["engine"][1]
+        if ref is not None:
+            tokens = len(batch) * a.max_tokens
+            rounds.append({"tokens": tokens, "engine_wall_s": times["engine"][0], "hf_wall_s": times["hf"][0],
+                           "engine_cpu_s": times["engine"][1], "hf_cpu_s": times["hf"][1],
+                           "ratio_wall": times["hf"][0] / times["engine"][0],
+                           "ratio_cpu": times["hf"][1] / times["engine"][1]})
+    assert [c.token_ids for c in batched] == [c.token_ids for c in serial], "batching changed an output"
+    engine.stop()
+    hf_tps = (sum(x["tokens"] for x in rounds) / sum(x["hf_wall_s"] for x in rounds)) if rounds else None
 
     elem = torch.empty((), dtype=dtype).element_size()
     latent = args.num_hidden_layers * 1000 * args.latent_dim * elem
@@ -228,6 +267,10 @@ def main() -> None:
         "transformers_b1_tok_s": hf_tps,
         "speedup_vs_transformers_b1": (total / t_batch) / hf_tps if hf_tps else None,
         "sequential_vs_transformers_b1": (total / t_serial) / hf_tps if hf_tps else None,
+        "sequential_cpu_s": cpu_serial,
+        "b1_rounds": rounds,
+        "b1_ratio_wall_median": statistics.median(x["ratio_wall"] for x in rounds) if rounds else None,
+        "b1_ratio_cpu_median": statistics.median(x["ratio_cpu"] for x in rounds) if rounds else None,
         "kv_bytes_per_1000_tokens_latent": latent,
         "kv_bytes_per_1000_tokens_latent_measured": measured,
         "kv_bytes_per_1000_tokens_expanded": expanded,
@@ -241,11 +284,15 @@ def main() -> None:
     if hf_tps:
         print(f"  transformers b=1  {hf_tps:9.1f} tok/s   (concurrent = {res['speedup_vs_transformers_b1']:.1f}x, "
               f"one-at-a-time = {res['sequential_vs_transformers_b1']:.2f}x)")
+        walls = ", ".join(f"{x['ratio_wall']:.2f}" for x in rounds)
+        cpus = ", ".join(f"{x['ratio_cpu']:.2f}" for x in rounds)
+        print(f"  batch 1, engine / transformers, alternate rounds of {n}: wall {walls} "
+              f"(median {res['b1_ratio_wall_median']:.2f}x); CPU time {cpus} (median {res['b1_ratio_cpu_median']:.2f}x)")
     print(f"  KV per 1,000 tokens: latent {latent / 2**20:.2f} MiB (engine allocates {measured / 2**20:.2f}), "
           f"expanded {expanded / 2**20:.2f} MiB ({expanded / latent:.1f}x)")
     for n, r in (ops or {}).items():
         print(f"  one decode step, batch {n:2d}: {r['before_ops']} ATen ops / {r['before_syncs']} syncs at "
-              f"{BEFORE_REV}, {r['after_ops']} / {r['after_syncs']} now ({r['before_ops'] / r['after_ops']:.2f}x fewer)")
+              f"{a.ops}, {r['after_ops']} / {r['after_syncs']} now ({r['before_ops'] / r['after_ops']:.2f}x fewer)")
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2))
 
