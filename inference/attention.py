@@ -83,7 +83,7 @@ def _blocked_cpu(attn: MLA, q: torch.Tensor, c_kv: torch.Tensor, k_pe: torch.Ten
     head size); SDPA's math path, which it would take otherwise, materialises a [heads, queries,
     context] score tensor (1 GiB per 1,024 queries at a 32k context for the bench model).
     q [1, nH, T, dqk] → [T, nH, dv]."""
-    T, dqk = q.shape[2], q.shape[3]
+    T = q.shape[2]
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
     out = torch.zeros(q.shape, dtype=torch.float32)
     lse = torch.full(q.shape[:3], float("-inf"))  # [1, nH, T]
