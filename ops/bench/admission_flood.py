@@ -58,6 +58,9 @@ def stack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default="/tmp/levee-flood-var")
     parser.add_argument("--users", type=int, default=4)
     parser.add_argument("--trickle", type=int, default=5, help="SHIELD_SIGNUP_TRICKLE_PER_MINUTE")
+    parser.add_argument("--shield-unix-socket", action="store_true",
+                        help="the shield's Redis (SHIELD_REDIS_URL) through the same server's Unix socket, "
+                             "as a single-host deployment can (the rest keeps TCP)")
 
 
 @dataclass
@@ -80,12 +83,16 @@ def running_stack(args: argparse.Namespace) -> Iterator[Running]:
     data = Path(args.data_dir)
     shutil.rmtree(data, ignore_errors=True)
     data.mkdir(parents=True)
+    socket = data / "redis.sock"
     redis = subprocess.Popen(["redis-server", "--port", str(args.redis_port), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", str(data), "--logfile", str(data / "redis.log")])
+                              "--appendonly", "no", "--dir", str(data), "--logfile", str(data / "redis.log"),
+                              "--unixsocket", str(socket), "--unixsocketperm", "700"])
     env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{args.redis_port}/0", "DATABASE_URL": args.database,
            "LEVEE_DATA_DIR": str(data), "LEVEE_BIND": f"127.0.0.1:{args.port}", "DEBUG": "0",
            "LEVEE_ENV": "development", "SHIELD_SIGNUP_TRICKLE_PER_MINUTE": str(args.trickle),
            "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}"}
+    if args.shield_unix_socket:
+        env["SHIELD_REDIS_URL"] = f"unix://{socket}?db=0"
     log = open(data / "stack.log", "wb")
     stack = subprocess.Popen([sys.executable, str(ROOT / "ops" / "run.py")], env=env, cwd=ROOT,
                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -65,7 +65,15 @@ def run_two_ranks(checkpoint: Path, tmp_path: Path, mode: str):
 
 
 @pytest.mark.parametrize("which", ["demo", "v3_uneven"])
-def test_two_ranks_give_the_logits_of_one_process(which, checkpoint, tmp_path):
+@pytest.mark.parametrize(("kernel", "bound"), [("packed", 3e-5), ("sgemm", 1e-5)])
+def test_two_ranks_give_the_logits_of_one_process(which, kernel, bound, checkpoint, tmp_path, monkeypatch):
+    """Within 1e-5 on the padded sgemm linears (CPU linears with prepacking off, in both processes
+    and both ranks); within 3e-5 on the default oneDNN packed ones, whose one-kernel sum over all of K
+    differs from two ranks' halves by ~1e-6 relative (logits here reach ~15)."""
+    if kernel == "sgemm":
+        from kernels import rows
+
+        monkeypatch.setenv(rows.PREPACK_ENV, "0")  # read when a weight is first seen: this model, the ranks
     path = DEMO if which == "demo" else checkpoint("v3_uneven")[0]
     single = load_model(path, dtype=torch.float32, device="cpu")
     if which == "v3_uneven":
@@ -74,9 +82,7 @@ def test_two_ranks_give_the_logits_of_one_process(which, checkpoint, tmp_path):
     got = run_two_ranks(path, tmp_path, "logits")
     for e, g in zip(expected, got, strict=True):
         assert g.shape == e.shape
-        # A row-parallel product sums two ranks' halves of K where one process sums all of K in one
-        # kernel (oneDNN's packed inner product on CPU): ~1e-6 relative apart, logits here are ≤ 15.
-        assert (g - e).abs().max().item() <= 3e-5
+        assert (g - e).abs().max().item() <= bound
 
 
 def one_process_greedy(path) -> list:
