@@ -26,14 +26,12 @@ or first seen with `$LEVEE_CPU_LINEAR_PREPACK=0`, runs padded from then on.
 from __future__ import annotations
 
 import os
-import threading
-import weakref
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from kernels.torch_moe import _linear_pointwise, _reorder_op, gemm_for
+from kernels.weight_cache import WeightCache, WeightEntry
 
 MIN_ROWS = 4
 PREPACK_ENV = "LEVEE_CPU_LINEAR_PREPACK"
@@ -63,32 +61,18 @@ def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(F.pad(a, (0, 0, 0, MIN_ROWS - rows)), b)[:, :rows]
 
 
-class _Entry:
+class _Entry(WeightEntry):
     """One weight tensor's path: its packed copy, or None for the padded path, while it lives unchanged."""
 
     def __init__(self, weight: torch.Tensor, packed: torch.Tensor | None):
-        self.ref = weakref.ref(weight, _forget(id(weight)))
-        self.data_ptr = weight.data_ptr()
-        self.version = weight._version
+        super().__init__(_cache, weight)
         self.packed = packed
         self.nbytes = weight.nbytes if packed is not None else 0
 
-    def valid_for(self, weight: torch.Tensor) -> bool:
-        return self.ref() is weight and self.data_ptr == weight.data_ptr() and self.version == weight._version
 
-
-_entries: dict[int, _Entry] = {}  # id(weight) -> its entry
-_lock = threading.RLock()  # reentrant: a weakref callback may run inside a locked section
-
-
-def _forget(key: int) -> Callable[[weakref.ref[torch.Tensor]], None]:
-    def forget(ref: weakref.ref[torch.Tensor]) -> None:
-        with _lock:
-            entry = _entries.get(key)
-            if entry is not None and entry.ref is ref:
-                del _entries[key]
-
-    return forget
+_cache: WeightCache[_Entry] = WeightCache()
+_entries = _cache.entries  # id(weight) -> its entry
+_lock = _cache.lock
 
 
 def _packed_for(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
@@ -126,5 +110,4 @@ def _packable(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def clear_packed_linears() -> None:
     """Drop every packed dense weight and every decision: weights seen next are decided afresh."""
-    with _lock:
-        _entries.clear()
+    _cache.clear()

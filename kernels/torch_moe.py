@@ -48,13 +48,14 @@ from __future__ import annotations
 import functools
 import os
 import threading
-import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import cast
 
 import torch
 import torch.nn.functional as F
+
+from kernels.weight_cache import WeightCache, WeightEntry
 
 GEMM_ENV = "LEVEE_MOE_CPU_GEMM"
 GEMMS = ("onednn", "matmul")
@@ -190,19 +191,14 @@ def prepack_for(hidden: torch.Tensor, *weights: torch.Tensor) -> bool:
     )
 
 
-class _PackedWeights:
+class _PackedWeights(WeightEntry):
     """Per-expert packed copies of one [E, N, K] weight tensor, valid while the tensor lives, keeps
     its storage and has not been written in place."""
 
     def __init__(self, weight: torch.Tensor):
-        self.ref = weakref.ref(weight, _forget_packed(id(weight)))
-        self.data_ptr = weight.data_ptr()
-        self.version = weight._version
+        super().__init__(_cache, weight)
         self.experts: list[torch.Tensor | None] = [None] * weight.shape[0]
         self.nbytes = weight.nbytes  # what its packed copies take once all are made (about)
-
-    def valid_for(self, weight: torch.Tensor) -> bool:
-        return self.ref() is weight and self.data_ptr == weight.data_ptr() and self.version == weight._version
 
     def expert(self, weight: torch.Tensor, index: int) -> torch.Tensor:
         """The packed copy of weight[index], packing it on first use (two workers never pack the same
@@ -218,18 +214,9 @@ class _PackedWeights:
         return packed
 
 
-_packed: dict[int, _PackedWeights] = {}  # id(weight tensor) -> its packed experts
-_packed_lock = threading.RLock()  # reentrant: a weakref callback may run inside a locked section
-
-
-def _forget_packed(key: int) -> Callable[[weakref.ref[torch.Tensor]], None]:
-    def forget(ref: weakref.ref[torch.Tensor]) -> None:
-        with _packed_lock:
-            entry = _packed.get(key)
-            if entry is not None and entry.ref is ref:
-                del _packed[key]
-
-    return forget
+_cache: WeightCache[_PackedWeights] = WeightCache()
+_packed = _cache.entries  # id(weight tensor) -> its packed experts
+_packed_lock = _cache.lock
 
 
 PREPACK_BUDGET_ENV = "LEVEE_MOE_CPU_PREPACK_MAX_MB"
@@ -267,8 +254,7 @@ def packed_layer(w13: torch.Tensor, w2: torch.Tensor) -> tuple[_PackedWeights, _
 
 def clear_packed_weights() -> None:
     """Drop every cached packed weight (their memory goes back at once)."""
-    with _packed_lock:
-        _packed.clear()
+    _cache.clear()
 
 
 PARALLEL_ENV = "LEVEE_MOE_CPU_PARALLEL"
