@@ -599,10 +599,9 @@ async def _browser_door(send: Send, door: str, method: str, path: str, cookie: b
                                                                    float(settings.SHIELD_PASS_TTL))]))
     soft_from = None  # a spent hashing budget is pressure, not evidence of an attack: counted apart
     if door in _HASHING_DOORS:
-        budget = {"known": "hash.known", "pass": "hash.pass"}.get(credential, None if under_pressure else "hash.new")
-        if budget:
-            soft_from = len(subjects)
-            subjects.append(Site(budget))
+        # (a bare browser gets here only in calm times or with the pass off: else it got the interstitial)
+        soft_from = len(subjects)
+        subjects.append(Site({"known": "hash.known", "pass": "hash.pass"}.get(credential, "hash.new")))
     challenge_instead = False
     decision, _ = await acheck_door(subjects, {"requests": 1}, soft_from=soft_from,
                                     refused=_windows()[0], challenged=_windows()[1])

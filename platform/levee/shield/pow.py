@@ -34,7 +34,8 @@ def leading_zero_bits(digest: bytes) -> int:
 
 
 def solve(challenge: str) -> str:
-    """The browser's job, in Python (tests, the flood simulator)."""
+    """The browser's job, in Python, for the tests (the flood simulator, a client without Django,
+    has its own: ops/flood.py)."""
     bits = int(challenge.split(".")[1])
     nonce = 0
     while leading_zero_bits(hashlib.sha256(f"{challenge}:{nonce}".encode()).digest()) < bits:
