@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [p for p in (str(ROOT / "platform"), str(ROOT)) if p not in sys.path]
 
 bind = os.environ.get("LEVEE_BIND", "127.0.0.1:8000")
-worker_class = "uvicorn.workers.UvicornWorker"
+worker_class = "ops.web_worker.LeveeWorker"  # uvicorn's, without its proxy-header rewrite (see there)
 workers = int(os.environ.get("WEB_CONCURRENCY", max(2, multiprocessing.cpu_count())))
 # Streams last as long as a generation; the worker heartbeat is separate from request time.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
@@ -31,7 +31,6 @@ max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
 max_requests_jitter = 100
 accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 errorlog = "-"
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 pythonpath = str(ROOT / "platform")
 
 # --- metrics: prometheus-client multiprocess mode -------------------------------------------------

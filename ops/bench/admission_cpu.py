@@ -6,6 +6,9 @@ Each batch's cost is the web workers' CPU (user + system, psutil) over the batch
 background measured just before, divided by the batch's requests; the report gives the median and
 spread of those per-request costs per kind.
 
+Each kind is first sent one unmeasured batch: a worker's first answers of a kind build its caches
+(the routes, the translated page), a cost paid once per process, not per request.
+
 Sequential sending is what makes a per-request figure honest: nothing else runs in the workers
 while a batch is measured, so their CPU is that batch's. Batches (not single requests) because the
 kernel's CPU accounting ticks in milliseconds.
@@ -78,6 +81,9 @@ async def _probe(base: str, pids: list[int], victim: str, *, batches: int, per_b
     report: dict = {}
     for kind, (method, path, headers, body) in _kinds(victim, rng).items():
         costs, statuses, wall = [], Counter(), []
+        for _ in range(per_batch):  # unmeasured: each worker's first answers of a kind build its caches
+            await raw.request(_address(rng), method, path, body=body,
+                              headers=headers() if callable(headers) else headers)
         for _ in range(batches):
             idle0, t0 = _cpu_of(pids), time.monotonic()
             await asyncio.sleep(0.5)

@@ -35,10 +35,11 @@ def _keys_reach_the_stacks(monkeypatch):
 
     add, remove = keyfilter.add, keyfilter.remove
 
-    def add_everywhere(digest: str) -> None:
-        add(digest)
+    def add_everywhere(digest: str, tag_fp: str = "") -> None:
+        add(digest, tag_fp)
         for running in stacks.LIVE:
             running.redis.sadd(keyfilter.SET_KEY, digest[:32])
+            running.redis.sadd(keyfilter.TAGS_KEY, tag_fp or keyfilter.UNTAGGED)
 
     def remove_everywhere(digest: str) -> None:
         remove(digest)

@@ -18,6 +18,10 @@ class ApiKey(models.Model):
     name = models.CharField(max_length=64, blank=True, verbose_name=_("name"))
     prefix = models.CharField(max_length=16, db_index=True, verbose_name=_("prefix"))
     digest = models.CharField(max_length=64, unique=True, verbose_name=_("digest"))
+    # The fingerprint of the secret the key's tag was made with (levee.keys.tags); "" for a key
+    # minted before keys carried tags.
+    tag_fp = models.CharField(max_length=8, blank=True, default="", editable=False,
+                              verbose_name=_("tag fingerprint"))
     created_at = models.DateTimeField(default=timezone.now, verbose_name=_("created at"))
     last_used_at = models.DateTimeField(null=True, blank=True, verbose_name=_("last used at"))
     expires_at = models.DateTimeField(null=True, blank=True, verbose_name=_("expires at"))

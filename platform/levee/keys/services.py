@@ -4,8 +4,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import secrets
-import string
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -17,11 +15,11 @@ from levee.accounts.models import User
 from levee.core.logging import bind_account
 from levee.core.memo import MISSING, Memo
 from levee.core.models import audit
+from levee.keys import tags
 from levee.keys.models import ApiKey
 
-KEY_BODY_LENGTH = 48  # base62: ~285 bits
+KEY_BODY_LENGTH = 48  # base62: 40 random (~238 bits), then the tag (levee.keys.tags)
 PREFIX_LENGTH = 11  # "sk-" + 8
-_ALPHABET = string.ascii_letters + string.digits
 KEY_PATTERN = re.compile(rf"^sk-[A-Za-z0-9]{{{KEY_BODY_LENGTH}}}$")
 
 
@@ -52,7 +50,7 @@ def create_api_key(user: User, *, name: str = "", expires_at: datetime | None = 
         raise KeyRefused("account_inactive", "This account is disabled.")
     if expires_at is not None and expires_at <= timezone.now():
         raise KeyRefused("invalid_expiry", "expires_at must be in the future.")
-    raw = "sk-" + "".join(secrets.choice(_ALPHABET) for _ in range(KEY_BODY_LENGTH))
+    raw, tag_fp = tags.mint(KEY_BODY_LENGTH)
     with transaction.atomic():
         # Lock the owner so two concurrent creations cannot both pass the cap.
         User.objects.select_for_update().filter(pk=user.pk).first()
@@ -60,7 +58,7 @@ def create_api_key(user: User, *, name: str = "", expires_at: datetime | None = 
             raise KeyRefused("too_many_keys",
                              f"An account may hold at most {settings.LEVEE_MAX_ACTIVE_KEYS} active keys; revoke one first.")
         key = ApiKey.objects.create(user=user, name=name.strip(), prefix=raw[:PREFIX_LENGTH],
-                                    digest=digest_of(raw), expires_at=expires_at)
+                                    digest=digest_of(raw), tag_fp=tag_fp, expires_at=expires_at)
     return key, raw
 
 

@@ -41,6 +41,7 @@ from django.utils.translation import gettext_noop
 
 from levee.core.errors import error_body
 from levee.core.net import resolve
+from levee.keys.tags import fingerprint_of
 from levee.shield import escalation, keyfilter, passes, pow, state, stats, store
 from levee.shield.limiter import FixedSubject, Rule, Subject, acheck_door
 from levee.shield.models import NORMAL, UNDER_ATTACK
@@ -474,6 +475,12 @@ async def _api_door(send: Send, path: str, auth: bytes | None, ip: str) -> bool:
     if not _KEY_PATTERN.match(token):
         await _refuse(send, 401, f"Authentication Fails, Your api key: {_masked(token)} is invalid", api=True)
         return True
+    if keyfilter.refuses_untagged() and fingerprint_of(token) is None:
+        # Not a key this deployment minted, and no active key lacks a tag it can verify: refused
+        # with one HMAC, no round trip; counted as the set's "unknown" would be, in a batch (ADR 0015).
+        await _refuse(send, 401, f"Authentication Fails, Your api key: {_masked(token)} is invalid", api=True)
+        await _unknown_keys.add()
+        return True
     digest = keyfilter.member(token)
     decision, known = await acheck_door([Address("apikey", ip), Subnet("apikey", ip)], {"requests": 1},
                                         member=digest, member_set=keyfilter.SET_KEY, ready_key=keyfilter.READY_KEY,
@@ -541,6 +548,7 @@ def _subnet_door_limit() -> int:
 
 _subnet_load = _SubnetLoad()
 _challenges = stats.Batched(CHALLENGED_EVENT)
+_unknown_keys = stats.Batched(REFUSED_EVENT)
 
 
 async def _browser_door(send: Send, door: str, method: str, path: str, cookie: bytes | None, ip: str) -> bool:

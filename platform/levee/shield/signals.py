@@ -23,8 +23,8 @@ def _config_changed(sender: type, **kwargs: Any) -> None:
 def _key_saved(sender: type, instance: Any, **kwargs: Any) -> None:
     from levee.shield import keyfilter
 
-    digest, revoked = instance.digest, instance.revoked_at is not None
-    transaction.on_commit(lambda: keyfilter.remove(digest) if revoked else keyfilter.add(digest))
+    digest, tag_fp, revoked = instance.digest, instance.tag_fp, instance.revoked_at is not None
+    transaction.on_commit(lambda: keyfilter.remove(digest) if revoked else keyfilter.add(digest, tag_fp))
 
 
 @receiver(post_delete, sender="keys.ApiKey")

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 MODE_KEY = "levee:{shield-state}:mode"
 RULES_KEY = "levee:{shield-state}:address-rules"  # JSON mirror of the unexpired AddressRule rows
 VERSION_KEY = "levee:{shield-state}:config-version"  # moves when limit overrides change
+KEY_TAGS_KEY = "levee:{shield-state}:key-tags"  # levee.shield.keyfilter.TAGS_KEY, read here with the rest
 
 
 @dataclass
@@ -44,6 +45,7 @@ class _Snapshot:
     deny: list[_Rule] = field(default_factory=list)
     allow: list[_Rule] = field(default_factory=list)
     overrides: dict[tuple[str, int], LimitOverride | None] = field(default_factory=dict)
+    key_tags: frozenset[bytes] | None = None  # levee.shield.keyfilter's TAGS_KEY, None when unread
 
 
 _snap = _Snapshot()
@@ -68,16 +70,23 @@ def _rules_from_db() -> bytes:
 
 
 def _refresh(now: float) -> None:
-    """One MGET; the database only when Redis has lost its mirror (restart) or is unreachable."""
+    """One round trip (an MGET and the key-tag set); the database only when Redis has lost its
+    mirror (restart) or is unreachable."""
     mode: str | bytes | None
     rules_raw: bytes | None
     version: bytes | None
     try:
-        mode, rules_raw, version = cast(list[bytes | None], store.client().mget([MODE_KEY, RULES_KEY, VERSION_KEY]))
+        pipe = store.client().pipeline(transaction=False)
+        pipe.mget([MODE_KEY, RULES_KEY, VERSION_KEY])
+        pipe.smembers(KEY_TAGS_KEY)
+        (mode, rules_raw, version), tags = cast(tuple[list[bytes | None], set[bytes]], pipe.execute())
         redis_ok = True
     except store.ShieldRedisDown:
         mode = rules_raw = version = None
+        tags = None
         redis_ok = False
+    if tags != _snap.key_tags:
+        _snap.key_tags = frozenset(tags) if tags is not None else None
     reused = not redis_ok and now - _snap.rules_loaded < 30
     if reused:
         mode, rules_raw = _snap.mode, _snap.rules_raw  # keep the last known state for a while
@@ -133,6 +142,12 @@ def current_mode() -> str:
 def cached_mode() -> str:
     """The mode as last read, without refreshing (no I/O: safe on the event loop)."""
     return _snap.mode
+
+
+def key_tags() -> frozenset[bytes] | None:
+    """The API keys' tag fingerprints as last read (levee.shield.keyfilter), no I/O; the same object
+    until they change."""
+    return _snap.key_tags
 
 
 def redis_reachable() -> bool:

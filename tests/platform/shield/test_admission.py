@@ -80,6 +80,7 @@ def _no_loop(settings, monkeypatch):
     # what the layer counts in the process starts from nothing in each test
     monkeypatch.setattr(admission, "_subnet_load", admission._SubnetLoad())
     monkeypatch.setattr(admission, "_challenges", admission.stats.Batched(admission.CHALLENGED_EVENT))
+    monkeypatch.setattr(admission, "_unknown_keys", admission.stats.Batched(admission.REFUSED_EVENT))
     settings.SHIELD_BROWSER_PASS = True
 
 
@@ -136,6 +137,28 @@ def test_a_real_server_refuses_a_declared_64_mib_body_before_the_client_sends_it
         reply = sock.recv(4096)  # nothing of the body was sent
         sock.close()
         assert reply.startswith(b"HTTP/1.1 413")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_server_believes_forwarded_headers_only_from_a_configured_proxy():
+    """uvicorn's own proxy-header rewrite is off (ops/web_worker.py): a loopback peer that is not in
+    TRUSTED_PROXY_CIDRS is itself, whatever X-Forwarded-For says; and no Server header."""
+    from tests.platform.shield.servers import REPO
+
+    keyfilter.rebuild()  # the layer answers an unknown key itself, and logs the address it decided on
+    with server() as base:
+        port = int(base.rsplit(":", 1)[1])
+        sock = _raw_request(port, b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 198.51.100.77\r\n"
+                                  b"Authorization: Bearer sk-" + b"f" * 48 + b"\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+        sock.close()
+        head = reply.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 401") and b"\r\nserver:" not in head
+        log = (REPO / "var" / f"shield-server-{port}.log").read_text(errors="replace")
+    line = next(line for line in log.splitlines() if "api-models 401" in line)
+    assert "client_ip=127.0.0.1" in line and "198.51.100.77" not in line
 
 
 @pytest.mark.django_db(transaction=True)
@@ -213,6 +236,52 @@ def test_an_unknown_api_key_is_refused_with_no_database_query(layer, counted_que
     known = call(app, "POST", "/v1/chat/completions", headers={"authorization": f"Bearer {raw}"},
                  body=b'{"model": "deepseek-chat"}')
     assert known.status == 200 and inner.calls == 1  # the filter said "maybe": Django authenticates it
+    # a string that carries a valid tag but is no key (a leaked format, a deleted key) meets the set
+    from levee.keys.tags import mint
+
+    tagged, _ = mint(48)
+    counted_queries.clear()
+    answer = call(app, "POST", "/v1/chat/completions", headers={"authorization": f"Bearer {tagged}"},
+                  body=b'{"model": "deepseek-chat"}')
+    assert answer.status == 401 and inner.calls == 1 and counted_queries == []
+
+
+@pytest.mark.django_db
+def test_a_key_without_a_valid_tag_is_refused_without_redis(layer, monkeypatch):
+    from levee.keys.services import create_api_key
+
+    app, inner = layer
+    _key, raw = create_api_key(ada())
+    keyfilter.rebuild()
+    assert call(app, "GET", "/v1/models", headers={"authorization": f"Bearer {raw}"}).status == 200
+
+    async def no_redis(*args, **kwargs):
+        raise AssertionError("a round trip")
+
+    monkeypatch.setattr(admission, "acheck_door", no_redis)
+    forged = raw[:-1] + ("A" if raw[-1] != "A" else "B")
+    answer = call(app, "GET", "/v1/models", headers={"authorization": f"Bearer {forged}"})
+    assert answer.status == 401 and json.loads(answer.body)["error"]["code"] == "invalid_api_key"
+    assert inner.calls == 1 and admission._unknown_keys.pending == 1  # counted, filed in a batch
+
+
+@pytest.mark.django_db
+def test_while_an_untagged_key_is_active_every_key_goes_the_sets_way(layer, settings):
+    """A key minted before keys carried tags still gets in, and so every string is asked of the set
+    (with the per-address limits before it) until no such key is active."""
+    from levee.keys.models import ApiKey
+    from levee.keys.services import create_api_key, digest_of
+
+    settings.SHIELD_LIMITS = {**settings.SHIELD_LIMITS, "apikey.address": {"requests": (2, 60)}}
+    app, inner = layer
+    key, _ = create_api_key(ada())
+    legacy = "sk-" + "d" * 48  # a secret of the old shape: no tag
+    ApiKey.objects.filter(pk=key.pk).update(tag_fp="", digest=digest_of(legacy))
+    keyfilter.rebuild()
+    assert call(app, "GET", "/v1/models", headers={"authorization": f"Bearer {legacy}"}).status == 200
+    statuses = [call(app, "GET", "/v1/models", headers={"authorization": "Bearer sk-" + "e" * 48},
+                     ip="198.51.100.5").status for _ in range(3)]
+    assert statuses == [401, 401, 429] and inner.calls == 1
 
 
 @pytest.mark.django_db
@@ -249,13 +318,16 @@ def test_no_key_and_a_malformed_key_are_refused_before_django(layer):
 
 @pytest.mark.django_db
 def test_per_address_limits_come_before_the_key_lookup(layer, settings):
+    from levee.keys.tags import mint
+
     settings.SHIELD_LIMITS = {**settings.SHIELD_LIMITS, "apikey.address": {"requests": (3, 60)}}
     app, inner = layer
     keyfilter.rebuild()
-    statuses = [call(app, "GET", "/v1/models", headers={"authorization": "Bearer sk-" + "b" * 48}).status
+    guess, _ = mint(48)  # well tagged (a string without a tag is refused before any limit)
+    statuses = [call(app, "GET", "/v1/models", headers={"authorization": f"Bearer {guess}"}).status
                 for _ in range(4)]
     assert statuses == [401, 401, 401, 429]
-    assert call(app, "GET", "/v1/models", headers={"authorization": "Bearer sk-" + "b" * 48},
+    assert call(app, "GET", "/v1/models", headers={"authorization": f"Bearer {guess}"},
                 ip="203.0.113.99").status == 401  # another address has its own allowance
 
 
@@ -473,6 +545,7 @@ def test_limits_and_unknown_keys_count_as_refusals_a_spent_budget_as_a_challenge
     assert call(app, "POST", "/accounts/login/", body=b"u=1", ip="198.51.100.2").status == 429  # budget: challenge
     assert call(app, "POST", "/accounts/login/", body=b"u=1", ip="198.51.100.1").status == 429  # address: refusal
     assert call(app, "GET", "/v1/models", headers={"authorization": "Bearer sk-" + "c" * 48}).status == 401
+    asyncio.run(admission._unknown_keys.aflush())  # refused without Redis: filed in a batch
     counts = stats.windows(["refused", "challenged"], window=10, baseline=60)
     assert counts == {"refused": (2, 0.0), "challenged": (1, 0.0)}
 
