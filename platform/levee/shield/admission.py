@@ -606,7 +606,9 @@ async def _browser_door(send: Send, door: str, method: str, path: str, cookie: b
         subjects.append(FixedSubject(f"door.pass:{pass_id}", [Rule("requests", settings.SHIELD_PASS_USES,
                                                                    float(settings.SHIELD_PASS_TTL))]))
     soft_from = None  # a spent hashing budget is pressure, not evidence of an attack: counted apart
-    if door in _HASHING_DOORS:
+    # Under attack a sign-up hashes only within the site's trickle (a few a minute, decided by
+    # Django's gate), so it does not spend the hashing budget the returning users' log-ins need.
+    if door in _HASHING_DOORS and not (door == "signup" and mode == UNDER_ATTACK):
         # (a bare browser gets here only in calm times or with the pass off: else it got the interstitial)
         soft_from = len(subjects)
         subjects.append(Site({"known": "hash.known", "pass": "hash.pass"}.get(credential, "hash.new")))

@@ -409,6 +409,35 @@ def test_under_pressure_a_new_browser_earns_a_pass_bound_to_its_address(layer, r
     assert elsewhere.status == 429 and admission.challenge_in(elsewhere.text) and inner.calls == 2
 
 
+def test_pass_holders_coming_back_together_fit_the_hashing_budget_burst(layer, rds, settings):
+    """The pass holders' budget (2/s) may be spent three seconds' worth at once: six users who earned
+    their passes in the same seconds all get to hash; the seventh waits."""
+    settings.SHIELD_PASS_BITS = {"normal": 4, "elevated": 4, "under_attack": 4}
+    app, inner = layer
+    set_mode_mirror(rds, "under_attack")
+    cookies = [(f"198.51.100.{60 + n}", _solve_pass(app, "/accounts/login/", f"198.51.100.{60 + n}")) for n in range(7)]
+    statuses = [call(app, "POST", "/accounts/login/", ip=ip, headers={"cookie": cookie}, body=b"u=1").status
+                for ip, cookie in cookies]
+    assert statuses == [200] * 6 + [429] and inner.calls == 6
+
+
+def test_under_attack_a_pass_holders_sign_up_leaves_the_hashing_budget_to_log_ins(layer, rds, settings):
+    """Under attack a sign-up hashes only within the trickle (Django's gate): posting one with a
+    pass must not spend what the returning users' log-ins hash with."""
+    settings.SHIELD_PASS_BITS = {"normal": 4, "elevated": 4, "under_attack": 4}
+    settings.SHIELD_LIMITS = {**settings.SHIELD_LIMITS, "hash.pass.global": {"requests": (1, 60.0)}}
+    app, inner = layer
+    set_mode_mirror(rds, "under_attack")
+    bot = _solve_pass(app, "/accounts/signup/", "198.51.100.80")
+    for _ in range(3):
+        assert call(app, "POST", "/accounts/signup/", ip="198.51.100.80", headers={"cookie": bot},
+                    body=b"email=x").status == 200  # on to Django's gate (the trickle, or busy)
+    user = _solve_pass(app, "/accounts/login/", "198.51.100.81")
+    assert call(app, "POST", "/accounts/login/", ip="198.51.100.81", headers={"cookie": user},
+                body=b"u=1").status == 200
+    assert inner.calls == 4
+
+
 def test_a_pass_expires_and_an_ipv6_pass_covers_its_64():
     value = passes.issue("2001:db8:1:2::5", ttl=60)
     assert passes.valid(value, "2001:db8:1:2:ffff::9")
