@@ -127,6 +127,15 @@ class Linear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, {kind}, split={self.split}"
 
 
+def fused(x: torch.Tensor, *linears: Linear) -> list[torch.Tensor]:
+    """[lin(x) for lin in linears] for Linears that read the same input; on CPU, dense whole or
+    column-parallel ones (each rank's local slices: a fused rank still returns its own slice of
+    each output) run as one product on a packed concatenation (kernels.rows.linear_group)."""
+    if x.device.type != "cpu" or any(lin.quantized or lin.split == "row" or lin.gather for lin in linears):
+        return [lin(x) for lin in linears]
+    return rows.linear_group(x, tuple(lin.dense_weight(x.dtype) for lin in linears), tuple(lin.bias for lin in linears))
+
+
 def _triton_linear() -> Any:
     from kernels import triton_available
 

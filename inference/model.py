@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inference.attention import CausalAttention
-from inference.linear import SINGLE, Linear, TensorParallel, VocabEmbedding
+from inference.linear import SINGLE, Linear, TensorParallel, VocabEmbedding, fused
 from inference.moe import routed_experts
 from kernels import rows
 
@@ -325,11 +325,12 @@ class MLA(nn.Module):
         B, T, _ = x.shape  # x [B, T, H]; cos/sin [T, dr/2] (positions shared by the batch rows)
         if hasattr(self, "q_proj"):
             q = self.q_proj(x)
-        else:
-            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+            kv = self.kv_a_proj_with_mqa(x)  # [B, T, C + dr]
+        else:  # the two down-projections of x in one product on CPU (kernels/rows.py, linear_group)
+            q_a, kv = fused(x, self.q_a_proj, self.kv_a_proj_with_mqa)
+            q = self.q_b_proj(self.q_a_layernorm(q_a))
         q = q.view(B, T, self.n_heads, self.dn + self.dr)
         q_nope, q_pe = q.split([self.dn, self.dr], dim=-1)
-        kv = self.kv_a_proj_with_mqa(x)  # [B, T, C + dr]
         c_kv, k_pe = kv.split([self.kv_lora_rank, self.dr], dim=-1)
         c_kv = self.kv_a_layernorm(c_kv)
         # The rotary key rides along as one more head: one rotation for queries and key (element-wise,
@@ -359,7 +360,8 @@ class MLP(nn.Module):
         self.down_proj = Linear(inter, dim, tp=tp, split="row", reduce=reduce)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y: torch.Tensor = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = fused(x, self.gate_proj, self.up_proj)  # one product on CPU (column slices alike under TP)
+        y: torch.Tensor = self.down_proj(F.silu(gate) * up)
         return y
 
 

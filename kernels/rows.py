@@ -21,6 +21,16 @@ experts' (keyed on a weakref, checked against data_ptr() and _version; dropped w
 dies), within `$LEVEE_CPU_LINEAR_PREPACK_MAX_MB` (2048 by default). A weight's path is decided when
 it is first seen and kept while it lives, so its rounding never changes mid-run: one past the budget,
 or first seen with `$LEVEE_CPU_LINEAR_PREPACK=0`, runs padded from then on.
+
+`linear_group` runs several weights that read the same input (MLA's two down-projections, an MLP's
+gate and up) as one product on one packed concatenation of them, returning each weight's output as
+a view of its columns: one oneDNN call instead of several, each costing ~15-40 µs of primitive
+setup besides its kernel (docs/benchmarks.md). Every output column is still one dot product of one
+row, so rows stay independent of the row count (the concatenated width is checked like any other in
+tests/kernels/test_rows.py); the values can differ in the last bit from the separate products'
+(another blocking of the wider weight). The concatenation is cached like a single weight's packed
+copy (dropped when any of its weights dies, remade when any is written in place), within the same
+budget; a group that cannot be packed (or has biases) runs its weights one by one through `linear`.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.torch_moe import _linear_pointwise, _reorder_op, gemm_for
-from kernels.weight_cache import WeightCache, WeightEntry
+from kernels.weight_cache import GroupEntry, WeightCache, WeightEntry
 
 MIN_ROWS = 4
 PREPACK_ENV = "LEVEE_CPU_LINEAR_PREPACK"
@@ -53,6 +63,21 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(padded, weight, bias)[:rows].view(*x.shape[:-1], weight.shape[0])
 
 
+def linear_group(x: torch.Tensor, weights: tuple[torch.Tensor, ...],
+                 biases: tuple[torch.Tensor | None, ...] | None = None) -> list[torch.Tensor]:
+    """[linear(x, w, b) for w, b in zip(weights, biases)], on CPU as one product on a packed
+    concatenation of the weights where they can be packed and have no biases (views of its output,
+    in order); otherwise one by one."""
+    if (len(weights) > 1 and x.device.type == "cpu" and (biases is None or all(b is None for b in biases))
+            and x.numel() > 0 and not (x.requires_grad and torch.is_grad_enabled())):
+        group = _group_for(x, weights)
+        if group.packed is not None:
+            return list(_linear_pointwise()(x, group.packed, None, "none", [], "").split_with_sizes(group.widths, dim=-1))
+    if biases is None:
+        return [linear(x, w) for w in weights]
+    return [linear(x, w, b) for w, b in zip(weights, biases, strict=True)]
+
+
 def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """torch.bmm(a, b), a [n, M, K], with at least MIN_ROWS rows (M) on CPU."""
     rows = a.shape[1]
@@ -70,8 +95,8 @@ class _Entry(WeightEntry):
         self.nbytes = weight.nbytes if packed is not None else 0
 
 
-_cache: WeightCache[_Entry] = WeightCache()
-_entries = _cache.entries  # id(weight) -> its entry
+_cache: WeightCache[_Entry | _Group] = WeightCache()
+_entries = _cache.entries  # id(weight) -> its entry; GroupEntry.key(weights) -> a group's
 _lock = _cache.lock
 
 
@@ -81,11 +106,11 @@ def _packed_for(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     if not isinstance(weight, torch.nn.Parameter) or weight.is_inference():
         return None
     entry = _entries.get(id(weight))
-    if entry is not None and entry.valid_for(weight):
+    if isinstance(entry, _Entry) and entry.valid_for(weight):
         return entry.packed
     with _lock:
         entry = _entries.get(id(weight))
-        if entry is not None and entry.valid_for(weight):
+        if isinstance(entry, _Entry) and entry.valid_for(weight):
             return entry.packed
         packed = None
         if _packable(x, weight):
@@ -97,6 +122,41 @@ def _packed_for(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
                     packed = reorder(weight)
         _entries[id(weight)] = _Entry(weight, packed)
         return packed
+
+
+class _Group(GroupEntry):
+    """Several weights' packed concatenation, or None: they run one by one."""
+
+    def __init__(self, weights: tuple[torch.Tensor, ...], packed: torch.Tensor | None):
+        super().__init__(_cache, weights)
+        self.packed = packed
+        self.widths = [w.shape[0] for w in weights]
+        self.nbytes = sum(w.nbytes for w in weights) if packed is not None else 0
+
+
+def _group_for(x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> _Group:
+    """The entry of a group of weights, decided at first sight of the group (and again after any of
+    them is written in place): packed when every weight would be packed alone (and the budget has
+    room for all), else not."""
+    key = GroupEntry.key(weights)
+    entry = _entries.get(key)
+    if isinstance(entry, _Group) and entry.valid_for(weights):
+        return entry
+    with _lock:
+        entry = _entries.get(key)
+        if isinstance(entry, _Group) and entry.valid_for(weights):
+            return entry
+        packed = None
+        if (all(isinstance(w, torch.nn.Parameter) and not w.is_inference() and _packable(x, w) for w in weights)
+                and len({w.shape[1] for w in weights}) == 1):
+            budget = int(os.environ.get(PREPACK_BUDGET_ENV, "").strip() or PREPACK_BUDGET_MB) * 2**20
+            if sum(e.nbytes for e in _entries.values()) + sum(w.nbytes for w in weights) <= budget:
+                reorder = _reorder_op()
+                assert reorder is not None  # _packable checked
+                with torch.no_grad():
+                    packed = reorder(torch.cat(weights))
+        group = _entries[key] = _Group(weights, packed)
+        return group
 
 
 def _packable(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -102,3 +102,56 @@ def test_the_cache_does_not_keep_weights_alive(packing):
     gc.collect()
     assert all(ref() is None for ref in refs)
     assert not rows._entries
+
+
+def test_a_group_runs_as_one_packed_product_whose_rows_do_not_depend_on_the_row_count(packing):
+    """MLA's two down-projections (or an MLP's gate and up) read the same input: one oneDNN call on a
+    packed concatenation, each weight's output a view of its columns."""
+    q_a, kv_a = parameter(192, 136), parameter(80, 136, seed=1)  # widths that do not fill a block evenly
+    x = torch.randn(64, 136, generator=torch.Generator().manual_seed(1))
+    full = rows.linear_group(x, (q_a, kv_a))
+    assert [tuple(t.shape) for t in full] == [(64, 192), (64, 80)]
+    assert rows._group_for(x, (q_a, kv_a)).packed is not None
+    for out, w in zip(full, (q_a, kv_a), strict=True):
+        torch.testing.assert_close(out, F.linear(x, w), rtol=1e-5, atol=1e-5)
+    for i in (0, 5, 30):
+        for m in (1, 2, 3, 4, 5, 9, 33):
+            part = rows.linear_group(x[i : i + m], (q_a, kv_a))
+            assert all(torch.equal(p, f[i : i + m]) for p, f in zip(part, full, strict=True))
+    three = rows.linear_group(torch.randn(2, 5, 136), (q_a, kv_a, parameter(24, 136, seed=2)))  # [..., K] inputs
+    assert [tuple(t.shape) for t in three] == [(2, 5, 192), (2, 5, 80), (2, 5, 24)]
+
+
+def test_a_group_that_cannot_be_packed_runs_its_weights_one_by_one(monkeypatch, packing):
+    x = torch.randn(3, 136)
+    a, b = parameter(64, 136), parameter(32, 136, seed=1)
+    plain = parameter(32, 136, seed=2).detach().clone()  # not a parameter: the floor, alone or in a group
+    biased = rows.linear_group(x, (a, b), (parameter(64, seed=3), None))  # biases: one by one, each packed
+    assert torch.equal(biased[1], rows.linear(x, b))
+    mixed = rows.linear_group(x, (a, plain))
+    assert rows._group_for(x, (a, plain)).packed is None
+    assert torch.equal(mixed[0], rows.linear(x, a)) and torch.equal(mixed[1], rows.linear(x, plain))
+    other_k = parameter(32, 100, seed=4)
+    assert rows._group_for(x, (a, other_k)).packed is None
+    monkeypatch.setenv(rows.PREPACK_BUDGET_ENV, "0")  # past the budget: decided once, one by one
+    c, d = parameter(64, 136, seed=5), parameter(32, 136, seed=6)
+    assert rows._group_for(x, (c, d)).packed is None
+    monkeypatch.delenv(rows.PREPACK_BUDGET_ENV)
+    assert rows._group_for(x, (c, d)).packed is None  # its rounding never changes mid-run
+
+
+def test_a_groups_packed_copy_follows_its_weights(packing):
+    x = torch.randn(2, 136)
+    a, b = parameter(64, 136), parameter(32, 136, seed=1)
+    first = rows._group_for(x, (a, b))
+    assert first.packed is not None and rows._group_for(x, (a, b)) is first
+    with torch.no_grad():
+        b.mul_(2)  # an in-place write to either weight repacks the group
+    out = rows.linear_group(x, (a, b))
+    assert rows._group_for(x, (a, b)) is not first
+    torch.testing.assert_close(out[1], F.linear(x, b), rtol=1e-5, atol=1e-5)
+    ref = weakref.ref(b)
+    del b, out
+    gc.collect()
+    assert ref() is None
+    assert not [key for key in rows._entries if isinstance(key, tuple)]  # dropped with one of its weights
