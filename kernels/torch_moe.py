@@ -381,6 +381,9 @@ def moe_torch(
     half = hidden.dtype in (torch.float16, torch.bfloat16)
     acc_dtype = torch.float32 if half else hidden.dtype
 
+    if num_tokens == 1 and layer is not None and min_rows == 1:
+        return _one_token(hidden, w13, w2, topk_weights, topk_ids, layer, acc_dtype)
+
     flat_ids = topk_ids.reshape(-1)  # [P]
     order = torch.argsort(flat_ids, stable=True)  # [P] pair ids grouped by expert
     counts = torch.bincount(flat_ids, minlength=num_experts + 1).tolist()  # the one host sync
@@ -432,3 +435,42 @@ def moe_torch(
     per_pair = sorted_out.index_select(0, torch.argsort(order))  # [P, H], row p for pair p
     out = per_pair.view(num_tokens, top_k, hidden.shape[1]).sum(dim=1)
     return out.to(hidden.dtype)
+
+
+def _one_token(hidden: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor,
+               topk_ids: torch.Tensor, layer: tuple[_PackedWeights, _PackedWeights], acc_dtype: torch.dtype
+               ) -> torch.Tensor:
+    """moe_torch for one token (a batch-1 decode step) when every expert runs packed: the same
+    products, the same weighting and the same sum over k as the general path, bit for bit (the packed
+    kernel's rows do not depend on the row count), without sorting pairs by expert and gathering
+    rows there and back: a token's k experts are distinct, so each pair is its expert's only row and
+    writes its row of the [k, H] buffer in pair order. The one host sync reads the k ids."""
+    top_k, num_experts = topk_ids.shape[1], w13.shape[0]
+    inter = w13.shape[1] // 2
+    half = hidden.dtype in (torch.float16, torch.bfloat16)
+    ids = topk_ids[0].tolist()
+    weight_of_pair = topk_weights.reshape(-1).to(acc_dtype)[:, None]  # [k, 1]
+    per_pair = torch.empty(top_k, hidden.shape[1], dtype=acc_dtype, device=hidden.device)
+    packed13, packed2 = layer
+
+    def run_pair(pair: int) -> None:
+        expert = ids[pair]
+        gate_up = onednn_linear(hidden, packed13.expert(w13, expert))  # [1, 2I]
+        if half:
+            gate_up = gate_up.float()
+        act = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]  # [1, I]
+        y = onednn_linear(act.to(hidden.dtype) if half else act, packed2.expert(w2, expert))  # [1, H]
+        torch.mul(y, weight_of_pair[pair : pair + 1], out=per_pair[pair : pair + 1])
+
+    local = [pair for pair, expert in enumerate(ids) if expert < num_experts]
+    if len(local) < top_k:  # pairs of no local expert (expert parallelism) add nothing
+        per_pair[[pair for pair in range(top_k) if pair not in local]] = 0
+    counts = [0] * num_experts
+    for pair in local:
+        counts[ids[pair]] += 1
+    if parallel_for(hidden, counts) == "experts":  # what the general path would choose for these counts
+        _expert_pool(torch.get_num_threads()).run(run_pair, local)
+    else:
+        for pair in local:
+            run_pair(pair)
+    return per_pair.view(1, top_k, hidden.shape[1]).sum(dim=1).to(hidden.dtype)

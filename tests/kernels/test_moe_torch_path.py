@@ -324,6 +324,42 @@ def test_a_tokens_result_does_not_depend_on_how_many_rows_share_its_experts(pack
         moe_torch(*args)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_token_takes_the_short_path_and_gets_its_row_of_the_general_path_bit_for_bit(dtype, threads, packing,
+                                                                                         monkeypatch, request):
+    """A batch-1 decode step's MoE call (one token, every expert packed) skips the sort by expert and
+    the gathers there and back; each of its pairs is its expert's only row, so the products, the
+    weighting and the sum over k are the general path's. Pairs of no local expert (id E, expert
+    parallelism) add nothing; with 2 threads the experts may run on the pool."""
+    import kernels.torch_moe as torch_moe
+
+    if dtype not in onednn_dtypes():
+        pytest.skip(f"no oneDNN {dtype} on this CPU")
+    before = torch.get_num_threads()
+    request.addfinalizer(lambda: torch.set_num_threads(before))
+    torch.set_num_threads(threads)
+    problem = random_problem(32, 64, 48, 8, 3, dtype=dtype, seed=5)
+    ids = problem.topk_ids.clone()
+    ids[3, 1] = 8  # a foreign pair (another rank's expert)
+    ids[4, :] = 8  # a token wholly routed elsewhere
+    args = (problem.hidden, problem.w13, problem.w2, problem.topk_weights, ids)
+    together = moe_torch(*args)
+    calls = [0]
+    short = torch_moe._one_token
+
+    def counting(*a, **k):
+        calls[0] += 1
+        return short(*a, **k)
+
+    monkeypatch.setattr(torch_moe, "_one_token", counting)
+    for t in (0, 3, 4, 17, 31):
+        alone = moe_torch(args[0][t : t + 1], args[1], args[2], args[3][t : t + 1], args[4][t : t + 1])
+        assert torch.equal(alone[0], together[t]), t
+    assert calls[0] == 5
+    assert torch.equal(together[4], torch.zeros_like(together[4]))
+
+
 def test_steady_state_calls_hit_the_cache(monkeypatch, packing):
     problem = random_problem(64, 64, 48, 64, 6)
     reorders = count_reorders(monkeypatch)
