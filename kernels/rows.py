@@ -114,8 +114,7 @@ def _packed_for(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
             return entry.packed
         packed = None
         if _packable(x, weight):
-            budget = int(os.environ.get(PREPACK_BUDGET_ENV, "").strip() or PREPACK_BUDGET_MB) * 2**20
-            if sum(e.nbytes for e in _entries.values()) + weight.nbytes <= budget:
+            if _has_room(weight.nbytes):
                 reorder = _reorder_op()
                 assert reorder is not None  # _packable checked
                 with torch.no_grad():
@@ -149,14 +148,19 @@ def _group_for(x: torch.Tensor, weights: tuple[torch.Tensor, ...]) -> _Group:
         packed = None
         if (all(isinstance(w, torch.nn.Parameter) and not w.is_inference() and _packable(x, w) for w in weights)
                 and len({w.shape[1] for w in weights}) == 1):
-            budget = int(os.environ.get(PREPACK_BUDGET_ENV, "").strip() or PREPACK_BUDGET_MB) * 2**20
-            if sum(e.nbytes for e in _entries.values()) + sum(w.nbytes for w in weights) <= budget:
+            if _has_room(sum(w.nbytes for w in weights)):
                 reorder = _reorder_op()
                 assert reorder is not None  # _packable checked
                 with torch.no_grad():
                     packed = reorder(torch.cat(weights))
         group = _entries[key] = _Group(weights, packed)
         return group
+
+
+def _has_room(nbytes: int) -> bool:
+    """Whether `nbytes` more of packed copies fit the budget (callers hold the lock)."""
+    budget = int(os.environ.get(PREPACK_BUDGET_ENV, "").strip() or PREPACK_BUDGET_MB) * 2**20
+    return sum(e.nbytes for e in _entries.values()) + nbytes <= budget
 
 
 def _packable(x: torch.Tensor, weight: torch.Tensor) -> bool:

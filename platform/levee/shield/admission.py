@@ -462,6 +462,10 @@ def _masked(token: bytes) -> str:
     return f"****{tail}"
 
 
+async def _invalid_key(send: Send, token: bytes) -> None:
+    await _refuse(send, 401, f"Authentication Fails, Your api key: {_masked(token)} is invalid", api=True)
+
+
 async def _api_door(send: Send, path: str, auth: bytes | None, ip: str) -> bool:
     """Refuse what cannot be a valid key without Django, and what is not a key in the filter without
     the database; per-address limits first. True when answered here."""
@@ -473,12 +477,12 @@ async def _api_door(send: Send, path: str, auth: bytes | None, ip: str) -> bool:
     if scheme.lower() != b"bearer":
         return False  # Django words this one per endpoint
     if not _KEY_PATTERN.match(token):
-        await _refuse(send, 401, f"Authentication Fails, Your api key: {_masked(token)} is invalid", api=True)
+        await _invalid_key(send, token)
         return True
     if keyfilter.refuses_untagged() and fingerprint_of(token) is None:
         # Not a key this deployment minted, and no active key lacks a tag it can verify: refused
         # with one HMAC, no round trip; counted as the set's "unknown" would be, in a batch (ADR 0015).
-        await _refuse(send, 401, f"Authentication Fails, Your api key: {_masked(token)} is invalid", api=True)
+        await _invalid_key(send, token)
         await _unknown_keys.add()
         return True
     digest = keyfilter.member(token)
@@ -490,7 +494,7 @@ async def _api_door(send: Send, path: str, auth: bytes | None, ip: str) -> bool:
                       f"{decision.retry_after}s.", api=True, retry_after=decision.retry_after)
         return True
     if known == 0:
-        await _refuse(send, 401, f"Authentication Fails, Your api key: {_masked(token)} is invalid", api=True)
+        await _invalid_key(send, token)
         return True
     if known == 3:
         keyfilter.rebuild_soon()

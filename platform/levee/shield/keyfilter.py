@@ -28,6 +28,7 @@ from typing import Any
 
 from django.conf import settings
 
+from levee.keys.tags import own_fingerprints
 from levee.shield import state, store
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,6 @@ def refuses_untagged() -> bool:
     is built and holds only fingerprints of this process's secrets. No I/O (the set as the state
     last read it)."""
     global _verdict
-    from levee.keys.tags import own_fingerprints
-
     tags, own = state.key_tags(), own_fingerprints()
     if _verdict[0] is not tags or _verdict[1] is not own:
         ok = tags is not None and BUILT in tags and all(m == BUILT or m.decode() in own for m in tags)
