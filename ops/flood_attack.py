@@ -25,9 +25,10 @@ form and the POST; success = redirected away from the log-in page), and `api` (P
 Measured per phase (quiet, flood): each kind's count, success rate, p50/p99; bot outcomes by
 status; bot accounts created (counted in the database, --database-url); the mode changes and their
 time from the flood's start (ModeChange rows); the server's CPU (user + system of --server-pid and
-its children, and of --redis-pid) per bot request, net of the quiet phase's rate; the generator's
-own CPU; and each legitimate kind's slowest actions with when they started (seconds into the
-flood) and, for log-ins, every step's status and time, so a tail can be read.
+its children, of --redis-pid, and of the edge's --proxy-pid) per bot request, net of the quiet
+phase's rate; the generator's own CPU; and each legitimate kind's slowest actions with when they
+started (seconds into the flood) and, for log-ins, every step's status and time, so a tail can be
+read.
 
 Processes: the users run (and are timed) in this process; the bots run in a forked one, so a bot
 connection never delays the loop that times a user. The bots' process and every proof-of-work
@@ -199,7 +200,7 @@ class Attack:
     def __init__(self, target: str, *, rate: float, seconds: float, quiet: float, mix: dict[str, float],
                  legit: list, legit_interval: float, source: str, addresses: int, max_in_flight: int,
                  server_pids: list[int], redis_pids: list[int], database_url: str | None, legit_api: str,
-                 model: str, max_tokens: int, victim: str, seed: int = 1):
+                 model: str, max_tokens: int, victim: str, proxy_pids: list[int] = (), seed: int = 1):
         from ops.flood import MAX_SECONDS, require_loopback
 
         require_loopback(target)
@@ -209,6 +210,7 @@ class Attack:
         self.legit, self.legit_interval, self.legit_api = legit, legit_interval, legit_api
         self.source, self.max_in_flight = source, max_in_flight
         self.server_pids, self.redis_pids, self.database_url = server_pids, redis_pids, database_url
+        self.proxy_pids = proxy_pids
         self.model, self.max_tokens, self.victim = model, max_tokens, victim
         self.rng = random.Random(seed)
         base = int(ipaddress.ip_address("127.16.0.0"))
@@ -548,15 +550,17 @@ class Attack:
         bots_before = self._db("SELECT count(*) FROM accounts_user WHERE email LIKE %s", ("%@flood.example",))
         loop = asyncio.get_running_loop()
         # idle: no traffic, the server's background (its beat, the escalation loop, Celery)
-        idle0 = _cpu_of(self.server_pids)
+        idle0, proxy_idle0 = _cpu_of(self.server_pids), _cpu_of(self.proxy_pids)
         await asyncio.sleep(5)
         idle_rate = (_cpu_of(self.server_pids) - idle0) / 5
+        proxy_idle_rate = (_cpu_of(self.proxy_pids) - proxy_idle0) / 5
         self.deadline = time.monotonic() + self.quiet + self.seconds
         users = [asyncio.ensure_future(self.user(n, p)) for n, p in enumerate(self.legit)]
         child, go, results = bots_process
         cpu0, own0 = _cpu_of(self.server_pids), _own_cpu(child.pid)
         await asyncio.sleep(self.quiet)
         cpu1, redis1, own1 = _cpu_of(self.server_pids), _cpu_of(self.redis_pids), _own_cpu(child.pid)
+        proxy1 = _cpu_of(self.proxy_pids)
         self.phase = "flood"
         flood_wall = datetime.now(UTC)
         flood_t0 = time.monotonic()
@@ -567,6 +571,7 @@ class Attack:
         self.bot_stats, self.bot_requests, self.dropped = bots["stats"], bots["requests"], bots["dropped"]
         flood_s = time.monotonic() - flood_t0
         cpu2, redis2, own2 = _cpu_of(self.server_pids), _cpu_of(self.redis_pids), _own_cpu(child.pid)
+        proxy2 = _cpu_of(self.proxy_pids)
         await asyncio.gather(*users)
         bots_after = self._db("SELECT count(*) FROM accounts_user WHERE email LIKE %s", ("%@flood.example",))
         changes = self._db("SELECT at, from_mode, to_mode, source FROM shield_modechange WHERE at >= %s ORDER BY at",
@@ -594,6 +599,9 @@ class Attack:
                                               "net_of_background_and_legit": round(net * 1000 / max(1, self.bot_requests), 3)},
             "redis_cpu_ms_per_bot_request": round((redis2 - redis1) * 1000 / max(1, self.bot_requests), 3)
             if self.redis_pids else None,
+            # the edge's share (nginx, --proxy-pid), over the flood and net of its idle background
+            "proxy_cpu_ms_per_bot_request": round(max(0.0, proxy2 - proxy1 - proxy_idle_rate * flood_s) * 1000
+                                                  / max(1, self.bot_requests), 3) if self.proxy_pids else None,
             "generator_cpu_s": {"quiet": round(own1 - own0, 2), "flood_users": round(own2 - own1, 2),
                                 "flood_bots": round(bots["cpu_s"], 2), "nice": _NICE},
             "load_average_after": os.getloadavg(),
@@ -620,6 +628,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--victim", help="the email the sprayers aim at (default: the first legit user's)")
     parser.add_argument("--server-pid", type=int, action="append", default=[])
     parser.add_argument("--redis-pid", type=int, action="append", default=[])
+    parser.add_argument("--proxy-pid", type=int, action="append", default=[],
+                        help="the edge's processes (nginx): their CPU is reported apart from the server's")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL"))
     parser.add_argument("--model", default="deepseek-chat")
     parser.add_argument("--max-tokens", type=int, default=4)
@@ -638,6 +648,7 @@ def main(argv: list[str]) -> int:
     attack = Attack(args.target, rate=args.rate, seconds=args.seconds, quiet=args.quiet, mix=mix, legit=legit,
                     legit_interval=args.legit_interval, source=args.source, addresses=args.addresses,
                     max_in_flight=args.max_in_flight, server_pids=args.server_pid, redis_pids=args.redis_pid,
+                    proxy_pids=args.proxy_pid,
                     database_url=args.database_url, legit_api=args.legit_api, model=args.model,
                     max_tokens=args.max_tokens, victim=args.victim or (legit[0].email if legit else "ada@example.com"))
     global _NICE

@@ -16,6 +16,10 @@ kernel's CPU accounting ticks in milliseconds.
     .venv/bin/python ops/bench/admission_cpu.py --port 6422 --redis-port 6421 \\
         --database postgres://postgres@127.0.0.1:5432/levee_admission_cpu --batches 15 --per-batch 100
 
+With `--proxy` nginx stands in front (ops/bench/admission_flood.py's option): each kind's report
+gains the proxy's own CPU per request ("proxy"), measured the same way over nginx's processes;
+the web workers' figure is then what reaches Levee through kept-alive upstream connections.
+
 Kinds: the doors' refusals (sign-up and log-in posts without a pass, an unknown API key, a declared
 64 MiB body) and, as the baseline of the same run, two requests that Django answers (a rendered
 page, and the API's 401 for an authorization scheme the layer leaves to Django).
@@ -74,21 +78,28 @@ def _kinds(victim: str, rng: random.Random) -> dict:
     }
 
 
-async def _probe(base: str, pids: list[int], victim: str, *, batches: int, per_batch: int) -> dict:
+def _per_request(spent: list[float]) -> dict:
+    return {"median_cpu_ms": round(statistics.median(spent), 3), "min_cpu_ms": round(min(spent), 3),
+            "max_cpu_ms": round(max(spent), 3)}
+
+
+async def _probe(base: str, pids: list[int], victim: str, *, batches: int, per_batch: int,
+                 proxy_pids: list[int]) -> dict:
     host, port = base.removeprefix("http://").split(":")
     raw = Raw(host, int(port), "real")
     rng = random.Random(7)
     report: dict = {}
     for kind, (method, path, headers, body) in _kinds(victim, rng).items():
-        costs, statuses, wall = [], Counter(), []
+        costs, proxy_costs, statuses, wall = [], [], Counter(), []
         for _ in range(per_batch):  # unmeasured: each worker's first answers of a kind build its caches
             await raw.request(_address(rng), method, path, body=body,
                               headers=headers() if callable(headers) else headers)
         for _ in range(batches):
-            idle0, t0 = _cpu_of(pids), time.monotonic()
+            idle0, proxy_idle0, t0 = _cpu_of(pids), _cpu_of(proxy_pids), time.monotonic()
             await asyncio.sleep(0.5)
             idle_rate = (_cpu_of(pids) - idle0) / (time.monotonic() - t0)
-            cpu0, t1 = _cpu_of(pids), time.monotonic()
+            proxy_idle_rate = (_cpu_of(proxy_pids) - proxy_idle0) / (time.monotonic() - t0)
+            cpu0, proxy0, t1 = _cpu_of(pids), _cpu_of(proxy_pids), time.monotonic()
             for _ in range(per_batch):
                 status, _, _ = await raw.request(_address(rng), method, path, body=body,
                                                  headers=headers() if callable(headers) else headers)
@@ -96,10 +107,12 @@ async def _probe(base: str, pids: list[int], victim: str, *, batches: int, per_b
             seconds = time.monotonic() - t1
             spent = _cpu_of(pids) - cpu0 - idle_rate * seconds
             costs.append(max(0.0, spent) * 1000 / per_batch)
+            proxy_costs.append(max(0.0, _cpu_of(proxy_pids) - proxy0 - proxy_idle_rate * seconds) * 1000 / per_batch)
             wall.append(seconds * 1000 / per_batch)
-        report[kind] = {"median_cpu_ms": round(statistics.median(costs), 3), "min_cpu_ms": round(min(costs), 3),
-                        "max_cpu_ms": round(max(costs), 3), "median_wall_ms": round(statistics.median(wall), 2),
+        report[kind] = {**_per_request(costs), "median_wall_ms": round(statistics.median(wall), 2),
                         "statuses": dict(statuses)}
+        if proxy_pids:
+            report[kind]["proxy"] = _per_request(proxy_costs)
     return report
 
 
@@ -118,11 +131,11 @@ def main() -> int:
         started, load = time.time(), os.getloadavg()
         victim = stack.legit[0].split(":", 1)[0]
         report = asyncio.run(_probe(stack.base, stack.web_pids, victim, batches=args.batches,
-                                    per_batch=args.per_batch))
+                                    per_batch=args.per_batch, proxy_pids=stack.proxy_pids))
         baseline = report["django_api_401"]["median_cpu_ms"]
         for kind in report:
             report[kind]["vs_django_api_401"] = round(report[kind]["median_cpu_ms"] / baseline, 3) if baseline else None
-        print(json.dumps({"load_average_before": load, "wall_s": round(time.time() - started, 1),
+        print(json.dumps({"load_average_before": load, "wall_s": round(time.time() - started, 1), "proxy": args.proxy,
                           "batches": args.batches, "per_batch": args.per_batch, "kinds": report}, indent=2))
     return 0
 

@@ -8,8 +8,12 @@ everything it started.
     .venv/bin/python ops/bench/admission_flood.py --port 6412 --redis-port 6411 \\
         --database postgres://postgres@127.0.0.1:5432/levee_flood -- --rate 80 --seconds 40 --quiet 20
 
+With `--proxy` the attack meets production's edge first: nginx with ops/nginx/'s configuration
+in front of gunicorn, the bots' and users' addresses reaching Levee in X-Forwarded-For; nginx's
+CPU is reported beside the web workers'.
+
 Arguments after `--` go to `ops/flood.py attack` (see its --help); --target, --legit, --server-pid,
---redis-pid and --database-url are filled in here.
+--proxy-pid, --redis-pid and --database-url are filled in here.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from ops.edge import running as running_edge  # noqa: E402
 from ops.procs import stop_group  # noqa: E402
 
 PASSWORD = "correct horse battery staple"
@@ -58,6 +63,9 @@ def stack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default="/tmp/levee-flood-var")
     parser.add_argument("--users", type=int, default=4)
     parser.add_argument("--trickle", type=int, default=5, help="SHIELD_SIGNUP_TRICKLE_PER_MINUTE")
+    parser.add_argument("--proxy", action="store_true",
+                        help="production's edge in front: nginx (Debian's, ops/nginx/ via ops.edge) on --port, "
+                             "gunicorn behind it on --port + 1, TRUSTED_PROXY_CIDRS naming it")
     parser.add_argument("--shield-unix-socket", action="store_true",
                         help="the shield's Redis (SHIELD_REDIS_URL) through the same server's Unix socket, "
                              "as a single-host deployment can (the rest keeps TCP)")
@@ -70,6 +78,7 @@ class Running:
     web_pids: list[int]
     redis_pid: int
     legit: list[str]  # "email:password:key"
+    proxy_pids: list[int]  # nginx's master and workers (--proxy), else empty
 
 
 @contextmanager
@@ -87,17 +96,23 @@ def running_stack(args: argparse.Namespace) -> Iterator[Running]:
     redis = subprocess.Popen(["redis-server", "--port", str(args.redis_port), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no", "--dir", str(data), "--logfile", str(data / "redis.log"),
                               "--unixsocket", str(socket), "--unixsocketperm", "700"])
+    web_port = args.port + 1 if args.proxy else args.port
     env = {**os.environ, "REDIS_URL": f"redis://127.0.0.1:{args.redis_port}/0", "DATABASE_URL": args.database,
-           "LEVEE_DATA_DIR": str(data), "LEVEE_BIND": f"127.0.0.1:{args.port}", "DEBUG": "0",
+           "LEVEE_DATA_DIR": str(data), "LEVEE_BIND": f"127.0.0.1:{web_port}", "DEBUG": "0",
            "LEVEE_ENV": "development", "SHIELD_SIGNUP_TRICKLE_PER_MINUTE": str(args.trickle),
            "PYTHONPATH": f"{ROOT / 'platform'}:{ROOT}"}
     if args.shield_unix_socket:
         env["SHIELD_REDIS_URL"] = f"unix://{socket}?db=0"
+    if args.proxy:
+        env["TRUSTED_PROXY_CIDRS"] = "127.0.0.1/32"  # nginx reaches gunicorn from loopback's first address
     log = open(data / "stack.log", "wb")
     stack = subprocess.Popen([sys.executable, str(ROOT / "ops" / "run.py")], env=env, cwd=ROOT,
                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{args.port}"
+    edge = ExitStack()
     try:
+        if args.proxy:
+            proxy = edge.enter_context(running_edge(data / "nginx", upstream=f"127.0.0.1:{web_port}", listen=args.port))
         deadline = time.monotonic() + 240
         while True:
             try:
@@ -117,8 +132,10 @@ def running_stack(args: argparse.Namespace) -> Iterator[Running]:
 
         gunicorn = [p.pid for p in psutil.Process(stack.pid).children() if "gunicorn" in " ".join(p.cmdline())]
         time.sleep(5)  # the workers settle (the inference worker loads its checkpoint)
-        yield Running(base, env, gunicorn, redis.pid, legit)
+        proxy_pids = [proxy.pid, *(c.pid for c in psutil.Process(proxy.pid).children())] if args.proxy else []
+        yield Running(base, env, gunicorn, redis.pid, legit, proxy_pids)
     finally:
+        edge.close()
         stop_group(stack, timeout=20)
         redis.terminate()
         redis.wait(timeout=10)
@@ -134,7 +151,8 @@ def main() -> int:
     with running_stack(args) as stack:
         cmd = [sys.executable, str(ROOT / "ops" / "flood.py"), "attack", "--target", stack.base,
                "--database-url", args.database, "--redis-pid", str(stack.redis_pid),
-               *[f"--server-pid={pid}" for pid in stack.web_pids], *[f"--legit={item}" for item in stack.legit],
+               *[f"--server-pid={pid}" for pid in stack.web_pids], *[f"--proxy-pid={pid}" for pid in stack.proxy_pids],
+               *[f"--legit={item}" for item in stack.legit],
                *extra]
         started = time.time()
         load_before = os.getloadavg()

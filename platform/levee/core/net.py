@@ -41,7 +41,12 @@ def _trusted(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 def from_trusted_proxy(request: HttpRequest) -> bool:
     """Whether the peer itself is a configured proxy (TRUSTED_PROXY_CIDRS)."""
-    peer = _parse(request.META.get("REMOTE_ADDR", "") or "")
+    return peer_is_proxy(request.META.get("REMOTE_ADDR", "") or "")
+
+
+def peer_is_proxy(remote_addr: str) -> bool:
+    """`from_trusted_proxy` from the peer address alone (the ASGI admission layer's view)."""
+    peer = _parse(remote_addr) if settings.TRUSTED_PROXY_CIDRS else None
     return peer is not None and _trusted(peer)
 
 

@@ -14,7 +14,10 @@ It sees the method, the path, the headers and the peer address, and:
   and for the API whether the key exists at all (a Redis set of key digests: an unknown key is
   refused without a database query);
 * answers refusals with small pre-built responses: 429/503 with Retry-After, the API's error format
-  on API paths, a tiny HTML page elsewhere;
+  on API paths, a tiny HTML page elsewhere; a refusal that leaves a body unread closes the
+  connection, except towards a configured proxy (TRUSTED_PROXY_CIDRS), which has buffered that body
+  and would answer its client 502 for a connection closed while it sends (uvicorn discards the
+  rest instead);
 * under pressure (mode elevated or above, or the new-browser hashing budget spent) sends a browser
   with neither a known-device cookie nor a pass to a proof-of-work interstitial instead; solving it
   (`POST /shield/pass`, answered here too) sets the pass cookie (`levee.shield.passes`).
@@ -40,7 +43,7 @@ from django.conf import settings
 from django.utils.translation import gettext_noop
 
 from levee.core.errors import error_body
-from levee.core.net import resolve
+from levee.core.net import peer_is_proxy, resolve
 from levee.keys.tags import fingerprint_of
 from levee.shield import escalation, keyfilter, passes, pow, state, stats, store
 from levee.shield.limiter import FixedSubject, Rule, Subject, acheck_door
@@ -346,6 +349,8 @@ class Admission:
             elif name == b"x-forwarded-for":
                 forwarded = value if forwarded is None else forwarded + b", " + value
         limit = settings.LEVEE_MAX_BODY_BYTES
+        client = scope.get("client")
+        peer = client[0] if client else ""
         # Whether an answer given here leaves a body unread (then the connection is closed after it).
         scope["levee.body_unread"] = method not in _BODYLESS
         if length is not None:
@@ -356,14 +361,16 @@ class Admission:
             except ValueError:
                 return await _refuse(send, 400, "Invalid Content-Length header", api=_is_api(path),
                                      code="invalid_format", close=True)
-            scope["levee.body_unread"] = declared > 0
+            # From a configured proxy the body is one it has buffered and is sending in full: closing
+            # on it would turn this layer's answer into the proxy's 502 ("broken pipe while sending
+            # to upstream"). The connection stays open and uvicorn discards the rest as it arrives.
+            scope["levee.body_unread"] = declared > 0 and not peer_is_proxy(peer)
             if declared > limit:  # refused unread: receive() is never called
                 return await _refuse(send, 413, _TOO_LARGE, api=_is_api(path), close=True,
                                      params=(("limit", limit),))
         door = _doors().get(path)
         if door is not None or path == PASS_PATH:
-            peer = scope.get("client")
-            ip = resolve(peer[0] if peer else "", forwarded.decode("latin-1") if forwarded else "")
+            ip = resolve(peer, forwarded.decode("latin-1") if forwarded else "")
             scope["levee.client_ip"] = ip
             try:
                 if path == PASS_PATH:

@@ -178,6 +178,7 @@ async def _loop() -> None:
         await asyncio.sleep(interval)
         lag_ms = max(0.0, (loop.time() - started - interval) * 1000)
         try:
+            await stats.aflush_due()  # the counts made in the process without Redis, once a flood has stopped too
             await run_tick(lag_ms)
         except Exception:  # noqa: BLE001 - the loop must outlive any one bad beat
             log.exception("shield: escalation beat failed")

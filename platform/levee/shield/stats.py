@@ -6,6 +6,7 @@ reads) and per ten seconds (the recent baseline that window is compared with).""
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from typing import cast
 
@@ -70,12 +71,15 @@ class Batched:
     or by `aflush()`. For events decided without Redis (the admission layer's answers to bare
     browsers under pressure), so counting them does not cost the round trip their answer saved.
     A batch lands in the second it is filed, at most a second late: the escalation windows are ten
-    seconds long. One event loop per process counts and files (no lock)."""
+    seconds long. The escalation beat files what is due too (`aflush_due`), so the last counts
+    before a flood stops do not wait for the next event. One event loop per process counts and
+    files (no lock)."""
 
     def __init__(self, event: str, every: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.event, self.every, self.clock = event, every, clock
         self.pending = 0
         self.filed_at = clock()
+        _batches.add(self)
 
     async def add(self) -> None:
         self.pending += 1
@@ -92,6 +96,16 @@ class Batched:
             await _COUNT_SCRIPT.acall(3, body)
         except RedisError:  # unreachable (or a script error): kept for the next try, never raised
             self.pending += n
+
+
+_batches: weakref.WeakSet[Batched] = weakref.WeakSet()
+
+
+async def aflush_due() -> None:
+    """File every batch of this process that has waited its interval (the escalation beat's call)."""
+    for batch in list(_batches):
+        if batch.pending and batch.clock() - batch.filed_at >= batch.every:
+            await batch.aflush()
 
 
 def per_minute(event: str) -> int:

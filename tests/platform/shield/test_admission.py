@@ -9,11 +9,14 @@ import json
 import secrets
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from django.db.backends import utils as db_utils
 
 from levee.shield import admission, keyfilter, passes, pow, state
+from ops import edge
 from tests.personas import ada
 from tests.platform.shield.servers import server
 
@@ -159,6 +162,33 @@ def test_a_real_server_believes_forwarded_headers_only_from_a_configured_proxy()
         log = (REPO / "var" / f"shield-server-{port}.log").read_text(errors="replace")
     line = next(line for line in log.splitlines() if "api-models 401" in line)
     assert "client_ip=127.0.0.1" in line and "198.51.100.77" not in line
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(edge.nginx_binary() is None, reason="Debian's nginx is not installed (`make nginx`)")
+def test_behind_the_real_proxy_a_refusal_with_an_unread_body_reaches_the_client(tmp_path):
+    """The production edge (ops/nginx/) buffers a 3 MiB prompt and sends it to a server that refuses
+    the request on its headers alone (an unknown key). Had the server closed the connection on the
+    unread body, nginx's send would break and its client would see a 502; every answer must be the
+    layer's own 401, in the API's error format."""
+    from tests.platform.shield.servers import free_port
+
+    keyfilter.rebuild()
+    body = json.dumps({"model": "deepseek-chat", "messages": [{"role": "user", "content": "x" * (3 << 20)}]})
+    with server(TRUSTED_PROXY_CIDRS="127.0.0.1/32") as base:
+        listen = free_port()
+        with edge.running(tmp_path, upstream=base.removeprefix("http://"), listen=listen):
+
+            def send(_: int) -> tuple[int, str]:
+                answer = httpx.post(f"http://127.0.0.1:{listen}/v1/chat/completions", content=body, timeout=30,
+                                    headers={"Authorization": "Bearer sk-" + secrets.token_hex(24),
+                                             "Content-Type": "application/json"})
+                return answer.status_code, answer.text
+
+            with ThreadPoolExecutor(8) as pool:  # several at once, as a flood sends them
+                answers = list(pool.map(send, range(48)))
+    assert [status for status, _ in answers] == [401] * 48
+    assert all(json.loads(text)["error"]["message"].startswith("Authentication Fails") for _, text in answers)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -510,6 +540,25 @@ def test_under_attack_a_bare_sign_up_post_is_refused_and_counted_as_a_challenge(
                                                                                "challenged": (1, 0.0)}
 
 
+def test_a_refusal_closes_on_an_unread_body_except_towards_the_configured_proxy(layer, rds, settings):
+    """A direct client's unread body is not worth reading: the connection closes. A proxy has
+    buffered the body and sends it in full; a close while it sends becomes its 502 to the client,
+    so the connection stays open (uvicorn discards the rest). Neither answer reads the body."""
+    import ipaddress
+
+    app, inner = layer
+    settings.TRUSTED_PROXY_CIDRS = [ipaddress.ip_network("10.0.0.0/24")]
+    set_mode_mirror(rds, "under_attack")
+    direct = call(app, "POST", "/accounts/signup/", body=b"email=x", ip="198.51.100.20", receive_forbidden=True)
+    proxied = call(app, "POST", "/accounts/signup/", body=b"email=x", ip="10.0.0.5", receive_forbidden=True,
+                   headers={"x-forwarded-for": "198.51.100.21"})
+    assert direct.status == proxied.status == 429 and inner.calls == 0
+    assert direct.headers.get("connection") == "close" and "connection" not in proxied.headers
+    oversized = call(app, "POST", "/accounts/signup/", ip="10.0.0.5", receive_forbidden=True,
+                     headers={"content-length": str(settings.LEVEE_MAX_BODY_BYTES + 1)})
+    assert oversized.status == 413 and oversized.headers["connection"] == "close"  # never read, from anyone
+
+
 def test_under_pressure_a_bare_browsers_post_is_answered_without_a_round_trip(layer, rds, monkeypatch, settings):
     """Its answer is the interstitial whatever the counters say; its subnet's load (this process's
     count) still raises the difficulty."""
@@ -560,6 +609,21 @@ def test_batched_events_are_filed_once_a_second_and_kept_while_redis_is_away(rds
         store.reset()
     asyncio.run(batch.aflush())
     assert batch.pending == 0 and stats.windows(["challenged"], window=10, baseline=60)["challenged"][0] == 6
+
+
+def test_the_escalation_beat_files_what_waited_after_the_last_event(rds):
+    """The last counts before a flood stops have no next event to file them: the beat does, once
+    they have waited their interval, and leaves a batch alone before that."""
+    from levee.shield import stats
+
+    now = [100.0]
+    batch = stats.Batched("challenged", clock=lambda: now[0])
+    asyncio.run(batch.add())
+    asyncio.run(stats.aflush_due())
+    assert batch.pending == 1  # not due yet
+    now[0] += 1.0
+    asyncio.run(stats.aflush_due())
+    assert batch.pending == 0 and stats.windows(["challenged"], window=10, baseline=60)["challenged"][0] == 1
 
 
 @pytest.mark.django_db
