@@ -92,18 +92,25 @@ class Raw:
                 lines.append(f"Content-Length: {len(body)}")
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
             await writer.drain()
-            raw = await asyncio.wait_for(reader.read(), timeout)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+            status_line, *header_lines = head[:-4].decode("latin-1").split("\r\n")
+            if not status_line.startswith("HTTP/"):
+                raise ConnectionError("no HTTP answer")
+            answer_headers: dict[str, str] = {}
+            for line in header_lines:
+                name, _, value = line.partition(":")
+                name = name.strip().lower()
+                answer_headers[name] = (answer_headers[name] + "; " + value.strip()) if name in answer_headers \
+                    else value.strip()
+            # The answer's own length when it gives one (a proxy that refused a body it was promised
+            # keeps the connection open for it a while: waiting for its close would time the proxy's
+            # lingering, not the answer), else until the server closes.
+            length = answer_headers.get("content-length")
+            content = await asyncio.wait_for(reader.readexactly(int(length)) if length else reader.read(), timeout)
+        except asyncio.IncompleteReadError as e:
+            raise ConnectionError("the answer was cut short") from e
         finally:
             writer.close()
-        head, _, content = raw.partition(b"\r\n\r\n")
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        if not status_line.startswith("HTTP/"):
-            raise ConnectionError("no HTTP answer")
-        answer_headers: dict[str, str] = {}
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            name = name.strip().lower()
-            answer_headers[name] = (answer_headers[name] + "; " + value.strip()) if name in answer_headers else value.strip()
         return int(status_line.split()[1]), answer_headers, content
 
 
