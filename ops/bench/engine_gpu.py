@@ -44,13 +44,14 @@ V2_LITE = dict(
 )
 
 
-def build_model(device: torch.device) -> Transformer:
-    args = ModelArgs(**V2_LITE)  # type: ignore[arg-type]
+def build_model(device: torch.device, dtype: torch.dtype = torch.bfloat16, **shrink) -> Transformer:
+    """V2-Lite's shapes (`shrink` overrides some: the CPU smoke test's tiny copy) with random weights."""
+    args = ModelArgs(**{**V2_LITE, **shrink})  # type: ignore[arg-type]
     with torch.device(device):
-        model = Transformer(args).to(torch.bfloat16)
+        model = Transformer(args).to(dtype)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dtype != torch.bfloat16 or "norm" in name:
+            if p.dtype != dtype or "norm" in name:
                 p.fill_(1.0) if "norm" in name else p.zero_()
             else:
                 p.normal_(0.0, 0.02)
@@ -124,7 +125,8 @@ def decode_rate(engine: Engine, vocab: int, batch: int, context: int, new_tokens
 def ttft(engine: Engine, vocab: int, tokens: int) -> float:
     g = torch.Generator().manual_seed(tokens)
     prompt = torch.randint(3, vocab - 1, (tokens,), generator=g).tolist()
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     start = time.perf_counter()
     engine.submit(Request(prompt, SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True))).result(600)
     return time.perf_counter() - start
