@@ -7,6 +7,11 @@
   operator has named it a proxy. It also took a few per cent of a refusal's CPU (an address parse per
   request) in the admission benchmark.
 - The `server: uvicorn` header: it tells a scanner which server to try.
+
+And one choice made explicit: the httptools protocol (uvicorn[standard] installs it; "auto" picks it
+when present). The admission layer relies on what it does with a body the application answered
+without reading — on a kept-alive connection it parses and discards the rest, so a configured proxy
+sending a buffered body gets the layer's answer, not a closed connection (levee.shield.admission).
 """
 from __future__ import annotations
 
@@ -16,4 +21,5 @@ from uvicorn.workers import UvicornWorker
 
 
 class LeveeWorker(UvicornWorker):
-    CONFIG_KWARGS: dict[str, Any] = {**UvicornWorker.CONFIG_KWARGS, "proxy_headers": False, "server_header": False}
+    CONFIG_KWARGS: dict[str, Any] = {**UvicornWorker.CONFIG_KWARGS, "http": "httptools",
+                                     "proxy_headers": False, "server_header": False}
