@@ -400,6 +400,7 @@ class Admission:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await escalation.stop()
+                await stats.aflush_due(all_pending=True)  # a restart mid-flood keeps its last second's counts
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -101,10 +101,11 @@ class Batched:
 _batches: weakref.WeakSet[Batched] = weakref.WeakSet()
 
 
-async def aflush_due() -> None:
-    """File every batch of this process that has waited its interval (the escalation beat's call)."""
+async def aflush_due(*, all_pending: bool = False) -> None:
+    """File every batch of this process that has waited its interval (the escalation beat's call),
+    or, with `all_pending`, every batch with counts (the process is shutting down)."""
     for batch in list(_batches):
-        if batch.pending and batch.clock() - batch.filed_at >= batch.every:
+        if batch.pending and (all_pending or batch.clock() - batch.filed_at >= batch.every):
             await batch.aflush()
 
 

@@ -624,6 +624,9 @@ def test_the_escalation_beat_files_what_waited_after_the_last_event(rds):
     now[0] += 1.0
     asyncio.run(stats.aflush_due())
     assert batch.pending == 0 and stats.windows(["challenged"], window=10, baseline=60)["challenged"][0] == 1
+    asyncio.run(batch.add())
+    asyncio.run(stats.aflush_due(all_pending=True))  # shutting down: filed though not due
+    assert batch.pending == 0 and stats.windows(["challenged"], window=10, baseline=60)["challenged"][0] == 2
 
 
 @pytest.mark.django_db
