@@ -1,7 +1,13 @@
+from __future__ import annotations
+
 import os
 import time
+from typing import TYPE_CHECKING
 
 from django.core.asgi import get_asgi_application
+
+if TYPE_CHECKING:
+    from levee.shield.admission import Receive, Scope, Send
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "levee.settings")
 _django = get_asgi_application()
@@ -24,7 +30,7 @@ def _no_thread_before_each_request() -> None:
 _no_thread_before_each_request()
 
 
-async def _timed(scope, receive, send):
+async def _timed(scope: Scope, receive: Receive, send: Send) -> None:
     # When the request reached the application, for the Server-Timing header (levee.core.timing).
     scope["levee.received"] = time.perf_counter()
     return await _django(scope, receive, send)

@@ -282,7 +282,7 @@ LEVEE_READER_LEASE_SECONDS = env_int("LEVEE_READER_LEASE_SECONDS", 10, minimum=1
 # A Server-Timing header on API answers: where the time went before the response started.
 LEVEE_SERVER_TIMING = env_bool("LEVEE_SERVER_TIMING", True)
 # Per-process memos of hot rows (levee.core.memo): unset = each memo's own bound; 0 = off.
-LEVEE_MEMO_SECONDS = float(env_str("LEVEE_MEMO_SECONDS")) if env_str("LEVEE_MEMO_SECONDS") else None
+LEVEE_MEMO_SECONDS = float(memo_seconds) if (memo_seconds := env_str("LEVEE_MEMO_SECONDS")) else None
 # Billing (docs/billing.md). Money is integer nano-units of LEVEE_CURRENCY (1 USD = 10**9 nano).
 LEVEE_CURRENCY = (env_str("LEVEE_CURRENCY") or "USD").strip().upper()
 # Granted once an account's address is verified: a decimal in LEVEE_CURRENCY ("0" = none).

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
@@ -20,6 +21,9 @@ from django.conf import settings
 
 from inference import protocol
 from levee.core.store import aredis_client as redis_client  # the one Redis module's, per event loop
+
+if TYPE_CHECKING:
+    from levee.api.models import LlmModel
 
 log = logging.getLogger(__name__)
 KEEPALIVE = {"type": "keepalive"}
@@ -32,7 +36,7 @@ class Overloaded(Exception):
     retry_after: int
 
 
-async def check_capacity(model) -> None:
+async def check_capacity(model: LlmModel) -> None:
     """Refuse before any hold when nobody can serve the model soon. Raises Overloaded; Redis errors propagate."""
     client = redis_client()
     now = time.time()

@@ -1,3 +1,5 @@
+from collections.abc import Callable
+
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
@@ -77,7 +79,7 @@ _enabled = Memo("models", MODEL_MEMO_SECONDS)
 _enabled.clear_on_change(LlmModel)
 
 
-def _load_enabled(name: str):
+def _load_enabled(name: str) -> Callable[[], LlmModel | None]:
     return lambda: LlmModel.objects.filter(name=name, enabled=True).first()
 
 

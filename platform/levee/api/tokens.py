@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 
 if TYPE_CHECKING:
+    from inference.tokenizer import Tokenizer
     from levee.api.models import LlmModel
 
 
-def tokenizer_for(model):
+def tokenizer_for(model: LlmModel) -> Tokenizer:
     from inference.tokenizer import Tokenizer  # torch-free; caches per directory
 
     path = Path(model.tokenizer_dir)

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import aclosing
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -32,6 +32,10 @@ from levee.core.timing import Phases
 from levee.keys.authentication import bearer_token, masked
 from levee.keys.services import aauthenticate_key
 
+if TYPE_CHECKING:
+    from levee.keys.models import ApiKey
+    from levee.shield.api import ApiAdmission
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -48,10 +52,10 @@ def key_endpoint(method: str, *, token: Callable[[HttpRequest], str | None] = be
         @sessionless
         @csrf_exempt
         @functools.wraps(view)
-        async def endpoint(request):
+        async def endpoint(request: HttpRequest) -> HttpResponseBase:
             if request.method != method:
                 return error_response(405, f"{request.method} is not allowed here")
-            request.phases = phases = Phases(request)
+            request.phases = phases = Phases(request)  # type: ignore[attr-defined]  # Levee's own request attribute
             phases.mark("edge")
             try:
                 key, failure = await _authenticate(request, token)
@@ -69,7 +73,8 @@ def key_endpoint(method: str, *, token: Callable[[HttpRequest], str | None] = be
     return wrap
 
 
-async def _authenticate(request, find_token=bearer_token):
+async def _authenticate(request: HttpRequest, find_token: Callable[[HttpRequest], str | None] = bearer_token,
+                       ) -> tuple[ApiKey | None, JsonResponse | None]:
     token = find_token(request)
     if token is None:
         return None, error_response(401, "Authentication Fails (no api key provided)")
@@ -85,7 +90,7 @@ def _model_row(model: LlmModel) -> dict:
 
 
 @key_endpoint("GET")
-async def list_models(request, key):
+async def list_models(request: HttpRequest, key: ApiKey) -> HttpResponseBase:
     from levee.shield import api as shield
 
     decision = await sync_to_async(shield.admit_plain_request, thread_sensitive=False)(request, key)
@@ -96,12 +101,12 @@ async def list_models(request, key):
 
 
 @key_endpoint("POST")
-async def chat_completions(request, key):
+async def chat_completions(request: HttpRequest, key: ApiKey) -> HttpResponseBase:
     return await _chat(request, key, beta=False)
 
 
 @key_endpoint("POST")
-async def beta_chat_completions(request, key):
+async def beta_chat_completions(request: HttpRequest, key: ApiKey) -> HttpResponseBase:
     """/beta/chat/completions: prefix completion and strict functions (DeepSeek's beta base URL)."""
     return await _chat(request, key, beta=True)
 
@@ -225,7 +230,8 @@ async def _run(request: Any, key: Any, model: LlmModel, chat: schema.ChatRequest
     return response
 
 
-async def _start(request, key, model, chat, work, max_tokens, job_id, admission, formatter):
+async def _start(request: Any, key: ApiKey, model: LlmModel, chat: schema.ChatRequest, work: plan.Plan, max_tokens: int,
+                 job_id: str, admission: ApiAdmission, formatter: Callable[..., _Completion] | None) -> HttpResponseBase:
     from levee.billing import services as billing
 
     try:

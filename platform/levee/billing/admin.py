@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db.models import Field, Model, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -55,10 +56,10 @@ class FutureOnlyAdmin(admin.ModelAdmin):
     """A price or window that has been in force is history (holds and usage point at it): it can be
     superseded by a new row, not edited."""
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: Price | DiscountWindow | None = None) -> bool:
         return super().has_change_permission(request, obj) and (obj is None or obj.effective_from > timezone.now())
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: Price | DiscountWindow | None = None) -> bool:
         return super().has_delete_permission(request, obj) and (obj is None or obj.effective_from > timezone.now())
 
 
@@ -83,17 +84,17 @@ class WalletAdmin(ReadOnlyAdmin):
     list_select_related = ("user",)
     actions = ["credit_or_debit"]
 
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
         return obj is None and request.user.has_perm("billing.change_wallet")  # the action, never the form
 
     @admin.action(description=_("Credit or debit selected wallets…"), permissions=["change"])
-    def credit_or_debit(self, request, queryset):
+    def credit_or_debit(self, request: HttpRequest, queryset: QuerySet[Wallet]) -> TemplateResponse | None:
         form = AdjustForm(request.POST if "apply" in request.POST else None)
         if "apply" in request.POST and form.is_valid():
             done = 0
             for wallet in queryset:
                 try:
-                    services.adjust(wallet, form.cleaned_data["amount"], actor=request.user,
+                    services.adjust(wallet, form.cleaned_data["amount"], actor=operator(request),
                                     reason=form.cleaned_data["reason"], source="admin")
                     done += 1
                 except services.BillingRefused as exc:
@@ -105,7 +106,7 @@ class WalletAdmin(ReadOnlyAdmin):
             return None
         return TemplateResponse(request, "billing/admin/adjust.html", {
             **self.admin_site.each_context(request), "title": gettext("Credit or debit wallets"), "form": form,
-            "wallets": queryset, "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME, "opts": self.model._meta})
+            "wallets": queryset, "action_checkbox_name": ACTION_CHECKBOX_NAME, "opts": self.model._meta})
 
 
 @admin.register(LedgerEntry)
@@ -153,14 +154,14 @@ class VoucherAdmin(admin.ModelAdmin):
     readonly_fields = ("redeemed_count", "created_by", "created_at")
 
     # A voucher someone has redeemed is part of their ledger's story: it is not rewritten or removed.
-    def has_change_permission(self, request, obj=None):
+    def has_change_permission(self, request: HttpRequest, obj: Voucher | None = None) -> bool:
         return super().has_change_permission(request, obj) and (obj is None or obj.redeemed_count == 0)
 
-    def has_delete_permission(self, request, obj=None):
+    def has_delete_permission(self, request: HttpRequest, obj: Voucher | None = None) -> bool:
         return super().has_delete_permission(request, obj) and (obj is None or obj.redeemed_count == 0)
 
     @admin.display(description=_("amount"))
-    def amount(self, voucher):
+    def amount(self, voucher: Voucher) -> str:
         return localized(voucher.amount_nano, places=2)
 
     def save_model(self, request: HttpRequest, obj: Voucher, form: forms.ModelForm, change: bool) -> None:

@@ -8,7 +8,7 @@ class BillingConfig(AppConfig):
     name = "levee.billing"
     label = "billing"
 
-    def ready(self):
+    def ready(self) -> None:
         from django.conf import settings
 
         from levee.billing import monitoring, signals  # noqa: F401  (signals: the sign-up credit, alerts after ledger entries)

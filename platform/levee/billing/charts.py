@@ -3,7 +3,7 @@ escaped (model names are data)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import date
 
 from django.utils import formats
@@ -26,7 +26,7 @@ def _nice_ceiling(value: float) -> float:
 
 
 def stacked_bars(*, days: list[date], series: Mapping[str, Sequence[float]], title: str, chart_id: str,
-                 fmt=None, empty: str = "No usage in this period.") -> str:
+                 fmt: Callable[[float], str] | None = None, empty: str = "No usage in this period.") -> str:
     """A stacked bar per day, one colour per model, with a legend and a <title> on every bar. Values
     are written by `fmt` (by default whole numbers, grouped as the reader's language groups them)
     and days in its short date format."""

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
+from typing import Any
 
 from django import forms
 from django.utils import timezone
@@ -21,11 +23,11 @@ def new_voucher_code() -> str:
 class AmountField(forms.CharField):
     """A decimal amount of the currency, parsed exactly into nano-units."""
 
-    def __init__(self, *, allow_negative: bool = False, **kwargs):
+    def __init__(self, *, allow_negative: bool = False, **kwargs: Any) -> None:
         self.allow_negative = allow_negative
         super().__init__(max_length=40, **kwargs)
 
-    def clean(self, value):
+    def clean(self, value: Any) -> int:
         value = super().clean(value)
         try:
             return parse_amount(value, allow_negative=self.allow_negative)
@@ -39,7 +41,7 @@ class AdjustForm(forms.Form):
                          help_text=_("In the deployment's currency; negative to debit, e.g. -5.00"))
     reason = forms.CharField(max_length=200, label=_("Reason"), help_text=_("Required: shown in the ledger and the audit log"))
 
-    def clean_reason(self):
+    def clean_reason(self) -> str:
         reason = self.cleaned_data["reason"].strip()
         if not reason:
             raise forms.ValidationError(_("A reason is required."))
@@ -54,12 +56,12 @@ class VoucherForm(forms.ModelForm):
         model = Voucher
         fields = ["code", "amount", "expires_at", "max_redemptions", "note"]
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.instance.pk:
             self.fields["amount"].initial = format_amount(self.instance.amount_nano, places=2)
 
-    def clean_code(self):
+    def clean_code(self) -> str:
         raw = self.cleaned_data.get("code") or ""
         if not raw.strip():
             return new_voucher_code()
@@ -68,12 +70,12 @@ class VoucherForm(forms.ModelForm):
             raise forms.ValidationError(_("Use letters, digits and dashes only (at most 64)."))
         return code
 
-    def clean_expires_at(self):
+    def clean_expires_at(self) -> datetime:
         expires_at = self.cleaned_data["expires_at"]
         if expires_at <= timezone.now():
             raise forms.ValidationError(_("The expiry must be in the future."))
         return expires_at
 
-    def save(self, commit=True):
+    def save(self, commit: bool = True) -> Voucher:
         self.instance.amount_nano = self.cleaned_data["amount"]
         return super().save(commit)

@@ -6,7 +6,7 @@ immutable `LedgerEntry` per change in the same transaction; `reconcile` proves t
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, NoReturn
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -225,11 +225,11 @@ class LedgerKind(models.TextChoices):
     PAYBACK = "payback", _("taken back")  # a payment provider took paid money back (refund, dispute)
 
 
-class LedgerQuerySet(models.QuerySet):
-    def update(self, **kwargs):
+class LedgerQuerySet(models.QuerySet["LedgerEntry"]):
+    def update(self, **kwargs: Any) -> NoReturn:
         raise TypeError("ledger entries are immutable")
 
-    def delete(self):
+    def delete(self) -> NoReturn:
         raise TypeError("ledger entries are immutable")
 
 
@@ -271,12 +271,12 @@ class LedgerEntry(models.Model):
     def __str__(self) -> str:
         return f"{self.kind} {self.balance_delta:+d} nano (held {self.held_delta:+d})"
 
-    def save(self, *args, **kwargs):
+    def save(self, *args: Any, **kwargs: Any) -> None:
         if self.pk is not None:
             raise TypeError("ledger entries are immutable")
         super().save(*args, **kwargs)
 
-    def delete(self, *args, **kwargs):
+    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError("ledger entries are immutable")
 
     @property

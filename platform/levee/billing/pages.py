@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -16,6 +17,7 @@ from django.utils.translation import gettext as _
 from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
+from levee.accounts.models import User
 from levee.accounts.operators import signed_in
 from levee.billing import services
 from levee.billing.charts import stacked_bars
@@ -79,7 +81,7 @@ def in_words(book: dict) -> dict:
     return words
 
 
-def _usage(user, days: int):
+def _usage(user: User, days: int) -> dict[str, Any]:
     today = timezone.now().astimezone(timezone.get_fixed_timezone(0)).date()
     start = today - timedelta(days=days - 1)
     rows = list(DailyUsage.objects.filter(user=user, day__gte=start, day__lte=today)
@@ -125,7 +127,7 @@ def _chart_amount(nano: float) -> str:
 
 
 @login_required
-def usage_page(request):
+def usage_page(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         return _redeem(request)
     try:
@@ -136,7 +138,8 @@ def usage_page(request):
         days = 30
     from levee.chat.services import tokens_used_today
 
-    wallet = services.wallet_for(request.user)
+    user = signed_in(request)
+    wallet = services.wallet_for(user)
     ledger = Paginator(LedgerEntry.objects.filter(wallet=wallet).order_by("-id"), LEDGER_PAGE_SIZE)
     page = ledger.get_page(request.GET.get("page"))
     entries = [{"entry": e, "amount": localized(e.balance_delta, places=6),
@@ -144,19 +147,19 @@ def usage_page(request):
     from levee.billing import alerts, payments
 
     return render(request, "billing/usage.html", {
-        "alerts": alerts.view(request.user),
-        "balance": services.balance_view(request.user), "currency": currency(), "topup": payments.options(),
+        "alerts": alerts.view(user),
+        "balance": services.balance_view(user), "currency": currency(), "topup": payments.options(),
         "held": localized(wallet.held_nano, places=2), "days": days, "periods": PERIODS,
         "page": page, "entries": entries,
-        "chat_used": tokens_used_today(request.user),  # chat_quota: levee.chat.context
-        **_usage(request.user, days),
+        "chat_used": tokens_used_today(user),  # chat_quota: levee.chat.context
+        **_usage(user, days),
     })
 
 
-def _redeem(request):
+def _redeem(request: HttpRequest) -> HttpResponse:
     code = request.POST.get("code", "")
     try:
-        redemption = services.redeem_voucher(request.user, code)
+        redemption = services.redeem_voucher(signed_in(request), code)
     except services.BillingRefused as exc:
         messages.error(request, REFUSALS.get(exc.code, exc.message))
     else:

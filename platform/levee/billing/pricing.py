@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from levee.billing.models import DiscountWindow, Price, TokenClass
+from levee.billing.models import DiscountWindow, Hold, Price, TokenClass
 from levee.billing.money import per_million
 from levee.core.memo import Memo
 
@@ -109,7 +109,7 @@ _book_memo.clear_on_change(Price, DiscountWindow)
 
 
 def _model_book(model: str, currency_code: str) -> tuple[list[Price], list[DiscountWindow]]:
-    def load():
+    def load() -> tuple[list[Price], list[DiscountWindow]]:
         prices = list(Price.objects.filter(model=model, currency=currency_code).order_by("-effective_from", "-pk"))
         return prices, list(DiscountWindow.objects.filter(model=model))
     return _book_memo.get((model, currency_code), load)
@@ -125,7 +125,7 @@ def rates_at(model: str, at: datetime | None = None) -> Rates:
             prices.setdefault(price.token_class, price)
     if len(prices) < len(CLASSES):
         raise PriceNotFound(model, at)
-    percent = {cls: 0 for cls in CLASSES}
+    percent: dict[str, int] = {cls: 0 for cls in CLASSES}
     for window in windows:
         in_force = window.effective_from <= at and (window.effective_until is None or window.effective_until > at)
         if in_force and window_covers(window, at):
@@ -133,12 +133,12 @@ def rates_at(model: str, at: datetime | None = None) -> Rates:
     return Rates(*(Rate(prices[cls], percent[cls]) for cls in CLASSES))
 
 
-def windows_in_force(at: datetime):
+def windows_in_force(at: datetime) -> QuerySet[DiscountWindow]:
     return DiscountWindow.objects.filter(Q(effective_until__isnull=True) | Q(effective_until__gt=at),
                                          effective_from__lte=at)
 
 
-def rates_from_hold(hold) -> Rates:
+def rates_from_hold(hold: Hold) -> Rates:
     return Rates(Rate(hold.price_cache_hit, hold.percent_off_cache_hit),
                  Rate(hold.price_cache_miss, hold.percent_off_cache_miss),
                  Rate(hold.price_output, hold.percent_off_output))

@@ -14,10 +14,11 @@ settle_hold, release_hold; the Celery tasks `levee.billing.settle` and `levee.bi
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -46,9 +47,13 @@ from levee.billing.money import MAX_OPERATION_NANO, Amount, format_amount
 from levee.billing.pricing import PriceNotFound, currency, rates_at, rates_from_hold
 
 if TYPE_CHECKING:
+    from levee.core.errors import ApiError
     from levee.keys.models import ApiKey
 
 log = logging.getLogger(__name__)
+
+# A hold's primary key: the UUID, or its text as a job message or settlement carries it.
+HoldId = uuid.UUID | str
 
 __all__ = [
     "InsufficientBalance", "PriceNotFound", "SpendCapReached", "BillingRefused", "SettlementRefused",
@@ -72,7 +77,7 @@ class InsufficientBalance(Exception):
         self.needed_nano = needed_nano
         self.available_nano = available_nano
 
-    def api_error(self):
+    def api_error(self) -> ApiError:
         from levee.core.errors import ApiError
 
         return ApiError(402, "Insufficient Balance")
@@ -128,7 +133,7 @@ def _lock_wallet(wallet_id: int) -> Wallet:
     return Wallet.objects.select_for_update(no_key=True).get(pk=wallet_id)
 
 
-def _lock_hold(hold_id, related: tuple[str, ...] = ()) -> Hold:
+def _lock_hold(hold_id: HoldId, related: tuple[str, ...] = ()) -> Hold:
     """Lock one hold row (only it: not the price rows it is read with)."""
     return Hold.objects.select_related(*related).select_for_update(no_key=True, of=("self",)).get(pk=hold_id)
 
@@ -143,7 +148,7 @@ def _move(wallet: Wallet, *, granted: int = 0, topped_up: int = 0, held: int = 0
     wallet.held_nano += held
 
 
-def wallet_for(user) -> Wallet:
+def wallet_for(user: User) -> Wallet:
     """The account's wallet, made on first use."""
     wallet, _ = Wallet.objects.get_or_create(user=user)
     return wallet
@@ -158,7 +163,7 @@ def estimate_max_cost(model: str, prompt_tokens: int, max_tokens: int, at: datet
     return rates_at(model, at).max_cost(prompt_tokens=prompt_tokens, max_tokens=max_tokens)
 
 
-def place_hold(*, user, api_key=None, model: str, prompt_tokens: int, max_tokens: int,
+def place_hold(*, user: User, api_key: ApiKey | None = None, model: str, prompt_tokens: int, max_tokens: int,
                request_id: str, deadline: datetime, job_id: str = "") -> Hold:
     """Reserve the request's maximum cost against the available balance, atomically. The prices in
     force now are remembered on the hold and charged at settle. Raises InsufficientBalance.
@@ -265,7 +270,7 @@ def _reserve_statement(hold: Hold, entry: LedgerEntry, *, user_id: int) -> tuple
 _wallet_ids: dict[int, int] = {}
 
 
-def _wallet_id_of(user) -> int:
+def _wallet_id_of(user: User) -> int:
     """The account's wallet id, made on first use and remembered per process (place_hold checks it
     against the account in the same UPDATE that reserves, and looks again if it does not match)."""
     wallet_id = _wallet_ids.get(user.pk)
@@ -320,7 +325,7 @@ def _check_span(started_at: datetime, finished_at: datetime) -> None:
         raise ValueError("finished_at is before started_at")
 
 
-def settle_hold(hold_id, *, prompt_cache_hit_tokens: int, prompt_cache_miss_tokens: int,
+def settle_hold(hold_id: HoldId, *, prompt_cache_hit_tokens: int, prompt_cache_miss_tokens: int,
                 completion_tokens: int, started_at: datetime, finished_at: datetime) -> UsageRecord:
     """Charge a request's exact cost (at the prices remembered on the hold, capped at the held
     amount) and release the rest. The token counts are first held to the hold's bounds (no more
@@ -339,7 +344,7 @@ def settle_hold(hold_id, *, prompt_cache_hit_tokens: int, prompt_cache_miss_toke
     return record
 
 
-def _settle(hold_id, tokens: dict, *, optimistic: bool) -> UsageRecord | None:
+def _settle(hold_id: HoldId, tokens: dict[str, Any], *, optimistic: bool) -> UsageRecord | None:
     """One attempt. None when the optimistic compare-and-set found a grant that reached the wallet
     after the hold was read: the attempt is rolled back (nothing of it stays) for the caller to redo."""
     wallet_id, status = Hold.objects.values_list("wallet_id", "status").get(pk=hold_id)
@@ -363,7 +368,7 @@ def _settle(hold_id, tokens: dict, *, optimistic: bool) -> UsageRecord | None:
                                           cache_miss_tokens=tokens["prompt_cache_miss_tokens"],
                                           completion_tokens=tokens["completion_tokens"])
         charge = min(cost, hold.amount_nano)
-        if late:
+        if wallet is not None:  # late
             charge = min(charge, wallet.available_nano)
         if cost > charge:
             log.warning("hold %s: cost %s nano exceeds what can be charged (%s nano)", hold.pk, cost, charge)
@@ -399,7 +404,7 @@ def _settle(hold_id, tokens: dict, *, optimistic: bool) -> UsageRecord | None:
     return usage
 
 
-def _clamped(tokens: dict, hold: Hold) -> dict:
+def _clamped(tokens: dict[str, Any], hold: Hold) -> dict[str, Any]:
     """The usage held to the hold's bounds (a worker cannot report more than it was given or allowed)."""
     hit = min(tokens["prompt_cache_hit_tokens"], hold.prompt_tokens)
     miss = min(tokens["prompt_cache_miss_tokens"], hold.prompt_tokens - hit)
@@ -412,7 +417,7 @@ def _clamped(tokens: dict, hold: Hold) -> dict:
     return {**tokens, "prompt_cache_hit_tokens": hit, "prompt_cache_miss_tokens": miss, "completion_tokens": out}
 
 
-def settle_signed(data, *, completion_at_most: int | None = None) -> UsageRecord:
+def settle_signed(data: dict[str, Any], *, completion_at_most: int | None = None) -> UsageRecord:
     """Settle from a signed settlement (an inference worker's, in its job's last event, or the web's
     own for what it delivered): refuses (SettlementRefused, nothing charged) one the worker secret
     did not sign, or whose hold, job or account do not match. Then settle_hold (clamped, idempotent).
@@ -442,7 +447,8 @@ def settle_signed(data, *, completion_at_most: int | None = None) -> UsageRecord
                        completion_tokens=completion, **moments)
 
 
-def _charge_entries(wallet_id, hold, charge, from_granted, from_topped_up, held_back, late, now) -> None:
+def _charge_entries(wallet_id: int, hold: Hold, charge: int, from_granted: int, from_topped_up: int, held_back: int,
+                    late: bool, now: datetime) -> None:
     actor_id = hold.wallet.user_id
     LedgerEntry.objects.create(wallet_id=wallet_id, kind=LedgerKind.CHARGE, granted_delta=-from_granted,
                                topped_up_delta=-from_topped_up, held_delta=0 if late else -charge,
@@ -452,7 +458,7 @@ def _charge_entries(wallet_id, hold, charge, from_granted, from_topped_up, held_
                                    hold=hold, actor_id=actor_id, reason="unused part of the hold", created_at=now)
 
 
-def release_hold(hold_id, *, reason: str) -> bool:
+def release_hold(hold_id: HoldId, *, reason: str) -> bool:
     """Give an open hold's whole amount back to the available balance. True if this call released
     it; False if it was already settled or released (or does not exist)."""
     wallet_id = Hold.objects.filter(pk=hold_id).values_list("wallet_id", flat=True).first()
@@ -475,7 +481,7 @@ def release_hold(hold_id, *, reason: str) -> bool:
 
 
 def sweep_holds(*, now: datetime | None = None, grace: timedelta | None = None, limit: int = 1000,
-                settlement_of: Callable[[str], dict | None] | None = None,
+                settlement_of: Callable[[str], dict[str, Any] | None] | None = None,
                 sent_of: Callable[[str], int | None] | None = None) -> int:
     """Close open holds whose deadline passed more than `grace` ago. `settlement_of(job_id)` gives
     the signed settlement the job's last event carries, if any (the job finished but no web process
@@ -505,9 +511,9 @@ def sweep_holds(*, now: datetime | None = None, grace: timedelta | None = None, 
     return closed
 
 
-def record_free_usage(*, user, model: str, request_id: str, prompt_cache_hit_tokens: int,
+def record_free_usage(*, user: User, model: str, request_id: str, prompt_cache_hit_tokens: int,
                       prompt_cache_miss_tokens: int, completion_tokens: int, started_at: datetime,
-                      finished_at: datetime, source: str = UsageSource.WEB, api_key=None) -> UsageRecord:
+                      finished_at: datetime, source: str = UsageSource.WEB, api_key: ApiKey | None = None) -> UsageRecord:
     """Record usage that costs nothing (free web chat): the same record and daily totals, no hold,
     no price, no ledger entry."""
     _check_tokens(prompt_cache_hit_tokens=prompt_cache_hit_tokens, prompt_cache_miss_tokens=prompt_cache_miss_tokens,
@@ -527,8 +533,8 @@ def record_free_usage(*, user, model: str, request_id: str, prompt_cache_hit_tok
 
 # --- credit in and out -----------------------------------------------------------------------------
 
-def grant(user, amount_nano: int, *, reason: str, expires_at: datetime | None, key: str | None = None,
-          actor=None) -> Grant:
+def grant(user: User, amount_nano: int, *, reason: str, expires_at: datetime | None, key: str | None = None,
+          actor: User | None = None) -> Grant:
     """Add granted credit. With a `key`, at most one grant per wallet and key (a repeat returns it)."""
     _check_amount(amount_nano)
     wallet = wallet_for(user)
@@ -547,7 +553,8 @@ def grant(user, amount_nano: int, *, reason: str, expires_at: datetime | None, k
     return g
 
 
-def topup(wallet: Wallet, amount: int, *, source: str, external_id: str, actor=None, reason: str = "") -> LedgerEntry:
+def topup(wallet: Wallet, amount: int, *, source: str, external_id: str, actor: User | None = None,
+          reason: str = "") -> LedgerEntry:
     """The payment-provider seam: credit money paid through `source` (e.g. "stripe") whose payment
     is `external_id` there. Idempotent: a repeated (source, external_id) returns the first entry and
     credits nothing, so a webhook may be delivered any number of times."""
@@ -570,7 +577,7 @@ def topup(wallet: Wallet, amount: int, *, source: str, external_id: str, actor=N
         return LedgerEntry.objects.get(external_id=ref)
 
 
-def adjust(wallet: Wallet, amount: int, *, actor, reason: str, source: str) -> LedgerEntry:
+def adjust(wallet: Wallet, amount: int, *, actor: User | None, reason: str, source: str) -> LedgerEntry:
     """An operator's credit (a manual top-up, e.g. a bank transfer) or debit of the topped-up
     balance, with a required reason; written to the ledger and the audit log. A debit may not take
     money that open holds reserve or that was granted."""
@@ -593,7 +600,7 @@ def adjust(wallet: Wallet, amount: int, *, actor, reason: str, source: str) -> L
     return entry
 
 
-def refund_usage(usage: UsageRecord, *, actor, reason: str) -> LedgerEntry:
+def refund_usage(usage: UsageRecord, *, actor: User | None, reason: str) -> LedgerEntry:
     """Give a request's charge back, to the topped-up balance (a grant may have expired since).
     Once per usage record."""
     if usage.cost_nano <= 0:
@@ -627,6 +634,7 @@ def expire_grants(*, now: datetime | None = None, limit: int = 1000) -> int:
         with transaction.atomic():
             wallet = _lock_wallet(wallet_id)
             g = Grant.objects.select_for_update(no_key=True).get(pk=grant_id)
+            assert g.expires_at is not None  # due: it was selected by expires_at__lte
             amount = min(g.remaining_nano, max(0, wallet.granted_nano - wallet.held_nano))
             if amount <= 0:
                 continue
@@ -640,7 +648,7 @@ def expire_grants(*, now: datetime | None = None, limit: int = 1000) -> int:
 
 # --- vouchers ---------------------------------------------------------------------------------------
 
-def normalize_code(code) -> str | None:
+def normalize_code(code: object) -> str | None:
     if not isinstance(code, str):
         return None
     code = code.strip().upper()
@@ -672,7 +680,7 @@ def delete_voucher(voucher: Voucher, *, by: User | None, source: str = "admin") 
     return bool(deleted)
 
 
-def redeem_voucher(user, code) -> VoucherRedemption:
+def redeem_voucher(user: User, code: object) -> VoucherRedemption:
     """Credit a voucher's amount to the account's topped-up balance. Once per account, never more
     than the voucher's redemptions, safe under any concurrency. Raises BillingRefused."""
     normalized = normalize_code(code)
@@ -738,7 +746,7 @@ def reconcile() -> list[Discrepancy]:
     return found
 
 
-def balance_view(user) -> dict:
+def balance_view(user: User) -> dict[str, Any]:
     """The account's balance: DeepSeek's body for GET /user/balance (`is_available`, `balance_infos`,
     amounts as two-decimal strings, truncated) plus the exact figures in nano-units (`total_nano`,
     `granted_nano`, `topped_up_nano`, `held_nano`, `available_nano`) for callers in code; the

@@ -7,13 +7,14 @@ from django.db.models.signals import post_save
 from django.dispatch import receiver
 from django.utils import timezone
 
+from levee.accounts.models import User
 from levee.accounts.signals import user_verified
 from levee.billing.models import LedgerEntry
 from levee.billing.money import parse_amount
 
 
 @receiver(user_verified, dispatch_uid="levee.billing.signup_credit")
-def grant_signup_credit(sender, user, **kwargs):
+def grant_signup_credit(sender: type, user: User, **kwargs: object) -> None:
     from levee.billing.services import grant
 
     amount = parse_amount(settings.LEVEE_SIGNUP_CREDIT, allow_zero=True)

@@ -29,7 +29,7 @@ SETTLEMENTS_REFUSED = Counter("levee_settlements_refused", "Settlements refused:
 # try alerts.
 @shared_task(name="levee.billing.settle", queue="platform", acks_late=True, reject_on_worker_lost=True,
              soft_time_limit=30, time_limit=60, max_retries=None, bind=True)
-def settle(self, hold_id: str, settlement: dict) -> None:
+def settle(self: Task, hold_id: str, settlement: dict) -> None:
     """Settle from a signed settlement (protocol.sign_settlement) for `hold_id`; the web enqueues it
     when it could not reach the database itself."""
     try:

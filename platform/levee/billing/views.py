@@ -36,13 +36,13 @@ log = logging.getLogger(__name__)
 @sessionless
 @api_view(["GET"])
 @authentication_classes([ApiKeyAuthentication])
-def user_balance(request):
+def user_balance(request: Request) -> Response:
     """GET /user/balance: the key owner's balance as DeepSeek reports it."""
-    body = services.balance_view(request.user)
+    body = services.balance_view(signed_in(request))
     return Response({"is_available": body["is_available"], "balance_infos": body["balance_infos"]})
 
 
-def _date_param(request, name: str) -> date:
+def _date_param(request: Request, name: str) -> date:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         raise ApiError(400, f"{name} is required (YYYY-MM-DD)", param=name, code="missing_parameter")
@@ -108,11 +108,11 @@ def ledger_export(request: Request) -> HttpResponseBase:
 
 
 @api_view(["GET"])
-def usage(request):
+def usage(request: Request) -> Response:
     """GET /api/usage?start=YYYY-MM-DD&end=YYYY-MM-DD: the owner's tokens and cost per UTC day and
     model, both ends inclusive, at most LEVEE_USAGE_MAX_DAYS days."""
     start, end = _date_range(request)
-    rows = (DailyUsage.objects.filter(user=request.user, day__gte=start, day__lte=end)
+    rows = (DailyUsage.objects.filter(user=signed_in(request), day__gte=start, day__lte=end)
             .values("day", "model").order_by("day", "model")
             .annotate(requests=Sum("requests"), prompt_cache_hit_tokens=Sum("prompt_cache_hit_tokens"),
                       prompt_cache_miss_tokens=Sum("prompt_cache_miss_tokens"),
@@ -128,26 +128,26 @@ def usage(request):
 
 
 @api_view(["POST"])
-def redeem_voucher(request):
+def redeem_voucher(request: Request) -> Response:
     """POST /api/vouchers/redeem {"code": "..."}: credit a voucher to the owner's balance."""
     body = request.data if isinstance(request.data, dict) else {}
     code = body.get("code")
     if not isinstance(code, str) or not code.strip():
         raise ApiError(400, "code is required", param="code", code="missing_parameter")
     try:
-        redemption = services.redeem_voucher(request.user, code)
+        redemption = services.redeem_voucher(signed_in(request), code)
     except services.BillingRefused as exc:
         raise ApiError(exc.status, exc.message, param="code", code=exc.code) from None
     amount = redemption.entry.topped_up_delta
     return Response({"object": "voucher_redemption", "code": redemption.voucher.code, "currency": currency(),
                      "amount": format_amount(amount, places=2), "amount_nano": amount,
-                     "balance": services.balance_view(request.user)["balance_infos"][0]}, status=201)
+                     "balance": services.balance_view(signed_in(request))["balance_infos"][0]}, status=201)
 
 
 @api_view(["GET"])
 @authentication_classes([])
 @permission_classes([AllowAny])
-def pricing_json(request):
+def pricing_json(request: Request) -> Response:
     """GET /api/pricing: the prices and discount windows in force and the next scheduled change, of
     the models served now."""
     from levee.billing.pages import price_table
@@ -155,7 +155,7 @@ def pricing_json(request):
     return Response(price_table()["book"])
 
 
-def pricing_page(request):
+def pricing_page(request: HttpRequest) -> HttpResponse:
     from levee.billing.pages import in_words, price_table
 
     table = price_table()

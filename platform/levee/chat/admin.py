@@ -2,12 +2,13 @@ from django.contrib import admin
 
 from levee.chat.models import Conversation, Message
 
+MESSAGE_FIELDS = ("role", "status", "model", "reasoning", "content", "prompt_tokens", "completion_tokens", "created_at")
+
 
 class MessageInline(admin.TabularInline):
     model = Message
     extra = 0
-    fields = ["role", "status", "model", "reasoning", "content", "prompt_tokens", "completion_tokens", "created_at"]
-    readonly_fields = fields
+    fields = readonly_fields = MESSAGE_FIELDS
     can_delete = False
 
 

@@ -50,7 +50,7 @@ def create_conversation(user: User, *, model: str) -> Conversation:
     return Conversation.objects.create(user=user, model=model)
 
 
-def clean_title(value) -> str:
+def clean_title(value: object) -> str:
     """A title the owner typed: trimmed, 1..TITLE_MAX_LENGTH characters, one line of printable text.
     Raises ChatRefused (param "title")."""
     if not isinstance(value, str) or not value.strip():
@@ -66,7 +66,7 @@ def clean_title(value) -> str:
     return title
 
 
-def rename_conversation(conversation: Conversation, title) -> Conversation:
+def rename_conversation(conversation: Conversation, title: object) -> Conversation:
     """Set the title the owner chose. The list's order (last activity) does not change."""
     title = clean_title(title)
     Conversation.objects.filter(pk=conversation.pk).update(title=title)

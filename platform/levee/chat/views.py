@@ -10,6 +10,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
@@ -19,10 +20,12 @@ from django.conf import settings
 from django.contrib.auth import get_user
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, render
 from redis.exceptions import RedisError
 
 from inference import protocol
+from levee.accounts.operators import signed_in
 from levee.api import jobs, reader
 from levee.api.models import LlmModel, aenabled_model
 from levee.api.reader import JobReader
@@ -52,27 +55,28 @@ def _conversation_row(conversation: Conversation) -> dict:
 
 
 @login_required
-def chat_page(request, conversation_id: int | None = None):
+def chat_page(request: HttpRequest, conversation_id: int | None = None) -> HttpResponse:
+    user = signed_in(request)
     conversation = None
     messages: list[dict] = []
     if conversation_id is not None:
-        conversation = get_object_or_404(Conversation, pk=conversation_id, user=request.user)
+        conversation = get_object_or_404(Conversation, pk=conversation_id, user=user)
         messages = [_message_row(m) for m in conversation.messages.all()]
     models, _checked = served_models()
     return render(request, "chat/chat.html", {
         # A conversation gets its title with its first message; one left empty (its first message was
         # refused) is not worth a place in the list.
         "conversation": conversation,
-        "conversations": Conversation.objects.filter(user=request.user).exclude(title="")[:100],
+        "conversations": Conversation.objects.filter(user=user).exclude(title="")[:100],
         "models": models,
         "selected_model": conversation.model if conversation and conversation.model in models
         else (models[0] if models else ""),
         "messages_data": messages,
-        "used": services.tokens_used_today(request.user),  # the quota: levee.chat.context
+        "used": services.tokens_used_today(user),  # the quota: levee.chat.context
     })
 
 
-def _json_body(request) -> dict:
+def _json_body(request: HttpRequest) -> dict[str, Any]:
     try:
         body = jsonbody.loads(request.body or b"{}")
     except jsonbody.BadJSON as exc:
@@ -82,12 +86,12 @@ def _json_body(request) -> dict:
     return body
 
 
-def _refused(exc: services.ChatRefused):
+def _refused(exc: services.ChatRefused) -> JsonResponse:
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
     return error_response(exc.status, exc.message, code=exc.code, param=exc.param, headers=headers)
 
 
-async def _enabled_model(name) -> LlmModel:
+async def _enabled_model(name: object) -> LlmModel:
     if not isinstance(name, str) or not name:
         raise services.ChatRefused(400, "missing_parameter", "Choose a model.", param="model")
     model = await aenabled_model(name)
@@ -96,7 +100,7 @@ async def _enabled_model(name) -> LlmModel:
     return model
 
 
-def create_conversation(request):
+def create_conversation(request: HttpRequest) -> JsonResponse:
     """POST /chat/api/conversations {"model": "..."} → the new, empty conversation."""
     if request.method != "POST":
         return error_response(405, f"{request.method} is not allowed here")
@@ -113,7 +117,7 @@ def create_conversation(request):
     return JsonResponse(_conversation_row(conversation), status=201)
 
 
-async def conversation_detail(request, conversation_id: int):
+async def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpResponse:
     """GET /chat/api/conversations/<id>: the conversation and its messages.
     PATCH {"title": "..."}: rename it → the conversation.
     DELETE: delete it and its messages → 204; a reply still being written has its job cancelled first."""
@@ -152,7 +156,7 @@ def _mode() -> str | None:
     return services.current_mode()
 
 
-def _encode(model, messages):
+def _encode(model: LlmModel, messages: list[dict[str, str]]) -> list[int]:
     from levee.api.tokens import encode_prompt
 
     return encode_prompt(model, messages)
@@ -249,7 +253,7 @@ async def _admit_message(user: Any) -> None:
                                    f"allows; wait {decision.retry_after} s.", retry_after=decision.retry_after)
 
 
-async def post_message(request, conversation_id: int):
+async def post_message(request: HttpRequest, conversation_id: int) -> HttpResponseBase:
     """POST /chat/api/conversations/<id>/messages {"content": "...", "model": "..."} → text/event-stream:
     `start` (message ids, title), `reasoning` (a reasoner's thinking, text) and `delta` (the answer,
     text), then `done` or `error`; `: keep-alive` while queued. With `"regenerate": true` (no content)
@@ -333,8 +337,8 @@ class _Reply:
     """Formats one job's typed events (levee.api.reader) for the browser, and saves the reply (with
     its free usage) when it ends."""
 
-    def __init__(self, *, request, conversation, started: services.StartedReply, job_id: str,
-                 reasoner: bool = False, thinking_opened: bool = False):
+    def __init__(self, *, request: HttpRequest, conversation: Conversation, started: services.StartedReply, job_id: str,
+                 reasoner: bool = False, thinking_opened: bool = False) -> None:
         self.conversation, self.started, self.job_id = conversation, started, job_id
         self.request_id = getattr(request, "request_id", job_id)
         self.started_at = datetime.now(UTC)
@@ -343,7 +347,7 @@ class _Reply:
                                 thinking_opened=thinking_opened, replace_nul=True)
 
     @staticmethod
-    def _text(reasoning: str, content: str):
+    def _text(reasoning: str, content: str) -> Iterator[bytes]:
         if reasoning:
             yield _sse("reasoning", {"text": reasoning})
         if content:
@@ -361,7 +365,7 @@ class _Reply:
             log.exception("saving the reply of chat job %s failed", self.job_id)
             await db(services.fail_reply)(self.started.reply.pk)
 
-    async def sse(self):
+    async def sse(self) -> AsyncIterator[bytes]:
         finished = False
         try:
             yield _sse("start", {"conversation": _conversation_row(self.conversation),
@@ -399,7 +403,7 @@ class _Reply:
                     log.exception("saving the partial reply of job %s failed", self.job_id)
 
 
-async def stop_reply(request, conversation_id: int, message_id: int):
+async def stop_reply(request: HttpRequest, conversation_id: int, message_id: int) -> JsonResponse:
     """POST /chat/api/conversations/<id>/messages/<message id>/stop: ask the job to stop. The open
     stream then ends with `done` (status stopped) and the part written so far is kept."""
     if request.method != "POST":

@@ -33,7 +33,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import lru_cache
 from http.cookies import SimpleCookie
 from typing import Any
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]  # what Django's ASGIHandler hands its send
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PASS_PATH = "/shield/pass"
@@ -313,7 +313,7 @@ class _BodyLimit:
                 return {"type": "http.disconnect"}
         return message
 
-    async def send(self, message: dict) -> None:
+    async def send(self, message: Mapping[str, Any]) -> None:
         if self.cut:
             return
         if message["type"] == "http.response.start":

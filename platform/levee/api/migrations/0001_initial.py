@@ -1,8 +1,10 @@
 import django.core.validators
+from django.apps.registry import Apps
 from django.db import migrations, models
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 
 
-def seed_models(apps, schema_editor):
+def seed_models(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     LlmModel = apps.get_model("api", "LlmModel")
     LlmModel.objects.get_or_create(name="deepseek-chat", defaults={"context_length": 2048, "max_output": 1024,
                                                                    "default_max_tokens": 256})

@@ -8,7 +8,9 @@ Operators add later lists as new rows (Django admin); rows that were in force ar
 """
 from datetime import UTC, datetime, time
 
+from django.apps.registry import Apps
 from django.db import migrations
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 
 CHAT, REASONER = "deepseek-chat", "deepseek-reasoner"
 
@@ -40,7 +42,7 @@ OFF_PEAK = (time(16, 30), time(0, 30), datetime(2025, 2, 26, 16, 30, tzinfo=UTC)
 OFF_PEAK_PERCENT = {CHAT: 50, REASONER: 75}
 
 
-def seed(apps, schema_editor):
+def seed(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     Price = apps.get_model("billing", "Price")
     DiscountWindow = apps.get_model("billing", "DiscountWindow")
     for effective_from, model, currency, *nanos in LISTS:
@@ -56,7 +58,7 @@ def seed(apps, schema_editor):
                 defaults={"percent_off": percent, "effective_until": effective_until, "note": "DeepSeek off-peak"})
 
 
-def unseed(apps, schema_editor):
+def unseed(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     apps.get_model("billing", "DiscountWindow").objects.filter(note="DeepSeek off-peak").delete()
     apps.get_model("billing", "Price").objects.filter(note="DeepSeek published price").delete()
 

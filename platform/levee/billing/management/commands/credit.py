@@ -3,6 +3,8 @@
 Guarantees: AMOUNT is a decimal string in LEVEE_CURRENCY parsed exactly (no floats); a reason is
 required; the credit is one ledger entry plus an audit record, or nothing at all.
 """
+from argparse import ArgumentParser
+
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
@@ -14,12 +16,12 @@ from levee.billing.services import BillingRefused, adjust, wallet_for
 class Command(BaseCommand):
     help = "Credit an account: credit EMAIL AMOUNT --reason R (AMOUNT like 12.50, in LEVEE_CURRENCY)"
 
-    def add_arguments(self, parser):
+    def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("email")
         parser.add_argument("amount", help="a positive decimal in the deployment's currency, e.g. 12.50")
         parser.add_argument("--reason", required=True, help="why; recorded in the ledger and the audit log")
 
-    def handle(self, email, amount, reason, **_):
+    def handle(self, email: str, amount: str, reason: str, **_: object) -> None:
         try:
             nano = parse_amount(amount)
         except InvalidAmount as exc:

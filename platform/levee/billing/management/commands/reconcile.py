@@ -12,7 +12,7 @@ from levee.billing.services import reconcile
 class Command(BaseCommand):
     help = "Check every wallet against its ledger; exit non-zero on any discrepancy."
 
-    def handle(self, **options):
+    def handle(self, **options: object) -> None:
         problems = reconcile()
         for problem in problems:
             self.stderr.write(str(problem))
