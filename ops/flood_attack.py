@@ -47,6 +47,7 @@ import re
 import secrets
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -207,7 +208,7 @@ class Attack:
     def __init__(self, target: str, *, rate: float, seconds: float, quiet: float, mix: dict[str, float],
                  legit: list, legit_interval: float, source: str, addresses: int, max_in_flight: int,
                  server_pids: list[int], redis_pids: list[int], database_url: str | None, legit_api: str,
-                 model: str, max_tokens: int, victim: str, proxy_pids: list[int] = (), seed: int = 1):
+                 model: str, max_tokens: int, victim: str, proxy_pids: Sequence[int] = (), seed: int = 1):
         from ops.flood import MAX_SECONDS, require_loopback
 
         require_loopback(target)
