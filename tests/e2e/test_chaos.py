@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from inference import protocol
+from levee.api.models import MODEL_MEMO_SECONDS, LlmModel
 from levee.billing.models import Hold, UsageRecord
 from ops import chaos
 from tests.e2e.stack import MODEL, Stack
@@ -20,6 +21,10 @@ from tests.e2e.stack import MODEL, Stack
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 LEASE_S = int(chaos.STACK_ENV["LEVEE_READER_LEASE_SECONDS"])
+# A reply too long to finish before its reader's lease lapses: nearly the test checkpoint's whole
+# context (4,096 positions). At the catalogue's cap of 1,024 a fast box generated all of it within the
+# kill, the lease and a heartbeat (about 3.5 s), and the job ended "length", not "cancelled".
+LONG_REPLY = 4000
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +53,11 @@ def test_a_killed_web_process_mid_stream_stops_its_job_and_bills_no_more_than_th
     lease lapses, so the worker cancels it within the lease and signs only what the lease last said
     the client was sent; the sweep settles that."""
     (client,), funded = chaos.fund(1, "killed-web", chat=False)
+    LlmModel.objects.filter(name=MODEL).update(context_length=4096, max_output=LONG_REPLY)
+    time.sleep(MODEL_MEMO_SECONDS + 0.5)  # the stack's web process reads the row again
     api = openai.OpenAI(api_key=client.key, base_url=chaos_stack.url + "/v1", max_retries=0, timeout=60)
     stream = api.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
-                                         max_tokens=1000, stream=True, seed=3)
+                                         max_tokens=LONG_REPLY, stream=True, seed=3)
     request_id = stream.response.headers["x-request-id"]
     text, began, killed_at = "", time.monotonic(), None
     with pytest.raises((openai.APIError, httpx.HTTPError)):  # torn: nobody is left to answer
@@ -74,7 +81,7 @@ def test_a_killed_web_process_mid_stream_stops_its_job_and_bills_no_more_than_th
     last = events[-1]
     assert last["type"] == protocol.DONE and last["finish_reason"] == "cancelled"
     generated = last["usage"]["completion_tokens"]
-    assert generated < 1000  # stopped, not run to its end
+    assert generated < LONG_REPLY  # stopped, not run to its end
     assert chaos.sweep(chaos_stack.redis_url)["holds"] == 1
     record = UsageRecord.objects.get(hold=hold)
     received = chaos._received_tokens(chaos_stack.redis, hold.job_id, text)
